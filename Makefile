@@ -1,0 +1,32 @@
+# Two commands for a fresh machine (each creates .venv when missing):
+#   make run    set up, train the default VAE, write runs/default (summary.json, figures/)
+#   make test   set up, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+RUN_DIR ?= runs/default
+
+.PHONY: run test test-all lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -c "import torch, torchvision, pyro; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| pyro', pyro.__version__)"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/pyro-vae train --out $(RUN_DIR) --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m ''
+
+lint: $(STAMP)
+	$(BIN)/ruff check pyro_vae tests benchmarks scripts
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,146 @@
+"""The ``pyro-vae`` command: ``train``, ``evaluate``, ``plot`` and ``config``.
+
+Every rejected input ends in a one-paragraph message on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import load_config, to_toml
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML (or JSON) file with [data], [model], [train], [eval] tables")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set model.latent_dim=2 (repeatable)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-vae", description="A variational autoencoder in Pyro.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a VAE into a run folder")
+    _config_args(p)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="DIR", help="new run folder (default runs/default)")
+    where.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+
+    p = sub.add_parser("evaluate", help="test negative ELBO and importance-sampled NLL of a run")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--k", type=int, default=5000, help="importance samples per image (default 5000)")
+    p.add_argument("--images", type=int, default=0, help="evenly spaced test images to use (default all)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("plot", help="(re)draw the figures of a run")
+    p.add_argument("run", metavar="RUN_DIR")
+
+    p = sub.add_parser("config", help="print the resolved config as TOML")
+    _config_args(p)
+    return parser
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    final = summary["final"]
+    print(f"\nrun folder: {run_dir}")
+    print(f"epochs: {summary['epochs_run']} (best on valid: {summary['best_epoch']}), "
+          f"wall time {summary['wall_time_s']:.0f} s, {summary['images_per_s']:.0f} training images/s "
+          f"on {summary['environment']['device']}")  # fmt: skip
+    print(f"{'nats per image':<34}{'mean':>10}{'± s.e.':>10}")
+    rows = [("train negative ELBO", final["train_neg_elbo"]), ("valid negative ELBO", final["valid_neg_elbo"]),
+            ("test negative ELBO", final["test_neg_elbo"])]  # fmt: skip
+    if "test_nll" in final:
+        rows.append((f"test NLL, IWAE K={final['iwae_k']} ({final['iwae_images']} images)", final["test_nll"]))
+    for name, est in rows:
+        print(f"{name:<34}{est['mean']:>10.2f}{est['se']:>10.2f}")
+
+
+def _train(args) -> int:
+    from .train import RunDir, fit
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not RunDir(run_dir).config.is_file():
+            raise ValueError(f"{run_dir} is not a run folder (no config.toml); nothing to resume")
+        if args.config:
+            raise ValueError("--resume takes the config from the run folder; use --set for allowed changes")
+        cfg = load_config(RunDir(run_dir).config, args.overrides)
+    else:
+        run_dir = Path(args.out or "runs/default")
+        cfg = load_config(args.config, args.overrides)
+        if RunDir(run_dir).last.exists():
+            if not args.overwrite:
+                raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
+                                 "pass --overwrite to replace it, or choose another --out")  # fmt: skip
+            (RunDir(run_dir).last).unlink()
+    summary = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
+                  figures=not args.no_figures)  # fmt: skip
+    _print_summary(summary, run_dir)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .data import evenly_spaced
+    from .evaluate import as_dict, evaluate
+    from .train import load_run
+
+    if args.k < 1:
+        raise ValueError(f"--k must be at least 1, got {args.k}")
+    cfg, vae, data = load_run(args.run, args.checkpoint, args.device)
+    device = next(vae.parameters()).device
+    x = data.test[evenly_spaced(data.test.shape[0], args.images)].to(device)
+    results = evaluate(vae, x, k=args.k, batch_size=max(1, min(100, cfg.train.eval_batch_size)),
+                       seed=cfg.eval.seed, progress=not args.no_progress, desc=f"K={args.k}")  # fmt: skip
+    out = Path(args.run) / f"evaluation_k{args.k}.json"
+    record = {"checkpoint": args.checkpoint, "k": args.k, "images": x.shape[0], "unit": "nats per image",
+              **as_dict(results)}  # fmt: skip
+    out.write_text(json.dumps(record, indent=2))
+    for name, est in results.items():
+        print(f"test {name} (K={args.k}, {x.shape[0]} images): {est} nats")
+    print(f"wrote {out}")
+    return 0
+
+
+def _plot(args) -> int:
+    from .plots import make_figures
+    from .train import load_run
+
+    _, vae, data = load_run(args.run)
+    for path in make_figures(args.run, vae, data):
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .train import TrainingError
+
+    try:
+        if args.command == "config":
+            print(to_toml(load_config(args.config, args.overrides)), end="")
+            return 0
+        return {"train": _train, "evaluate": _evaluate, "plot": _plot}[args.command](args)
+    except ValueError as exc:
+        print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingError as exc:
+        print(f"pyro-vae {args.command}: training stopped: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"pyro-vae {args.command}: interrupted; a train run keeps its last epoch's checkpoint "
+              "(continue it with --resume RUN_DIR)", file=sys.stderr)  # fmt: skip
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

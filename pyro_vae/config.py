@@ -1,0 +1,265 @@
+"""Typed experiment configuration: defaults, TOML files and ``section.key=value`` overrides.
+
+One path from the command line to the model::
+
+    cfg = load_config("examples/configs/latent2.toml", overrides=["model.latent_dim=2"])
+
+Unknown sections or keys, values of the wrong type and impossible values raise
+:class:`ConfigError` (a ``ValueError``) before anything runs, naming what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration value, file or override is invalid."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "binarized_mnist"  # a data set from pyro_vae.data.DATASETS
+    root: str = ""  # folder holding the files; "" = the copy embedded in the package (binarized_mnist only)
+    download: bool = False  # fetch missing files into `root` (needs network)
+    binarize: str = "none"  # grey-level sets only: none | static (once, seeded) | dynamic (every batch)
+    valid_size: int = 10000  # images held out of the training split when a set has no validation split
+    subset: int = 0  # use N evenly spaced images of every split (0 = all); for quick runs and tests
+    seed: int = 0  # seed of static binarization and of random splits
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    latent_dim: int = 50  # L, size of z
+    hidden: tuple[int, ...] = (400,)  # hidden widths of the encoder; the decoder mirrors them
+    activation: str = "softplus"  # relu | softplus | tanh | elu | gelu
+    prior: str = "standard_normal"  # from pyro_vae.priors.PRIORS
+    likelihood: str = "bernoulli"  # from pyro_vae.likelihoods.LIKELIHOODS
+    guide: str = "diag_normal"  # from pyro_vae.guides.GUIDES
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    elbo: str = "trace"  # from pyro_vae.elbos.ELBOS: trace (Monte-Carlo KL) | mean_field (analytic KL)
+    num_particles: int = 1  # samples of z per image in the training ELBO
+    epochs: int = 30  # passes over the training split
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam learning rate
+    lr_decay: float = 1.0  # learning rate multiplier applied after every epoch (1 = constant)
+    seed: int = 0  # seeds pyro, torch, numpy and the batch order
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    eval_batch_size: int = 1000  # images per batch when evaluating
+    patience: int = 0  # stop after this many epochs without a better valid ELBO (0 = never)
+    time_limit_min: float = 0.0  # stop after the epoch that takes training past this many minutes (0 = none)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    iwae_k: int = 1000  # importance samples per test image for log p(x); papers use 5000
+    iwae_images: int = 0  # evenly spaced test images used for log p(x) (0 = all)
+    seed: int = 1234  # seed of every evaluation (common random numbers across epochs)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
+_CHOICES = {
+    ("data", "binarize"): ("none", "static", "dynamic"),
+    ("model", "activation"): ("relu", "softplus", "tanh", "elu", "gelu"),
+}
+
+
+def _section_class(section: str) -> type:
+    hints = typing.get_type_hints(ExperimentConfig)
+    if section not in hints:
+        raise ConfigError(
+            f"unknown config section {section!r}; sections are: {', '.join(_SECTIONS)}"
+        )
+    return hints[section]
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (from TOML, JSON or a command-line string) to the annotated type."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, str):
+            text = value.strip().strip("[]()")
+            value = [v for v in text.replace(",", " ").split()] if text else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of {item_tp.__name__}, got {value!r}")
+        return tuple(_coerce(v, item_tp, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{where}: unsupported annotation {tp}")  # pragma: no cover
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported annotation {tp}")  # pragma: no cover
+
+
+def _replace_section(section_obj: Any, section: str, updates: dict[str, Any]) -> Any:
+    cls = type(section_obj)
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, raw in updates.items():
+        if key not in hints:
+            raise ConfigError(
+                f"unknown key {section}.{key}; keys of [{section}] are: {', '.join(known)}"
+            )
+        values[key] = _coerce(raw, hints[key], f"{section}.{key}")
+    return dataclasses.replace(section_obj, **values)
+
+
+def from_dict(data: dict[str, Any], base: ExperimentConfig | None = None) -> ExperimentConfig:
+    """Build a config from nested ``{section: {key: value}}``, starting from ``base`` (defaults)."""
+    cfg = base or ExperimentConfig()
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a table of sections, got {type(data).__name__}")
+    sections = {}
+    for section, updates in data.items():
+        _section_class(section)
+        if not isinstance(updates, dict):
+            raise ConfigError(f"[{section}] must be a table of key = value, got {updates!r}")
+        sections[section] = _replace_section(getattr(cfg, section), section, updates)
+    return validate(dataclasses.replace(cfg, **sections))
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """Split ``"section.key=value"`` into its three parts."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(
+            f"override {text!r} is not of the form section.key=value "
+            f"(for example model.latent_dim=2); sections are: {', '.join(_SECTIONS)}"
+        )
+    path, value = text.split("=", 1)
+    section, key = path.strip().split(".", 1)
+    return section, key, value.strip()
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...]) -> ExperimentConfig:
+    """Apply ``section.key=value`` strings (as given to ``--set``) and validate the result."""
+    nested: dict[str, dict[str, str]] = {}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        nested.setdefault(section, {})[key] = value
+    return from_dict(nested, cfg)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Defaults, updated by a TOML or JSON file (if given), then by ``overrides``."""
+    cfg = ExperimentConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        text = path.read_text()
+        try:
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:] or 'TOML'}: {exc}") from None
+        try:
+            cfg = from_dict(data, cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"in {str(path)!r}: {exc}") from None
+    return apply_overrides(cfg, overrides)
+
+
+def to_toml(cfg: ExperimentConfig) -> str:
+    """Serialise to TOML (readable back by :func:`load_config`)."""
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    Path(path).write_text(to_toml(cfg))
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Reject impossible values, naming what is accepted. Returns ``cfg`` unchanged."""
+    from . import data, elbos, guides, likelihoods, priors  # registries; imported late (no cycle)
+
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        _require(value in choices, f"{section}.{key} = {value!r} is not one of: {', '.join(choices)}")
+    for section, key, registry in (
+        ("data", "name", data.DATASETS),
+        ("model", "prior", priors.PRIORS),
+        ("model", "likelihood", likelihoods.LIKELIHOODS),
+        ("model", "guide", guides.GUIDES),
+        ("train", "elbo", elbos.ELBOS),
+    ):
+        value = getattr(getattr(cfg, section), key)
+        _require(value in registry, f"{section}.{key} = {value!r} is not one of: {', '.join(registry.names())}")
+    positive = [
+        ("model", "latent_dim"), ("train", "num_particles"), ("train", "epochs"),
+        ("train", "batch_size"), ("train", "eval_batch_size"), ("eval", "iwae_k"),
+    ]  # fmt: skip
+    for section, key in positive:
+        value = getattr(getattr(cfg, section), key)
+        _require(value >= 1, f"{section}.{key} = {value} must be at least 1")
+    for section, key in [("data", "valid_size"), ("data", "subset"), ("eval", "iwae_images"), ("train", "patience")]:
+        value = getattr(getattr(cfg, section), key)
+        _require(value >= 0, f"{section}.{key} = {value} must be 0 or more")
+    _require(all(h >= 1 for h in cfg.model.hidden), f"model.hidden = {list(cfg.model.hidden)}: widths must be at least 1")
+    _require(cfg.train.time_limit_min >= 0, f"train.time_limit_min = {cfg.train.time_limit_min} must be 0 or more")
+    _require(cfg.train.lr > 0, f"train.lr = {cfg.train.lr} must be positive")
+    _require(0 < cfg.train.lr_decay <= 1, f"train.lr_decay = {cfg.train.lr_decay} must be in (0, 1]")
+    device = cfg.train.device
+    _require(
+        device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()),
+        f"train.device = {device!r} is not one of: auto, cpu, cuda, cuda:N",
+    )
+    return cfg

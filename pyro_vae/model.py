@@ -1,0 +1,79 @@
+"""The VAE as a Pyro model/guide pair, and the factory that builds it from a config.
+
+Generative model (sites ``z`` and ``x`` inside ``plate("data", B)``)::
+
+    z ~ p(z)                     prior,       event (L,)
+    x ~ p(x | decoder(z))        likelihood,  event (D,)
+
+Guide: ``z ~ q(z | x)``, an amortized encoder. Parameters live in ordinary ``nn.Module``s and
+reach the ELBO through the tensors the model and guide use, so a plain torch optimizer over
+``vae.parameters()`` trains them (wrap in ``pyro.module`` for :class:`pyro.infer.SVI`).
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .guides import GUIDES
+from .likelihoods import LIKELIHOODS
+from .nets import mlp
+from .priors import PRIORS
+
+
+class VAE(nn.Module):
+    """Prior, likelihood, encoder (the guide's network) and decoder, injected as modules."""
+
+    def __init__(self, prior: nn.Module, likelihood: nn.Module, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.prior = prior
+        self.likelihood = likelihood
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def model(self, x: torch.Tensor) -> None:
+        """p(x, z) for a batch ``x`` of shape (B, D)."""
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior(x.shape[0]))
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        """q(z | x) for a batch ``x`` of shape (B, D)."""
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.encoder(x))
+
+    def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """``log p(x, z_k) - log q(z_k | x)`` for ``z_k ~ q(z | x)``, shape (num_samples, B).
+
+        Their mean is an ELBO estimate, their log-mean-exp the IWAE bound on log p(x).
+        """
+        q = self.encoder(x)
+        z = q.rsample((num_samples,))
+        log_pz = self.prior(x.shape[0]).log_prob(z)
+        log_px_z = self.likelihood(self.decoder(z)).log_prob(x)
+        return log_px_z + log_pz - q.log_prob(z)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Expected pixels of p(x | z = mean of q(z | x)), shape (B, D)."""
+        return self.likelihood.mean(self.decoder(self.encoder(x).mean))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Expected pixels of p(x | z), shape (..., D)."""
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """Expected pixels for ``n`` draws of z from the prior, shape (n, D)."""
+        return self.decode(self.prior(n).sample())
+
+
+def build_vae(cfg: ModelConfig, data_dim: int) -> VAE:
+    """Turn the names in ``cfg`` into a :class:`VAE` for data of dimension ``data_dim``."""
+    likelihood = LIKELIHOODS.get(cfg.likelihood)()
+    decoder = mlp([cfg.latent_dim, *reversed(cfg.hidden), likelihood.param_dim(data_dim)], cfg.activation)
+    encoder = GUIDES.get(cfg.guide)(data_dim, cfg.latent_dim, cfg.hidden, cfg.activation)
+    return VAE(PRIORS.get(cfg.prior)(cfg.latent_dim), likelihood, encoder, decoder)

@@ -1,0 +1,123 @@
+"""Figures of a trained run, written to ``RUN/figures``: loss curves, test reconstructions,
+samples from the prior, the test set's latent means coloured by label (PCA to 2-D when
+L > 2) and, for a 2-D latent space, the decoded manifold grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .data import Splits, evenly_spaced  # noqa: E402
+from .model import VAE  # noqa: E402
+
+
+def image_grid(images: torch.Tensor, image_shape: tuple[int, int], nrow: int) -> torch.Tensor:
+    """Tile (N, D) images into one (nrow*H, ncol*W) array, row by row."""
+    h, w = image_shape
+    n = images.shape[0]
+    ncol = -(-n // nrow)
+    canvas = torch.ones(nrow * h, ncol * w)
+    for i, img in enumerate(images.detach().cpu().float()):
+        r, c = divmod(i, ncol)
+        canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = img.reshape(h, w)
+    return canvas
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_curves(metrics_path: Path, out: Path) -> Path:
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r["epoch"] for r in rows]
+    for key, label in (("train_neg_elbo", "train"), ("valid_neg_elbo", "valid"), ("test_neg_elbo", "test")):
+        ax.plot(epochs, [r[key] for r in rows], marker="o" if len(rows) < 30 else None, label=label)
+    ax.set(xlabel="epoch", ylabel="negative ELBO (nats per image)", title="Training curves")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out)
+
+
+def plot_images(images: torch.Tensor, image_shape, nrow: int, title: str, out: Path) -> Path:
+    grid = image_grid(images, image_shape, nrow)
+    fig, ax = plt.subplots(figsize=(grid.shape[1] / 28 * 0.7, grid.shape[0] / 28 * 0.7 + 0.4))
+    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    return _save(fig, out)
+
+
+@torch.no_grad()
+def latent_means(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Means of q(z | x) for every image, (N, L)."""
+    vae.eval()
+    return torch.cat([vae.encoder(x[i : i + batch_size]).mean for i in range(0, x.shape[0], batch_size)])
+
+
+def pca_2d(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project (N, L) onto its two leading principal axes; returns the projection and the
+    fraction of variance each axis explains."""
+    centred = z - z.mean(0)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    explained = s**2 / (s**2).sum()
+    return centred @ v[:2].T, explained[:2]
+
+
+def plot_latents(z: torch.Tensor, labels: torch.Tensor | None, out: Path) -> Path:
+    z = z.detach().cpu().double()
+    if z.shape[1] == 2:
+        xy, axes = z, ("z[0]", "z[1]")
+    else:
+        xy, ev = pca_2d(z)
+        axes = (f"PC 1 ({ev[0]:.0%} of variance)", f"PC 2 ({ev[1]:.0%})")
+    fig, ax = plt.subplots(figsize=(6, 5))
+    order = torch.randperm(xy.shape[0], generator=torch.Generator().manual_seed(0))  # no class drawn on top
+    colours = labels.cpu()[order] if labels is not None else None
+    points = ax.scatter(xy[order, 0], xy[order, 1], c=colours, cmap="tab10", s=3, alpha=0.6)
+    if labels is not None:
+        fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
+    kind = "latent means" if z.shape[1] == 2 else f"PCA of the {z.shape[1]}-D latent means"
+    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"Test set: {kind}")
+    return _save(fig, out)
+
+
+@torch.no_grad()
+def plot_manifold(vae: VAE, image_shape, out: Path, n: int = 20) -> Path:
+    """Decode a grid of z at the standard-normal quantiles 0.05 .. 0.95 (2-D latent only)."""
+    device = next(vae.parameters()).device
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
+    zz = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)
+    images = vae.decode(zz.to(device))
+    return plot_images(images, image_shape, n, "Decoded latent grid (standard-normal quantiles)", out)
+
+
+def make_figures(run_dir: str | Path, vae: VAE, data: Splits, n: int = 16) -> list[Path]:
+    """Write every figure of a run into ``run_dir/figures``; returns the paths."""
+    run_dir = Path(run_dir)
+    fig_dir = run_dir / "figures"
+    device = next(vae.parameters()).device
+    vae.eval()
+    paths = []
+    if (run_dir / "metrics.jsonl").exists():
+        paths.append(plot_curves(run_dir / "metrics.jsonl", fig_dir / "curves.png"))
+    x = data.test[evenly_spaced(data.test.shape[0], n)].to(device)
+    pairs = torch.cat([x, vae.reconstruct(x)])
+    paths.append(plot_images(pairs, data.image_shape, 2, "Test images (top) and reconstructions (bottom)",
+                             fig_dir / "reconstructions.png"))  # fmt: skip
+    paths.append(plot_images(vae.sample(64), data.image_shape, 8, "Samples from the prior (pixel means)",
+                             fig_dir / "samples.png"))  # fmt: skip
+    z = latent_means(vae, data.test.to(device))
+    paths.append(plot_latents(z, data.test_labels, fig_dir / "latents.png"))
+    if z.shape[1] == 2:
+        paths.append(plot_manifold(vae, data.image_shape, fig_dir / "manifold.png"))
+    return paths

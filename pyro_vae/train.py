@@ -1,0 +1,310 @@
+"""``fit``: the SVI training loop, read top to bottom.
+
+A run folder holds everything needed to inspect or continue a run::
+
+    RUN/config.toml            the resolved configuration
+    RUN/metrics.jsonl          one line per epoch (train / valid / test negative ELBO, nats)
+    RUN/checkpoints/last.pt    model, optimizer, scheduler, RNG state, epoch (atomic, every epoch)
+    RUN/checkpoints/best.pt    the same at the best validation negative ELBO
+    RUN/summary.json           config, versions, device, wall time, throughput, final numbers
+    RUN/figures/*.png          pictures (see :mod:`pyro_vae.plots`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from .config import ConfigError, ExperimentConfig, from_dict, save_config
+from .data import Splits, evenly_spaced, load_data
+from .elbos import build_elbo
+from .evaluate import as_dict, evaluate
+from .model import VAE, build_vae
+
+log = logging.getLogger(__name__)
+
+# Keys a resumed run may change; any other difference from the saved config is an error.
+RESUMABLE = {("train", "epochs"), ("train", "patience"), ("train", "time_limit_min"), ("train", "device"), ("train", "eval_batch_size"),
+             ("eval", "iwae_k"), ("eval", "iwae_images")}  # fmt: skip
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "checkpoints" / "best.pt"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r} but CUDA is not available here; use cpu or auto")
+    return torch.device(name)
+
+
+def check_resume_config(saved: ExperimentConfig, new: ExperimentConfig) -> None:
+    """Raise ``ConfigError`` if ``new`` changes a key that a resumed run must keep."""
+    changed = [
+        f"{section}.{key}: {old!r} -> {value!r}"
+        for section, values in new.to_dict().items()
+        for key, value in values.items()
+        if (old := saved.to_dict()[section][key]) != value and (section, key) not in RESUMABLE
+    ]
+    if changed:
+        allowed = ", ".join(f"{s}.{k}" for s, k in sorted(RESUMABLE))
+        raise ConfigError(
+            "the config does not match the run being resumed (" + "; ".join(changed) + "). "
+            f"A resumed run may change only: {allowed}. Start a new run folder for other changes."
+        )
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    from . import __version__
+
+    info = {
+        "python": sys.version.split()[0], "torch": torch.__version__, "pyro": pyro.__version__,
+        "numpy": np.__version__, "pyro_vae": __version__, "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "device": str(device),
+    }  # fmt: skip
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _state(vae, optim, sched, epoch, step, best, shuffle, cfg) -> dict[str, Any]:
+    return {
+        "model": vae.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
+        "epoch": epoch, "step": step, "best_valid": best, "shuffle_rng": shuffle.get_state(),
+        "rng": get_rng_state(), "config": cfg.to_dict(),
+    }  # fmt: skip
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _truncate_metrics(path: Path, last_epoch: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln)["epoch"] <= last_epoch]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def check_data(vae: VAE, data: Splits) -> None:
+    """Reject data outside the likelihood's support before training starts."""
+    validate = getattr(vae.likelihood, "validate", None)
+    if validate is None:
+        return
+    for split in ("train", "valid", "test"):
+        if split == "train" and data.dynamic_binarization:
+            continue  # binarized per batch
+        validate(getattr(data, split), f"{data.source} [{split}]")
+
+
+def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True,
+        figures: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Train ``cfg`` into run folder ``out`` (or continue it with ``resume``); return the summary.
+
+    Every epoch: one pass over the shuffled training split with the configured Pyro ELBO and
+    Adam, then the negative ELBO of the valid and test splits, a line in ``metrics.jsonl`` and
+    an atomic checkpoint. At the end the best-on-valid weights are evaluated with the IWAE bound.
+    """
+    run = RunDir(Path(out))
+    t_start = time.perf_counter()
+    state = None
+    if resume:
+        state = load_checkpoint(run.last)
+        saved = from_dict(state["config"])
+        check_resume_config(saved, cfg)
+    elif run.last.exists():
+        raise ConfigError(f"{run.root} already holds a run; resume it, or choose a new folder")
+    run.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run.config)
+
+    pyro.set_rng_seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    data = load_data(cfg.data)
+    vae = build_vae(cfg.model, data.data_dim)
+    check_data(vae, data)
+    vae.to(device)
+    x_train, x_valid, x_test = (getattr(data, s).to(device) for s in ("train", "valid", "test"))
+    optim = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(optim, gamma=cfg.train.lr_decay)
+    elbo = build_elbo(cfg.train)
+    shuffle = torch.Generator().manual_seed(cfg.train.seed)
+    epoch, step, best, stale, train_time = 0, 0, math.inf, 0, 0.0
+
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        shuffle.set_state(state["shuffle_rng"])
+        set_rng_state(state["rng"])
+        epoch, step, best = state["epoch"], state["step"], state["best_valid"]
+        train_time = state.get("train_time", 0.0)
+        stale = state.get("stale", 0)
+        _truncate_metrics(run.metrics, epoch)
+        log.info("resumed %s at epoch %d (step %d)", run.root, epoch, step)
+    elif run.metrics.exists():
+        run.metrics.unlink()
+
+    n, bs = x_train.shape[0], cfg.train.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    evaluate_kw = dict(batch_size=cfg.train.eval_batch_size, seed=cfg.eval.seed)
+    def should_stop() -> bool:
+        out_of_time = cfg.train.time_limit_min and train_time >= 60 * cfg.train.time_limit_min
+        return bool(out_of_time or (cfg.train.patience and stale >= cfg.train.patience))
+
+    while epoch < cfg.train.epochs and not should_stop():
+        epoch += 1
+        vae.train()
+        perm = torch.randperm(n, generator=shuffle).to(device)
+        total, t0 = 0.0, time.perf_counter()
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not progress,
+                   unit="step", leave=False)  # fmt: skip
+        with pyro.validation_enabled(False):  # data were validated up front; keep the hot loop lean
+            for i in bar:
+                xb = x_train[perm[i * bs : (i + 1) * bs]]
+                if data.dynamic_binarization:
+                    xb = torch.bernoulli(xb)
+                loss = elbo.differentiable_loss(vae.model, vae.guide, xb) / xb.shape[0]
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                value = loss.item()
+                step += 1
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"the training loss became {value} at step {step} (epoch {epoch}); the last "
+                        f"good checkpoint, {run.last}, is kept. Try a smaller train.lr"
+                    )
+                optim.step()
+                total += value * xb.shape[0]
+                if i % 20 == 0:
+                    bar.set_postfix(loss=f"{value:.2f}")
+        epoch_time = time.perf_counter() - t0
+        train_time += epoch_time
+        sched.step()
+        valid = evaluate(vae, x_valid, **evaluate_kw)["neg_elbo"]
+        test = evaluate(vae, x_test, **evaluate_kw)["neg_elbo"]
+        record = {
+            "epoch": epoch, "step": step, "train_neg_elbo": total / n, "valid_neg_elbo": valid.mean,
+            "test_neg_elbo": test.mean, "lr": optim.param_groups[0]["lr"], "epoch_time_s": epoch_time,
+            "images_per_s": n / epoch_time,
+        }  # fmt: skip
+        _append_jsonl(run.metrics, record)
+        log.info("epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)", epoch,
+                 record["train_neg_elbo"], valid.mean, test.mean, record["images_per_s"])  # fmt: skip
+        improved = valid.mean < best
+        best, stale = (valid.mean, 0) if improved else (best, stale + 1)
+        ckpt = _state(vae, optim, sched, epoch, step, best, shuffle, cfg)
+        ckpt.update(train_time=train_time, stale=stale)
+        if improved:
+            save_checkpoint(ckpt, run.best)
+        save_checkpoint(ckpt, run.last)
+
+    summary = finish(run, cfg, vae, data, device, epoch, progress)
+    summary.update(wall_time_s=time.perf_counter() - t_start, train_time_s=train_time,
+                   images_per_s=step * bs / train_time if train_time else None)  # fmt: skip
+    run.summary.write_text(json.dumps(summary, indent=2))
+    if figures:
+        from .plots import make_figures
+
+        make_figures(run.root, vae, data)
+    return summary
+
+
+def finish(run: RunDir, cfg: ExperimentConfig, vae: VAE, data: Splits, device: torch.device,
+           epochs_run: int, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Load the best-on-valid weights into ``vae`` and evaluate them (ELBO, and IWAE on test)."""
+    best = load_checkpoint(run.best, map_location=device)
+    vae.load_state_dict(best["model"])
+    kw = dict(batch_size=cfg.train.eval_batch_size, seed=cfg.eval.seed)
+    results = {s: evaluate(vae, getattr(data, s).to(device), **kw)["neg_elbo"] for s in ("train", "valid")}
+    x_test = data.test[evenly_spaced(data.test.shape[0], cfg.eval.iwae_images)].to(device)
+    n_iw = x_test.shape[0]
+    k = cfg.eval.iwae_k
+    # IWAE batches are smaller: K samples per image are in flight.
+    test = evaluate(vae, x_test, k=k, progress=progress, desc=f"test log p(x), K={k}",
+                    batch_size=max(1, min(cfg.train.eval_batch_size, 100)), seed=cfg.eval.seed)  # fmt: skip
+    log.info("best epoch %d: test negative ELBO %s, test NLL (K=%d) %s nats", best["epoch"],
+             test["neg_elbo"], k, test.get("nll", test["neg_elbo"]))  # fmt: skip
+    return {
+        "config": cfg.to_dict(),
+        "environment": environment(device),
+        "epochs_run": epochs_run,
+        "best_epoch": best["epoch"],
+        "final": {
+            "unit": "nats per image",
+            "train_neg_elbo": dataclasses.asdict(results["train"]),
+            "valid_neg_elbo": dataclasses.asdict(results["valid"]),
+            **{f"test_{name}": value for name, value in as_dict(test).items()},
+            "iwae_k": k,
+            "iwae_images": n_iw,
+        },
+    }
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> tuple[ExperimentConfig, VAE, Splits]:
+    """Rebuild a trained run: its config, the VAE with the ``best`` or ``last`` weights, its data."""
+    run = RunDir(Path(run_dir))
+    if not run.root.is_dir():
+        raise ValueError(f"run folder {run.root} does not exist")
+    if which not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {which!r}")
+    from .config import load_config
+
+    cfg = load_config(run.config)
+    state = load_checkpoint(getattr(run, which))
+    if state["config"] != cfg.to_dict():
+        raise ConfigError(f"{run.config} does not match the config stored in {getattr(run, which)}")
+    data = load_data(cfg.data)
+    vae = build_vae(cfg.model, data.data_dim)
+    vae.load_state_dict(state["model"])
+    return cfg, vae.to(resolve_device(device)).eval(), data

@@ -1,0 +1,233 @@
+"""Data loaders: the embedded set, .amat files (and their download), torchvision MNIST,
+user arrays, and the errors bad data gets."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae import data as D
+from pyro_vae.config import DataConfig, ModelConfig
+from pyro_vae.model import build_vae
+from pyro_vae.train import check_data
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return D.load_embedded()
+
+
+def test_embedded_set_has_the_canonical_shapes_means_and_labels(embedded):
+    for split, rows in D.AMAT_ROWS.items():
+        assert embedded[split].shape == (rows, 784)
+        assert set(np.unique(embedded[split])) == {0, 1}
+        assert abs(embedded[split].mean() - D.AMAT_MEANS[split]) < 5e-5
+    labels = embedded["test_labels"]
+    assert (np.diff(labels.astype(int)) >= 0).all() and np.bincount(labels).tolist()[:2] == [980, 1135]
+
+
+def test_embedded_set_equals_the_amat_files(embedded, shared_data):
+    for split in D.SPLITS:
+        assert np.array_equal(D.read_amat(shared_data / "binarized_mnist" / f"binarized_mnist_{split}.amat.gz"),
+                              embedded[split]), split  # fmt: skip
+
+
+def test_test_labels_match_the_grey_images(embedded, shared_data):
+    """Each binarized test image is far likelier under its own grey image than under others."""
+    raw = gzip.open(shared_data / "mnist" / "t10k-images-idx3-ubyte.gz").read()
+    grey = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 784) / 255
+    labels = D._read_idx_labels(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz")
+    order = np.argsort(labels, kind="stable")  # the binarized test split is t10k sorted by label
+    p = np.clip(grey[order[:200]], 1e-3, 1 - 1e-3)
+    b = embedded["test"][:200]
+    own = (b * np.log(p) + (1 - b) * np.log(1 - p)).sum(1)
+    other = (b * np.log(np.roll(p, 1, 0)) + (1 - b) * np.log(1 - np.roll(p, 1, 0))).sum(1)
+    assert (own > other + 50).all()
+    assert np.array_equal(np.sort(labels, kind="stable"), embedded["test_labels"])
+
+
+def test_pack_script_rebuilds_the_embedded_file(tmp_path, shared_data):
+    out = tmp_path / "packed.npz"
+    result = subprocess.run([sys.executable, "scripts/pack_binarized_mnist.py", "--out", str(out),
+                             "--amat-dir", str(shared_data / "binarized_mnist"),
+                             "--labels", str(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz")],
+                            cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert D.EMBEDDED_SHA256 in result.stdout
+    assert out.stat().st_size < 2.5e6
+    rebuilt = D.load_embedded(out)
+    assert all(np.array_equal(rebuilt[k], D.load_embedded()[k]) for k in rebuilt)
+
+
+def test_pack_rejects_a_checksum_mismatch(tmp_path, shared_data):
+    for split in D.SPLITS:
+        shutil.copy(shared_data / "binarized_mnist" / f"binarized_mnist_{split}.amat.gz", tmp_path)
+    lines = gzip.open(tmp_path / "binarized_mnist_valid.amat.gz").read().split(b"\n")
+    lines[0] = lines[0].replace(b"0", b"1", 1)
+    (tmp_path / "binarized_mnist_valid.amat.gz").unlink()
+    (tmp_path / "binarized_mnist_valid.amat").write_bytes(b"\n".join(lines))
+    with pytest.raises(ValueError, match="md5 .* does not match"):
+        D.pack_binarized_mnist(tmp_path, shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz", tmp_path / "o.npz")
+
+
+def test_corrupt_embedded_file_is_reported(tmp_path):
+    with np.load(D.embedded_path()) as npz:
+        arrays = {k: npz[k].copy() for k in npz.files}
+    arrays["train"][0, 0] ^= 1
+    np.savez_compressed(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        D.load_embedded(tmp_path / "bad.npz")
+    (tmp_path / "trunc.npz").write_bytes(D.embedded_path().read_bytes()[:1000])
+    with pytest.raises(ValueError, match="cannot read"):
+        D.load_embedded(tmp_path / "trunc.npz")
+
+
+def _write_small_amat(folder, shared_data, rows=None):
+    """Uncompressed .amat files: the full canonical files (content checks need them)."""
+    for split in D.SPLITS:
+        raw = gzip.open(shared_data / "binarized_mnist" / f"binarized_mnist_{split}.amat.gz").read()
+        (folder / f"binarized_mnist_{split}.amat").write_bytes(raw)
+
+
+def test_amat_directory_and_download(tmp_path, shared_data):
+    server = tmp_path / "server"
+    server.mkdir()
+    _write_small_amat(server, shared_data)
+    target = tmp_path / "downloaded"
+    # a file:// URL exercises the same urllib code path as the publisher's http:// one
+    D.download_binarized_mnist(target, base_url=server.as_uri())
+    assert sorted(p.name for p in target.iterdir()) == [f"binarized_mnist_{s}.amat" for s in ("test", "train", "valid")]
+    splits = D.load_data(DataConfig(root=str(target)))
+    assert splits.train.shape == (50000, 784) and splits.test_labels.shape == (10000,)
+    assert torch.equal(splits.valid, D.load_data(DataConfig()).valid)
+
+
+def test_download_rejects_wrong_content_and_leaves_nothing(tmp_path):
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / "binarized_mnist_train.amat").write_text(("0 " * 783 + "1\n") * 10)
+    with pytest.raises(ValueError, match="expected 50000 images"):
+        D.download_binarized_mnist(tmp_path / "dl", base_url=server.as_uri())
+    assert list((tmp_path / "dl").iterdir()) == []
+    with pytest.raises(ValueError, match="could not download"):
+        D.download_binarized_mnist(tmp_path / "dl2", base_url=(tmp_path / "nowhere").as_uri())
+
+
+def test_missing_amat_files_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="data.download=true"):
+        D.load_data(DataConfig(root=str(tmp_path)))
+
+
+def test_bad_amat_lines_are_reported(tmp_path):
+    (tmp_path / "short.amat").write_text("0 1 0\n")
+    with pytest.raises(ValueError, match="line 1 has 3 values"):
+        D.read_amat(tmp_path / "short.amat")
+    (tmp_path / "grey.amat").write_text(" ".join(["0.5"] * 784) + "\n")
+    with pytest.raises(ValueError, match="must be 0 or 1"):
+        D.read_amat(tmp_path / "grey.amat")
+
+
+def _write_idx(path, array, magic):
+    header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def mnist_root(tmp_path, shared_data):
+    """The real MNIST test files, plus a 300-image stand-in for the training files (not shipped)."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.frombuffer(gzip.open(shared_data / "mnist" / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
+    labels = np.frombuffer(gzip.open(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
+    images = images.reshape(-1, 28, 28)
+    _write_idx(raw / "t10k-images-idx3-ubyte", images, 2051)
+    _write_idx(raw / "t10k-labels-idx1-ubyte", labels, 2049)
+    _write_idx(raw / "train-images-idx3-ubyte", images[:300], 2051)
+    _write_idx(raw / "train-labels-idx1-ubyte", labels[:300], 2049)
+    return tmp_path
+
+
+@pytest.mark.parametrize("binarize", ["none", "static", "dynamic"])
+def test_torchvision_mnist(mnist_root, binarize):
+    cfg = DataConfig(name="mnist", root=str(mnist_root), binarize=binarize, valid_size=100)
+    splits = D.load_data(cfg)
+    assert splits.train.shape == (200, 784) and splits.valid.shape == (100, 784) and splits.test.shape == (10000, 784)
+    assert splits.test_labels.shape == (10000,)
+    assert splits.dynamic_binarization == (binarize == "dynamic")
+    assert D.is_binary(splits.test) == (binarize != "none")
+    assert D.is_binary(splits.train) == (binarize == "static")
+    if binarize == "static":  # seeded: the same binarization every time
+        assert torch.equal(splits.train, D.load_data(cfg).train)
+    vae = build_vae(ModelConfig(latent_dim=2, hidden=(8,)), 784)
+    if binarize == "none":
+        with pytest.raises(ValueError, match="binarize grey-level images"):
+            check_data(vae, splits)
+    else:
+        check_data(vae, splits)
+
+
+def test_torchvision_mnist_missing_names_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="data.download=true"):
+        D.load_data(DataConfig(name="mnist", root=str(tmp_path)))
+
+
+def test_user_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.random((50, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "a.npy", images)
+    splits = D.load_data(DataConfig(name="array", root=str(tmp_path / "a.npy")))
+    assert splits.image_shape == (8, 8) and splits.data_dim == 64
+    assert splits.train.shape[0] + splits.valid.shape[0] + splits.test.shape[0] == 50
+    np.savez(tmp_path / "b.npz", train=images[:30].reshape(30, -1), valid=images[30:40].reshape(10, -1),
+             test=images[40:].reshape(10, -1), test_labels=np.arange(10))  # fmt: skip
+    splits = D.load_data(DataConfig(name="array", root=str(tmp_path / "b.npz")))
+    assert splits.train.shape == (30, 64) and splits.test_labels.tolist() == list(range(10))
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((4, 3, 3, 3)), r"shape \(N, D\) or \(N, H, W\)"),
+        (np.zeros((10, 0)), "empty"),
+        (np.full((10, 5), 2.0), r"values must lie in \[0, 1\].*max 2"),
+        (np.full((10, 5), -0.5), r"values must lie in \[0, 1\].*min -0.5"),
+        (np.where(np.eye(10, 5) > 0, np.nan, 0.5), "NaN or infinite .*first at image 0, pixel 0"),
+    ],
+)
+def test_bad_arrays_get_clear_errors(tmp_path, array, message):
+    path = tmp_path / "bad.npy"
+    np.save(path, array)
+    with pytest.raises(ValueError, match=message) as info:
+        D.load_data(DataConfig(name="array", root=str(path)))
+    assert str(path) in str(info.value)
+
+
+def test_bad_npz_layout_and_empty_split(tmp_path):
+    np.savez(tmp_path / "two.npz", a=np.zeros((5, 4)), b=np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="either one array or the arrays train, valid and test"):
+        D.load_data(DataConfig(name="array", root=str(tmp_path / "two.npz")))
+    np.savez(tmp_path / "e.npz", train=np.zeros((5, 4)), valid=np.zeros((0, 4)), test=np.zeros((5, 4)))
+    with pytest.raises(ValueError, match=r"\[valid\]: the split is empty"):
+        D.load_data(DataConfig(name="array", root=str(tmp_path / "e.npz")))
+    with pytest.raises(ValueError, match="existing .npy or .npz"):
+        D.load_data(DataConfig(name="array", root=str(tmp_path / "missing.npy")))
+
+
+def test_non_binary_data_under_bernoulli_is_rejected():
+    splits = D.Splits(*(torch.full((4, 6), 0.5) for _ in range(3)), image_shape=(2, 3), source="grey.npy")
+    vae = build_vae(ModelConfig(latent_dim=2, hidden=(4,)), 6)
+    with pytest.raises(ValueError, match=r"grey.npy \[train\]: the bernoulli likelihood needs binary pixels"):
+        check_data(vae, splits)
+
+
+def test_subset_is_evenly_spaced_so_sorted_test_labels_stay_mixed():
+    splits = D.load_data(DataConfig(subset=100))
+    assert splits.train.shape == (100, 784) and splits.test.shape == (100, 784)
+    assert sorted(set(splits.test_labels.tolist())) == list(range(10))

@@ -1,0 +1,131 @@
+"""The importance-sampled log-likelihood (IWAE bound) and the test-set evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyro_vae import closed_form
+from pyro_vae.evaluate import evaluate, iwae_log_likelihood
+from pyro_vae.model import VAE
+from pyro_vae.priors import StandardNormal
+from tests.conftest import assert_mc_close, mean_se
+
+
+def test_iwae_matches_a_hand_written_per_image_logsumexp(tiny_vae64):
+    vae, x = tiny_vae64
+    k = 64
+    torch.manual_seed(4)
+    bound, elbo = iwae_log_likelihood(vae, x, k, chunk=k)
+    torch.manual_seed(4)  # the same draws, by hand
+    loc, scale = vae.encoder.loc_scale(x)
+    z = torch.distributions.Normal(loc, scale).rsample((k,))
+    log_w = closed_form.log_weights(x, vae.decoder(z), z, loc, scale)
+    expected = torch.stack([torch.logsumexp(log_w[:, b], 0) - math.log(k) for b in range(x.shape[0])])
+    assert torch.allclose(bound, expected, atol=1e-10, rtol=0)
+    assert torch.allclose(elbo, log_w.mean(0), atol=1e-10, rtol=0)
+    assert (bound >= elbo).all()  # Jensen, per image and per draw set
+
+
+def test_streaming_over_chunks_is_exact(tiny_vae64, monkeypatch):
+    """Chunked accumulation equals one big log-sum-exp over the same weights."""
+    vae, x = tiny_vae64
+    k = 23
+    table = torch.randn(k, x.shape[0], dtype=torch.float64) * 30  # wide range: stresses the LSE
+    offset = {"i": 0}
+
+    def fake_log_weights(x_, n):
+        out = table[offset["i"] : offset["i"] + n]
+        offset["i"] += n
+        return out
+
+    monkeypatch.setattr(vae, "log_weights", fake_log_weights)
+    bound, elbo = iwae_log_likelihood(vae, x, k, chunk=5)
+    assert offset["i"] == k
+    assert torch.allclose(bound, torch.logsumexp(table, 0) - math.log(k), atol=1e-10, rtol=0)
+    assert torch.allclose(elbo, table.mean(0), atol=1e-10, rtol=0)
+
+
+def test_k_below_one_is_rejected(tiny_vae64):
+    vae, x = tiny_vae64
+    with pytest.raises(ValueError, match="at least 1"):
+        evaluate(vae, x, k=0)
+
+
+def test_evaluate_leaves_the_callers_rng_alone_and_repeats_itself(tiny_vae64):
+    vae, x = tiny_vae64
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    a = evaluate(vae, x, k=8, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = evaluate(vae, x, k=8, seed=5)
+    assert a["nll"].mean == b["nll"].mean and a["neg_elbo"].mean == b["neg_elbo"].mean
+
+
+class _Gaussian(nn.Module):
+    """p(x | z) = N(h, sigma^2 I): a likelihood for the linear-Gaussian test model."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, h):
+        return dist.Normal(h, self.sigma).to_event(1)
+
+
+class _LinearEncoder(nn.Module):
+    def __init__(self, a, c, scale):
+        super().__init__()
+        self.a, self.c, self.scale = a, c, scale
+
+    def forward(self, x):
+        loc = x @ self.a.T + self.c
+        return dist.Normal(loc, self.scale.expand_as(loc)).to_event(1)
+
+
+def _linear_gaussian(seed=0, d=6, l=2, sigma=0.6):
+    """z ~ N(0, I), x | z ~ N(Wz + b, sigma^2 I), so p(x) = N(b, W W^T + sigma^2 I) exactly.
+    The guide is the exact posterior's mean map, perturbed, with inflated scales."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, l, generator=g, dtype=torch.float64)
+    b = torch.randn(d, generator=g, dtype=torch.float64)
+    decoder = nn.Linear(l, d).double()
+    with torch.no_grad():
+        decoder.weight.copy_(w)
+        decoder.bias.copy_(b)
+    post_cov = torch.linalg.inv(torch.eye(l, dtype=torch.float64) + w.T @ w / sigma**2)
+    a = post_cov @ w.T / sigma**2  # posterior mean = a (x - b)
+    a_noisy = a + 0.2 * torch.randn(a.shape, generator=g, dtype=torch.float64)
+    scale = post_cov.diagonal().sqrt() * 1.5
+    vae = VAE(StandardNormal(l).double(), _Gaussian(sigma), _LinearEncoder(a_noisy, -a_noisy @ b, scale), decoder)
+    marginal = torch.distributions.MultivariateNormal(b, w @ w.T + sigma**2 * torch.eye(d, dtype=torch.float64))
+    x = marginal.sample((40,))
+    return vae, x, marginal.log_prob(x)
+
+
+def test_elbo_below_iwae_below_exact_log_likelihood_and_convergence():
+    vae, x, log_px = _linear_gaussian()
+    reps, seed = 30, 21
+    torch.manual_seed(seed)
+    exact = float(log_px.mean())
+    means, ses = {}, {}
+    for k in (1, 10, 100, 1000):
+        runs = torch.stack([iwae_log_likelihood(vae, x, k)[0].mean() for _ in range(reps)])
+        means[k], ses[k] = mean_se(runs)
+    elbo_runs = torch.stack([iwae_log_likelihood(vae, x, 50)[1].mean() for _ in range(reps)])
+    elbo, elbo_se = mean_se(elbo_runs)
+    assert_mc_close(means[1], elbo, (ses[1] ** 2 + elbo_se**2) ** 0.5, n=reps, seed=seed, what="IWAE K=1 = ELBO")
+    ks = sorted(means)
+    for k_lo, k_hi in zip(ks, ks[1:]):
+        z = (means[k_hi] - means[k_lo]) / (ses[k_hi] ** 2 + ses[k_lo] ** 2) ** 0.5
+        assert z > -3, f"IWAE bound fell from K={k_lo} ({means[k_lo]:.4f}) to K={k_hi} ({means[k_hi]:.4f}), z={z:.2f}, N={reps}, seed={seed}"
+    gap = means[1] - exact
+    assert gap < -0.05, f"the guide should be imperfect: ELBO - log p(x) = {gap:.4f}"  # a meaningful test
+    for k in ks:
+        assert means[k] < exact + 3 * ses[k], f"IWAE K={k} {means[k]:.4f} above log p(x) {exact:.4f}; N={reps}, seed={seed}"
+    # convergence: K=1000 closes most of the ELBO's gap to log p(x)
+    assert exact - means[1000] < 0.1 * (exact - means[1]), (means, exact)
