@@ -42,7 +42,9 @@ def main() -> None:
     summary = fit(cfg, args.out, resume=RunDir(Path(args.out)).last.exists(), progress=False)
     final = summary["final"]
     result = {
-        "recipe": str(Path(args.config).relative_to(HERE.parent)) if Path(args.config).is_absolute() else str(args.config),
+        "recipe": str(Path(args.config).relative_to(HERE.parent))
+        if Path(args.config).is_absolute()
+        else str(args.config),
         "overrides": args.overrides,
         "command": "python benchmarks/nll_standard_vae.py " + " ".join(f"--set {o}" for o in args.overrides),
         "test_nll": final["test_nll"],

@@ -44,7 +44,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise ValueError(f"checkpoint {path} is corrupt or not a pyro-vae checkpoint ({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"checkpoint {path} is corrupt or not a pyro-vae checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"checkpoint {path} is not a pyro-vae checkpoint of format {FORMAT_VERSION}")
     return state

@@ -61,7 +61,7 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     if "test_nll" in final:
         rows.append((f"test NLL, IWAE K={final['iwae_k']} ({final['iwae_images']} images)", final["test_nll"]))
     for name, est in rows:
-        print(f"{name:<34}{est['mean']:>10.2f}{est['se']:>10.2f}")
+        print(f"{name:<42}{est['mean']:>10.2f}{est['se']:>10.2f}")
 
 
 def _train(args) -> int:

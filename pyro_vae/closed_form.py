@@ -44,13 +44,17 @@ def neg_elbo_analytic(x: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, 
     return -bernoulli_log_likelihood(logits, x) + kl_normal_std_normal(loc, scale)
 
 
-def log_weights(x: torch.Tensor, logits: torch.Tensor, z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def log_weights(
+    x: torch.Tensor, logits: torch.Tensor, z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """log p(x|z) + log p(z) - log q(z|x): one importance weight per draw z, shape (..., B)."""
     log_prior = log_normal(z, torch.zeros_like(z), torch.ones_like(z))
     return bernoulli_log_likelihood(logits, x) + log_prior - log_normal(z, loc, scale)
 
 
-def neg_elbo_monte_carlo(x: torch.Tensor, logits: torch.Tensor, z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def neg_elbo_monte_carlo(
+    x: torch.Tensor, logits: torch.Tensor, z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """-(log p(x|z) + log p(z) - log q(z|x)) at the draw ``z``: what Trace_ELBO estimates."""
     return -log_weights(x, logits, z, loc, scale)
 

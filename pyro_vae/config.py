@@ -93,9 +93,7 @@ _CHOICES = {
 def _section_class(section: str) -> type:
     hints = typing.get_type_hints(ExperimentConfig)
     if section not in hints:
-        raise ConfigError(
-            f"unknown config section {section!r}; sections are: {', '.join(_SECTIONS)}"
-        )
+        raise ConfigError(f"unknown config section {section!r}; sections are: {', '.join(_SECTIONS)}")
     return hints[section]
 
 
@@ -146,9 +144,7 @@ def _replace_section(section_obj: Any, section: str, updates: dict[str, Any]) ->
     values = {}
     for key, raw in updates.items():
         if key not in hints:
-            raise ConfigError(
-                f"unknown key {section}.{key}; keys of [{section}] are: {', '.join(known)}"
-            )
+            raise ConfigError(f"unknown key {section}.{key}; keys of [{section}] are: {', '.join(known)}")
         values[key] = _coerce(raw, hints[key], f"{section}.{key}")
     return dataclasses.replace(section_obj, **values)
 
@@ -253,7 +249,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for section, key in [("data", "valid_size"), ("data", "subset"), ("eval", "iwae_images"), ("train", "patience")]:
         value = getattr(getattr(cfg, section), key)
         _require(value >= 0, f"{section}.{key} = {value} must be 0 or more")
-    _require(all(h >= 1 for h in cfg.model.hidden), f"model.hidden = {list(cfg.model.hidden)}: widths must be at least 1")
+    _require(
+        all(h >= 1 for h in cfg.model.hidden), f"model.hidden = {list(cfg.model.hidden)}: widths must be at least 1"
+    )
     _require(cfg.train.time_limit_min >= 0, f"train.time_limit_min = {cfg.train.time_limit_min} must be 0 or more")
     _require(cfg.train.lr > 0, f"train.lr = {cfg.train.lr} must be positive")
     _require(0 < cfg.train.lr_decay <= 1, f"train.lr_decay = {cfg.train.lr_decay} must be in (0, 1]")

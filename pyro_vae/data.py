@@ -73,7 +73,7 @@ class Splits:
     def data_dim(self) -> int:
         return self.train.shape[1]
 
-    def subset(self, n: int) -> "Splits":
+    def subset(self, n: int) -> Splits:
         """``n`` evenly spaced images of every split (``n = 0``: all). Evenly spaced rather than
         the first ``n``, because the binarized-MNIST test split is sorted by digit."""
         if n <= 0:
@@ -95,9 +95,7 @@ def check_images(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
     """Validate one split and return it as float32 (N, D); raise ``ValueError`` naming ``source``."""
     x = torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array)
     if x.ndim not in (2, 3):
-        raise ValueError(
-            f"{source}: images must have shape (N, D) or (N, H, W), got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{source}: images must have shape (N, D) or (N, H, W), got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x[0].numel() == 0:
         raise ValueError(f"{source}: the split is empty (shape {tuple(x.shape)}); it needs at least one image")
     if x.dtype == torch.bool:
@@ -110,8 +108,7 @@ def check_images(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 1:
         raise ValueError(
-            f"{source}: values must lie in [0, 1], found min {lo:g} and max {hi:g}; "
-            "divide 8-bit images by 255"
+            f"{source}: values must lie in [0, 1], found min {lo:g} and max {hi:g}; divide 8-bit images by 255"
         )
     return x
 
@@ -295,7 +292,7 @@ def _binarized_mnist(cfg: DataConfig) -> Splits:
         if path is None:
             raise ValueError(
                 f"{cfg.root}: binarized_mnist_{split}.amat[.gz] not found; set data.download=true to "
-                "fetch the files, or data.root=\"\" to use the copy shipped in the package"
+                'fetch the files, or data.root="" to use the copy shipped in the package'
             )
         arrays[split] = read_amat(path)
     # The test split is always the canonical one, whose labels the package carries.

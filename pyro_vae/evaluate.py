@@ -48,7 +48,9 @@ def _summarise(values: torch.Tensor) -> Estimate:
 
 
 @torch.no_grad()
-def iwae_log_likelihood(vae: VAE, x: torch.Tensor, k: int, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def iwae_log_likelihood(
+    vae: VAE, x: torch.Tensor, k: int, chunk: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image IWAE bound with ``k`` samples and the K-sample mean of log w (an ELBO estimate).
 
     :param x: images (B, D).
@@ -87,7 +89,7 @@ def evaluate(vae: VAE, x: torch.Tensor, k: int = 1, batch_size: int = 1000, seed
             torch.manual_seed(seed)
         batch_size = max(1, min(batch_size, x.shape[0]))
         batches = range(0, x.shape[0], batch_size)
-        for start in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
+        for start in tqdm(batches, desc=desc, disable=None if progress else True, unit="batch", leave=False):
             bound, elbo = iwae_log_likelihood(vae, x[start : start + batch_size], k)
             bounds.append(bound)
             elbos.append(elbo)

@@ -42,6 +42,10 @@ def plot_curves(metrics_path: Path, out: Path) -> Path:
     epochs = [r["epoch"] for r in rows]
     for key, label in (("train_neg_elbo", "train"), ("valid_neg_elbo", "valid"), ("test_neg_elbo", "test")):
         ax.plot(epochs, [r[key] for r in rows], marker="o" if len(rows) < 30 else None, label=label)
+    if len(rows) > 3:  # the first epoch's loss would flatten everything after it
+        later = [r[k] for r in rows[max(1, len(rows) // 10) :] for k in ("train_neg_elbo", "valid_neg_elbo")]
+        low, high = min(later), max(later)
+        ax.set_ylim(low - 0.1 * (high - low), high + 0.1 * (high - low))
     ax.set(xlabel="epoch", ylabel="negative ELBO (nats per image)", title="Training curves")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -51,7 +55,7 @@ def plot_curves(metrics_path: Path, out: Path) -> Path:
 def plot_images(images: torch.Tensor, image_shape, nrow: int, title: str, out: Path) -> Path:
     grid = image_grid(images, image_shape, nrow)
     fig, ax = plt.subplots(figsize=(grid.shape[1] / 28 * 0.7, grid.shape[0] / 28 * 0.7 + 0.4))
-    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
     return _save(fig, out)
@@ -82,8 +86,9 @@ def plot_latents(z: torch.Tensor, labels: torch.Tensor | None, out: Path) -> Pat
         axes = (f"PC 1 ({ev[0]:.0%} of variance)", f"PC 2 ({ev[1]:.0%})")
     fig, ax = plt.subplots(figsize=(6, 5))
     order = torch.randperm(xy.shape[0], generator=torch.Generator().manual_seed(0))  # no class drawn on top
-    colours = labels.cpu()[order] if labels is not None else None
-    points = ax.scatter(xy[order, 0], xy[order, 1], c=colours, cmap="tab10", s=3, alpha=0.6)
+    colours = labels.cpu()[order].numpy() if labels is not None else None
+    xy = xy[order].numpy()
+    points = ax.scatter(xy[:, 0], xy[:, 1], c=colours, cmap="tab10", s=3, alpha=0.6)
     if labels is not None:
         fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
     kind = "latent means" if z.shape[1] == 2 else f"PCA of the {z.shape[1]}-D latent means"

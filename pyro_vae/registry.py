@@ -13,7 +13,8 @@ Only the factories (:func:`pyro_vae.model.build_vae`, :func:`pyro_vae.elbos.buil
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

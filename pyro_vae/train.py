@@ -39,8 +39,10 @@ from .model import VAE, build_vae
 log = logging.getLogger(__name__)
 
 # Keys a resumed run may change; any other difference from the saved config is an error.
-RESUMABLE = {("train", "epochs"), ("train", "patience"), ("train", "time_limit_min"), ("train", "device"), ("train", "eval_batch_size"),
-             ("eval", "iwae_k"), ("eval", "iwae_images")}  # fmt: skip
+RESUMABLE = {
+    ("train", "epochs"), ("train", "patience"), ("train", "time_limit_min"), ("train", "device"),
+    ("train", "eval_batch_size"), ("eval", "iwae_k"), ("eval", "iwae_images"),
+}  # fmt: skip
 
 
 class TrainingError(RuntimeError):
@@ -198,6 +200,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     n, bs = x_train.shape[0], cfg.train.batch_size
     steps_per_epoch = math.ceil(n / bs)
     evaluate_kw = dict(batch_size=cfg.train.eval_batch_size, seed=cfg.eval.seed)
+
     def should_stop() -> bool:
         out_of_time = cfg.train.time_limit_min and train_time >= 60 * cfg.train.time_limit_min
         return bool(out_of_time or (cfg.train.patience and stale >= cfg.train.patience))
@@ -207,7 +210,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
         vae.train()
         perm = torch.randperm(n, generator=shuffle).to(device)
         total, t0 = 0.0, time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.train.epochs}", disable=not progress,
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.train.epochs}", disable=None if progress else True,
                    unit="step", leave=False)  # fmt: skip
         with pyro.validation_enabled(False):  # data were validated up front; keep the hot loop lean
             for i in bar:
@@ -252,7 +255,9 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     summary = finish(run, cfg, vae, data, device, epoch, progress)
     summary.update(wall_time_s=time.perf_counter() - t_start, train_time_s=train_time,
                    images_per_s=step * bs / train_time if train_time else None)  # fmt: skip
-    run.summary.write_text(json.dumps(summary, indent=2))
+    text = json.dumps(summary, indent=2)
+    run.summary.write_text(text)
+    summary = json.loads(text)  # what the file says (tuples become lists)
     if figures:
         from .plots import make_figures
 

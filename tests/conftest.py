@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import gzip
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,3 +43,24 @@ def tiny_vae64():
     vae = build_vae(ModelConfig(latent_dim=3, hidden=(16,)), data_dim=20).double()
     x = torch.bernoulli(torch.full((6, 20), 0.3, dtype=torch.float64))
     return vae, x
+
+
+def _write_idx(path, array, magic):
+    header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def mnist_root(tmp_path, shared_data):
+    """The real MNIST test files, plus a 300-image stand-in for the training files (not shipped)."""
+    images = np.frombuffer(gzip.open(shared_data / "mnist" / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
+    labels = np.frombuffer(gzip.open(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
+    images = images.reshape(-1, 28, 28)
+    for folder in ("MNIST", "FashionMNIST"):  # Fashion-MNIST has the same layout; MNIST digits stand in
+        raw = tmp_path / folder / "raw"
+        raw.mkdir(parents=True)
+        _write_idx(raw / "t10k-images-idx3-ubyte", images, 2051)
+        _write_idx(raw / "t10k-labels-idx1-ubyte", labels, 2049)
+        _write_idx(raw / "train-images-idx3-ubyte", images[:300], 2051)
+        _write_idx(raw / "train-labels-idx1-ubyte", labels[:300], 2049)
+    return tmp_path

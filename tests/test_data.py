@@ -134,29 +134,10 @@ def test_bad_amat_lines_are_reported(tmp_path):
         D.read_amat(tmp_path / "grey.amat")
 
 
-def _write_idx(path, array, magic):
-    header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture
-def mnist_root(tmp_path, shared_data):
-    """The real MNIST test files, plus a 300-image stand-in for the training files (not shipped)."""
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    images = np.frombuffer(gzip.open(shared_data / "mnist" / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
-    labels = np.frombuffer(gzip.open(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
-    images = images.reshape(-1, 28, 28)
-    _write_idx(raw / "t10k-images-idx3-ubyte", images, 2051)
-    _write_idx(raw / "t10k-labels-idx1-ubyte", labels, 2049)
-    _write_idx(raw / "train-images-idx3-ubyte", images[:300], 2051)
-    _write_idx(raw / "train-labels-idx1-ubyte", labels[:300], 2049)
-    return tmp_path
-
-
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 @pytest.mark.parametrize("binarize", ["none", "static", "dynamic"])
-def test_torchvision_mnist(mnist_root, binarize):
-    cfg = DataConfig(name="mnist", root=str(mnist_root), binarize=binarize, valid_size=100)
+def test_torchvision_sets(mnist_root, binarize, name):
+    cfg = DataConfig(name=name, root=str(mnist_root), binarize=binarize, valid_size=100)
     splits = D.load_data(cfg)
     assert splits.train.shape == (200, 784) and splits.valid.shape == (100, 784) and splits.test.shape == (10000, 784)
     assert splits.test_labels.shape == (10000,)

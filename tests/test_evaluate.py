@@ -122,10 +122,15 @@ def test_elbo_below_iwae_below_exact_log_likelihood_and_convergence():
     ks = sorted(means)
     for k_lo, k_hi in zip(ks, ks[1:]):
         z = (means[k_hi] - means[k_lo]) / (ses[k_hi] ** 2 + ses[k_lo] ** 2) ** 0.5
-        assert z > -3, f"IWAE bound fell from K={k_lo} ({means[k_lo]:.4f}) to K={k_hi} ({means[k_hi]:.4f}), z={z:.2f}, N={reps}, seed={seed}"
+        assert z > -3, (
+            f"IWAE bound fell from K={k_lo} ({means[k_lo]:.4f}) to K={k_hi} ({means[k_hi]:.4f}), "
+            f"z={z:.2f}, N={reps}, seed={seed}"
+        )
     gap = means[1] - exact
     assert gap < -0.05, f"the guide should be imperfect: ELBO - log p(x) = {gap:.4f}"  # a meaningful test
     for k in ks:
-        assert means[k] < exact + 3 * ses[k], f"IWAE K={k} {means[k]:.4f} above log p(x) {exact:.4f}; N={reps}, seed={seed}"
+        assert means[k] < exact + 3 * ses[k], (
+            f"IWAE K={k} {means[k]:.4f} above log p(x) {exact:.4f}; N={reps}, seed={seed}"
+        )
     # convergence: K=1000 closes most of the ELBO's gap to log p(x)
     assert exact - means[1000] < 0.1 * (exact - means[1]), (means, exact)

@@ -1,0 +1,95 @@
+"""The ``pyro-vae`` command line: train / resume / evaluate / plot / config, and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pyro_vae.cli import main
+from tests.test_train import SMALL
+
+
+def _sets(*items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def test_train_resume_evaluate_plot(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--no-progress", *_sets(*SMALL, "train.epochs=1")]) == 0
+    out = capsys.readouterr().out
+    assert "test NLL, IWAE K=20" in out and "nats per image" in out
+
+    assert main(["train", "--out", str(run), *_sets(*SMALL)]) == 2
+    assert f"--resume {run}" in capsys.readouterr().err
+
+    assert main(["train", "--resume", str(run), "--no-progress", "--no-figures", "--set", "train.epochs=2"]) == 0
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
+
+    assert main(["evaluate", str(run), "--k", "10", "--images", "50", "--no-progress"]) == 0
+    record = json.loads((run / "evaluation_k10.json").read_text())
+    assert record["k"] == 10 and record["images"] == 50 and record["nll"]["mean"] <= record["neg_elbo"]["mean"]
+
+    assert main(["plot", str(run)]) == 0
+    assert "latents.png" in capsys.readouterr().out
+
+    assert main(["train", "--out", str(run), "--overwrite", "--no-progress", "--no-figures",
+                 *_sets(*SMALL, "train.epochs=1")]) == 0  # fmt: skip
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["config", "--set", "model.latent_dim"], "not of the form section.key=value"),
+        (["config", "--set", "model.latent_dim=abc"], "model.latent_dim: expected an integer, got 'abc'"),
+        (["config", "--set", "model.latent_dim=0"], "model.latent_dim = 0 must be at least 1"),
+        (["config", "--set", "model.hidden=400,x"], "model.hidden: expected an integer"),
+        (["config", "--set", "train.elbo=nope"], "train.elbo = 'nope' is not one of: mean_field, trace"),
+        (["config", "--set", "model.prior=vamp"], "model.prior = 'vamp' is not one of: standard_normal"),
+        (["config", "--set", "nosuch.key=1"], "unknown config section 'nosuch'"),
+        (["config", "--set", "train.lr=-1"], "train.lr = -1.0 must be positive"),
+        (
+            ["config", "--set", "data.binarize=sometimes"],
+            "data.binarize = 'sometimes' is not one of: none, static, dynamic",
+        ),
+        (["config", "--set", "train.device=tpu"], "train.device = 'tpu' is not one of"),
+        (["config", "--config", "missing.toml"], "config file 'missing.toml' does not exist"),
+        (["evaluate", "no/such/run"], "run folder no/such/run does not exist"),
+        (["train", "--resume", "no/such/run"], "is not a run folder"),
+    ],
+)
+def test_bad_input_is_one_message_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_config_files(tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text("[model\nlatent_dim = 2\n")
+    assert main(["config", "--config", str(tmp_path / "bad.toml")]) == 2
+    assert "is not valid toml" in capsys.readouterr().err
+    (tmp_path / "unknown.toml").write_text("[model]\nlatent = 2\n")
+    assert main(["config", "--config", str(tmp_path / "unknown.toml")]) == 2
+    assert "unknown key model.latent; keys of [model] are: latent_dim" in capsys.readouterr().err
+    (tmp_path / "ok.toml").write_text('[model]\nlatent_dim = 2\nhidden = [32, 16]\n[train]\nelbo = "mean_field"\n')
+    assert main(["config", "--config", str(tmp_path / "ok.toml"), "--set", "train.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "latent_dim = 2" in out and "hidden = [32, 16]" in out and 'elbo = "mean_field"' in out and "epochs = 3" in out
+    )
+
+
+def test_evaluate_rejects_k_below_one(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--no-progress", "--no-figures", *_sets(*SMALL, "train.epochs=1")]) == 0
+    assert main(["evaluate", str(run), "--k", "0"]) == 2
+    assert "--k must be at least 1" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "pyro_vae", "config", "--set", "model.latent_dim=7"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0 and "latent_dim = 7" in result.stdout

@@ -1,0 +1,162 @@
+"""Training: the run folder, exact resume, a non-finite loss, and the equivalence of the
+training step with Pyro's stock SVI."""
+
+from __future__ import annotations
+
+import json
+
+import pyro
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+from pyro_vae import train as T
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.config import ConfigError, ModelConfig, apply_overrides, load_config
+from pyro_vae.model import build_vae
+
+SMALL = ["data.subset=384", "model.latent_dim=2", "model.hidden=16", "train.batch_size=128",
+         "train.eval_batch_size=200", "eval.iwae_k=20", "train.epochs=2"]  # fmt: skip
+
+
+def small_cfg(*extra):
+    return load_config(None, [*SMALL, *extra])
+
+
+def _metrics(run):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in rows]
+
+
+def test_fit_writes_a_complete_run_folder(tmp_path):
+    run = tmp_path / "run"
+    summary = T.fit(small_cfg(), run, progress=False)
+    assert (run / "config.toml").read_text() and load_config(run / "config.toml") == small_cfg()
+    rows = _metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["step"] == 6
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["final"]["test_nll"]["mean"] <= saved["final"]["test_neg_elbo"]["mean"]
+    assert saved["final"]["iwae_k"] == 20 and saved["final"]["unit"] == "nats per image"
+    for key in ("environment", "wall_time_s", "images_per_s", "config", "best_epoch"):
+        assert key in saved and saved[key] == summary[key]
+    assert saved["environment"]["device"] == "cpu" and saved["images_per_s"] > 0
+    figures = sorted(p.name for p in (run / "figures").iterdir())
+    assert figures == ["curves.png", "latents.png", "manifold.png", "reconstructions.png", "samples.png"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    T.fit(small_cfg("train.epochs=3"), straight, progress=False, figures=False)
+    T.fit(small_cfg("train.epochs=1"), split, progress=False, figures=False)
+    T.fit(small_cfg("train.epochs=3"), split, resume=True, progress=False, figures=False)
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(split / "checkpoints" / "last.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert _metrics(straight) == _metrics(split)
+
+
+def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    T.fit(small_cfg("train.epochs=1"), run, progress=False, figures=False)
+    with open(run / "metrics.jsonl", "a") as f:  # as if killed after logging epoch 2, before its checkpoint
+        f.write(json.dumps({"epoch": 2, "train_neg_elbo": 0.0}) + "\n")
+    T.fit(small_cfg("train.epochs=2"), run, resume=True, progress=False, figures=False)
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2] and _metrics(run)[1]["train_neg_elbo"] > 0
+
+
+def test_resume_rejects_a_changed_model_and_refuses_to_overwrite(tmp_path):
+    run = tmp_path / "run"
+    T.fit(small_cfg("train.epochs=1"), run, progress=False, figures=False)
+    with pytest.raises(ConfigError, match=r"model.latent_dim: 2 -> 3.*may change only"):
+        T.fit(small_cfg("model.latent_dim=3"), run, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        T.fit(small_cfg(), run, progress=False)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    real_build = T.build_elbo
+
+    class NaNAtStep4:
+        def __init__(self, cfg):
+            self.elbo, self.calls = real_build(cfg), 0
+
+        def differentiable_loss(self, *args):
+            self.calls += 1
+            loss = self.elbo.differentiable_loss(*args)
+            return loss * float("nan") if self.calls == 4 else loss
+
+    monkeypatch.setattr(T, "build_elbo", NaNAtStep4)
+    run = tmp_path / "run"
+    with pytest.raises(T.TrainingError, match=r"became nan at step 4 \(epoch 2\)"):
+        T.fit(small_cfg(), run, progress=False)
+    kept = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_training_step_equals_stock_pyro_svi():
+    """Our loop (differentiable_loss + torch Adam) takes the same steps as pyro.infer.SVI."""
+    cfg = ModelConfig(latent_dim=3, hidden=(16,))
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((32, 20), 0.3))
+    ours, stock = build_vae(cfg, 20), build_vae(cfg, 20)
+    stock.load_state_dict(ours.state_dict())
+
+    optim = torch.optim.Adam(ours.parameters(), lr=1e-2)
+    elbo = Trace_ELBO()
+    pyro.set_rng_seed(1)
+    for _ in range(3):
+        loss = elbo.differentiable_loss(ours.model, ours.guide, x) / x.shape[0]
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+
+    pyro.clear_param_store()
+
+    def model(x):
+        pyro.module("vae", stock)
+        stock.model(x)
+
+    def guide(x):
+        pyro.module("vae", stock)
+        stock.guide(x)
+
+    # SVI minimises the summed loss; scaling by 1/B (ours) leaves Adam's steps unchanged up to eps
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2, "eps": 1e-8 * x.shape[0]}), Trace_ELBO())
+    pyro.set_rng_seed(1)
+    for _ in range(3):
+        svi.step(x)
+    for (name, a), b in zip(ours.named_parameters(), stock.parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
+
+
+def test_cuda_request_without_cuda_is_a_config_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        T.resolve_device("cuda")
+    assert T.resolve_device("auto").type == "cpu"
+
+
+def test_resume_config_check_allows_only_listed_keys():
+    base = load_config()
+    T.check_resume_config(base, apply_overrides(base, ["train.epochs=99", "eval.iwae_k=5000"]))
+    with pytest.raises(ConfigError, match="train.lr"):
+        T.check_resume_config(base, apply_overrides(base, ["train.lr=0.1"]))
+
+
+def test_the_default_model_learns_on_the_full_data(tmp_path):
+    """Two epochs of the default configuration on all 50,000 training images."""
+    summary = T.fit(load_config(None, ["train.epochs=2", "eval.iwae_k=2", "eval.iwae_images=500"]),
+                    tmp_path / "run", progress=False, figures=False)  # fmt: skip
+    final = summary["final"]
+    assert final["valid_neg_elbo"]["mean"] < 125, final  # untrained: ~545 nats; 2 epochs: ~120
+    assert summary["images_per_s"] > 1000
+
+
+def test_dynamic_binarization_trains_on_grey_images(tmp_path, mnist_root):
+    cfg = small_cfg("data.name=mnist", f"data.root={mnist_root}", "data.binarize=dynamic", "data.valid_size=100",
+                    "train.epochs=1")  # fmt: skip
+    summary = T.fit(cfg, tmp_path / "run", progress=False, figures=False)
+    assert summary["final"]["train_neg_elbo"]["mean"] > 0
