@@ -93,3 +93,15 @@ def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "pyro_vae", "config", "--set", "model.latent_dim=7"],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0 and "latent_dim = 7" in result.stdout
+
+
+def test_shipped_config_files_load():
+    from pathlib import Path
+
+    from pyro_vae.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    files = sorted([*root.glob("examples/configs/*.toml"), *root.glob("benchmarks/configs/*.toml")])
+    assert len(files) >= 3
+    for path in files:
+        load_config(path)
