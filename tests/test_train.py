@@ -151,7 +151,7 @@ def test_the_default_model_learns_on_the_full_data(tmp_path):
     summary = T.fit(load_config(None, ["train.epochs=2", "eval.iwae_k=2", "eval.iwae_images=500"]),
                     tmp_path / "run", progress=False, figures=False)  # fmt: skip
     final = summary["final"]
-    assert final["valid_neg_elbo"]["mean"] < 125, final  # untrained: ~545 nats; 2 epochs: ~120
+    assert final["valid_neg_elbo"]["mean"] < 140, final  # untrained: ~575 nats; 2 epochs: ~130
     assert summary["images_per_s"] > 1000
 
 
