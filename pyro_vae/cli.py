@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command: ``train``, ``evaluate``, ``plot`` and ``config``.
+"""The ``pyro-vae`` command: ``train``, ``evaluate``, ``compare``, ``plot`` and ``config``.
 
 Every rejected input ends in a one-paragraph message on stderr and exit status 2.
 """
@@ -39,6 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=0, help="evenly spaced test images to use (default all)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("compare", help="measure the ELBO estimators on a trained run (values, variance, gradients)")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--images", type=int, default=100, help="evenly spaced test images (default 100)")
+    p.add_argument("--k", default="1,10,100,1000", help="IWAE sample sizes, comma-separated (add 5000 for papers')")
+    p.add_argument("--particles", default="1,4,16,64", help="particles per estimate, comma-separated")
+    p.add_argument("--reps", type=int, default=32, help="P-particle estimates per image for the spread")
+    p.add_argument("--grad-images", type=int, default=32, help="images in the batch whose gradient is estimated")
+    p.add_argument("--grad-reps", type=int, default=50, help="gradient draws per estimator and P")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/compare)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("plot", help="(re)draw the figures of a run")
@@ -110,6 +124,35 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated integers, e.g. 1,10,100; got {text!r}") from None
+    if not values:
+        raise ValueError(f"{option} needs at least one value")
+    return values
+
+
+def _compare(args) -> int:
+    from .data import evenly_spaced
+    from .estimators import LabConfig, run_lab
+    from .lab_report import format_table, write_outputs
+    from .train import load_run
+
+    lab = LabConfig(images=args.images, ks=_int_list(args.k, "--k"), particles=_int_list(args.particles, "--particles"),
+                    reps=args.reps, grad_images=args.grad_images, grad_reps=args.grad_reps, seed=args.seed)  # fmt: skip
+    _, vae, data = load_run(args.run, args.checkpoint, args.device)
+    device = next(vae.parameters()).device
+    x = data.test[evenly_spaced(data.test.shape[0], lab.images)].to(device)
+    result = run_lab(vae, x, lab, progress=not args.no_progress)
+    print(format_table(result))
+    command = "pyro-vae compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else ""
+    for path in write_outputs(result, args.out or Path(args.run) / "compare", command):
+        print(f"wrote {path}")
+    return 0
+
+
 def _plot(args) -> int:
     from .plots import make_figures
     from .train import load_run
@@ -129,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(to_toml(load_config(args.config, args.overrides)), end="")
             return 0
-        return {"train": _train, "evaluate": _evaluate, "plot": _plot}[args.command](args)
+        return {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot}[args.command](args)
     except ValueError as exc:
         print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,294 @@
+r"""The estimator laboratory: analytic-KL versus Monte-Carlo ELBO, measured.
+
+On fixed images and a (trained) VAE, :func:`run_lab` estimates
+
+1. **values** (nats per image): the negative ELBO by ``Trace_ELBO`` (Monte-Carlo KL), by
+   ``TraceMeanField_ELBO`` (analytic KL) and by the hand-written closed form; the IWAE bound
+   :math:`\mathcal L_K` for several K; the importance-sampled log-likelihood (the bound at the
+   largest K); and the gap :math:`\mathrm{ELBO} - \log p(x) = -\mathrm{KL}(q(z|x)\,\|\,p(z|x))`;
+2. **variance**: the per-image standard deviation of each ELBO estimator with P particles,
+   for P in ``particles`` (it falls as :math:`1/\sqrt P`);
+3. **gradients**: variance and signal-to-noise ratio :math:`|\mathbb E g_j| / \mathrm{sd}(g_j)`
+   (averaged over parameter coordinates j) of the gradient estimates for the encoder and the
+   decoder separately, for the Monte-Carlo-KL and the analytic-KL reparameterised estimators
+   and for the score-function estimator (a guide whose samples are not reparameterised,
+   handled by ``TraceGraph_ELBO``), across P.
+
+Per-particle ELBO terms come from Pyro traces of ``vae.guide`` and ``vae.model`` under a
+vectorised particle plate: the same terms ``Trace_ELBO`` (``log p(x,z) - log q(z|x)``) and
+``TraceMeanField_ELBO`` (``log p(x|z) - KL(q||p)``, with ``torch.distributions.kl_divergence``)
+sum, kept per image (``tests/test_estimators.py`` checks the sums against Pyro's own losses).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from torch.distributions import Independent, kl_divergence
+from tqdm.auto import tqdm
+
+from . import closed_form
+from .evaluate import MAX_ELEMENTS, iwae_log_likelihood
+from .guides import DiagNormal
+from .likelihoods import Bernoulli
+from .model import VAE
+from .priors import StandardNormal
+
+GRADIENT_ESTIMATORS = ("reparam_mc_kl", "reparam_analytic_kl", "score_function")
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    images: int = 100  # evenly spaced test images the values and spreads are averaged over
+    ks: tuple[int, ...] = (1, 10, 100, 1000)  # IWAE sample sizes; the largest gives log p(x)
+    particles: tuple[int, ...] = (1, 4, 16, 64)  # P, particles per ELBO / gradient estimate
+    reps: int = 32  # independent P-particle estimates per image for the spread
+    grad_images: int = 32  # images in the batch whose gradient is estimated
+    grad_reps: int = 50  # independent gradient estimates per (estimator, P)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("images", "reps", "grad_images", "grad_reps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.reps < 2 or self.grad_reps < 2:
+            raise ValueError("reps and grad_reps must be at least 2 to estimate a spread")
+        for name in ("ks", "particles"):
+            values = getattr(self, name)
+            if not values or min(values) < 1:
+                raise ValueError(f"every value of {name} must be at least 1 (K < 1 has no meaning), got {list(values)}")
+
+
+@dataclass
+class LabResult:
+    config: LabConfig
+    values: dict = field(default_factory=dict)
+    spread: dict = field(default_factory=dict)
+    gradients: dict = field(default_factory=dict)
+
+
+def check_analytic_kl(vae: VAE, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` if KL(q(z|x) || p(z)) has no closed form for these components."""
+    q, p = vae.encoder(x[:1]), vae.prior(1)
+    try:
+        kl_divergence(q, p)
+    except NotImplementedError:
+        raise ValueError(
+            f"no analytic KL is registered between the guide's {type(q).__name__} and the prior's "
+            f"{type(p).__name__}; the analytic-versus-Monte-Carlo comparison needs one "
+            "(register it with torch.distributions.kl.register_kl, or compare a model with "
+            "model.prior=standard_normal and model.guide=diag_normal)"
+        ) from None
+
+
+def _mean_se(values: torch.Tensor) -> dict[str, float]:
+    values = values.double().flatten()
+    return {"mean": float(values.mean()), "se": float(values.std() / math.sqrt(values.numel()))}
+
+
+@torch.no_grad()
+def elbo_terms(vae: VAE, x: torch.Tensor, num_particles: int) -> dict[str, torch.Tensor]:
+    """Per-particle, per-image ELBO terms from Pyro traces, each of shape (num_particles, B).
+
+    ``log_lik`` = log p(x|z), ``log_prior`` = log p(z), ``log_q`` = log q(z|x) at z ~ q and
+    ``kl`` = KL(q(z|x) || p(z)) in closed form. The Monte-Carlo ELBO particle (``Trace_ELBO``) is
+    ``log_lik + log_prior - log_q``; the analytic one (``TraceMeanField_ELBO``) ``log_lik - kl``.
+    Particles are drawn in chunks so that memory stays bounded.
+    """
+    chunk = max(1, MAX_ELEMENTS // (x.shape[0] * x.shape[1]))
+    pieces = [_elbo_terms(vae, x, min(chunk, num_particles - s)) for s in range(0, num_particles, chunk)]
+    return {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
+
+
+def _elbo_terms(vae: VAE, x: torch.Tensor, num_particles: int) -> dict[str, torch.Tensor]:
+    with pyro.plate("particles", num_particles, dim=-2):
+        guide_tr = poutine.trace(vae.guide).get_trace(x)
+        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    model_tr.compute_log_prob()
+    guide_tr.compute_log_prob()
+    q, p = guide_tr.nodes["z"]["fn"], model_tr.nodes["z"]["fn"]
+    shape = (num_particles, x.shape[0])
+    return {
+        "log_lik": model_tr.nodes["x"]["log_prob"].expand(shape),
+        "log_prior": model_tr.nodes["z"]["log_prob"].expand(shape),
+        "log_q": guide_tr.nodes["z"]["log_prob"].expand(shape),
+        "kl": kl_divergence(q, p).expand(shape),
+    }
+
+
+def estimator_particles(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Negative-ELBO particles (P, B) of the two estimators, and their KL terms."""
+    return {
+        "trace": -(terms["log_lik"] + terms["log_prior"] - terms["log_q"]),
+        "mean_field": -(terms["log_lik"] - terms["kl"]),
+        "trace_kl_term": terms["log_q"] - terms["log_prior"],
+        "mean_field_kl_term": terms["kl"],
+    }
+
+
+def has_closed_form(vae: VAE) -> bool:
+    """``pyro_vae.closed_form`` covers the default components only."""
+    return (
+        isinstance(vae.prior, StandardNormal)
+        and isinstance(vae.likelihood, Bernoulli)
+        and isinstance(vae.encoder, DiagNormal)
+    )
+
+
+@torch.no_grad()
+def closed_form_particles(vae: VAE, x: torch.Tensor, num_particles: int) -> torch.Tensor:
+    """Negative ELBO of the hand-written closed form (analytic KL), (num_particles, B)."""
+    loc, scale = vae.encoder.loc_scale(x)
+    chunk = max(1, MAX_ELEMENTS // (x.shape[0] * x.shape[1]))
+    out = []
+    for start in range(0, num_particles, chunk):
+        eps = torch.randn((min(chunk, num_particles - start), *loc.shape), dtype=loc.dtype, device=loc.device)
+        z = loc + scale * eps
+        out.append(closed_form.neg_elbo_analytic(x, vae.decoder(z), loc, scale))
+    return torch.cat(out)
+
+
+def spread(particles: torch.Tensor, counts: tuple[int, ...], reps: int) -> dict[int, dict[str, float]]:
+    """Per-image standard deviation of the P-particle average, for every P in ``counts``.
+
+    ``particles`` (M, B) holds M >= reps * max(counts) iid draws per image; the P-particle
+    estimates are means over disjoint groups of P draws, ``reps`` of them per image.
+    """
+    out = {}
+    for p in counts:
+        groups = particles[: reps * p].reshape(reps, p, -1).mean(1)  # (reps, B)
+        per_image = groups.double().std(0)
+        out[p] = {"mean_sd": float(per_image.mean()), "median_sd": float(per_image.median())}
+    return out
+
+
+def _with_module(vae: VAE, fn):
+    def wrapped(x):
+        pyro.module("vae", vae)
+        return fn(x)
+
+    return wrapped
+
+
+class _ScoreFunctionNormal(dist.Normal):
+    """A Normal whose samples carry no pathwise gradient: Pyro then uses the score function.
+    (A class attribute, unlike ``has_rsample_(False)``, survives Pyro's plate broadcasting.)"""
+
+    has_rsample = False
+
+
+def score_function_guide(vae: VAE):
+    """``vae.guide`` with z sampled without reparameterisation, so Pyro differentiates through
+    ``log q`` (the score function) instead of through z. Needs a Normal guide."""
+
+    def guide(x):
+        q = vae.encoder(x)
+        base = q.base_dist if isinstance(q, Independent) else q
+        if not isinstance(base, torch.distributions.Normal):
+            raise ValueError(f"the score-function comparison needs a Normal guide, got {type(base).__name__}")
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", _ScoreFunctionNormal(base.loc, base.scale).to_event(q.event_dim))
+
+    return guide
+
+
+def _gradient_estimator(name: str, vae: VAE, num_particles: int):
+    kw = dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+    if name == "reparam_mc_kl":
+        return Trace_ELBO(**kw), vae.guide
+    if name == "reparam_analytic_kl":
+        return TraceMeanField_ELBO(**kw), vae.guide
+    if name == "score_function":
+        return TraceGraph_ELBO(**kw), score_function_guide(vae)
+    raise ValueError(f"unknown gradient estimator {name!r}; choose from {', '.join(GRADIENT_ESTIMATORS)}")
+
+
+def gradient_samples(
+    vae: VAE, x: torch.Tensor, estimator: str, num_particles: int, reps: int
+) -> dict[str, torch.Tensor]:
+    """``reps`` independent gradient estimates of the mean negative ELBO of ``x``, as flat
+    vectors (reps, n_params) for the encoder's and the decoder's parameters."""
+    elbo, guide = _gradient_estimator(estimator, vae, num_particles)
+    model, guide = _with_module(vae, vae.model), _with_module(vae, guide)
+    groups = {"encoder": list(vae.encoder.parameters()), "decoder": list(vae.decoder.parameters())}
+    groups = {g: params for g, params in groups.items() if params}
+    rows: dict[str, list[torch.Tensor]] = {g: [] for g in groups}
+    pyro.clear_param_store()
+    for _ in range(reps):
+        vae.zero_grad(set_to_none=True)
+        elbo.loss_and_grads(model, guide, x)
+        for g, params in groups.items():
+            rows[g].append(torch.cat([p.grad.flatten() / x.shape[0] for p in params]))
+    vae.zero_grad(set_to_none=True)
+    return {g: torch.stack(r) for g, r in rows.items()}
+
+
+def snr_noise_floor(reps: int) -> float:
+    """The mean |mean| / sd that ``reps`` draws show when the true gradient is zero:
+    E|N(0, 1/reps)| = sqrt(2 / pi) / sqrt(reps). Measured SNRs near it mean "no signal seen"."""
+    return math.sqrt(2 / math.pi) / math.sqrt(reps)
+
+
+def gradient_stats(samples: torch.Tensor) -> dict[str, float]:
+    """Mean over coordinates of the variance and of |mean| / sd of (reps, n) gradient draws."""
+    samples = samples.double()
+    mean, sd = samples.mean(0), samples.std(0)
+    ok = sd > 0
+    return {
+        "variance": float((sd**2).mean()),
+        "snr": float((mean[ok].abs() / sd[ok]).mean()) if ok.any() else float("nan"),
+        "mean_norm": float(mean.norm()),
+    }
+
+
+def run_lab(vae: VAE, x: torch.Tensor, cfg: LabConfig = LabConfig(), progress: bool = False) -> LabResult:
+    """Measure the estimators on images ``x`` (N, D); see the module docstring."""
+    check_analytic_kl(vae, x)
+    vae.eval()
+    result = LabResult(cfg)
+    pmax = max(cfg.particles)
+    steps = len(cfg.ks) + 2 + len(GRADIENT_ESTIMATORS) * len(cfg.particles)
+    bar = tqdm(total=steps, desc="estimator lab", disable=None if progress else True)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        # 1. values and 2. spread, from one big set of particles per image
+        n_particles = max(cfg.reps * pmax, 1000)
+        parts = estimator_particles(elbo_terms(vae, x, n_particles))
+        bar.update()
+        values = {name: _mean_se(parts[name].mean(0)) for name in ("trace", "mean_field")}
+        if has_closed_form(vae):
+            values["closed_form"] = _mean_se(closed_form_particles(vae, x, n_particles).mean(0))
+        result.spread = {
+            name: spread(parts[name], cfg.particles, cfg.reps)
+            for name in ("trace", "mean_field", "trace_kl_term", "mean_field_kl_term")
+        }
+        bar.update()
+        bounds = {}
+        for k in sorted(cfg.ks):
+            bounds[k], _ = iwae_log_likelihood(vae, x, k)
+            bar.update()
+        kmax = max(cfg.ks)
+        for k in sorted(cfg.ks):
+            # the spread across images is large; differences between K, paired by image, are precise
+            values[f"iwae_{k}"] = {**_mean_se(-bounds[k]), "se_vs_kmax": _mean_se(bounds[k] - bounds[kmax])["se"]}
+        values["nll"] = {**values[f"iwae_{kmax}"], "k": kmax}
+        # ELBO - log p(x) per image, with log p(x) estimated by the largest-K bound (so the
+        # magnitude of this gap is a lower bound on KL(q(z|x) || p(z|x)))
+        values["gap"] = _mean_se(-parts["mean_field"].mean(0) - bounds[kmax])
+        result.values = values
+        # 3. gradients
+        xg = x[: cfg.grad_images]
+        for estimator in GRADIENT_ESTIMATORS:
+            result.gradients[estimator] = {}
+            for p in cfg.particles:
+                draws = gradient_samples(vae, xg, estimator, p, cfg.grad_reps)
+                result.gradients[estimator][p] = {g: gradient_stats(d) for g, d in draws.items()}
+                bar.update()
+    bar.close()
+    return result
