@@ -73,6 +73,13 @@ class LabResult:
     gradients: dict = field(default_factory=dict)
 
 
+def _describe(d) -> str:
+    base = d
+    while isinstance(base, Independent):
+        base = base.base_dist
+    return type(base).__name__ if base is d else f"{type(base).__name__} (inside {type(d).__name__})"
+
+
 def check_analytic_kl(vae: VAE, x: torch.Tensor) -> None:
     """Raise ``ValueError`` if KL(q(z|x) || p(z)) has no closed form for these components."""
     q, p = vae.encoder(x[:1]), vae.prior(1)
@@ -80,8 +87,8 @@ def check_analytic_kl(vae: VAE, x: torch.Tensor) -> None:
         kl_divergence(q, p)
     except NotImplementedError:
         raise ValueError(
-            f"no analytic KL is registered between the guide's {type(q).__name__} and the prior's "
-            f"{type(p).__name__}; the analytic-versus-Monte-Carlo comparison needs one "
+            f"no analytic KL is registered between the guide's {_describe(q)} and the prior's "
+            f"{_describe(p)}; the analytic-versus-Monte-Carlo comparison needs one "
             "(register it with torch.distributions.kl.register_kl, or compare a model with "
             "model.prior=standard_normal and model.guide=diag_normal)"
         ) from None
@@ -216,7 +223,7 @@ def gradient_samples(
     vectors (reps, n_params) for the encoder's and the decoder's parameters."""
     elbo, guide = _gradient_estimator(estimator, vae, num_particles)
     model, guide = _with_module(vae, vae.model), _with_module(vae, guide)
-    groups = {"encoder": list(vae.encoder.parameters()), "decoder": list(vae.decoder.parameters())}
+    groups = {g: [p for p in getattr(vae, g).parameters() if p.requires_grad] for g in ("encoder", "decoder")}
     groups = {g: params for g, params in groups.items() if params}
     rows: dict[str, list[torch.Tensor]] = {g: [] for g in groups}
     pyro.clear_param_store()

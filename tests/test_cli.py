@@ -32,6 +32,17 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
     record = json.loads((run / "evaluation_k10.json").read_text())
     assert record["k"] == 10 and record["images"] == 50 and record["nll"]["mean"] <= record["neg_elbo"]["mean"]
 
+    small_lab = ["--images", "8", "--k", "1,10", "--particles", "1,2", "--reps", "4", "--grad-images", "4",
+                 "--grad-reps", "3", "--no-progress"]  # fmt: skip
+    assert main(["compare", str(run), *small_lab]) == 0
+    out = capsys.readouterr().out
+    assert "TraceMeanField_ELBO" in out and "score function" in out
+    lab = json.loads((run / "compare" / "compare.json").read_text())
+    assert lab["values"]["nll"]["k"] == 10 and set(lab["spread"]["trace"]) == {"1", "2"}
+    assert sorted(p.name for p in (run / "compare" / "figures").iterdir()) == [
+        "estimator_spread.png", "gradient_snr.png", "iwae_vs_k.png"]  # fmt: skip
+    assert "| negative ELBO, hand-written closed form |" in (run / "compare" / "report.md").read_text()
+
     assert main(["plot", str(run)]) == 0
     assert "latents.png" in capsys.readouterr().out
 
@@ -59,6 +70,9 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
         (["config", "--config", "missing.toml"], "config file 'missing.toml' does not exist"),
         (["evaluate", "no/such/run"], "run folder no/such/run does not exist"),
         (["train", "--resume", "no/such/run"], "is not a run folder"),
+        (["compare", "no/such/run"], "run folder no/such/run does not exist"),
+        (["compare", "no/such/run", "--k", "0,10"], "every value of ks must be at least 1"),
+        (["compare", "no/such/run", "--particles", "1,x"], "--particles takes comma-separated integers"),
     ],
 )
 def test_bad_input_is_one_message_and_exit_2(argv, message, capsys):
