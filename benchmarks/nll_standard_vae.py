@@ -3,8 +3,8 @@
     python benchmarks/nll_standard_vae.py [--threads N] [--set section.key=value ...]
 
 Trains ``benchmarks/configs/standard_vae.toml`` with :func:`pyro_vae.fit` into
-``runs/nll_standard_vae`` (resumable: rerun the command to continue an interrupted run), then
-writes ``benchmarks/results/nll_standard_vae.json`` with the test NLL, its standard error,
+``runs/NAME`` (default ``nll_standard_vae``; resumable: rerun the command to continue an
+interrupted run), then writes ``benchmarks/results/NAME.json`` with the test NLL, its standard error,
 epochs, wall time and the machine. Reference points for this model class: 88.71 nats (Burda
 et al. 2016, 784-200-200-50) and 89.78 nats (pythae's reproduction, 200 samples).
 """
@@ -30,14 +30,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=HERE / "configs" / "standard_vae.toml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", default="runs/nll_standard_vae")
+    parser.add_argument("--name", default="nll_standard_vae", help="names the run folder runs/NAME and the result")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--result", default=HERE / "results" / "nll_standard_vae.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
+    args.out = Path("runs") / args.name
+    args.result = HERE / "results" / f"{args.name}.json"
     t0 = time.perf_counter()
     summary = fit(cfg, args.out, resume=RunDir(Path(args.out)).last.exists(), progress=False)
     final = summary["final"]
@@ -46,7 +47,11 @@ def main() -> None:
         if Path(args.config).is_absolute()
         else str(args.config),
         "overrides": args.overrides,
-        "command": "python benchmarks/nll_standard_vae.py " + " ".join(f"--set {o}" for o in args.overrides),
+        "command": " ".join(
+            ["python benchmarks/nll_standard_vae.py", f"--name {args.name}"]
+            + ([f"--threads {args.threads}"] if args.threads else [])
+            + [f"--set {o}" for o in args.overrides]
+        ),
         "test_nll": final["test_nll"],
         "test_neg_elbo": final["test_neg_elbo"],
         "iwae_k": final["iwae_k"],

@@ -54,6 +54,7 @@ class ModelConfig:
 class TrainConfig:
     elbo: str = "trace"  # from pyro_vae.elbos.ELBOS: trace (Monte-Carlo KL) | mean_field (analytic KL)
     num_particles: int = 1  # samples of z per image in the training ELBO
+    fast_path: bool = True  # same ELBO without Pyro's per-step tracing, once the structure is verified
     epochs: int = 30  # passes over the training split
     batch_size: int = 128
     lr: float = 1e-3  # Adam learning rate

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .config import ConfigError, ExperimentConfig, from_dict, save_config
 from .data import Splits, evenly_spaced, load_data
-from .elbos import build_elbo
+from .fast import build_loss
 from .evaluate import as_dict, evaluate
 from .model import VAE, build_vae
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # Keys a resumed run may change; any other difference from the saved config is an error.
 RESUMABLE = {
     ("train", "epochs"), ("train", "patience"), ("train", "time_limit_min"), ("train", "device"),
-    ("train", "eval_batch_size"), ("eval", "iwae_k"), ("eval", "iwae_images"),
+    ("train", "eval_batch_size"), ("train", "fast_path"), ("eval", "iwae_k"), ("eval", "iwae_images"),
 }  # fmt: skip
 
 
@@ -179,7 +179,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     x_train, x_valid, x_test = (getattr(data, s).to(device) for s in ("train", "valid", "test"))
     optim = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(optim, gamma=cfg.train.lr_decay)
-    elbo = build_elbo(cfg.train)
+    loss_fn = build_loss(vae, cfg.train, x_train[: cfg.train.batch_size])
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
     epoch, step, best, stale, train_time = 0, 0, math.inf, 0, 0.0
 
@@ -217,7 +217,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
                 xb = x_train[perm[i * bs : (i + 1) * bs]]
                 if data.dynamic_binarization:
                     xb = torch.bernoulli(xb)
-                loss = elbo.differentiable_loss(vae.model, vae.guide, xb) / xb.shape[0]
+                loss = loss_fn(xb) / xb.shape[0]
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 value = loss.item()

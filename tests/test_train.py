@@ -76,18 +76,19 @@ def test_resume_rejects_a_changed_model_and_refuses_to_overwrite(tmp_path):
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    real_build = T.build_elbo
+    real_build = T.build_loss
 
-    class NaNAtStep4:
-        def __init__(self, cfg):
-            self.elbo, self.calls = real_build(cfg), 0
+    def nan_at_step_4(*args):
+        loss_fn, calls = real_build(*args), {"n": 0}
 
-        def differentiable_loss(self, *args):
-            self.calls += 1
-            loss = self.elbo.differentiable_loss(*args)
-            return loss * float("nan") if self.calls == 4 else loss
+        def wrapped(x):
+            calls["n"] += 1
+            loss = loss_fn(x)
+            return loss * float("nan") if calls["n"] == 4 else loss
 
-    monkeypatch.setattr(T, "build_elbo", NaNAtStep4)
+        return wrapped
+
+    monkeypatch.setattr(T, "build_loss", nan_at_step_4)
     run = tmp_path / "run"
     with pytest.raises(T.TrainingError, match=r"became nan at step 4 \(epoch 2\)"):
         T.fit(small_cfg(), run, progress=False)
