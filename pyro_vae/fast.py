@@ -15,7 +15,7 @@ recognise keeps the stock Pyro ELBO.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import pyro
 import torch

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .config import ConfigError, ExperimentConfig, from_dict, save_config
 from .data import Splits, evenly_spaced, load_data
-from .fast import build_loss
 from .evaluate import as_dict, evaluate
+from .fast import build_loss
 from .model import VAE, build_vae
 
 log = logging.getLogger(__name__)
