@@ -139,6 +139,22 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
+def make_optimizer(vae: VAE, lr: float) -> torch.optim.Adam:
+    """Adam over every parameter of the VAE, fused into one kernel per step."""
+    return torch.optim.Adam(vae.parameters(), lr=lr, fused=True)
+
+
+def train_step(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor) -> torch.Tensor:
+    """One SVI step on the batch ``x``: the negative ELBO per image, its gradients, an optimizer
+    step. Returns the loss (detached); a non-finite loss is returned without stepping."""
+    loss = loss_fn(x) / x.shape[0]
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    if torch.isfinite(loss):
+        optim.step()
+    return loss.detach()
+
+
 def check_data(vae: VAE, data: Splits) -> None:
     """Reject data outside the likelihood's support before training starts."""
     validate = getattr(vae.likelihood, "validate", None)
@@ -177,7 +193,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     check_data(vae, data)
     vae.to(device)
     x_train, x_valid, x_test = (getattr(data, s).to(device) for s in ("train", "valid", "test"))
-    optim = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
+    optim = make_optimizer(vae, cfg.train.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(optim, gamma=cfg.train.lr_decay)
     loss_fn = build_loss(vae, cfg.train, x_train[: cfg.train.batch_size])
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
@@ -217,17 +233,13 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
                 xb = x_train[perm[i * bs : (i + 1) * bs]]
                 if data.dynamic_binarization:
                     xb = torch.bernoulli(xb)
-                loss = loss_fn(xb) / xb.shape[0]
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                value = loss.item()
+                value = train_step(loss_fn, optim, xb).item()
                 step += 1
                 if not math.isfinite(value):
                     raise TrainingError(
                         f"the training loss became {value} at step {step} (epoch {epoch}); the last "
                         f"good checkpoint, {run.last}, is kept. Try a smaller train.lr"
                     )
-                optim.step()
                 total += value * xb.shape[0]
                 if i % 20 == 0:
                     bar.set_postfix(loss=f"{value:.2f}")

@@ -1,0 +1,101 @@
+"""Time to a test negative ELBO of 100 nats on static binarized MNIST, default model.
+
+    python benchmarks/time_to_quality.py [--target 100] [--set train.lr=...] [--check-every 0.5]
+
+Trains the default model (784-400-50) with one recipe twice, side by side: with the step
+`pyro-vae train` runs and with the hand-written PyTorch step (benchmarks/common.py). Every
+``--check-every`` epochs the test negative ELBO (all 10,000 images, seeded, the same evaluation
+for both) is measured outside the timed region; the run stops at the first check at or below the
+target. Reports training seconds (the timed region) and wall seconds (checks included), epochs,
+and the recipe. Writes benchmarks/results/time_to_quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from common import config, hand_written_step, machine, project_step
+from pyro_vae import load_data
+from pyro_vae.evaluate import evaluate
+from pyro_vae.model import VAE
+
+RECIPE = ("train.batch_size=256", "train.lr=0.003")
+
+
+def run(name: str, step, vae: VAE, data, cfg, target: float, check_every: float, max_epochs: float) -> dict:
+    x_train, x_test = data.train, data.test
+    n, bs = x_train.shape[0], cfg.train.batch_size
+    steps_per_check = max(1, round(check_every * n / bs))
+    shuffle = torch.Generator().manual_seed(cfg.train.seed)
+    perm, pos, steps, train_s, t_start = torch.randperm(n, generator=shuffle), 0, 0, 0.0, time.perf_counter()
+    history = []
+    while steps * bs / n < max_epochs:
+        t = time.perf_counter()
+        for _ in range(steps_per_check):
+            if pos + bs > n:
+                perm, pos = torch.randperm(n, generator=shuffle), 0
+            step(x_train[perm[pos : pos + bs]])
+            pos += bs
+            steps += 1
+        train_s += time.perf_counter() - t
+        test = evaluate(vae, x_test, seed=cfg.eval.seed)["neg_elbo"].mean
+        history.append({"epochs": steps * bs / n, "train_s": train_s, "test_neg_elbo": test})
+        print(f"{name:<14} epoch {steps * bs / n:6.2f}  {train_s:6.1f} s  test {test:.2f}", file=sys.stderr)
+        if test <= target:
+            break
+    reached = history[-1]["test_neg_elbo"] <= target
+    return {
+        "implementation": name,
+        "reached": reached,
+        "train_s": train_s if reached else math.nan,
+        "wall_s": time.perf_counter() - t_start,
+        "epochs": history[-1]["epochs"],
+        "steps": steps,
+        "history": history,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", type=float, default=100.0)
+    parser.add_argument("--check-every", type=float, default=0.5, help="epochs between test evaluations")
+    parser.add_argument("--max-epochs", type=float, default=60)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", default=Path(__file__).parent / "results" / "time_to_quality.json")
+    args = parser.parse_args()
+    cfg = config(*RECIPE, *args.overrides)
+    data = load_data(cfg.data)
+    device = torch.device("cpu")
+    results = []
+    for name in ("pyro-vae", "hand-written"):
+        torch.manual_seed(cfg.train.seed)
+        if name == "pyro-vae":
+            step, vae = project_step(cfg, device, data.train[: cfg.train.batch_size])
+        else:
+            step, vae = hand_written_step(cfg, device)
+        results.append(run(name, step, vae, data, cfg, args.target, args.check_every, args.max_epochs))
+    record = {
+        "command": "python benchmarks/time_to_quality.py " + " ".join(sys.argv[1:]),
+        "target_test_neg_elbo": args.target,
+        "recipe": {"model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"]},
+        "machine": machine(device),
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    for r in results:
+        print(
+            f"{r['implementation']}: {'reached' if r['reached'] else 'did not reach'} {args.target} nats after "
+            f"{r['epochs']:.2f} epochs, {r['train_s']:.1f} s of training ({r['wall_s']:.1f} s with checks)"
+        )
+
+
+if __name__ == "__main__":
+    main()
