@@ -32,13 +32,15 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", default="nll_standard_vae", help="names the run folder runs/NAME and the result")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--runs", default="runs", help="folder of the run folder")
+    parser.add_argument("--results", default=HERE / "results", help="folder of the result JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
-    args.out = Path("runs") / args.name
-    args.result = HERE / "results" / f"{args.name}.json"
+    args.out = Path(args.runs) / args.name
+    args.result = Path(args.results) / f"{args.name}.json"
     t0 = time.perf_counter()
     summary = fit(cfg, args.out, resume=RunDir(Path(args.out)).last.exists(), progress=False)
     final = summary["final"]

@@ -50,10 +50,10 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(values), q[2]
 
 
-def measure(device: torch.device, batch: int, particles: int, repeats: int) -> list[dict]:
+def measure(device: torch.device, batch: int, particles: int, repeats: int, max_steps: int = 200) -> list[dict]:
     pool = torch.bernoulli(torch.full((max(2 * batch, 4096), 784), 0.13, device=device))
     n_batches = pool.shape[0] // batch
-    steps = max(5, min(200, 40_000 // (batch * particles)))
+    steps = max(min(5, max_steps), min(max_steps, 40_000 // (batch * particles)))
     base = (f"train.num_particles={particles}", f"train.batch_size={batch}")
     impls = {}
     for name, extra in IMPLEMENTATIONS.items():
@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="32,128,512,2048,4096")
     parser.add_argument("--particles", default="1,4")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--max-steps", type=int, default=200, help="most steps in one timed stage")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput_DEVICE.json)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -142,7 +143,7 @@ def main() -> None:
         for batch in _ints(args.batch_sizes):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            rows += measure(device, batch, particles, args.repeats)
+            rows += measure(device, batch, particles, args.repeats, args.max_steps)
             if device.type == "cuda":
                 rows[-1]["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             for r in rows[-len(IMPLEMENTATIONS) :]:

@@ -1,0 +1,44 @@
+"""The benchmark scripts run and write what they promise (tiny settings; no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def _run(*argv: str) -> None:
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+
+
+def test_throughput(tmp_path):
+    out = tmp_path / "tp.json"
+    _run("benchmarks/throughput.py", "--batch-sizes", "32", "--particles", "1,2", "--repeats", "2", "--max-steps", "5",
+         "--out", str(out))  # fmt: skip
+    record = json.loads(out.read_text())
+    names = {r["implementation"] for r in record["results"]}
+    assert names == {"hand-written", "pyro-vae", "pyro-vae mean_field", "Trace_ELBO", "TraceMeanField_ELBO"}
+    assert len(record["results"]) == 10 and record["matmul_gflops"] > 0 and record["peak_rss_mb"] > 0
+    hand = [r for r in record["results"] if r["implementation"] == "hand-written"]
+    assert all(r["ratio_to_hand_written"] == 1.0 for r in hand)
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_time_to_quality(tmp_path):
+    out = tmp_path / "ttq.json"
+    _run("benchmarks/time_to_quality.py", "--target", "400", "--check-every", "0.05", "--max-epochs", "0.2",
+         "--out", str(out))  # fmt: skip
+    record = json.loads(out.read_text())
+    assert [r["implementation"] for r in record["results"]] == ["pyro-vae", "hand-written"]
+    assert all(r["reached"] and r["train_s"] > 0 for r in record["results"])
+
+
+def test_nll_recipe(tmp_path):
+    _run("benchmarks/nll_standard_vae.py", "--name", "tiny", "--runs", str(tmp_path), "--results", str(tmp_path),
+         "--set", "data.subset=200", "--set", "train.epochs=1", "--set", "eval.iwae_k=5")  # fmt: skip
+    record = json.loads((tmp_path / "tiny.json").read_text())
+    assert record["iwae_k"] == 5 and record["epochs_run"] == 1 and record["test_nll"]["mean"] > 0
+    assert "--set data.subset=200" in record["command"]
