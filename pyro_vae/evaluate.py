@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from .model import VAE
 
-# Most floats held at once by the likelihood's parameters (chunk_K x batch x D): 64 MB in fp32.
-MAX_ELEMENTS = 1 << 24
+# Most floats held at once by the likelihood's parameters (chunk_K x batch x D): 16 MB in fp32.
+MAX_ELEMENTS = 1 << 22
 
 
 @dataclass

@@ -7,6 +7,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .data import count_non_binary
 from .registry import Registry
 
 LIKELIHOODS: Registry = Registry("likelihood")
@@ -27,8 +28,8 @@ class Bernoulli(nn.Module):
         return torch.sigmoid(h)
 
     def validate(self, x: torch.Tensor, source: str) -> None:
-        if not bool(((x == 0) | (x == 1)).all()):
-            n_bad = int(((x != 0) & (x != 1)).sum())
+        n_bad = count_non_binary(x)
+        if n_bad:
             raise ValueError(
                 f"{source}: the bernoulli likelihood needs binary pixels, but {n_bad} values are "
                 "neither 0 nor 1; binarize grey-level images with data.binarize=static or dynamic"
