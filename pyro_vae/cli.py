@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", metavar="DIR", help="new run folder (default runs/default)")
     where.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (shorthand for --set train.device=...; default auto)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
@@ -81,6 +82,8 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
 def _train(args) -> int:
     from .train import RunDir, fit
 
+    if args.device:
+        args.overrides = [*args.overrides, f"train.device={args.device}"]
     if args.resume:
         run_dir = Path(args.resume)
         if not RunDir(run_dir).config.is_file():

@@ -25,7 +25,8 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
     assert main(["train", "--out", str(run), *_sets(*SMALL)]) == 2
     assert f"--resume {run}" in capsys.readouterr().err
 
-    assert main(["train", "--resume", str(run), "--no-progress", "--no-figures", "--set", "train.epochs=2"]) == 0
+    resume = ["train", "--resume", str(run), "--no-progress", "--no-figures", "--device", "cpu"]
+    assert main([*resume, "--set", "train.epochs=2"]) == 0
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
 
     assert main(["evaluate", str(run), "--k", "10", "--images", "50", "--no-progress"]) == 0
@@ -70,6 +71,7 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
         (["config", "--config", "missing.toml"], "config file 'missing.toml' does not exist"),
         (["evaluate", "no/such/run"], "run folder no/such/run does not exist"),
         (["train", "--resume", "no/such/run"], "is not a run folder"),
+        (["train", "--device", "tpu"], "train.device = 'tpu' is not one of"),
         (["compare", "no/such/run"], "run folder no/such/run does not exist"),
         (["compare", "no/such/run", "--k", "0,10"], "every value of ks must be at least 1"),
         (["compare", "no/such/run", "--particles", "1,x"], "--particles takes comma-separated integers"),
