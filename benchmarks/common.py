@@ -18,6 +18,12 @@ from pyro_vae.fast import build_loss
 from pyro_vae.train import make_optimizer, train_step
 
 
+def no_validation() -> None:
+    """Switch Pyro's (and torch.distributions') argument validation off, as ``fit`` does for its
+    training loop (the data are validated once, before training)."""
+    pyro.enable_validation(False)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -65,7 +71,7 @@ def flops_per_image(cfg: ExperimentConfig, data_dim: int = 784, particles: int =
 def hand_written_step(cfg: ExperimentConfig, device: torch.device, particles: int = 1):
     """The fairest fast plain-PyTorch step: the same networks (one fused encoder head), the
     closed-form loss (analytic KL), ``Adam(fused=True)``, ``zero_grad(set_to_none=True)``.
-    Returns ``(step, vae)``."""
+    Returns ``(step, vae, optim)``."""
     torch.manual_seed(0)
     vae = build_vae(cfg.model, 784).to(device)
     optim = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr, fused=True)
@@ -80,22 +86,21 @@ def hand_written_step(cfg: ExperimentConfig, device: torch.device, particles: in
         optim.step()
         return loss
 
-    return step, vae
+    return step, vae, optim
 
 
 def project_step(cfg: ExperimentConfig, device: torch.device, x: torch.Tensor):
     """The training step of :func:`pyro_vae.fit` for ``cfg``: its loss builder, optimizer and step.
-    Returns ``(step, vae)``."""
+    Returns ``(step, vae, optim)``."""
     torch.manual_seed(0)
     vae = build_vae(cfg.model, 784).to(device)
     optim = make_optimizer(vae, cfg.train.lr)
     loss_fn = build_loss(vae, cfg.train, x)
 
     def step(xb: torch.Tensor) -> torch.Tensor:
-        with pyro.validation_enabled(False):
-            return train_step(loss_fn, optim, xb)
+        return train_step(loss_fn, optim, xb)
 
-    return step, vae
+    return step, vae, optim
 
 
 def config(*overrides: str) -> ExperimentConfig:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from common import config, flops_per_image, hand_written_step, machine, matmul_gflops, project_step, sync
+from common import config, flops_per_image, hand_written_step, machine, matmul_gflops, no_validation, project_step, sync
 
 IMPLEMENTATIONS = {
     "hand-written": None,
@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=200, help="most steps in one timed stage")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput_DEVICE.json)")
     args = parser.parse_args()
+    no_validation()
     device = torch.device(args.device)
     out = Path(args.out or Path(__file__).parent / "results" / f"throughput_{device.type}.json")
     gflops = matmul_gflops(device)

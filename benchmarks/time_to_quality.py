@@ -21,15 +21,18 @@ from pathlib import Path
 
 import torch
 
-from common import config, hand_written_step, machine, project_step
+from common import config, hand_written_step, machine, no_validation, project_step
 from pyro_vae import load_data
 from pyro_vae.evaluate import evaluate
 from pyro_vae.model import VAE
 
-RECIPE = ("train.batch_size=256", "train.lr=0.003")
+# Chosen by a small sweep (hand-written step, batch 256/512, lr 3e-3..1e-2, decay 0.88..1): a high
+# rate decayed by 0.9 per epoch; the analytic-KL estimator, whose encoder gradients have the
+# higher signal-to-noise ratio (see `pyro-vae compare`).
+RECIPE = ("train.batch_size=256", "train.lr=0.004", "train.lr_decay=0.9", "train.elbo=mean_field")
 
 
-def run(name: str, step, vae: VAE, data, cfg, target: float, check_every: float, max_epochs: float) -> dict:
+def run(name: str, step, vae: VAE, optim, data, cfg, target: float, check_every: float, max_epochs: float) -> dict:
     x_train, x_test = data.train, data.test
     n, bs = x_train.shape[0], cfg.train.batch_size
     steps_per_check = max(1, round(check_every * n / bs))
@@ -39,8 +42,10 @@ def run(name: str, step, vae: VAE, data, cfg, target: float, check_every: float,
     while steps * bs / n < max_epochs:
         t = time.perf_counter()
         for _ in range(steps_per_check):
-            if pos + bs > n:
+            if pos + bs > n:  # a new epoch (the last partial batch is dropped)
                 perm, pos = torch.randperm(n, generator=shuffle), 0
+                for group in optim.param_groups:
+                    group["lr"] *= cfg.train.lr_decay
             step(x_train[perm[pos : pos + bs]])
             pos += bs
             steps += 1
@@ -65,11 +70,12 @@ def run(name: str, step, vae: VAE, data, cfg, target: float, check_every: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=float, default=100.0)
-    parser.add_argument("--check-every", type=float, default=0.5, help="epochs between test evaluations")
+    parser.add_argument("--check-every", type=float, default=1.0, help="epochs between test evaluations")
     parser.add_argument("--max-epochs", type=float, default=60)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default=Path(__file__).parent / "results" / "time_to_quality.json")
     args = parser.parse_args()
+    no_validation()
     cfg = config(*RECIPE, *args.overrides)
     data = load_data(cfg.data)
     device = torch.device("cpu")
@@ -77,10 +83,10 @@ def main() -> None:
     for name in ("pyro-vae", "hand-written"):
         torch.manual_seed(cfg.train.seed)
         if name == "pyro-vae":
-            step, vae = project_step(cfg, device, data.train[: cfg.train.batch_size])
+            step, vae, optim = project_step(cfg, device, data.train[: cfg.train.batch_size])
         else:
-            step, vae = hand_written_step(cfg, device)
-        results.append(run(name, step, vae, data, cfg, args.target, args.check_every, args.max_epochs))
+            step, vae, optim = hand_written_step(cfg, device)
+        results.append(run(name, step, vae, optim, data, cfg, args.target, args.check_every, args.max_epochs))
     record = {
         "command": "python benchmarks/time_to_quality.py " + " ".join(sys.argv[1:]),
         "target_test_neg_elbo": args.target,
