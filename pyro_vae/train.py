@@ -266,7 +266,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
 
     summary = finish(run, cfg, vae, data, device, epoch, progress)
     summary.update(wall_time_s=time.perf_counter() - t_start, train_time_s=train_time,
-                   images_per_s=step * bs / train_time if train_time else None)  # fmt: skip
+                   images_per_s=epoch * n / train_time if train_time else None)  # fmt: skip
     text = json.dumps(summary, indent=2)
     run.summary.write_text(text)
     summary = json.loads(text)  # what the file says (tuples become lists)
