@@ -29,6 +29,27 @@ def mean_se(values: torch.Tensor) -> tuple[float, float]:
     return float(values.mean()), float(values.std() / math.sqrt(values.numel()))
 
 
+class LinearGaussian:
+    """z ~ N(0, I_l), x | z ~ N(W z + b, sigma^2 I_d), in float64: the exact posterior is
+    N(a (x - b), post_cov) and the exact marginal p(x) = N(b, W W^T + sigma^2 I)."""
+
+    def __init__(self, seed: int, d: int, l: int, sigma: float) -> None:
+        from torch import nn
+
+        self.generator = g = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(d, l, generator=g, dtype=torch.float64)
+        self.b = torch.randn(d, generator=g, dtype=torch.float64)
+        self.sigma = sigma
+        self.decoder = nn.Linear(l, d).double()
+        with torch.no_grad():
+            self.decoder.weight.copy_(self.w)
+            self.decoder.bias.copy_(self.b)
+        self.post_cov = torch.linalg.inv(torch.eye(l, dtype=torch.float64) + self.w.T @ self.w / sigma**2)
+        self.a = self.post_cov @ self.w.T / sigma**2
+        cov_x = self.w @ self.w.T + sigma**2 * torch.eye(d, dtype=torch.float64)
+        self.marginal = torch.distributions.MultivariateNormal(self.b, cov_x)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

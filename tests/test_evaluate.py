@@ -13,7 +13,7 @@ from pyro_vae import closed_form
 from pyro_vae.evaluate import evaluate, iwae_log_likelihood
 from pyro_vae.model import VAE
 from pyro_vae.priors import StandardNormal
-from tests.conftest import assert_mc_close, mean_se
+from tests.conftest import LinearGaussian, assert_mc_close, mean_se
 
 
 def test_iwae_matches_a_hand_written_per_image_logsumexp(tiny_vae64):
@@ -88,23 +88,15 @@ class _LinearEncoder(nn.Module):
 
 
 def _linear_gaussian(seed=0, d=6, l=2, sigma=0.6):
-    """z ~ N(0, I), x | z ~ N(Wz + b, sigma^2 I), so p(x) = N(b, W W^T + sigma^2 I) exactly.
-    The guide is the exact posterior's mean map, perturbed, with inflated scales."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(d, l, generator=g, dtype=torch.float64)
-    b = torch.randn(d, generator=g, dtype=torch.float64)
-    decoder = nn.Linear(l, d).double()
-    with torch.no_grad():
-        decoder.weight.copy_(w)
-        decoder.bias.copy_(b)
-    post_cov = torch.linalg.inv(torch.eye(l, dtype=torch.float64) + w.T @ w / sigma**2)
-    a = post_cov @ w.T / sigma**2  # posterior mean = a (x - b)
-    a_noisy = a + 0.2 * torch.randn(a.shape, generator=g, dtype=torch.float64)
-    scale = post_cov.diagonal().sqrt() * 1.5
-    vae = VAE(StandardNormal(l).double(), _Gaussian(sigma), _LinearEncoder(a_noisy, -a_noisy @ b, scale), decoder)
-    marginal = torch.distributions.MultivariateNormal(b, w @ w.T + sigma**2 * torch.eye(d, dtype=torch.float64))
-    x = marginal.sample((40,))
-    return vae, x, marginal.log_prob(x)
+    """The linear-Gaussian model with a guide that is the exact posterior's mean map, perturbed,
+    with inflated scales; returns the VAE, 40 draws of x and their exact log p(x)."""
+    lg = LinearGaussian(seed, d, l, sigma)
+    a_noisy = lg.a + 0.2 * torch.randn(lg.a.shape, generator=lg.generator, dtype=torch.float64)
+    scale = lg.post_cov.diagonal().sqrt() * 1.5
+    encoder = _LinearEncoder(a_noisy, -a_noisy @ lg.b, scale)
+    vae = VAE(StandardNormal(l).double(), _Gaussian(sigma), encoder, lg.decoder)
+    x = lg.marginal.sample((40,))
+    return vae, x, lg.marginal.log_prob(x)
 
 
 def test_elbo_below_iwae_below_exact_log_likelihood_and_convergence():
