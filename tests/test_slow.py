@@ -1,4 +1,4 @@
-"""The main job end to end: the default configuration trained in full (about 3 minutes on 2 cores;
+"""The main job end to end: the default configuration trained in full (about 3 minutes on an idle 2-core machine;
 run with `make test-all` or `pytest -m slow`)."""
 
 from __future__ import annotations
