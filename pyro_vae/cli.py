@@ -169,7 +169,7 @@ def _plot(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from .train import TrainingError
+    from .train import TrainingError, TrainingInterrupted
 
     try:
         if args.command == "config":
@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        print(f"pyro-vae {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signal_number
     except TrainingError as exc:
         print(f"pyro-vae {args.command}: training stopped: {exc}", file=sys.stderr)
         return 1

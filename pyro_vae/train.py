@@ -18,7 +18,9 @@ import logging
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,39 @@ RESUMABLE = {
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived: the current step finished and a checkpoint was written."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+class _StopRequests:
+    """While active, SIGINT and SIGTERM set a flag instead of stopping the process, so the
+    training loop can finish its step and write a checkpoint. Main thread only (elsewhere the
+    signals keep their usual behaviour)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass(frozen=True)
@@ -139,6 +174,14 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
+def _interrupted(signal_number: int, where: str, run: RunDir) -> TrainingInterrupted:
+    name = signal.Signals(signal_number).name
+    return TrainingInterrupted(
+        f"{name} received: stopped after {where} and wrote {run.last}; continue with --resume {run.root}",
+        signal_number,
+    )
+
+
 def make_optimizer(vae: VAE, lr: float) -> torch.optim.Adam:
     """Adam over every parameter of the VAE, fused into one kernel per step."""
     return torch.optim.Adam(vae.parameters(), lr=lr, fused=True)
@@ -197,7 +240,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     sched = torch.optim.lr_scheduler.ExponentialLR(optim, gamma=cfg.train.lr_decay)
     loss_fn = build_loss(vae, cfg.train, x_train[: cfg.train.batch_size])
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
-    epoch, step, best, stale, train_time = 0, 0, math.inf, 0, 0.0
+    epoch, step, best, stale, train_time, partial = 0, 0, math.inf, 0, 0.0, None
 
     if state is not None:
         vae.load_state_dict(state["model"])
@@ -206,8 +249,9 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
         shuffle.set_state(state["shuffle_rng"])
         set_rng_state(state["rng"])
         epoch, step, best = state["epoch"], state["step"], state["best_valid"]
-        train_time = state.get("train_time", 0.0)
         stale = state.get("stale", 0)
+        partial = state.get("partial")  # an epoch stopped part-way by a signal
+        train_time = state.get("train_time", 0.0) - (partial["epoch_time"] if partial else 0.0)
         _truncate_metrics(run.metrics, epoch)
         log.info("resumed %s at epoch %d (step %d)", run.root, epoch, step)
     elif run.metrics.exists():
@@ -221,48 +265,65 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
         out_of_time = cfg.train.time_limit_min and train_time >= 60 * cfg.train.time_limit_min
         return bool(out_of_time or (cfg.train.patience and stale >= cfg.train.patience))
 
-    while epoch < cfg.train.epochs and not should_stop():
-        epoch += 1
-        vae.train()
-        perm = torch.randperm(n, generator=shuffle).to(device)
-        total, t0 = 0.0, time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.train.epochs}", disable=None if progress else True,
-                   unit="step", leave=False)  # fmt: skip
-        with pyro.validation_enabled(False):  # data were validated up front; keep the hot loop lean
-            for i in bar:
-                xb = x_train[perm[i * bs : (i + 1) * bs]]
-                if data.dynamic_binarization:
-                    xb = torch.bernoulli(xb)
-                value = train_step(loss_fn, optim, xb).item()
-                step += 1
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"the training loss became {value} at step {step} (epoch {epoch}); the last "
-                        f"good checkpoint, {run.last}, is kept. Try a smaller train.lr"
-                    )
-                total += value * xb.shape[0]
-                if i % 20 == 0:
-                    bar.set_postfix(loss=f"{value:.2f}")
-        epoch_time = time.perf_counter() - t0
-        train_time += epoch_time
-        sched.step()
-        valid = evaluate(vae, x_valid, **evaluate_kw)["neg_elbo"]
-        test = evaluate(vae, x_test, **evaluate_kw)["neg_elbo"]
-        record = {
-            "epoch": epoch, "step": step, "train_neg_elbo": total / n, "valid_neg_elbo": valid.mean,
-            "test_neg_elbo": test.mean, "lr": optim.param_groups[0]["lr"], "epoch_time_s": epoch_time,
-            "images_per_s": n / epoch_time,
-        }  # fmt: skip
-        _append_jsonl(run.metrics, record)
-        log.info("epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)", epoch,
-                 record["train_neg_elbo"], valid.mean, test.mean, record["images_per_s"])  # fmt: skip
-        improved = valid.mean < best
-        best, stale = (valid.mean, 0) if improved else (best, stale + 1)
-        ckpt = _state(vae, optim, sched, epoch, step, best, shuffle, cfg)
-        ckpt.update(train_time=train_time, stale=stale)
-        if improved:
-            save_checkpoint(ckpt, run.best)
-        save_checkpoint(ckpt, run.last)
+    with _StopRequests() as stop:
+        while epoch < cfg.train.epochs and not should_stop():
+            epoch += 1
+            vae.train()
+            if partial:  # continue the epoch a signal interrupted, where it stopped
+                perm, start, total, time_before = (partial["perm"].to(device), partial["batch"], partial["total"],
+                                                   partial["epoch_time"])  # fmt: skip
+                partial = None
+            else:
+                perm, start, total, time_before = torch.randperm(n, generator=shuffle).to(device), 0, 0.0, 0.0
+            t0 = time.perf_counter()
+            bar = tqdm(range(start, steps_per_epoch), desc=f"epoch {epoch}/{cfg.train.epochs}", unit="step",
+                       initial=start, total=steps_per_epoch, disable=not progress or None, leave=False)  # fmt: skip
+            with pyro.validation_enabled(False):  # data were validated up front: keep the hot loop lean
+                for i in bar:
+                    xb = x_train[perm[i * bs : (i + 1) * bs]]
+                    if data.dynamic_binarization:
+                        xb = torch.bernoulli(xb)
+                    value = train_step(loss_fn, optim, xb).item()
+                    step += 1
+                    if not math.isfinite(value):
+                        raise TrainingError(
+                            f"the training loss became {value} at step {step} (epoch {epoch}); the last "
+                            f"good checkpoint, {run.last}, is kept. Try a smaller train.lr"
+                        )
+                    total += value * xb.shape[0]
+                    if i % 20 == 0:
+                        bar.set_postfix(loss=f"{value:.2f}")
+                    if stop.received is not None and i + 1 < steps_per_epoch:
+                        elapsed = time_before + time.perf_counter() - t0
+                        ckpt = _state(vae, optim, sched, epoch - 1, step, best, shuffle, cfg)
+                        ckpt.update(train_time=train_time + elapsed, stale=stale,
+                                    partial={"perm": perm.cpu(), "batch": i + 1, "total": total,
+                                             "epoch_time": elapsed})  # fmt: skip
+                        save_checkpoint(ckpt, run.last)
+                        raise _interrupted(stop.received, f"step {step} (epoch {epoch}, batch {i + 1} of "
+                                           f"{steps_per_epoch})", run)  # fmt: skip
+            epoch_time = time_before + time.perf_counter() - t0
+            train_time += epoch_time
+            sched.step()
+            valid = evaluate(vae, x_valid, **evaluate_kw)["neg_elbo"]
+            test = evaluate(vae, x_test, **evaluate_kw)["neg_elbo"]
+            record = {
+                "epoch": epoch, "step": step, "train_neg_elbo": total / n, "valid_neg_elbo": valid.mean,
+                "test_neg_elbo": test.mean, "lr": optim.param_groups[0]["lr"], "epoch_time_s": epoch_time,
+                "images_per_s": n / epoch_time,
+            }  # fmt: skip
+            _append_jsonl(run.metrics, record)
+            log.info("epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)", epoch,
+                     record["train_neg_elbo"], valid.mean, test.mean, record["images_per_s"])  # fmt: skip
+            improved = valid.mean < best
+            best, stale = (valid.mean, 0) if improved else (best, stale + 1)
+            ckpt = _state(vae, optim, sched, epoch, step, best, shuffle, cfg)
+            ckpt.update(train_time=train_time, stale=stale)
+            if improved:
+                save_checkpoint(ckpt, run.best)
+            save_checkpoint(ckpt, run.last)
+            if stop.received is not None:
+                raise _interrupted(stop.received, f"epoch {epoch}", run)
 
     summary = finish(run, cfg, vae, data, device, epoch, progress)
     summary.update(wall_time_s=time.perf_counter() - t_start, train_time_s=train_time,

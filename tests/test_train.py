@@ -4,6 +4,11 @@ training step with Pyro's stock SVI."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pyro
 import pytest
@@ -161,3 +166,55 @@ def test_dynamic_binarization_trains_on_grey_images(tmp_path, mnist_root):
                     "train.epochs=1")  # fmt: skip
     summary = T.fit(cfg, tmp_path / "run", progress=False, figures=False)
     assert summary["final"]["train_neg_elbo"]["mean"] > 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_epoch_checkpoints_the_step_and_resume_is_exact(tmp_path, monkeypatch, signum):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    T.fit(small_cfg("train.epochs=3"), straight, progress=False, figures=False)
+    real_build = T.build_loss
+
+    def signal_at_step_5(*args):
+        loss_fn, calls = real_build(*args), {"n": 0}
+
+        def wrapped(x):
+            calls["n"] += 1
+            if calls["n"] == 5:  # epoch 2, batch 2 of 3
+                os.kill(os.getpid(), signum)
+            return loss_fn(x)
+
+        return wrapped
+
+    monkeypatch.setattr(T, "build_loss", signal_at_step_5)
+    with pytest.raises(T.TrainingInterrupted, match=r"stopped after step 5 \(epoch 2, batch 2 of 3\)") as info:
+        T.fit(small_cfg("train.epochs=3"), stopped, progress=False, figures=False)
+    assert info.value.signal_number == signum
+    kept = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    assert kept["step"] == 5 and kept["epoch"] == 1 and kept["partial"]["batch"] == 2
+    monkeypatch.setattr(T, "build_loss", real_build)
+    T.fit(small_cfg("train.epochs=3"), stopped, resume=True, progress=False, figures=False)
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert _metrics(straight) == _metrics(stopped)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_sigterm_to_the_command_checkpoints_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "pyro_vae", "train", "--out", str(run), "--no-progress", "--no-figures",
+            *[a for item in SMALL for a in ("--set", item)], "--set", "train.epochs=1000"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM received: stopped after" in err and f"--resume {run}" in err and "Traceback" not in err
+    done = load_checkpoint(run / "checkpoints" / "last.pt")["epoch"]  # completed epochs
+    resume = ["train", "--resume", str(run), "--no-progress", "--no-figures", "--set", f"train.epochs={done + 2}"]
+    resumed = subprocess.run([sys.executable, "-m", "pyro_vae", *resume], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["epoch"] for r in _metrics(run)] == list(range(1, done + 3))
