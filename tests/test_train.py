@@ -218,3 +218,34 @@ def test_sigterm_to_the_command_checkpoints_and_resumes(tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "pyro_vae", *resume], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in _metrics(run)] == list(range(1, done + 3))
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    from pyro_vae import checkpoint
+
+    path = tmp_path / "ckpt.pt"
+    checkpoint.save_checkpoint({"epoch": 1}, path)
+    real_save = torch.save
+
+    def crash_half_way(obj, f):
+        real_save(obj, f)
+        f.flush()
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_checkpoint({"epoch": 2}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
+
+
+def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    run = tmp_path / "run"
+    T.fit(small_cfg("train.epochs=1"), run, progress=False, figures=False)
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:2000])
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {last} is corrupt" in err and "Traceback" not in err
