@@ -5,7 +5,8 @@ record their sample sites, then sums ``log p(x, z) - log q(z | x)`` over the tra
 about a millisecond a step on a CPU, a fifth of a whole training step at batch 128. For a VAE
 whose structure is fixed, the trace is always the same: one latent site ``z`` drawn by the guide
 with a reparameterised sample, one observed site ``x``, both in ``plate("data")``.
-:func:`check_structure` verifies that once with real Pyro traces; :class:`FastELBO` then
+:func:`check_structure` verifies that once with real Pyro traces (and :func:`build_loss` compares
+the two losses on one batch and seed); :class:`FastELBO` then
 evaluates the same sites' distributions (the very objects the model and guide hand to
 ``pyro.sample``) directly. It draws the same random numbers in the same order, so the loss and its
 gradients equal Pyro's for the same seed (``tests/test_fast.py``). A structure it does not
@@ -95,15 +96,27 @@ class FastELBO:
 
 def build_loss(vae: VAE, cfg: TrainConfig, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """A callable ``batch -> summed negative ELBO`` for ``cfg.elbo``: the fast path when
-    ``cfg.fast_path`` is set and the structure check passes on the batch ``x``, else Pyro's
-    ``elbo.differentiable_loss(vae.model, vae.guide, batch)``. The check leaves the RNG alone."""
+    ``cfg.fast_path`` is set, the structure check passes on the batch ``x`` and the fast loss
+    equals Pyro's on ``x`` for one seed (so a model that computes its sites differently from the
+    VAE's components is caught); else Pyro's ``elbo.differentiable_loss(vae.model, vae.guide,
+    batch)``. The checks leave the RNG alone."""
+    elbo = build_elbo(cfg)
     if cfg.fast_path and cfg.elbo in FAST_ELBOS:
+        fast = FastELBO(vae, FAST_ELBOS[cfg.elbo], cfg.num_particles)
         try:
             with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                with pyro.validation_enabled(True):
+                with pyro.validation_enabled(True), torch.no_grad():
                     check_structure(vae, x)
-            return FastELBO(vae, FAST_ELBOS[cfg.elbo], cfg.num_particles).differentiable_loss
+                    torch.manual_seed(0)
+                    ours = fast.differentiable_loss(x)
+                    torch.manual_seed(0)
+                    theirs = elbo.differentiable_loss(vae.model, vae.guide, x)
+            if not torch.allclose(ours, theirs, rtol=1e-5, atol=1e-4):
+                raise ValueError(
+                    f"the fast ELBO does not apply to this model: its loss {ours.item():.6g} differs from "
+                    f"Pyro's {theirs.item():.6g} on the same draw"
+                )
+            return fast.differentiable_loss
         except ValueError as exc:
             log.warning("%s; using Pyro's %s", exc, cfg.elbo)
-    elbo = build_elbo(cfg)
     return lambda batch: elbo.differentiable_loss(vae.model, vae.guide, batch)

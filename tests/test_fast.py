@@ -92,3 +92,25 @@ def test_training_with_and_without_the_fast_path_agrees(tmp_path, elbo):
     b = load_checkpoint(tmp_path / "False" / "checkpoints" / "last.pt")["model"]
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_a_model_that_computes_its_sites_differently_keeps_pyros_loss(tiny_vae64, caplog):
+    """Same sites and plates as the VAE, but the model scales the decoder's output: the structure
+    check alone cannot see it, the numerical check at build time does."""
+    vae, x = tiny_vae64
+
+    class Sharper(type(vae)):
+        def model(self, x):
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", self.prior(x.shape[0]))
+                pyro.sample("x", self.likelihood(2 * self.decoder(z)), obs=x)
+
+    sharper = Sharper(vae.prior, vae.likelihood, vae.encoder, vae.decoder)
+    check_structure(sharper, x)  # passes
+    with caplog.at_level(logging.WARNING):
+        loss_fn = build_loss(sharper, TrainConfig(), x)
+    assert "differs from Pyro's" in caplog.text
+    pyro.set_rng_seed(0)
+    value = loss_fn(x)
+    pyro.set_rng_seed(0)
+    assert value.item() == pytest.approx(Trace_ELBO().differentiable_loss(sharper.model, sharper.guide, x).item())
