@@ -26,7 +26,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
 
 lint: $(STAMP)
-	$(BIN)/ruff check pyro_vae tests benchmarks scripts
+	$(BIN)/ruff check pyro_vae tests benchmarks scripts examples
 
 clean:
 	rm -rf $(VENV) runs

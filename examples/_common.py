@@ -1,0 +1,37 @@
+"""Helpers shared by the numbered examples: argument parsing, the output folder, saving."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def parse_args(doc: str, name: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke-test", action="store_true", help="a few-second run with small sizes")
+    parser.add_argument("--out", default=str(Path("runs") / "examples" / name), help="folder for figures and results")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.out = Path(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def save_figure(fig, out: Path, name: str) -> Path:
+    path = out / name
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
+
+
+def save_results(results: dict, out: Path) -> None:
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -1,0 +1,72 @@
+"""Every numbered example runs with --smoke-test, writes its figures, and its numbers hold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("[0-9][0-9]_*.py"))
+
+
+def run_example(name: str, out) -> dict:
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / name), "--smoke-test", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def test_every_example_is_tested():
+    assert EXAMPLES == [name for name in CHECKS], "add the new example's checks to tests/test_examples.py"
+
+
+def check_01(r, out):
+    assert -0.7 < r["slope"] < -0.3, r["slope"]  # error ~ N^(-1/2)
+    return ["points.png", "error.png"]
+
+
+def check_02(r, out):
+    for key in ("pq", "qp"):
+        mc, se = r[f"mc_kl_{key}"]
+        assert abs(mc - r[f"kl_{key}"]) < 4 * se, (key, mc, se, r[f"kl_{key}"])
+    assert r["kl_pq"] > 2 * r["kl_qp"]  # asymmetric
+    assert abs(r["entropy_plus_kl"] - r["cross_entropy_mc"]) < 0.02
+    assert abs(abs(r["reverse_fit"][0]) - 2) < 0.3 and r["reverse_fit"][1] < 1  # one mode
+    assert abs(r["forward_fit"][0]) < 1e-9 and abs(r["forward_fit"][1] - 4.36**0.5) < 1e-9  # both
+    return ["asymmetry.png", "fits.png"]
+
+
+def check_03(r, out):
+    assert r["max_identity_error"] < 1e-9
+    assert r["svi_kl_last"] < 0.01 and r["svi_kl_last"] < r["svi_kl_first"] / 100
+    return ["identity.png", "svi.png"]
+
+
+def check_04(r, out):
+    exact = r["exact_gradient"]
+    for kind in ("reparameterised", "score function"):
+        for mean, se in zip(r[kind]["mean"], r[kind]["se"]):
+            assert abs(mean - exact) < 4 * se, (kind, mean, se)  # unbiased, N = reps draws
+        var = r[kind]["variance"]
+        assert 100 < var[0] / var[-1] < 600, var  # ~ 1/N from N=1 to N=256
+    assert all(s > 10 * p for s, p in zip(r["score function"]["variance"], r["reparameterised"]["variance"]))
+    return ["variance.png"]
+
+
+CHECKS = {
+    "01_monte_carlo.py": check_01,
+    "02_kl_divergence.py": check_02,
+    "03_elbo_identity.py": check_03,
+    "04_reparam_vs_score.py": check_04,
+}
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example(name, tmp_path):
+    results = run_example(name, tmp_path)
+    for figure in CHECKS[name](results, tmp_path):
+        assert (tmp_path / figure).stat().st_size > 0, figure
