@@ -23,8 +23,12 @@ from _common import parse_args, save_figure, save_results
 
 def estimate_pi(n: int, reps: int, generator: torch.Generator) -> torch.Tensor:
     """``reps`` independent estimates of pi from ``n`` points each."""
-    points = torch.rand(reps, n, 2, generator=generator, dtype=torch.float64)
-    return 4 * ((points**2).sum(-1) <= 1).double().mean(-1)
+    chunk = max(1, 2_000_000 // n)  # bounded memory for large N
+    out = []
+    for start in range(0, reps, chunk):
+        points = torch.rand(min(chunk, reps - start), n, 2, generator=generator, dtype=torch.float64)
+        out.append(4 * ((points**2).sum(-1) <= 1).double().mean(-1))
+    return torch.cat(out)
 
 
 def main() -> None:

@@ -83,10 +83,11 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = [f"N({r['m']:.2f}, {r['s']:.2f}²)" for r in rows]
-    ax.bar(labels, [r["elbo"] for r in rows], label="ELBO(q)")
-    ax.bar(labels, [r["kl"] for r in rows], bottom=[r["elbo"] for r in rows], label="KL(q ‖ p(z|x))")
+    elbos = [r["elbo"] for r in rows]
+    ax.bar(labels, [r["kl"] for r in rows], bottom=elbos, color="C1", alpha=0.6, label="KL(q ‖ p(z|x)): the gap")
+    ax.plot(labels, elbos, "o", color="C0", label="ELBO(q)")
     ax.axhline(log_px, color="k", ls="--", label="log p(x)")
-    ax.set(ylabel="nats", title="ELBO + KL = log p(x) for every q", ylim=(log_px - 40, log_px + 5))
+    ax.set(ylabel="nats", title="ELBO + KL = log p(x) for every q", ylim=(min(elbos) - 5, log_px + 5))
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=8)
     save_figure(fig, args.out, "identity.png")
