@@ -57,11 +57,22 @@ def check_04(r, out):
     return ["variance.png"]
 
 
+def check_05(r, out):
+    for model in ("latent2", "latent20"):
+        prior, encoder = r["models"][model]["prior"], r["models"][model]["encoder"]
+        for p, e in zip(prior, encoder):  # sampling from the prior estimates a larger NLL than the encoder
+            assert p["mean"] > e["mean"] - 0.5, (model, p, e)
+        assert prior[0]["mean"] > encoder[0]["mean"] + 1, (model, prior[0], encoder[0])  # K=1: clearly worse
+        assert encoder[-1]["mean"] <= encoder[0]["mean"] and prior[-1]["mean"] <= prior[0]["mean"]
+    return ["estimates.png"]
+
+
 CHECKS = {
     "01_monte_carlo.py": check_01,
     "02_kl_divergence.py": check_02,
     "03_elbo_identity.py": check_03,
     "04_reparam_vs_score.py": check_04,
+    "05_prior_sampling_fails.py": check_05,
 }
 
 
