@@ -67,12 +67,19 @@ def check_05(r, out):
     return ["estimates.png"]
 
 
+def check_06(r, out):
+    # the VAE's codes are closer to N(0, I) than the autoencoder's
+    assert r["VAE"]["kl_gaussian_fit_to_prior"] < r["autoencoder"]["kl_gaussian_fit_to_prior"], r
+    return ["latents.png", "samples.png"]
+
+
 CHECKS = {
     "01_monte_carlo.py": check_01,
     "02_kl_divergence.py": check_02,
     "03_elbo_identity.py": check_03,
     "04_reparam_vs_score.py": check_04,
     "05_prior_sampling_fails.py": check_05,
+    "06_autoencoder_vs_vae.py": check_06,
 }
 
 
