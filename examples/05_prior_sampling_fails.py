@@ -22,9 +22,8 @@ import math
 
 import matplotlib.pyplot as plt
 import torch
-from _common import parse_args, save_figure, save_results
+from _common import parse_args, save_figure, save_results, train_vae
 
-from pyro_vae import fit, load_config, load_run
 from pyro_vae.data import evenly_spaced
 from pyro_vae.evaluate import iwae_log_likelihood
 
@@ -47,17 +46,7 @@ def main() -> None:
     results = {"k": ks, "images": images, "reps": reps, "models": {}}
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for latent in (2, 20):
-        run = args.out / f"latent{latent}"
-        overrides = [f"model.latent_dim={latent}", f"train.epochs={epochs}", f"data.subset={subset}",
-                     "eval.iwae_k=10", f"train.seed={args.seed}"]  # fmt: skip
-        fit(
-            load_config(None, overrides),
-            run,
-            progress=False,
-            figures=False,
-            resume=(run / "checkpoints/last.pt").exists(),
-        )
-        _, vae, data = load_run(run)
+        _, vae, data = train_vae(args.out / f"latent{latent}", latent, epochs, subset, args.seed)
         x = data.test[evenly_spaced(data.test.shape[0], images)]
         torch.manual_seed(args.seed)
         rows = {"prior": [], "encoder": []}

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import torch
-from _common import parse_args, save_figure, save_results
+from _common import parse_args, save_figure, save_results, train_vae
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from pyro_vae import build_vae, fit, load_config, load_run
+from pyro_vae import build_vae
 from pyro_vae.plots import image_grid, latent_means
 
 
@@ -63,11 +63,7 @@ def reconstruction_nats(model, codes: torch.Tensor, x: torch.Tensor) -> float:
 def main() -> None:
     args = parse_args(__doc__, "06_autoencoder_vs_vae")
     epochs, subset = (2, 2000) if args.smoke_test else (15, 0)
-    overrides = ["model.latent_dim=2", f"train.epochs={epochs}", f"data.subset={subset}", "eval.iwae_k=10",
-                 f"train.seed={args.seed}"]  # fmt: skip
-    run = args.out / "vae"
-    fit(load_config(None, overrides), run, progress=False, figures=False, resume=(run / "checkpoints/last.pt").exists())
-    cfg, vae, data = load_run(run)
+    cfg, vae, data = train_vae(args.out / "vae", 2, epochs, subset, args.seed)
     ae = train_autoencoder(cfg, data.train, epochs, args.seed)
     models = {"autoencoder": ae, "VAE": vae}
     codes = {name: latent_means(m, data.test) for name, m in models.items()}

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import torch
-from _common import parse_args, save_figure, save_results
+from _common import parse_args, save_figure, save_results, train_vae
 
-from pyro_vae import fit, load_config, load_run
 from pyro_vae.data import evenly_spaced
 from pyro_vae.evaluate import evaluate
 from pyro_vae.plots import image_grid, latent_means, plot_latents, plot_manifold
@@ -30,17 +29,7 @@ def main() -> None:
     epochs, subset = (3, 2000) if args.smoke_test else (15, 0)
     results, recon_rows, data = {}, [], None
     for latent in SIZES:
-        run = args.out / f"latent{latent}"
-        overrides = [f"model.latent_dim={latent}", f"train.epochs={epochs}", f"data.subset={subset}",
-                     "eval.iwae_k=10", f"train.seed={args.seed}"]  # fmt: skip
-        fit(
-            load_config(None, overrides),
-            run,
-            progress=False,
-            figures=False,
-            resume=(run / "checkpoints/last.pt").exists(),
-        )
-        _, vae, data = load_run(run)
+        _, vae, data = train_vae(args.out / f"latent{latent}", latent, epochs, subset, args.seed)
         with torch.no_grad():
             codes = latent_means(vae, data.test)
             recon_nats = float(-vae.likelihood(vae.decoder(codes)).log_prob(data.test).mean())

@@ -35,3 +35,14 @@ def save_results(results: dict, out: Path) -> None:
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def train_vae(run: Path, latent_dim: int, epochs: int, subset: int, seed: int):
+    """Train the default VAE with ``latent_dim`` into ``run`` via ``pyro_vae.fit`` (continuing a
+    run left there) and return ``(config, vae with the best weights, data)``."""
+    from pyro_vae import fit, load_config, load_run
+
+    overrides = [f"model.latent_dim={latent_dim}", f"train.epochs={epochs}", f"data.subset={subset}",
+                 "eval.iwae_k=10", f"train.seed={seed}"]  # fmt: skip
+    fit(load_config(None, overrides), run, progress=False, figures=False, resume=(run / "checkpoints/last.pt").exists())
+    return load_run(run)
