@@ -123,11 +123,12 @@ def resolve_device(name: str) -> torch.device:
 
 def check_resume_config(saved: ExperimentConfig, new: ExperimentConfig) -> None:
     """Raise ``ConfigError`` if ``new`` changes a key that a resumed run must keep."""
+    before = saved.to_dict()
     changed = [
         f"{section}.{key}: {old!r} -> {value!r}"
         for section, values in new.to_dict().items()
         for key, value in values.items()
-        if (old := saved.to_dict()[section][key]) != value and (section, key) not in RESUMABLE
+        if (old := before[section][key]) != value and (section, key) not in RESUMABLE
     ]
     if changed:
         allowed = ", ".join(f"{s}.{k}" for s, k in sorted(RESUMABLE))

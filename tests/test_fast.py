@@ -18,6 +18,28 @@ from pyro_vae.fast import FastELBO, build_loss, check_structure
 from tests.test_train import small_cfg
 
 
+def _score_function_vae(vae):
+    """The same VAE with a guide whose z is not reparameterised (outside the fast path)."""
+
+    class ScoreFunction(type(vae)):
+        def guide(self, x):
+            estimators.score_function_guide(vae)(x)
+
+    return ScoreFunction(vae.prior, vae.likelihood, vae.encoder, vae.decoder)
+
+
+def _assert_falls_back_to_pyro(model_vae, x, caplog, warning):
+    """build_loss warns with ``warning`` and returns exactly Pyro's Trace_ELBO loss."""
+    with caplog.at_level(logging.WARNING):
+        loss_fn = build_loss(model_vae, TrainConfig(), x)
+    assert warning in caplog.text
+    pyro.set_rng_seed(0)
+    value = loss_fn(x)
+    pyro.set_rng_seed(0)
+    expected = Trace_ELBO().differentiable_loss(model_vae.model, model_vae.guide, x)
+    assert value.item() == pytest.approx(expected.item(), abs=1e-10)
+
+
 @pytest.mark.parametrize("particles", [1, 5])
 @pytest.mark.parametrize("elbo_cls, analytic", [(Trace_ELBO, False), (TraceMeanField_ELBO, True)])
 def test_fast_loss_and_gradients_equal_pyros(tiny_vae64, elbo_cls, analytic, particles):
@@ -50,29 +72,13 @@ def test_structure_check_rejects_what_it_does_not_cover(tiny_vae64):
     with pytest.raises(ValueError, match=r"sites: model \['z', 'x', 'w'\]"):
         check_structure(Extra(vae.prior, vae.likelihood, vae.encoder, vae.decoder), x)
 
-    class ScoreFunction(type(vae)):
-        def guide(self, x):
-            estimators.score_function_guide(vae)(x)
-
     with pytest.raises(ValueError, match="not reparameterised"):
-        check_structure(ScoreFunction(vae.prior, vae.likelihood, vae.encoder, vae.decoder), x)
+        check_structure(_score_function_vae(vae), x)
 
 
 def test_build_loss_falls_back_to_pyro_with_a_warning(tiny_vae64, caplog):
     vae, x = tiny_vae64
-
-    class ScoreFunction(type(vae)):
-        def guide(self, x):
-            estimators.score_function_guide(vae)(x)
-
-    sf = ScoreFunction(vae.prior, vae.likelihood, vae.encoder, vae.decoder)
-    with caplog.at_level(logging.WARNING):
-        loss_fn = build_loss(sf, TrainConfig(), x)
-    assert "using Pyro's trace" in caplog.text
-    pyro.set_rng_seed(0)
-    value = loss_fn(x)
-    pyro.set_rng_seed(0)
-    assert value.item() == pytest.approx(Trace_ELBO().differentiable_loss(sf.model, sf.guide, x).item(), abs=1e-10)
+    _assert_falls_back_to_pyro(_score_function_vae(vae), x, caplog, "using Pyro's trace")
 
 
 def test_build_loss_leaves_the_rng_alone(tiny_vae64):
@@ -107,10 +113,4 @@ def test_a_model_that_computes_its_sites_differently_keeps_pyros_loss(tiny_vae64
 
     sharper = Sharper(vae.prior, vae.likelihood, vae.encoder, vae.decoder)
     check_structure(sharper, x)  # passes
-    with caplog.at_level(logging.WARNING):
-        loss_fn = build_loss(sharper, TrainConfig(), x)
-    assert "differs from Pyro's" in caplog.text
-    pyro.set_rng_seed(0)
-    value = loss_fn(x)
-    pyro.set_rng_seed(0)
-    assert value.item() == pytest.approx(Trace_ELBO().differentiable_loss(sharper.model, sharper.guide, x).item())
+    _assert_falls_back_to_pyro(sharper, x, caplog, "differs from Pyro's")

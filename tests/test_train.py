@@ -80,20 +80,25 @@ def test_resume_rejects_a_changed_model_and_refuses_to_overwrite(tmp_path):
         T.fit(small_cfg(), run, progress=False)
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+def _patch_loss_at_call(monkeypatch, n: int, action):
+    """Make fit's loss call ``action(loss)`` on its ``n``-th call (1-based) and return the result."""
     real_build = T.build_loss
 
-    def nan_at_step_4(*args):
+    def build(*args):
         loss_fn, calls = real_build(*args), {"n": 0}
 
         def wrapped(x):
             calls["n"] += 1
             loss = loss_fn(x)
-            return loss * float("nan") if calls["n"] == 4 else loss
+            return action(loss) if calls["n"] == n else loss
 
         return wrapped
 
-    monkeypatch.setattr(T, "build_loss", nan_at_step_4)
+    monkeypatch.setattr(T, "build_loss", build)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    _patch_loss_at_call(monkeypatch, 4, lambda loss: loss * float("nan"))
     run = tmp_path / "run"
     with pytest.raises(T.TrainingError, match=r"became nan at step 4 \(epoch 2\)"):
         T.fit(small_cfg(), run, progress=False)
@@ -174,18 +179,11 @@ def test_a_signal_mid_epoch_checkpoints_the_step_and_resume_is_exact(tmp_path, m
     T.fit(small_cfg("train.epochs=3"), straight, progress=False, figures=False)
     real_build = T.build_loss
 
-    def signal_at_step_5(*args):
-        loss_fn, calls = real_build(*args), {"n": 0}
+    def send_signal(loss):
+        os.kill(os.getpid(), signum)
+        return loss
 
-        def wrapped(x):
-            calls["n"] += 1
-            if calls["n"] == 5:  # epoch 2, batch 2 of 3
-                os.kill(os.getpid(), signum)
-            return loss_fn(x)
-
-        return wrapped
-
-    monkeypatch.setattr(T, "build_loss", signal_at_step_5)
+    _patch_loss_at_call(monkeypatch, 5, send_signal)  # epoch 2, batch 2 of 3
     with pytest.raises(T.TrainingInterrupted, match=r"stopped after step 5 \(epoch 2, batch 2 of 3\)") as info:
         T.fit(small_cfg("train.epochs=3"), stopped, progress=False, figures=False)
     assert info.value.signal_number == signum
