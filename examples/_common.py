@@ -37,12 +37,13 @@ def save_results(results: dict, out: Path) -> None:
     print(f"wrote {path}")
 
 
-def train_vae(run: Path, latent_dim: int, epochs: int, subset: int, seed: int):
-    """Train the default VAE with ``latent_dim`` into ``run`` via ``pyro_vae.fit`` (continuing a
-    run left there) and return ``(config, vae with the best weights, data)``."""
+def train_vae(run: Path, latent_dim: int, epochs: int, subset: int, seed: int, overrides: tuple[str, ...] = ()):
+    """Train the default VAE with ``latent_dim`` (and any further ``section.key=value``
+    ``overrides``) into ``run`` via ``pyro_vae.fit``, continuing a run left there, and return
+    ``(config, vae with the best weights, data)``."""
     from pyro_vae import fit, load_config, load_run
 
     overrides = [f"model.latent_dim={latent_dim}", f"train.epochs={epochs}", f"data.subset={subset}",
-                 "eval.iwae_k=10", f"train.seed={seed}"]  # fmt: skip
+                 "eval.iwae_k=10", f"train.seed={seed}", *overrides]  # fmt: skip
     fit(load_config(None, overrides), run, progress=False, figures=False, resume=(run / "checkpoints/last.pt").exists())
     return load_run(run)

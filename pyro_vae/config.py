@@ -48,12 +48,18 @@ class ModelConfig:
     prior: str = "standard_normal"  # from pyro_vae.priors.PRIORS
     likelihood: str = "bernoulli"  # from pyro_vae.likelihoods.LIKELIHOODS
     guide: str = "diag_normal"  # from pyro_vae.guides.GUIDES
+    prior_components: int = 500  # mixture_of_gaussians: components; vamp: pseudo-inputs
+    prior_df: float = 5.0  # student_t: degrees of freedom
+    likelihood_scale: float = 0.0  # gaussian: fixed pixel scale; 0 = one learned scale per pixel
+    flow_steps: int = 2  # iaf: inverse autoregressive flow steps on top of the Gaussian
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    elbo: str = "trace"  # from pyro_vae.elbos.ELBOS: trace (Monte-Carlo KL) | mean_field (analytic KL)
-    num_particles: int = 1  # samples of z per image in the training ELBO
+    elbo: str = "trace"  # from pyro_vae.elbos.ELBOS: trace | mean_field | jit_trace | jit_mean_field | iwae
+    num_particles: int = 1  # samples of z per image in the training ELBO (K of iwae, at least 2)
+    kl_fallback: bool = True  # mean_field: Monte-Carlo KL where no closed form exists (false = reject up front)
+    kl_warmup_epochs: float = 0.0  # KL warm-up: weight beta rises linearly to 1 over this many epochs (0 = off)
     fast_path: bool = True  # same ELBO without Pyro's per-step tracing, once the structure is verified
     epochs: int = 30  # passes over the training split
     batch_size: int = 128
@@ -243,6 +249,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     positive = [
         ("model", "latent_dim"), ("train", "num_particles"), ("train", "epochs"),
         ("train", "batch_size"), ("train", "eval_batch_size"), ("eval", "iwae_k"),
+        ("model", "prior_components"), ("model", "flow_steps"),
     ]  # fmt: skip
     for section, key in positive:
         value = getattr(getattr(cfg, section), key)
@@ -252,6 +259,14 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         _require(value >= 0, f"{section}.{key} = {value} must be 0 or more")
     _require(
         all(h >= 1 for h in cfg.model.hidden), f"model.hidden = {list(cfg.model.hidden)}: widths must be at least 1"
+    )
+    _require(cfg.model.prior_df > 0, f"model.prior_df = {cfg.model.prior_df} must be positive")
+    _require(
+        cfg.model.likelihood_scale >= 0,
+        f"model.likelihood_scale = {cfg.model.likelihood_scale} must be positive (fixed) or 0 (learned)",
+    )
+    _require(
+        cfg.train.kl_warmup_epochs >= 0, f"train.kl_warmup_epochs = {cfg.train.kl_warmup_epochs} must be 0 or more"
     )
     _require(cfg.train.time_limit_min >= 0, f"train.time_limit_min = {cfg.train.time_limit_min} must be 0 or more")
     _require(cfg.train.lr > 0, f"train.lr = {cfg.train.lr} must be positive")

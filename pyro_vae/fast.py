@@ -16,6 +16,8 @@ recognise keeps the stock Pyro ELBO.
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from collections.abc import Callable
 
 import pyro
@@ -29,9 +31,6 @@ from .elbos import build_elbo
 from .model import VAE
 
 log = logging.getLogger(__name__)
-
-# ELBO names the fast path implements, and whether they use the analytic KL
-FAST_ELBOS = {"trace": False, "mean_field": True}
 
 
 def check_structure(vae: VAE, x: torch.Tensor) -> None:
@@ -66,43 +65,77 @@ def check_structure(vae: VAE, x: torch.Tensor) -> None:
 
 
 class FastELBO:
-    """``Trace_ELBO`` (``analytic_kl=False``) or ``TraceMeanField_ELBO`` (``analytic_kl=True``)
-    for a structure-checked :class:`~pyro_vae.model.VAE`, with ``num_particles`` vectorised
-    particles. :meth:`differentiable_loss` matches Pyro's ``differentiable_loss``: the negative
-    ELBO summed over the batch and averaged over particles."""
+    """Pyro's ``Trace_ELBO`` (``analytic_kl=False``), ``TraceMeanField_ELBO``
+    (``analytic_kl=True``) or the IWAE bound (``importance_weighted=True``) for a
+    structure-checked :class:`~pyro_vae.model.VAE`, with ``num_particles`` vectorised particles.
+    :meth:`differentiable_loss` matches Pyro's ``differentiable_loss``: the negative ELBO summed
+    over the batch and averaged over particles (the negative IWAE bound summed over the batch)."""
 
-    def __init__(self, vae: VAE, analytic_kl: bool = False, num_particles: int = 1) -> None:
+    def __init__(self, vae: VAE, analytic_kl: bool = False, num_particles: int = 1,
+                 importance_weighted: bool = False) -> None:  # fmt: skip
         self.vae = vae
         self.analytic_kl = analytic_kl
         self.num_particles = num_particles
+        self.importance_weighted = importance_weighted
 
-    def differentiable_loss(self, x: torch.Tensor) -> torch.Tensor:
+    def differentiable_loss(self, x: torch.Tensor, beta: torch.Tensor | float = 1.0) -> torch.Tensor:
+        """``beta`` weighs the KL term (KL warm-up), as ``poutine.scale`` on the ``z`` sites does."""
         vae, batch = self.vae, x.shape[0]
         q = vae.encoder(x)
         p = vae.prior(batch)
         # Pyro draws the vectorised particles from q expanded to (P, B): the same numbers as this
         z = q.rsample((self.num_particles,)) if self.num_particles > 1 else q.rsample()
         log_lik = vae.likelihood(vae.decoder(z)).log_prob(x)
+        kl = None
         if self.analytic_kl:
             try:
-                kl = kl_divergence(q, p)
-                kl = kl.expand(log_lik.shape)
+                kl = kl_divergence(q, p).expand(log_lik.shape)
             except NotImplementedError:  # TraceMeanField_ELBO falls back to the Monte-Carlo term
-                kl = q.log_prob(z) - p.log_prob(z)
-        else:
+                pass
+        if kl is None:
             kl = q.log_prob(z) - p.log_prob(z)
-        return -(log_lik - kl).sum() / self.num_particles
+        log_w = log_lik - beta * kl
+        if self.importance_weighted:
+            return -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
+        return -log_w.sum() / self.num_particles
 
 
-def build_loss(vae: VAE, cfg: TrainConfig, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A callable ``batch -> summed negative ELBO`` for ``cfg.elbo``: the fast path when
-    ``cfg.fast_path`` is set, the structure check passes on the batch ``x`` and the fast loss
-    equals Pyro's on ``x`` for one seed (so a model that computes its sites differently from the
-    VAE's components is caught); else Pyro's ``elbo.differentiable_loss(vae.model, vae.guide,
-    batch)``. The checks leave the RNG alone."""
+def _pyro_loss(vae: VAE, elbo) -> Callable[..., torch.Tensor]:
+    """``(x, beta=None) -> loss`` through Pyro's ``elbo.differentiable_loss``. A JIT ELBO sees the
+    parameters only through the param store, so its model and guide register the VAE there
+    (under ``vae$$$``, cleared first so a previous VAE's parameters cannot be picked up)."""
+    model, guide = vae.model, vae.guide
+    if getattr(elbo, "jit", False):
+        store = pyro.get_param_store()
+        for name in [n for n in store.keys() if n.startswith("vae$$$")]:
+            del store[name]
+
+        def model(*args):
+            pyro.module("vae", vae)
+            vae.model(*args)
+
+        def guide(*args):
+            pyro.module("vae", vae)
+            vae.guide(*args)
+
+    def loss(x: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
+        args = (x,) if beta is None else (x, torch.as_tensor(beta, dtype=x.dtype, device=x.device))
+        with warnings.catch_warnings():  # torch deprecates jit.trace in favour of torch.compile; Pyro still uses it
+            warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated", category=FutureWarning)
+            return elbo.differentiable_loss(model, guide, *args)
+
+    return loss
+
+
+def build_loss(vae: VAE, cfg: TrainConfig, x: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """A callable ``(batch, beta=None) -> summed negative ELBO`` for ``cfg.elbo`` (``beta``: the
+    KL warm-up weight): the fast path when ``cfg.fast_path`` is set, the ELBO is not a JIT one,
+    the structure check passes on the batch ``x`` and the fast loss equals Pyro's on ``x`` for
+    one seed (so a model that computes its sites differently from the VAE's components is
+    caught); else Pyro's ``elbo.differentiable_loss``. The checks leave the RNG alone."""
     elbo = build_elbo(cfg)
-    if cfg.fast_path and cfg.elbo in FAST_ELBOS:
-        fast = FastELBO(vae, FAST_ELBOS[cfg.elbo], cfg.num_particles)
+    if cfg.fast_path and not elbo.jit:
+        fast = FastELBO(vae, elbo.analytic_kl, cfg.num_particles, elbo.importance_weighted)
         try:
             with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
                 with pyro.validation_enabled(True), torch.no_grad():
@@ -119,4 +152,4 @@ def build_loss(vae: VAE, cfg: TrainConfig, x: torch.Tensor) -> Callable[[torch.T
             return fast.differentiable_loss
         except ValueError as exc:
             log.warning("%s; using Pyro's %s", exc, cfg.elbo)
-    return lambda batch: elbo.differentiable_loss(vae.model, vae.guide, batch)
+    return _pyro_loss(vae, elbo)

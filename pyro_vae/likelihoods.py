@@ -1,10 +1,21 @@
-"""Likelihoods p(x | z): the decoder's head is sized by ``param_dim(D)``; ``forward(h)`` returns a
-distribution with event (D,). ``validate(x, source)`` rejects data outside the support."""
+r"""Likelihoods p(x | z): the decoder's head is sized by ``param_dim(D)``; ``forward(h)`` returns a
+distribution with event (D,); ``mean(h)`` gives expected pixels for pictures; ``validate(x,
+source)`` rejects data outside the support before training starts.
+
+Every likelihood is built as ``cls(data_dim=D, cfg=ModelConfig)`` and takes what it needs.
+Discrete likelihoods (``bernoulli``, ``discretized_logistic``) give probabilities, so their
+negative log-likelihoods are code lengths in nats; continuous ones (``continuous_bernoulli``,
+``gaussian``) give densities, which are not comparable with them.
+"""
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
+from pyro.distributions import constraints
 from torch import nn
 
 from .data import count_non_binary
@@ -13,9 +24,19 @@ from .registry import Registry
 LIKELIHOODS: Registry = Registry("likelihood")
 
 
+def _check_range(x: torch.Tensor, source: str, name: str, fix: str) -> None:
+    """Reject values outside [0, 1] (and NaN), streaming so no float copy of ``x`` is made."""
+    n_bad = sum(int((~((c >= 0) & (c <= 1))).sum()) for c in x.split(4096))
+    if n_bad:
+        raise ValueError(f"{source}: the {name} likelihood needs pixels in [0, 1], but {n_bad} values are not; {fix}")
+
+
 @LIKELIHOODS.register("bernoulli")
 class Bernoulli(nn.Module):
     """x_d ~ Bernoulli(sigmoid(h_d)), parameterised by logits; needs binary pixels (0 or 1)."""
+
+    def __init__(self, **_) -> None:
+        super().__init__()
 
     def param_dim(self, data_dim: int) -> int:
         return data_dim
@@ -24,7 +45,6 @@ class Bernoulli(nn.Module):
         return dist.Bernoulli(logits=h, validate_args=False).to_event(1)
 
     def mean(self, h: torch.Tensor) -> torch.Tensor:
-        """Expected pixel values, for pictures."""
         return torch.sigmoid(h)
 
     def validate(self, x: torch.Tensor, source: str) -> None:
@@ -32,5 +52,135 @@ class Bernoulli(nn.Module):
         if n_bad:
             raise ValueError(
                 f"{source}: the bernoulli likelihood needs binary pixels, but {n_bad} values are "
-                "neither 0 nor 1; binarize grey-level images with data.binarize=static or dynamic"
+                "neither 0 nor 1; binarize grey-level images with data.binarize=static or dynamic, "
+                "or use model.likelihood=continuous_bernoulli, gaussian or discretized_logistic"
+            )
+
+
+@LIKELIHOODS.register("continuous_bernoulli")
+class ContinuousBernoulli(nn.Module):
+    """x_d ~ ContinuousBernoulli(sigmoid(h_d)) on [0, 1] (Loaiza-Ganem & Cunningham, 2019): the
+    Bernoulli's form with the normalising constant that makes it a density on grey levels."""
+
+    def __init__(self, **_) -> None:
+        super().__init__()
+
+    def param_dim(self, data_dim: int) -> int:
+        return data_dim
+
+    def forward(self, h: torch.Tensor) -> dist.Distribution:
+        return dist.ContinuousBernoulli(logits=h, validate_args=False).to_event(1)
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        return dist.ContinuousBernoulli(logits=h, validate_args=False).mean
+
+    def validate(self, x: torch.Tensor, source: str) -> None:
+        _check_range(x, source, "continuous_bernoulli", "rescale the images to [0, 1]")
+
+
+@LIKELIHOODS.register("gaussian")
+class Gaussian(nn.Module):
+    """x_d ~ N(h_d, sigma_d^2): ``model.likelihood_scale`` > 0 fixes sigma; 0 learns one sigma
+    per pixel (a parameter, floored at ``min_scale`` so a pixel that never varies cannot make
+    the density infinite)."""
+
+    min_scale = 1e-2
+
+    def __init__(self, data_dim: int, cfg, **_) -> None:
+        super().__init__()
+        self.fixed = cfg.likelihood_scale > 0
+        if self.fixed:
+            self.register_buffer("raw_scale", torch.full((data_dim,), float(cfg.likelihood_scale)))
+        else:
+            self.raw_scale = nn.Parameter(torch.full((data_dim,), math.log(math.expm1(0.1))))  # sigma starts at ~0.1
+
+    def scale(self) -> torch.Tensor:
+        return self.raw_scale if self.fixed else F.softplus(self.raw_scale) + self.min_scale
+
+    def param_dim(self, data_dim: int) -> int:
+        return data_dim
+
+    def forward(self, h: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(h, self.scale(), validate_args=False).to_event(1)
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        return h.clamp(0, 1)
+
+    def validate(self, x: torch.Tensor, source: str) -> None:
+        n_bad = sum(int((~torch.isfinite(c)).sum()) for c in x.split(4096))
+        if n_bad:
+            raise ValueError(f"{source}: the gaussian likelihood needs finite pixels, but {n_bad} values are not")
+
+
+class DiscretizedLogisticDist(dist.TorchDistribution):
+    r"""A logistic density integrated over the ``bins`` equal bins of [0, 1] (PixelCNN++,
+    Salimans et al. 2017), so it gives probabilities to grey levels ``k / (bins - 1)``.
+
+    With bin half-width :math:`h` and :math:`a = (x + h - \mu)/s`, :math:`b = (x - h - \mu)/s`:
+    :math:`\log P(x) = \log(\sigma(a) - \sigma(b)) = \log\sigma(a) + \log(1 - \sigma(b)) +
+    \log(1 - e^{b - a})`, stable for every :math:`a > b`; the end bins take the tails
+    (:math:`\log\sigma(a)` at 0, :math:`\log(1-\sigma(b))` at 1).
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.unit_interval
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, bins: int = 256, validate_args=None) -> None:
+        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
+        self.bins = bins
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return DiscretizedLogisticDist(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.bins)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        half = 0.5 / (self.bins - 1)
+        a = (x + half - self.loc) / self.scale
+        b = (x - half - self.loc) / self.scale
+        log_cdf_a, log_sf_b = F.logsigmoid(a), F.logsigmoid(-b)
+        inner = log_cdf_a + log_sf_b + torch.log(-torch.expm1(b - a))
+        return torch.where(x < half, log_cdf_a, torch.where(x > 1 - half, log_sf_b, inner))
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(1e-7, 1 - 1e-7)
+            y = self.loc + self.scale * (torch.log(u) - torch.log1p(-u))
+            return (y.clamp(0, 1) * (self.bins - 1)).round() / (self.bins - 1)
+
+
+@LIKELIHOODS.register("discretized_logistic")
+class DiscretizedLogistic(nn.Module):
+    """x_d ~ DiscretizedLogistic(mu_d, s_d) over the 256 grey levels k/255 (PixelCNN++): a
+    probability, so -log p(x) is in nats like the Bernoulli's. The decoder gives mu and log s."""
+
+    bins = 256
+    min_log_scale = -7.0
+
+    def __init__(self, **_) -> None:
+        super().__init__()
+
+    def param_dim(self, data_dim: int) -> int:
+        return 2 * data_dim
+
+    def _loc_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, log_scale = h.chunk(2, dim=-1)
+        return loc, log_scale.clamp(min=self.min_log_scale).exp()
+
+    def forward(self, h: torch.Tensor) -> dist.Distribution:
+        loc, scale = self._loc_scale(h)
+        return DiscretizedLogisticDist(loc, scale, self.bins, validate_args=False).to_event(1)
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        return self._loc_scale(h)[0].clamp(0, 1)
+
+    def validate(self, x: torch.Tensor, source: str) -> None:
+        _check_range(x, source, "discretized_logistic", "rescale the images to [0, 1]")
+        levels = self.bins - 1
+        n_bad = sum(int(((c * levels - (c * levels).round()).abs() > 1e-3).sum()) for c in x.split(4096))
+        if n_bad:
+            raise ValueError(
+                f"{source}: the discretized_logistic likelihood needs grey levels k/{levels} (8-bit images scaled "
+                f"to [0, 1]), but {n_bad} values are between levels; use model.likelihood=continuous_bernoulli or "
+                "gaussian for continuous pixels"
             )

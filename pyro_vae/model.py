@@ -12,11 +12,14 @@ reach the ELBO through the tensors the model and guide use, so a plain torch opt
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pyro
 import torch
+from pyro import poutine
 from torch import nn
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import mlp
@@ -33,16 +36,22 @@ class VAE(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
 
-    def model(self, x: torch.Tensor) -> None:
-        """p(x, z) for a batch ``x`` of shape (B, D)."""
+    def model(self, x: torch.Tensor, beta: torch.Tensor | None = None) -> None:
+        """p(x, z) for a batch ``x`` of shape (B, D).
+
+        :param beta: KL warm-up weight in (0, 1]: scales the ``z`` site here and in the guide, so
+            every ELBO sees ``log p(x|z) + beta (log p(z) - log q(z|x))`` (its analytic KL too).
+        """
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(x.shape[0]))
+            with _scaled(beta):
+                z = pyro.sample("z", self.prior(x.shape[0]))
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
-    def guide(self, x: torch.Tensor) -> None:
-        """q(z | x) for a batch ``x`` of shape (B, D)."""
+    def guide(self, x: torch.Tensor, beta: torch.Tensor | None = None) -> None:
+        """q(z | x) for a batch ``x`` of shape (B, D); ``beta`` as in :meth:`model`."""
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", self.encoder(x))
+            with _scaled(beta):
+                pyro.sample("z", self.encoder(x))
 
     def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """``log p(x, z_k) - log q(z_k | x)`` for ``z_k ~ q(z | x)``, shape (num_samples, B).
@@ -57,8 +66,9 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Expected pixels of p(x | z = mean of q(z | x)), shape (B, D)."""
-        return self.likelihood.mean(self.decoder(self.encoder(x).mean))
+        """Expected pixels of p(x | z) at the guide's representative code (its mean for a
+        Gaussian guide), shape (B, D)."""
+        return self.likelihood.mean(self.decoder(self.encoder.point(x)))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -71,9 +81,22 @@ class VAE(nn.Module):
         return self.decode(self.prior(n).sample())
 
 
+def _scaled(beta: torch.Tensor | None):
+    return nullcontext() if beta is None else poutine.scale(scale=beta)
+
+
 def build_vae(cfg: ModelConfig, data_dim: int) -> VAE:
-    """Turn the names in ``cfg`` into a :class:`VAE` for data of dimension ``data_dim``."""
-    likelihood = LIKELIHOODS.get(cfg.likelihood)()
-    decoder = mlp([cfg.latent_dim, *reversed(cfg.hidden), likelihood.param_dim(data_dim)], cfg.activation)
-    encoder = GUIDES.get(cfg.guide)(data_dim, cfg.latent_dim, cfg.hidden, cfg.activation)
-    return VAE(PRIORS.get(cfg.prior)(cfg.latent_dim), likelihood, encoder, decoder)
+    """Turn the names in ``cfg`` into a :class:`VAE` for data of dimension ``data_dim``.
+
+    Components that cannot work together (a ``ValueError`` from a component's constructor)
+    raise :class:`~pyro_vae.config.ConfigError` naming the choice and the fix.
+    """
+    try:
+        likelihood = LIKELIHOODS.get(cfg.likelihood)(data_dim=data_dim, cfg=cfg)
+        decoder = mlp([cfg.latent_dim, *reversed(cfg.hidden), likelihood.param_dim(data_dim)], cfg.activation)
+        encoder = GUIDES.get(cfg.guide)(data_dim=data_dim, latent_dim=cfg.latent_dim, cfg=cfg)
+        prior = PRIORS.get(cfg.prior)(latent_dim=cfg.latent_dim, data_dim=data_dim, encoder=encoder, cfg=cfg)
+    except ValueError as exc:
+        raise ConfigError(f"model.prior={cfg.prior}, model.guide={cfg.guide}, model.likelihood={cfg.likelihood}: "
+                          f"{exc}") from None  # fmt: skip
+    return VAE(prior, likelihood, encoder, decoder)

@@ -65,7 +65,7 @@ def plot_images(images: torch.Tensor, image_shape, nrow: int, title: str, out: P
 def latent_means(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Means of q(z | x) for every image, (N, L)."""
     vae.eval()
-    return torch.cat([vae.encoder(x[i : i + batch_size]).mean for i in range(0, x.shape[0], batch_size)])
+    return torch.cat([vae.encoder.point(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 
 def pca_2d(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,21 @@
-"""Priors p(z): ``forward(batch_size)`` returns a distribution with batch (B,) and event (L,)."""
+r"""Priors p(z): ``forward(batch_size)`` returns a distribution with batch (B,) and event (L,).
+
+Every prior is built as ``cls(latent_dim=L, data_dim=D, encoder=guide_network, cfg=ModelConfig)``
+and takes what it needs; a prior that cannot work with the given guide raises ``ValueError``
+with a fix hint, which :func:`pyro_vae.model.build_vae` reports before anything trains.
+
+References:
+    Tomczak & Welling, *VAE with a VampPrior*, AISTATS 2018 (``vamp``).
+"""
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
+from pyro.distributions import constraints
 from torch import nn
 
 from .registry import Registry
@@ -15,7 +27,7 @@ PRIORS: Registry = Registry("prior")
 class StandardNormal(nn.Module):
     """p(z) = N(0, I_L). Has a closed-form KL against a diagonal-Gaussian guide."""
 
-    def __init__(self, latent_dim: int) -> None:
+    def __init__(self, latent_dim: int, **_) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.register_buffer("loc", torch.zeros(latent_dim))
@@ -23,3 +35,109 @@ class StandardNormal(nn.Module):
 
     def forward(self, batch_size: int) -> dist.Distribution:
         return dist.Normal(self.loc, self.scale).expand([batch_size, self.latent_dim]).to_event(1)
+
+
+@PRIORS.register("student_t")
+class StudentT(nn.Module):
+    """p(z) = prod_l StudentT(z_l; df, 0, 1), heavy tailed (``model.prior_df`` degrees of freedom).
+
+    No KL between a Gaussian and a Student-t has a closed form, so ``mean_field`` falls back to
+    the Monte-Carlo term for it (and ``train.kl_fallback=false`` rejects the pair up front).
+    """
+
+    def __init__(self, latent_dim: int, cfg, **_) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.register_buffer("df", torch.tensor(float(cfg.prior_df)))
+
+    def forward(self, batch_size: int) -> dist.Distribution:
+        zero = torch.zeros((), dtype=self.df.dtype, device=self.df.device)
+        return dist.StudentT(self.df, zero, zero + 1).expand([batch_size, self.latent_dim]).to_event(1)
+
+
+class GaussianMixture(dist.TorchDistribution):
+    r"""An equal-shape mixture of K diagonal Gaussians over R^L, batch ``batch_shape``, event (L,).
+
+    ``log_prob`` needs no (..., K, L) temporary: the K quadratic forms come from two matrix
+    products, :math:`\sum_l (z_l - \mu_{kl})^2 / \sigma_{kl}^2 = (z^2) (1/\sigma^2)^T -
+    2 z (\mu/\sigma^2)^T + \sum_l \mu_{kl}^2/\sigma_{kl}^2`, so memory is (..., K).
+    Equal to ``MixtureSameFamily(Categorical(logits), Independent(Normal(loc, scale), 1))``
+    (tested).
+    """
+
+    arg_constraints = {"logits": constraints.real_vector, "loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, batch_shape=(),
+                 validate_args=None) -> None:  # fmt: skip
+        self.logits, self.loc, self.scale = logits, loc, scale
+        super().__init__(torch.Size(batch_shape), loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return GaussianMixture(self.logits, self.loc, self.scale, batch_shape)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        shape = torch.broadcast_shapes(z.shape[:-1], self.batch_shape)
+        flat = z.reshape(-1, z.shape[-1])
+        precision = self.scale.pow(-2)  # (K, L)
+        quad = flat.pow(2) @ precision.T - 2 * flat @ (self.loc * precision).T + (self.loc.pow(2) * precision).sum(-1)
+        log_norm = -self.scale.log().sum(-1) - 0.5 * self.loc.shape[-1] * math.log(2 * math.pi)
+        log_comp = self.logits.log_softmax(-1) + log_norm - 0.5 * quad  # (N, K)
+        return torch.logsumexp(log_comp, -1).reshape(z.shape[:-1]).expand(shape)
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        with torch.no_grad():
+            k = torch.distributions.Categorical(logits=self.logits).sample(shape)
+            return self.loc[k] + self.scale[k] * torch.randn(shape + self.event_shape, dtype=self.loc.dtype,
+                                                             device=self.loc.device)  # fmt: skip
+
+
+@PRIORS.register("mixture_of_gaussians")
+class MixtureOfGaussians(nn.Module):
+    """p(z) = sum_k pi_k N(z; mu_k, diag sigma_k^2) with learnable weights, means and scales;
+    K = ``model.prior_components``. Means start as N(0, I) draws, scales at 1, weights equal."""
+
+    def __init__(self, latent_dim: int, cfg, **_) -> None:
+        super().__init__()
+        k = cfg.prior_components
+        self.logits = nn.Parameter(torch.zeros(k))
+        self.loc = nn.Parameter(torch.randn(k, latent_dim))
+        self.raw_scale = nn.Parameter(torch.full((k, latent_dim), math.log(math.e - 1)))  # softplus -> 1
+
+    def forward(self, batch_size: int) -> dist.Distribution:
+        return GaussianMixture(self.logits, self.loc, F.softplus(self.raw_scale) + 1e-4, [batch_size])
+
+
+@PRIORS.register("vamp")
+class VampPrior(nn.Module):
+    """p(z) = 1/K sum_k q(z | u_k): the guide's own posterior at K learnable pseudo-inputs u_k
+    (``model.prior_components``), kept in [0, 1] by a sigmoid. They start near 0.05 (the mean
+    brightness of MNIST, as in Tomczak & Welling 2018) and :meth:`init_from_data` (called by
+    ``fit`` before the first step) replaces them by randomly chosen training images, which keeps
+    training from settling where every image is encoded alike and the latents go unused.
+    Needs a guide with ``loc_scale(x)`` (a diagonal-Gaussian encoder)."""
+
+    def __init__(self, latent_dim: int, data_dim: int, encoder: nn.Module, cfg, **_) -> None:
+        super().__init__()
+        if not callable(getattr(encoder, "loc_scale", None)):
+            raise ValueError(
+                "the vamp prior evaluates the guide's density at its pseudo-inputs and needs a diagonal-Gaussian "
+                f"guide; {type(encoder).__name__} has none. Use model.guide=diag_normal with model.prior=vamp"
+            )
+        self.pseudo_logits = nn.Parameter(math.log(0.05 / 0.95) + 0.1 * torch.randn(cfg.prior_components, data_dim))
+        self._encoder = [encoder]  # shared with the VAE, not a submodule (its weights are saved once)
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        """Start the pseudo-inputs at randomly chosen rows of ``x`` (N, D), squeezed into [0.05, 0.95]."""
+        rows = torch.randint(x.shape[0], (self.pseudo_logits.shape[0],), generator=generator).to(x.device)
+        self.pseudo_logits.copy_(torch.logit(x[rows].clamp(0.05, 0.95)))
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        return torch.sigmoid(self.pseudo_logits)
+
+    def forward(self, batch_size: int) -> dist.Distribution:
+        loc, scale = self._encoder[0].loc_scale(self.pseudo_inputs())
+        return GaussianMixture(torch.zeros_like(loc[:, 0]), loc, scale, [batch_size])

@@ -3,7 +3,9 @@
 A run folder holds everything needed to inspect or continue a run::
 
     RUN/config.toml            the resolved configuration
-    RUN/metrics.jsonl          one line per epoch (train / valid / test negative ELBO, nats)
+    RUN/metrics.jsonl          one line per epoch (train / valid / test negative ELBO, nats; the
+                               train value is the training objective: beta-weighted during KL
+                               warm-up, the IWAE bound for elbo=iwae)
     RUN/checkpoints/last.pt    model, optimizer, scheduler, RNG state, epoch (atomic, every epoch)
     RUN/checkpoints/best.pt    the same at the best validation negative ELBO
     RUN/summary.json           config, versions, device, wall time, throughput, final numbers
@@ -32,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from .compat import check_compatible, check_data
 from .config import ConfigError, ExperimentConfig, from_dict, save_config
 from .data import Splits, evenly_spaced, load_data
 from .evaluate import as_dict, evaluate
@@ -188,26 +191,31 @@ def make_optimizer(vae: VAE, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(vae.parameters(), lr=lr, fused=True)
 
 
-def train_step(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor) -> torch.Tensor:
-    """One SVI step on the batch ``x``: the negative ELBO per image, its gradients, an optimizer
-    step. Returns the loss (detached); a non-finite loss is returned without stepping."""
-    loss = loss_fn(x) / x.shape[0]
+def init_from_data(vae: VAE, x: torch.Tensor, seed: int) -> None:
+    """Data-dependent initialisation: every component with an ``init_from_data(x, generator)``
+    method (the VampPrior's pseudo-inputs) gets the training images and a seeded generator."""
+    for module in vae.modules():
+        if module is not vae and callable(getattr(module, "init_from_data", None)):
+            module.init_from_data(x, torch.Generator().manual_seed(seed))
+
+
+def kl_weight(step: int, warmup_steps: float) -> float | None:
+    """KL warm-up weight of training step ``step`` (1-based): ``step / warmup_steps`` up to 1,
+    never 0 (a zero scale would drop the KL's gradient entirely); ``None`` once warm-up is over
+    or when there is none (the loss is then the plain negative ELBO)."""
+    return step / warmup_steps if step < warmup_steps else None
+
+
+def train_step(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, beta: float | None = None) -> torch.Tensor:
+    """One SVI step on the batch ``x``: the negative ELBO per image (its KL term weighted by
+    ``beta`` when given), its gradients, an optimizer step. Returns the loss (detached); a
+    non-finite loss is returned without stepping."""
+    loss = (loss_fn(x) if beta is None else loss_fn(x, beta)) / x.shape[0]
     optim.zero_grad(set_to_none=True)
     loss.backward()
     if torch.isfinite(loss):
         optim.step()
     return loss.detach()
-
-
-def check_data(vae: VAE, data: Splits) -> None:
-    """Reject data outside the likelihood's support before training starts."""
-    validate = getattr(vae.likelihood, "validate", None)
-    if validate is None:
-        return
-    for split in ("train", "valid", "test"):
-        if split == "train" and data.dynamic_binarization:
-            continue  # binarized per batch
-        validate(getattr(data, split), f"{data.source} [{split}]")
 
 
 def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True,
@@ -237,6 +245,9 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     check_data(vae, data)
     vae.to(device)
     x_train, x_valid, x_test = (getattr(data, s).to(device) for s in ("train", "valid", "test"))
+    first_batch = x_train[: cfg.train.batch_size]
+    check_compatible(vae, cfg, (first_batch > 0.5).to(first_batch.dtype) if data.dynamic_binarization else first_batch)
+    init_from_data(vae, x_train, cfg.train.seed)
     optim = make_optimizer(vae, cfg.train.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(optim, gamma=cfg.train.lr_decay)
     loss_fn = build_loss(vae, cfg.train, x_train[: cfg.train.batch_size])
@@ -260,6 +271,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
 
     n, bs = x_train.shape[0], cfg.train.batch_size
     steps_per_epoch = math.ceil(n / bs)
+    warmup_steps = cfg.train.kl_warmup_epochs * steps_per_epoch
     evaluate_kw = dict(batch_size=cfg.train.eval_batch_size, seed=cfg.eval.seed)
 
     def should_stop() -> bool:
@@ -284,7 +296,8 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
                     xb = x_train[perm[i * bs : (i + 1) * bs]]
                     if data.dynamic_binarization:
                         xb = torch.bernoulli(xb)
-                    value = train_step(loss_fn, optim, xb).item()
+                    beta = kl_weight(step + 1, warmup_steps)
+                    value = train_step(loss_fn, optim, xb, beta).item()
                     step += 1
                     if not math.isfinite(value):
                         raise TrainingError(
@@ -311,6 +324,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
             record = {
                 "epoch": epoch, "step": step, "train_neg_elbo": total / n, "valid_neg_elbo": valid.mean,
                 "test_neg_elbo": test.mean, "lr": optim.param_groups[0]["lr"], "epoch_time_s": epoch_time,
+                "kl_weight": kl_weight(step, warmup_steps) or 1.0,
                 "images_per_s": n / epoch_time,
             }  # fmt: skip
             _append_jsonl(run.metrics, record)

@@ -37,7 +37,7 @@ def test_time_to_quality(tmp_path):
 
 
 def test_nll_recipe(tmp_path):
-    _run("benchmarks/nll_standard_vae.py", "--name", "tiny", "--runs", str(tmp_path), "--results", str(tmp_path),
+    _run("benchmarks/nll.py", "--name", "tiny", "--runs", str(tmp_path), "--results", str(tmp_path),
          "--set", "data.subset=200", "--set", "train.epochs=1", "--set", "eval.iwae_k=5")  # fmt: skip
     record = json.loads((tmp_path / "tiny.json").read_text())
     assert record["iwae_k"] == 5 and record["epochs_run"] == 1 and record["test_nll"]["mean"] > 0

@@ -59,8 +59,14 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
         (["config", "--set", "model.latent_dim=abc"], "model.latent_dim: expected an integer, got 'abc'"),
         (["config", "--set", "model.latent_dim=0"], "model.latent_dim = 0 must be at least 1"),
         (["config", "--set", "model.hidden=400,x"], "model.hidden: expected an integer"),
-        (["config", "--set", "train.elbo=nope"], "train.elbo = 'nope' is not one of: mean_field, trace"),
-        (["config", "--set", "model.prior=vamp"], "model.prior = 'vamp' is not one of: standard_normal"),
+        (
+            ["config", "--set", "train.elbo=nope"],
+            "train.elbo = 'nope' is not one of: iwae, jit_mean_field, jit_trace, mean_field, trace",
+        ),
+        (
+            ["config", "--set", "model.prior=vampire"],
+            "model.prior = 'vampire' is not one of: mixture_of_gaussians, standard_normal, student_t, vamp",
+        ),
         (["config", "--set", "nosuch.key=1"], "unknown config section 'nosuch'"),
         (["config", "--set", "train.lr=-1"], "train.lr = -1.0 must be positive"),
         (

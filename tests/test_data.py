@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from pyro_vae import data as D
+from pyro_vae.compat import check_data
 from pyro_vae.config import DataConfig, ModelConfig
 from pyro_vae.model import build_vae
-from pyro_vae.train import check_data
 from tests.conftest import ROOT
 
 

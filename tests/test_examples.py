@@ -81,6 +81,25 @@ def check_07(r, out):
     return ["manifold.png", "latents.png", "reconstructions.png"]
 
 
+def check_08(r, out):
+    variants = [k for k, v in r.items() if isinstance(v, dict)]
+    assert len(variants) == 6, variants
+    for name in variants:
+        nll, elbo = r[name]["test_nll"][0], r[name]["test_neg_elbo"][0]
+        assert nll <= elbo + 1e-6, (name, nll, elbo)  # log-mean-exp >= mean-log on the same draws
+        if r[name]["likelihood_gives"] == "probability":
+            assert 0 < nll < 260, (name, nll)  # a code length; untrained: ~545 nats
+    assert r["continuous_bernoulli"]["test_nll"][0] < 0  # a density on binary pixels exceeds 1
+    return ["nll.png", "samples.png"]
+
+
+def check_09(r, out):
+    assert r["cvae_nll"][0] <= r["cvae_neg_elbo"][0]
+    assert 0 < r["cvae_nll"][0] < r["baseline_nll"][0], r  # a latent beats independent pixels given x
+    assert len(r["baseline_valid_curve"]) == len(r["cvae_valid_neg_elbo_curve"]) == r["epochs"]
+    return ["completions.png", "curves.png"]
+
+
 CHECKS = {
     "01_monte_carlo.py": check_01,
     "02_kl_divergence.py": check_02,
@@ -89,6 +108,8 @@ CHECKS = {
     "05_prior_sampling_fails.py": check_05,
     "06_autoencoder_vs_vae.py": check_06,
     "07_latent_space.py": check_07,
+    "08_swap_components.py": check_08,
+    "09_conditional_vae.py": check_09,
 }
 
 

@@ -247,3 +247,61 @@ def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert f"checkpoint {last} is corrupt" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["model.prior=vamp", "model.prior_components=10", "train.kl_warmup_epochs=1.5"],
+        ["model.prior=mixture_of_gaussians", "model.prior_components=5"],
+        ["model.prior=student_t", "train.elbo=mean_field"],
+        ["model.guide=iaf", "train.elbo=iwae", "train.num_particles=3"],
+        ["train.elbo=jit_mean_field"],
+    ],
+    ids=["vamp-warmup", "mixture", "student_t", "iaf-iwae", "jit_mean_field"],
+)
+def test_fit_with_other_components_writes_figures_and_finite_numbers(tmp_path, extra):
+    summary = T.fit(small_cfg(*extra), tmp_path / "run", progress=False)
+    final = summary["final"]
+    assert all(torch.isfinite(torch.tensor(final[k]["mean"])) for k in ("train_neg_elbo", "test_nll"))
+    assert final["test_nll"]["mean"] <= final["test_neg_elbo"]["mean"]
+    assert len(list((tmp_path / "run" / "figures").glob("*.png"))) == 5
+    weights = [r["kl_weight"] for r in _metrics(tmp_path / "run")]
+    warmup = "train.kl_warmup_epochs=1.5" in extra
+    assert weights == ([pytest.approx(2 / 3, abs=0.01), 1.0] if warmup else [1.0, 1.0]), weights
+
+
+def test_kl_warmup_schedule_and_exact_resume(tmp_path):
+    """beta = step / (epochs * steps per epoch), never 0, and None (the plain ELBO) once it reaches 1;
+    a resumed run continues the schedule exactly."""
+    assert T.kl_weight(1, 4.0) == 0.25 and T.kl_weight(3, 4.0) == 0.75 and T.kl_weight(4, 4.0) is None
+    assert T.kl_weight(1, 0.0) is None
+    cfg = ["model.prior=vamp", "model.prior_components=6", "train.kl_warmup_epochs=2"]
+    T.fit(small_cfg(*cfg, "train.epochs=3"), tmp_path / "straight", progress=False, figures=False)
+    T.fit(small_cfg(*cfg, "train.epochs=1"), tmp_path / "split", progress=False, figures=False)
+    T.fit(small_cfg(*cfg, "train.epochs=3"), tmp_path / "split", resume=True, progress=False, figures=False)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["kl_weight"] for r in _metrics(tmp_path / "split")] == [0.5, 1.0, 1.0]
+
+
+def test_vamp_pseudo_inputs_start_at_training_images(tmp_path):
+    cfg = small_cfg("model.prior=vamp", "model.prior_components=4")
+    data = T.load_data(cfg.data)
+    vae = build_vae(cfg.model, data.data_dim)
+    T.init_from_data(vae, data.train, seed=0)
+    pseudo = vae.prior.pseudo_inputs()
+    squeezed = data.train.clamp(0.05, 0.95)
+    assert all(((squeezed - row).abs().max(1).values < 1e-5).any() for row in pseudo)
+
+
+@pytest.mark.parametrize("likelihood", ["discretized_logistic", "continuous_bernoulli", "gaussian"])
+def test_grey_level_likelihoods_train_on_grey_mnist(tmp_path, mnist_root, likelihood):
+    cfg = small_cfg("data.name=mnist", f"data.root={mnist_root}", "data.valid_size=100", "train.epochs=1",
+                    f"model.likelihood={likelihood}")  # fmt: skip
+    summary = T.fit(cfg, tmp_path / "run", progress=False, figures=False)
+    assert torch.isfinite(torch.tensor(summary["final"]["test_nll"]["mean"]))
+    bernoulli = small_cfg("data.name=mnist", f"data.root={mnist_root}", "data.valid_size=100")
+    with pytest.raises(ConfigError, match="the bernoulli likelihood needs binary pixels"):
+        T.fit(bernoulli, tmp_path / "bernoulli", progress=False, figures=False)
