@@ -98,10 +98,11 @@ def _train(args) -> int:
             if not args.overwrite:
                 raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
                                  "pass --overwrite to replace it, or choose another --out")  # fmt: skip
-            (RunDir(run_dir).last).unlink()
+            (RunDir(run_dir).last).unlink(missing_ok=True)  # (several ranks may race here under torchrun)
     summary = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
                   figures=not args.no_figures)  # fmt: skip
-    _print_summary(summary, run_dir)
+    if summary:  # under torchrun, only rank 0 returns one
+        _print_summary(summary, run_dir)
     return 0
 
 

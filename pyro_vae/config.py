@@ -58,6 +58,7 @@ class ModelConfig:
 class TrainConfig:
     elbo: str = "trace"  # from pyro_vae.elbos.ELBOS: trace | mean_field | jit_trace | jit_mean_field | iwae
     num_particles: int = 1  # samples of z per image in the training ELBO (K of iwae, at least 2)
+    vectorize_particles: bool = True  # particles as a tensor dimension (false: a Python loop, Pyro's stock ELBO)
     kl_fallback: bool = True  # mean_field: Monte-Carlo KL where no closed form exists (false = reject up front)
     kl_warmup_epochs: float = 0.0  # KL warm-up: weight beta rises linearly to 1 over this many epochs (0 = off)
     fast_path: bool = True  # same ELBO without Pyro's per-step tracing, once the structure is verified

@@ -107,11 +107,13 @@ class IWAE_ELBO(_Flags, RenyiELBO):
 
 
 def build_elbo(cfg: TrainConfig) -> ELBO:
-    """The ELBO named ``cfg.elbo`` with ``cfg.num_particles`` particles (vectorised when > 1)."""
+    """The ELBO named ``cfg.elbo`` with ``cfg.num_particles`` particles, vectorised when there are
+    several and ``cfg.vectorize_particles`` is set."""
     cls = ELBOS.get(cfg.elbo)
     if cfg.num_particles < cls.min_particles:
         raise ConfigError(
             f"train.elbo={cfg.elbo} needs train.num_particles >= {cls.min_particles} (got {cfg.num_particles}); "
             f"with one particle it is the trace ELBO. Set train.num_particles=5 (or more), or train.elbo=trace"
         )
-    return cls(num_particles=cfg.num_particles, vectorize_particles=cfg.num_particles > 1, max_plate_nesting=1)
+    vectorize = cfg.vectorize_particles and cfg.num_particles > 1
+    return cls(num_particles=cfg.num_particles, vectorize_particles=vectorize, max_plate_nesting=1)

@@ -9,8 +9,11 @@ with a reparameterised sample, one observed site ``x``, both in ``plate("data")`
 the two losses on one batch and seed); :class:`FastELBO` then
 evaluates the same sites' distributions (the very objects the model and guide hand to
 ``pyro.sample``) directly. It draws the same random numbers in the same order, so the loss and its
-gradients equal Pyro's for the same seed (``tests/test_fast.py``). A structure it does not
-recognise keeps the stock Pyro ELBO.
+gradients equal Pyro's for the same seed (``tests/test_fast.py``). It implements the three
+non-JIT estimators of :mod:`pyro_vae.elbos` (Monte-Carlo KL, analytic KL with Pyro's fallback,
+the IWAE bound) for any registered prior, likelihood and guide, and KL warm-up as
+``poutine.scale`` on the ``z`` sites defines it. A structure it does not recognise keeps the
+stock Pyro ELBO.
 """
 
 from __future__ import annotations
@@ -130,11 +133,12 @@ def _pyro_loss(vae: VAE, elbo) -> Callable[..., torch.Tensor]:
 def build_loss(vae: VAE, cfg: TrainConfig, x: torch.Tensor) -> Callable[..., torch.Tensor]:
     """A callable ``(batch, beta=None) -> summed negative ELBO`` for ``cfg.elbo`` (``beta``: the
     KL warm-up weight): the fast path when ``cfg.fast_path`` is set, the ELBO is not a JIT one,
-    the structure check passes on the batch ``x`` and the fast loss equals Pyro's on ``x`` for
-    one seed (so a model that computes its sites differently from the VAE's components is
+    several particles are vectorised, the structure check passes on the batch ``x`` and the fast
+    loss equals Pyro's on ``x`` for one seed (so a model that computes its sites differently from the VAE's components is
     caught); else Pyro's ``elbo.differentiable_loss``. The checks leave the RNG alone."""
     elbo = build_elbo(cfg)
-    if cfg.fast_path and not elbo.jit:
+    loop = cfg.num_particles > 1 and not cfg.vectorize_particles  # the fast path draws particles as a tensor
+    if cfg.fast_path and not elbo.jit and not loop:
         fast = FastELBO(vae, elbo.analytic_kl, cfg.num_particles, elbo.importance_weighted)
         try:
             with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):

@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
+from pyro import poutine
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .compat import check_compatible, check_data
 from .config import ConfigError, ExperimentConfig, from_dict, save_config
@@ -199,6 +201,34 @@ def init_from_data(vae: VAE, x: torch.Tensor, seed: int) -> None:
             module.init_from_data(x, torch.Generator().manual_seed(seed))
 
 
+def _any_rank(flag: bool, ctx: distributed.Context) -> bool:
+    """``flag`` on any rank (so that every rank stops at the same step)."""
+    if not ctx.active:
+        return flag
+    return bool(distributed.all_sum(torch.tensor([float(flag)]), ctx).item() > 0)
+
+
+@torch.no_grad()
+def diagnose(vae: VAE, x: torch.Tensor, beta: float | None = None) -> str:
+    """Which term of the negative ELBO is not finite on the batch ``x``: non-finite parameters,
+    or the log-densities of the guide's and the model's sites at one draw."""
+    bad = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        return "non-finite parameters: " + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+    with pyro.validation_enabled(False):
+        guide_tr = poutine.trace(vae.guide).get_trace(x)
+        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    terms = {"log q(z|x) (guide)": guide_tr.nodes["z"], "log p(z) (prior)": model_tr.nodes["z"],
+             "log p(x|z) (likelihood)": model_tr.nodes["x"]}  # fmt: skip
+    out = []
+    for label, site in terms.items():
+        values = site["fn"].log_prob(site["value"])
+        if not torch.isfinite(values).all():
+            out.append(f"{label} at site '{site['name']}' is {values[~torch.isfinite(values)][0].item()} "
+                       f"for {int((~torch.isfinite(values)).sum())} of {values.numel()} images")  # fmt: skip
+    return "; ".join(out) or "every term is finite when recomputed (an overflow in the gradient step)"
+
+
 def kl_weight(step: int, warmup_steps: float) -> float | None:
     """KL warm-up weight of training step ``step`` (1-based): ``step / warmup_steps`` up to 1,
     never 0 (a zero scale would drop the KL's gradient entirely); ``None`` once warm-up is over
@@ -206,16 +236,24 @@ def kl_weight(step: int, warmup_steps: float) -> float | None:
     return step / warmup_steps if step < warmup_steps else None
 
 
-def train_step(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, beta: float | None = None) -> torch.Tensor:
+def train_step(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, beta: float | None = None,
+               denominator: float | None = None, ctx: distributed.Context | None = None) -> torch.Tensor:  # fmt: skip
     """One SVI step on the batch ``x``: the negative ELBO per image (its KL term weighted by
     ``beta`` when given), its gradients, an optimizer step. Returns the loss (detached); a
-    non-finite loss is returned without stepping."""
-    loss = (loss_fn(x) if beta is None else loss_fn(x, beta)) / x.shape[0]
+    non-finite loss is returned without stepping.
+
+    Data-parallel (``ctx`` with several ranks, ``loss_fn`` a DDP module): ``x`` is this rank's
+    shard and ``denominator`` the global batch size over the world size, so the averaged gradient
+    is the global batch's; the returned loss is the global mean, identical on every rank."""
+    loss = (loss_fn(x) if beta is None else loss_fn(x, beta)) / (x.shape[0] if denominator is None else denominator)
     optim.zero_grad(set_to_none=True)
     loss.backward()
-    if torch.isfinite(loss):
+    value = loss.detach()
+    if ctx is not None and ctx.active:
+        value = distributed.all_sum(value, ctx) / ctx.world_size
+    if torch.isfinite(value):
         optim.step()
-    return loss.detach()
+    return value
 
 
 def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True,
@@ -228,18 +266,29 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     """
     run = RunDir(Path(out))
     t_start = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    ctx = distributed.from_environment(device.type == "cuda")
+    if ctx.active and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    progress = progress and ctx.main
     state = None
     if resume:
         state = load_checkpoint(run.last)
         saved = from_dict(state["config"])
         check_resume_config(saved, cfg)
+        if state.get("world_size", 1) != ctx.world_size:
+            raise ConfigError(f"{run.last} was written by {state.get('world_size', 1)} processes; resume it with as "
+                              f"many (this is {ctx.world_size})")  # fmt: skip
     elif run.last.exists():
         raise ConfigError(f"{run.root} already holds a run; resume it, or choose a new folder")
-    run.root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run.config)
+    distributed.barrier(ctx)  # every rank has checked the folder before rank 0 writes to it
+    if ctx.main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
+        for stale_tmp in run.last.parent.glob(".*.tmp"):  # left by a process killed mid-write
+            stale_tmp.unlink()
 
     pyro.set_rng_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
     data = load_data(cfg.data)
     vae = build_vae(cfg.model, data.data_dim)
     check_data(vae, data)
@@ -252,6 +301,8 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     sched = torch.optim.lr_scheduler.ExponentialLR(optim, gamma=cfg.train.lr_decay)
     loss_fn = build_loss(vae, cfg.train, x_train[: cfg.train.batch_size])
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
+    if ctx.active:
+        pyro.set_rng_seed(cfg.train.seed + ctx.rank)  # every rank draws its own z
     epoch, step, best, stale, train_time, partial = 0, 0, math.inf, 0, 0.0, None
 
     if state is not None:
@@ -259,15 +310,26 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         shuffle.set_state(state["shuffle_rng"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng_ranks"][ctx.rank] if "rng_ranks" in state else state["rng"])
         epoch, step, best = state["epoch"], state["step"], state["best_valid"]
         stale = state.get("stale", 0)
         partial = state.get("partial")  # an epoch stopped part-way by a signal
         train_time = state.get("train_time", 0.0) - (partial["epoch_time"] if partial else 0.0)
-        _truncate_metrics(run.metrics, epoch)
+        if ctx.main:
+            _truncate_metrics(run.metrics, epoch)
         log.info("resumed %s at epoch %d (step %d)", run.root, epoch, step)
-    elif run.metrics.exists():
+    elif run.metrics.exists() and ctx.main:
         run.metrics.unlink()
+    step_loss = distributed.wrap_loss(vae, loss_fn, ctx)  # DDP broadcasts rank 0's weights here
+
+    def checkpoint(path_list, epoch_done, **extra) -> None:
+        """Write ``_state`` (with every rank's RNG state) to each path; a collective call."""
+        rngs = distributed.gather(get_rng_state(), ctx)
+        if ctx.main:
+            ckpt = _state(vae, optim, sched, epoch_done, step, best, shuffle, cfg)
+            ckpt.update(world_size=ctx.world_size, rng_ranks=rngs, **extra)
+            for path in path_list:
+                save_checkpoint(ckpt, path)
 
     n, bs = x_train.shape[0], cfg.train.batch_size
     steps_per_epoch = math.ceil(n / bs)
@@ -293,29 +355,29 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
                        initial=start, total=steps_per_epoch, disable=not progress or None, leave=False)  # fmt: skip
             with pyro.validation_enabled(False):  # data were validated up front: keep the hot loop lean
                 for i in bar:
-                    xb = x_train[perm[i * bs : (i + 1) * bs]]
+                    batch = perm[i * bs : (i + 1) * bs]
+                    xb = x_train[distributed.shard(batch, ctx)]
                     if data.dynamic_binarization:
                         xb = torch.bernoulli(xb)
                     beta = kl_weight(step + 1, warmup_steps)
-                    value = train_step(loss_fn, optim, xb, beta).item()
+                    value = train_step(step_loss, optim, xb, beta, len(batch) / ctx.world_size, ctx).item()
                     step += 1
                     if not math.isfinite(value):
                         raise TrainingError(
-                            f"the training loss became {value} at step {step} (epoch {epoch}); the last "
-                            f"good checkpoint, {run.last}, is kept. Try a smaller train.lr"
+                            f"the training loss became {value} at step {step} (epoch {epoch}): "
+                            f"{diagnose(vae, xb, beta)}. The last good checkpoint, {run.last}, is kept; "
+                            "try a smaller train.lr, or KL warm-up (train.kl_warmup_epochs)"
                         )
-                    total += value * xb.shape[0]
+                    total += value * len(batch)
                     if i % 20 == 0:
                         bar.set_postfix(loss=f"{value:.2f}")
-                    if stop.received is not None and i + 1 < steps_per_epoch:
+                    if _any_rank(stop.received is not None, ctx) and i + 1 < steps_per_epoch:
                         elapsed = time_before + time.perf_counter() - t0
-                        ckpt = _state(vae, optim, sched, epoch - 1, step, best, shuffle, cfg)
-                        ckpt.update(train_time=train_time + elapsed, stale=stale,
-                                    partial={"perm": perm.cpu(), "batch": i + 1, "total": total,
-                                             "epoch_time": elapsed})  # fmt: skip
-                        save_checkpoint(ckpt, run.last)
-                        raise _interrupted(stop.received, f"step {step} (epoch {epoch}, batch {i + 1} of "
-                                           f"{steps_per_epoch})", run)  # fmt: skip
+                        checkpoint([run.last], epoch - 1, train_time=train_time + elapsed, stale=stale,
+                                   partial={"perm": perm.cpu(), "batch": i + 1, "total": total,
+                                            "epoch_time": elapsed})  # fmt: skip
+                        raise _interrupted(stop.received or signal.SIGTERM, f"step {step} (epoch {epoch}, batch "
+                                           f"{i + 1} of {steps_per_epoch})", run)  # fmt: skip
             epoch_time = time_before + time.perf_counter() - t0
             train_time += epoch_time
             sched.step()
@@ -327,18 +389,19 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
                 "kl_weight": kl_weight(step, warmup_steps) or 1.0,
                 "images_per_s": n / epoch_time,
             }  # fmt: skip
-            _append_jsonl(run.metrics, record)
+            if ctx.main:
+                _append_jsonl(run.metrics, record)
             log.info("epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)", epoch,
                      record["train_neg_elbo"], valid.mean, test.mean, record["images_per_s"])  # fmt: skip
             improved = valid.mean < best
             best, stale = (valid.mean, 0) if improved else (best, stale + 1)
-            ckpt = _state(vae, optim, sched, epoch, step, best, shuffle, cfg)
-            ckpt.update(train_time=train_time, stale=stale)
-            if improved:
-                save_checkpoint(ckpt, run.best)
-            save_checkpoint(ckpt, run.last)
-            if stop.received is not None:
-                raise _interrupted(stop.received, f"epoch {epoch}", run)
+            checkpoint([run.best, run.last] if improved else [run.last], epoch, train_time=train_time, stale=stale)
+            if _any_rank(stop.received is not None, ctx):
+                raise _interrupted(stop.received or signal.SIGTERM, f"epoch {epoch}", run)
+
+    distributed.barrier(ctx)
+    if not ctx.main:
+        return {}
 
     summary = finish(run, cfg, vae, data, device, epoch, progress)
     summary.update(wall_time_s=time.perf_counter() - t_start, train_time_s=train_time,

@@ -100,10 +100,31 @@ def _patch_loss_at_call(monkeypatch, n: int, action):
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     _patch_loss_at_call(monkeypatch, 4, lambda loss: loss * float("nan"))
     run = tmp_path / "run"
-    with pytest.raises(T.TrainingError, match=r"became nan at step 4 \(epoch 2\)"):
+    with pytest.raises(T.TrainingError, match=r"became nan at step 4 \(epoch 2\): every term is finite when "
+                       r"recomputed .* is kept; try a smaller train.lr"):  # fmt: skip
         T.fit(small_cfg(), run, progress=False)
     kept = load_checkpoint(run / "checkpoints" / "last.pt")
     assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_a_non_finite_term_is_named():
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((4, 6), 0.5))
+
+    def vae():
+        return build_vae(ModelConfig(latent_dim=2, hidden=(5,)), 6)
+
+    broken = vae()
+    with torch.no_grad():
+        broken.decoder[0].weight[0, 0] = float("nan")
+    assert T.diagnose(broken, x) == "non-finite parameters: decoder.0.weight"
+    broken = vae()
+    broken.prior.loc[0] = float("inf")
+    assert T.diagnose(broken, x).startswith("log p(z) (prior) at site 'z' is -inf for 4 of 4 images")
+    broken = vae()
+    real = broken.likelihood.forward
+    broken.likelihood.forward = lambda h: real(torch.where(torch.arange(h.shape[-2])[:, None] == 1, torch.nan, h))
+    assert T.diagnose(broken, x).startswith("log p(x|z) (likelihood) at site 'x' is nan for 1 of 4 images")
 
 
 def test_training_step_equals_stock_pyro_svi():

@@ -1,0 +1,101 @@
+"""Data-parallel training across processes with ``torch.distributed``.
+
+Launch with torchrun, which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous::
+
+    torchrun --nproc_per_node=4 -m pyro_vae train --out runs/ddp          # one machine
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 \\
+             --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 -m pyro_vae train --out runs/ddp
+
+Every process builds the same VAE; :class:`~torch.nn.parallel.DistributedDataParallel`
+broadcasts rank 0's parameters and averages gradients. ``train.batch_size`` is the *global*
+batch: every rank draws the same shuffled order and takes its own rows of each batch, and its
+summed loss is divided by the global batch size and multiplied by the world size, so the
+averaged gradient is exactly that of the global batch's mean negative ELBO. Every rank draws its
+own z (seed ``train.seed + rank``). Rank 0 alone writes the run folder; losses and the stop
+decision (a signal, a non-finite loss) are reduced across ranks every step so that all ranks act
+alike. Backends: ``nccl`` on GPU, ``gloo`` on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Rank 0, the process that writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def from_environment(use_cuda: bool) -> Context:
+    """The context torchrun describes in the environment (a single process when it does not),
+    with the process group initialised (``nccl`` with CUDA, else ``gloo``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Context()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shard(indices: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """This rank's rows of a global batch (every ``world_size``-th, starting at ``rank``)."""
+    return indices[ctx.rank :: ctx.world_size] if ctx.active else indices
+
+
+def all_sum(values: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Sum a tensor over ranks (a no-op for one process)."""
+    if ctx.active:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def gather(obj, ctx: Context) -> list:
+    """Every rank's ``obj``, in rank order (on every rank)."""
+    if not ctx.active:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.active:
+        dist.barrier()
+
+
+class _Loss(nn.Module):
+    """The training loss as a module, so DistributedDataParallel sees the forward pass."""
+
+    def __init__(self, vae: nn.Module, loss_fn) -> None:
+        super().__init__()
+        self.vae = vae
+        self.loss_fn = loss_fn
+
+    def forward(self, x: torch.Tensor, beta: float | None = None) -> torch.Tensor:
+        return self.loss_fn(x) if beta is None else self.loss_fn(x, beta)
+
+
+def wrap_loss(vae: nn.Module, loss_fn, ctx: Context):
+    """``loss_fn`` unchanged for one process; else a DDP module computing it (whose backward
+    averages the gradients over ranks)."""
+    if not ctx.active:
+        return loss_fn
+    device_ids = [ctx.local_rank] if next(vae.parameters()).is_cuda else None
+    return nn.parallel.DistributedDataParallel(_Loss(vae, loss_fn), device_ids=device_ids)

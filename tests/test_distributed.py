@@ -1,0 +1,122 @@
+"""Data-parallel training with torch.distributed on CPU (gloo): two processes take the same
+steps as one process working through the same global batches, and torchrun runs the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pyro
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pyro_vae import distributed
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.config import ExperimentConfig, ModelConfig, TrainConfig
+from pyro_vae.fast import build_loss
+from pyro_vae.model import build_vae
+from pyro_vae.train import make_optimizer, train_step
+from tests.conftest import ROOT
+
+WORLD, STEPS, GLOBAL_BATCH, D = 2, 4, 10, 16
+CFG = ExperimentConfig(model=ModelConfig(latent_dim=3, hidden=(8,)), train=TrainConfig(elbo="trace"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _data() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((STEPS * GLOBAL_BATCH - 3, D), 0.3), generator=g)  # a short last batch
+    perm = torch.randperm(x.shape[0], generator=g)
+    return x, [perm[i : i + GLOBAL_BATCH] for i in range(0, x.shape[0], GLOBAL_BATCH)]
+
+
+def _setup():
+    pyro.set_rng_seed(0)  # every rank builds the same model (DDP would broadcast rank 0's anyway)
+    vae = build_vae(CFG.model, D)
+    x, batches = _data()
+    return vae, make_optimizer(vae, 1e-2), build_loss(vae, CFG.train, x[:GLOBAL_BATCH]), x, batches
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    ctx = distributed.from_environment(use_cuda=False)
+    vae, optim, loss_fn, x, batches = _setup()
+    pyro.set_rng_seed(100 + ctx.rank)  # every rank draws its own z
+    step_loss = distributed.wrap_loss(vae, loss_fn, ctx)
+    losses = [train_step(step_loss, optim, x[distributed.shard(b, ctx)], None, len(b) / WORLD, ctx).item()
+              for b in batches]  # fmt: skip
+    torch.save({"params": {k: v.detach() for k, v in vae.named_parameters()}, "losses": losses},
+               os.path.join(out, f"rank{rank}.pt"))  # fmt: skip
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_equal_one_process_on_the_same_global_batches(tmp_path):
+    """Both ranks end with identical parameters, equal (float tolerance) to one process that,
+    for every global batch, evaluates each rank's shard with that rank's random stream and steps on
+    the global batch's mean negative ELBO. The losses reported on each rank are the global means."""
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    for name, p0 in ranks[0]["params"].items():
+        assert torch.equal(p0, ranks[1]["params"][name]), f"ranks disagree on {name}"
+    assert ranks[0]["losses"] == ranks[1]["losses"]
+
+    vae, optim, loss_fn, x, batches = _setup()
+    streams = []
+    for r in range(WORLD):
+        pyro.set_rng_seed(100 + r)
+        streams.append(torch.get_rng_state())
+    losses = []
+    for b in batches:
+        total = 0.0
+        for r in range(WORLD):
+            torch.set_rng_state(streams[r])
+            total = total + loss_fn(x[b[r::WORLD]])
+            streams[r] = torch.get_rng_state()
+        loss = total / len(b)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    for name, p in vae.named_parameters():
+        assert torch.allclose(p, ranks[0]["params"][name], atol=1e-5, rtol=1e-5), name
+    assert losses == pytest.approx(ranks[0]["losses"], rel=1e-5)
+
+
+def test_torchrun_trains_writes_once_and_resumes_exactly(tmp_path):
+    run = tmp_path / "run"
+    common = ["--set", "data.subset=256", "--set", "model.latent_dim=2", "--set", "model.hidden=16", "--set",
+              "train.batch_size=64", "--set", "eval.iwae_k=5", "--no-progress", "--no-figures"]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                str(_free_port()), "-m", "pyro_vae", "train"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([*torchrun, "--out", str(run), "--set", "train.epochs=1", *common], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("run folder:") == 1  # rank 0 alone prints (and writes)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2 and ckpt["step"] == 4
+    again = subprocess.run([*torchrun, "--resume", str(run), "--set", "train.epochs=2", *common[8:]], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["step"] == 8
+    straight = subprocess.run([*torchrun, "--out", str(tmp_path / "straight"), "--set", "train.epochs=2", *common],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "1 + 1 resumed epochs differ from 2 straight ones"
+    single = [sys.executable, "-m", "pyro_vae", "train", "--resume", str(run), "--set", "train.epochs=3", *common[8:]]
+    alone = subprocess.run(single, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 2 and "written by 2 processes; resume it with as many" in alone.stderr
