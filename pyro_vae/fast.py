@@ -134,8 +134,8 @@ def build_loss(vae: VAE, cfg: TrainConfig, x: torch.Tensor) -> Callable[..., tor
     """A callable ``(batch, beta=None) -> summed negative ELBO`` for ``cfg.elbo`` (``beta``: the
     KL warm-up weight): the fast path when ``cfg.fast_path`` is set, the ELBO is not a JIT one,
     several particles are vectorised, the structure check passes on the batch ``x`` and the fast
-    loss equals Pyro's on ``x`` for one seed (so a model that computes its sites differently from the VAE's components is
-    caught); else Pyro's ``elbo.differentiable_loss``. The checks leave the RNG alone."""
+    loss equals Pyro's on ``x`` for one seed (so a model that computes its sites differently from
+    the VAE's components is caught); else Pyro's ``elbo.differentiable_loss``. The checks leave the RNG alone."""
     elbo = build_elbo(cfg)
     loop = cfg.num_particles > 1 and not cfg.vectorize_particles  # the fast path draws particles as a tensor
     if cfg.fast_path and not elbo.jit and not loop:
