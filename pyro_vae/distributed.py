@@ -31,6 +31,7 @@ class Context:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this context initialised the process group (and shuts it down)
 
     @property
     def main(self) -> bool:
@@ -48,9 +49,10 @@ def from_environment(use_cuda: bool) -> Context:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Context()
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
 
 
 def shard(indices: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -78,6 +80,13 @@ def gather(obj, ctx: Context) -> list:
 def barrier(ctx: Context) -> None:
     if ctx.active:
         dist.barrier()
+
+
+def shutdown(ctx: Context) -> None:
+    """Wait for every rank, then destroy the process group if ``ctx`` created it."""
+    barrier(ctx)
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class _Loss(nn.Module):

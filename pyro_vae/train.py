@@ -209,7 +209,7 @@ def _any_rank(flag: bool, ctx: distributed.Context) -> bool:
 
 
 @torch.no_grad()
-def diagnose(vae: VAE, x: torch.Tensor, beta: float | None = None) -> str:
+def diagnose(vae: VAE, x: torch.Tensor) -> str:
     """Which term of the negative ELBO is not finite on the batch ``x``: non-finite parameters,
     or the log-densities of the guide's and the model's sites at one draw."""
     bad = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
@@ -263,6 +263,8 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     Every epoch: one pass over the shuffled training split with the configured Pyro ELBO and
     Adam, then the negative ELBO of the valid and test splits, a line in ``metrics.jsonl`` and
     an atomic checkpoint. At the end the best-on-valid weights are evaluated with the IWAE bound.
+    Under torchrun it trains data-parallel (:mod:`pyro_vae.distributed`): rank 0 writes the run
+    folder and returns the summary, the other ranks return ``{}``.
     """
     run = RunDir(Path(out))
     t_start = time.perf_counter()
@@ -365,7 +367,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
                     if not math.isfinite(value):
                         raise TrainingError(
                             f"the training loss became {value} at step {step} (epoch {epoch}): "
-                            f"{diagnose(vae, xb, beta)}. The last good checkpoint, {run.last}, is kept; "
+                            f"{diagnose(vae, xb)}. The last good checkpoint, {run.last}, is kept; "
                             "try a smaller train.lr, or KL warm-up (train.kl_warmup_epochs)"
                         )
                     total += value * len(batch)
@@ -391,15 +393,15 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
             }  # fmt: skip
             if ctx.main:
                 _append_jsonl(run.metrics, record)
-            log.info("epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)", epoch,
-                     record["train_neg_elbo"], valid.mean, test.mean, record["images_per_s"])  # fmt: skip
+                log.info("epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)", epoch,
+                         record["train_neg_elbo"], valid.mean, test.mean, record["images_per_s"])  # fmt: skip
             improved = valid.mean < best
             best, stale = (valid.mean, 0) if improved else (best, stale + 1)
             checkpoint([run.best, run.last] if improved else [run.last], epoch, train_time=train_time, stale=stale)
             if _any_rank(stop.received is not None, ctx):
                 raise _interrupted(stop.received or signal.SIGTERM, f"epoch {epoch}", run)
 
-    distributed.barrier(ctx)
+    distributed.shutdown(ctx)
     if not ctx.main:
         return {}
 
