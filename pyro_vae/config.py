@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -261,6 +262,10 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _require(
         all(h >= 1 for h in cfg.model.hidden), f"model.hidden = {list(cfg.model.hidden)}: widths must be at least 1"
     )
+    for section, key in [("model", "prior_df"), ("model", "likelihood_scale"), ("train", "kl_warmup_epochs"),
+                         ("train", "lr")]:  # fmt: skip
+        value = getattr(getattr(cfg, section), key)
+        _require(math.isfinite(value), f"{section}.{key} = {value} must be a finite number")
     _require(cfg.model.prior_df > 0, f"model.prior_df = {cfg.model.prior_df} must be positive")
     _require(
         cfg.model.likelihood_scale >= 0,
