@@ -67,6 +67,9 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
             ["config", "--set", "model.prior=vampire"],
             "model.prior = 'vampire' is not one of: mixture_of_gaussians, standard_normal, student_t, vamp",
         ),
+        (["config", "--set", "model.prior_df=inf"], "model.prior_df = inf must be a finite number"),
+        (["config", "--set", "train.kl_warmup_epochs=-1"], "train.kl_warmup_epochs = -1.0 must be 0 or more"),
+        (["config", "--set", "model.guide=flow"], "model.guide = 'flow' is not one of: diag_normal, iaf"),
         (["config", "--set", "nosuch.key=1"], "unknown config section 'nosuch'"),
         (["config", "--set", "train.lr=-1"], "train.lr = -1.0 must be positive"),
         (
