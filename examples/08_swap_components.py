@@ -55,17 +55,23 @@ def main() -> None:
             torch.manual_seed(args.seed)
             samples.append(vae.sample(10))
 
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    names = list(results)
-    means = [results[n]["test_nll"][0] for n in names]
-    errors = [2 * results[n]["test_nll"][1] for n in names]
-    colours = ["tab:blue" if n in PRIORS else ("tab:orange" if VARIANTS[n][1] == "probability" else "tab:gray")
-               for n in names]  # fmt: skip
-    ax.barh(names, means, xerr=errors, color=colours)
-    ax.axvline(0, color="black", lw=0.8)
+    comparable = [n for n in results if results[n]["likelihood_gives"] == "probability"]
+    densities = [n for n in results if n not in comparable]
+    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(9, 3.4), width_ratios=[3, 1])
+    means = [results[n]["test_nll"][0] for n in comparable]
+    errors = [2 * results[n]["test_nll"][1] for n in comparable]
+    ax.barh(comparable, means, xerr=errors, color=["tab:blue" if n in PRIORS else "tab:orange" for n in comparable])
+    for y, m in enumerate(means):
+        ax.text(m, y, f" {m:.1f}", va="center", fontsize=8)
+    ax.set_xlim(min(means) - 10, max(means) + 12)
     ax.invert_yaxis()
-    ax.set_xlabel(f"test -log p(x), IWAE K={k} (nats per image; bars ± 2 s.e.)")
-    ax.set_title("Blue: priors. Orange: a discrete likelihood. Grey: a density (not comparable)")
+    ax.set_xlabel(f"test -log p(x), IWAE K={k} (nats; bars ± 2 s.e.)")
+    ax.set_title("Code lengths: blue priors, orange a discrete likelihood", fontsize=10)
+    d_means = [results[n]["test_nll"][0] for n in densities]
+    ax_d.barh(densities, d_means, color="tab:gray")
+    ax_d.axvline(0, color="black", lw=0.8)
+    ax_d.set_title("A density: not comparable", fontsize=10)
+    ax_d.set_xlabel("-log density (nats)")
     save_figure(fig, args.out, "nll.png")
 
     grid = image_grid(torch.cat(samples), data.image_shape, len(samples))
