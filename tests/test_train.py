@@ -197,6 +197,7 @@ def test_dynamic_binarization_trains_on_grey_images(tmp_path, mnist_root):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_mid_epoch_checkpoints_the_step_and_resume_is_exact(tmp_path, monkeypatch, signum):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    handler_before = signal.getsignal(signal.SIGINT)  # (SIG_IGN when pytest runs as a background job)
     T.fit(small_cfg("train.epochs=3"), straight, progress=False, figures=False)
     real_build = T.build_loss
 
@@ -217,7 +218,7 @@ def test_a_signal_mid_epoch_checkpoints_the_step_and_resume_is_exact(tmp_path, m
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert _metrics(straight) == _metrics(stopped)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
 
 
 def test_sigterm_to_the_command_checkpoints_and_resumes(tmp_path):
