@@ -19,6 +19,7 @@ from pyro_vae import train as T
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.config import ConfigError, ModelConfig, apply_overrides, load_config
 from pyro_vae.model import build_vae
+from tests.conftest import registered
 
 SMALL = ["data.subset=384", "model.latent_dim=2", "model.hidden=16", "train.batch_size=128",
          "train.eval_batch_size=200", "eval.iwae_k=20", "train.epochs=2"]  # fmt: skip
@@ -145,14 +146,7 @@ def test_training_step_equals_stock_pyro_svi():
         optim.step()
 
     pyro.clear_param_store()
-
-    def model(x):
-        pyro.module("vae", stock)
-        stock.model(x)
-
-    def guide(x):
-        pyro.module("vae", stock)
-        stock.guide(x)
+    model, guide = registered(stock)
 
     # SVI minimises the summed loss; scaling by 1/B (ours) leaves Adam's steps unchanged up to eps
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2, "eps": 1e-8 * x.shape[0]}), Trace_ELBO())
