@@ -112,14 +112,7 @@ def _pyro_loss(vae: VAE, elbo) -> Callable[..., torch.Tensor]:
         store = pyro.get_param_store()
         for name in [n for n in store.keys() if n.startswith("vae$$$")]:
             del store[name]
-
-        def model(*args):
-            pyro.module("vae", vae)
-            vae.model(*args)
-
-        def guide(*args):
-            pyro.module("vae", vae)
-            vae.guide(*args)
+        model, guide = vae.registered()
 
     def loss(x: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
         args = (x,) if beta is None else (x, torch.as_tensor(beta, dtype=x.dtype, device=x.device))

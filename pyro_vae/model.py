@@ -64,6 +64,20 @@ class VAE(nn.Module):
         log_px_z = self.likelihood(self.decoder(z)).log_prob(x)
         return log_px_z + log_pz - q.log_prob(z)
 
+    def registered(self):
+        """``(model, guide)`` that also register this VAE in Pyro's param store as ``vae``, for
+        what sees parameters only there (``pyro.infer.SVI``, JIT ELBOs, ``RenyiELBO.loss_and_grads``)."""
+
+        def model(*args):
+            pyro.module("vae", self)
+            self.model(*args)
+
+        def guide(*args):
+            pyro.module("vae", self)
+            self.guide(*args)
+
+        return model, guide
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Expected pixels of p(x | z) at the guide's representative code (its mean for a

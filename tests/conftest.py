@@ -24,22 +24,6 @@ def assert_mc_close(estimate: float, target: float, se: float, *, n: int, seed: 
     )
 
 
-def registered(vae):
-    """``vae.model`` and ``vae.guide`` wrapped to register the VAE in Pyro's param store (as
-    ``pyro.infer.SVI`` and ``RenyiELBO.loss_and_grads`` need)."""
-    import pyro
-
-    def model(*args):
-        pyro.module("vae", vae)
-        vae.model(*args)
-
-    def guide(*args):
-        pyro.module("vae", vae)
-        vae.guide(*args)
-
-    return model, guide
-
-
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
     values = values.double()
     return float(values.mean()), float(values.std() / math.sqrt(values.numel()))

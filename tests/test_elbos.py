@@ -15,7 +15,6 @@ from torch.distributions import constraints
 from pyro_vae import closed_form
 from pyro_vae.config import TrainConfig
 from pyro_vae.elbos import ELBOS, build_elbo
-from tests.conftest import registered
 
 
 @pytest.mark.parametrize("k", [2, 5])
@@ -25,7 +24,7 @@ def test_renyi_alpha0_is_the_hand_written_iwae_bound(tiny_vae64, k, seed):
     precondition for using it), then our IWAE_ELBO's value and gradient against RenyiELBO's."""
     vae, x = tiny_vae64
     pyro.clear_param_store()
-    model, guide = registered(vae)
+    model, guide = vae.registered()
     renyi = RenyiELBO(alpha=0, num_particles=k, vectorize_particles=True, max_plate_nesting=1)
     pyro.set_rng_seed(seed)
     renyi_loss = renyi.loss(model, guide, x)

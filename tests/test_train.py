@@ -19,7 +19,6 @@ from pyro_vae import train as T
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.config import ConfigError, ModelConfig, apply_overrides, load_config
 from pyro_vae.model import build_vae
-from tests.conftest import registered
 
 SMALL = ["data.subset=384", "model.latent_dim=2", "model.hidden=16", "train.batch_size=128",
          "train.eval_batch_size=200", "eval.iwae_k=20", "train.epochs=2"]  # fmt: skip
@@ -32,6 +31,13 @@ def small_cfg(*extra):
 def _metrics(run):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in rows]
+
+
+def _assert_same_last_weights(run_a, run_b):
+    a = load_checkpoint(run_a / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(run_b / "checkpoints" / "last.pt")["model"]
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
 
 
 def test_fit_writes_a_complete_run_folder(tmp_path):
@@ -56,10 +62,7 @@ def test_resume_continues_exactly(tmp_path):
     T.fit(small_cfg("train.epochs=3"), straight, progress=False, figures=False)
     T.fit(small_cfg("train.epochs=1"), split, progress=False, figures=False)
     T.fit(small_cfg("train.epochs=3"), split, resume=True, progress=False, figures=False)
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(split / "checkpoints" / "last.pt")
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    _assert_same_last_weights(straight, split)
     assert _metrics(straight) == _metrics(split)
 
 
@@ -146,7 +149,7 @@ def test_training_step_equals_stock_pyro_svi():
         optim.step()
 
     pyro.clear_param_store()
-    model, guide = registered(stock)
+    model, guide = stock.registered()
 
     # SVI minimises the summed loss; scaling by 1/B (ours) leaves Adam's steps unchanged up to eps
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2, "eps": 1e-8 * x.shape[0]}), Trace_ELBO())
@@ -207,10 +210,7 @@ def test_a_signal_mid_epoch_checkpoints_the_step_and_resume_is_exact(tmp_path, m
     assert kept["step"] == 5 and kept["epoch"] == 1 and kept["partial"]["batch"] == 2
     monkeypatch.setattr(T, "build_loss", real_build)
     T.fit(small_cfg("train.epochs=3"), stopped, resume=True, progress=False, figures=False)
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(stopped / "checkpoints" / "last.pt")
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    _assert_same_last_weights(straight, stopped)
     assert _metrics(straight) == _metrics(stopped)
     assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
 
