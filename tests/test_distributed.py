@@ -58,7 +58,7 @@ def _worker(rank: int, port: int, out: str) -> None:
               for b in batches]  # fmt: skip
     torch.save({"params": {k: v.detach() for k, v in vae.named_parameters()}, "losses": losses},
                os.path.join(out, f"rank{rank}.pt"))  # fmt: skip
-    torch.distributed.destroy_process_group()
+    distributed.shutdown(ctx)  # a barrier first: a rank tearing gloo down while the other still talks aborts
 
 
 def test_two_gloo_ranks_equal_one_process_on_the_same_global_batches(tmp_path):
