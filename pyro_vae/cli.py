@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .config import load_config, to_toml
 
@@ -192,5 +194,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> NoReturn:
+    """The console entry point (``pyro-vae``, ``python -m pyro_vae``): :func:`main`, then an
+    immediate exit once the output is flushed. A normal exit runs the static destructors of
+    torch's libraries, which touch about 120 MB of memory that the run never used (peak RSS of
+    ``import torch`` alone: 0.57 GB with ``os._exit``, 0.69 GB without, by ``/usr/bin/time -v``);
+    by the time ``main`` returns every file we wrote is closed. An exception that escapes
+    ``main`` (or argparse's exit) leaves the normal way."""
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -41,7 +41,7 @@ def check_data(vae: VAE, data: Splits) -> None:
         if split == "train" and data.dynamic_binarization:
             continue  # binarized per batch
         try:
-            vae.likelihood.validate(getattr(data, split), f"{data.source} [{split}]")
+            vae.likelihood.validate(data.stored(split), f"{data.source} [{split}]")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 

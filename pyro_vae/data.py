@@ -2,6 +2,8 @@
 
 Every loader returns :class:`Splits`: float32 tensors of shape ``(N, D)`` with values in
 ``[0, 1]`` for ``train``, ``valid`` and ``test`` (plus test labels where the set has them).
+Images whose values are all multiples of 1/255 (binary ones included) are held as uint8 levels,
+a quarter of float32's memory, and decoded on access (:func:`encode`, :func:`decode`).
 Bad data raises ``ValueError`` naming the file and the problem.
 
 Registered sets (``data.name``):
@@ -27,7 +29,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -57,30 +59,71 @@ EMBEDDED_FILE = "binarized_mnist.npz"
 EMBEDDED_SHA256 = "60212a411eb66b5a1e6d2c27001a738133135267975f9ea83411bfcc631f1a3b"
 
 
-@dataclass
-class Splits:
-    """The three splits of one data set, each a float32 tensor (N, D) with values in [0, 1]."""
+def encode(x: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """Images ``x`` (N, D) in [0, 1] as stored: uint8 levels ``k`` when every value is exactly
+    ``k / 255`` in float32 (so :func:`decode` gives ``x`` back bit for bit), else float32.
+    uint8 input is taken to be levels already. Works in row blocks: small temporaries."""
+    if x.dtype == torch.uint8:
+        return x
+    x = x.to(torch.float32)
+    levels = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    for block, out in zip(x.split(rows), levels.split(rows)):
+        out.copy_((block * 255).round_().clamp_(0, 255))
+        if not torch.equal(decode(out), block):
+            return x
+    return levels
 
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-    image_shape: tuple[int, int]
-    test_labels: torch.Tensor | None = None
-    dynamic_binarization: bool = False  # resample x ~ Bernoulli(pixels) for every training batch
-    source: str = ""
+
+def decode(x: torch.Tensor) -> torch.Tensor:
+    """Stored images as float32 in [0, 1]: uint8 levels are divided by 255; floats pass through."""
+    return x.to(torch.float32).div_(255) if x.dtype == torch.uint8 else x
+
+
+class Splits:
+    """The three splits of one data set. ``train``, ``valid`` and ``test`` are float32 tensors
+    (N, D) with values in [0, 1], decoded on each access from the stored form (:func:`encode`);
+    the training loop takes :meth:`stored` tensors and decodes one batch at a time.
+
+    :param train, valid, test: float32 images in [0, 1], or uint8 levels (value x 255).
+    """
+
+    def __init__(self, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor, image_shape: tuple[int, int],
+                 test_labels: torch.Tensor | None = None, dynamic_binarization: bool = False,
+                 source: str = "") -> None:  # fmt: skip
+        self._stored = {s: encode(x) for s, x in zip(SPLITS, (train, valid, test))}
+        self.image_shape = image_shape
+        self.test_labels = test_labels
+        self.dynamic_binarization = dynamic_binarization  # resample x ~ Bernoulli(pixels) for every training batch
+        self.source = source
+
+    def stored(self, split: str) -> torch.Tensor:
+        """The split as held in memory: uint8 levels or float32 (pass batches through :func:`decode`)."""
+        return self._stored[split]
+
+    @property
+    def train(self) -> torch.Tensor:
+        return decode(self._stored["train"])
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return decode(self._stored["valid"])
+
+    @property
+    def test(self) -> torch.Tensor:
+        return decode(self._stored["test"])
 
     @property
     def data_dim(self) -> int:
-        return self.train.shape[1]
+        return self._stored["train"].shape[1]
 
     def subset(self, n: int) -> Splits:
         """``n`` evenly spaced images of every split (``n = 0``: all). Evenly spaced rather than
         the first ``n``, because the binarized-MNIST test split is sorted by digit."""
         if n <= 0:
             return self
-        pick = {s: evenly_spaced(getattr(self, s).shape[0], n) for s in SPLITS}
+        pick = {s: evenly_spaced(x.shape[0], n) for s, x in self._stored.items()}
         labels = self.test_labels[pick["test"]] if self.test_labels is not None else None
-        return Splits(*(getattr(self, s)[pick[s]] for s in SPLITS), self.image_shape, labels,
+        return Splits(*(self._stored[s][pick[s]] for s in SPLITS), self.image_shape, labels,
                       self.dynamic_binarization, self.source)  # fmt: skip
 
 
@@ -92,7 +135,9 @@ def evenly_spaced(total: int, n: int) -> torch.Tensor:
 
 
 def check_images(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
-    """Validate one split and return it as float32 (N, D); raise ``ValueError`` naming ``source``."""
+    """Validate one split and return it (N, D) in its stored form (:func:`encode`: uint8 levels
+    for 8-bit images, else float32); raise ``ValueError`` naming ``source``. Integer input must
+    hold 0s and 1s."""
     x = torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array)
     if x.ndim not in (2, 3):
         raise ValueError(f"{source}: images must have shape (N, D) or (N, H, W), got shape {tuple(x.shape)}")
@@ -110,12 +155,18 @@ def check_images(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
         raise ValueError(
             f"{source}: values must lie in [0, 1], found min {lo:g} and max {hi:g}; divide 8-bit images by 255"
         )
-    return x.to(torch.float32)
+    return encode(x) if x.is_floating_point() else x.to(torch.uint8) * 255  # 0/1 integers as levels
 
 
-def count_non_binary(x: torch.Tensor, rows: int = 4096) -> int:
-    """How many values of ``x`` are neither 0 nor 1 (checked in row blocks: small temporaries)."""
-    return sum(int(((block != 0) & (block != 1)).sum()) for block in x.split(rows))
+def blocks(x: torch.Tensor, rows: int = 4096) -> Iterator[torch.Tensor]:
+    """Float32 row blocks of images ``x`` (float, or uint8 levels): checks over a whole split
+    stream through these, so no float copy of the split is made."""
+    return (decode(block) for block in x.split(rows))
+
+
+def count_non_binary(x: torch.Tensor) -> int:
+    """How many values of ``x`` (float, or uint8 levels) are neither 0 nor 1."""
+    return sum(int(((block != 0) & (block != 1)).sum()) for block in blocks(x))
 
 
 def is_binary(x: torch.Tensor) -> bool:

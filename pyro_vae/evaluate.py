@@ -22,10 +22,12 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .data import decode
 from .model import VAE
 
-# Most floats held at once by the likelihood's parameters (chunk_K x batch x D): 16 MB in fp32.
-MAX_ELEMENTS = 1 << 22
+# Most floats held at once by the likelihood's parameters (chunk_K x batch x D): 4 MB in fp32, so the
+# temporaries of one chunk stay small (a larger chunk was no faster on CPU and raised peak memory).
+MAX_ELEMENTS = 1 << 20
 
 
 @dataclass
@@ -73,6 +75,8 @@ def iwae_log_likelihood(
 def evaluate(vae: VAE, x: torch.Tensor, k: int = 1, batch_size: int = 1000, seed: int | None = 0,
              progress: bool = False, desc: str = "evaluate") -> dict[str, Estimate]:  # fmt: skip
     """Negative ELBO and (for ``k > 1``) negative IWAE log-likelihood of ``x`` (N, D), in nats.
+    ``x`` holds float images in [0, 1] or uint8 levels (:func:`pyro_vae.data.decode`), decoded
+    one batch at a time.
 
     Draws use a private RNG seeded with ``seed`` (the caller's RNG is left untouched), so the
     same images evaluated twice get the same samples: common random numbers across epochs.
@@ -90,7 +94,7 @@ def evaluate(vae: VAE, x: torch.Tensor, k: int = 1, batch_size: int = 1000, seed
         batch_size = max(1, min(batch_size, x.shape[0]))
         batches = range(0, x.shape[0], batch_size)
         for start in tqdm(batches, desc=desc, disable=None if progress else True, unit="batch", leave=False):
-            bound, elbo = iwae_log_likelihood(vae, x[start : start + batch_size], k)
+            bound, elbo = iwae_log_likelihood(vae, decode(x[start : start + batch_size]), k)
             bounds.append(bound)
             elbos.append(elbo)
     vae.train(was_training)

@@ -106,11 +106,12 @@ class FastELBO:
 def _pyro_loss(vae: VAE, elbo) -> Callable[..., torch.Tensor]:
     """``(x, beta=None) -> loss`` through Pyro's ``elbo.differentiable_loss``. A JIT ELBO sees the
     parameters only through the param store, so its model and guide register the VAE there
-    (under ``vae$$$``, cleared first so a previous VAE's parameters cannot be picked up)."""
+    (under its own :attr:`~pyro_vae.model.VAE.store_name`, cleared first so that entries left by
+    an earlier loss of the same VAE cannot be picked up)."""
     model, guide = vae.model, vae.guide
     if getattr(elbo, "jit", False):
         store = pyro.get_param_store()
-        for name in [n for n in store.keys() if n.startswith("vae$$$")]:
+        for name in [n for n in store.keys() if n.startswith(f"{vae.store_name}$$$")]:
             del store[name]
         model, guide = vae.registered()
 

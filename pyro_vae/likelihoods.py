@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
 
-from .data import count_non_binary
+from .data import blocks, count_non_binary
 from .registry import Registry
 
 LIKELIHOODS: Registry = Registry("likelihood")
@@ -26,7 +26,7 @@ LIKELIHOODS: Registry = Registry("likelihood")
 
 def _check_range(x: torch.Tensor, source: str, name: str, fix: str) -> None:
     """Reject values outside [0, 1] (and NaN), streaming so no float copy of ``x`` is made."""
-    n_bad = sum(int((~((c >= 0) & (c <= 1))).sum()) for c in x.split(4096))
+    n_bad = sum(int((~((c >= 0) & (c <= 1))).sum()) for c in blocks(x))
     if n_bad:
         raise ValueError(f"{source}: the {name} likelihood needs pixels in [0, 1], but {n_bad} values are not; {fix}")
 
@@ -107,7 +107,7 @@ class Gaussian(nn.Module):
         return h.clamp(0, 1)
 
     def validate(self, x: torch.Tensor, source: str) -> None:
-        n_bad = sum(int((~torch.isfinite(c)).sum()) for c in x.split(4096))
+        n_bad = sum(int((~torch.isfinite(c)).sum()) for c in blocks(x))
         if n_bad:
             raise ValueError(f"{source}: the gaussian likelihood needs finite pixels, but {n_bad} values are not")
 
@@ -177,7 +177,7 @@ class DiscretizedLogistic(nn.Module):
     def validate(self, x: torch.Tensor, source: str) -> None:
         _check_range(x, source, "discretized_logistic", "rescale the images to [0, 1]")
         levels = self.bins - 1
-        n_bad = sum(int(((c * levels - (c * levels).round()).abs() > 1e-3).sum()) for c in x.split(4096))
+        n_bad = sum(int(((c * levels - (c * levels).round()).abs() > 1e-3).sum()) for c in blocks(x))
         if n_bad:
             raise ValueError(
                 f"{source}: the discretized_logistic likelihood needs grey levels k/{levels} (8-bit images scaled "

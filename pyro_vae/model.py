@@ -12,6 +12,7 @@ reach the ELBO through the tensors the model and guide use, so a plain torch opt
 
 from __future__ import annotations
 
+import itertools
 from contextlib import nullcontext
 
 import pyro
@@ -25,6 +26,8 @@ from .likelihoods import LIKELIHOODS
 from .nets import mlp
 from .priors import PRIORS
 
+_instances = itertools.count()
+
 
 class VAE(nn.Module):
     """Prior, likelihood, encoder (the guide's network) and decoder, injected as modules."""
@@ -35,6 +38,7 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.encoder = encoder
         self.decoder = decoder
+        self.store_name = f"vae{next(_instances)}"  # its name in Pyro's param store (see registered)
 
     def model(self, x: torch.Tensor, beta: torch.Tensor | None = None) -> None:
         """p(x, z) for a batch ``x`` of shape (B, D).
@@ -65,15 +69,16 @@ class VAE(nn.Module):
         return log_px_z + log_pz - q.log_prob(z)
 
     def registered(self):
-        """``(model, guide)`` that also register this VAE in Pyro's param store as ``vae``, for
-        what sees parameters only there (``pyro.infer.SVI``, JIT ELBOs, ``RenyiELBO.loss_and_grads``)."""
+        """``(model, guide)`` that also register this VAE in Pyro's param store, for what sees
+        parameters only there (``pyro.infer.SVI``, JIT ELBOs, ``RenyiELBO.loss_and_grads``). The
+        name, :attr:`store_name`, is unique to this VAE, so several VAEs can be live at once."""
 
         def model(*args):
-            pyro.module("vae", self)
+            pyro.module(self.store_name, self)
             self.model(*args)
 
         def guide(*args):
-            pyro.module("vae", self)
+            pyro.module(self.store_name, self)
             self.guide(*args)
 
         return model, guide

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .data import Splits, evenly_spaced  # noqa: E402
+from .data import Splits, decode, evenly_spaced  # noqa: E402
 from .model import VAE  # noqa: E402
 
 
@@ -62,10 +62,11 @@ def plot_images(images: torch.Tensor, image_shape, nrow: int, title: str, out: P
 
 
 @torch.no_grad()
+@torch.no_grad()
 def latent_means(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Means of q(z | x) for every image, (N, L)."""
+    """Means of q(z | x) for every image (float, or uint8 levels), (N, L)."""
     vae.eval()
-    return torch.cat([vae.encoder.point(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    return torch.cat([vae.encoder.point(decode(x[i : i + batch_size])) for i in range(0, x.shape[0], batch_size)])
 
 
 def pca_2d(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,13 +116,14 @@ def make_figures(run_dir: str | Path, vae: VAE, data: Splits, n: int = 16) -> li
     paths = []
     if (run_dir / "metrics.jsonl").exists():
         paths.append(plot_curves(run_dir / "metrics.jsonl", fig_dir / "curves.png"))
-    x = data.test[evenly_spaced(data.test.shape[0], n)].to(device)
+    test = data.stored("test").to(device)  # uint8 levels for 8-bit images: decoded a batch at a time
+    x = decode(test[evenly_spaced(test.shape[0], n)])
     pairs = torch.cat([x, vae.reconstruct(x)])
     paths.append(plot_images(pairs, data.image_shape, 2, "Test images (top) and reconstructions (bottom)",
                              fig_dir / "reconstructions.png"))  # fmt: skip
     paths.append(plot_images(vae.sample(64), data.image_shape, 8, "Samples from the prior (pixel means)",
                              fig_dir / "samples.png"))  # fmt: skip
-    z = latent_means(vae, data.test.to(device))
+    z = latent_means(vae, test)
     paths.append(plot_latents(z, data.test_labels, fig_dir / "latents.png"))
     if z.shape[1] == 2:
         paths.append(plot_manifold(vae, data.image_shape, fig_dir / "manifold.png"))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
 
+from .data import decode
 from .registry import Registry
 
 PRIORS: Registry = Registry("prior")
@@ -131,9 +132,10 @@ class VampPrior(nn.Module):
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor, generator: torch.Generator) -> None:
-        """Start the pseudo-inputs at randomly chosen rows of ``x`` (N, D), squeezed into [0.05, 0.95]."""
+        """Start the pseudo-inputs at randomly chosen rows of ``x`` (N, D; float, or uint8 levels),
+        squeezed into [0.05, 0.95]."""
         rows = torch.randint(x.shape[0], (self.pseudo_logits.shape[0],), generator=generator).to(x.device)
-        self.pseudo_logits.copy_(torch.logit(x[rows].clamp(0.05, 0.95)))
+        self.pseudo_logits.copy_(torch.logit(decode(x[rows]).clamp(0.05, 0.95)))
 
     def pseudo_inputs(self) -> torch.Tensor:
         return torch.sigmoid(self.pseudo_logits)

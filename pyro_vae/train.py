@@ -38,7 +38,7 @@ from . import distributed
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .compat import check_compatible, check_data
 from .config import ConfigError, ExperimentConfig, from_dict, save_config
-from .data import Splits, evenly_spaced, load_data
+from .data import Splits, decode, evenly_spaced, load_data
 from .evaluate import as_dict, evaluate
 from .fast import build_loss
 from .model import VAE, build_vae
@@ -195,7 +195,8 @@ def make_optimizer(vae: VAE, lr: float) -> torch.optim.Adam:
 
 def init_from_data(vae: VAE, x: torch.Tensor, seed: int) -> None:
     """Data-dependent initialisation: every component with an ``init_from_data(x, generator)``
-    method (the VampPrior's pseudo-inputs) gets the training images and a seeded generator."""
+    method (the VampPrior's pseudo-inputs) gets the training images (float32, or uint8 levels:
+    see :func:`pyro_vae.data.decode`) and a seeded generator."""
     for module in vae.modules():
         if module is not vae and callable(getattr(module, "init_from_data", None)):
             module.init_from_data(x, torch.Generator().manual_seed(seed))
@@ -295,13 +296,14 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     vae = build_vae(cfg.model, data.data_dim)
     check_data(vae, data)
     vae.to(device)
-    x_train, x_valid, x_test = (getattr(data, s).to(device) for s in ("train", "valid", "test"))
-    first_batch = x_train[: cfg.train.batch_size]
+    # The splits stay in their stored form (uint8 levels for 8-bit images); batches are decoded.
+    x_train, x_valid, x_test = (data.stored(s).to(device) for s in ("train", "valid", "test"))
+    first_batch = decode(x_train[: cfg.train.batch_size])
     check_compatible(vae, cfg, (first_batch > 0.5).to(first_batch.dtype) if data.dynamic_binarization else first_batch)
     init_from_data(vae, x_train, cfg.train.seed)
     optim = make_optimizer(vae, cfg.train.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(optim, gamma=cfg.train.lr_decay)
-    loss_fn = build_loss(vae, cfg.train, x_train[: cfg.train.batch_size])
+    loss_fn = build_loss(vae, cfg.train, first_batch)
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
     if ctx.active:
         pyro.set_rng_seed(cfg.train.seed + ctx.rank)  # every rank draws its own z
@@ -358,7 +360,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
             with pyro.validation_enabled(False):  # data were validated up front: keep the hot loop lean
                 for i in bar:
                     batch = perm[i * bs : (i + 1) * bs]
-                    xb = x_train[distributed.shard(batch, ctx)]
+                    xb = decode(x_train[distributed.shard(batch, ctx)])
                     if data.dynamic_binarization:
                         xb = torch.bernoulli(xb)
                     beta = kl_weight(step + 1, warmup_steps)
@@ -424,8 +426,9 @@ def finish(run: RunDir, cfg: ExperimentConfig, vae: VAE, data: Splits, device: t
     best = load_checkpoint(run.best, map_location=device)
     vae.load_state_dict(best["model"])
     kw = dict(batch_size=cfg.train.eval_batch_size, seed=cfg.eval.seed)
-    results = {s: evaluate(vae, getattr(data, s).to(device), **kw)["neg_elbo"] for s in ("train", "valid")}
-    x_test = data.test[evenly_spaced(data.test.shape[0], cfg.eval.iwae_images)].to(device)
+    results = {s: evaluate(vae, data.stored(s).to(device), **kw)["neg_elbo"] for s in ("train", "valid")}
+    x_test = data.stored("test")
+    x_test = x_test[evenly_spaced(x_test.shape[0], cfg.eval.iwae_images)].to(device)
     n_iw = x_test.shape[0]
     k = cfg.eval.iwae_k
     # IWAE batches are smaller: K samples per image are in flight.

@@ -212,3 +212,34 @@ def test_subset_is_evenly_spaced_so_sorted_test_labels_stay_mixed():
     splits = D.load_data(DataConfig(subset=100))
     assert splits.train.shape == (100, 784) and splits.test.shape == (100, 784)
     assert sorted(set(splits.test_labels.tolist())) == list(range(10))
+
+
+def test_eight_bit_images_are_stored_as_levels_and_decode_bit_for_bit():
+    levels = torch.arange(256, dtype=torch.uint8).repeat(40, 1)  # every grey level, 40 rows
+    grey = levels.float() / 255  # how the torchvision loaders scale 8-bit images
+    binary = torch.bernoulli(torch.full((5000, 7), 0.3), generator=torch.Generator().manual_seed(0))
+    for x in (grey, binary, grey.double()):
+        stored = D.encode(x, rows=7)  # several blocks
+        assert stored.dtype == torch.uint8, x.dtype
+        assert torch.equal(D.decode(stored), x.float()) and D.decode(stored).dtype == torch.float32
+    assert torch.equal(D.encode(grey), levels)
+    assert D.encode(levels) is levels  # levels pass through
+
+
+@pytest.mark.parametrize("where", [0, 4999])  # in the first block, in the last
+def test_images_that_are_not_8_bit_stay_float32(where):
+    x = torch.bernoulli(torch.full((5000, 7), 0.3), generator=torch.Generator().manual_seed(1))
+    x[where, 3] = 0.5 + 2**-20  # one value between two grey levels
+    stored = D.encode(x, rows=1000)
+    assert stored.dtype == torch.float32 and torch.equal(stored, x) and D.decode(stored) is stored
+
+
+def test_binarized_mnist_is_held_as_uint8_levels():
+    splits = D.load_data(DataConfig())
+    for split, rows in D.AMAT_ROWS.items():
+        stored = splits.stored(split)
+        assert stored.dtype == torch.uint8 and stored.shape == (rows, 784), split
+        assert set(stored.unique().tolist()) == {0, 255}
+    assert splits.train.dtype == torch.float32 and abs(splits.train.mean().item() - D.AMAT_MEANS["train"]) < 5e-5
+    sub = splits.subset(10)
+    assert sub.stored("test").dtype == torch.uint8 and torch.equal(sub.test, splits.test[D.evenly_spaced(10000, 10)])

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pyro_vae import closed_form
+from pyro_vae.data import encode
 from pyro_vae.evaluate import evaluate, iwae_log_likelihood
 from pyro_vae.model import VAE
 from pyro_vae.priors import StandardNormal
@@ -63,6 +64,15 @@ def test_evaluate_leaves_the_callers_rng_alone_and_repeats_itself(tiny_vae64):
     a = evaluate(vae, x, k=8, seed=5)
     assert torch.equal(torch.get_rng_state(), state)
     b = evaluate(vae, x, k=8, seed=5)
+    assert a["nll"].mean == b["nll"].mean and a["neg_elbo"].mean == b["neg_elbo"].mean
+
+
+def test_stored_uint8_levels_evaluate_exactly_like_the_float_images(tiny_vae64):
+    vae, x = tiny_vae64
+    vae = vae.float()
+    levels = encode(x.float())
+    assert levels.dtype == torch.uint8
+    a, b = evaluate(vae, levels, k=4, batch_size=4), evaluate(vae, x.float(), k=4, batch_size=4)
     assert a["nll"].mean == b["nll"].mean and a["neg_elbo"].mean == b["neg_elbo"].mean
 
 
