@@ -8,7 +8,8 @@ repeats, after a burn-in), each timed over enough steps to last about a quarter 
 CUDA synchronised around the timed stage. Reported: median images/s and ms/step with the
 interquartile range, achieved GFLOP/s against the machine's measured fp32 matmul rate, the
 median over repeats of each implementation's speed ratio to the hand-written step (measured side
-by side), peak RSS and, on CUDA, peak allocated memory. Writes JSON and a plot next to it.
+by side), peak RSS and, on CUDA, peak allocated memory. Writes JSON, a plot and the Markdown
+tables of the README's Performance section next to it.
 
 Implementations (default model 784-400-50, softplus, Adam):
   hand-written         plain PyTorch: fused encoder head, closed-form loss, Adam(fused=True)
@@ -137,6 +138,29 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _rate(v: float) -> str:
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k"
+
+
+def markdown_tables(result: dict) -> str:
+    """One table per particle count: images/s and, in brackets, the ratio to the hand-written step."""
+    out = []
+    for particles in sorted({r["particles"] for r in result["results"]}):
+        rows = [r for r in result["results"] if r["particles"] == particles]
+        batches = sorted({r["batch_size"] for r in rows})
+        lines = [f"{particles} particle{'s' if particles > 1 else ''}:", "",
+                 "| implementation | " + " | ".join(f"batch {b}" for b in batches) + " |",
+                 "|---" * (len(batches) + 1) + "|"]  # fmt: skip
+        for name in IMPLEMENTATIONS:
+            cells = {r["batch_size"]: r for r in rows if r["implementation"] == name}
+            if cells:
+                lines.append(f"| {name} | " + " | ".join(
+                    f"{_rate(c['images_per_s'])} (x{c['ratio_to_hand_written']:.2f})" if (c := cells.get(b)) else "-"
+                    for b in batches) + " |")  # fmt: skip
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -177,7 +201,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out.with_suffix(".png"))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    out.with_suffix(".md").write_text(markdown_tables(result))
+    print(markdown_tables(result))
+    print(f"wrote {out}, {out.with_suffix('.png')} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

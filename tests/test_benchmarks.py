@@ -28,6 +28,9 @@ def test_throughput(tmp_path):
     hand = [r for r in record["results"] if r["implementation"] == "hand-written"]
     assert all(r["ratio_to_hand_written"] == 1.0 for r in hand)
     assert out.with_suffix(".png").stat().st_size > 0
+    tables = out.with_suffix(".md").read_text()
+    assert "1 particle:" in tables and "2 particles:" in tables and "| pyro-vae iwae | 32" not in tables
+    assert tables.count("| hand-written | ") == 2 and "(x1.00)" in tables
 
 
 def test_time_to_quality(tmp_path):
