@@ -118,6 +118,10 @@ def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "pyro_vae", "config", "--set", "model.latent_dim=7"],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0 and "latent_dim = 7" in result.stdout
+    # the entry point leaves through os._exit: buffered output to pipes and exit statuses survive
+    bad = subprocess.run([sys.executable, "-m", "pyro_vae", "config", "--set", "model.latent_dim=0"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "model.latent_dim" in bad.stderr and bad.stdout == ""
 
 
 def test_shipped_config_files_load():
