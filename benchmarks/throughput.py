@@ -201,8 +201,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out.with_suffix(".png"))
-    out.with_suffix(".md").write_text(markdown_tables(result))
-    print(markdown_tables(result))
+    tables = markdown_tables(result)
+    out.with_suffix(".md").write_text(tables)
+    print(tables)
     print(f"wrote {out}, {out.with_suffix('.png')} and {out.with_suffix('.md')}")
 
 
