@@ -1,10 +1,11 @@
 """Training throughput against the number of data-parallel processes (torch.distributed).
 
-    python benchmarks/ddp_throughput.py [--procs 1,2] [--batch 512] [--steps 60] [--repeats 3]
-                                        [--out benchmarks/results/ddp_throughput_cpu.json]
+    python benchmarks/ddp_throughput.py [--device cpu|cuda] [--procs 1,2] [--batch 512] [--steps 60]
+                                        [--repeats 3] [--out benchmarks/results/ddp_throughput_DEVICE.json]
 
 For each process count N it launches ``torchrun --nproc_per_node=N`` on this script's worker
-(gloo on CPU with ``cpu_count / N`` torch threads per process, nccl with one GPU per process),
+(``--device cpu``, the default: gloo with ``cpu_count / N`` torch threads per process;
+``--device cuda``: nccl with one GPU per process, so N may not exceed the GPUs),
 which times ``--steps`` training steps of the default model on a global batch of ``--batch``
 static-binarized-MNIST images after a warm-up, exactly as ``fit`` runs them (sharded batch, DDP
 gradient averaging, the per-step loss reduction). Launches are interleaved over ``--repeats``
@@ -36,7 +37,7 @@ def worker(args) -> None:
     from pyro_vae.model import build_vae
     from pyro_vae.train import make_optimizer, train_step
 
-    use_cuda = torch.cuda.is_available()
+    use_cuda = args.device == "cuda"
     ctx = distributed.from_environment(use_cuda)
     device = torch.device("cuda", ctx.local_rank) if use_cuda else torch.device("cpu")
     if not use_cuda:
@@ -71,21 +72,30 @@ def worker(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--procs", default="1,2")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(HERE / "results" / "ddp_throughput_cpu.json"))
+    parser.add_argument("--out", help="default: benchmarks/results/ddp_throughput_DEVICE.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     procs = [int(p) for p in args.procs.split(",")]
+    if args.device == "cuda":
+        import torch
+
+        from pyro_vae.distributed import check_gpus_per_node
+
+        check_gpus_per_node(max(procs), torch.cuda.device_count())
+    out_path = Path(args.out or HERE / "results" / f"ddp_throughput_{args.device}.json")
     runs: dict[int, list[dict]] = {p: [] for p in procs}
     for _ in range(args.repeats):
         for p in procs:
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={p}", "--standalone",
-                   __file__, "--worker", "--batch", str(args.batch), "--steps", str(args.steps)]  # fmt: skip
+                   __file__, "--worker", "--device", args.device, "--batch", str(args.batch),
+                   "--steps", str(args.steps)]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             runs[p].append(json.loads(out.stdout.strip().splitlines()[-1]))
     import torch
@@ -96,13 +106,13 @@ def main() -> None:
     result = {
         "command": "python benchmarks/ddp_throughput.py " + " ".join(sys.argv[1:]),
         "global_batch": args.batch, "steps": args.steps, "repeats": args.repeats,
-        "machine": machine(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        "machine": machine(torch.device(args.device)),
         "runs": {str(p): runs[p] for p in procs},
         "median_images_per_s": {str(p): medians[p] for p in procs},
         "speedup_over_1": {str(p): medians[p] / medians[procs[0]] for p in procs},
     }  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
     for p in procs:
         print(f"{p} process(es): {medians[p]:8.0f} images/s  x{medians[p] / medians[procs[0]]:.2f}")
 

@@ -5,7 +5,7 @@ probability pi/4, so pi ~= 4 * (fraction of N points inside). The estimate is un
 standard deviation is 4 * sqrt(p (1 - p) / N) with p = pi/4: the error shrinks as 1/sqrt(N),
 the rate every Monte Carlo estimate in this project (ELBO, KL, IWAE) obeys.
 
-    python examples/01_monte_carlo.py [--smoke-test] [--out DIR]
+    python examples/01_monte_carlo.py [--smoke-test] [--out DIR] [--device cpu|cuda]
 
 Writes points.png (the darts), error.png (error against N on log-log axes, with the 1/sqrt(N)
 law) and results.json (the fitted slope of log error on log N, which should be about -0.5).
@@ -26,14 +26,15 @@ def estimate_pi(n: int, reps: int, generator: torch.Generator) -> torch.Tensor:
     chunk = max(1, 2_000_000 // n)  # bounded memory for large N
     out = []
     for start in range(0, reps, chunk):
-        points = torch.rand(min(chunk, reps - start), n, 2, generator=generator, dtype=torch.float64)
+        points = torch.rand(min(chunk, reps - start), n, 2, generator=generator, dtype=torch.float64,
+                            device=generator.device)
         out.append(4 * ((points**2).sum(-1) <= 1).double().mean(-1))
     return torch.cat(out)
 
 
 def main() -> None:
     args = parse_args(__doc__, "01_monte_carlo")
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
     ns = [10, 100, 1000, 10_000] if args.smoke_test else [10, 100, 1000, 10_000, 100_000]
     reps = 50 if args.smoke_test else 200
     rms = []
@@ -45,7 +46,7 @@ def main() -> None:
     p = math.pi / 4
     theory = [4 * math.sqrt(p * (1 - p) / n) for n in ns]
 
-    pts = torch.rand(2000, 2, generator=gen)
+    pts = torch.rand(2000, 2, generator=gen, device=gen.device).cpu()
     inside = (pts**2).sum(-1) <= 1
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.scatter(pts[inside, 0], pts[inside, 1], s=3, c="C0", label="inside")

@@ -8,7 +8,7 @@ minimising it in each direction does.
    does) locks onto one mode (mode seeking); minimising KL(p || q) matches p's mean and variance
    and spreads over both (mass covering).
 
-    python examples/02_kl_divergence.py [--smoke-test] [--out DIR]
+    python examples/02_kl_divergence.py [--smoke-test] [--out DIR] [--device cpu|cuda]
 
 Writes asymmetry.png, fits.png and results.json.
 """
@@ -54,6 +54,7 @@ def fit_reverse_kl(p, steps: int, n: int, init_loc: float) -> Normal:
 def main() -> None:
     args = parse_args(__doc__, "02_kl_divergence")
     torch.manual_seed(args.seed)
+    torch.set_default_device(args.device)  # every tensor below is made there
     n = 100_000 if args.smoke_test else 1_000_000
     p = Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
     q = Normal(torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.6, dtype=torch.float64))
@@ -68,8 +69,8 @@ def main() -> None:
 
     grid = torch.linspace(-5, 5, 400, dtype=torch.float64)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(grid, p.log_prob(grid).exp(), label="p = N(0, 1)")
-    ax.plot(grid, q.log_prob(grid).exp(), label="q = N(1, 0.6²)")
+    ax.plot(grid.cpu(), p.log_prob(grid).exp().cpu(), label="p = N(0, 1)")
+    ax.plot(grid.cpu(), q.log_prob(grid).exp().cpu(), label="q = N(1, 0.6²)")
     ax.set(title=f"KL(p‖q) = {kl_pq:.3f}   but   KL(q‖p) = {kl_qp:.3f}", xlabel="x")
     ax.legend()
     save_figure(fig, args.out, "asymmetry.png")
@@ -81,9 +82,9 @@ def main() -> None:
     print(f"min KL(q||p): q = N({float(reverse.loc):.2f}, {float(reverse.scale):.2f}²) (one mode)")
     print(f"min KL(p||q): q = N({float(forward.loc):.2f}, {float(forward.scale):.2f}²) (covers both)")
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.fill_between(grid, target.log_prob(grid).exp(), alpha=0.3, color="gray", label="bimodal p")
-    ax.plot(grid, reverse.log_prob(grid).exp(), label="argmin KL(q‖p): mode seeking")
-    ax.plot(grid, forward.log_prob(grid).exp(), label="argmin KL(p‖q): mass covering")
+    ax.fill_between(grid.cpu(), target.log_prob(grid).exp().cpu(), alpha=0.3, color="gray", label="bimodal p")
+    ax.plot(grid.cpu(), reverse.log_prob(grid).exp().cpu(), label="argmin KL(q‖p): mode seeking")
+    ax.plot(grid.cpu(), forward.log_prob(grid).exp().cpu(), label="argmin KL(p‖q): mass covering")
     ax.set(xlabel="x", title="Fitting one Gaussian to two modes")
     ax.legend(fontsize=8)
     save_figure(fig, args.out, "fits.png")

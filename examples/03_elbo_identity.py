@@ -10,7 +10,7 @@ For several Gaussians q the ELBO (closed form) plus KL(q || p(z|x)) equals log p
 precision, so maximising the ELBO is minimising that KL. Then Pyro's SVI with Trace_ELBO fits
 q = N(m, s) by stochastic gradients and drives the KL to (nearly) zero.
 
-    python examples/03_elbo_identity.py [--smoke-test] [--out DIR]
+    python examples/03_elbo_identity.py [--smoke-test] [--out DIR] [--device cpu|cuda]
 
 Writes identity.png (ELBO and KL for several q), svi.png (the ELBO rising to log p(x) and the
 KL falling during SVI) and results.json.
@@ -62,6 +62,7 @@ def elbo_closed_form(x, m: float, s: float) -> float:
 def main() -> None:
     args = parse_args(__doc__, "03_elbo_identity")
     pyro.set_rng_seed(args.seed)
+    torch.set_default_device(args.device)  # every tensor below (and Pyro's parameters) is made there
     x = 1.5 + SIGMA * torch.randn(10, dtype=torch.float64)
     posterior, log_px = exact(x)
     rows = []

@@ -12,7 +12,7 @@ Both are built with autograd, the way Pyro builds them (a pathwise loss, and a s
 gradient estimates and plots their variance: both fall as 1/N, the score function's from a
 much higher level.
 
-    python examples/04_reparam_vs_score.py [--smoke-test] [--out DIR]
+    python examples/04_reparam_vs_score.py [--smoke-test] [--out DIR] [--device cpu|cuda]
 
 Writes variance.png and results.json.
 """
@@ -48,6 +48,7 @@ def gradients(kind: str, n: int, reps: int) -> torch.Tensor:
 def main() -> None:
     args = parse_args(__doc__, "04_reparam_vs_score")
     torch.manual_seed(args.seed)
+    torch.set_default_device(args.device)  # every tensor below is made there
     ns = [1, 4, 16, 64, 256] if args.smoke_test else [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
     reps = 2000 if args.smoke_test else 20000
     exact = 2 * (MU - TARGET)

@@ -10,7 +10,7 @@ encoder, z_k ~ q(z | x) and weights p(x, z_k) / q(z_k | x) (the IWAE bound of
 The example trains a VAE with a 2-D and one with a higher-dimensional latent space
 (``pyro_vae.fit``), then on test images compares both estimators for several K.
 
-    python examples/05_prior_sampling_fails.py [--smoke-test] [--out DIR]
+    python examples/05_prior_sampling_fails.py [--smoke-test] [--out DIR] [--device cpu|cuda]
 
 Writes estimates.png (negative log-likelihood against K, both estimators, both models) and
 results.json.
@@ -24,14 +24,14 @@ import matplotlib.pyplot as plt
 import torch
 from _common import parse_args, save_figure, save_results, train_vae
 
-from pyro_vae.data import evenly_spaced
 from pyro_vae.evaluate import iwae_log_likelihood
+from pyro_vae.pixels import evenly_spaced
 
 
 @torch.no_grad()
 def prior_estimate(vae, x: torch.Tensor, k: int, chunk: int = 500) -> torch.Tensor:
     """Per-image log (1/K sum_k p(x | z_k)) with z_k from the prior."""
-    total = torch.full((x.shape[0],), -math.inf, dtype=x.dtype)
+    total = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
     for start in range(0, k, chunk):
         z = vae.prior(x.shape[0]).sample((min(chunk, k - start),))
         total = torch.logaddexp(total, torch.logsumexp(vae.likelihood(vae.decoder(z)).log_prob(x), 0))
@@ -46,8 +46,8 @@ def main() -> None:
     results = {"k": ks, "images": images, "reps": reps, "models": {}}
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for latent in (2, 20):
-        _, vae, data = train_vae(args.out / f"latent{latent}", latent, epochs, subset, args.seed)
-        x = data.test[evenly_spaced(data.test.shape[0], images)]
+        _, vae, data = train_vae(args.out / f"latent{latent}", latent, epochs, subset, args.seed, args.device)
+        x = data.test[evenly_spaced(data.test.shape[0], images)].to(args.device)
         torch.manual_seed(args.seed)
         rows = {"prior": [], "encoder": []}
         for k in ks:

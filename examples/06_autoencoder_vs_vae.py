@@ -9,7 +9,7 @@ autoencoder, whatever its decoder does in regions no code visits.
 The mismatch is measured by the KL from a Gaussian fitted to each model's test codes to N(0, I)
 (0 when the codes look like the prior), next to each model's reconstruction error.
 
-    python examples/06_autoencoder_vs_vae.py [--smoke-test] [--out DIR]
+    python examples/06_autoencoder_vs_vae.py [--smoke-test] [--out DIR] [--device cpu|cuda]
 
 Writes latents.png (the 2-D codes of the test set, coloured by digit), samples.png (decoded
 N(0, I) draws for both) and results.json.
@@ -26,14 +26,15 @@ from pyro_vae import build_vae
 from pyro_vae.plots import image_grid, latent_means
 
 
-def train_autoencoder(cfg, x_train: torch.Tensor, epochs: int, seed: int):
+def train_autoencoder(cfg, x_train: torch.Tensor, epochs: int, seed: int, device: torch.device):
     torch.manual_seed(seed)
-    ae = build_vae(cfg.model, x_train.shape[1])
+    ae = build_vae(cfg.model, x_train.shape[1]).to(device)
+    x_train = x_train.to(device)
     optim = torch.optim.Adam(ae.parameters(), lr=cfg.train.lr)
     gen = torch.Generator().manual_seed(seed)
     bs = cfg.train.batch_size
     for _ in range(epochs):
-        perm = torch.randperm(x_train.shape[0], generator=gen)
+        perm = torch.randperm(x_train.shape[0], generator=gen).to(device)
         for i in range(0, x_train.shape[0], bs):
             x = x_train[perm[i : i + bs]]
             code = ae.encoder.loc_scale(x)[0]  # deterministic: the mean head only
@@ -57,18 +58,19 @@ def gaussian_fit_kl(codes: torch.Tensor) -> float:
 
 @torch.no_grad()
 def reconstruction_nats(model, codes: torch.Tensor, x: torch.Tensor) -> float:
-    return float(-model.likelihood(model.decoder(codes)).log_prob(x).mean())
+    device = next(model.parameters()).device
+    return float(-model.likelihood(model.decoder(codes.to(device))).log_prob(x.to(device)).mean())
 
 
 def main() -> None:
     args = parse_args(__doc__, "06_autoencoder_vs_vae")
     epochs, subset = (2, 2000) if args.smoke_test else (15, 0)
-    cfg, vae, data = train_vae(args.out / "vae", 2, epochs, subset, args.seed)
-    ae = train_autoencoder(cfg, data.train, epochs, args.seed)
+    cfg, vae, data = train_vae(args.out / "vae", 2, epochs, subset, args.seed, args.device)
+    ae = train_autoencoder(cfg, data.train, epochs, args.seed, args.device)
     models = {"autoencoder": ae, "VAE": vae}
-    codes = {name: latent_means(m, data.test) for name, m in models.items()}
+    codes = {name: latent_means(m, data.test) for name, m in models.items()}  # on the CPU
     torch.manual_seed(args.seed)
-    z = torch.randn(64, 2)
+    z = torch.randn(64, 2).to(args.device)  # drawn on the CPU: the same z on any device
     results = {"epochs": epochs}
     for name, model in models.items():
         results[name] = {

@@ -6,7 +6,7 @@ coloured by digit, with the package's own plotting functions. For all four it sh
 with their reconstructions side by side and reports the reconstruction term and the negative
 ELBO: a bigger latent space reconstructs more detail.
 
-    python examples/07_latent_space.py [--smoke-test] [--out DIR]
+    python examples/07_latent_space.py [--smoke-test] [--out DIR] [--device cpu|cuda]
 
 Writes manifold.png, latents.png, reconstructions.png and results.json.
 """
@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt
 import torch
 from _common import parse_args, save_figure, save_results, train_vae
 
-from pyro_vae.data import evenly_spaced
 from pyro_vae.evaluate import evaluate
+from pyro_vae.pixels import evenly_spaced
 from pyro_vae.plots import image_grid, latent_means, plot_latents, plot_manifold
 
 SIZES = (2, 5, 10, 20)
@@ -29,15 +29,16 @@ def main() -> None:
     epochs, subset = (3, 2000) if args.smoke_test else (15, 0)
     results, recon_rows, data = {}, [], None
     for latent in SIZES:
-        _, vae, data = train_vae(args.out / f"latent{latent}", latent, epochs, subset, args.seed)
+        _, vae, data = train_vae(args.out / f"latent{latent}", latent, epochs, subset, args.seed, args.device)
+        x_test = data.test.to(args.device)
         with torch.no_grad():
-            codes = latent_means(vae, data.test)
-            recon_nats = float(-vae.likelihood(vae.decoder(codes)).log_prob(data.test).mean())
-        neg_elbo = evaluate(vae, data.test, seed=args.seed)["neg_elbo"].mean
+            codes = latent_means(vae, x_test)  # on the CPU
+            recon_nats = float(-vae.likelihood(vae.decoder(codes.to(args.device))).log_prob(x_test).mean())
+        neg_elbo = evaluate(vae, x_test, seed=args.seed)["neg_elbo"].mean
         results[f"latent{latent}"] = {"reconstruction_nats": recon_nats, "test_neg_elbo": neg_elbo}
         print(f"L={latent:>2}: reconstruction {recon_nats:7.2f} nats, test negative ELBO {neg_elbo:7.2f} nats")
-        x = data.test[evenly_spaced(data.test.shape[0], 10)]
-        recon_rows.append(vae.reconstruct(x))
+        x = x_test[evenly_spaced(x_test.shape[0], 10)]
+        recon_rows.append(vae.reconstruct(x).cpu())
         if latent == 2:
             plot_manifold(vae, data.image_shape, args.out / "manifold.png")
             plot_latents(codes, data.test_labels, args.out / "latents.png")

@@ -13,7 +13,7 @@ probability on 254 levels binary images never use); ``continuous_bernoulli`` is 
 [0, 1], and a density can exceed 1, so its "nats" can be negative and mean nothing next to the
 others.
 
-    python examples/08_swap_components.py [--smoke-test] [--out DIR]
+    python examples/08_swap_components.py [--smoke-test] [--out DIR] [--device cpu|cuda]
 
 Writes nll.png (the comparison), samples.png (decoded prior samples of each prior) and results.json.
 """
@@ -24,8 +24,8 @@ import matplotlib.pyplot as plt
 import torch
 from _common import parse_args, save_figure, save_results, train_vae
 
-from pyro_vae.data import evenly_spaced
 from pyro_vae.evaluate import evaluate
+from pyro_vae.pixels import evenly_spaced
 from pyro_vae.plots import image_grid
 
 VARIANTS = {  # name -> (overrides, kind of likelihood)
@@ -44,8 +44,8 @@ def main() -> None:
     epochs, subset, k, images = (2, 2000, 20, 200) if args.smoke_test else (10, 0, 200, 1000)
     results, samples = {}, []
     for name, (overrides, kind) in VARIANTS.items():
-        _, vae, data = train_vae(args.out / name, 20, epochs, subset, args.seed, overrides)
-        x = data.test[evenly_spaced(data.test.shape[0], images)]
+        _, vae, data = train_vae(args.out / name, 20, epochs, subset, args.seed, args.device, overrides)
+        x = data.test[evenly_spaced(data.test.shape[0], images)].to(args.device)
         est = evaluate(vae, x, k=k, batch_size=100, seed=args.seed)
         results[name] = {"overrides": list(overrides), "likelihood_gives": kind,
                          "test_nll": [est["nll"].mean, est["nll"].se],
@@ -53,7 +53,7 @@ def main() -> None:
         print(f"{name:<22} test NLL (K={k}) {est['nll']} nats, negative ELBO {est['neg_elbo']}  [{kind}]")
         if name in PRIORS:
             torch.manual_seed(args.seed)
-            samples.append(vae.sample(10))
+            samples.append(vae.sample(10).cpu())
 
     comparable = [n for n in results if results[n]["likelihood_gives"] == "probability"]
     densities = [n for n in results if n not in comparable]

@@ -15,7 +15,7 @@ conditional log-likelihood -log p(y | x) of test digits in nats (the CVAE's by i
 sampling with the package's IWAE estimator, ``pyro_vae.evaluate``), and the figure shows the
 baseline's blur next to several CVAE samples.
 
-    python examples/09_conditional_vae.py [--smoke-test] [--out DIR]
+    python examples/09_conditional_vae.py [--smoke-test] [--out DIR] [--device cpu|cuda]
 
 Writes completions.png, curves.png and results.json.
 """
@@ -31,10 +31,11 @@ from _common import parse_args, save_figure, save_results
 from torch import nn
 
 from pyro_vae.config import DataConfig, TrainConfig
-from pyro_vae.data import evenly_spaced, load_data
+from pyro_vae.data import load_data
 from pyro_vae.elbos import build_elbo
 from pyro_vae.evaluate import evaluate
 from pyro_vae.nets import mlp
+from pyro_vae.pixels import evenly_spaced
 from pyro_vae.plots import image_grid
 from pyro_vae.train import make_optimizer, train_step
 
@@ -132,15 +133,16 @@ def main() -> None:
     epochs, subset, k, images = (2, 2000, 20, 200) if args.smoke_test else (15, 0, 200, 2000)
     pyro.set_rng_seed(args.seed)
     data = load_data(DataConfig(subset=subset))
-    x_test = data.test[evenly_spaced(data.test.shape[0], images)]
-    x_valid = data.valid[evenly_spaced(data.valid.shape[0], min(images, 1000))]
+    x_train = data.train.to(args.device)
+    x_test = data.test[evenly_spaced(data.test.shape[0], images)].to(args.device)
+    x_valid = data.valid[evenly_spaced(data.valid.shape[0], min(images, 1000))].to(args.device)
 
-    baseline = Baseline(400)
-    base_curve = train(baseline, lambda b: -baseline.log_prob(b).sum(), data.train, epochs, 128, args.seed,
+    baseline = Baseline(400).to(args.device)
+    base_curve = train(baseline, lambda b: -baseline.log_prob(b).sum(), x_train, epochs, 128, args.seed,
                        x_valid, lambda v: float(-baseline.log_prob(v).mean()))  # fmt: skip
-    cvae = CVAE(400, 20)
+    cvae = CVAE(400, 20).to(args.device)
     elbo = build_elbo(TrainConfig(elbo="trace"))
-    cvae_curve = train(cvae, lambda b: elbo.differentiable_loss(cvae.model, cvae.guide, b), data.train, epochs, 128,
+    cvae_curve = train(cvae, lambda b: elbo.differentiable_loss(cvae.model, cvae.guide, b), x_train, epochs, 128,
                        args.seed, x_valid, lambda v: evaluate(cvae, v, seed=args.seed)["neg_elbo"].mean)  # fmt: skip
 
     with torch.no_grad():
@@ -161,6 +163,7 @@ def main() -> None:
     given_only = paint(show, 0.5)  # grey where the network has to guess
     samples = cvae.complete(show, 4)
     rows = [show, given_only, paint(show, baseline.complete(show).detach()), *[paint(show, s) for s in samples]]
+    rows = [row.cpu() for row in rows]
     fig, ax = plt.subplots(figsize=(6, 5.4))
     ax.imshow(image_grid(torch.cat(rows), data.image_shape, len(rows)).numpy(), cmap="gray_r", vmin=0, vmax=1)
     labels = ["test digit", "given", "baseline", *[f"CVAE sample {i + 1}" for i in range(len(samples))]]

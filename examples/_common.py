@@ -17,10 +17,22 @@ def parse_args(doc: str, name: str) -> argparse.Namespace:
     parser.add_argument("--smoke-test", action="store_true", help="a few-second run with small sizes")
     parser.add_argument("--out", default=str(Path("runs") / "examples" / name), help="folder for figures and results")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto: CUDA when available)")
     args = parser.parse_args()
+    args.device = _device(parser, args.device)
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     return args
+
+
+def _device(parser: argparse.ArgumentParser, name: str):
+    from pyro_vae.config import ConfigError
+    from pyro_vae.train import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ConfigError as exc:
+        parser.error(f"--device: {exc}")
 
 
 def save_figure(fig, out: Path, name: str) -> Path:
@@ -37,13 +49,14 @@ def save_results(results: dict, out: Path) -> None:
     print(f"wrote {path}")
 
 
-def train_vae(run: Path, latent_dim: int, epochs: int, subset: int, seed: int, overrides: tuple[str, ...] = ()):
+def train_vae(run: Path, latent_dim: int, epochs: int, subset: int, seed: int, device, overrides: tuple[str, ...] = ()):
     """Train the default VAE with ``latent_dim`` (and any further ``section.key=value``
-    ``overrides``) into ``run`` via ``pyro_vae.fit``, continuing a run left there, and return
-    ``(config, vae with the best weights, data)``."""
+    ``overrides``) on ``device`` into ``run`` via ``pyro_vae.fit``, continuing a run left there,
+    and return ``(config, vae with the best weights on device, data)``; the data stay on the CPU
+    (move what you feed the model to ``device``)."""
     from pyro_vae import fit, load_config, load_run
 
     overrides = [f"model.latent_dim={latent_dim}", f"train.epochs={epochs}", f"data.subset={subset}",
-                 "eval.iwae_k=10", f"train.seed={seed}", *overrides]  # fmt: skip
+                 "eval.iwae_k=10", f"train.seed={seed}", f"train.device={device}", *overrides]  # fmt: skip
     fit(load_config(None, overrides), run, progress=False, figures=False, resume=(run / "checkpoints/last.pt").exists())
-    return load_run(run)
+    return load_run(run, device=str(device))

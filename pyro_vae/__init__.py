@@ -1,7 +1,6 @@
 """pyro-vae: a variational autoencoder written the probabilistic-programming way, in Pyro."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__  # noqa: F401
 from .config import ConfigError, ExperimentConfig, apply_overrides, load_config  # noqa: E402
 from .data import DATASETS, Splits, load_data  # noqa: E402
 from .elbos import ELBOS, build_elbo  # noqa: E402

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5000, help="importance samples per image (default 5000)")
     p.add_argument("--images", type=int, default=0, help="evenly spaced test images to use (default all)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("compare", help="measure the ELBO estimators on a trained run (values, variance, gradients)")
@@ -54,12 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-reps", type=int, default=50, help="gradient draws per estimator and P")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/compare)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("plot", help="(re)draw the figures of a run")
     p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
 
     p = sub.add_parser("config", help="print the resolved config as TOML")
     _config_args(p)
@@ -109,8 +110,8 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .data import evenly_spaced
     from .evaluate import as_dict, evaluate
+    from .pixels import evenly_spaced
     from .train import load_run
 
     if args.k < 1:
@@ -141,9 +142,9 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 
 
 def _compare(args) -> int:
-    from .data import evenly_spaced
     from .estimators import LabConfig, run_lab
     from .lab_report import format_table, write_outputs
+    from .pixels import evenly_spaced
     from .train import load_run
 
     lab = LabConfig(images=args.images, ks=_int_list(args.k, "--k"), particles=_int_list(args.particles, "--particles"),
@@ -163,7 +164,7 @@ def _plot(args) -> int:
     from .plots import make_figures
     from .train import load_run
 
-    _, vae, data = load_run(args.run)
+    _, vae, data = load_run(args.run, device=args.device)
     for path in make_figures(args.run, vae, data):
         print(path)
     return 0

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .registry import by_config_key
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on Python 3.10
@@ -234,20 +236,13 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Reject impossible values, naming what is accepted. Returns ``cfg`` unchanged."""
-    from . import data, elbos, guides, likelihoods, priors  # registries; imported late (no cycle)
-
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         _require(value in choices, f"{section}.{key} = {value!r} is not one of: {', '.join(choices)}")
-    for section, key, registry in (
-        ("data", "name", data.DATASETS),
-        ("model", "prior", priors.PRIORS),
-        ("model", "likelihood", likelihoods.LIKELIHOODS),
-        ("model", "guide", guides.GUIDES),
-        ("train", "elbo", elbos.ELBOS),
-    ):
+    for config_key, registry in by_config_key().items():  # component names (pyro_vae.registry)
+        section, key = config_key.split(".")
         value = getattr(getattr(cfg, section), key)
-        _require(value in registry, f"{section}.{key} = {value!r} is not one of: {', '.join(registry.names())}")
+        _require(value in registry, f"{config_key} = {value!r} is not one of: {', '.join(registry.names())}")
     positive = [
         ("model", "latent_dim"), ("train", "num_particles"), ("train", "epochs"),
         ("train", "batch_size"), ("train", "eval_batch_size"), ("eval", "iwae_k"),

@@ -3,7 +3,7 @@
 Every loader returns :class:`Splits`: float32 tensors of shape ``(N, D)`` with values in
 ``[0, 1]`` for ``train``, ``valid`` and ``test`` (plus test labels where the set has them).
 Images whose values are all multiples of 1/255 (binary ones included) are held as uint8 levels,
-a quarter of float32's memory, and decoded on access (:func:`encode`, :func:`decode`).
+a quarter of float32's memory, and decoded on access (:mod:`pyro_vae.pixels`).
 Bad data raises ``ValueError`` naming the file and the problem.
 
 Registered sets (``data.name``):
@@ -29,7 +29,6 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -37,11 +36,12 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+from .pixels import decode, encode, evenly_spaced
 from .registry import Registry
 
 log = logging.getLogger(__name__)
 
-DATASETS: Registry = Registry("data set")
+DATASETS: Registry = Registry("data set", config_key="data.name")
 
 SPLITS = ("train", "valid", "test")
 AMAT_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
@@ -57,26 +57,6 @@ EMBEDDED_FILE = "binarized_mnist.npz"
 # sha256 of the embedded arrays' bytes (train, valid, test bit-packed, then test_labels); it does
 # not depend on the zip container, so rebuilding with scripts/pack_binarized_mnist.py reproduces it
 EMBEDDED_SHA256 = "60212a411eb66b5a1e6d2c27001a738133135267975f9ea83411bfcc631f1a3b"
-
-
-def encode(x: torch.Tensor, rows: int = 4096) -> torch.Tensor:
-    """Images ``x`` (N, D) in [0, 1] as stored: uint8 levels ``k`` when every value is exactly
-    ``k / 255`` in float32 (so :func:`decode` gives ``x`` back bit for bit), else float32.
-    uint8 input is taken to be levels already. Works in row blocks: small temporaries."""
-    if x.dtype == torch.uint8:
-        return x
-    x = x.to(torch.float32)
-    levels = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
-    for block, out in zip(x.split(rows), levels.split(rows)):
-        out.copy_((block * 255).round_().clamp_(0, 255))
-        if not torch.equal(decode(out), block):
-            return x
-    return levels
-
-
-def decode(x: torch.Tensor) -> torch.Tensor:
-    """Stored images as float32 in [0, 1]: uint8 levels are divided by 255; floats pass through."""
-    return x.to(torch.float32).div_(255) if x.dtype == torch.uint8 else x
 
 
 class Splits:
@@ -127,13 +107,6 @@ class Splits:
                       self.dynamic_binarization, self.source)  # fmt: skip
 
 
-def evenly_spaced(total: int, n: int) -> torch.Tensor:
-    """Indices of ``min(n, total)`` evenly spaced items out of ``total`` (all when ``n`` is 0)."""
-    if n <= 0 or n >= total:
-        return torch.arange(total)
-    return torch.linspace(0, total - 1, n).round().long()
-
-
 def check_images(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
     """Validate one split and return it (N, D) in its stored form (:func:`encode`: uint8 levels
     for 8-bit images, else float32); raise ``ValueError`` naming ``source``. Integer input must
@@ -156,21 +129,6 @@ def check_images(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
             f"{source}: values must lie in [0, 1], found min {lo:g} and max {hi:g}; divide 8-bit images by 255"
         )
     return encode(x) if x.is_floating_point() else x.to(torch.uint8) * 255  # 0/1 integers as levels
-
-
-def blocks(x: torch.Tensor, rows: int = 4096) -> Iterator[torch.Tensor]:
-    """Float32 row blocks of images ``x`` (float, or uint8 levels): checks over a whole split
-    stream through these, so no float copy of the split is made."""
-    return (decode(block) for block in x.split(rows))
-
-
-def count_non_binary(x: torch.Tensor) -> int:
-    """How many values of ``x`` (float, or uint8 levels) are neither 0 nor 1."""
-    return sum(int(((block != 0) & (block != 1)).sum()) for block in blocks(x))
-
-
-def is_binary(x: torch.Tensor) -> bool:
-    return count_non_binary(x) == 0
 
 
 def _md5(path: Path) -> str:

@@ -43,12 +43,26 @@ class Context:
         return self.world_size > 1
 
 
+def check_gpus_per_node(processes_per_node: int, gpus: int) -> None:
+    """``ValueError`` when more processes than GPUs would share one machine under ``nccl``
+    (NCCL allows one process per GPU; it would fail later with "Duplicate GPU detected")."""
+    if processes_per_node > gpus:
+        raise ValueError(
+            f"{processes_per_node} processes per node were started on CUDA, but this machine has {gpus} GPU"
+            f"{'s' if gpus != 1 else ''}: NCCL needs one GPU per process. Start at most {gpus} (torchrun "
+            f"--nproc_per_node={gpus}), or train on the CPU with gloo (--set train.device=cpu)"
+        )
+
+
 def from_environment(use_cuda: bool) -> Context:
     """The context torchrun describes in the environment (a single process when it does not),
-    with the process group initialised (``nccl`` with CUDA, else ``gloo``)."""
+    with the process group initialised (``nccl`` with CUDA, else ``gloo``). With CUDA, more
+    processes on this machine than GPUs is a ``ValueError`` before any process group starts."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Context()
+    if use_cuda:
+        check_gpus_per_node(int(os.environ.get("LOCAL_WORLD_SIZE", world)), torch.cuda.device_count())
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if use_cuda else "gloo")

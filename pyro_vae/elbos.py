@@ -29,7 +29,7 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from .config import ConfigError, TrainConfig
 from .registry import Registry
 
-ELBOS: Registry = Registry("ELBO")
+ELBOS: Registry = Registry("ELBO", config_key="train.elbo")
 
 
 class _Flags:

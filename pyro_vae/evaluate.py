@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .data import decode
 from .model import VAE
+from .pixels import decode
 
 # Most floats held at once by the likelihood's parameters (chunk_K x batch x D): 4 MB in fp32, so the
 # temporaries of one chunk stay small (a larger chunk was no faster on CPU and raised peak memory).
@@ -75,8 +75,8 @@ def iwae_log_likelihood(
 def evaluate(vae: VAE, x: torch.Tensor, k: int = 1, batch_size: int = 1000, seed: int | None = 0,
              progress: bool = False, desc: str = "evaluate") -> dict[str, Estimate]:  # fmt: skip
     """Negative ELBO and (for ``k > 1``) negative IWAE log-likelihood of ``x`` (N, D), in nats.
-    ``x`` holds float images in [0, 1] or uint8 levels (:func:`pyro_vae.data.decode`), decoded
-    one batch at a time.
+    ``x`` holds float images in [0, 1] or uint8 levels (:func:`pyro_vae.pixels.decode`), on any
+    device: one batch at a time is moved to the model's device and decoded.
 
     Draws use a private RNG seeded with ``seed`` (the caller's RNG is left untouched), so the
     same images evaluated twice get the same samples: common random numbers across epochs.
@@ -86,7 +86,8 @@ def evaluate(vae: VAE, x: torch.Tensor, k: int = 1, batch_size: int = 1000, seed
         raise ValueError(f"the number of importance samples K must be at least 1, got {k}")
     was_training = vae.training
     vae.eval()
-    devices = [x.device] if x.device.type == "cuda" else []
+    device = next((p.device for p in vae.parameters()), x.device)  # the model's (a parameter-free one: x's)
+    devices = [device] if device.type == "cuda" else []
     bounds, elbos = [], []
     with torch.random.fork_rng(devices=devices):
         if seed is not None:
@@ -94,7 +95,7 @@ def evaluate(vae: VAE, x: torch.Tensor, k: int = 1, batch_size: int = 1000, seed
         batch_size = max(1, min(batch_size, x.shape[0]))
         batches = range(0, x.shape[0], batch_size)
         for start in tqdm(batches, desc=desc, disable=None if progress else True, unit="batch", leave=False):
-            bound, elbo = iwae_log_likelihood(vae, decode(x[start : start + batch_size]), k)
+            bound, elbo = iwae_log_likelihood(vae, decode(x[start : start + batch_size].to(device)), k)
             bounds.append(bound)
             elbos.append(elbo)
     vae.train(was_training)

@@ -21,7 +21,7 @@ from torch import nn
 from .nets import mlp
 from .registry import Registry
 
-GUIDES: Registry = Registry("guide")
+GUIDES: Registry = Registry("guide", config_key="model.guide")
 
 
 @GUIDES.register("diag_normal")

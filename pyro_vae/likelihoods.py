@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
 
-from .data import blocks, count_non_binary
+from .pixels import blocks, count_non_binary
 from .registry import Registry
 
-LIKELIHOODS: Registry = Registry("likelihood")
+LIKELIHOODS: Registry = Registry("likelihood", config_key="model.likelihood")
 
 
 def _check_range(x: torch.Tensor, source: str, name: str, fix: str) -> None:

@@ -13,8 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .data import Splits, decode, evenly_spaced  # noqa: E402
+from .data import Splits  # noqa: E402
 from .model import VAE  # noqa: E402
+from .pixels import decode, evenly_spaced  # noqa: E402
 
 
 def image_grid(images: torch.Tensor, image_shape: tuple[int, int], nrow: int) -> torch.Tensor:
@@ -62,11 +63,12 @@ def plot_images(images: torch.Tensor, image_shape, nrow: int, title: str, out: P
 
 
 @torch.no_grad()
-@torch.no_grad()
 def latent_means(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Means of q(z | x) for every image (float, or uint8 levels), (N, L)."""
+    """Means of q(z | x) for every image (float, or uint8 levels, on any device), (N, L) on the CPU."""
     vae.eval()
-    return torch.cat([vae.encoder.point(decode(x[i : i + batch_size])) for i in range(0, x.shape[0], batch_size)])
+    device = next(vae.parameters()).device
+    return torch.cat([vae.encoder.point(decode(x[i : i + batch_size].to(device))).cpu()
+                      for i in range(0, x.shape[0], batch_size)])  # fmt: skip
 
 
 def pca_2d(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

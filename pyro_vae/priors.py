@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
 
-from .data import decode
+from .pixels import decode
 from .registry import Registry
 
-PRIORS: Registry = Registry("prior")
+PRIORS: Registry = Registry("prior", config_key="model.prior")
 
 
 @PRIORS.register("standard_normal")

@@ -2,10 +2,14 @@
 
 Adding a component is one decorated class or function in one file::
 
-    PRIORS = Registry("prior")
+    PRIORS = Registry("prior", config_key="model.prior")
 
     @PRIORS.register("standard_normal")
     class StandardNormal(nn.Module): ...
+
+A registry made with ``config_key`` is listed in :func:`by_config_key`, which
+:func:`pyro_vae.config.validate` reads to check names: the config layer never imports the
+components (importing :mod:`pyro_vae` imports every component module, filling the registries).
 
 Only the factories (:func:`pyro_vae.model.build_vae`, :func:`pyro_vae.elbos.build_elbo`,
 :func:`pyro_vae.data.load_data`) turn names into objects.
@@ -18,13 +22,25 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+_BY_CONFIG_KEY: dict[str, Registry] = {}
+
+
+def by_config_key() -> dict[str, Registry]:
+    """The registries that name the value of a config key (``"model.prior"``: the priors)."""
+    return dict(_BY_CONFIG_KEY)
+
 
 class Registry(Generic[T]):
     """Maps names to components of one kind (``kind`` is used in error messages)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, config_key: str | None = None) -> None:
         self.kind = kind
+        self.config_key = config_key
         self._items: dict[str, T] = {}
+        if config_key is not None:
+            if config_key in _BY_CONFIG_KEY:
+                raise ValueError(f"config key {config_key!r} has a registry already: {_BY_CONFIG_KEY[config_key].kind}")
+            _BY_CONFIG_KEY[config_key] = self
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``; a name can be registered once."""

@@ -35,13 +35,15 @@ from pyro import poutine
 from tqdm.auto import tqdm
 
 from . import distributed
+from ._version import __version__
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .compat import check_compatible, check_data
 from .config import ConfigError, ExperimentConfig, from_dict, save_config
-from .data import Splits, decode, evenly_spaced, load_data
+from .data import Splits, load_data
 from .evaluate import as_dict, evaluate
 from .fast import build_loss
 from .model import VAE, build_vae
+from .pixels import decode, evenly_spaced
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,9 @@ class RunDir:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name != "auto" and name != "cpu" and not (name == "cuda" or (name[:5] == "cuda:" and name[5:].isdigit())):
+        raise ConfigError(f"device {name!r} is not one of: auto, cpu, cuda, cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -144,8 +149,6 @@ def check_resume_config(saved: ExperimentConfig, new: ExperimentConfig) -> None:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    from . import __version__
-
     info = {
         "python": sys.version.split()[0], "torch": torch.__version__, "pyro": pyro.__version__,
         "numpy": np.__version__, "pyro_vae": __version__, "platform": platform.platform(),
@@ -157,12 +160,17 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _state(vae, optim, sched, epoch, step, best, shuffle, cfg) -> dict[str, Any]:
+def _state(vae, optim, sched, epoch, step, best, shuffle, cfg, device) -> dict[str, Any]:
     return {
         "model": vae.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
         "epoch": epoch, "step": step, "best_valid": best, "shuffle_rng": shuffle.get_state(),
-        "rng": get_rng_state(), "config": cfg.to_dict(),
+        "rng": get_rng_state(), "config": cfg.to_dict(), "device": device.type,
     }  # fmt: skip
+
+
+def _saved_device(state: dict[str, Any]) -> str:
+    """The device type a checkpoint was written on (format 1 did not say: CUDA if it kept a CUDA RNG state)."""
+    return state.get("device") or ("cuda" if "cuda" in state.get("rng", {}) else "cpu")
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -196,7 +204,7 @@ def make_optimizer(vae: VAE, lr: float) -> torch.optim.Adam:
 def init_from_data(vae: VAE, x: torch.Tensor, seed: int) -> None:
     """Data-dependent initialisation: every component with an ``init_from_data(x, generator)``
     method (the VampPrior's pseudo-inputs) gets the training images (float32, or uint8 levels:
-    see :func:`pyro_vae.data.decode`) and a seeded generator."""
+    see :func:`pyro_vae.pixels.decode`) and a seeded generator."""
     for module in vae.modules():
         if module is not vae and callable(getattr(module, "init_from_data", None)):
             module.init_from_data(x, torch.Generator().manual_seed(seed))
@@ -322,6 +330,10 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
         if ctx.main:
             _truncate_metrics(run.metrics, epoch)
         log.info("resumed %s at epoch %d (step %d)", run.root, epoch, step)
+        if _saved_device(state) != device.type and ctx.main:
+            log.warning("this run was trained on %s and continues on %s: the weights, optimiser, schedule and data "
+                        "order carry over, but the random draws differ, so the result is not bit-exact with an "
+                        "uninterrupted run", _saved_device(state), device.type)  # fmt: skip
     elif run.metrics.exists() and ctx.main:
         run.metrics.unlink()
     step_loss = distributed.wrap_loss(vae, loss_fn, ctx)  # DDP broadcasts rank 0's weights here
@@ -330,7 +342,7 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
         """Write ``_state`` (with every rank's RNG state) to each path; a collective call."""
         rngs = distributed.gather(get_rng_state(), ctx)
         if ctx.main:
-            ckpt = _state(vae, optim, sched, epoch_done, step, best, shuffle, cfg)
+            ckpt = _state(vae, optim, sched, epoch_done, step, best, shuffle, cfg, device)
             ckpt.update(world_size=ctx.world_size, rng_ranks=rngs, **extra)
             for path in path_list:
                 save_checkpoint(ckpt, path)

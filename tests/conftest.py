@@ -15,6 +15,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run where a GPU is and are skipped, saying why, where none is."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; torch.cuda.is_available() is False here")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def assert_mc_close(estimate: float, target: float, se: float, *, n: int, seed: int, what: str, z_max: float = 4.0):
     """Assert that a Monte-Carlo ``estimate`` agrees with ``target`` within ``z_max`` standard errors."""
     z = (estimate - target) / se if se > 0 else (0.0 if estimate == target else math.inf)

@@ -44,7 +44,8 @@ def test_time_to_quality(tmp_path):
 
 def test_nll_recipe(tmp_path):
     _run("benchmarks/nll.py", "--name", "tiny", "--runs", str(tmp_path), "--results", str(tmp_path),
-         "--set", "data.subset=200", "--set", "train.epochs=1", "--set", "eval.iwae_k=5")  # fmt: skip
+         "--set", "data.subset=200", "--set", "train.epochs=1", "--set", "eval.iwae_k=5",
+         "--set", "train.device=cpu")  # fmt: skip
     record = json.loads((tmp_path / "tiny.json").read_text())
     assert record["iwae_k"] == 5 and record["epochs_run"] == 1 and record["test_nll"]["mean"] > 0
     assert "--set data.subset=200" in record["command"]
@@ -52,8 +53,8 @@ def test_nll_recipe(tmp_path):
 
 def test_ddp_throughput(tmp_path):
     out = tmp_path / "ddp.json"
-    _run("benchmarks/ddp_throughput.py", "--procs", "1,2", "--steps", "3", "--repeats", "1", "--batch", "64",
-         "--out", str(out))  # fmt: skip
+    _run("benchmarks/ddp_throughput.py", "--device", "cpu", "--procs", "1,2", "--steps", "3", "--repeats", "1",
+         "--batch", "64", "--out", str(out))  # fmt: skip
     record = json.loads(out.read_text())
     assert set(record["median_images_per_s"]) == {"1", "2"} and record["speedup_over_1"]["1"] == 1.0
     assert all(v > 0 for v in record["median_images_per_s"].values()) and record["machine"]["cpu_count"] > 0

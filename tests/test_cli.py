@@ -29,12 +29,12 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
     assert main([*resume, "--set", "train.epochs=2"]) == 0
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
 
-    assert main(["evaluate", str(run), "--k", "10", "--images", "50", "--no-progress"]) == 0
+    assert main(["evaluate", str(run), "--k", "10", "--images", "50", "--no-progress", "--device", "cpu"]) == 0
     record = json.loads((run / "evaluation_k10.json").read_text())
     assert record["k"] == 10 and record["images"] == 50 and record["nll"]["mean"] <= record["neg_elbo"]["mean"]
 
     small_lab = ["--images", "8", "--k", "1,10", "--particles", "1,2", "--reps", "4", "--grad-images", "4",
-                 "--grad-reps", "3", "--no-progress"]  # fmt: skip
+                 "--grad-reps", "3", "--no-progress", "--device", "cpu"]  # fmt: skip
     assert main(["compare", str(run), *small_lab]) == 0
     out = capsys.readouterr().out
     assert "TraceMeanField_ELBO" in out and "score function" in out
@@ -44,7 +44,7 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
         "estimator_spread.png", "gradient_snr.png", "iwae_vs_k.png"]  # fmt: skip
     assert "| negative ELBO, hand-written closed form |" in (run / "compare" / "report.md").read_text()
 
-    assert main(["plot", str(run)]) == 0
+    assert main(["plot", str(run), "--device", "cpu"]) == 0
     assert "latents.png" in capsys.readouterr().out
 
     assert main(["train", "--out", str(run), "--overwrite", "--no-progress", "--no-figures",

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pyro_vae import data as D
+from pyro_vae import pixels as P
 from pyro_vae.compat import check_data
 from pyro_vae.config import DataConfig, ModelConfig
 from pyro_vae.model import build_vae
@@ -142,8 +143,8 @@ def test_torchvision_sets(mnist_root, binarize, name):
     assert splits.train.shape == (200, 784) and splits.valid.shape == (100, 784) and splits.test.shape == (10000, 784)
     assert splits.test_labels.shape == (10000,)
     assert splits.dynamic_binarization == (binarize == "dynamic")
-    assert D.is_binary(splits.test) == (binarize != "none")
-    assert D.is_binary(splits.train) == (binarize == "static")
+    assert P.is_binary(splits.test) == (binarize != "none")
+    assert P.is_binary(splits.train) == (binarize == "static")
     if binarize == "static":  # seeded: the same binarization every time
         assert torch.equal(splits.train, D.load_data(cfg).train)
     vae = build_vae(ModelConfig(latent_dim=2, hidden=(8,)), 784)
@@ -219,19 +220,19 @@ def test_eight_bit_images_are_stored_as_levels_and_decode_bit_for_bit():
     grey = levels.float() / 255  # how the torchvision loaders scale 8-bit images
     binary = torch.bernoulli(torch.full((5000, 7), 0.3), generator=torch.Generator().manual_seed(0))
     for x in (grey, binary, grey.double()):
-        stored = D.encode(x, rows=7)  # several blocks
+        stored = P.encode(x, rows=7)  # several blocks
         assert stored.dtype == torch.uint8, x.dtype
-        assert torch.equal(D.decode(stored), x.float()) and D.decode(stored).dtype == torch.float32
-    assert torch.equal(D.encode(grey), levels)
-    assert D.encode(levels) is levels  # levels pass through
+        assert torch.equal(P.decode(stored), x.float()) and P.decode(stored).dtype == torch.float32
+    assert torch.equal(P.encode(grey), levels)
+    assert P.encode(levels) is levels  # levels pass through
 
 
 @pytest.mark.parametrize("where", [0, 4999])  # in the first block, in the last
 def test_images_that_are_not_8_bit_stay_float32(where):
     x = torch.bernoulli(torch.full((5000, 7), 0.3), generator=torch.Generator().manual_seed(1))
     x[where, 3] = 0.5 + 2**-20  # one value between two grey levels
-    stored = D.encode(x, rows=1000)
-    assert stored.dtype == torch.float32 and torch.equal(stored, x) and D.decode(stored) is stored
+    stored = P.encode(x, rows=1000)
+    assert stored.dtype == torch.float32 and torch.equal(stored, x) and P.decode(stored) is stored
 
 
 def test_binarized_mnist_is_held_as_uint8_levels():
@@ -242,4 +243,4 @@ def test_binarized_mnist_is_held_as_uint8_levels():
         assert set(stored.unique().tolist()) == {0, 255}
     assert splits.train.dtype == torch.float32 and abs(splits.train.mean().item() - D.AMAT_MEANS["train"]) < 5e-5
     sub = splits.subset(10)
-    assert sub.stored("test").dtype == torch.uint8 and torch.equal(sub.test, splits.test[D.evenly_spaced(10000, 10)])
+    assert sub.stored("test").dtype == torch.uint8 and torch.equal(sub.test, splits.test[P.evenly_spaced(10000, 10)])

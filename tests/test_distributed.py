@@ -96,7 +96,8 @@ def test_two_gloo_ranks_equal_one_process_on_the_same_global_batches(tmp_path):
 def test_torchrun_trains_writes_once_and_resumes_exactly(tmp_path):
     run = tmp_path / "run"
     common = ["--set", "data.subset=256", "--set", "model.latent_dim=2", "--set", "model.hidden=16", "--set",
-              "train.batch_size=64", "--set", "eval.iwae_k=5", "--no-progress", "--no-figures"]  # fmt: skip
+              "train.batch_size=64", "--set", "eval.iwae_k=5", "--no-progress", "--no-figures",
+              "--set", "train.device=cpu"]  # gloo, on any machine  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
                 str(_free_port()), "-m", "pyro_vae", "train"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -120,3 +121,27 @@ def test_torchrun_trains_writes_once_and_resumes_exactly(tmp_path):
     single = [sys.executable, "-m", "pyro_vae", "train", "--resume", str(run), "--set", "train.epochs=3", *common[8:]]
     alone = subprocess.run(single, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert alone.returncode == 2 and "written by 2 processes; resume it with as many" in alone.stderr
+
+
+def test_more_processes_per_node_than_gpus_is_a_clear_error_before_any_process_group(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: pytest.fail("a group was started"))
+    with pytest.raises(ValueError, match=r"2 processes per node .* this machine has 1 GPU: NCCL needs one GPU per "
+                                         r"process\. Start at most 1 \(torchrun --nproc_per_node=1\), or train on "
+                                         r"the CPU with gloo \(--set train\.device=cpu\)"):  # fmt: skip
+        distributed.from_environment(use_cuda=True)
+    distributed.check_gpus_per_node(2, 2)  # one process per GPU is fine
+
+
+@pytest.mark.cuda
+def test_torchrun_with_more_processes_than_gpus_fails_with_the_clear_error(tmp_path):
+    procs = torch.cuda.device_count() + 1
+    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--master_port",
+            str(_free_port()), "-m", "pyro_vae", "train", "--out", str(tmp_path / "run"), "--device", "cuda",
+            "--no-progress", "--no-figures", "--set", "data.subset=256"]  # fmt: skip
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"{procs} processes per node were started on CUDA" in result.stderr, result.stderr[-3000:]
+    assert "Duplicate GPU" not in result.stderr and not (tmp_path / "run" / "checkpoints").exists()

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from pyro_vae import closed_form
-from pyro_vae.data import encode
 from pyro_vae.evaluate import evaluate, iwae_log_likelihood
 from pyro_vae.model import VAE
+from pyro_vae.pixels import encode
 from pyro_vae.priors import StandardNormal
 from tests.conftest import LinearGaussian, assert_mc_close, mean_se
 

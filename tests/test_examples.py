@@ -13,9 +13,9 @@ from tests.conftest import ROOT
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("[0-9][0-9]_*.py"))
 
 
-def run_example(name: str, out) -> dict:
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / name), "--smoke-test", "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+def run_example(name: str, out, device: str = "cpu") -> dict:
+    argv = [sys.executable, str(ROOT / "examples" / name), "--smoke-test", "--out", str(out), "--device", device]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "results.json").read_text())
 
@@ -113,8 +113,15 @@ CHECKS = {
 }
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_example(name, tmp_path):
-    results = run_example(name, tmp_path)
+def test_example(name, device, tmp_path):
+    results = run_example(name, tmp_path, device)
     for figure in CHECKS[name](results, tmp_path):
         assert (tmp_path / figure).stat().st_size > 0, figure
+
+
+def test_a_bad_device_is_a_usage_error(tmp_path):
+    argv = [sys.executable, str(ROOT / "examples" / EXAMPLES[0]), "--out", str(tmp_path), "--device", "tpu"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--device: device 'tpu' is not one of: auto, cpu, cuda, cuda:N" in result.stderr

@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 EPOCHS = 5
 ARGS = ["--no-progress", "--no-figures", "--set", "data.subset=1200", "--set", "model.latent_dim=2", "--set",
         "model.hidden=16", "--set", "train.batch_size=100", "--set", "eval.iwae_k=5", "--set",
-        "train.eval_batch_size=600", "--set", f"train.epochs={EPOCHS}"]  # fmt: skip
+        "train.eval_batch_size=600", "--set", f"train.epochs={EPOCHS}", "--set", "train.device=cpu"]  # fmt: skip
 
 # Runs the CLI with torch.save slowed down: it announces (marker file) that a checkpoint of the
 # given epoch is half written, then sleeps, so the test can kill it mid-write.

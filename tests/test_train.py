@@ -21,7 +21,7 @@ from pyro_vae.config import ConfigError, ModelConfig, apply_overrides, load_conf
 from pyro_vae.model import build_vae
 
 SMALL = ["data.subset=384", "model.latent_dim=2", "model.hidden=16", "train.batch_size=128",
-         "train.eval_batch_size=200", "eval.iwae_k=20", "train.epochs=2"]  # fmt: skip
+         "train.eval_batch_size=200", "eval.iwae_k=20", "train.epochs=2", "train.device=cpu"]  # fmt: skip
 
 
 def small_cfg(*extra):
@@ -177,8 +177,8 @@ def test_resume_config_check_allows_only_listed_keys():
 
 def test_the_default_model_learns_on_the_full_data(tmp_path):
     """Two epochs of the default configuration on all 50,000 training images."""
-    summary = T.fit(load_config(None, ["train.epochs=2", "eval.iwae_k=2", "eval.iwae_images=500"]),
-                    tmp_path / "run", progress=False, figures=False)  # fmt: skip
+    cfg = load_config(None, ["train.epochs=2", "eval.iwae_k=2", "eval.iwae_images=500", "train.device=cpu"])
+    summary = T.fit(cfg, tmp_path / "run", progress=False, figures=False)
     final = summary["final"]
     assert final["valid_neg_elbo"]["mean"] < 140, final  # untrained: ~575 nats; 2 epochs: ~130
     assert summary["images_per_s"] > 1000

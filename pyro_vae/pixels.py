@@ -1,0 +1,54 @@
+"""Pixel helpers shared by the data loaders and the components: the stored form of images
+(uint8 grey levels for 8-bit images, else float32) and streaming over row blocks.
+
+The lowest layer beside :mod:`pyro_vae.config` and :mod:`pyro_vae.registry`: priors and
+likelihoods use these without importing the data module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+def encode(x: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """Images ``x`` (N, D) in [0, 1] as stored: uint8 levels ``k`` when every value is exactly
+    ``k / 255`` in float32 (so :func:`decode` gives ``x`` back bit for bit), else float32.
+    uint8 input is taken to be levels already. Works in row blocks: small temporaries."""
+    if x.dtype == torch.uint8:
+        return x
+    x = x.to(torch.float32)
+    levels = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+    for block, out in zip(x.split(rows), levels.split(rows)):
+        out.copy_((block * 255).round_().clamp_(0, 255))
+        if not torch.equal(decode(out), block):
+            return x
+    return levels
+
+
+def decode(x: torch.Tensor) -> torch.Tensor:
+    """Stored images as float32 in [0, 1]: uint8 levels are divided by 255; floats pass through."""
+    return x.to(torch.float32).div_(255) if x.dtype == torch.uint8 else x
+
+
+def evenly_spaced(total: int, n: int) -> torch.Tensor:
+    """Indices of ``min(n, total)`` evenly spaced items out of ``total`` (all when ``n`` is 0)."""
+    if n <= 0 or n >= total:
+        return torch.arange(total)
+    return torch.linspace(0, total - 1, n).round().long()
+
+
+def blocks(x: torch.Tensor, rows: int = 4096) -> Iterator[torch.Tensor]:
+    """Float32 row blocks of images ``x`` (float, or uint8 levels): checks over a whole split
+    stream through these, so no float copy of the split is made."""
+    return (decode(block) for block in x.split(rows))
+
+
+def count_non_binary(x: torch.Tensor) -> int:
+    """How many values of ``x`` (float, or uint8 levels) are neither 0 nor 1."""
+    return sum(int(((block != 0) & (block != 1)).sum()) for block in blocks(x))
+
+
+def is_binary(x: torch.Tensor) -> bool:
+    return count_non_binary(x) == 0
