@@ -122,7 +122,7 @@ class RunDir:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if name != "auto" and name != "cpu" and not (name == "cuda" or (name[:5] == "cuda:" and name[5:].isdigit())):
+    if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
         raise ConfigError(f"device {name!r} is not one of: auto, cpu, cuda, cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

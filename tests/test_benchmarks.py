@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from pyro_vae.elbos import ELBOS
 from tests.conftest import ROOT
 
@@ -33,13 +35,15 @@ def test_throughput(tmp_path):
     assert tables.count("| hand-written | ") == 2 and "(x1.00)" in tables
 
 
-def test_time_to_quality(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_time_to_quality(tmp_path, device):
     out = tmp_path / "ttq.json"
-    _run("benchmarks/time_to_quality.py", "--target", "400", "--check-every", "0.05", "--max-epochs", "0.2",
-         "--out", str(out))  # fmt: skip
+    _run("benchmarks/time_to_quality.py", "--device", device, "--target", "400", "--check-every", "0.05",
+         "--max-epochs", "0.2", "--out", str(out))  # fmt: skip
     record = json.loads(out.read_text())
     assert [r["implementation"] for r in record["results"]] == ["pyro-vae", "hand-written"]
     assert all(r["reached"] and r["train_s"] > 0 for r in record["results"])
+    assert record["machine"]["device"] == device
 
 
 def test_nll_recipe(tmp_path):
