@@ -475,7 +475,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
 
     cfg = load_config(run.config)
     state = load_checkpoint(getattr(run, which))
-    if state["config"] != cfg.to_dict():
+    if from_dict(state["config"]) != cfg:  # keys added since the run was written take their defaults on both sides
         raise ConfigError(f"{run.config} does not match the config stored in {getattr(run, which)}")
     data = load_data(cfg.data)
     vae = build_vae(cfg.model, data.data_dim)

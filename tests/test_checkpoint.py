@@ -107,6 +107,19 @@ def test_rng_states_round_trip_through_a_safe_checkpoint(tmp_path):
     assert (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()) == before
 
 
+def test_load_run_accepts_a_checkpoint_from_before_a_config_key_existed_but_not_a_different_config(small_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    state = C.load_checkpoint(run / "checkpoints" / "best.pt")
+    del state["config"]["train"]["patience"]  # as a run written before the key was added stores it
+    C.save_checkpoint(state, run / "checkpoints" / "best.pt")
+    assert T.load_run(run, device="cpu")[0].train.patience == 0
+    state["config"]["model"]["latent_dim"] = 3
+    C.save_checkpoint(state, run / "checkpoints" / "best.pt")
+    with pytest.raises(ValueError, match="does not match the config stored in"):
+        T.load_run(run, device="cpu")
+
+
 def test_a_checkpoint_of_another_format_is_a_clear_error(tmp_path):
     torch.save({"format_version": 7}, tmp_path / "c.pt")
     with pytest.raises(ValueError, match="not a pyro-vae checkpoint of format 1 or 2 \\(format_version: 7\\)"):
