@@ -170,7 +170,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     machines have; a state without CUDA (a run from a CPU) leaves the CUDA generators alone."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    numpy_state = _plain_rng(state)["numpy"]
+    numpy_state = state["numpy"]
     np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
                          numpy_state["has_gauss"], numpy_state["cached_gaussian"]))  # fmt: skip
     torch.set_rng_state(state["torch"].cpu())

@@ -272,9 +272,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _require(cfg.train.time_limit_min >= 0, f"train.time_limit_min = {cfg.train.time_limit_min} must be 0 or more")
     _require(cfg.train.lr > 0, f"train.lr = {cfg.train.lr} must be positive")
     _require(0 < cfg.train.lr_decay <= 1, f"train.lr_decay = {cfg.train.lr_decay} must be in (0, 1]")
-    device = cfg.train.device
-    _require(
-        device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()),
-        f"train.device = {device!r} is not one of: auto, cpu, cuda, cuda:N",
-    )
+    _require(is_device_name(cfg.train.device), f"train.device = {cfg.train.device!r} is not one of: {DEVICE_NAMES}")
     return cfg
+
+
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N"
+
+
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is one of :data:`DEVICE_NAMES` (``train.device``, and every ``--device``)."""
+    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())

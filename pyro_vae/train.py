@@ -38,7 +38,7 @@ from . import distributed
 from ._version import __version__
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .compat import check_compatible, check_data
-from .config import ConfigError, ExperimentConfig, from_dict, save_config
+from .config import DEVICE_NAMES, ConfigError, ExperimentConfig, from_dict, is_device_name, save_config
 from .data import Splits, load_data
 from .evaluate import as_dict, evaluate
 from .fast import build_loss
@@ -122,8 +122,8 @@ class RunDir:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
-        raise ConfigError(f"device {name!r} is not one of: auto, cpu, cuda, cuda:N")
+    if not is_device_name(name):
+        raise ConfigError(f"device {name!r} is not one of: {DEVICE_NAMES}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
