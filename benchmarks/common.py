@@ -3,6 +3,7 @@ training step, machine facts and the machine's matmul rate."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -14,8 +15,9 @@ import torch
 from pyro_vae import build_vae, load_config
 from pyro_vae.closed_form import neg_elbo_analytic
 from pyro_vae.config import ExperimentConfig
-from pyro_vae.fast import build_loss
-from pyro_vae.train import make_optimizer, train_step
+from pyro_vae.engine import StepEngine, choose_engine
+from pyro_vae.fast import build_loss, is_fast
+from pyro_vae.train import make_optimizer
 
 
 def no_validation() -> None:
@@ -68,13 +70,15 @@ def flops_per_image(cfg: ExperimentConfig, data_dim: int = 784, particles: int =
     return 6.0 * macs
 
 
-def hand_written_step(cfg: ExperimentConfig, device: torch.device, particles: int = 1):
+def hand_written_step(cfg: ExperimentConfig, device: torch.device, particles: int = 1, graph: bool = False):
     """The fairest fast plain-PyTorch step: the same networks (one fused encoder head), the
-    closed-form loss (analytic KL), ``Adam(fused=True)``, ``zero_grad(set_to_none=True)``.
-    Returns ``(step, vae, optim)``."""
+    closed-form loss (analytic KL), ``Adam(fused=True)``, ``zero_grad(set_to_none=True)``; with
+    ``graph`` (CUDA) the whole step captured in one CUDA graph that reads a static input buffer.
+    Returns ``(step, vae, optim)``: ``step(x)`` trains on the batch ``x``."""
     torch.manual_seed(0)
     vae = build_vae(cfg.model, 784).to(device)
-    optim = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr, fused=True)
+    lr = torch.tensor(cfg.train.lr, device=device) if graph else cfg.train.lr  # a captured lr is read from memory
+    optim = torch.optim.Adam(vae.parameters(), lr=lr, fused=True, capturable=graph)
     encoder, decoder = vae.encoder, vae.decoder
 
     def step(x: torch.Tensor) -> torch.Tensor:
@@ -86,20 +90,52 @@ def hand_written_step(cfg: ExperimentConfig, device: torch.device, particles: in
         optim.step()
         return loss
 
-    return step, vae, optim
+    if not graph:
+        return step, vae, optim
+    graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    def replay(x: torch.Tensor) -> None:
+        if x.shape[0] not in graphs:
+            static = x.clone()
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    step(static)
+            torch.cuda.current_stream(device).wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                step(static)
+            graphs[x.shape[0]] = (g, static)
+        g, static = graphs[x.shape[0]]
+        static.copy_(x)
+        g.replay()
+
+    return replay, vae, optim
 
 
-def project_step(cfg: ExperimentConfig, device: torch.device, x: torch.Tensor):
-    """The training step of :func:`pyro_vae.fit` for ``cfg``: its loss builder, optimizer and step.
-    Returns ``(step, vae, optim)``."""
+def project_step(cfg: ExperimentConfig, device: torch.device, pool: torch.Tensor):
+    """The training step of :func:`pyro_vae.fit` for ``cfg`` (its loss builder, optimizer and step
+    engine, ``train.engine``) over the device-resident images ``pool``, in shuffled passes as
+    ``fit`` runs them. Returns ``(step, vae, optim)``: ``step()`` trains on the next batch."""
     torch.manual_seed(0)
     vae = build_vae(cfg.model, 784).to(device)
     optim = make_optimizer(vae, cfg.train.lr)
-    loss_fn = build_loss(vae, cfg.train, x)
+    loss_fn = build_loss(vae, cfg.train, pool[: cfg.train.batch_size])
+    choice = choose_engine(cfg.train.engine, device, is_fast(loss_fn), False)
+    engine = StepEngine(loss_fn, optim, pool, cfg.train.batch_size, choice)
+    steps_per_pass = math.ceil(pool.shape[0] / cfg.train.batch_size)
+    order = torch.Generator().manual_seed(0)
+    done = {"steps": steps_per_pass}
 
-    def step(xb: torch.Tensor) -> torch.Tensor:
-        return train_step(loss_fn, optim, xb)
+    def step(_x: torch.Tensor | None = None) -> None:
+        if done["steps"] == steps_per_pass:
+            engine.start_epoch(torch.randperm(pool.shape[0], generator=order).to(device))
+            done["steps"] = 0
+        engine.step()
+        done["steps"] += 1
 
+    step.engine = choice.name
     return step, vae, optim
 
 

@@ -33,9 +33,10 @@ def worker(args) -> None:
     from pyro_vae import distributed
     from pyro_vae.config import load_config
     from pyro_vae.data import load_data
+    from pyro_vae.engine import train_step
     from pyro_vae.fast import build_loss
     from pyro_vae.model import build_vae
-    from pyro_vae.train import make_optimizer, train_step
+    from pyro_vae.train import make_optimizer
 
     use_cuda = args.device == "cuda"
     ctx = distributed.from_environment(use_cuda)

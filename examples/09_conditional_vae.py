@@ -33,11 +33,12 @@ from torch import nn
 from pyro_vae.config import DataConfig, TrainConfig
 from pyro_vae.data import load_data
 from pyro_vae.elbos import build_elbo
+from pyro_vae.engine import train_step
 from pyro_vae.evaluate import evaluate
 from pyro_vae.nets import mlp
 from pyro_vae.pixels import evenly_spaced
 from pyro_vae.plots import image_grid
-from pyro_vae.train import make_optimizer, train_step
+from pyro_vae.train import make_optimizer
 
 GRID = torch.arange(784).reshape(28, 28)
 GIVEN = GRID[:14, :14].flatten()  # the top-left quadrant

@@ -74,6 +74,9 @@ class TrainConfig:
     eval_batch_size: int = 1000  # images per batch when evaluating
     patience: int = 0  # stop after this many epochs without a better valid ELBO (0 = never)
     time_limit_min: float = 0.0  # stop after the epoch that takes training past this many minutes (0 = none)
+    engine: str = "auto"  # auto (graph on CUDA, eager on the CPU) | eager | graph | compiled: see pyro_vae.engine
+    sync_every: int = 0  # steps between host reads of the loss (progress, signals); 0 = 1 on the CPU, 100 on CUDA
+    matmul_precision: str = "highest"  # highest (fp32 matrix products) | high (TF32 on GPUs that have it)
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,13 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
+TRAIN_ENGINES = ("auto", "eager", "graph", "compiled")  # pyro_vae.engine
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
 _CHOICES = {
     ("data", "binarize"): ("none", "static", "dynamic"),
     ("model", "activation"): ("relu", "softplus", "tanh", "elu", "gelu"),
+    ("train", "engine"): TRAIN_ENGINES,
+    ("train", "matmul_precision"): ("highest", "high"),
 }
 
 
@@ -251,7 +257,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for section, key in positive:
         value = getattr(getattr(cfg, section), key)
         _require(value >= 1, f"{section}.{key} = {value} must be at least 1")
-    for section, key in [("data", "valid_size"), ("data", "subset"), ("eval", "iwae_images"), ("train", "patience")]:
+    for section, key in [("data", "valid_size"), ("data", "subset"), ("eval", "iwae_images"), ("train", "patience"),
+                         ("train", "sync_every")]:  # fmt: skip
         value = getattr(getattr(cfg, section), key)
         _require(value >= 0, f"{section}.{key} = {value} must be 0 or more")
     _require(

@@ -34,7 +34,7 @@ from torch.distributions import Independent, kl_divergence
 from tqdm.auto import tqdm
 
 from . import closed_form
-from .evaluate import MAX_ELEMENTS, iwae_log_likelihood
+from .evaluate import iwae_log_likelihood, max_elements
 from .guides import DiagNormal
 from .likelihoods import Bernoulli
 from .model import VAE
@@ -108,7 +108,7 @@ def elbo_terms(vae: VAE, x: torch.Tensor, num_particles: int) -> dict[str, torch
     ``log_lik + log_prior - log_q``; the analytic one (``TraceMeanField_ELBO``) ``log_lik - kl``.
     Particles are drawn in chunks so that memory stays bounded.
     """
-    chunk = max(1, MAX_ELEMENTS // (x.shape[0] * x.shape[1]))
+    chunk = max(1, max_elements(x.device) // (x.shape[0] * x.shape[1]))
     pieces = [_elbo_terms(vae, x, min(chunk, num_particles - s)) for s in range(0, num_particles, chunk)]
     return {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
 
@@ -152,7 +152,7 @@ def has_closed_form(vae: VAE) -> bool:
 def closed_form_particles(vae: VAE, x: torch.Tensor, num_particles: int) -> torch.Tensor:
     """Negative ELBO of the hand-written closed form (analytic KL), (num_particles, B)."""
     loc, scale = vae.encoder.loc_scale(x)
-    chunk = max(1, MAX_ELEMENTS // (x.shape[0] * x.shape[1]))
+    chunk = max(1, max_elements(x.device) // (x.shape[0] * x.shape[1]))
     out = []
     for start in range(0, num_particles, chunk):
         eps = torch.randn((min(chunk, num_particles - start), *loc.shape), dtype=loc.dtype, device=loc.device)

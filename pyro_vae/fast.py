@@ -103,6 +103,11 @@ class FastELBO:
         return -log_w.sum() / self.num_particles
 
 
+def is_fast(loss_fn: Callable) -> bool:
+    """Whether ``loss_fn`` (from :func:`build_loss`) is the fast path's."""
+    return isinstance(getattr(loss_fn, "__self__", None), FastELBO)
+
+
 def _pyro_loss(vae: VAE, elbo) -> Callable[..., torch.Tensor]:
     """``(x, beta=None) -> loss`` through Pyro's ``elbo.differentiable_loss``. A JIT ELBO sees the
     parameters only through the param store, so its model and guide register the VAE there

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,9 @@ from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng
 from .compat import check_compatible, check_data
 from .config import DEVICE_NAMES, ConfigError, ExperimentConfig, from_dict, is_device_name, save_config
 from .data import Splits, load_data
+from .engine import StepEngine, choose_engine
 from .evaluate import as_dict, evaluate
-from .fast import build_loss
+from .fast import build_loss, is_fast
 from .model import VAE, build_vae
 from .pixels import decode, evenly_spaced
 
@@ -50,7 +52,8 @@ log = logging.getLogger(__name__)
 # Keys a resumed run may change; any other difference from the saved config is an error.
 RESUMABLE = {
     ("train", "epochs"), ("train", "patience"), ("train", "time_limit_min"), ("train", "device"),
-    ("train", "eval_batch_size"), ("train", "fast_path"), ("eval", "iwae_k"), ("eval", "iwae_images"),
+    ("train", "eval_batch_size"), ("train", "fast_path"), ("train", "engine"), ("train", "sync_every"),
+    ("eval", "iwae_k"), ("eval", "iwae_images"),
 }  # fmt: skip
 
 
@@ -160,14 +163,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _state(vae, optim, sched, epoch, step, best, shuffle, cfg, device) -> dict[str, Any]:
-    return {
-        "model": vae.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
-        "epoch": epoch, "step": step, "best_valid": best, "shuffle_rng": shuffle.get_state(),
-        "rng": get_rng_state(), "config": cfg.to_dict(), "device": device.type,
-    }  # fmt: skip
-
-
 def _saved_device(state: dict[str, Any]) -> str:
     """The device type a checkpoint was written on (format 1 did not say: CUDA if it kept a CUDA RNG state)."""
     return state.get("device") or ("cuda" if "cuda" in state.get("rng", {}) else "cpu")
@@ -245,48 +240,167 @@ def kl_weight(step: int, warmup_steps: float) -> float | None:
     return step / warmup_steps if step < warmup_steps else None
 
 
-def train_step(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, beta: float | None = None,
-               denominator: float | None = None, ctx: distributed.Context | None = None) -> torch.Tensor:  # fmt: skip
-    """One SVI step on the batch ``x``: the negative ELBO per image (its KL term weighted by
-    ``beta`` when given), its gradients, an optimizer step. Returns the loss (detached); a
-    non-finite loss is returned without stepping.
-
-    Data-parallel (``ctx`` with several ranks, ``loss_fn`` a DDP module): ``x`` is this rank's
-    shard and ``denominator`` the global batch size over the world size, so the averaged gradient
-    is the global batch's; the returned loss is the global mean, identical on every rank."""
-    loss = (loss_fn(x) if beta is None else loss_fn(x, beta)) / (x.shape[0] if denominator is None else denominator)
-    optim.zero_grad(set_to_none=True)
-    loss.backward()
-    value = loss.detach()
-    if ctx is not None and ctx.active:
-        value = distributed.all_sum(value, ctx) / ctx.world_size
-    if torch.isfinite(value):
-        optim.step()
-    return value
+@contextmanager
+def matmul_precision(precision: str):
+    """``torch.set_float32_matmul_precision(precision)`` while training, restored afterwards."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
-def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True,
-        figures: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Train ``cfg`` into run folder ``out`` (or continue it with ``resume``); return the summary.
+class _Trainer:
+    """The objects of one training run (data, VAE, optimiser, schedule, step engine) and where it
+    stands (epoch, step, best valid, patience count, training time, a part-done epoch), set up for
+    a new run or restored from the checkpoint ``state``. :func:`fit` drives it."""
 
-    Every epoch: one pass over the shuffled training split with the configured Pyro ELBO and
-    Adam, then the negative ELBO of the valid and test splits, a line in ``metrics.jsonl`` and
-    an atomic checkpoint. At the end the best-on-valid weights are evaluated with the IWAE bound.
-    Under torchrun it trains data-parallel (:mod:`pyro_vae.distributed`): rank 0 writes the run
-    folder and returns the summary, the other ranks return ``{}``.
-    """
-    run = RunDir(Path(out))
-    t_start = time.perf_counter()
-    device = resolve_device(cfg.train.device)
-    ctx = distributed.from_environment(device.type == "cuda")
-    if ctx.active and device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank)
-    progress = progress and ctx.main
+    def __init__(self, cfg: ExperimentConfig, run: RunDir, device: torch.device, ctx: distributed.Context,
+                 state: dict[str, Any] | None, progress: bool) -> None:  # fmt: skip
+        self.cfg, self.run, self.device, self.ctx, self.progress = cfg, run, device, ctx, progress
+        pyro.set_rng_seed(cfg.train.seed)
+        self.data = data = load_data(cfg.data)
+        self.vae = vae = build_vae(cfg.model, data.data_dim)
+        check_data(vae, data)
+        vae.to(device)
+        # The splits stay in their stored form (uint8 levels for 8-bit images); batches are decoded.
+        self.x_train, self.x_valid, self.x_test = (data.stored(s).to(device) for s in ("train", "valid", "test"))
+        first = decode(self.x_train[: cfg.train.batch_size])
+        check_compatible(vae, cfg, (first > 0.5).to(first.dtype) if data.dynamic_binarization else first)
+        init_from_data(vae, self.x_train, cfg.train.seed)
+        self.optim = make_optimizer(vae, cfg.train.lr)
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.optim, gamma=cfg.train.lr_decay)
+        loss_fn = build_loss(vae, cfg.train, first)
+        self.shuffle = torch.Generator().manual_seed(cfg.train.seed)
+        if ctx.active:
+            pyro.set_rng_seed(cfg.train.seed + ctx.rank)  # every rank draws its own z
+        self.epoch, self.step, self.best, self.stale, self.train_time = 0, 0, math.inf, 0, 0.0
+        self.partial: dict[str, Any] | None = None  # an epoch stopped part-way by a signal
+        if state is not None:
+            self._restore(state)
+        self.steps_per_epoch = math.ceil(self.x_train.shape[0] / cfg.train.batch_size)
+        self.warmup_steps = cfg.train.kl_warmup_epochs * self.steps_per_epoch
+        choice = choose_engine(cfg.train.engine, device, is_fast(loss_fn), ctx.active)
+        if choice.reason and ctx.main:
+            log.info("%s", choice.reason)
+        self.engine = StepEngine(distributed.wrap_loss(vae, loss_fn, ctx), self.optim, self.x_train,  # DDP broadcasts
+                                 cfg.train.batch_size, choice, binarize=data.dynamic_binarization,  # rank 0's weights
+                                 warmup_steps=self.warmup_steps, ctx=ctx)  # fmt: skip
+        self.sync_every = cfg.train.sync_every or (100 if device.type == "cuda" else 1)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.vae.load_state_dict(state["model"])
+        self.optim.load_state_dict(state["optim"])
+        self.sched.load_state_dict(state["sched"])
+        self.shuffle.set_state(state["shuffle_rng"])
+        set_rng_state(state["rng_ranks"][self.ctx.rank] if "rng_ranks" in state else state["rng"])
+        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_valid"]
+        self.stale = state.get("stale", 0)
+        self.partial = state.get("partial")
+        self.train_time = state.get("train_time", 0.0) - (self.partial["epoch_time"] if self.partial else 0.0)
+        log.info("resumed %s at epoch %d (step %d)", self.run.root, self.epoch, self.step)
+        if _saved_device(state) != self.device.type and self.ctx.main:
+            log.warning("this run was trained on %s and continues on %s: the weights, optimiser, schedule and data "
+                        "order carry over, but the random draws differ, so the result is not bit-exact with an "
+                        "uninterrupted run", _saved_device(state), self.device.type)  # fmt: skip
+
+    def should_stop(self) -> bool:
+        """Out of epochs, of time (``train.time_limit_min``) or of patience (``train.patience``)."""
+        t = self.cfg.train
+        out_of_time = t.time_limit_min and self.train_time >= 60 * t.time_limit_min
+        return bool(self.epoch >= t.epochs or out_of_time or (t.patience and self.stale >= t.patience))
+
+    def checkpoint(self, paths: list[Path], epoch_done: int, **extra) -> None:
+        """Write the run's state (with every rank's RNG state) to each path; a collective call."""
+        rngs = distributed.gather(get_rng_state(), self.ctx)
+        if self.ctx.main:
+            ckpt = {
+                "model": self.vae.state_dict(), "optim": self.optim.state_dict(), "sched": self.sched.state_dict(),
+                "epoch": epoch_done, "step": self.step, "best_valid": self.best,
+                "shuffle_rng": self.shuffle.get_state(), "rng": get_rng_state(), "config": self.cfg.to_dict(),
+                "device": self.device.type, "world_size": self.ctx.world_size, "rng_ranks": rngs,
+                "train_time": self.train_time, "stale": self.stale, **extra,
+            }  # fmt: skip
+            for path in paths:
+                save_checkpoint(ckpt, path)
+
+    def train_epoch(self, stop: _StopRequests) -> tuple[float, float]:
+        """One pass over the shuffled training split (or the rest of an interrupted one); returns
+        the mean training loss and the epoch's training seconds."""
+        self.epoch += 1
+        self.vae.train()
+        n, engine = self.x_train.shape[0], self.engine
+        if self.partial:  # continue the epoch a signal interrupted, where it stopped
+            p = self.partial
+            perm, start, total, time_before = p["perm"].to(self.device), p["batch"], p["total"], p["epoch_time"]
+            self.partial = None
+        else:
+            perm, start, total, time_before = torch.randperm(n, generator=self.shuffle).to(self.device), 0, 0.0, 0.0
+        engine.start_epoch(perm, start, total, self.step)
+        first_step, seen, t0 = self.step, total, time.perf_counter()
+        bar = tqdm(range(start, self.steps_per_epoch), desc=f"epoch {self.epoch}/{self.cfg.train.epochs}",
+                   unit="step", initial=start, total=self.steps_per_epoch, disable=not self.progress or None,
+                   leave=False)  # fmt: skip
+        with pyro.validation_enabled(False):  # data were validated up front: keep the hot loop lean
+            for i in bar:
+                engine.step()
+                self.step += 1
+                last = i + 1 == self.steps_per_epoch
+                if (i + 1 - start) % self.sync_every and not last:
+                    continue
+                reading = engine.read()
+                if reading.bad_step is not None:
+                    raise self._non_finite(reading, start + reading.bad_step - first_step)
+                images = sum(engine.size(j) for j in range(max(start, i + 1 - self.sync_every), i + 1))
+                bar.set_postfix(loss=f"{(reading.total - seen) / images:.2f}", refresh=False)
+                seen = reading.total
+                if not last and _any_rank(stop.received is not None, self.ctx):
+                    elapsed = time_before + time.perf_counter() - t0
+                    self.checkpoint([self.run.last], self.epoch - 1, train_time=self.train_time + elapsed,
+                                    partial={"perm": perm.cpu(), "batch": i + 1, "total": reading.total,
+                                             "epoch_time": elapsed})  # fmt: skip
+                    raise _interrupted(stop.received or signal.SIGTERM, f"step {self.step} (epoch {self.epoch}, "
+                                       f"batch {i + 1} of {self.steps_per_epoch})", self.run)  # fmt: skip
+        epoch_time = time_before + time.perf_counter() - t0
+        self.train_time += epoch_time
+        self.sched.step()
+        return seen / n, epoch_time
+
+    def _non_finite(self, reading, batch: int) -> TrainingError:
+        return TrainingError(
+            f"the training loss became {reading.bad_value} at step {reading.bad_step + 1} (epoch {self.epoch}): "
+            f"{diagnose(self.vae, self.engine.images(batch))}. The last good checkpoint, {self.run.last}, is "
+            "kept; try a smaller train.lr, or KL warm-up (train.kl_warmup_epochs)"
+        )
+
+    def end_epoch(self, train_loss: float, epoch_time: float) -> None:
+        """Evaluate valid and test, log a metrics line, checkpoint (and keep the best on valid)."""
+        kw = dict(batch_size=self.cfg.train.eval_batch_size, seed=self.cfg.eval.seed)
+        valid = evaluate(self.vae, self.x_valid, **kw)["neg_elbo"]
+        test = evaluate(self.vae, self.x_test, **kw)["neg_elbo"]
+        n = self.x_train.shape[0]
+        record = {
+            "epoch": self.epoch, "step": self.step, "train_neg_elbo": train_loss, "valid_neg_elbo": valid.mean,
+            "test_neg_elbo": test.mean, "lr": float(self.optim.param_groups[0]["lr"]), "epoch_time_s": epoch_time,
+            "kl_weight": kl_weight(self.step, self.warmup_steps) or 1.0, "images_per_s": n / epoch_time,
+        }  # fmt: skip
+        if self.ctx.main:
+            _append_jsonl(self.run.metrics, record)
+            log.info("epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)", self.epoch, train_loss,
+                     valid.mean, test.mean, record["images_per_s"])  # fmt: skip
+        improved = valid.mean < self.best
+        self.best, self.stale = (valid.mean, 0) if improved else (self.best, self.stale + 1)
+        self.checkpoint([self.run.best, self.run.last] if improved else [self.run.last], self.epoch)
+
+
+def _open_run(run: RunDir, cfg: ExperimentConfig, ctx: distributed.Context, resume: bool) -> dict[str, Any] | None:
+    """Check the run folder (a new run needs an empty one; a resumed run a compatible config) and
+    write its config; returns the checkpoint to resume from, or None."""
     state = None
     if resume:
         state = load_checkpoint(run.last)
-        saved = from_dict(state["config"])
-        check_resume_config(saved, cfg)
+        check_resume_config(from_dict(state["config"]), cfg)
         if state.get("world_size", 1) != ctx.world_size:
             raise ConfigError(f"{run.last} was written by {state.get('world_size', 1)} processes; resume it with as "
                               f"many (this is {ctx.world_size})")  # fmt: skip
@@ -298,137 +412,52 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
         save_config(cfg, run.config)
         for stale_tmp in run.last.parent.glob(".*.tmp"):  # left by a process killed mid-write
             stale_tmp.unlink()
+        if state is not None:
+            _truncate_metrics(run.metrics, state["epoch"])
+        elif run.metrics.exists():
+            run.metrics.unlink()
+    return state
 
-    pyro.set_rng_seed(cfg.train.seed)
-    data = load_data(cfg.data)
-    vae = build_vae(cfg.model, data.data_dim)
-    check_data(vae, data)
-    vae.to(device)
-    # The splits stay in their stored form (uint8 levels for 8-bit images); batches are decoded.
-    x_train, x_valid, x_test = (data.stored(s).to(device) for s in ("train", "valid", "test"))
-    first_batch = decode(x_train[: cfg.train.batch_size])
-    check_compatible(vae, cfg, (first_batch > 0.5).to(first_batch.dtype) if data.dynamic_binarization else first_batch)
-    init_from_data(vae, x_train, cfg.train.seed)
-    optim = make_optimizer(vae, cfg.train.lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(optim, gamma=cfg.train.lr_decay)
-    loss_fn = build_loss(vae, cfg.train, first_batch)
-    shuffle = torch.Generator().manual_seed(cfg.train.seed)
-    if ctx.active:
-        pyro.set_rng_seed(cfg.train.seed + ctx.rank)  # every rank draws its own z
-    epoch, step, best, stale, train_time, partial = 0, 0, math.inf, 0, 0.0, None
 
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        optim.load_state_dict(state["optim"])
-        sched.load_state_dict(state["sched"])
-        shuffle.set_state(state["shuffle_rng"])
-        set_rng_state(state["rng_ranks"][ctx.rank] if "rng_ranks" in state else state["rng"])
-        epoch, step, best = state["epoch"], state["step"], state["best_valid"]
-        stale = state.get("stale", 0)
-        partial = state.get("partial")  # an epoch stopped part-way by a signal
-        train_time = state.get("train_time", 0.0) - (partial["epoch_time"] if partial else 0.0)
-        if ctx.main:
-            _truncate_metrics(run.metrics, epoch)
-        log.info("resumed %s at epoch %d (step %d)", run.root, epoch, step)
-        if _saved_device(state) != device.type and ctx.main:
-            log.warning("this run was trained on %s and continues on %s: the weights, optimiser, schedule and data "
-                        "order carry over, but the random draws differ, so the result is not bit-exact with an "
-                        "uninterrupted run", _saved_device(state), device.type)  # fmt: skip
-    elif run.metrics.exists() and ctx.main:
-        run.metrics.unlink()
-    step_loss = distributed.wrap_loss(vae, loss_fn, ctx)  # DDP broadcasts rank 0's weights here
+def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True,
+        figures: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Train ``cfg`` into run folder ``out`` (or continue it with ``resume``); return the summary.
 
-    def checkpoint(path_list, epoch_done, **extra) -> None:
-        """Write ``_state`` (with every rank's RNG state) to each path; a collective call."""
-        rngs = distributed.gather(get_rng_state(), ctx)
-        if ctx.main:
-            ckpt = _state(vae, optim, sched, epoch_done, step, best, shuffle, cfg, device)
-            ckpt.update(world_size=ctx.world_size, rng_ranks=rngs, **extra)
-            for path in path_list:
-                save_checkpoint(ckpt, path)
-
-    n, bs = x_train.shape[0], cfg.train.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    warmup_steps = cfg.train.kl_warmup_epochs * steps_per_epoch
-    evaluate_kw = dict(batch_size=cfg.train.eval_batch_size, seed=cfg.eval.seed)
-
-    def should_stop() -> bool:
-        out_of_time = cfg.train.time_limit_min and train_time >= 60 * cfg.train.time_limit_min
-        return bool(out_of_time or (cfg.train.patience and stale >= cfg.train.patience))
-
-    with _StopRequests() as stop:
-        while epoch < cfg.train.epochs and not should_stop():
-            epoch += 1
-            vae.train()
-            if partial:  # continue the epoch a signal interrupted, where it stopped
-                perm, start, total, time_before = (partial["perm"].to(device), partial["batch"], partial["total"],
-                                                   partial["epoch_time"])  # fmt: skip
-                partial = None
-            else:
-                perm, start, total, time_before = torch.randperm(n, generator=shuffle).to(device), 0, 0.0, 0.0
-            t0 = time.perf_counter()
-            bar = tqdm(range(start, steps_per_epoch), desc=f"epoch {epoch}/{cfg.train.epochs}", unit="step",
-                       initial=start, total=steps_per_epoch, disable=not progress or None, leave=False)  # fmt: skip
-            with pyro.validation_enabled(False):  # data were validated up front: keep the hot loop lean
-                for i in bar:
-                    batch = perm[i * bs : (i + 1) * bs]
-                    xb = decode(x_train[distributed.shard(batch, ctx)])
-                    if data.dynamic_binarization:
-                        xb = torch.bernoulli(xb)
-                    beta = kl_weight(step + 1, warmup_steps)
-                    value = train_step(step_loss, optim, xb, beta, len(batch) / ctx.world_size, ctx).item()
-                    step += 1
-                    if not math.isfinite(value):
-                        raise TrainingError(
-                            f"the training loss became {value} at step {step} (epoch {epoch}): "
-                            f"{diagnose(vae, xb)}. The last good checkpoint, {run.last}, is kept; "
-                            "try a smaller train.lr, or KL warm-up (train.kl_warmup_epochs)"
-                        )
-                    total += value * len(batch)
-                    if i % 20 == 0:
-                        bar.set_postfix(loss=f"{value:.2f}")
-                    if _any_rank(stop.received is not None, ctx) and i + 1 < steps_per_epoch:
-                        elapsed = time_before + time.perf_counter() - t0
-                        checkpoint([run.last], epoch - 1, train_time=train_time + elapsed, stale=stale,
-                                   partial={"perm": perm.cpu(), "batch": i + 1, "total": total,
-                                            "epoch_time": elapsed})  # fmt: skip
-                        raise _interrupted(stop.received or signal.SIGTERM, f"step {step} (epoch {epoch}, batch "
-                                           f"{i + 1} of {steps_per_epoch})", run)  # fmt: skip
-            epoch_time = time_before + time.perf_counter() - t0
-            train_time += epoch_time
-            sched.step()
-            valid = evaluate(vae, x_valid, **evaluate_kw)["neg_elbo"]
-            test = evaluate(vae, x_test, **evaluate_kw)["neg_elbo"]
-            record = {
-                "epoch": epoch, "step": step, "train_neg_elbo": total / n, "valid_neg_elbo": valid.mean,
-                "test_neg_elbo": test.mean, "lr": optim.param_groups[0]["lr"], "epoch_time_s": epoch_time,
-                "kl_weight": kl_weight(step, warmup_steps) or 1.0,
-                "images_per_s": n / epoch_time,
-            }  # fmt: skip
-            if ctx.main:
-                _append_jsonl(run.metrics, record)
-                log.info("epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)", epoch,
-                         record["train_neg_elbo"], valid.mean, test.mean, record["images_per_s"])  # fmt: skip
-            improved = valid.mean < best
-            best, stale = (valid.mean, 0) if improved else (best, stale + 1)
-            checkpoint([run.best, run.last] if improved else [run.last], epoch, train_time=train_time, stale=stale)
-            if _any_rank(stop.received is not None, ctx):
-                raise _interrupted(stop.received or signal.SIGTERM, f"epoch {epoch}", run)
-
-    distributed.shutdown(ctx)
-    if not ctx.main:
-        return {}
-
-    summary = finish(run, cfg, vae, data, device, epoch, progress)
-    summary.update(wall_time_s=time.perf_counter() - t_start, train_time_s=train_time,
-                   images_per_s=epoch * n / train_time if train_time else None)  # fmt: skip
+    Every epoch: one pass over the shuffled training split with the configured ELBO and Adam (run
+    by the step engine of :mod:`pyro_vae.engine`), then the negative ELBO of the valid and test
+    splits, a line in ``metrics.jsonl`` and an atomic checkpoint. At the end the best-on-valid
+    weights are evaluated with the IWAE bound. Under torchrun it trains data-parallel
+    (:mod:`pyro_vae.distributed`): rank 0 writes the run folder and returns the summary, the other
+    ranks return ``{}``.
+    """
+    run, t_start = RunDir(Path(out)), time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    ctx = distributed.from_environment(device.type == "cuda")
+    if ctx.active and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    state = _open_run(run, cfg, ctx, resume)
+    with matmul_precision(cfg.train.matmul_precision):
+        trainer = _Trainer(cfg, run, device, ctx, state, progress and ctx.main)
+        with _StopRequests() as stop:
+            while not trainer.should_stop():
+                trainer.end_epoch(*trainer.train_epoch(stop))
+                if _any_rank(stop.received is not None, ctx):
+                    raise _interrupted(stop.received or signal.SIGTERM, f"epoch {trainer.epoch}", run)
+        distributed.shutdown(ctx)
+        if not ctx.main:
+            return {}
+        summary = finish(run, cfg, trainer.vae, trainer.data, device, trainer.epoch, progress)
+    n = trainer.x_train.shape[0]
+    summary.update(wall_time_s=time.perf_counter() - t_start, train_time_s=trainer.train_time,
+                   images_per_s=trainer.epoch * n / trainer.train_time if trainer.train_time else None,
+                   engine=trainer.engine.choice.name, matmul_precision=cfg.train.matmul_precision)  # fmt: skip
     text = json.dumps(summary, indent=2)
     run.summary.write_text(text)
     summary = json.loads(text)  # what the file says (tuples become lists)
     if figures:
         from .plots import make_figures
 
-        make_figures(run.root, vae, data)
+        make_figures(run.root, trainer.vae, trainer.data)
     return summary
 
 

@@ -18,21 +18,36 @@ def _run(*argv: str) -> None:
 
 
 def test_throughput(tmp_path):
+    """Every implementation that runs on a CPU except the compiled engine (tested in test_engine.py;
+    compiling takes half a minute per shape here)."""
     out = tmp_path / "tp.json"
-    _run("benchmarks/throughput.py", "--batch-sizes", "32", "--particles", "1,2", "--repeats", "2", "--max-steps", "5",
-         "--out", str(out))  # fmt: skip
-    record = json.loads(out.read_text())
-    names = {p: {r["implementation"] for r in record["results"] if r["particles"] == p} for p in (1, 2)}
     every_elbo = {"hand-written", "pyro-vae", *(f"pyro-vae {n}" for n in ELBOS.names() if n != "trace"),
                   "Trace_ELBO", "TraceMeanField_ELBO"}  # fmt: skip
+    _run("benchmarks/throughput.py", "--batch-sizes", "32", "--particles", "1,2", "--repeats", "2", "--max-steps", "5",
+         "--out", str(out), "--implementations", ",".join(sorted(every_elbo | {"hand-written graph"})))  # fmt: skip
+    record = json.loads(out.read_text())
+    names = {p: {r["implementation"] for r in record["results"] if r["particles"] == p} for p in (1, 2)}
     assert names[2] == every_elbo and names[1] == every_elbo - {"pyro-vae iwae"}  # iwae needs 2 particles
     assert record["matmul_gflops"] > 0 and record["peak_rss_mb"] > 0
     hand = [r for r in record["results"] if r["implementation"] == "hand-written"]
     assert all(r["ratio_to_hand_written"] == 1.0 for r in hand)
     assert out.with_suffix(".png").stat().st_size > 0
     tables = out.with_suffix(".md").read_text()
-    assert "1 particle:" in tables and "2 particles:" in tables and "| pyro-vae iwae | 32" not in tables
+    assert "1 particle, matmul precision highest" in tables and "2 particles, matmul" in tables
+    assert "| pyro-vae iwae | 32" not in tables and {r["engine"] for r in record["results"]} == {None, "eager"}
     assert tables.count("| hand-written | ") == 2 and "(x1.00)" in tables
+
+
+@pytest.mark.cuda
+def test_throughput_on_cuda_has_the_graph_rows_and_both_precisions(tmp_path):
+    out = tmp_path / "tp.json"
+    _run("benchmarks/throughput.py", "--device", "cuda", "--batch-sizes", "128", "--particles", "1", "--repeats", "2",
+         "--max-steps", "5", "--out", str(out))  # fmt: skip
+    rows = json.loads(out.read_text())["results"]
+    assert {r["matmul_precision"] for r in rows} == {"highest", "high"}
+    engines = {r["implementation"]: r["engine"] for r in rows}
+    assert engines["pyro-vae"] == "graph" and engines["pyro-vae eager"] == "eager"
+    assert engines["pyro-vae compiled"] == "compiled" and "hand-written graph" in engines
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

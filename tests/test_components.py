@@ -18,12 +18,13 @@ from pyro_vae.compat import check_compatible, check_data
 from pyro_vae.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, load_config
 from pyro_vae.data import Splits
 from pyro_vae.elbos import ELBOS
+from pyro_vae.engine import train_step
 from pyro_vae.fast import build_loss
 from pyro_vae.guides import GUIDES
 from pyro_vae.likelihoods import LIKELIHOODS, DiscretizedLogisticDist
 from pyro_vae.model import VAE, build_vae
 from pyro_vae.priors import PRIORS, GaussianMixture
-from pyro_vae.train import make_optimizer, train_step
+from pyro_vae.train import make_optimizer
 from tests.conftest import assert_mc_close, mean_se
 
 B, D, L = 5, 12, 3

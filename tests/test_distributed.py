@@ -17,9 +17,10 @@ import torch.multiprocessing as mp
 from pyro_vae import distributed
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.config import ExperimentConfig, ModelConfig, TrainConfig
+from pyro_vae.engine import train_step
 from pyro_vae.fast import build_loss
 from pyro_vae.model import build_vae
-from pyro_vae.train import make_optimizer, train_step
+from pyro_vae.train import make_optimizer
 from tests.conftest import ROOT
 
 WORLD, STEPS, GLOBAL_BATCH, D = 2, 4, 10, 16

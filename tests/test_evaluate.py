@@ -136,3 +136,16 @@ def test_elbo_below_iwae_below_exact_log_likelihood_and_convergence():
         )
     # convergence: K=1000 closes most of the ELBO's gap to log p(x)
     assert exact - means[1000] < 0.1 * (exact - means[1]), (means, exact)
+
+
+def test_chunks_are_sized_for_the_device():
+    from pyro_vae.evaluate import MAX_ELEMENTS_CPU, max_elements
+
+    assert max_elements(torch.device("cpu")) == MAX_ELEMENTS_CPU
+
+
+@pytest.mark.cuda
+def test_gpu_chunks_are_larger_within_the_cap():
+    from pyro_vae.evaluate import MAX_ELEMENTS_CPU, MAX_ELEMENTS_GPU, max_elements
+
+    assert MAX_ELEMENTS_CPU <= max_elements(torch.device("cuda")) <= MAX_ELEMENTS_GPU

@@ -17,7 +17,7 @@ LAYERS = [
     {"config"},
     {"priors", "likelihoods", "guides", "elbos"},
     {"model", "data"},
-    {"compat", "fast", "evaluate", "plots"},
+    {"compat", "fast", "evaluate", "plots", "engine"},
     {"estimators", "train"},
     {"lab_report"},
     {"cli"},

@@ -1,0 +1,255 @@
+"""The training step and the engines that run it: eagerly, captured in one CUDA graph, or with a
+compiled loss.
+
+Every engine runs the same step body (:meth:`StepEngine._body`), written so that it never waits for
+the host: the batch is gathered from the device-resident training split through a device-side
+permutation and batch counter, uint8 levels are decoded and dynamic binarization drawn there, the
+KL warm-up weight is computed from a device step counter, the loss is backpropagated and a fused
+Adam steps (its learning rate a device tensor when captured, updated in place by the scheduler).
+The epoch's loss sum and the index of the first non-finite step are accumulated on the device; once
+a loss is not finite, Adam's ``found_inf`` flag skips every later update, so the parameters stay
+exactly those of the last good step. The host reads the accumulators (:meth:`StepEngine.read`)
+every few steps and at the end of an epoch, never every step on a GPU.
+
+- ``eager``: the body as Python calls it (the CPU default; Pyro's own ELBOs run only this way).
+- ``graph``: the body captured once per batch shape in a :class:`torch.cuda.CUDAGraph` and
+  replayed (the CUDA default whenever the fast ELBO applies): one launch per step.
+- ``compiled``: the fast loss wrapped in :func:`torch.compile` (default mode); on CUDA the body is
+  then captured as well.
+
+:func:`choose_engine` turns ``train.engine`` (``auto`` by default) into the engine that will run,
+with the reason whenever it falls back to eager.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from . import distributed
+from .config import TRAIN_ENGINES as ENGINES
+from .pixels import decode
+
+log = logging.getLogger(__name__)
+
+WARMUP_STEPS = 3  # eager runs on a side stream before a capture (lazy initialisation, cuBLAS workspaces)
+
+
+def loss_and_backward(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, beta, denominator: float,
+                      ctx: distributed.Context | None) -> torch.Tensor:  # fmt: skip
+    """The per-image loss of the batch ``x`` (its KL term weighted by ``beta`` unless None), its
+    gradients (the optimizer's old ones dropped), and the value (detached; under data parallelism
+    the mean over ranks, identical on every rank)."""
+    loss = (loss_fn(x) if beta is None else loss_fn(x, beta)) / denominator
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    value = loss.detach()
+    if ctx is not None and ctx.active:
+        value = distributed.all_sum(value, ctx) / ctx.world_size
+    return value
+
+
+def train_step(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, beta: float | None = None,
+               denominator: float | None = None, ctx: distributed.Context | None = None) -> torch.Tensor:  # fmt: skip
+    """One SVI step on the batch ``x``, for hand-written loops: the negative ELBO per image (its KL
+    term weighted by ``beta`` when given), its gradients, an optimizer step. Returns the loss
+    (detached); a non-finite loss is returned without stepping (this reads the loss on the host).
+
+    Data-parallel (``ctx`` with several ranks, ``loss_fn`` a DDP module): ``x`` is this rank's
+    shard and ``denominator`` the global batch size over the world size, so the averaged gradient
+    is the global batch's; the returned loss is the global mean, identical on every rank."""
+    value = loss_and_backward(loss_fn, optim, x, beta, x.shape[0] if denominator is None else denominator, ctx)
+    if torch.isfinite(value):
+        optim.step()
+    return value
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The device's accumulators, read by the host: the epoch's loss sum (images x per-image loss,
+    good steps only), the global index (0-based) of the first step whose loss was not finite (None
+    if none was) and that loss."""
+
+    total: float
+    bad_step: int | None
+    bad_value: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The engine that runs (``eager`` / ``graph`` / ``compiled``), whether the body is captured
+    and whether the loss is compiled, and why it differs from the request (None when it does not)."""
+
+    name: str
+    capture: bool
+    compile_loss: bool
+    reason: str | None = None
+
+
+def choose_engine(requested: str, device: torch.device, fast: bool, data_parallel: bool) -> Choice:
+    """What ``train.engine = requested`` runs on ``device``. ``fast``: the fast ELBO applies (capture
+    and compilation need its fixed structure); ``data_parallel``: several processes (capture with
+    NCCL's collectives is not made safe here, so DDP runs uncaptured)."""
+    if requested not in ENGINES:
+        raise ValueError(f"train.engine must be one of {ENGINES}, got {requested!r}")
+    cuda = device.type == "cuda"
+    if requested == "eager" or (requested == "auto" and not cuda):
+        return Choice("eager", False, False)
+    name = "graph" if requested == "auto" else requested
+    why = None
+    if not fast:
+        why = "the fast ELBO does not apply (see the log above), and Pyro's traced ELBOs run eagerly"
+    elif name == "graph" and not cuda:
+        why = "CUDA graphs need a CUDA device"
+    elif name == "graph" and data_parallel:
+        why = "capture under data parallelism (NCCL collectives inside a graph) is not supported"
+    if why:
+        return Choice("eager", False, False, f"train.engine={requested} runs eagerly: {why}")
+    return Choice(name, cuda and not data_parallel, name == "compiled")
+
+
+class StepEngine:
+    """Runs training steps over ``x_train`` (the stored split, on the training device) with
+    ``optim`` (a fused Adam, set up here for the engine: build this after loading its state).
+
+    Per epoch: :meth:`start_epoch` with the epoch's permutation, then :meth:`step` once per batch
+    (batch ``batch_size`` images, the last one the remainder), :meth:`read` whenever the host
+    needs the loss sum or the non-finite flag. ``warmup_steps`` > 0 weighs the KL term by
+    ``min((step + 1) / warmup_steps, 1)`` at global step ``step`` (0-based)."""
+
+    def __init__(self, loss_fn: Callable, optim: torch.optim.Optimizer, x_train: torch.Tensor, batch_size: int,
+                 choice: Choice, *, binarize: bool = False, warmup_steps: float = 0.0,
+                 ctx: distributed.Context | None = None) -> None:  # fmt: skip
+        device = x_train.device
+        self.optim, self.x, self.bs, self.choice = optim, x_train, batch_size, choice
+        self.binarize, self.warmup_steps, self.ctx = binarize, float(warmup_steps), ctx or distributed.Context()
+        self.n = x_train.shape[0]
+        self.loss_fn = torch.compile(loss_fn) if choice.compile_loss else loss_fn
+        self.world = self.ctx.world_size
+        self.perm = torch.zeros(self.n, dtype=torch.long, device=device)
+        self.offsets = torch.arange(batch_size, device=device)
+        self.batch = torch.zeros((), dtype=torch.long, device=device)  # batch index within the epoch
+        self.step_count = torch.zeros((), dtype=torch.long, device=device)  # global steps run
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # images x loss, this epoch
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, -1 if none
+        self.bad_value = torch.zeros((), dtype=torch.float64, device=device)  # its loss
+        self.found_inf = torch.zeros((), dtype=torch.float32, device=device)  # Adam skips its update when 1
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._next = 0  # host copy of the batch index
+        _prepare_optimizer(optim, device, choice.capture)
+
+    # -- host side ----------------------------------------------------------------------------------
+    def start_epoch(self, perm: torch.Tensor, start: int = 0, total: float = 0.0, step: int = 0) -> None:
+        """Begin (or continue, at batch ``start`` with loss sum ``total``) an epoch whose image order
+        is ``perm``; ``step`` is the number of steps run before."""
+        self.perm.copy_(perm, non_blocking=True)
+        self.batch.fill_(start)
+        self.loss_sum.fill_(total)
+        self.step_count.fill_(step)
+        self.bad_step.fill_(-1)
+        self._next = start
+
+    def size(self, i: int) -> int:
+        """Images in batch ``i`` of an epoch."""
+        return min(self.bs, self.n - i * self.bs)
+
+    def step(self) -> None:
+        """Queue the next batch's step (nothing waits for the device)."""
+        size = self.size(self._next)
+        if self.choice.capture:
+            graph = self.graphs.get(size) or self._capture(size)
+            graph.replay()
+        else:
+            self._body(size)
+        self._next += 1
+
+    def read(self) -> Reading:
+        """What the device has accumulated this epoch (waits for it)."""
+        total, bad, value = torch.stack([self.loss_sum, self.bad_step.double(), self.bad_value]).tolist()
+        return Reading(total, None if bad < 0 else int(bad), value)
+
+    def images(self, i: int) -> torch.Tensor:
+        """The decoded images of batch ``i`` of the current epoch (this rank's shard)."""
+        rows = distributed.shard(self.perm[i * self.bs : i * self.bs + self.size(i)], self.ctx)
+        return decode(self.x[rows])
+
+    # -- device side --------------------------------------------------------------------------------
+    def _body(self, size: int) -> None:
+        idx = self.perm.index_select(0, self.batch * self.bs + self.offsets[:size])
+        xb = decode(self.x.index_select(0, distributed.shard(idx, self.ctx)))
+        if self.binarize:
+            xb = torch.bernoulli(xb)
+        beta = None
+        if self.warmup_steps:
+            beta = torch.clamp((self.step_count + 1).to(xb.dtype) / self.warmup_steps, max=1.0)
+        value = loss_and_backward(self.loss_fn, self.optim, xb, beta, size / self.world, self.ctx)
+        ok = torch.isfinite(value) & (self.bad_step < 0)
+        first_bad = ~ok & (self.bad_step < 0)
+        self.bad_step.copy_(torch.where(first_bad, self.step_count, self.bad_step))
+        self.bad_value.copy_(torch.where(first_bad, value.double(), self.bad_value))
+        self.found_inf.copy_((~ok).to(self.found_inf.dtype))
+        self.optim.found_inf = self.found_inf
+        self.optim.step()
+        self.loss_sum.add_(torch.where(ok, value.double() * size, 0.0))
+        self.step_count.add_(1)
+        self.batch.add_(1)
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        params = [p for group in self.optim.param_groups for p in group["params"]]
+        optim_state = [t for s in self.optim.state.values() for t in s.values() if torch.is_tensor(t)]
+        counters = [self.batch, self.step_count, self.loss_sum, self.bad_step, self.bad_value, self.found_inf]
+        return [*params, *optim_state, *counters]
+
+    def _capture(self, size: int) -> torch.cuda.CUDAGraph:
+        """Capture the body for batches of ``size`` images. The warm-up steps it needs run on a side
+        stream and are then undone (parameters, optimizer state, counters and the RNG restored in
+        place), so capturing changes nothing a run computes."""
+        device = self.x.device
+        _init_optimizer_state(self.optim)
+        saved = [t.clone() for t in self._state_tensors()]
+        rng = torch.cuda.get_rng_state(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                self._body(size)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._body(size)
+        for t, value in zip(self._state_tensors(), saved):
+            t.copy_(value)
+        torch.cuda.set_rng_state(rng, device)
+        self.graphs[size] = graph
+        log.debug("captured the training step for batches of %d images", size)
+        return graph
+
+
+def _prepare_optimizer(optim: torch.optim.Optimizer, device: torch.device, capture: bool) -> None:
+    """A captured Adam step needs ``capturable`` and its learning rate as a device tensor (which the
+    scheduler then updates in place); an uncaptured one takes a plain float. Applied after any
+    ``load_state_dict`` (which brings the saving run's choice), so runs move between engines."""
+    for group in optim.param_groups:
+        group["capturable"] = capture
+        group["lr"] = torch.tensor(float(group["lr"]), device=device) if capture else float(group["lr"])
+
+
+def _init_optimizer_state(optim: torch.optim.Optimizer) -> None:
+    """Create Adam's state (zero moments, step 0) where it does not exist yet, without changing a
+    parameter: a step with zero gradients that ``found_inf`` skips. The state then exists before
+    the warm-up, so it can be restored to exactly what a fresh optimizer would start from."""
+    params = [p for group in optim.param_groups for p in group["params"] if p not in optim.state]
+    if not params:
+        return
+    grads = [p.grad for p in params]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    previous = getattr(optim, "found_inf", None)
+    optim.found_inf = torch.ones((), device=params[0].device)
+    optim.step()
+    optim.found_inf = previous
+    for p, g in zip(params, grads):
+        p.grad = g

@@ -1,0 +1,288 @@
+"""The step engines (pyro_vae.engine): the choice of engine, the device-side step (batch gather,
+warm-up weight, accumulators, non-finite flag) against a hand-written loop, the host-read cadence
+in ``fit``, the compiled engine on the CPU, and (marked ``cuda``) capture in a CUDA graph."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae import train as T
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.config import load_config
+from pyro_vae.engine import Choice, StepEngine, _init_optimizer_state, choose_engine, train_step
+from pyro_vae.fast import build_loss
+from pyro_vae.model import build_vae
+from pyro_vae.pixels import decode
+from tests.test_train import _assert_same_last_weights, _metrics, small_cfg
+
+EAGER = Choice("eager", False, False)
+CPU, GPU = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.mark.parametrize(
+    "requested, device, fast, ddp, expected",
+    [
+        ("auto", CPU, True, False, ("eager", False, False, False)),
+        ("auto", GPU, True, False, ("graph", True, False, False)),
+        ("auto", GPU, False, False, ("eager", False, False, True)),
+        ("auto", GPU, True, True, ("eager", False, False, True)),
+        ("graph", CPU, True, False, ("eager", False, False, True)),
+        ("eager", GPU, True, False, ("eager", False, False, False)),
+        ("compiled", CPU, True, False, ("compiled", False, True, False)),
+        ("compiled", GPU, True, False, ("compiled", True, True, False)),
+        ("compiled", GPU, True, True, ("compiled", False, True, False)),
+        ("compiled", CPU, False, False, ("eager", False, False, True)),
+    ],
+)
+def test_engine_choice_and_the_reason_for_a_fallback(requested, device, fast, ddp, expected):
+    choice = choose_engine(requested, device, fast, ddp)
+    assert (choice.name, choice.capture, choice.compile_loss, choice.reason is not None) == expected
+    if choice.reason:
+        assert choice.reason.startswith(f"train.engine={requested} runs eagerly: ")
+
+
+def test_an_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match="train.engine must be one of"):
+        choose_engine("fast", CPU, True, False)
+
+
+def _setup(seed=0, n=300, particles=1, elbo="trace", dim=12):
+    cfg = load_config(None, [f"train.elbo={elbo}", f"train.num_particles={particles}", "model.latent_dim=3",
+                             "model.hidden=8"])  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, dim, generator=gen) * 255).to(torch.uint8)  # stored levels, decoded per batch
+    torch.manual_seed(seed)
+    vae = build_vae(cfg.model, dim)
+    optim = T.make_optimizer(vae, 1e-2)
+    loss = build_loss(vae, cfg.train, decode(x[:8]))
+    return vae, optim, loss, x
+
+
+def _params(vae):
+    return [p.detach().clone() for p in vae.parameters()]
+
+
+@pytest.mark.parametrize("binarize, warmup", [(False, 0.0), (True, 7.0)])
+def test_the_engine_step_equals_a_hand_written_loop(binarize, warmup):
+    """Same permutation, seed and steps: the engine's device-side gather, decoding, binarization,
+    warm-up weight and accumulators give the parameters and loss sum of ``train_step`` in a loop."""
+    bs, perm = 64, torch.randperm(300, generator=torch.Generator().manual_seed(1))
+    vae_a, optim_a, loss_a, x = _setup()
+    engine = StepEngine(loss_a, optim_a, x, bs, EAGER, binarize=binarize, warmup_steps=warmup)
+    vae_b, optim_b, loss_b, _ = _setup()
+    pyro.set_rng_seed(5)
+    engine.start_epoch(perm)
+    for _ in range(5):
+        engine.step()
+    reading = engine.read()
+    pyro.set_rng_seed(5)
+    total = 0.0
+    for i in range(5):
+        xb = decode(x[perm[i * bs : (i + 1) * bs]])
+        xb = torch.bernoulli(xb) if binarize else xb
+        beta = T.kl_weight(i + 1, warmup) if warmup else None
+        total += train_step(loss_b, optim_b, xb, beta).item() * xb.shape[0]
+    assert engine.size(4) == 300 - 4 * 64 == 44
+    assert reading.bad_step is None and math.isclose(reading.total, total, rel_tol=1e-6)
+    for a, b in zip(_params(vae_a), _params(vae_b)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_non_finite_loss_is_flagged_on_the_device_and_no_later_step_moves_the_parameters():
+    bs, perm, bad_at = 50, torch.arange(300), 3
+    vae, optim, loss, x = _setup()
+    calls = {"n": 0}
+
+    def poisoned(xb):
+        calls["n"] += 1
+        value = loss(xb)
+        return value * float("inf") if calls["n"] == bad_at + 1 else value
+
+    engine = StepEngine(poisoned, optim, x, bs, EAGER)
+    engine.start_epoch(perm, step=10)
+    for _ in range(bad_at):
+        engine.step()
+    good, before = engine.read(), _params(vae)
+    for _ in range(6 - bad_at):  # the bad step and two more: every update is skipped
+        engine.step()
+    reading = engine.read()
+    assert good.bad_step is None and reading.bad_step == 10 + bad_at and math.isinf(reading.bad_value)
+    assert reading.total == good.total  # only good steps are summed
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(vae)))
+    assert all(int(s["step"]) == bad_at for s in optim.state.values())  # Adam's step counts the good ones only
+    assert torch.equal(engine.images(bad_at), decode(x[perm[bad_at * bs : (bad_at + 1) * bs]]))
+
+
+def test_initialising_the_optimizer_state_changes_nothing():
+    """The state a capture restores to (zero moments, step 0) behaves exactly as a fresh Adam."""
+    vae_a, optim_a, loss_a, x = _setup()
+    vae_b, optim_b, loss_b, _ = _setup()
+    before = _params(vae_a)
+    _init_optimizer_state(optim_a)
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(vae_a)))
+    assert all(int(s["step"]) == 0 and not s["exp_avg"].any() for s in optim_a.state.values())
+    assert all(p.grad is None for p in vae_a.parameters())
+    for optim, loss, seed in ((optim_a, loss_a, 3), (optim_b, loss_b, 3)):
+        torch.manual_seed(seed)
+        train_step(loss, optim, decode(x[:32]))
+    assert all(torch.equal(a, b) for a, b in zip(_params(vae_a), _params(vae_b)))
+
+
+def test_host_reads_follow_sync_every_and_do_not_change_the_result(tmp_path, monkeypatch):
+    reads = []
+    real_read = StepEngine.read
+
+    def counted(self):
+        reads.append(self._next)
+        return real_read(self)
+
+    every_step, sparse = tmp_path / "every", tmp_path / "sparse"
+    T.fit(small_cfg("train.epochs=2", "train.batch_size=50"), every_step, progress=False, figures=False)
+    monkeypatch.setattr(StepEngine, "read", counted)
+    T.fit(small_cfg("train.epochs=2", "train.batch_size=50", "train.sync_every=3"), sparse, progress=False,
+          figures=False)  # fmt: skip
+    assert reads == [3, 6, 8] * 2  # every third step and the epoch's last (8 batches of 384 images)
+    _assert_same_last_weights(every_step, sparse)
+    assert _metrics(every_step) == _metrics(sparse)
+
+
+def test_a_signal_between_sparse_reads_stops_at_the_next_read_and_resumes_exactly(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    cfg = ("train.epochs=2", "train.batch_size=50", "train.sync_every=3")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    T.fit(small_cfg(*cfg), straight, progress=False, figures=False)
+    real_step = StepEngine.step
+
+    def step(self):
+        if self._next == 1 and self.step_count.item() == 9:  # epoch 2, batch 2
+            os.kill(os.getpid(), signal.SIGINT)
+        real_step(self)
+
+    monkeypatch.setattr(StepEngine, "step", step)
+    with pytest.raises(T.TrainingInterrupted, match=r"stopped after step 11 \(epoch 2, batch 3 of 8\)"):
+        T.fit(small_cfg(*cfg), stopped, progress=False, figures=False)
+    assert load_checkpoint(stopped / "checkpoints" / "last.pt")["partial"]["batch"] == 3
+    monkeypatch.setattr(StepEngine, "step", real_step)
+    T.fit(small_cfg(*cfg), stopped, resume=True, progress=False, figures=False)
+    _assert_same_last_weights(straight, stopped)
+    assert _metrics(straight) == _metrics(stopped)
+
+
+def test_matmul_precision_is_recorded_and_restored(tmp_path):
+    before = torch.get_float32_matmul_precision()
+    summary = T.fit(small_cfg("train.epochs=1", "train.matmul_precision=high"), tmp_path / "r", progress=False,
+                    figures=False)  # fmt: skip
+    assert summary["matmul_precision"] == "high" and summary["engine"] == "eager"
+    assert torch.get_float32_matmul_precision() == before
+
+
+def test_the_compiled_engine_trains_like_the_eager_one_on_the_cpu(tmp_path):
+    eager = T.fit(small_cfg("train.epochs=2"), tmp_path / "eager", progress=False, figures=False)
+    compiled = T.fit(small_cfg("train.epochs=2", "train.engine=compiled"), tmp_path / "compiled", progress=False,
+                     figures=False)  # fmt: skip
+    assert compiled["engine"] == "compiled"
+    a = json.loads((tmp_path / "eager" / "metrics.jsonl").read_text().splitlines()[-1])
+    b = json.loads((tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()[-1])
+    # The same draws; the compiled kernels fuse and reorder float32 arithmetic, so not bit-exact.
+    assert abs(a["train_neg_elbo"] - b["train_neg_elbo"]) < 1e-2 * abs(a["train_neg_elbo"])
+    assert eager["engine"] == "eager"
+
+
+# -- CUDA ------------------------------------------------------------------------------------------
+def _cuda_setup(**kw):
+    vae, optim, loss, x = _setup(**kw)
+    vae.cuda()
+    optim = T.make_optimizer(vae, 1e-2)
+    return vae, optim, loss, x.cuda()
+
+
+@pytest.mark.cuda
+def test_the_eager_step_never_waits_for_the_host_on_cuda():
+    vae, optim, loss, x = _cuda_setup()
+    engine = StepEngine(loss, optim, x, 64, EAGER, binarize=True, warmup_steps=5.0)
+    engine.start_epoch(torch.randperm(300, device="cuda"))
+    engine.step()  # lazy initialisation may synchronise once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            engine.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert engine.read().bad_step is None
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("elbo, particles", [("trace", 1), ("mean_field", 1), ("iwae", 3), ("trace", 4)])
+def test_the_captured_step_equals_the_eager_step(elbo, particles):
+    """100 steps (4 epochs of 5 batches, the last one short) from the same seed, captured and eager:
+    the same random numbers (the graph replays the philox offsets the eager kernels advance), so
+    parameters agree to float tolerance."""
+    results = []
+    for choice in (EAGER, Choice("graph", True, False)):
+        vae, optim, loss, x = _cuda_setup(elbo=elbo, particles=particles)
+        engine = StepEngine(loss, optim, x, 64, choice, binarize=True, warmup_steps=30.0)
+        torch.manual_seed(0)
+        total = 0.0
+        for epoch in range(20):
+            engine.start_epoch(torch.randperm(300, generator=torch.Generator().manual_seed(epoch)).cuda(),
+                               step=5 * epoch)  # fmt: skip
+            for _ in range(5):
+                engine.step()
+            reading = engine.read()
+            assert reading.bad_step is None
+            total += reading.total
+        results.append((_params(vae), total))
+    (eager, eager_total), (graph, graph_total) = results
+    assert math.isclose(eager_total, graph_total, rel_tol=1e-4)
+    for a, b in zip(eager, graph):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_a_non_finite_loss_under_capture_is_flagged_and_skipped():
+    vae, optim, loss, x = _cuda_setup()
+    bomb = torch.ones((), device="cuda")
+    engine = StepEngine(lambda xb: loss(xb) * bomb, optim, x, 50, Choice("graph", True, False))
+    engine.start_epoch(torch.arange(300, device="cuda"))
+    engine.step()
+    engine.step()
+    before = _params(vae)
+    bomb.fill_(float("nan"))
+    engine.step()
+    bomb.fill_(1.0)
+    engine.step()
+    reading = engine.read()
+    assert reading.bad_step == 2 and math.isnan(reading.bad_value)
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(vae)))
+
+
+@pytest.mark.cuda
+def test_a_graph_run_resumes_bit_for_bit(tmp_path):
+    cfg = ("train.device=cuda", "train.engine=graph")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    summary = T.fit(small_cfg("train.epochs=3", *cfg), straight, progress=False, figures=False)
+    assert summary["engine"] == "graph"
+    T.fit(small_cfg("train.epochs=1", *cfg), split, progress=False, figures=False)
+    T.fit(small_cfg("train.epochs=3", *cfg), split, resume=True, progress=False, figures=False)
+    _assert_same_last_weights(straight, split)
+    assert _metrics(straight) == _metrics(split)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "extra",
+    [("model.prior=mixture_of_gaussians", "model.prior_components=4"), ("model.prior=vamp", "model.prior_components=4"),
+     ("model.prior=student_t",), ("model.guide=iaf",), ("model.likelihood=continuous_bernoulli",),
+     ("train.elbo=mean_field", "train.kl_warmup_epochs=1"), ("train.elbo=iwae", "train.num_particles=3")],
+)  # fmt: skip
+def test_components_train_under_capture(tmp_path, extra):
+    summary = T.fit(small_cfg("train.device=cuda", "train.engine=graph", *extra), tmp_path / "r", progress=False,
+                    figures=False)  # fmt: skip
+    assert summary["engine"] == "graph" and math.isfinite(summary["final"]["test_neg_elbo"]["mean"])
