@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("compare", help="measure the ELBO estimators on a trained run (values, variance, gradients)")
+    p = sub.add_parser("compare", help="measure the ELBO estimators on a trained run (values, variance, gradients, "
+                       "encoder SNR against K)")  # fmt: skip
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--images", type=int, default=100, help="evenly spaced test images (default 100)")
     p.add_argument("--k", default="1,10,100,1000", help="IWAE sample sizes, comma-separated (add 5000 for papers')")
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=32, help="P-particle estimates per image for the spread")
     p.add_argument("--grad-images", type=int, default=32, help="images in the batch whose gradient is estimated")
     p.add_argument("--grad-reps", type=int, default=50, help="gradient draws per estimator and P")
+    p.add_argument("--snr-k", default="1,3,10,30,100,300,1000", help="K of the encoder SNR panel (iwae, iwae_dreg, "
+                   "piwae)")  # fmt: skip
+    p.add_argument("--groups", type=int, default=4, help="M of miwae and piwae in the gradient table")
+    p.add_argument("--piwae-groups", type=int, default=8, help="M of piwae in the SNR panel (M groups of K)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
@@ -148,7 +153,9 @@ def _compare(args) -> int:
     from .train import load_run
 
     lab = LabConfig(images=args.images, ks=_int_list(args.k, "--k"), particles=_int_list(args.particles, "--particles"),
-                    reps=args.reps, grad_images=args.grad_images, grad_reps=args.grad_reps, seed=args.seed)  # fmt: skip
+                    reps=args.reps, grad_images=args.grad_images, grad_reps=args.grad_reps, seed=args.seed,
+                    snr_ks=_int_list(args.snr_k, "--snr-k"), groups=args.groups,
+                    piwae_groups=args.piwae_groups)  # fmt: skip
     _, vae, data = load_run(args.run, args.checkpoint, args.device)
     device = next(vae.parameters()).device
     x = data.test[evenly_spaced(data.test.shape[0], lab.images)].to(device)

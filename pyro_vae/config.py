@@ -61,6 +61,8 @@ class ModelConfig:
 class TrainConfig:
     elbo: str = "trace"  # from pyro_vae.elbos.ELBOS: trace | mean_field | jit_trace | jit_mean_field | iwae
     num_particles: int = 1  # samples of z per image in the training ELBO (K of iwae, at least 2)
+    iw_groups: int = 1  # M of miwae / piwae: M groups of num_particles (K) samples, M * K drawn per image
+    ciwae_beta: float = 0.5  # ciwae: beta * ELBO + (1 - beta) * IWAE_K
     vectorize_particles: bool = True  # particles as a tensor dimension (false: a Python loop, Pyro's stock ELBO)
     kl_fallback: bool = True  # mean_field: Monte-Carlo KL where no closed form exists (false = reject up front)
     kl_warmup_epochs: float = 0.0  # KL warm-up: weight beta rises linearly to 1 over this many epochs (0 = off)
@@ -252,7 +254,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     positive = [
         ("model", "latent_dim"), ("train", "num_particles"), ("train", "epochs"),
         ("train", "batch_size"), ("train", "eval_batch_size"), ("eval", "iwae_k"),
-        ("model", "prior_components"), ("model", "flow_steps"),
+        ("model", "prior_components"), ("model", "flow_steps"), ("train", "iw_groups"),
     ]  # fmt: skip
     for section, key in positive:
         value = getattr(getattr(cfg, section), key)
@@ -268,6 +270,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                          ("train", "lr")]:  # fmt: skip
         value = getattr(getattr(cfg, section), key)
         _require(math.isfinite(value), f"{section}.{key} = {value} must be a finite number")
+    _require(0.0 <= cfg.train.ciwae_beta <= 1.0, f"train.ciwae_beta = {cfg.train.ciwae_beta} must be in [0, 1] "
+             "(0: the IWAE bound, 1: the ELBO)")  # fmt: skip
     _require(cfg.model.prior_df > 0, f"model.prior_df = {cfg.model.prior_df} must be positive")
     _require(
         cfg.model.likelihood_scale >= 0,

@@ -12,6 +12,10 @@ With :math:`w = p(x, z) / q(z | x)`, :math:`z \sim q` (reparameterised), per ima
 - ``iwae``: the importance-weighted bound :math:`\log \frac1K \sum_k w_k` per image with
   K = ``train.num_particles`` (Burda et al., 2016): :class:`IWAE_ELBO`, which is Pyro's
   :class:`~pyro.infer.RenyiELBO` at :math:`\alpha = 0` given a ``differentiable_loss``.
+- ``stl``, ``iwae_dreg``, ``miwae``, ``ciwae``, ``piwae``: the ELBO with the path-derivative
+  gradient, the IWAE bound with doubly reparameterised gradients, and the multi-sample bounds of
+  Rainforth et al. (2018), as surrogate losses of :mod:`pyro_vae.surrogates` on the terms of Pyro
+  traces (:class:`_WeightedELBO`).
 
 Class attributes say what each computes (``analytic_kl``, ``jit``, ``importance_weighted``,
 ``min_particles``); the fast path (:mod:`pyro_vae.fast`) and the build-time checks
@@ -23,11 +27,14 @@ from __future__ import annotations
 import math
 
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
+from . import surrogates
 from .config import ConfigError, TrainConfig
 from .registry import Registry
+from .surrogates import NotDetachable, detach_distribution
 
 ELBOS: Registry = Registry("ELBO", config_key="train.elbo")
 
@@ -37,6 +44,12 @@ class _Flags:
     jit = False
     importance_weighted = False
     min_particles = 1
+    grouped = False  # draws train.iw_groups groups of train.num_particles samples
+
+    @classmethod
+    def options(cls, cfg: TrainConfig) -> dict:
+        """Constructor arguments from the config beyond the particle count."""
+        return {}
 
 
 @ELBOS.register("trace")
@@ -116,6 +129,158 @@ class IWAE_ELBO(_Flags, RenyiELBO):
         return -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
 
 
+class _WeightedELBO(_Flags, Trace_ELBO):
+    """An estimator of :mod:`pyro_vae.surrogates` on the per-sample terms of Pyro traces (vectorised
+    particles: one model and one guide trace with a particle dimension). ``needs`` names the terms
+    beyond log p and log q: ``stop`` (log q with the guide's parameters detached: the site's
+    distribution rebuilt from detached parameters, which a transformed distribution such as the IAF
+    does not allow; the fast path recomputes the encoder instead) and ``fixed`` (log q at the
+    detached samples)."""
+
+    needs: frozenset = frozenset()
+
+    def __init__(self, num_particles: int = 1, groups: int = 1, ciwae_beta: float = 0.5, **kwargs) -> None:
+        super().__init__(num_particles=num_particles * groups, **kwargs)
+        self.groups, self.ciwae_beta = groups, ciwae_beta
+
+    def surrogate(self, terms: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def twin(self) -> ELBO:
+        """A Pyro ELBO whose value equals this one's on the same draws (for the fast path's check
+        where this estimator cannot run through Pyro's trace)."""
+        kw = dict(vectorize_particles=self.vectorize_particles, max_plate_nesting=self.max_plate_nesting)
+        return Trace_ELBO(num_particles=self.num_particles, **kw)
+
+    def trace_terms(self, model, guide, args, kwargs) -> dict:
+        (model_trace, guide_trace), *more = list(self._get_traces(model, guide, args, kwargs))
+        if more:
+            raise ValueError(f"{type(self).__name__} needs vectorised particles (train.vectorize_particles=true)")
+        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+        terms = {"log_p": 0.0, "log_q": 0.0, "log_q_stop": 0.0, "log_q_fixed_z": 0.0, "zs": []}
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                terms["log_p"] = terms["log_p"] + torch_sum(site["log_prob"], sum_dims)
+        for name, site in guide_trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            fn, z = site["fn"], site["value"]
+            if not fn.has_rsample:
+                raise ValueError(f"{type(self).__name__} needs a reparameterised guide, but site {name!r} is not")
+            terms["log_q"] = terms["log_q"] + torch_sum(site["log_prob"], sum_dims)
+            if "stop" in self.needs:
+                try:
+                    stopped = detach_distribution(fn)
+                except NotDetachable as exc:
+                    raise NotDetachable(
+                        f"{type(self).__name__} through Pyro's trace needs the guide's parameters detached from "
+                        f"site {name!r}: {exc}. The fast path (train.fast_path=true) recomputes the encoder with "
+                        "detached parameters instead"
+                    ) from None
+                log_q_stop = scale_and_mask(stopped.log_prob(z), site["scale"], site["mask"])
+                terms["log_q_stop"] = terms["log_q_stop"] + torch_sum(log_q_stop, sum_dims)
+            if "fixed" in self.needs:
+                log_q_fixed = scale_and_mask(fn.log_prob(z.detach()), site["scale"], site["mask"])
+                terms["log_q_fixed_z"] = terms["log_q_fixed_z"] + torch_sum(log_q_fixed, sum_dims)
+            terms["zs"].append((z, fn.event_dim))
+        return {k: v if k == "zs" or not torch.is_tensor(v) or v.dim() > 1 else v.unsqueeze(0)
+                for k, v in terms.items()}  # fmt: skip
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        return self.surrogate(self.trace_terms(model, guide, args, kwargs))
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return loss.item()
+
+
+@ELBOS.register("stl")
+class STL_ELBO(_WeightedELBO):
+    """The Monte-Carlo-KL ELBO (``trace``'s value) with the path-derivative encoder gradient
+    ("sticking the landing", Roeder et al., 2017): the score term is dropped. With the analytic
+    KL there is no score term to drop (``mean_field`` already differentiates the KL exactly)."""
+
+    needs = frozenset({"stop"})
+
+    def surrogate(self, terms: dict) -> torch.Tensor:
+        return surrogates.stl(terms["log_p"], terms["log_q_stop"])
+
+
+@ELBOS.register("iwae_dreg")
+class IWAE_DReG(_WeightedELBO):
+    """The IWAE bound (``iwae``'s value) with doubly reparameterised gradients (Tucker et al., 2019):
+    the decoder's gradient is IWAE's, the encoder's keeps its signal as K grows."""
+
+    importance_weighted = True
+    min_particles = 2
+    needs = frozenset({"stop"})
+
+    def surrogate(self, terms: dict) -> torch.Tensor:
+        return surrogates.iwae_dreg(terms["log_p"], terms["log_q"], terms["log_q_stop"], terms["zs"])
+
+    def twin(self) -> ELBO:
+        return IWAE_ELBO(num_particles=self.num_particles, vectorize_particles=self.vectorize_particles,
+                         max_plate_nesting=self.max_plate_nesting)  # fmt: skip
+
+
+@ELBOS.register("miwae")
+class MIWAE(_WeightedELBO):
+    """The mean of M = ``train.iw_groups`` IWAE bounds of K = ``train.num_particles`` samples each
+    (Rainforth et al., 2018): M = 1 is ``iwae``, K = 1 the ELBO."""
+
+    importance_weighted = True
+    grouped = True
+
+    @classmethod
+    def options(cls, cfg: TrainConfig) -> dict:
+        return {"groups": cfg.iw_groups}
+
+    def surrogate(self, terms: dict) -> torch.Tensor:
+        return surrogates.miwae(terms["log_p"] - terms["log_q"], self.groups)
+
+
+@ELBOS.register("ciwae")
+class CIWAE(_WeightedELBO):
+    """``train.ciwae_beta`` x ELBO + (1 - beta) x IWAE bound on the same K samples (Rainforth et al.,
+    2018): beta = 0 is ``iwae``, beta = 1 the ELBO."""
+
+    importance_weighted = True
+
+    @classmethod
+    def options(cls, cfg: TrainConfig) -> dict:
+        return {"ciwae_beta": cfg.ciwae_beta}
+
+    def surrogate(self, terms: dict) -> torch.Tensor:
+        return surrogates.ciwae(terms["log_p"] - terms["log_q"], self.ciwae_beta)
+
+
+@ELBOS.register("piwae")
+class PIWAE(_WeightedELBO):
+    """The IWAE bound of all M K samples for the decoder, MIWAE(M, K) for the encoder (Rainforth
+    et al., 2018); its value is the IWAE bound."""
+
+    importance_weighted = True
+    grouped = True
+    needs = frozenset({"stop", "fixed"})
+
+    @classmethod
+    def options(cls, cfg: TrainConfig) -> dict:
+        return {"groups": cfg.iw_groups}
+
+    def surrogate(self, terms: dict) -> torch.Tensor:
+        t = terms
+        return surrogates.piwae(t["log_p"], t["log_q"], t["log_q_stop"], t["log_q_fixed_z"], t["zs"], self.groups)
+
+    def twin(self) -> ELBO:
+        return IWAE_ELBO(num_particles=self.num_particles, vectorize_particles=self.vectorize_particles,
+                         max_plate_nesting=self.max_plate_nesting)  # fmt: skip
+
+
 def build_elbo(cfg: TrainConfig) -> ELBO:
     """The ELBO named ``cfg.elbo`` with ``cfg.num_particles`` particles, vectorised when there are
     several and ``cfg.vectorize_particles`` is set."""
@@ -125,5 +290,11 @@ def build_elbo(cfg: TrainConfig) -> ELBO:
             f"train.elbo={cfg.elbo} needs train.num_particles >= {cls.min_particles} (got {cfg.num_particles}); "
             f"with one particle it is the trace ELBO. Set train.num_particles=5 (or more), or train.elbo=trace"
         )
-    vectorize = cfg.vectorize_particles and cfg.num_particles > 1
-    return cls(num_particles=cfg.num_particles, vectorize_particles=vectorize, max_plate_nesting=1)
+    if cfg.iw_groups != 1 and not cls.grouped:
+        raise ConfigError(f"train.iw_groups={cfg.iw_groups} applies to miwae and piwae only, not train.elbo={cfg.elbo}")
+    total = cfg.num_particles * cfg.iw_groups
+    if issubclass(cls, _WeightedELBO) and total > 1 and not cfg.vectorize_particles:
+        raise ConfigError(f"train.elbo={cfg.elbo} draws its {total} samples as one tensor: set "
+                          "train.vectorize_particles=true")  # fmt: skip
+    vectorize = cfg.vectorize_particles and total > 1
+    return cls(num_particles=cfg.num_particles, vectorize_particles=vectorize, max_plate_nesting=1, **cls.options(cfg))

@@ -10,9 +10,13 @@ On fixed images and a (trained) VAE, :func:`run_lab` estimates
    for P in ``particles`` (it falls as :math:`1/\sqrt P`);
 3. **gradients**: variance and signal-to-noise ratio :math:`|\mathbb E g_j| / \mathrm{sd}(g_j)`
    (averaged over parameter coordinates j) of the gradient estimates for the encoder and the
-   decoder separately, for the Monte-Carlo-KL and the analytic-KL reparameterised estimators
-   and for the score-function estimator (a guide whose samples are not reparameterised,
-   handled by ``TraceGraph_ELBO``), across P.
+   decoder separately, for the Monte-Carlo-KL and the analytic-KL reparameterised estimators,
+   the score-function estimator (a guide whose samples are not reparameterised, handled by
+   ``TraceGraph_ELBO``) and the registered ``stl``, ``iwae``, ``iwae_dreg``, ``miwae``, ``ciwae``
+   and ``piwae`` (P samples in all; M = ``groups`` groups of P / M for the grouped ones), across P;
+4. **encoder SNR against K** for ``iwae``, ``iwae_dreg`` and ``piwae`` (``piwae_groups`` groups
+   of K), K in ``snr_ks``: IWAE's falls like :math:`1/\sqrt K` (Rainforth et al., 2018), DReG's
+   does not (Tucker et al., 2019).
 
 Per-particle ELBO terms come from Pyro traces of ``vae.guide`` and ``vae.model`` under a
 vectorised particle plate: the same terms ``Trace_ELBO`` (``log p(x,z) - log q(z|x)``) and
@@ -34,13 +38,16 @@ from torch.distributions import Independent, kl_divergence
 from tqdm.auto import tqdm
 
 from . import closed_form
+from .elbos import ELBOS
 from .evaluate import iwae_log_likelihood, max_elements
 from .guides import DiagNormal
 from .likelihoods import Bernoulli
 from .model import VAE
 from .priors import StandardNormal
 
-GRADIENT_ESTIMATORS = ("reparam_mc_kl", "reparam_analytic_kl", "score_function")
+GRADIENT_ESTIMATORS = ("reparam_mc_kl", "reparam_analytic_kl", "score_function", "stl", "iwae", "iwae_dreg", "miwae",
+                       "ciwae", "piwae")  # fmt: skip
+SNR_VS_K_ESTIMATORS = ("iwae", "iwae_dreg", "piwae")
 
 
 @dataclass(frozen=True)
@@ -51,15 +58,21 @@ class LabConfig:
     reps: int = 32  # independent P-particle estimates per image for the spread
     grad_images: int = 32  # images in the batch whose gradient is estimated
     grad_reps: int = 50  # independent gradient estimates per (estimator, P)
+    snr_ks: tuple[int, ...] = (1, 3, 10, 30, 100, 300, 1000)  # K of the encoder-SNR-against-K panel
+    groups: int = 4  # M of miwae / piwae in the gradient table (P = M K where M divides P, else M = 1)
+    piwae_groups: int = 8  # M of piwae in the SNR-against-K panel (M groups of K)
+    ciwae_beta: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("images", "reps", "grad_images", "grad_reps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.groups < 1 or self.piwae_groups < 1 or not 0 <= self.ciwae_beta <= 1:
+            raise ValueError("groups and piwae_groups must be at least 1, ciwae_beta in [0, 1]")
         if self.reps < 2 or self.grad_reps < 2:
             raise ValueError("reps and grad_reps must be at least 2 to estimate a spread")
-        for name in ("ks", "particles"):
+        for name in ("ks", "particles", "snr_ks"):
             values = getattr(self, name)
             if not values or min(values) < 1:
                 raise ValueError(f"every value of {name} must be at least 1 (K < 1 has no meaning), got {list(values)}")
@@ -71,6 +84,7 @@ class LabResult:
     values: dict = field(default_factory=dict)
     spread: dict = field(default_factory=dict)
     gradients: dict = field(default_factory=dict)
+    snr_vs_k: dict = field(default_factory=dict)  # estimator -> K -> encoder gradient stats
 
 
 def _describe(d) -> str:
@@ -205,7 +219,9 @@ def score_function_guide(vae: VAE):
     return guide
 
 
-def _gradient_estimator(name: str, vae: VAE, num_particles: int):
+def _gradient_estimator(name: str, vae: VAE, num_particles: int, groups: int = 1, ciwae_beta: float = 0.5):
+    """(Pyro ELBO, guide) of a gradient estimator with ``num_particles`` samples per image in all
+    (``groups`` groups of ``num_particles / groups`` for miwae and piwae)."""
     kw = dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
     if name == "reparam_mc_kl":
         return Trace_ELBO(**kw), vae.guide
@@ -213,15 +229,26 @@ def _gradient_estimator(name: str, vae: VAE, num_particles: int):
         return TraceMeanField_ELBO(**kw), vae.guide
     if name == "score_function":
         return TraceGraph_ELBO(**kw), score_function_guide(vae)
+    if name in GRADIENT_ESTIMATORS:
+        cls = ELBOS.get(name)
+        if cls.grouped:
+            kw.update(num_particles=num_particles // groups, groups=groups)
+        if name == "ciwae":
+            kw.update(ciwae_beta=ciwae_beta)
+        return cls(**kw), vae.guide
     raise ValueError(f"unknown gradient estimator {name!r}; choose from {', '.join(GRADIENT_ESTIMATORS)}")
 
 
-def gradient_samples(
-    vae: VAE, x: torch.Tensor, estimator: str, num_particles: int, reps: int
-) -> dict[str, torch.Tensor]:
-    """``reps`` independent gradient estimates of the mean negative ELBO of ``x``, as flat
+def lab_groups(particles: int, groups: int) -> int:
+    """M for ``particles`` samples in the gradient table: ``groups`` where it divides them, else 1."""
+    return groups if particles % groups == 0 else 1
+
+
+def gradient_samples(vae: VAE, x: torch.Tensor, estimator: str, num_particles: int, reps: int, groups: int = 1,
+                     ciwae_beta: float = 0.5) -> dict[str, torch.Tensor]:  # fmt: skip
+    """``reps`` independent gradient estimates of the mean negative objective of ``x``, as flat
     vectors (reps, n_params) for the encoder's and the decoder's parameters."""
-    elbo, guide = _gradient_estimator(estimator, vae, num_particles)
+    elbo, guide = _gradient_estimator(estimator, vae, num_particles, groups, ciwae_beta)
     model, guide = _with_module(vae, vae.model), _with_module(vae, guide)
     groups = {g: [p for p in getattr(vae, g).parameters() if p.requires_grad] for g in ("encoder", "decoder")}
     groups = {g: params for g, params in groups.items() if params}
@@ -260,7 +287,7 @@ def run_lab(vae: VAE, x: torch.Tensor, cfg: LabConfig = LabConfig(), progress: b
     vae.eval()
     result = LabResult(cfg)
     pmax = max(cfg.particles)
-    steps = len(cfg.ks) + 2 + len(GRADIENT_ESTIMATORS) * len(cfg.particles)
+    steps = len(cfg.ks) + 2 + len(GRADIENT_ESTIMATORS) * len(cfg.particles) + len(SNR_VS_K_ESTIMATORS) * len(cfg.snr_ks)
     bar = tqdm(total=steps, desc="estimator lab", disable=None if progress else True)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
@@ -294,8 +321,17 @@ def run_lab(vae: VAE, x: torch.Tensor, cfg: LabConfig = LabConfig(), progress: b
         for estimator in GRADIENT_ESTIMATORS:
             result.gradients[estimator] = {}
             for p in cfg.particles:
-                draws = gradient_samples(vae, xg, estimator, p, cfg.grad_reps)
+                draws = gradient_samples(vae, xg, estimator, p, cfg.grad_reps, lab_groups(p, cfg.groups),
+                                         cfg.ciwae_beta)  # fmt: skip
                 result.gradients[estimator][p] = {g: gradient_stats(d) for g, d in draws.items()}
+                bar.update()
+        # 4. encoder SNR against K (PIWAE: piwae_groups groups of K)
+        for estimator in SNR_VS_K_ESTIMATORS:
+            result.snr_vs_k[estimator] = {}
+            for k in cfg.snr_ks:
+                m = cfg.piwae_groups if estimator == "piwae" else 1
+                draws = gradient_samples(vae, xg, estimator, k * m, cfg.grad_reps, m)["encoder"]
+                result.snr_vs_k[estimator][k] = gradient_stats(draws)
                 bar.update()
     bar.close()
     return result

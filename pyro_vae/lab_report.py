@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .estimators import GRADIENT_ESTIMATORS, LabResult, snr_noise_floor  # noqa: E402
+from .estimators import GRADIENT_ESTIMATORS, SNR_VS_K_ESTIMATORS, LabResult, snr_noise_floor  # noqa: E402
 
 VALUE_LABELS = {
     "trace": "negative ELBO, Trace_ELBO (Monte-Carlo KL)",
@@ -28,7 +29,14 @@ GRADIENT_LABELS = {
     "reparam_mc_kl": "reparameterised, Monte-Carlo KL (Trace_ELBO)",
     "reparam_analytic_kl": "reparameterised, analytic KL (TraceMeanField_ELBO)",
     "score_function": "score function (TraceGraph_ELBO)",
+    "stl": "sticking the landing (stl)",
+    "iwae": "IWAE bound, K = P (iwae)",
+    "iwae_dreg": "IWAE bound, DReG gradients (iwae_dreg)",
+    "miwae": "MIWAE, M groups of P/M (miwae)",
+    "ciwae": "CIWAE, beta mix of ELBO and IWAE (ciwae)",
+    "piwae": "PIWAE, M groups of P/M (piwae)",
 }
+SNR_K_LABELS = {"iwae": "IWAE (iwae)", "iwae_dreg": "DReG (iwae_dreg)", "piwae": "PIWAE (piwae, M groups of K)"}
 
 
 def to_dict(result: LabResult) -> dict:
@@ -38,7 +46,42 @@ def to_dict(result: LabResult) -> dict:
         "values": result.values,
         "spread": {name: {str(p): v for p, v in rows.items()} for name, rows in result.spread.items()},
         "gradients": {est: {str(p): groups for p, groups in rows.items()} for est, rows in result.gradients.items()},
+        "encoder_snr_vs_k": {est: {str(k): v for k, v in rows.items()} for est, rows in result.snr_vs_k.items()},
+        "encoder_snr_slopes": snr_slopes(result),
     }
+
+
+def snr_slopes(result: LabResult) -> dict[str, float]:
+    """Least-squares slope of log encoder SNR against log K per estimator (IWAE: about -1/2 in
+    theory; DReG: not negative)."""
+    out = {}
+    for est, rows in result.snr_vs_k.items():
+        pts = [(math.log(k), math.log(v["snr"])) for k, v in rows.items() if v["snr"] > 0]
+        if len(pts) >= 2:
+            mx, my = sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
+            sxx = sum((p[0] - mx) ** 2 for p in pts)
+            out[est] = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx else float("nan")
+    return out
+
+
+def snr_findings(result: LabResult) -> list[str]:
+    """What the encoder-SNR-against-K panel shows, in sentences with its numbers."""
+    rows, slopes = result.snr_vs_k, snr_slopes(result)
+    if not rows or not slopes:
+        return []
+    ks = sorted(next(iter(rows.values())))
+    k_lo, k_hi = ks[0], ks[-1]
+    lines = []
+    for est in SNR_VS_K_ESTIMATORS:
+        if est in rows:
+            lo, hi = rows[est][k_lo]["snr"], rows[est][k_hi]["snr"]
+            lines.append(f"- {SNR_K_LABELS[est]}: encoder SNR {lo:.3f} at K={k_lo}, {hi:.3f} at K={k_hi} "
+                         f"(slope of log SNR against log K: {slopes.get(est, float('nan')):+.2f})")  # fmt: skip
+    if "iwae" in rows and "iwae_dreg" in rows:
+        ratio = rows["iwae_dreg"][k_hi]["snr"] / rows["iwae"][k_hi]["snr"]
+        lines.append(f"- At K={k_hi} DReG's encoder SNR is {ratio:.1f} times IWAE's; theory: IWAE's falls like "
+                     "1/sqrt(K) (slope -0.5), DReG's does not fall.")  # fmt: skip
+    return lines
 
 
 def value_rows(result: LabResult) -> list[tuple[str, float, float]]:
@@ -72,6 +115,13 @@ def format_table(result: LabResult) -> str:
             var = "".join(f"{result.gradients[est][p][group]['variance']:>10.2e}" for p in ps)
             lines.append(f"{GRADIENT_LABELS[est]:<52}{group:<9}{snr}")
             lines.append(f"{'':<52}{'  var':<9}{var}")
+    if result.snr_vs_k:
+        ks = sorted(next(iter(result.snr_vs_k.values())))
+        header = f"{'estimator':<52}" + "".join(f"{'K=' + str(k):>9}" for k in ks)
+        lines += ["", "Encoder gradient SNR against K", header]
+        for est, rows in result.snr_vs_k.items():
+            lines.append(f"{SNR_K_LABELS[est]:<52}" + "".join(f"{rows[k]['snr']:>9.3f}" for k in ks))
+        lines += snr_findings(result)
     return "\n".join(lines)
 
 
@@ -115,11 +165,19 @@ def markdown(result: LabResult, command: str = "") -> str:
                 for p in ps
             ]
             md.append(f"| {GRADIENT_LABELS[est]} | {group} | " + " | ".join(cells) + " |")
+    if result.snr_vs_k:
+        ks = sorted(next(iter(result.snr_vs_k.values())))
+        md += ["", f"## Encoder gradient SNR against K ({cfg.grad_images} images, {cfg.grad_reps} draws per cell)",
+               "", "| estimator | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]  # fmt: skip
+        for est, rows in result.snr_vs_k.items():
+            md.append(f"| {SNR_K_LABELS[est]} | " + " | ".join(f"{rows[k]['snr']:.3f}" for k in ks) + " |")
+        md += ["", *snr_findings(result)]
     md += [
         "",
         "![spread](figures/estimator_spread.png)",
         "![iwae](figures/iwae_vs_k.png)",
         "![snr](figures/gradient_snr.png)",
+        "![snr against K](figures/encoder_snr_vs_k.png)",
         "",
     ]
     return "\n".join(md)
@@ -179,6 +237,25 @@ def plot_snr(result: LabResult, out: Path) -> Path:
     return _save(fig, out)
 
 
+def plot_snr_vs_k(result: LabResult, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for est, rows in result.snr_vs_k.items():
+        ks = sorted(rows)
+        ax.loglog(ks, [rows[k]["snr"] for k in ks], "o-", label=SNR_K_LABELS[est])
+    if "iwae" in result.snr_vs_k:
+        rows = result.snr_vs_k["iwae"]
+        ks = sorted(rows)
+        ax.loglog(ks, [rows[ks[0]]["snr"] * (ks[0] / k) ** 0.5 for k in ks], "k--", alpha=0.5,
+                  label=r"$\propto 1/\sqrt{K}$ (from IWAE at the smallest K)")  # fmt: skip
+    ax.axhline(snr_noise_floor(result.config.grad_reps), color="gray", ls=":", lw=1,
+               label=f"noise floor of {result.config.grad_reps} draws")  # fmt: skip
+    ax.set(xlabel="importance samples K", ylabel="mean encoder SNR |E g| / sd(g)",
+           title="Encoder gradient signal-to-noise against K")  # fmt: skip
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -199,4 +276,5 @@ def write_outputs(result: LabResult, out_dir: str | Path, command: str = "") -> 
         plot_spread(result, figs / "estimator_spread.png"),
         plot_iwae(result, figs / "iwae_vs_k.png"),
         plot_snr(result, figs / "gradient_snr.png"),
+        *([plot_snr_vs_k(result, figs / "encoder_snr_vs_k.png")] if result.snr_vs_k else []),
     ]

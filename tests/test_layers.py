@@ -13,7 +13,7 @@ PACKAGE = ROOT / "pyro_vae"
 
 # Bottom to top. A module may import modules of its own layer's predecessors only.
 LAYERS = [
-    {"_version", "registry", "nets", "pixels", "closed_form", "checkpoint", "distributed"},
+    {"_version", "registry", "nets", "pixels", "closed_form", "checkpoint", "distributed", "surrogates"},
     {"config"},
     {"priors", "likelihoods", "guides", "elbos"},
     {"model", "data"},
