@@ -195,7 +195,8 @@ class _WeightedELBO(_Flags, Trace_ELBO):
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
+        if loss.requires_grad:  # (as Pyro's ELBOs: nothing to do when no parameter is trainable)
+            loss.backward()
         return loss.item()
 
 

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pyro
 import torch
 
 from . import distributed
@@ -207,6 +208,10 @@ class StepEngine:
         """Capture the body for batches of ``size`` images. The warm-up steps it needs run on a side
         stream and are then undone (parameters, optimizer state, counters and the RNG restored in
         place), so capturing changes nothing a run computes."""
+        with pyro.validation_enabled(False):  # argument checks synchronise, which a capture forbids
+            return self._capture_unchecked(size)
+
+    def _capture_unchecked(self, size: int) -> torch.cuda.CUDAGraph:
         device = self.x.device
         _init_optimizer_state(self.optim)
         saved = [t.clone() for t in self._state_tensors()]

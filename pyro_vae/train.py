@@ -282,11 +282,11 @@ class _Trainer:
         self.steps_per_epoch = math.ceil(self.x_train.shape[0] / cfg.train.batch_size)
         self.warmup_steps = cfg.train.kl_warmup_epochs * self.steps_per_epoch
         choice = choose_engine(cfg.train.engine, device, is_fast(loss_fn), ctx.active)
-        if choice.reason and ctx.main:
-            log.info("%s", choice.reason)
-        self.engine = StepEngine(distributed.wrap_loss(vae, loss_fn, ctx), self.optim, self.x_train,  # DDP broadcasts
-                                 cfg.train.batch_size, choice, binarize=data.dynamic_binarization,  # rank 0's weights
-                                 warmup_steps=self.warmup_steps, ctx=ctx)  # fmt: skip
+        if choice.reason and ctx.main:  # a fallback: a warning where an engine was asked for by name
+            log.log(logging.INFO if cfg.train.engine == "auto" else logging.WARNING, "%s", choice.reason)
+        step_loss = distributed.wrap_loss(vae, loss_fn, ctx)  # DDP broadcasts rank 0's weights here
+        self.engine = StepEngine(step_loss, self.optim, self.x_train, cfg.train.batch_size, choice,
+                                 binarize=data.dynamic_binarization, warmup_steps=self.warmup_steps, ctx=ctx)
         self.sync_every = cfg.train.sync_every or (100 if device.type == "cuda" else 1)
 
     def _restore(self, state: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ def test_throughput(tmp_path):
          "--out", str(out), "--implementations", ",".join(sorted(every_elbo | {"hand-written graph"})))  # fmt: skip
     record = json.loads(out.read_text())
     names = {p: {r["implementation"] for r in record["results"] if r["particles"] == p} for p in (1, 2)}
-    assert names[2] == every_elbo and names[1] == every_elbo - {"pyro-vae iwae"}  # iwae needs 2 particles
+    assert names[2] == every_elbo and names[1] == every_elbo - {"pyro-vae iwae", "pyro-vae iwae_dreg"}  # 2 particles
     assert record["matmul_gflops"] > 0 and record["peak_rss_mb"] > 0
     hand = [r for r in record["results"] if r["implementation"] == "hand-written"]
     assert all(r["ratio_to_hand_written"] == 1.0 for r in hand)
@@ -77,3 +77,13 @@ def test_ddp_throughput(tmp_path):
     record = json.loads(out.read_text())
     assert set(record["median_images_per_s"]) == {"1", "2"} and record["speedup_over_1"]["1"] == 1.0
     assert all(v > 0 for v in record["median_images_per_s"].values()) and record["machine"]["cpu_count"] > 0
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_iwae_eval(tmp_path, device):
+    out = tmp_path / "ev.json"
+    _run("benchmarks/iwae_eval.py", "--device", device, "--k", "20", "--images", "50", "--repeats", "2", "--out",
+         str(out))  # fmt: skip
+    record = json.loads(out.read_text())
+    assert record["k"] == 20 and record["images"] == 50 and len(record["seconds"]) == 2
+    assert record["test_nll"] <= record["test_neg_elbo"] and record["chunk_elements"] >= 1 << 20

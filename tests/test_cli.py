@@ -34,14 +34,16 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
     assert record["k"] == 10 and record["images"] == 50 and record["nll"]["mean"] <= record["neg_elbo"]["mean"]
 
     small_lab = ["--images", "8", "--k", "1,10", "--particles", "1,2", "--reps", "4", "--grad-images", "4",
-                 "--grad-reps", "3", "--no-progress", "--device", "cpu"]  # fmt: skip
+                 "--grad-reps", "3", "--snr-k", "1,10", "--no-progress", "--device", "cpu"]  # fmt: skip
     assert main(["compare", str(run), *small_lab]) == 0
     out = capsys.readouterr().out
     assert "TraceMeanField_ELBO" in out and "score function" in out
     lab = json.loads((run / "compare" / "compare.json").read_text())
     assert lab["values"]["nll"]["k"] == 10 and set(lab["spread"]["trace"]) == {"1", "2"}
+    assert set(lab["encoder_snr_vs_k"]) == {"iwae", "iwae_dreg", "piwae"} and set(lab["encoder_snr_vs_k"]["iwae"]) == {
+        "1", "10"} and "DReG (iwae_dreg)" in out  # fmt: skip
     assert sorted(p.name for p in (run / "compare" / "figures").iterdir()) == [
-        "estimator_spread.png", "gradient_snr.png", "iwae_vs_k.png"]  # fmt: skip
+        "encoder_snr_vs_k.png", "estimator_spread.png", "gradient_snr.png", "iwae_vs_k.png"]  # fmt: skip
     assert "| negative ELBO, hand-written closed form |" in (run / "compare" / "report.md").read_text()
 
     assert main(["plot", str(run), "--device", "cpu"]) == 0
@@ -61,7 +63,8 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
         (["config", "--set", "model.hidden=400,x"], "model.hidden: expected an integer"),
         (
             ["config", "--set", "train.elbo=nope"],
-            "train.elbo = 'nope' is not one of: iwae, jit_mean_field, jit_trace, mean_field, trace",
+            "train.elbo = 'nope' is not one of: ciwae, iwae, iwae_dreg, jit_mean_field, jit_trace, mean_field, miwae, "
+            "piwae, stl, trace",
         ),
         (
             ["config", "--set", "model.prior=vampire"],

@@ -181,7 +181,8 @@ def test_discretized_logistic_equals_cdf_differences():
 
 ELBO_CHOICES = [  # (elbo, particles, kl_fallback)
     ("trace", 1, True), ("mean_field", 2, True), ("mean_field", 1, False), ("jit_trace", 2, True),
-    ("jit_mean_field", 1, True), ("iwae", 3, True), ("iwae", 1, True),
+    ("jit_mean_field", 1, True), ("iwae", 3, True), ("iwae", 1, True), ("stl", 2, True), ("iwae_dreg", 3, True),
+    ("iwae_dreg", 1, True), ("miwae", 2, True), ("ciwae", 2, True), ("piwae", 2, True),
 ]  # fmt: skip
 COMBINATIONS = list(itertools.product(PRIORS.names(), LIKELIHOODS.names(), GUIDES.names(), ELBO_CHOICES))
 
@@ -290,9 +291,11 @@ def _vae_without_decoder_noise():
 @pytest.mark.parametrize("fast", [True, False])
 def test_kl_warmup_weights_exactly_the_kl_term(elbo, fast):
     """loss(beta) = -sum_b [log p(x|z) - beta KL_b] for the ELBOs (KL analytic or per draw) and
-    -sum_b log mean_k exp(log p(x|z_k) - beta (log q - log p)(z_k)) for iwae, on the same draws."""
+    -sum_b log mean_k exp(log p(x|z_k) - beta (log q - log p)(z_k)) for iwae and iwae_dreg, on the
+    same draws."""
     vae, x = _vae_without_decoder_noise()
-    particles = 3 if elbo == "iwae" else 1
+    bound = elbo in ("iwae", "iwae_dreg")  # the others are the ELBO with one particle (K = M = 1)
+    particles = 3 if bound else 1
     loss_fn = build_loss(vae, TrainConfig(elbo=elbo, num_particles=particles, fast_path=fast), x)
     loss_fn(x, torch.tensor(1.0, dtype=torch.float64))  # a JIT ELBO compiles here (its draws differ once)
     q, p = vae.encoder(x), vae.prior(B)
@@ -303,7 +306,7 @@ def test_kl_warmup_weights_exactly_the_kl_term(elbo, fast):
         kl = torch.distributions.kl_divergence(q, p).expand(log_lik.shape) if ELBOS.get(elbo).analytic_kl else (
             q.log_prob(z) - p.log_prob(z))  # fmt: skip
         log_w = log_lik - beta * kl
-        expected = -(torch.logsumexp(log_w, 0) - math.log(particles)).sum() if elbo == "iwae" else -log_w.sum()
+        expected = -(torch.logsumexp(log_w, 0) - math.log(particles)).sum() if bound else -log_w.sum()
         torch.manual_seed(7)
         got = loss_fn(x, torch.tensor(beta, dtype=torch.float64))
         assert torch.allclose(got, expected, atol=1e-8, rtol=0), (elbo, beta, got.item(), expected.item())

@@ -175,6 +175,15 @@ def test_a_signal_between_sparse_reads_stops_at_the_next_read_and_resumes_exactl
     assert _metrics(straight) == _metrics(stopped)
 
 
+def test_an_engine_that_cannot_run_here_falls_back_with_one_warning(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="pyro_vae.train"):
+        summary = T.fit(small_cfg("train.epochs=1", "train.engine=graph"), tmp_path / "r", progress=False,
+                        figures=False)  # fmt: skip
+    lines = [r for r in caplog.records if "runs eagerly" in r.getMessage()]
+    assert summary["engine"] == "eager" and len(lines) == 1 and lines[0].levelname == "WARNING"
+    assert lines[0].getMessage() == "train.engine=graph runs eagerly: CUDA graphs need a CUDA device"
+
+
 def test_matmul_precision_is_recorded_and_restored(tmp_path):
     before = torch.get_float32_matmul_precision()
     summary = T.fit(small_cfg("train.epochs=1", "train.matmul_precision=high"), tmp_path / "r", progress=False,
@@ -280,7 +289,10 @@ def test_a_graph_run_resumes_bit_for_bit(tmp_path):
     "extra",
     [("model.prior=mixture_of_gaussians", "model.prior_components=4"), ("model.prior=vamp", "model.prior_components=4"),
      ("model.prior=student_t",), ("model.guide=iaf",), ("model.likelihood=continuous_bernoulli",),
-     ("train.elbo=mean_field", "train.kl_warmup_epochs=1"), ("train.elbo=iwae", "train.num_particles=3")],
+     ("train.elbo=mean_field", "train.kl_warmup_epochs=1"), ("train.elbo=iwae", "train.num_particles=3"),
+     ("train.elbo=stl",), ("train.elbo=iwae_dreg", "train.num_particles=4"), ("train.elbo=miwae", "train.iw_groups=2"),
+     ("train.elbo=ciwae", "train.num_particles=3"), ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=3"),
+     ("model.guide=iaf", "train.elbo=iwae_dreg", "train.num_particles=3")],
 )  # fmt: skip
 def test_components_train_under_capture(tmp_path, extra):
     summary = T.fit(small_cfg("train.device=cuda", "train.engine=graph", *extra), tmp_path / "r", progress=False,
