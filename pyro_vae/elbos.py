@@ -27,9 +27,11 @@ from __future__ import annotations
 import math
 
 import torch
+from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
+from pyro.poutine.util import prune_subsample_sites
 
 from . import surrogates
 from .config import ConfigError, TrainConfig
@@ -45,6 +47,7 @@ class _Flags:
     importance_weighted = False
     min_particles = 1
     grouped = False  # draws train.iw_groups groups of train.num_particles samples
+    gradient_hooks = False  # reweights gradients with hooks on z (torch.compile drops them)
 
     @classmethod
     def options(cls, cfg: TrainConfig) -> dict:
@@ -134,8 +137,8 @@ class _WeightedELBO(_Flags, Trace_ELBO):
     particles: one model and one guide trace with a particle dimension). ``needs`` names the terms
     beyond log p and log q: ``stop`` (log q with the guide's parameters detached: the site's
     distribution rebuilt from detached parameters, which a transformed distribution such as the IAF
-    does not allow; the fast path recomputes the encoder instead) and ``fixed`` (log q at the
-    detached samples)."""
+    does not allow; the fast path recomputes the encoder instead), ``fixed`` (log q at the
+    detached samples) and ``model_fixed`` (log p at the detached samples)."""
 
     needs: frozenset = frozenset()
 
@@ -183,8 +186,21 @@ class _WeightedELBO(_Flags, Trace_ELBO):
                 log_q_fixed = scale_and_mask(fn.log_prob(z.detach()), site["scale"], site["mask"])
                 terms["log_q_fixed_z"] = terms["log_q_fixed_z"] + torch_sum(log_q_fixed, sum_dims)
             terms["zs"].append((z, fn.event_dim))
+        if "model_fixed" in self.needs:
+            terms["log_p_fixed_z"] = self._model_at_detached_samples(model, guide_trace, sum_dims, args, kwargs)
         return {k: v if k == "zs" or not torch.is_tensor(v) or v.dim() > 1 else v.unsqueeze(0)
                 for k, v in terms.items()}  # fmt: skip
+
+    def _model_at_detached_samples(self, model, guide_trace, sum_dims, args, kwargs) -> torch.Tensor:
+        """log p(x, z) with the guide's samples detached: the model replayed against them."""
+        fixed = guide_trace.copy()
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample":
+                fixed.nodes[name] = dict(site, value=site["value"].detach())
+        replayed = poutine.replay(self._vectorized_num_particles(model), trace=fixed)
+        trace = prune_subsample_sites(poutine.trace(replayed).get_trace(*args, **kwargs))
+        trace.compute_log_prob()
+        return sum(torch_sum(site["log_prob"], sum_dims) for site in trace.nodes.values() if site["type"] == "sample")
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self.surrogate(self.trace_terms(model, guide, args, kwargs))
@@ -220,6 +236,7 @@ class IWAE_DReG(_WeightedELBO):
     importance_weighted = True
     min_particles = 2
     needs = frozenset({"stop"})
+    gradient_hooks = True
 
     def surrogate(self, terms: dict) -> torch.Tensor:
         return surrogates.iwae_dreg(terms["log_p"], terms["log_q"], terms["log_q_stop"], terms["zs"])
@@ -267,7 +284,7 @@ class PIWAE(_WeightedELBO):
 
     importance_weighted = True
     grouped = True
-    needs = frozenset({"stop", "fixed"})
+    needs = frozenset({"stop", "fixed", "model_fixed"})
 
     @classmethod
     def options(cls, cfg: TrainConfig) -> dict:
@@ -275,7 +292,8 @@ class PIWAE(_WeightedELBO):
 
     def surrogate(self, terms: dict) -> torch.Tensor:
         t = terms
-        return surrogates.piwae(t["log_p"], t["log_q"], t["log_q_stop"], t["log_q_fixed_z"], t["zs"], self.groups)
+        return surrogates.piwae(t["log_p"], t["log_q"], t["log_q_stop"], t["log_q_fixed_z"], t["log_p_fixed_z"],
+                                self.groups)  # fmt: skip
 
     def twin(self) -> ELBO:
         return IWAE_ELBO(num_particles=self.num_particles, vectorize_particles=self.vectorize_particles,

@@ -90,10 +90,13 @@ class Choice:
     reason: str | None = None
 
 
-def choose_engine(requested: str, device: torch.device, fast: bool, data_parallel: bool) -> Choice:
+def choose_engine(requested: str, device: torch.device, fast: bool, data_parallel: bool,
+                  compilable: bool = True) -> Choice:  # fmt: skip
     """What ``train.engine = requested`` runs on ``device``. ``fast``: the fast ELBO applies (capture
     and compilation need its fixed structure); ``data_parallel``: several processes (capture with
-    NCCL's collectives is not made safe here, so DDP runs uncaptured)."""
+    NCCL's collectives is not made safe here, so DDP runs uncaptured); ``compilable``: the loss
+    survives ``torch.compile`` (not so for ``iwae_dreg`` and ``piwae``, whose gradient hooks on z
+    the compiled backward drops: their gradients came out wrong in a side-by-side check)."""
     if requested not in ENGINES:
         raise ValueError(f"train.engine must be one of {ENGINES}, got {requested!r}")
     cuda = device.type == "cuda"
@@ -109,6 +112,11 @@ def choose_engine(requested: str, device: torch.device, fast: bool, data_paralle
         why = "capture under data parallelism (NCCL collectives inside a graph) is not supported"
     if why:
         return Choice("eager", False, False, f"train.engine={requested} runs eagerly: {why}")
+    if name == "compiled" and not compilable:
+        capture = cuda and not data_parallel
+        return Choice("graph" if capture else "eager", capture, False,
+                      f"train.engine=compiled runs {'as graph' if capture else 'eagerly'}: this ELBO reweights "
+                      "gradients with hooks on z, which torch.compile does not keep")  # fmt: skip
     return Choice(name, cuda and not data_parallel, name == "compiled")
 
 

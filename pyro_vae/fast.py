@@ -117,6 +117,9 @@ class FastELBO:
             terms["log_q_stop"] = beta * _stopped(self.vae.encoder, q, x).log_prob(z)
         if "fixed" in needs:
             terms["log_q_fixed_z"] = beta * q.log_prob(z.detach())
+        if "model_fixed" in needs:
+            fixed = z.detach()
+            terms["log_p_fixed_z"] = self.vae.likelihood(self.vae.decoder(fixed)).log_prob(x) + beta * p.log_prob(fixed)
         if self.num_particles == 1:
             terms = {k: v if k == "zs" else v.unsqueeze(0) for k, v in terms.items()}
         return self.weighted.surrogate(terms)

@@ -10,11 +10,13 @@ each of shape (N, B):
 - ``log_q_stop`` the same density with the guide's parameters detached: its gradient reaches
   :math:`\phi` only through :math:`z_n` (the path derivative),
 - ``log_q_fixed_z`` :math:`\log q_\phi(\bar z_n|x)` at the detached samples (the score term alone),
+- ``log_p_fixed_z`` :math:`\log p_\theta(x, \bar z_n)` at the detached samples (PIWAE only),
 
 and ``z``: the samples themselves (tensors in the autograd graph, one per latent site, with their
-event dimensions), on which DReG and PIWAE place a gradient hook. Every function returns the
-negative objective summed over images: its value is the objective's, its gradient the estimator's.
-Samples are ordered so that group m of MIWAE and PIWAE holds samples m K ... (m + 1) K - 1.
+event dimensions), on which DReG places a gradient hook.
+Every function returns the negative objective summed over images: its value is the objective's,
+its gradient the estimator's. Samples are ordered so that group m of MIWAE and PIWAE holds
+samples m K ... (m + 1) K - 1.
 
 - ``stl`` (Roeder et al., 2017): the ELBO, with the score term
   :math:`\partial_\phi \log q_\phi(z)|_{z\text{ fixed}}` dropped: the same expectation, and zero
@@ -26,7 +28,7 @@ Samples are ordered so that group m of MIWAE and PIWAE holds samples m K ... (m 
 - ``miwae`` (Rainforth et al., 2018): the mean over M groups of the K-sample IWAE bound.
 - ``ciwae``: :math:`\beta\,\mathrm{ELBO} + (1-\beta)\,\mathrm{IWAE}_K` on the same K samples.
 - ``piwae``: the IWAE bound of all M K samples for the decoder, MIWAE(M, K) for the encoder; the
-  value is the IWAE bound.
+  value is the IWAE bound. (It evaluates the decoder a second time, at the detached samples.)
 """
 
 from __future__ import annotations
@@ -102,22 +104,22 @@ def iwae_dreg(log_p: torch.Tensor, log_q: torch.Tensor, log_q_stop: torch.Tensor
 
 
 def piwae(log_p: torch.Tensor, log_q: torch.Tensor, log_q_stop: torch.Tensor, log_q_fixed_z: torch.Tensor,
-          zs: Sequence[tuple[torch.Tensor, int]], groups: int) -> torch.Tensor:  # fmt: skip
+          log_p_fixed_z: torch.Tensor, groups: int) -> torch.Tensor:  # fmt: skip
     """The negative IWAE bound of all samples, with the decoder's IWAE gradient and the encoder's
-    MIWAE(M = ``groups``) gradient. Both are sums of :math:`\\nabla \\log w_n` with different
-    normalised weights (b over all samples, a within each group, over M); the encoder's reaches
-    it through z (a hook rescales those gradients by a / b, a per-group constant) and through
-    the score term (weighted by a directly)."""
+    MIWAE(M = ``groups``) gradient. Both are sums of the gradients of log w_n with different
+    normalised weights: b over all samples (the decoder's), a within each group, over M (the
+    encoder's). The surrogate weighs everything by a, then adds (b - a) times log p(x, z) at the
+    detached samples (``log_p_fixed_z``, a second decoder pass), which moves the decoder's weights
+    from a to b without touching the encoder. (Rescaling a b-weighted path gradient by a / b
+    with a hook on z instead overflows early in training, when whole groups carry weights below
+    float precision.)"""
     n, b = log_p.shape
-    log_w = log_p - log_q
-    lw = log_w.detach()
-    by_group = lw.reshape(groups, n // groups, b)
+    lw = (log_p - log_q).detach()
     all_weights = torch.softmax(lw, 0)
-    group_weights = (torch.softmax(by_group, 1) / groups).reshape(n, b)
-    ratio = torch.exp(torch.logsumexp(lw, 0) - torch.logsumexp(by_group, 1) - math.log(groups))  # a / b, (M, B)
-    _scale_gradients(zs, ratio.repeat_interleave(n // groups, 0))
-    surrogate = (all_weights * (log_p - log_q_stop)).sum(0) - (group_weights * log_q_fixed_z).sum(0)
-    return -_with_gradient_of(log_mean_exp(log_w), surrogate).sum()
+    group_weights = (torch.softmax(lw.reshape(groups, n // groups, b), 1) / groups).reshape(n, b)
+    surrogate = (group_weights * (log_p - log_q_stop - log_q_fixed_z)).sum(0) + (
+        (all_weights - group_weights) * log_p_fixed_z).sum(0)  # fmt: skip
+    return -_with_gradient_of(log_mean_exp(log_p - log_q), surrogate).sum()
 
 
 class NotDetachable(ValueError):

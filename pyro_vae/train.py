@@ -41,6 +41,7 @@ from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng
 from .compat import check_compatible, check_data
 from .config import DEVICE_NAMES, ConfigError, ExperimentConfig, from_dict, is_device_name, save_config
 from .data import Splits, load_data
+from .elbos import ELBOS
 from .engine import StepEngine, choose_engine
 from .evaluate import as_dict, evaluate
 from .fast import build_loss, is_fast
@@ -281,7 +282,8 @@ class _Trainer:
             self._restore(state)
         self.steps_per_epoch = math.ceil(self.x_train.shape[0] / cfg.train.batch_size)
         self.warmup_steps = cfg.train.kl_warmup_epochs * self.steps_per_epoch
-        choice = choose_engine(cfg.train.engine, device, is_fast(loss_fn), ctx.active)
+        compilable = not ELBOS.get(cfg.train.elbo).gradient_hooks
+        choice = choose_engine(cfg.train.engine, device, is_fast(loss_fn), ctx.active, compilable)
         if choice.reason and ctx.main:  # a fallback: a warning where an engine was asked for by name
             log.log(logging.INFO if cfg.train.engine == "auto" else logging.WARNING, "%s", choice.reason)
         step_loss = distributed.wrap_loss(vae, loss_fn, ctx)  # DDP broadcasts rank 0's weights here

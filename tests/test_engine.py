@@ -46,6 +46,13 @@ def test_engine_choice_and_the_reason_for_a_fallback(requested, device, fast, dd
         assert choice.reason.startswith(f"train.engine={requested} runs eagerly: ")
 
 
+@pytest.mark.parametrize("device, expected", [(CPU, ("eager", False)), (GPU, ("graph", True))])
+def test_estimators_with_gradient_hooks_are_not_compiled(device, expected):
+    choice = choose_engine("compiled", device, True, False, compilable=False)
+    assert (choice.name, choice.capture, choice.compile_loss) == (*expected, False)
+    assert "hooks on z" in choice.reason
+
+
 def test_an_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="train.engine must be one of"):
         choose_engine("fast", CPU, True, False)
@@ -298,3 +305,28 @@ def test_components_train_under_capture(tmp_path, extra):
     summary = T.fit(small_cfg("train.device=cuda", "train.engine=graph", *extra), tmp_path / "r", progress=False,
                     figures=False)  # fmt: skip
     assert summary["engine"] == "graph" and math.isfinite(summary["final"]["test_neg_elbo"]["mean"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("elbo, k, m", [("trace", 2, 1), ("mean_field", 1, 1), ("iwae", 3, 1), ("stl", 2, 1),
+                                        ("miwae", 2, 2), ("ciwae", 3, 1), ("piwae", 2, 2)])  # fmt: skip
+def test_compiled_losses_give_the_eager_gradients(elbo, k, m):
+    """torch.compile of every compilable fast loss: the same draws (inductor's own RNG switched to
+    torch's) give the eager gradients. (iwae_dreg's gradient hook is lost in compilation, which is
+    why the engine never compiles it.)"""
+    import torch._inductor.config as inductor
+
+    vae, _, loss, x = _setup(elbo=elbo, particles=k)
+    if m > 1:
+        cfg = load_config(None, [f"train.elbo={elbo}", f"train.num_particles={k}", f"train.iw_groups={m}"])
+        loss = build_loss(vae, cfg.train, decode(x[:8]))
+    xb = decode(x[:16])
+    compiled = torch.compile(loss)
+    pyro.set_rng_seed(1)
+    eager = torch.autograd.grad(loss(xb), list(vae.parameters()))
+    with inductor.patch(fallback_random=True):
+        for _ in range(2):  # the first call compiles
+            pyro.set_rng_seed(1)
+            got = torch.autograd.grad(compiled(xb), list(vae.parameters()))
+    for a, b in zip(eager, got):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
