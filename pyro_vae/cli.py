@@ -53,10 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=32, help="P-particle estimates per image for the spread")
     p.add_argument("--grad-images", type=int, default=32, help="images in the batch whose gradient is estimated")
     p.add_argument("--grad-reps", type=int, default=50, help="gradient draws per estimator and P")
-    p.add_argument("--snr-k", default="1,3,10,30,100,300,1000", help="K of the encoder SNR panel (iwae, iwae_dreg, "
-                   "piwae)")  # fmt: skip
-    p.add_argument("--groups", type=int, default=4, help="M of miwae and piwae in the gradient table")
-    p.add_argument("--piwae-groups", type=int, default=8, help="M of piwae in the SNR panel (M groups of K)")
+    p.add_argument("--snr-k", default="1,4,16,64,256,1024", help="samples per image K of the encoder SNR panel "
+                   "(iwae, iwae_dreg, piwae)")  # fmt: skip
+    p.add_argument("--groups", type=int, default=4, help="M of miwae and piwae (M groups of K / M samples)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
@@ -154,8 +153,7 @@ def _compare(args) -> int:
 
     lab = LabConfig(images=args.images, ks=_int_list(args.k, "--k"), particles=_int_list(args.particles, "--particles"),
                     reps=args.reps, grad_images=args.grad_images, grad_reps=args.grad_reps, seed=args.seed,
-                    snr_ks=_int_list(args.snr_k, "--snr-k"), groups=args.groups,
-                    piwae_groups=args.piwae_groups)  # fmt: skip
+                    snr_ks=_int_list(args.snr_k, "--snr-k"), groups=args.groups)  # fmt: skip
     _, vae, data = load_run(args.run, args.checkpoint, args.device)
     device = next(vae.parameters()).device
     x = data.test[evenly_spaced(data.test.shape[0], lab.images)].to(device)

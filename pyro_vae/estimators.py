@@ -14,9 +14,9 @@ On fixed images and a (trained) VAE, :func:`run_lab` estimates
    the score-function estimator (a guide whose samples are not reparameterised, handled by
    ``TraceGraph_ELBO``) and the registered ``stl``, ``iwae``, ``iwae_dreg``, ``miwae``, ``ciwae``
    and ``piwae`` (P samples in all; M = ``groups`` groups of P / M for the grouped ones), across P;
-4. **encoder SNR against K** for ``iwae``, ``iwae_dreg`` and ``piwae`` (``piwae_groups`` groups
-   of K), K in ``snr_ks``: IWAE's falls like :math:`1/\sqrt K` (Rainforth et al., 2018), DReG's
-   does not (Tucker et al., 2019).
+4. **encoder SNR against K** for ``iwae``, ``iwae_dreg`` and ``piwae`` (``groups`` groups of
+   K / M: the same K samples per image), K in ``snr_ks``: IWAE's falls like :math:`1/\sqrt K`
+   (Rainforth et al., 2018), DReG's does not (Tucker et al., 2019).
 
 Per-particle ELBO terms come from Pyro traces of ``vae.guide`` and ``vae.model`` under a
 vectorised particle plate: the same terms ``Trace_ELBO`` (``log p(x,z) - log q(z|x)``) and
@@ -58,9 +58,8 @@ class LabConfig:
     reps: int = 32  # independent P-particle estimates per image for the spread
     grad_images: int = 32  # images in the batch whose gradient is estimated
     grad_reps: int = 50  # independent gradient estimates per (estimator, P)
-    snr_ks: tuple[int, ...] = (1, 3, 10, 30, 100, 300, 1000)  # K of the encoder-SNR-against-K panel
-    groups: int = 4  # M of miwae / piwae in the gradient table (P = M K where M divides P, else M = 1)
-    piwae_groups: int = 8  # M of piwae in the SNR-against-K panel (M groups of K)
+    snr_ks: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)  # samples per image in the encoder-SNR-against-K panel
+    groups: int = 4  # M of miwae / piwae (P = M x P/M samples where M divides P, else M = 1)
     ciwae_beta: float = 0.5
     seed: int = 0
 
@@ -68,8 +67,9 @@ class LabConfig:
         for name in ("images", "reps", "grad_images", "grad_reps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.groups < 1 or self.piwae_groups < 1 or not 0 <= self.ciwae_beta <= 1:
-            raise ValueError("groups and piwae_groups must be at least 1, ciwae_beta in [0, 1]")
+        if self.groups < 1 or not 0 <= self.ciwae_beta <= 1:
+            raise ValueError(f"groups must be at least 1 (got {self.groups}) and ciwae_beta in [0, 1] "
+                             f"(got {self.ciwae_beta})")  # fmt: skip
         if self.reps < 2 or self.grad_reps < 2:
             raise ValueError("reps and grad_reps must be at least 2 to estimate a spread")
         for name in ("ks", "particles", "snr_ks"):
@@ -325,13 +325,15 @@ def run_lab(vae: VAE, x: torch.Tensor, cfg: LabConfig = LabConfig(), progress: b
                                          cfg.ciwae_beta)  # fmt: skip
                 result.gradients[estimator][p] = {g: gradient_stats(d) for g, d in draws.items()}
                 bar.update()
-        # 4. encoder SNR against K (PIWAE: piwae_groups groups of K)
+        # 4. encoder SNR against the number of samples K (PIWAE: M groups of K / M, the same budget)
         for estimator in SNR_VS_K_ESTIMATORS:
             result.snr_vs_k[estimator] = {}
             for k in cfg.snr_ks:
-                m = cfg.piwae_groups if estimator == "piwae" else 1
-                draws = gradient_samples(vae, xg, estimator, k * m, cfg.grad_reps, m)["encoder"]
-                result.snr_vs_k[estimator][k] = gradient_stats(draws)
+                m = lab_groups(k, cfg.groups) if estimator == "piwae" else 1
+                draws = gradient_samples(vae, xg, estimator, k, cfg.grad_reps, m)
+                if "encoder" in draws:  # (a model whose encoder is frozen has none)
+                    result.snr_vs_k[estimator][k] = gradient_stats(draws["encoder"])
                 bar.update()
+        result.snr_vs_k = {est: rows for est, rows in result.snr_vs_k.items() if rows}
     bar.close()
     return result

@@ -36,7 +36,7 @@ GRADIENT_LABELS = {
     "ciwae": "CIWAE, beta mix of ELBO and IWAE (ciwae)",
     "piwae": "PIWAE, M groups of P/M (piwae)",
 }
-SNR_K_LABELS = {"iwae": "IWAE (iwae)", "iwae_dreg": "DReG (iwae_dreg)", "piwae": "PIWAE (piwae, M groups of K)"}
+SNR_K_LABELS = {"iwae": "IWAE (iwae)", "iwae_dreg": "DReG (iwae_dreg)", "piwae": "PIWAE (piwae, M groups of K/M)"}
 
 
 def to_dict(result: LabResult) -> dict:
@@ -249,7 +249,7 @@ def plot_snr_vs_k(result: LabResult, out: Path) -> Path:
                   label=r"$\propto 1/\sqrt{K}$ (from IWAE at the smallest K)")  # fmt: skip
     ax.axhline(snr_noise_floor(result.config.grad_reps), color="gray", ls=":", lw=1,
                label=f"noise floor of {result.config.grad_reps} draws")  # fmt: skip
-    ax.set(xlabel="importance samples K", ylabel="mean encoder SNR |E g| / sd(g)",
+    ax.set(xlabel="samples per image K", ylabel="mean encoder SNR |E g| / sd(g)",
            title="Encoder gradient signal-to-noise against K")  # fmt: skip
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)

@@ -87,3 +87,11 @@ def test_iwae_eval(tmp_path, device):
     record = json.loads(out.read_text())
     assert record["k"] == 20 and record["images"] == 50 and len(record["seconds"]) == 2
     assert record["test_nll"] <= record["test_neg_elbo"] and record["chunk_elements"] >= 1 << 20
+
+
+def test_cpu_levers(tmp_path):
+    out = tmp_path / "levers.json"
+    _run("benchmarks/cpu_levers.py", "--rounds", "1", "--variants", "eager,one-thread", "--out", str(out))
+    record = json.loads(out.read_text())
+    assert set(record["median"]) == {"eager", "one-thread"} and record["ratio_to_peer"] is None
+    assert all(v > 0 for m in record["median"].values() for v in m.values())
