@@ -141,6 +141,11 @@ class _WeightedELBO(_Flags, Trace_ELBO):
     detached samples) and ``model_fixed`` (log p at the detached samples)."""
 
     needs: frozenset = frozenset()
+    twin_class: type = Trace_ELBO  # a Pyro ELBO with this estimator's value on the same draws
+
+    @classmethod
+    def options(cls, cfg: TrainConfig) -> dict:
+        return {"groups": cfg.iw_groups} if cls.grouped else {}
 
     def __init__(self, num_particles: int = 1, groups: int = 1, ciwae_beta: float = 0.5, **kwargs) -> None:
         super().__init__(num_particles=num_particles * groups, **kwargs)
@@ -152,8 +157,8 @@ class _WeightedELBO(_Flags, Trace_ELBO):
     def twin(self) -> ELBO:
         """A Pyro ELBO whose value equals this one's on the same draws (for the fast path's check
         where this estimator cannot run through Pyro's trace)."""
-        kw = dict(vectorize_particles=self.vectorize_particles, max_plate_nesting=self.max_plate_nesting)
-        return Trace_ELBO(num_particles=self.num_particles, **kw)
+        return self.twin_class(num_particles=self.num_particles, vectorize_particles=self.vectorize_particles,
+                               max_plate_nesting=self.max_plate_nesting)  # fmt: skip
 
     def trace_terms(self, model, guide, args, kwargs) -> dict:
         (model_trace, guide_trace), *more = list(self._get_traces(model, guide, args, kwargs))
@@ -237,13 +242,10 @@ class IWAE_DReG(_WeightedELBO):
     min_particles = 2
     needs = frozenset({"stop"})
     gradient_hooks = True
+    twin_class = IWAE_ELBO
 
     def surrogate(self, terms: dict) -> torch.Tensor:
         return surrogates.iwae_dreg(terms["log_p"], terms["log_q"], terms["log_q_stop"], terms["zs"])
-
-    def twin(self) -> ELBO:
-        return IWAE_ELBO(num_particles=self.num_particles, vectorize_particles=self.vectorize_particles,
-                         max_plate_nesting=self.max_plate_nesting)  # fmt: skip
 
 
 @ELBOS.register("miwae")
@@ -253,10 +255,6 @@ class MIWAE(_WeightedELBO):
 
     importance_weighted = True
     grouped = True
-
-    @classmethod
-    def options(cls, cfg: TrainConfig) -> dict:
-        return {"groups": cfg.iw_groups}
 
     def surrogate(self, terms: dict) -> torch.Tensor:
         return surrogates.miwae(terms["log_p"] - terms["log_q"], self.groups)
@@ -285,19 +283,12 @@ class PIWAE(_WeightedELBO):
     importance_weighted = True
     grouped = True
     needs = frozenset({"stop", "fixed", "model_fixed"})
-
-    @classmethod
-    def options(cls, cfg: TrainConfig) -> dict:
-        return {"groups": cfg.iw_groups}
+    twin_class = IWAE_ELBO
 
     def surrogate(self, terms: dict) -> torch.Tensor:
         t = terms
         return surrogates.piwae(t["log_p"], t["log_q"], t["log_q_stop"], t["log_q_fixed_z"], t["log_p_fixed_z"],
                                 self.groups)  # fmt: skip
-
-    def twin(self) -> ELBO:
-        return IWAE_ELBO(num_particles=self.num_particles, vectorize_particles=self.vectorize_particles,
-                         max_plate_nesting=self.max_plate_nesting)  # fmt: skip
 
 
 def build_elbo(cfg: TrainConfig) -> ELBO:

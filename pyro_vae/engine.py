@@ -199,8 +199,9 @@ class StepEngine:
         if self.warmup_steps:
             beta = torch.clamp((self.step_count + 1).to(xb.dtype) / self.warmup_steps, max=1.0)
         value = loss_and_backward(self.loss_fn, self.optim, xb, beta, size / self.world, self.ctx)
-        ok = torch.isfinite(value) & (self.bad_step < 0)
-        first_bad = ~ok & (self.bad_step < 0)
+        clean = self.bad_step < 0  # no bad step yet this epoch
+        ok = torch.isfinite(value) & clean
+        first_bad = ~ok & clean
         self.bad_step.copy_(torch.where(first_bad, self.step_count, self.bad_step))
         self.bad_value.copy_(torch.where(first_bad, value.double(), self.bad_value))
         self.found_inf.copy_((~ok).to(self.found_inf.dtype))
@@ -208,7 +209,8 @@ class StepEngine:
         self.optim.step()
         self.loss_sum.add_(torch.where(ok, value.double() * size, 0.0))
         self.step_count.add_(1)
-        self.batch.add_(1)
+        if self.choice.capture:
+            self.batch.add_(1)
 
     def _state_tensors(self) -> list[torch.Tensor]:
         params = [p for group in self.optim.param_groups for p in group["params"]]

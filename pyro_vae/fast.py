@@ -140,6 +140,12 @@ def is_fast(loss_fn: Callable) -> bool:
     return isinstance(getattr(loss_fn, "__self__", None), FastELBO)
 
 
+def compilable(loss_fn: Callable) -> bool:
+    """Whether ``torch.compile`` keeps the gradients of ``loss_fn`` (a fast loss): not so for an
+    estimator that reweights gradients with hooks on z (``gradient_hooks``: iwae_dreg)."""
+    return is_fast(loss_fn) and not getattr(loss_fn.__self__.weighted, "gradient_hooks", False)
+
+
 def _pyro_loss(vae: VAE, elbo) -> Callable[..., torch.Tensor]:
     """``(x, beta=None) -> loss`` through Pyro's ``elbo.differentiable_loss``. A JIT ELBO sees the
     parameters only through the param store, so its model and guide register the VAE there

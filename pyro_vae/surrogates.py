@@ -61,19 +61,9 @@ def _multiply_by(factor: torch.Tensor):
     return lambda grad: grad * factor
 
 
-def elbo(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """The negative ELBO with the standard reparameterised gradient (Pyro's ``Trace_ELBO``)."""
-    return -(log_p - log_q).mean(0).sum()
-
-
 def stl(log_p: torch.Tensor, log_q_stop: torch.Tensor) -> torch.Tensor:
     """The negative ELBO with the path-derivative ("sticking the landing") gradient."""
     return -(log_p - log_q_stop).mean(0).sum()
-
-
-def iwae(log_w: torch.Tensor) -> torch.Tensor:
-    """The negative IWAE bound with its reparameterised gradient."""
-    return -log_mean_exp(log_w).sum()
 
 
 def miwae_value(log_w: torch.Tensor, groups: int) -> torch.Tensor:

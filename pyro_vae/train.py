@@ -41,10 +41,9 @@ from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng
 from .compat import check_compatible, check_data
 from .config import DEVICE_NAMES, ConfigError, ExperimentConfig, from_dict, is_device_name, save_config
 from .data import Splits, load_data
-from .elbos import ELBOS
 from .engine import StepEngine, choose_engine
 from .evaluate import as_dict, evaluate
-from .fast import build_loss, is_fast
+from .fast import build_loss, compilable, is_fast
 from .model import VAE, build_vae
 from .pixels import decode, evenly_spaced
 
@@ -282,8 +281,7 @@ class _Trainer:
             self._restore(state)
         self.steps_per_epoch = math.ceil(self.x_train.shape[0] / cfg.train.batch_size)
         self.warmup_steps = cfg.train.kl_warmup_epochs * self.steps_per_epoch
-        compilable = not ELBOS.get(cfg.train.elbo).gradient_hooks
-        choice = choose_engine(cfg.train.engine, device, is_fast(loss_fn), ctx.active, compilable)
+        choice = choose_engine(cfg.train.engine, device, is_fast(loss_fn), ctx.active, compilable(loss_fn))
         if choice.reason and ctx.main:  # a fallback: a warning where an engine was asked for by name
             log.log(logging.INFO if cfg.train.engine == "auto" else logging.WARNING, "%s", choice.reason)
         step_loss = distributed.wrap_loss(vae, loss_fn, ctx)  # DDP broadcasts rank 0's weights here
@@ -332,7 +330,7 @@ class _Trainer:
         the mean training loss and the epoch's training seconds."""
         self.epoch += 1
         self.vae.train()
-        n, engine = self.x_train.shape[0], self.engine
+        n, bs, engine = self.x_train.shape[0], self.cfg.train.batch_size, self.engine
         if self.partial:  # continue the epoch a signal interrupted, where it stopped
             p = self.partial
             perm, start, total, time_before = p["perm"].to(self.device), p["batch"], p["total"], p["epoch_time"]
@@ -340,7 +338,7 @@ class _Trainer:
         else:
             perm, start, total, time_before = torch.randperm(n, generator=self.shuffle).to(self.device), 0, 0.0, 0.0
         engine.start_epoch(perm, start, total, self.step)
-        first_step, seen, t0 = self.step, total, time.perf_counter()
+        first_step, seen, read_at, t0 = self.step, total, start, time.perf_counter()
         bar = tqdm(range(start, self.steps_per_epoch), desc=f"epoch {self.epoch}/{self.cfg.train.epochs}",
                    unit="step", initial=start, total=self.steps_per_epoch, disable=not self.progress or None,
                    leave=False)  # fmt: skip
@@ -354,9 +352,9 @@ class _Trainer:
                 reading = engine.read()
                 if reading.bad_step is not None:
                     raise self._non_finite(reading, start + reading.bad_step - first_step)
-                images = sum(engine.size(j) for j in range(max(start, i + 1 - self.sync_every), i + 1))
+                images = min((i + 1) * bs, n) - read_at * bs  # trained on since the previous read
                 bar.set_postfix(loss=f"{(reading.total - seen) / images:.2f}", refresh=False)
-                seen = reading.total
+                seen, read_at = reading.total, i + 1
                 if not last and _any_rank(stop.received is not None, self.ctx):
                     elapsed = time_before + time.perf_counter() - t0
                     self.checkpoint([self.run.last], self.epoch - 1, train_time=self.train_time + elapsed,
