@@ -13,11 +13,10 @@ import pyro
 import torch
 
 from pyro_vae import build_vae, load_config
-from pyro_vae.closed_form import neg_elbo_analytic
 from pyro_vae.config import ExperimentConfig
-from pyro_vae.engine import StepEngine, choose_engine
-from pyro_vae.fast import build_loss, compilable, is_fast
-from pyro_vae.train import make_optimizer
+from pyro_vae.objectives.closed_form import neg_elbo_analytic
+from pyro_vae.objectives.fast import build_loss
+from pyro_vae.training.engine import StepEngine, choose_engine, make_optimizer
 
 
 def no_validation() -> None:
@@ -121,9 +120,9 @@ def project_step(cfg: ExperimentConfig, device: torch.device, pool: torch.Tensor
     torch.manual_seed(0)
     vae = build_vae(cfg.model, 784).to(device)
     optim = make_optimizer(vae, cfg.train.lr)
-    loss_fn = build_loss(vae, cfg.train, pool[: cfg.train.batch_size])
-    choice = choose_engine(cfg.train.engine, device, is_fast(loss_fn), False, compilable(loss_fn))
-    engine = StepEngine(loss_fn, optim, pool, cfg.train.batch_size, choice)
+    loss = build_loss(vae, cfg.train, pool[: cfg.train.batch_size])
+    choice = choose_engine(cfg.train.engine, device, loss.fast, False, loss.compilable)
+    engine = StepEngine(loss.fn, optim, pool, cfg.train.batch_size, choice)
     steps_per_pass = math.ceil(pool.shape[0] / cfg.train.batch_size)
     order = torch.Generator().manual_seed(0)
     done = {"steps": steps_per_pass}

@@ -30,13 +30,12 @@ def worker(args) -> None:
     import pyro
     import torch
 
-    from pyro_vae import distributed
     from pyro_vae.config import load_config
     from pyro_vae.data import load_data
-    from pyro_vae.engine import train_step
-    from pyro_vae.fast import build_loss
     from pyro_vae.model import build_vae
-    from pyro_vae.train import make_optimizer
+    from pyro_vae.objectives.fast import build_loss
+    from pyro_vae.training import distributed
+    from pyro_vae.training.engine import make_optimizer, train_step
 
     use_cuda = args.device == "cuda"
     ctx = distributed.from_environment(use_cuda)
@@ -87,7 +86,7 @@ def main() -> None:
     if args.device == "cuda":
         import torch
 
-        from pyro_vae.distributed import check_gpus_per_node
+        from pyro_vae.training.distributed import check_gpus_per_node
 
         check_gpus_per_node(max(procs), torch.cuda.device_count())
     out_path = Path(args.out or HERE / "results" / f"ddp_throughput_{args.device}.json")

@@ -4,7 +4,7 @@
                                    [--set section.key=value ...]
 
 Builds the default model (or a trained run's, with ``--run RUN_DIR``), then times
-:func:`pyro_vae.evaluate` (negative ELBO and IWAE bound, the chunk size chosen for the device) on
+:func:`pyro_vae.evaluation.metrics` (negative ELBO and IWAE bound, the chunk size chosen for the device) on
 the first ``--images`` test images, synchronised, median over ``--repeats``. Writes
 benchmarks/results/iwae_eval_DEVICE.json. The issue's target on an H100: K = 5000 on all 10,000
 test images in under 10 s.
@@ -23,7 +23,7 @@ import torch
 
 from common import config, machine, no_validation, sync
 from pyro_vae import build_vae, load_data
-from pyro_vae.evaluate import evaluate, max_elements
+from pyro_vae.evaluation.metrics import evaluate, max_elements
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     no_validation()
     device = torch.device(args.device)
     if args.run:
-        from pyro_vae.train import load_run
+        from pyro_vae.runs.folder import load_run
 
         cfg, vae, data = load_run(args.run, device=args.device)
     else:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae import fit, load_config
-from pyro_vae.train import RunDir
+from pyro_vae.runs.folder import RunDir
 
 HERE = Path(__file__).resolve().parent
 # Published test NLLs (nats, static binarized MNIST) per model class, as cited in this project's issues.

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from common import config, flops_per_image, hand_written_step, machine, matmul_gflops, no_validation, project_step, sync
-from pyro_vae.elbos import ELBOS
+from pyro_vae.objectives.elbos import ELBOS
 
 HAND_WRITTEN = ("hand-written", "hand-written graph")
 IMPLEMENTATIONS = {

@@ -30,7 +30,7 @@ import torch
 
 from common import config, hand_written_step, machine, no_validation, project_step, sync
 from pyro_vae import load_data
-from pyro_vae.evaluate import evaluate
+from pyro_vae.evaluation.metrics import evaluate
 from pyro_vae.model import VAE
 
 # Chosen by small sweeps with the pyro-vae step (batch 256..512, lr 4e-3..8e-3, decay 0.88..0.93 per

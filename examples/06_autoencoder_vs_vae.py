@@ -23,7 +23,7 @@ from _common import parse_args, save_figure, save_results, train_vae
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from pyro_vae import build_vae
-from pyro_vae.plots import image_grid, latent_means
+from pyro_vae.evaluation.plots import image_grid, latent_means
 
 
 def train_autoencoder(cfg, x_train: torch.Tensor, epochs: int, seed: int, device: torch.device):

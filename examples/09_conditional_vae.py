@@ -12,7 +12,7 @@ puts the uncertainty in a latent z instead:
 trained on the conditional ELBO E_q[log p(y | x, z)] - KL(q(z | x, y) || p(z | x)) with
 ``Trace_ELBO``. Each draw of z gives one sharp completion. Both models are scored by the
 conditional log-likelihood -log p(y | x) of test digits in nats (the CVAE's by importance
-sampling with the package's IWAE estimator, ``pyro_vae.evaluate``), and the figure shows the
+sampling with the package's IWAE estimator, ``pyro_vae.evaluation.metrics``), and the figure shows the
 baseline's blur next to several CVAE samples.
 
     python examples/09_conditional_vae.py [--smoke-test] [--out DIR] [--device cpu|cuda]
@@ -30,15 +30,14 @@ import torch.nn.functional as F
 from _common import parse_args, save_figure, save_results
 from torch import nn
 
+from pyro_vae.components.nets import mlp
 from pyro_vae.config import DataConfig, TrainConfig
 from pyro_vae.data import load_data
-from pyro_vae.elbos import build_elbo
-from pyro_vae.engine import train_step
-from pyro_vae.evaluate import evaluate
-from pyro_vae.nets import mlp
-from pyro_vae.pixels import evenly_spaced
-from pyro_vae.plots import image_grid
-from pyro_vae.train import make_optimizer
+from pyro_vae.data.pixels import evenly_spaced
+from pyro_vae.evaluation.metrics import evaluate
+from pyro_vae.evaluation.plots import image_grid
+from pyro_vae.objectives.elbos import build_elbo
+from pyro_vae.training.engine import make_optimizer, train_step
 
 GRID = torch.arange(784).reshape(28, 28)
 GIVEN = GRID[:14, :14].flatten()  # the top-left quadrant
@@ -95,7 +94,7 @@ class CVAE(nn.Module):
 
     def log_weights(self, images, num_samples: int) -> torch.Tensor:
         """log p(y | x, z_k) + log p(z_k | x) - log q(z_k | x, y), shape (K, B): what
-        ``pyro_vae.evaluate`` turns into the IWAE bound on log p(y | x)."""
+        ``pyro_vae.evaluation.metrics`` turns into the IWAE bound on log p(y | x)."""
         x, y = images[:, GIVEN], images[:, MISSING]
         q = self.q_z(images)
         z = q.rsample((num_samples,))

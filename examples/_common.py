@@ -9,7 +9,6 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def parse_args(doc: str, name: str) -> argparse.Namespace:
@@ -27,7 +26,7 @@ def parse_args(doc: str, name: str) -> argparse.Namespace:
 
 def _device(parser: argparse.ArgumentParser, name: str):
     from pyro_vae.config import ConfigError
-    from pyro_vae.train import resolve_device
+    from pyro_vae.runs.device import resolve_device
 
     try:
         return resolve_device(name)
@@ -36,9 +35,9 @@ def _device(parser: argparse.ArgumentParser, name: str):
 
 
 def save_figure(fig, out: Path, name: str) -> Path:
-    path = out / name
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    from pyro_vae.evaluation.plots import save_figure as save
+
+    path = save(fig, out / name)
     print(f"wrote {path}")
     return path
 

@@ -1,15 +1,16 @@
 """pyro-vae: a variational autoencoder written the probabilistic-programming way, in Pyro."""
 
-from ._version import __version__  # noqa: F401
-from .config import ConfigError, ExperimentConfig, apply_overrides, load_config  # noqa: E402
-from .data import DATASETS, Splits, load_data  # noqa: E402
-from .elbos import ELBOS, build_elbo  # noqa: E402
-from .evaluate import evaluate, iwae_log_likelihood  # noqa: E402
-from .guides import GUIDES  # noqa: E402
-from .likelihoods import LIKELIHOODS  # noqa: E402
-from .model import VAE, build_vae  # noqa: E402
-from .priors import PRIORS  # noqa: E402
-from .train import fit, load_run  # noqa: E402
+from pyro_vae._version import __version__  # noqa: F401
+from pyro_vae.components.guides import GUIDES  # noqa: E402
+from pyro_vae.components.likelihoods import LIKELIHOODS  # noqa: E402
+from pyro_vae.components.priors import PRIORS  # noqa: E402
+from pyro_vae.config import ConfigError, ExperimentConfig, apply_overrides, load_config  # noqa: E402
+from pyro_vae.data import DATASETS, Splits, load_data  # noqa: E402
+from pyro_vae.evaluation.metrics import evaluate, iwae_log_likelihood  # noqa: E402
+from pyro_vae.model import VAE, build_vae  # noqa: E402
+from pyro_vae.objectives.elbos import ELBOS, build_elbo  # noqa: E402
+from pyro_vae.runs.folder import load_run  # noqa: E402
+from pyro_vae.training.loop import fit  # noqa: E402
 
 __all__ = [
     "ConfigError", "ExperimentConfig", "apply_overrides", "load_config", "DATASETS", "Splits",

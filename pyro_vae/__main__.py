@@ -1,3 +1,3 @@
-from .cli import run
+from pyro_vae.cli import run
 
 run()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from .config import load_config, to_toml
+from pyro_vae.config import load_config, to_toml
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -87,7 +87,8 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
 
 
 def _train(args) -> int:
-    from .train import RunDir, fit
+    from pyro_vae.runs.folder import RunDir
+    from pyro_vae.training.loop import fit
 
     if args.device:
         args.overrides = [*args.overrides, f"train.device={args.device}"]
@@ -114,9 +115,9 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import as_dict, evaluate
-    from .pixels import evenly_spaced
-    from .train import load_run
+    from pyro_vae.data.pixels import evenly_spaced
+    from pyro_vae.evaluation.metrics import as_dict, evaluate
+    from pyro_vae.runs.folder import load_run
 
     if args.k < 1:
         raise ValueError(f"--k must be at least 1, got {args.k}")
@@ -146,10 +147,10 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 
 
 def _compare(args) -> int:
-    from .estimators import LabConfig, run_lab
-    from .lab_report import format_table, write_outputs
-    from .pixels import evenly_spaced
-    from .train import load_run
+    from pyro_vae.data.pixels import evenly_spaced
+    from pyro_vae.lab.estimators import LabConfig, run_lab
+    from pyro_vae.lab.report import format_table, write_outputs
+    from pyro_vae.runs.folder import load_run
 
     lab = LabConfig(images=args.images, ks=_int_list(args.k, "--k"), particles=_int_list(args.particles, "--particles"),
                     reps=args.reps, grad_images=args.grad_images, grad_reps=args.grad_reps, seed=args.seed,
@@ -166,8 +167,8 @@ def _compare(args) -> int:
 
 
 def _plot(args) -> int:
-    from .plots import make_figures
-    from .train import load_run
+    from pyro_vae.evaluation.plots import make_figures
+    from pyro_vae.runs.folder import load_run
 
     _, vae, data = load_run(args.run, device=args.device)
     for path in make_figures(args.run, vae, data):
@@ -178,7 +179,7 @@ def _plot(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from .train import TrainingError, TrainingInterrupted
+    from pyro_vae.training.stopping import TrainingError, TrainingInterrupted
 
     try:
         if args.command == "config":

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .registry import by_config_key
+from pyro_vae.registry import by_config_key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,9 +48,9 @@ class ModelConfig:
     latent_dim: int = 50  # L, size of z
     hidden: tuple[int, ...] = (400,)  # hidden widths of the encoder; the decoder mirrors them
     activation: str = "softplus"  # relu | softplus | tanh | elu | gelu
-    prior: str = "standard_normal"  # from pyro_vae.priors.PRIORS
-    likelihood: str = "bernoulli"  # from pyro_vae.likelihoods.LIKELIHOODS
-    guide: str = "diag_normal"  # from pyro_vae.guides.GUIDES
+    prior: str = "standard_normal"  # from pyro_vae.components.priors.PRIORS
+    likelihood: str = "bernoulli"  # from pyro_vae.components.likelihoods.LIKELIHOODS
+    guide: str = "diag_normal"  # from pyro_vae.components.guides.GUIDES
     prior_components: int = 500  # mixture_of_gaussians: components; vamp: pseudo-inputs
     prior_df: float = 5.0  # student_t: degrees of freedom
     likelihood_scale: float = 0.0  # gaussian: fixed pixel scale; 0 = one learned scale per pixel
@@ -59,7 +59,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    elbo: str = "trace"  # from pyro_vae.elbos.ELBOS: trace | mean_field | jit_trace | jit_mean_field | iwae
+    elbo: str = "trace"  # from pyro_vae.objectives.elbos.ELBOS: trace | mean_field | jit_trace | jit_mean_field | iwae
     num_particles: int = 1  # samples of z per image in the training ELBO (K of iwae, at least 2)
     iw_groups: int = 1  # M of miwae / piwae: M groups of num_particles (K) samples, M * K drawn per image
     ciwae_beta: float = 0.5  # ciwae: beta * ELBO + (1 - beta) * IWAE_K
@@ -76,7 +76,7 @@ class TrainConfig:
     eval_batch_size: int = 1000  # images per batch when evaluating
     patience: int = 0  # stop after this many epochs without a better valid ELBO (0 = never)
     time_limit_min: float = 0.0  # stop after the epoch that takes training past this many minutes (0 = none)
-    engine: str = "auto"  # auto (graph on CUDA, eager on the CPU) | eager | graph | compiled: see pyro_vae.engine
+    engine: str = "auto"  # auto (graph on CUDA, eager on the CPU) | eager | graph | compiled: pyro_vae.training.engine
     sync_every: int = 0  # steps between host reads of the loss (progress, signals); 0 = 1 on the CPU, 100 on CUDA
     matmul_precision: str = "highest"  # highest (fp32 matrix products) | high (TF32 on GPUs that have it)
 
@@ -99,7 +99,7 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
-TRAIN_ENGINES = ("auto", "eager", "graph", "compiled")  # pyro_vae.engine
+TRAIN_ENGINES = ("auto", "eager", "graph", "compiled")  # pyro_vae.training.engine
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
 _CHOICES = {
     ("data", "binarize"): ("none", "static", "dynamic"),

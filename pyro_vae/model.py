@@ -20,11 +20,11 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .config import ConfigError, ModelConfig
-from .guides import GUIDES
-from .likelihoods import LIKELIHOODS
-from .nets import mlp
-from .priors import PRIORS
+from pyro_vae.components.guides import GUIDES
+from pyro_vae.components.likelihoods import LIKELIHOODS
+from pyro_vae.components.nets import mlp
+from pyro_vae.components.priors import PRIORS
+from pyro_vae.config import ConfigError, ModelConfig
 
 _instances = itertools.count()
 
@@ -56,6 +56,13 @@ class VAE(nn.Module):
         with pyro.plate("data", x.shape[0]):
             with _scaled(beta):
                 pyro.sample("z", self.encoder(x))
+
+    def traces(self, x: torch.Tensor, *args) -> tuple[poutine.Trace, poutine.Trace]:
+        """``(guide_trace, model_trace)``: the guide run on ``x``, then the model replayed against
+        the guide's samples (the pair every ELBO scores)."""
+        guide_trace = poutine.trace(self.guide).get_trace(x, *args)
+        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(x, *args)
+        return guide_trace, model_trace
 
     def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """``log p(x, z_k) - log q(z_k | x)`` for ``z_k ~ q(z | x)``, shape (num_samples, B).

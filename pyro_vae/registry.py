@@ -11,7 +11,7 @@ A registry made with ``config_key`` is listed in :func:`by_config_key`, which
 :func:`pyro_vae.config.validate` reads to check names: the config layer never imports the
 components (importing :mod:`pyro_vae` imports every component module, filling the registries).
 
-Only the factories (:func:`pyro_vae.model.build_vae`, :func:`pyro_vae.elbos.build_elbo`,
+Only the factories (:func:`pyro_vae.model.build_vae`, :func:`pyro_vae.objectives.elbos.build_elbo`,
 :func:`pyro_vae.data.load_data`) turn names into objects.
 """
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import gzip
-import math
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +9,7 @@ import torch
 
 from pyro_vae.config import ModelConfig
 from pyro_vae.model import build_vae
-
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+from tests.helpers import SHARED_DATA
 
 
 def pytest_collection_modifyitems(config, items):
@@ -25,39 +22,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def assert_mc_close(estimate: float, target: float, se: float, *, n: int, seed: int, what: str, z_max: float = 4.0):
-    """Assert that a Monte-Carlo ``estimate`` agrees with ``target`` within ``z_max`` standard errors."""
-    z = (estimate - target) / se if se > 0 else (0.0 if estimate == target else math.inf)
-    assert abs(z) < z_max, (
-        f"{what}: estimate {estimate:.6g} vs {target:.6g}, standard error {se:.3g}, "
-        f"z = {z:.2f} (|z| must be < {z_max}); N = {n}, seed = {seed}"
-    )
 
 
-def mean_se(values: torch.Tensor) -> tuple[float, float]:
-    values = values.double()
-    return float(values.mean()), float(values.std() / math.sqrt(values.numel()))
 
 
-class LinearGaussian:
-    """z ~ N(0, I_l), x | z ~ N(W z + b, sigma^2 I_d), in float64: the exact posterior is
-    N(a (x - b), post_cov) and the exact marginal p(x) = N(b, W W^T + sigma^2 I)."""
-
-    def __init__(self, seed: int, d: int, l: int, sigma: float) -> None:
-        from torch import nn
-
-        self.generator = g = torch.Generator().manual_seed(seed)
-        self.w = torch.randn(d, l, generator=g, dtype=torch.float64)
-        self.b = torch.randn(d, generator=g, dtype=torch.float64)
-        self.sigma = sigma
-        self.decoder = nn.Linear(l, d).double()
-        with torch.no_grad():
-            self.decoder.weight.copy_(self.w)
-            self.decoder.bias.copy_(self.b)
-        self.post_cov = torch.linalg.inv(torch.eye(l, dtype=torch.float64) + self.w.T @ self.w / sigma**2)
-        self.a = self.post_cov @ self.w.T / sigma**2
-        cov_x = self.w @ self.w.T + sigma**2 * torch.eye(d, dtype=torch.float64)
-        self.marginal = torch.distributions.MultivariateNormal(self.b, cov_x)
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from pyro_vae.elbos import ELBOS
-from tests.conftest import ROOT
+from pyro_vae.objectives.elbos import ELBOS
+from tests.helpers import ROOT
 
 
 def _run(*argv: str) -> None:

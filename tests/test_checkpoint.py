@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import checkpoint as C
-from pyro_vae import train as T
 from pyro_vae.cli import main
-from tests.conftest import ROOT
-from tests.test_train import small_cfg
+from pyro_vae.runs import checkpoint as C
+from pyro_vae.runs.folder import load_run, saved_device
+from pyro_vae.training import loop as T
+from tests.helpers import ROOT, small_cfg
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "h100_run_format1"
 SMALL_LAB = ["--images", "8", "--k", "1,10", "--particles", "1,2", "--reps", "4", "--grad-images", "4",
@@ -73,7 +73,7 @@ def test_every_loading_path_refuses_a_checkpoint_that_would_run_code(small_run, 
             C.load_checkpoint(run / "checkpoints" / "last.pt")
     elif path == "load_run":
         with pytest.raises(ValueError, match=message):
-            T.load_run(run, device="cpu")
+            load_run(run, device="cpu")
     else:
         argv = {"evaluate": ["evaluate", str(run), "--k", "2", "--device", "cpu", "--no-progress"],
                 "plot": ["plot", str(run)], "compare": ["compare", str(run), "--device", "cpu", *SMALL_LAB],
@@ -113,11 +113,11 @@ def test_load_run_accepts_a_checkpoint_from_before_a_config_key_existed_but_not_
     state = C.load_checkpoint(run / "checkpoints" / "best.pt")
     del state["config"]["train"]["patience"]  # as a run written before the key was added stores it
     C.save_checkpoint(state, run / "checkpoints" / "best.pt")
-    assert T.load_run(run, device="cpu")[0].train.patience == 0
+    assert load_run(run, device="cpu")[0].train.patience == 0
     state["config"]["model"]["latent_dim"] = 3
     C.save_checkpoint(state, run / "checkpoints" / "best.pt")
     with pytest.raises(ValueError, match="does not match the config stored in"):
-        T.load_run(run, device="cpu")
+        load_run(run, device="cpu")
 
 
 def test_a_checkpoint_of_another_format_is_a_clear_error(tmp_path):
@@ -143,7 +143,7 @@ def gpu_run(tmp_path):
 
 def test_a_format_1_checkpoint_from_a_gpu_loads_on_the_cpu_through_the_safe_path(gpu_run):
     state = C.load_checkpoint(gpu_run / "checkpoints" / "best.pt")
-    assert state["format_version"] == 2 and state["epoch"] == 2 and T._saved_device(state) == "cuda"
+    assert state["format_version"] == 2 and state["epoch"] == 2 and saved_device(state) == "cuda"
     keys = state["rng"]["numpy"]["keys"]
     assert keys.dtype == torch.int64 and keys.shape == (624,) and int(keys.min()) >= 0
     assert all(t.device.type == "cpu" for t in state["model"].values())
@@ -153,9 +153,9 @@ def test_a_gpu_run_evaluates_on_the_cpu_like_on_the_gpu(gpu_run):
     """The H100 reported test NLL (K=10) 123.37 over all 10,000 images. Here on the CPU, with other
     draws, the same weights must agree within the Monte-Carlo error of a difference of two
     independent estimates (measured here from two seeds), at |z| < 5."""
-    from pyro_vae.evaluate import iwae_log_likelihood
+    from pyro_vae.evaluation.metrics import iwae_log_likelihood
 
-    cfg, vae, data = T.load_run(gpu_run, device="cpu")
+    cfg, vae, data = load_run(gpu_run, device="cpu")
     reported = json.loads((gpu_run / "summary.json").read_text())["final"]["test_nll"]["mean"]
     x = data.test
     draws = []
@@ -191,7 +191,7 @@ def test_a_run_trained_on_cuda_evaluates_and_resumes_on_the_cpu(tmp_path):
     T.fit(small_cfg("train.device=cuda", "train.epochs=1"), run, progress=False, figures=False)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
     assert state["device"] == "cuda" and "cuda" in state["rng"]
-    _, vae, _ = T.load_run(run, device="cpu")
+    _, vae, _ = load_run(run, device="cpu")
     assert next(vae.parameters()).device.type == "cpu"
     summary = T.fit(small_cfg("train.device=cpu", "train.epochs=2"), run, resume=True, progress=False, figures=False)
     assert summary["epochs_run"] == 2 and summary["environment"]["device"] == "cpu"

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pyro_vae.cli import main
-from tests.test_train import SMALL
+from tests.helpers import SMALL
 
 
 def _sets(*items):

@@ -1,4 +1,4 @@
-"""The Pyro losses against the hand-written closed form (pyro_vae.closed_form), in float64.
+"""The Pyro losses against the hand-written closed form (pyro_vae.objectives.closed_form), in float64.
 
 Exact where the maths says they are equal (same sampled z, replayed), statistical where they
 agree in expectation (tolerances from Monte-Carlo standard errors)."""
@@ -12,8 +12,8 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import Normal, kl_divergence
 
-from pyro_vae import closed_form
-from tests.conftest import assert_mc_close, mean_se
+from pyro_vae.objectives import closed_form
+from tests.helpers import assert_mc_close, mean_se
 
 
 def _replayed(vae, x):

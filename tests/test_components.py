@@ -14,18 +14,17 @@ import torch
 from pyro.distributions.testing.gof import multinomial_goodness_of_fit
 from torch.distributions import MixtureSameFamily
 
-from pyro_vae.compat import check_compatible, check_data
+from pyro_vae.components.guides import GUIDES
+from pyro_vae.components.likelihoods import LIKELIHOODS, DiscretizedLogisticDist
+from pyro_vae.components.priors import PRIORS, GaussianMixture
 from pyro_vae.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, load_config
 from pyro_vae.data import Splits
-from pyro_vae.elbos import ELBOS
-from pyro_vae.engine import train_step
-from pyro_vae.fast import build_loss
-from pyro_vae.guides import GUIDES
-from pyro_vae.likelihoods import LIKELIHOODS, DiscretizedLogisticDist
 from pyro_vae.model import VAE, build_vae
-from pyro_vae.priors import PRIORS, GaussianMixture
-from pyro_vae.train import make_optimizer
-from tests.conftest import assert_mc_close, mean_se
+from pyro_vae.objectives.elbos import ELBOS, build_elbo
+from pyro_vae.objectives.fast import build_loss
+from pyro_vae.training.checks import check_compatible, check_data
+from pyro_vae.training.engine import make_optimizer, train_step
+from tests.helpers import assert_mc_close, mean_se
 
 B, D, L = 5, 12, 3
 GOF_THRESHOLD = 1e-3  # chi-square p-value below which a discrete sampler and its probabilities disagree
@@ -188,7 +187,7 @@ COMBINATIONS = list(itertools.product(PRIORS.names(), LIKELIHOODS.names(), GUIDE
 
 
 def expected_rejection(prior, likelihood, guide, elbo, particles, kl_fallback) -> str | None:
-    """The documented rules of pyro_vae.compat, written out independently: the message expected."""
+    """The documented rules of pyro_vae.training.checks, written out independently: the message expected."""
     if prior == "vamp" and guide != "diag_normal":
         return "Use model.guide=diag_normal with model.prior=vamp"
     if ELBOS.get(elbo).min_particles > particles:
@@ -221,7 +220,7 @@ def test_one_svi_step_or_the_documented_error(prior, likelihood, guide, elbo_cho
 
     def build():  # the order fit() uses
         vae = build_vae(cfg.model, D)
-        check_compatible(vae, cfg, x)
+        check_compatible(vae, cfg, build_elbo(cfg.train), x)
         return vae, build_loss(vae, cfg.train, x)
 
     if expected:
@@ -253,7 +252,7 @@ def test_jit_elbo_rejects_a_model_whose_sites_change():
     vae = Shifty(base.prior, base.likelihood, base.encoder, base.decoder)
     cfg = ExperimentConfig(model=_cfg(), train=TrainConfig(elbo="jit_trace"))
     with pytest.raises(ConfigError, match="sample sites change between calls.*use train.elbo=trace"):
-        check_compatible(vae, cfg, torch.bernoulli(torch.full((B, D), 0.3)))
+        check_compatible(vae, cfg, build_elbo(cfg.train), torch.bernoulli(torch.full((B, D), 0.3)))
 
 
 @pytest.mark.parametrize(
@@ -321,7 +320,7 @@ def test_every_example_config_builds_and_takes_a_step(path):
     pyro.set_rng_seed(0)
     vae = build_vae(cfg.model, 784)
     x = torch.bernoulli(torch.full((8, 784), 0.2))  # binary pixels are in every likelihood's support
-    check_compatible(vae, cfg, x)
+    check_compatible(vae, cfg, build_elbo(cfg.train), x)
     loss = train_step(build_loss(vae, cfg.train, x), make_optimizer(vae, 1e-3), x)
     assert torch.isfinite(loss)
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from pyro_vae import data as D
-from pyro_vae import pixels as P
-from pyro_vae.compat import check_data
 from pyro_vae.config import DataConfig, ModelConfig
+from pyro_vae.data import pixels as P
 from pyro_vae.model import build_vae
-from tests.conftest import ROOT
+from pyro_vae.training.checks import check_data
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")

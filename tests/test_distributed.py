@@ -14,14 +14,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pyro_vae import distributed
-from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.config import ExperimentConfig, ModelConfig, TrainConfig
-from pyro_vae.engine import train_step
-from pyro_vae.fast import build_loss
 from pyro_vae.model import build_vae
-from pyro_vae.train import make_optimizer
-from tests.conftest import ROOT
+from pyro_vae.objectives.fast import build_loss
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.training import distributed
+from pyro_vae.training.engine import make_optimizer, train_step
+from tests.helpers import ROOT
 
 WORLD, STEPS, GLOBAL_BATCH, D = 2, 4, 10, 16
 CFG = ExperimentConfig(model=ModelConfig(latent_dim=3, hidden=(8,)), train=TrainConfig(elbo="trace"))

@@ -6,15 +6,14 @@ from __future__ import annotations
 import math
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import RenyiELBO
-from torch.distributions import constraints
 
-from pyro_vae import closed_form
 from pyro_vae.config import TrainConfig
-from pyro_vae.elbos import ELBOS, build_elbo
+from pyro_vae.objectives import closed_form
+from pyro_vae.objectives.elbos import ELBOS, build_elbo
+from tests.helpers import conjugate_problem
 
 
 @pytest.mark.parametrize("k", [2, 5])
@@ -66,31 +65,6 @@ def test_iwae_bound_tightens_with_k(tiny_vae64):
         )
 
 
-def _conjugate_problem():
-    """z ~ N(0, I_2), x | z ~ N(W z + b, 0.5^2 I_3) with orthogonal columns in W, so the exact
-    posterior of each of three observations is a diagonal Gaussian (reachable by the guide)."""
-    g = torch.Generator().manual_seed(0)
-    w = torch.linalg.qr(torch.randn(3, 2, generator=g, dtype=torch.float64))[0] * torch.tensor([2.0, 0.7]).double()
-    b = torch.randn(3, generator=g, dtype=torch.float64)
-    sigma = 0.5
-    x = torch.randn(3, 3, generator=g, dtype=torch.float64)
-    post_cov = torch.linalg.inv(torch.eye(2, dtype=torch.float64) + w.T @ w / sigma**2)
-    assert torch.allclose(post_cov, torch.diag(torch.diagonal(post_cov)))
-    post_loc = (x - b) @ (post_cov @ w.T / sigma**2).T
-    post_scale = torch.diagonal(post_cov).sqrt().expand(3, 2)
-
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(2).double(), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ w.T + b, sigma).to_event(1), obs=x)
-
-    def guide(x):
-        loc = pyro.param("loc", torch.zeros(3, 2, dtype=torch.float64))
-        scale = pyro.param("scale", torch.ones(3, 2, dtype=torch.float64), constraint=constraints.positive)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
-
-    return model, guide, x, post_loc, post_scale
 
 
 # (particles, steps, loc tolerance, relative scale tolerance) per ELBO. The importance-weighted
@@ -112,7 +86,7 @@ def test_every_elbo_recovers_the_exact_conjugate_posterior(name):
     iterates: at the exact posterior log w is constant, so every estimator's gradient there is
     exactly zero and the optimum is the posterior for all of them."""
     particles, steps, loc_tol, scale_tol = RECOVERY.get(name, DEFAULT_RECOVERY)
-    model, guide, x, post_loc, post_scale = _conjugate_problem()
+    model, guide, x, post_loc, post_scale = conjugate_problem()
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     elbo = build_elbo(TrainConfig(elbo=name, num_particles=particles, **EXTRA.get(name, {})))
@@ -146,9 +120,9 @@ def test_every_elbo_recovers_the_exact_conjugate_posterior(name):
 def test_jit_elbos_trace_the_model_once_and_equal_their_eager_twins(name):
     """The Python model runs only while a JIT ELBO traces it (twice: Pyro first runs it to find
     the params), never again on later steps; Pyro 1.9's JitTraceMeanField_ELBO re-traced on
-    every call until ``pyro_vae.elbos`` fixed it. After that first step the compiled loss equals
+    every call until ``pyro_vae.objectives.elbos`` fixed it. After that first step the compiled loss equals
     the eager one on the same seed."""
-    model, guide, x, _, _ = _conjugate_problem()
+    model, guide, x, _, _ = conjugate_problem()
     calls = []
 
     def counted_model(x):

@@ -1,4 +1,4 @@
-"""The step engines (pyro_vae.engine): the choice of engine, the device-side step (batch gather,
+"""The step engines (pyro_vae.training.engine): the choice of engine, the device-side step (batch gather,
 warm-up weight, accumulators, non-finite flag) against a hand-written loop, the host-read cadence
 in ``fit``, the compiled engine on the CPU, and (marked ``cuda``) capture in a CUDA graph."""
 
@@ -11,14 +11,23 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae import train as T
-from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.config import load_config
-from pyro_vae.engine import Choice, StepEngine, _init_optimizer_state, choose_engine, train_step
-from pyro_vae.fast import build_loss
+from pyro_vae.data.pixels import decode
 from pyro_vae.model import build_vae
-from pyro_vae.pixels import decode
-from tests.test_train import _assert_same_last_weights, _metrics, small_cfg
+from pyro_vae.objectives.fast import build_loss
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.training import loop as T
+from pyro_vae.training.engine import (
+    Choice,
+    StepEngine,
+    _init_optimizer_state,
+    choose_engine,
+    kl_warmup_weight,
+    make_optimizer,
+    train_step,
+)
+from pyro_vae.training.stopping import TrainingInterrupted
+from tests.helpers import assert_same_last_weights, metrics, small_cfg
 
 EAGER = Choice("eager", False, False)
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
@@ -65,7 +74,7 @@ def _setup(seed=0, n=300, particles=1, elbo="trace", dim=12):
     x = (torch.rand(n, dim, generator=gen) * 255).to(torch.uint8)  # stored levels, decoded per batch
     torch.manual_seed(seed)
     vae = build_vae(cfg.model, dim)
-    optim = T.make_optimizer(vae, 1e-2)
+    optim = make_optimizer(vae, 1e-2)
     loss = build_loss(vae, cfg.train, decode(x[:8]))
     return vae, optim, loss, x
 
@@ -92,7 +101,7 @@ def test_the_engine_step_equals_a_hand_written_loop(binarize, warmup):
     for i in range(5):
         xb = decode(x[perm[i * bs : (i + 1) * bs]])
         xb = torch.bernoulli(xb) if binarize else xb
-        beta = T.kl_weight(i + 1, warmup) if warmup else None
+        beta = kl_warmup_weight(i + 1, warmup) if warmup else None
         total += train_step(loss_b, optim_b, xb, beta).item() * xb.shape[0]
     assert engine.size(4) == 300 - 4 * 64 == 44
     assert reading.bad_step is None and math.isclose(reading.total, total, rel_tol=1e-6)
@@ -154,8 +163,8 @@ def test_host_reads_follow_sync_every_and_do_not_change_the_result(tmp_path, mon
     T.fit(small_cfg("train.epochs=2", "train.batch_size=50", "train.sync_every=3"), sparse, progress=False,
           figures=False)  # fmt: skip
     assert reads == [3, 6, 8] * 2  # every third step and the epoch's last (8 batches of 384 images)
-    _assert_same_last_weights(every_step, sparse)
-    assert _metrics(every_step) == _metrics(sparse)
+    assert_same_last_weights(every_step, sparse)
+    assert metrics(every_step) == metrics(sparse)
 
 
 def test_a_signal_between_sparse_reads_stops_at_the_next_read_and_resumes_exactly(tmp_path, monkeypatch):
@@ -173,17 +182,17 @@ def test_a_signal_between_sparse_reads_stops_at_the_next_read_and_resumes_exactl
         real_step(self)
 
     monkeypatch.setattr(StepEngine, "step", step)
-    with pytest.raises(T.TrainingInterrupted, match=r"stopped after step 11 \(epoch 2, batch 3 of 8\)"):
+    with pytest.raises(TrainingInterrupted, match=r"stopped after step 11 \(epoch 2, batch 3 of 8\)"):
         T.fit(small_cfg(*cfg), stopped, progress=False, figures=False)
     assert load_checkpoint(stopped / "checkpoints" / "last.pt")["partial"]["batch"] == 3
     monkeypatch.setattr(StepEngine, "step", real_step)
     T.fit(small_cfg(*cfg), stopped, resume=True, progress=False, figures=False)
-    _assert_same_last_weights(straight, stopped)
-    assert _metrics(straight) == _metrics(stopped)
+    assert_same_last_weights(straight, stopped)
+    assert metrics(straight) == metrics(stopped)
 
 
 def test_an_engine_that_cannot_run_here_falls_back_with_one_warning(tmp_path, caplog):
-    with caplog.at_level("INFO", logger="pyro_vae.train"):
+    with caplog.at_level("INFO", logger="pyro_vae.training.loop"):
         summary = T.fit(small_cfg("train.epochs=1", "train.engine=graph"), tmp_path / "r", progress=False,
                         figures=False)  # fmt: skip
     lines = [r for r in caplog.records if "runs eagerly" in r.getMessage()]
@@ -215,7 +224,7 @@ def test_the_compiled_engine_trains_like_the_eager_one_on_the_cpu(tmp_path):
 def _cuda_setup(**kw):
     vae, optim, loss, x = _setup(**kw)
     vae.cuda()
-    optim = T.make_optimizer(vae, 1e-2)
+    optim = make_optimizer(vae, 1e-2)
     return vae, optim, loss, x.cuda()
 
 
@@ -287,8 +296,8 @@ def test_a_graph_run_resumes_bit_for_bit(tmp_path):
     assert summary["engine"] == "graph"
     T.fit(small_cfg("train.epochs=1", *cfg), split, progress=False, figures=False)
     T.fit(small_cfg("train.epochs=3", *cfg), split, resume=True, progress=False, figures=False)
-    _assert_same_last_weights(straight, split)
-    assert _metrics(straight) == _metrics(split)
+    assert_same_last_weights(straight, split)
+    assert metrics(straight) == metrics(split)
 
 
 @pytest.mark.cuda

@@ -1,4 +1,4 @@
-"""The estimator laboratory (pyro_vae.estimators): per-image terms equal Pyro's own losses, and
+"""The estimator laboratory (pyro_vae.lab.estimators): per-image terms equal Pyro's own losses, and
 the statistical claims it reports hold, with tolerances from Monte-Carlo standard errors."""
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
-from pyro_vae import estimators as E
+from pyro_vae.components.priors import StandardNormal
 from pyro_vae.config import ModelConfig
+from pyro_vae.lab import estimators as E
 from pyro_vae.model import VAE, build_vae
-from pyro_vae.priors import StandardNormal
-from tests.conftest import LinearGaussian, assert_mc_close, mean_se
-from tests.test_evaluate import _Gaussian, _linear_gaussian
+from tests.helpers import GaussianLikelihood, LinearGaussian, assert_mc_close, linear_gaussian_vae, mean_se
 
 
 @pytest.mark.parametrize("elbo_cls, key", [(Trace_ELBO, "trace"), (TraceMeanField_ELBO, "mean_field")])
@@ -69,7 +68,7 @@ def test_monte_carlo_kl_estimator_has_zero_variance_at_the_exact_posterior():
         def forward(self, x):
             return dist.MultivariateNormal((x - lg.b) @ lg.a.T, scale_tril=chol.expand(x.shape[0], l, l))
 
-    vae = VAE(StandardNormal(l).double(), _Gaussian(sigma), ExactPosterior(), lg.decoder)
+    vae = VAE(StandardNormal(l).double(), GaussianLikelihood(sigma), ExactPosterior(), lg.decoder)
     eye = torch.eye(l, dtype=torch.float64)
     vae.prior.forward = lambda n: dist.MultivariateNormal(torch.zeros(n, l, dtype=torch.float64), eye.expand(n, l, l))
     x = torch.randn(4, d, generator=lg.generator, dtype=torch.float64)
@@ -124,7 +123,7 @@ def test_run_lab_end_to_end_iwae_non_decreasing(tiny_vae64):
 
 
 def test_iwae_converges_to_exact_log_likelihood_through_the_lab():
-    vae, x, log_px = _linear_gaussian()
+    vae, x, log_px = linear_gaussian_vae()
     for p in vae.parameters():
         p.requires_grad_(False)
     cfg = E.LabConfig(images=40, ks=(1, 10, 100, 3000), particles=(1, 2), reps=10, grad_images=4, grad_reps=3)

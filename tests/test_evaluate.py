@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import math
 
-import pyro.distributions as dist
 import pytest
 import torch
-from torch import nn
 
-from pyro_vae import closed_form
-from pyro_vae.evaluate import evaluate, iwae_log_likelihood
-from pyro_vae.model import VAE
-from pyro_vae.pixels import encode
-from pyro_vae.priors import StandardNormal
-from tests.conftest import LinearGaussian, assert_mc_close, mean_se
+from pyro_vae.data.pixels import encode
+from pyro_vae.evaluation.metrics import evaluate, iwae_log_likelihood
+from pyro_vae.objectives import closed_form
+from tests.helpers import assert_mc_close, linear_gaussian_vae, mean_se
 
 
 def test_iwae_matches_a_hand_written_per_image_logsumexp(tiny_vae64):
@@ -76,41 +72,14 @@ def test_stored_uint8_levels_evaluate_exactly_like_the_float_images(tiny_vae64):
     assert a["nll"].mean == b["nll"].mean and a["neg_elbo"].mean == b["neg_elbo"].mean
 
 
-class _Gaussian(nn.Module):
-    """p(x | z) = N(h, sigma^2 I): a likelihood for the linear-Gaussian test model."""
-
-    def __init__(self, sigma: float) -> None:
-        super().__init__()
-        self.sigma = sigma
-
-    def forward(self, h):
-        return dist.Normal(h, self.sigma).to_event(1)
 
 
-class _LinearEncoder(nn.Module):
-    def __init__(self, a, c, scale):
-        super().__init__()
-        self.a, self.c, self.scale = a, c, scale
-
-    def forward(self, x):
-        loc = x @ self.a.T + self.c
-        return dist.Normal(loc, self.scale.expand_as(loc)).to_event(1)
 
 
-def _linear_gaussian(seed=0, d=6, l=2, sigma=0.6):
-    """The linear-Gaussian model with a guide that is the exact posterior's mean map, perturbed,
-    with inflated scales; returns the VAE, 40 draws of x and their exact log p(x)."""
-    lg = LinearGaussian(seed, d, l, sigma)
-    a_noisy = lg.a + 0.2 * torch.randn(lg.a.shape, generator=lg.generator, dtype=torch.float64)
-    scale = lg.post_cov.diagonal().sqrt() * 1.5
-    encoder = _LinearEncoder(a_noisy, -a_noisy @ lg.b, scale)
-    vae = VAE(StandardNormal(l).double(), _Gaussian(sigma), encoder, lg.decoder)
-    x = lg.marginal.sample((40,))
-    return vae, x, lg.marginal.log_prob(x)
 
 
 def test_elbo_below_iwae_below_exact_log_likelihood_and_convergence():
-    vae, x, log_px = _linear_gaussian()
+    vae, x, log_px = linear_gaussian_vae()
     reps, seed = 30, 21
     torch.manual_seed(seed)
     exact = float(log_px.mean())
@@ -139,13 +108,13 @@ def test_elbo_below_iwae_below_exact_log_likelihood_and_convergence():
 
 
 def test_chunks_are_sized_for_the_device():
-    from pyro_vae.evaluate import MAX_ELEMENTS_CPU, max_elements
+    from pyro_vae.evaluation.metrics import MAX_ELEMENTS_CPU, max_elements
 
     assert max_elements(torch.device("cpu")) == MAX_ELEMENTS_CPU
 
 
 @pytest.mark.cuda
 def test_gpu_chunks_are_larger_within_the_cap():
-    from pyro_vae.evaluate import MAX_ELEMENTS_CPU, MAX_ELEMENTS_GPU, max_elements
+    from pyro_vae.evaluation.metrics import MAX_ELEMENTS_CPU, MAX_ELEMENTS_GPU, max_elements
 
     assert MAX_ELEMENTS_CPU <= max_elements(torch.device("cuda")) <= MAX_ELEMENTS_GPU

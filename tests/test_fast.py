@@ -10,12 +10,12 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae import estimators
-from pyro_vae import train as T
-from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.config import TrainConfig
-from pyro_vae.fast import FastELBO, build_loss, check_structure
-from tests.test_train import small_cfg
+from pyro_vae.lab import estimators
+from pyro_vae.objectives.fast import FastELBO, build_loss, check_structure
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.training import loop as T
+from tests.helpers import small_cfg
 
 
 def _score_function_vae(vae):

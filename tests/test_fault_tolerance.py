@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from pyro_vae.checkpoint import load_checkpoint
-from tests.conftest import ROOT
+from pyro_vae.runs.checkpoint import load_checkpoint
+from tests.helpers import ROOT
 
 EPOCHS = 5
 ARGS = ["--no-progress", "--no-figures", "--set", "data.subset=1200", "--set", "model.latent_dim=2", "--set",

@@ -1,4 +1,4 @@
-"""stl, iwae_dreg, miwae, ciwae and piwae (pyro_vae.surrogates through pyro_vae.elbos and the fast
+"""stl, iwae_dreg, miwae, ciwae and piwae (pyro_vae.objectives.surrogates through pyro_vae.objectives.elbos and the fast
 path): values against hand-written formulas on the same draws, limiting cases, decoder gradients
 identical to the estimators they share them with, expected encoder gradients unbiased (Monte-Carlo
 z-scores), STL's zero variance at the exact posterior, and DReG's signal-to-noise ratio growing
@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch.distributions import constraints
 
-from pyro_vae import closed_form
 from pyro_vae.config import ConfigError, TrainConfig
-from pyro_vae.elbos import build_elbo
-from pyro_vae.fast import build_loss, is_fast
-from tests.test_elbos import _conjugate_problem
+from pyro_vae.objectives import closed_form
+from pyro_vae.objectives.elbos import build_elbo
+from pyro_vae.objectives.fast import build_loss
+from tests.helpers import conjugate_problem
 
 NEW = ("stl", "iwae_dreg", "miwae", "ciwae", "piwae")
 
@@ -39,7 +39,7 @@ def _lme(log_w, dim=0):
 def _losses(vae, x, cfg):
     """The loss through Pyro's trace and through the fast path (checked to be the fast one)."""
     fast = build_loss(vae, cfg, x)
-    assert is_fast(fast)
+    assert fast.fast
     elbo = build_elbo(cfg)
     return {"pyro": lambda: elbo.differentiable_loss(vae.model, vae.guide, x), "fast": lambda: fast(x)}
 
@@ -129,7 +129,7 @@ def test_decoder_gradients_are_identical_to_the_estimator_they_share_them_with(t
 
 def _offset_conjugate(offset: float = 0.3, scale_factor: float = 1.3):
     """The conjugate model with the guide's parameters moved off the exact posterior."""
-    model, guide, x, post_loc, post_scale = _conjugate_problem()
+    model, guide, x, post_loc, post_scale = conjugate_problem()
     pyro.clear_param_store()
     pyro.param("loc", post_loc + offset)
     pyro.param("scale", post_scale * scale_factor, constraint=constraints.positive)
@@ -210,7 +210,7 @@ def test_the_iaf_guide_runs_stl_and_dreg_on_the_fast_path_only(tiny_vae64):
     value (trace / iwae) on the same draw."""
     from pyro_vae.config import ModelConfig
     from pyro_vae.model import build_vae
-    from pyro_vae.surrogates import NotDetachable
+    from pyro_vae.objectives.surrogates import NotDetachable
 
     torch.manual_seed(0)
     vae = build_vae(ModelConfig(latent_dim=3, hidden=(16,), guide="iaf"), data_dim=20).double()
@@ -218,7 +218,7 @@ def test_the_iaf_guide_runs_stl_and_dreg_on_the_fast_path_only(tiny_vae64):
     for name, k in (("stl", 2), ("iwae_dreg", 4)):
         cfg = TrainConfig(elbo=name, num_particles=k)
         loss = build_loss(vae, cfg, x)
-        assert is_fast(loss)
+        assert loss.fast
         twin = build_elbo(TrainConfig(elbo="trace" if name == "stl" else "iwae", num_particles=k))
         pyro.set_rng_seed(2)
         ours = loss(x)
@@ -232,7 +232,7 @@ def test_the_iaf_guide_runs_stl_and_dreg_on_the_fast_path_only(tiny_vae64):
 def test_piwae_gradients_stay_finite_when_groups_differ_by_hundreds_of_nats():
     """Early in training one group's weights can sit e^300 below another's (below float32's range
     relative to it). Each group's encoder gradient must still be its own normalised one."""
-    from pyro_vae import surrogates
+    from pyro_vae.objectives import surrogates
 
     z = torch.randn(2 * 3, 4, 1, generator=torch.Generator().manual_seed(0)).requires_grad_()
     offset = torch.tensor([0.0, -300.0]).repeat_interleave(3).reshape(6, 1)

@@ -1,5 +1,7 @@
-"""Imports run one way: every module of the package imports only modules of lower layers
-(module-level and function-level imports alike), so there is no import cycle."""
+"""Imports run one way. The package is a stack of layers, bottom to top; a layer is a top-level
+module or a sub-package (a folder). A module may import from the layers below its own and, inside
+a sub-package, from the modules listed before it there. Module-level and function-level imports
+alike are checked, so there is no import cycle and the folder tree is the architecture."""
 
 from __future__ import annotations
 
@@ -7,53 +9,84 @@ import ast
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PACKAGE = ROOT / "pyro_vae"
 
-# Bottom to top. A module may import modules of its own layer's predecessors only.
+# Bottom to top: (layer, its modules bottom to top). A top-level module is a layer of its own.
 LAYERS = [
-    {"_version", "registry", "nets", "pixels", "closed_form", "checkpoint", "distributed", "surrogates"},
-    {"config"},
-    {"priors", "likelihoods", "guides", "elbos"},
-    {"model", "data"},
-    {"compat", "fast", "evaluate", "plots", "engine"},
-    {"estimators", "train"},
-    {"lab_report"},
-    {"cli"},
-    {"__init__", "__main__"},
+    ("_version", ["_version"]),
+    ("registry", ["registry"]),
+    ("seeding", ["seeding"]),
+    ("config", ["config"]),
+    ("data", ["pixels", "splits", "binarized_mnist", "sets", "__init__"]),
+    ("components", ["nets", "priors", "likelihoods", "guides", "__init__"]),
+    ("model", ["model"]),
+    ("objectives", ["closed_form", "surrogates", "elbos", "fast", "__init__"]),
+    ("runs", ["checkpoint", "device", "folder", "__init__"]),
+    ("evaluation", ["metrics", "plots", "__init__"]),
+    ("training", ["distributed", "stopping", "checks", "engine", "loop", "__init__"]),
+    ("lab", ["estimators", "report", "__init__"]),
+    ("cli", ["cli"]),
+    ("__init__", ["__init__", "__main__"]),
 ]
-LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
+RANK = {}  # dotted module name (relative to the package) -> (layer index, index inside the layer)
+for layer_index, (layer, modules) in enumerate(LAYERS):
+    for module_index, module in enumerate(modules):
+        top_level = layer == module or layer == "__init__"
+        RANK[module if top_level else f"{layer}.{module}"] = (layer_index, module_index)
 
 
-def package_imports(path) -> set[str]:
-    """The sibling modules that ``path`` imports (``from .x import``, ``from . import x``)."""
+def module_name(path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts)
+
+
+def imported(path) -> set[str]:
+    """The package modules that ``path`` imports, as dotted names relative to the package
+    (``from pyro_vae.x.y import z`` gives ``x.y``, or ``x.y.z`` when that is a module)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            names |= {node.module} if node.module else {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pyro_vae"):
-            names.add(node.module.split(".")[1] if "." in node.module else "__init__")
-    return {name.split(".")[0] for name in names}
+        if isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"{path}: relative import at line {node.lineno}; the package imports absolutely")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "pyro_vae":
+            base = node.module.split(".")[1:]
+            for alias in node.names:
+                candidate = ".".join([*base, alias.name])
+                names.add(candidate if candidate in RANK or f"{candidate}.__init__" in RANK else ".".join(base))
+        elif isinstance(node, ast.Import):
+            names |= {".".join(a.name.split(".")[1:]) for a in node.names if a.name.split(".")[0] == "pyro_vae"}
+    return {name if name in RANK else f"{name}.__init__" if name else "__init__" for name in names}
+
+
+MODULES = sorted(module_name(p) for p in PACKAGE.rglob("*.py"))
 
 
 def test_every_module_has_a_layer():
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    assert modules == set(LAYER), f"place new modules in LAYERS: {sorted(modules ^ set(LAYER))}"
+    assert set(MODULES) == set(RANK), f"place new modules in LAYERS: {sorted(set(MODULES) ^ set(RANK))}"
 
 
-@pytest.mark.parametrize("module", sorted(LAYER))
+def test_the_layers_are_the_folders():
+    """Every sub-package is one layer, and every layer of several modules is a folder."""
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders == {layer for layer, modules in LAYERS if len(modules) > 1 and layer != "__init__"}
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_imports_point_down(module):
-    upward = {name: LAYER.get(name) for name in package_imports(PACKAGE / f"{module}.py")
-              if LAYER.get(name, len(LAYERS)) >= LAYER[module]}  # fmt: skip
-    assert not upward, f"pyro_vae/{module}.py (layer {LAYER[module]}) imports from its own or a higher layer: {upward}"
+    path = PACKAGE / (module.replace(".", "/") + ".py")
+    upward = {name: RANK[name] for name in imported(path) if RANK[name] >= RANK[module]}
+    where = f"pyro_vae/{path.relative_to(PACKAGE)} (layer, place {RANK[module]})"
+    assert not upward, f"{where} imports from its own or a higher place: {upward}"
 
 
 def test_a_cycle_would_be_caught(tmp_path):
     """The check sees function-level imports (the kind that hid the config <-> registries cycle)."""
     source = tmp_path / "m.py"
-    source.write_text("def f():\n    from . import data, elbos\n    from .priors import PRIORS\n")
-    assert package_imports(source) == {"data", "elbos", "priors"}
+    source.write_text("def f():\n    from pyro_vae import data\n    from pyro_vae.objectives.elbos import ELBOS\n"
+                      "    from pyro_vae.components import priors\n    import pyro_vae.model\n")  # fmt: skip
+    assert imported(source) == {"data.__init__", "objectives.elbos", "components.priors", "model"}
+    assert RANK["config"] < RANK["data.__init__"] and RANK["objectives.elbos"] < RANK["training.loop"]
 
 
 def test_config_checks_every_component_name_through_the_registries():

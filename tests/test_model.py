@@ -7,9 +7,9 @@ import pytest
 import torch
 from pyro import poutine
 
+from pyro_vae.components.nets import mlp
 from pyro_vae.config import ModelConfig
 from pyro_vae.model import build_vae
-from pyro_vae.nets import mlp
 from pyro_vae.registry import Registry
 
 B, D, L = 5, 12, 3

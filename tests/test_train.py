@@ -3,6 +3,7 @@ training step with Pyro's stock SVI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,36 +16,23 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
-from pyro_vae import train as T
-from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.config import ConfigError, ModelConfig, apply_overrides, load_config
 from pyro_vae.model import build_vae
-
-SMALL = ["data.subset=384", "model.latent_dim=2", "model.hidden=16", "train.batch_size=128",
-         "train.eval_batch_size=200", "eval.iwae_k=20", "train.epochs=2", "train.device=cpu"]  # fmt: skip
-
-
-def small_cfg(*extra):
-    return load_config(None, [*SMALL, *extra])
-
-
-def _metrics(run):
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in rows]
-
-
-def _assert_same_last_weights(run_a, run_b):
-    a = load_checkpoint(run_a / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(run_b / "checkpoints" / "last.pt")["model"]
-    for name, tensor in a.items():
-        assert torch.equal(tensor, b[name]), name
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.runs.device import resolve_device
+from pyro_vae.runs.folder import check_resume_config
+from pyro_vae.training import loop as T
+from pyro_vae.training.checks import diagnose
+from pyro_vae.training.engine import kl_warmup_weight
+from pyro_vae.training.stopping import TrainingError, TrainingInterrupted
+from tests.helpers import SMALL, assert_same_last_weights, metrics, small_cfg
 
 
 def test_fit_writes_a_complete_run_folder(tmp_path):
     run = tmp_path / "run"
     summary = T.fit(small_cfg(), run, progress=False)
     assert (run / "config.toml").read_text() and load_config(run / "config.toml") == small_cfg()
-    rows = _metrics(run)
+    rows = metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["step"] == 6
     saved = json.loads((run / "summary.json").read_text())
     assert saved["final"]["test_nll"]["mean"] <= saved["final"]["test_neg_elbo"]["mean"]
@@ -62,8 +50,8 @@ def test_resume_continues_exactly(tmp_path):
     T.fit(small_cfg("train.epochs=3"), straight, progress=False, figures=False)
     T.fit(small_cfg("train.epochs=1"), split, progress=False, figures=False)
     T.fit(small_cfg("train.epochs=3"), split, resume=True, progress=False, figures=False)
-    _assert_same_last_weights(straight, split)
-    assert _metrics(straight) == _metrics(split)
+    assert_same_last_weights(straight, split)
+    assert metrics(straight) == metrics(split)
 
 
 def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path):
@@ -72,7 +60,7 @@ def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path):
     with open(run / "metrics.jsonl", "a") as f:  # as if killed after logging epoch 2, before its checkpoint
         f.write(json.dumps({"epoch": 2, "train_neg_elbo": 0.0}) + "\n")
     T.fit(small_cfg("train.epochs=2"), run, resume=True, progress=False, figures=False)
-    assert [r["epoch"] for r in _metrics(run)] == [1, 2] and _metrics(run)[1]["train_neg_elbo"] > 0
+    assert [r["epoch"] for r in metrics(run)] == [1, 2] and metrics(run)[1]["train_neg_elbo"] > 0
 
 
 def test_resume_rejects_a_changed_model_and_refuses_to_overwrite(tmp_path):
@@ -89,14 +77,14 @@ def _patch_loss_at_call(monkeypatch, n: int, action):
     real_build = T.build_loss
 
     def build(*args):
-        loss_fn, calls = real_build(*args), {"n": 0}
+        loss, calls = real_build(*args), {"n": 0}
 
         def wrapped(x):
             calls["n"] += 1
-            loss = loss_fn(x)
-            return action(loss) if calls["n"] == n else loss
+            value = loss.fn(x)
+            return action(value) if calls["n"] == n else value
 
-        return wrapped
+        return dataclasses.replace(loss, fn=wrapped)
 
     monkeypatch.setattr(T, "build_loss", build)
 
@@ -104,7 +92,7 @@ def _patch_loss_at_call(monkeypatch, n: int, action):
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     _patch_loss_at_call(monkeypatch, 4, lambda loss: loss * float("nan"))
     run = tmp_path / "run"
-    with pytest.raises(T.TrainingError, match=r"became nan at step 4 \(epoch 2\): every term is finite when "
+    with pytest.raises(TrainingError, match=r"became nan at step 4 \(epoch 2\): every term is finite when "
                        r"recomputed .* is kept; try a smaller train.lr"):  # fmt: skip
         T.fit(small_cfg(), run, progress=False)
     kept = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -121,14 +109,14 @@ def test_a_non_finite_term_is_named():
     broken = vae()
     with torch.no_grad():
         broken.decoder[0].weight[0, 0] = float("nan")
-    assert T.diagnose(broken, x) == "non-finite parameters: decoder.0.weight"
+    assert diagnose(broken, x) == "non-finite parameters: decoder.0.weight"
     broken = vae()
     broken.prior.loc[0] = float("inf")
-    assert T.diagnose(broken, x).startswith("log p(z) (prior) at site 'z' is -inf for 4 of 4 images")
+    assert diagnose(broken, x).startswith("log p(z) (prior) at site 'z' is -inf for 4 of 4 images")
     broken = vae()
     real = broken.likelihood.forward
     broken.likelihood.forward = lambda h: real(torch.where(torch.arange(h.shape[-2])[:, None] == 1, torch.nan, h))
-    assert T.diagnose(broken, x).startswith("log p(x|z) (likelihood) at site 'x' is nan for 1 of 4 images")
+    assert diagnose(broken, x).startswith("log p(x|z) (likelihood) at site 'x' is nan for 1 of 4 images")
 
 
 def test_training_step_equals_stock_pyro_svi():
@@ -164,15 +152,15 @@ def test_cuda_request_without_cuda_is_a_config_error():
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     with pytest.raises(ConfigError, match="CUDA is not available"):
-        T.resolve_device("cuda")
-    assert T.resolve_device("auto").type == "cpu"
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
 
 
 def test_resume_config_check_allows_only_listed_keys():
     base = load_config()
-    T.check_resume_config(base, apply_overrides(base, ["train.epochs=99", "eval.iwae_k=5000"]))
+    check_resume_config(base, apply_overrides(base, ["train.epochs=99", "eval.iwae_k=5000"]))
     with pytest.raises(ConfigError, match="train.lr"):
-        T.check_resume_config(base, apply_overrides(base, ["train.lr=0.1"]))
+        check_resume_config(base, apply_overrides(base, ["train.lr=0.1"]))
 
 
 def test_the_default_model_learns_on_the_full_data(tmp_path):
@@ -203,15 +191,15 @@ def test_a_signal_mid_epoch_checkpoints_the_step_and_resume_is_exact(tmp_path, m
         return loss
 
     _patch_loss_at_call(monkeypatch, 5, send_signal)  # epoch 2, batch 2 of 3
-    with pytest.raises(T.TrainingInterrupted, match=r"stopped after step 5 \(epoch 2, batch 2 of 3\)") as info:
+    with pytest.raises(TrainingInterrupted, match=r"stopped after step 5 \(epoch 2, batch 2 of 3\)") as info:
         T.fit(small_cfg("train.epochs=3"), stopped, progress=False, figures=False)
     assert info.value.signal_number == signum
     kept = load_checkpoint(stopped / "checkpoints" / "last.pt")
     assert kept["step"] == 5 and kept["epoch"] == 1 and kept["partial"]["batch"] == 2
     monkeypatch.setattr(T, "build_loss", real_build)
     T.fit(small_cfg("train.epochs=3"), stopped, resume=True, progress=False, figures=False)
-    _assert_same_last_weights(straight, stopped)
-    assert _metrics(straight) == _metrics(stopped)
+    assert_same_last_weights(straight, stopped)
+    assert metrics(straight) == metrics(stopped)
     assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
 
 
@@ -231,11 +219,11 @@ def test_sigterm_to_the_command_checkpoints_and_resumes(tmp_path):
     resume = ["train", "--resume", str(run), "--no-progress", "--no-figures", "--set", f"train.epochs={done + 2}"]
     resumed = subprocess.run([sys.executable, "-m", "pyro_vae", *resume], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert [r["epoch"] for r in _metrics(run)] == list(range(1, done + 3))
+    assert [r["epoch"] for r in metrics(run)] == list(range(1, done + 3))
 
 
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
-    from pyro_vae import checkpoint
+    from pyro_vae.runs import checkpoint
 
     path = tmp_path / "ckpt.pt"
     checkpoint.save_checkpoint({"epoch": 1}, path)
@@ -282,16 +270,17 @@ def test_fit_with_other_components_writes_figures_and_finite_numbers(tmp_path, e
     assert all(torch.isfinite(torch.tensor(final[k]["mean"])) for k in ("train_neg_elbo", "test_nll"))
     assert final["test_nll"]["mean"] <= final["test_neg_elbo"]["mean"]
     assert len(list((tmp_path / "run" / "figures").glob("*.png"))) == 5
-    weights = [r["kl_weight"] for r in _metrics(tmp_path / "run")]
+    weights = [r["kl_weight"] for r in metrics(tmp_path / "run")]
     warmup = "train.kl_warmup_epochs=1.5" in extra
     assert weights == ([pytest.approx(2 / 3, abs=0.01), 1.0] if warmup else [1.0, 1.0]), weights
 
 
 def test_kl_warmup_schedule_and_exact_resume(tmp_path):
-    """beta = step / (epochs * steps per epoch), never 0, and None (the plain ELBO) once it reaches 1;
+    """beta = step / (epochs * steps per epoch), never 0, capped at 1 (floats and device tensors alike);
     a resumed run continues the schedule exactly."""
-    assert T.kl_weight(1, 4.0) == 0.25 and T.kl_weight(3, 4.0) == 0.75 and T.kl_weight(4, 4.0) is None
-    assert T.kl_weight(1, 0.0) is None
+    assert kl_warmup_weight(1, 4.0) == 0.25 and kl_warmup_weight(3, 4.0) == 0.75 and kl_warmup_weight(4, 4.0) == 1.0
+    assert kl_warmup_weight(9, 4.0) == 1.0
+    assert float(kl_warmup_weight(torch.tensor(2.0), 4.0)) == 0.5  # the engine's device-side weight
     cfg = ["model.prior=vamp", "model.prior_components=6", "train.kl_warmup_epochs=2"]
     T.fit(small_cfg(*cfg, "train.epochs=3"), tmp_path / "straight", progress=False, figures=False)
     T.fit(small_cfg(*cfg, "train.epochs=1"), tmp_path / "split", progress=False, figures=False)
@@ -299,7 +288,7 @@ def test_kl_warmup_schedule_and_exact_resume(tmp_path):
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["kl_weight"] for r in _metrics(tmp_path / "split")] == [0.5, 1.0, 1.0]
+    assert [r["kl_weight"] for r in metrics(tmp_path / "split")] == [0.5, 1.0, 1.0]
 
 
 def test_vamp_pseudo_inputs_start_at_training_images(tmp_path):

@@ -1,7 +1,7 @@
 r"""Gradient estimators as surrogate losses on per-sample log weights.
 
 Both ways of computing a loss share these functions: the registered Pyro ELBOs
-(:mod:`pyro_vae.elbos`, terms read from Pyro traces) and the fast path (:mod:`pyro_vae.fast`).
+(:mod:`pyro_vae.objectives.elbos`, terms read from Pyro traces) and the fast path (:mod:`pyro_vae.objectives.fast`).
 For N = M K samples :math:`z_n \sim q_\phi(z|x)` (reparameterised) of each of B images they take,
 each of shape (N, B):
 
@@ -12,8 +12,9 @@ each of shape (N, B):
 - ``log_q_fixed_z`` :math:`\log q_\phi(\bar z_n|x)` at the detached samples (the score term alone),
 - ``log_p_fixed_z`` :math:`\log p_\theta(x, \bar z_n)` at the detached samples (PIWAE only),
 
-and ``z``: the samples themselves (tensors in the autograd graph, one per latent site, with their
-event dimensions), on which DReG places a gradient hook.
+and ``zs``: the samples themselves (tensors in the autograd graph, one per latent site, with their
+event dimensions), on which DReG places a gradient hook, and ``beta``, the KL warm-up weight the
+terms carry (1 without warm-up). They travel together as :class:`Terms`.
 Every function returns the negative objective summed over images: its value is the objective's,
 its gradient the estimator's. Samples are ordered so that group m of MIWAE and PIWAE holds
 samples m K ... (m + 1) K - 1.
@@ -23,8 +24,12 @@ samples m K ... (m + 1) K - 1.
   variance where q is the exact posterior.
 - ``iwae_dreg`` (Tucker et al., 2019): the IWAE bound; decoder gradient
   :math:`\sum_n \tilde w_n \nabla_\theta \log w_n` (the IWAE one), encoder gradient
-  :math:`\sum_n \tilde w_n^2\, \partial_z \log w_n\, \partial_\phi z_n`, whose signal-to-noise ratio
-  does not decay with K.
+  :math:`\sum_n ((1-\beta)\tilde w_n + \beta\tilde w_n^2)\, \partial_z \log w_n\, \partial_\phi z_n`,
+  whose signal-to-noise ratio does not decay with K. With KL warm-up,
+  :math:`\log w = \log p(x|z) + \beta(\log p(z) - \log q_\phi(z|x))`, so the score term that DReG
+  rewrites is :math:`-\beta \sum_n \tilde w_n \partial_\phi \log q_\phi(z_n)`, and
+  :math:`E[\tilde w_n \partial_\phi \log q_\phi(z_n)] = E[\tilde w_n (1 - \tilde w_n) \partial_z \log w_n
+  \partial_\phi z_n]`; at :math:`\beta = 1` the weights are the paper's :math:`\tilde w_n^2`.
 - ``miwae`` (Rainforth et al., 2018): the mean over M groups of the K-sample IWAE bound.
 - ``ciwae``: :math:`\beta\,\mathrm{ELBO} + (1-\beta)\,\mathrm{IWAE}_K` on the same K samples.
 - ``piwae``: the IWAE bound of all M K samples for the decoder, MIWAE(M, K) for the encoder; the
@@ -35,8 +40,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 
 import torch
+
+
+@dataclass
+class Terms:
+    """The per-sample terms of one batch, each (N, B) (see the module's docstring); the optional
+    ones are computed only for the estimators that need them (``needs`` of the ELBO classes)."""
+
+    log_p: torch.Tensor
+    log_q: torch.Tensor
+    log_q_stop: torch.Tensor | None = None
+    log_q_fixed_z: torch.Tensor | None = None
+    log_p_fixed_z: torch.Tensor | None = None
+    zs: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    beta: torch.Tensor | float = 1.0
+
+    def with_particle_dim(self) -> Terms:
+        """The same terms with a leading particle dimension of one where a term has none."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("log_p", "log_q", "log_q_stop", "log_q_fixed_z", "log_p_fixed_z"):
+            value = out[name]
+            if torch.is_tensor(value) and value.dim() <= 1:
+                out[name] = value.unsqueeze(0) if value.dim() == 1 else value.reshape(1, 1)
+        return Terms(**out)
 
 
 def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -81,14 +110,16 @@ def ciwae(log_w: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 def iwae_dreg(log_p: torch.Tensor, log_q: torch.Tensor, log_q_stop: torch.Tensor,
-              zs: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor:  # fmt: skip
+              zs: Sequence[tuple[torch.Tensor, int]], beta: torch.Tensor | float = 1.0) -> torch.Tensor:  # fmt: skip
     """The negative IWAE bound with the doubly reparameterised gradient. The surrogate
     :math:`\\sum_n \\tilde w_n (\\log p - \\log q_{stop})` gives the decoder its IWAE gradient and
-    reaches the encoder only through z, where a hook weighs each sample's gradient by
-    :math:`\\tilde w_n` again."""
+    reaches the encoder only through z, where a hook multiplies each sample's gradient by
+    :math:`(1 - \\beta) + \\beta \\tilde w_n`: encoder weights
+    :math:`(1 - \\beta) \\tilde w_n + \\beta \\tilde w_n^2` for the KL weight ``beta`` the terms carry
+    (:math:`\\tilde w_n^2` at 1)."""
     log_w = log_p - log_q
     weights = torch.softmax(log_w.detach(), 0)
-    _scale_gradients(zs, weights)
+    _scale_gradients(zs, (1 - beta) + beta * weights)
     surrogate = (weights * (log_p - log_q_stop)).sum(0)
     return -_with_gradient_of(log_mean_exp(log_w), surrogate).sum()
 

@@ -6,7 +6,7 @@ choice                                                 error (:class:`~pyro_vae.
 =====================================================  ==============================================
 ``model.prior=vamp`` with a guide lacking a Gaussian   raised by :func:`~pyro_vae.model.build_vae`:
 density at the pseudo-inputs (``iaf``)                 use ``model.guide=diag_normal``
-``train.elbo=iwae`` with ``num_particles < 2``         :func:`~pyro_vae.elbos.build_elbo`: set
+``train.elbo=iwae`` with ``num_particles < 2``         :func:`~pyro_vae.objectives.elbos.build_elbo`: set
                                                        ``train.num_particles`` >= 2
 an analytic-KL ELBO (``mean_field``,                   :func:`check_compatible`: no closed-form KL for
 ``jit_mean_field``) with ``train.kl_fallback=false``   the pair; allow the fallback or use ``trace``
@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import pyro
 import torch
-from pyro import poutine
+from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from .config import ConfigError, ExperimentConfig
-from .data import Splits
-from .elbos import ELBOS
-from .model import VAE
+from pyro_vae.config import ConfigError, ExperimentConfig
+from pyro_vae.data import Splits
+from pyro_vae.model import VAE
+from pyro_vae.seeding import fork_rng
 
 
 def check_data(vae: VAE, data: Splits) -> None:
@@ -47,8 +47,7 @@ def check_data(vae: VAE, data: Splits) -> None:
 
 
 def _structure(vae: VAE, x: torch.Tensor) -> list[tuple]:
-    guide_tr = poutine.trace(vae.guide).get_trace(x)
-    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    guide_tr, model_tr = vae.traces(x)
     return [
         (which, name, site["is_observed"], tuple(site["fn"].batch_shape), tuple(site["fn"].event_shape))
         for which, tr in (("guide", guide_tr), ("model", model_tr))
@@ -57,11 +56,11 @@ def _structure(vae: VAE, x: torch.Tensor) -> list[tuple]:
     ]
 
 
-def check_compatible(vae: VAE, cfg: ExperimentConfig, x: torch.Tensor) -> None:
-    """Checks that need the built VAE and a batch ``x`` of training data (RNG left alone)."""
-    elbo_cls = ELBOS.get(cfg.train.elbo)
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():
-        if elbo_cls.analytic_kl and not cfg.train.kl_fallback:
+def check_compatible(vae: VAE, cfg: ExperimentConfig, elbo: ELBO, x: torch.Tensor) -> None:
+    """Checks that need the built VAE, the built ELBO (``cfg.train.elbo``) and a batch ``x`` of
+    training data (RNG left alone)."""
+    with fork_rng(x.device), torch.no_grad():
+        if elbo.analytic_kl and not cfg.train.kl_fallback:
             q, p = vae.encoder(x), vae.prior(x.shape[0])
             try:
                 kl_divergence(q, p)
@@ -72,7 +71,7 @@ def check_compatible(vae: VAE, cfg: ExperimentConfig, x: torch.Tensor) -> None:
                     f"prior ({type(p).__name__}); set train.kl_fallback=true (Monte-Carlo KL for this pair) or "
                     "train.elbo=trace"
                 ) from None
-        if elbo_cls.jit:
+        if elbo.jit:
             with pyro.validation_enabled(False):
                 torch.manual_seed(0)
                 first = _structure(vae, x)
@@ -84,3 +83,23 @@ def check_compatible(vae: VAE, cfg: ExperimentConfig, x: torch.Tensor) -> None:
                     f"train.elbo={cfg.train.elbo} compiles the model once, but its sample sites change between "
                     f"calls ({changed}); use train.elbo={cfg.train.elbo.removeprefix('jit_')}"
                 )
+
+
+@torch.no_grad()
+def diagnose(vae: VAE, x: torch.Tensor) -> str:
+    """Which term of the negative ELBO is not finite on the batch ``x``: non-finite parameters,
+    or the log-densities of the guide's and the model's sites at one draw."""
+    bad = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        return "non-finite parameters: " + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+    with pyro.validation_enabled(False):
+        guide_tr, model_tr = vae.traces(x)
+    terms = {"log q(z|x) (guide)": guide_tr.nodes["z"], "log p(z) (prior)": model_tr.nodes["z"],
+             "log p(x|z) (likelihood)": model_tr.nodes["x"]}  # fmt: skip
+    out = []
+    for label, site in terms.items():
+        values = site["fn"].log_prob(site["value"])
+        if not torch.isfinite(values).all():
+            out.append(f"{label} at site '{site['name']}' is {values[~torch.isfinite(values)][0].item()} "
+                       f"for {int((~torch.isfinite(values)).sum())} of {values.numel()} images")  # fmt: skip
+    return "; ".join(out) or "every term is finite when recomputed (an overflow in the gradient step)"

@@ -18,8 +18,8 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from .nets import mlp
-from .registry import Registry
+from pyro_vae.components.nets import mlp
+from pyro_vae.registry import Registry
 
 GUIDES: Registry = Registry("guide", config_key="model.guide")
 

@@ -12,7 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .estimators import GRADIENT_ESTIMATORS, SNR_VS_K_ESTIMATORS, LabResult, snr_noise_floor  # noqa: E402
+from pyro_vae.evaluation.plots import save_figure  # noqa: E402
+from pyro_vae.lab.estimators import GRADIENT_ESTIMATORS, SNR_VS_K_ESTIMATORS, LabResult, snr_noise_floor  # noqa: E402
 
 VALUE_LABELS = {
     "trace": "negative ELBO, Trace_ELBO (Monte-Carlo KL)",
@@ -197,7 +198,7 @@ def plot_spread(result: LabResult, out: Path) -> Path:
     )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_iwae(result: LabResult, out: Path) -> Path:
@@ -218,7 +219,7 @@ def plot_iwae(result: LabResult, out: Path) -> Path:
     ax.set(xlabel="importance samples K", ylabel="nats per image", title="IWAE bound approaching log p(x)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_snr(result: LabResult, out: Path) -> Path:
@@ -234,7 +235,7 @@ def plot_snr(result: LabResult, out: Path) -> Path:
         ax.axhline(floor, color="gray", ls="--", lw=1, label=f"noise floor of {result.config.grad_reps} draws")
     axes[0].set_ylabel("mean SNR |E g| / sd(g)")
     axes[0].legend(fontsize=7)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_snr_vs_k(result: LabResult, out: Path) -> Path:
@@ -253,14 +254,7 @@ def plot_snr_vs_k(result: LabResult, out: Path) -> Path:
            title="Encoder gradient signal-to-noise against K")  # fmt: skip
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    return _save(fig, out)
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, out)
 
 
 def write_outputs(result: LabResult, out_dir: str | Path, command: str = "") -> list[Path]:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
 
-from .pixels import decode
-from .registry import Registry
+from pyro_vae.data.pixels import decode
+from pyro_vae.registry import Registry
 
 PRIORS: Registry = Registry("prior", config_key="model.prior")
 

@@ -32,6 +32,7 @@ class Context:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False  # this context initialised the process group (and shuts it down)
+    cuda: bool = False  # the group is NCCL's: its collectives take tensors on this rank's GPU
 
     @property
     def main(self) -> bool:
@@ -61,12 +62,19 @@ def from_environment(use_cuda: bool) -> Context:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Context()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         check_gpus_per_node(int(os.environ.get("LOCAL_WORLD_SIZE", world)), torch.cuda.device_count())
+        torch.cuda.set_device(local_rank)  # barrier and the object collectives run on the current device
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank, owns, use_cuda)
+
+
+def device(ctx: Context) -> torch.device:
+    """The device of this rank's collective tensors: its GPU under NCCL, else the CPU."""
+    return torch.device("cuda", ctx.local_rank) if ctx.cuda else torch.device("cpu")
 
 
 def shard(indices: torch.Tensor, ctx: Context) -> torch.Tensor:

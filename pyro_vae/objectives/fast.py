@@ -10,7 +10,7 @@ the two losses on one batch and seed); :class:`FastELBO` then
 evaluates the same sites' distributions (the very objects the model and guide hand to
 ``pyro.sample``) directly. It draws the same random numbers in the same order, so the loss and its
 gradients equal Pyro's for the same seed (``tests/test_fast.py``). It implements the three
-non-JIT estimators of :mod:`pyro_vae.elbos` (Monte-Carlo KL, analytic KL with Pyro's fallback,
+non-JIT estimators of :mod:`pyro_vae.objectives.elbos` (Monte-Carlo KL, analytic KL with Pyro's fallback,
 the IWAE bound, and the surrogate estimators ``stl``, ``iwae_dreg``, ``miwae``, ``ciwae``,
 ``piwae``) for any registered prior, likelihood and guide, and KL warm-up as
 ``poutine.scale`` on the ``z`` sites defines it. A structure it does not recognise keeps the
@@ -23,17 +23,19 @@ import logging
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pyro
 import torch
-from pyro import poutine
+from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from .config import TrainConfig
-from .elbos import _WeightedELBO, build_elbo
-from .model import VAE
-from .surrogates import NotDetachable, detach_distribution
+from pyro_vae.config import TrainConfig
+from pyro_vae.model import VAE
+from pyro_vae.objectives.elbos import _WeightedELBO, build_elbo
+from pyro_vae.objectives.surrogates import NotDetachable, Terms, detach_distribution
+from pyro_vae.seeding import fork_rng
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,7 @@ log = logging.getLogger(__name__)
 def check_structure(vae: VAE, x: torch.Tensor) -> None:
     """Raise ``ValueError`` unless ``vae.model`` / ``vae.guide`` have exactly the structure
     :class:`FastELBO` evaluates (checked on real Pyro traces of the batch ``x``)."""
-    guide_tr = poutine.trace(vae.guide).get_trace(x)
-    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+    guide_tr, model_tr = vae.traces(x)
 
     def sites(tr):
         return {
@@ -73,7 +74,7 @@ class FastELBO:
     """Pyro's ``Trace_ELBO`` (``analytic_kl=False``), ``TraceMeanField_ELBO``
     (``analytic_kl=True``) or the IWAE bound (``importance_weighted=True``) for a
     structure-checked :class:`~pyro_vae.model.VAE`, with ``num_particles`` vectorised particles;
-    or, given ``weighted`` (a :class:`~pyro_vae.elbos._WeightedELBO`: ``stl``, ``iwae_dreg``,
+    or, given ``weighted`` (a :class:`~pyro_vae.objectives.elbos._WeightedELBO`: ``stl``, ``iwae_dreg``,
     ``miwae``, ``ciwae``, ``piwae``), that estimator's surrogate on the same terms, with its
     particle count. :meth:`differentiable_loss` matches Pyro's ``differentiable_loss``: the
     negative ELBO summed over the batch and averaged over particles (the negative bound summed over
@@ -112,17 +113,15 @@ class FastELBO:
 
     def _weighted(self, x, q, p, z, log_lik, beta) -> torch.Tensor:
         needs = self.weighted.needs
-        terms = {"log_p": log_lik + beta * p.log_prob(z), "log_q": beta * q.log_prob(z), "zs": [(z, q.event_dim)]}
+        terms = Terms(log_lik + beta * p.log_prob(z), beta * q.log_prob(z), zs=[(z, q.event_dim)], beta=beta)
         if "stop" in needs:
-            terms["log_q_stop"] = beta * _stopped(self.vae.encoder, q, x).log_prob(z)
+            terms.log_q_stop = beta * _stopped(self.vae.encoder, q, x).log_prob(z)
         if "fixed" in needs:
-            terms["log_q_fixed_z"] = beta * q.log_prob(z.detach())
+            terms.log_q_fixed_z = beta * q.log_prob(z.detach())
         if "model_fixed" in needs:
             fixed = z.detach()
-            terms["log_p_fixed_z"] = self.vae.likelihood(self.vae.decoder(fixed)).log_prob(x) + beta * p.log_prob(fixed)
-        if self.num_particles == 1:
-            terms = {k: v if k == "zs" else v.unsqueeze(0) for k, v in terms.items()}
-        return self.weighted.surrogate(terms)
+            terms.log_p_fixed_z = self.vae.likelihood(self.vae.decoder(fixed)).log_prob(x) + beta * p.log_prob(fixed)
+        return self.weighted.surrogate(terms.with_particle_dim() if self.num_particles == 1 else terms)
 
 
 def _stopped(encoder: torch.nn.Module, q, x: torch.Tensor):
@@ -135,15 +134,24 @@ def _stopped(encoder: torch.nn.Module, q, x: torch.Tensor):
         return torch.func.functional_call(encoder, detached, (x,))
 
 
-def is_fast(loss_fn: Callable) -> bool:
-    """Whether ``loss_fn`` (from :func:`build_loss`) is the fast path's."""
-    return isinstance(getattr(loss_fn, "__self__", None), FastELBO)
+@dataclass(frozen=True)
+class Loss:
+    """A training loss and what it is: ``fn(x, beta=None)`` is the summed negative ELBO of the
+    batch ``x`` (its KL term weighted by ``beta``), computed by ``elbo``; ``fast`` says whether it is
+    the fast path's (a fixed structure: the step engine may capture or compile it)."""
 
+    fn: Callable[..., torch.Tensor]
+    elbo: ELBO
+    fast: bool
 
-def compilable(loss_fn: Callable) -> bool:
-    """Whether ``torch.compile`` keeps the gradients of ``loss_fn`` (a fast loss): not so for an
-    estimator that reweights gradients with hooks on z (``gradient_hooks``: iwae_dreg)."""
-    return is_fast(loss_fn) and not getattr(loss_fn.__self__.weighted, "gradient_hooks", False)
+    @property
+    def compilable(self) -> bool:
+        """Whether ``torch.compile`` keeps its gradients: a fast loss whose estimator does not
+        reweight gradients with hooks on z (``gradient_hooks``: iwae_dreg)."""
+        return self.fast and not self.elbo.gradient_hooks
+
+    def __call__(self, x: torch.Tensor, beta: torch.Tensor | float | None = None) -> torch.Tensor:
+        return self.fn(x) if beta is None else self.fn(x, beta)
 
 
 def _pyro_loss(vae: VAE, elbo) -> Callable[..., torch.Tensor]:
@@ -167,19 +175,20 @@ def _pyro_loss(vae: VAE, elbo) -> Callable[..., torch.Tensor]:
     return loss
 
 
-def build_loss(vae: VAE, cfg: TrainConfig, x: torch.Tensor) -> Callable[..., torch.Tensor]:
-    """A callable ``(batch, beta=None) -> summed negative ELBO`` for ``cfg.elbo`` (``beta``: the
-    KL warm-up weight): the fast path when ``cfg.fast_path`` is set, the ELBO is not a JIT one,
-    several particles are vectorised, the structure check passes on the batch ``x`` and the fast
-    loss equals Pyro's on ``x`` for one seed (so a model that computes its sites differently from
-    the VAE's components is caught); else Pyro's ``elbo.differentiable_loss``. The checks leave the RNG alone."""
-    elbo = build_elbo(cfg)
+def build_loss(vae: VAE, cfg: TrainConfig, x: torch.Tensor, elbo: ELBO | None = None) -> Loss:
+    """The :class:`Loss` of ``elbo`` (built from ``cfg`` when not given), ``(batch, beta=None) ->
+    summed negative ELBO`` (``beta``: the KL warm-up weight): the fast path when ``cfg.fast_path``
+    is set, the ELBO is not a JIT one, several particles are vectorised, the structure check passes
+    on the batch ``x`` and the fast loss equals Pyro's on ``x`` for one seed (so a model that
+    computes its sites differently from the VAE's components is caught); else Pyro's
+    ``elbo.differentiable_loss``. The checks leave the RNG alone."""
+    elbo = build_elbo(cfg) if elbo is None else elbo
     loop = cfg.num_particles > 1 and not cfg.vectorize_particles  # the fast path draws particles as a tensor
     if cfg.fast_path and not elbo.jit and not loop:
         weighted = elbo if isinstance(elbo, _WeightedELBO) else None
         fast = FastELBO(vae, elbo.analytic_kl, cfg.num_particles, elbo.importance_weighted, weighted)
         try:
-            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            with fork_rng(x.device):
                 with pyro.validation_enabled(True), torch.no_grad():
                     check_structure(vae, x)
                     torch.manual_seed(0)
@@ -196,7 +205,7 @@ def build_loss(vae: VAE, cfg: TrainConfig, x: torch.Tensor) -> Callable[..., tor
                     f"the fast ELBO does not apply to this model: its loss {ours.item():.6g} differs from "
                     f"Pyro's {theirs.item():.6g} on the same draw"
                 )
-            return fast.differentiable_loss
+            return Loss(fast.differentiable_loss, elbo, fast=True)
         except ValueError as exc:
             log.warning("%s; using Pyro's %s", exc, cfg.elbo)
-    return _pyro_loss(vae, elbo)
+    return Loss(_pyro_loss(vae, elbo), elbo, fast=False)

@@ -32,18 +32,18 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from torch.distributions import Independent, kl_divergence
 from tqdm.auto import tqdm
 
-from . import closed_form
-from .elbos import ELBOS
-from .evaluate import iwae_log_likelihood, max_elements
-from .guides import DiagNormal
-from .likelihoods import Bernoulli
-from .model import VAE
-from .priors import StandardNormal
+from pyro_vae.components.guides import DiagNormal
+from pyro_vae.components.likelihoods import Bernoulli
+from pyro_vae.components.priors import StandardNormal
+from pyro_vae.evaluation.metrics import iwae_log_likelihood, mean_se, samples_per_chunk
+from pyro_vae.model import VAE
+from pyro_vae.objectives import closed_form
+from pyro_vae.objectives.elbos import ELBOS
+from pyro_vae.seeding import fork_rng
 
 GRADIENT_ESTIMATORS = ("reparam_mc_kl", "reparam_analytic_kl", "score_function", "stl", "iwae", "iwae_dreg", "miwae",
                        "ciwae", "piwae")  # fmt: skip
@@ -109,8 +109,8 @@ def check_analytic_kl(vae: VAE, x: torch.Tensor) -> None:
 
 
 def _mean_se(values: torch.Tensor) -> dict[str, float]:
-    values = values.double().flatten()
-    return {"mean": float(values.mean()), "se": float(values.std() / math.sqrt(values.numel()))}
+    mean, se = mean_se(values)
+    return {"mean": mean, "se": se}
 
 
 @torch.no_grad()
@@ -122,15 +122,14 @@ def elbo_terms(vae: VAE, x: torch.Tensor, num_particles: int) -> dict[str, torch
     ``log_lik + log_prior - log_q``; the analytic one (``TraceMeanField_ELBO``) ``log_lik - kl``.
     Particles are drawn in chunks so that memory stays bounded.
     """
-    chunk = max(1, max_elements(x.device) // (x.shape[0] * x.shape[1]))
+    chunk = samples_per_chunk(x)
     pieces = [_elbo_terms(vae, x, min(chunk, num_particles - s)) for s in range(0, num_particles, chunk)]
     return {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
 
 
 def _elbo_terms(vae: VAE, x: torch.Tensor, num_particles: int) -> dict[str, torch.Tensor]:
     with pyro.plate("particles", num_particles, dim=-2):
-        guide_tr = poutine.trace(vae.guide).get_trace(x)
-        model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
+        guide_tr, model_tr = vae.traces(x)
     model_tr.compute_log_prob()
     guide_tr.compute_log_prob()
     q, p = guide_tr.nodes["z"]["fn"], model_tr.nodes["z"]["fn"]
@@ -154,7 +153,7 @@ def estimator_particles(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def has_closed_form(vae: VAE) -> bool:
-    """``pyro_vae.closed_form`` covers the default components only."""
+    """``pyro_vae.objectives.closed_form`` covers the default components only."""
     return (
         isinstance(vae.prior, StandardNormal)
         and isinstance(vae.likelihood, Bernoulli)
@@ -166,7 +165,7 @@ def has_closed_form(vae: VAE) -> bool:
 def closed_form_particles(vae: VAE, x: torch.Tensor, num_particles: int) -> torch.Tensor:
     """Negative ELBO of the hand-written closed form (analytic KL), (num_particles, B)."""
     loc, scale = vae.encoder.loc_scale(x)
-    chunk = max(1, max_elements(x.device) // (x.shape[0] * x.shape[1]))
+    chunk = samples_per_chunk(x)
     out = []
     for start in range(0, num_particles, chunk):
         eps = torch.randn((min(chunk, num_particles - start), *loc.shape), dtype=loc.dtype, device=loc.device)
@@ -289,7 +288,7 @@ def run_lab(vae: VAE, x: torch.Tensor, cfg: LabConfig = LabConfig(), progress: b
     pmax = max(cfg.particles)
     steps = len(cfg.ks) + 2 + len(GRADIENT_ESTIMATORS) * len(cfg.particles) + len(SNR_VS_K_ESTIMATORS) * len(cfg.snr_ks)
     bar = tqdm(total=steps, desc="estimator lab", disable=None if progress else True)
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+    with fork_rng(x.device):
         torch.manual_seed(cfg.seed)
         # 1. values and 2. spread, from one big set of particles per image
         n_particles = max(cfg.reps * pmax, 1000)

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
 
-from .pixels import blocks, count_non_binary
-from .registry import Registry
+from pyro_vae.data.pixels import blocks, count_non_binary
+from pyro_vae.registry import Registry
 
 LIKELIHOODS: Registry = Registry("likelihood", config_key="model.likelihood")
 

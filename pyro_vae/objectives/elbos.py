@@ -14,12 +14,12 @@ With :math:`w = p(x, z) / q(z | x)`, :math:`z \sim q` (reparameterised), per ima
   :class:`~pyro.infer.RenyiELBO` at :math:`\alpha = 0` given a ``differentiable_loss``.
 - ``stl``, ``iwae_dreg``, ``miwae``, ``ciwae``, ``piwae``: the ELBO with the path-derivative
   gradient, the IWAE bound with doubly reparameterised gradients, and the multi-sample bounds of
-  Rainforth et al. (2018), as surrogate losses of :mod:`pyro_vae.surrogates` on the terms of Pyro
+  Rainforth et al. (2018), as surrogate losses of :mod:`pyro_vae.objectives.surrogates` on the terms of Pyro
   traces (:class:`_WeightedELBO`).
 
 Class attributes say what each computes (``analytic_kl``, ``jit``, ``importance_weighted``,
-``min_particles``); the fast path (:mod:`pyro_vae.fast`) and the build-time checks
-(:mod:`pyro_vae.compat`) read them instead of comparing names.
+``min_particles``); the fast path (:mod:`pyro_vae.objectives.fast`) and the build-time checks
+(:mod:`pyro_vae.training.checks`) read them instead of comparing names.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, T
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.util import prune_subsample_sites
 
-from . import surrogates
-from .config import ConfigError, TrainConfig
-from .registry import Registry
-from .surrogates import NotDetachable, detach_distribution
+from pyro_vae.config import ConfigError, TrainConfig
+from pyro_vae.objectives import surrogates
+from pyro_vae.objectives.surrogates import NotDetachable, Terms, detach_distribution
+from pyro_vae.registry import Registry
 
 ELBOS: Registry = Registry("ELBO", config_key="train.elbo")
 
@@ -133,7 +133,7 @@ class IWAE_ELBO(_Flags, RenyiELBO):
 
 
 class _WeightedELBO(_Flags, Trace_ELBO):
-    """An estimator of :mod:`pyro_vae.surrogates` on the per-sample terms of Pyro traces (vectorised
+    """An estimator of :mod:`pyro_vae.objectives.surrogates` on the per-sample terms of Pyro traces (vectorised
     particles: one model and one guide trace with a particle dimension). ``needs`` names the terms
     beyond log p and log q: ``stop`` (log q with the guide's parameters detached: the site's
     distribution rebuilt from detached parameters, which a transformed distribution such as the IAF
@@ -151,7 +151,7 @@ class _WeightedELBO(_Flags, Trace_ELBO):
         super().__init__(num_particles=num_particles * groups, **kwargs)
         self.groups, self.ciwae_beta = groups, ciwae_beta
 
-    def surrogate(self, terms: dict) -> torch.Tensor:
+    def surrogate(self, terms: Terms) -> torch.Tensor:
         raise NotImplementedError
 
     def twin(self) -> ELBO:
@@ -160,41 +160,47 @@ class _WeightedELBO(_Flags, Trace_ELBO):
         return self.twin_class(num_particles=self.num_particles, vectorize_particles=self.vectorize_particles,
                                max_plate_nesting=self.max_plate_nesting)  # fmt: skip
 
-    def trace_terms(self, model, guide, args, kwargs) -> dict:
+    def trace_terms(self, model, guide, args, kwargs) -> Terms:
         (model_trace, guide_trace), *more = list(self._get_traces(model, guide, args, kwargs))
         if more:
             raise ValueError(f"{type(self).__name__} needs vectorised particles (train.vectorize_particles=true)")
         sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-        terms = {"log_p": 0.0, "log_q": 0.0, "log_q_stop": 0.0, "log_q_fixed_z": 0.0, "zs": []}
-        for site in model_trace.nodes.values():
-            if site["type"] == "sample":
-                terms["log_p"] = terms["log_p"] + torch_sum(site["log_prob"], sum_dims)
+        log_p = sum(torch_sum(s["log_prob"], sum_dims) for s in model_trace.nodes.values() if s["type"] == "sample")
+        log_q, log_q_stop, log_q_fixed_z, zs, scales = 0.0, 0.0, 0.0, [], []
         for name, site in guide_trace.nodes.items():
             if site["type"] != "sample":
                 continue
             fn, z = site["fn"], site["value"]
             if not fn.has_rsample:
                 raise ValueError(f"{type(self).__name__} needs a reparameterised guide, but site {name!r} is not")
-            terms["log_q"] = terms["log_q"] + torch_sum(site["log_prob"], sum_dims)
+            log_q = log_q + torch_sum(site["log_prob"], sum_dims)
             if "stop" in self.needs:
-                try:
-                    stopped = detach_distribution(fn)
-                except NotDetachable as exc:
-                    raise NotDetachable(
-                        f"{type(self).__name__} through Pyro's trace needs the guide's parameters detached from "
-                        f"site {name!r}: {exc}. The fast path (train.fast_path=true) recomputes the encoder with "
-                        "detached parameters instead"
-                    ) from None
-                log_q_stop = scale_and_mask(stopped.log_prob(z), site["scale"], site["mask"])
-                terms["log_q_stop"] = terms["log_q_stop"] + torch_sum(log_q_stop, sum_dims)
+                log_q_stop = log_q_stop + torch_sum(self._stopped_log_prob(name, site), sum_dims)
             if "fixed" in self.needs:
                 log_q_fixed = scale_and_mask(fn.log_prob(z.detach()), site["scale"], site["mask"])
-                terms["log_q_fixed_z"] = terms["log_q_fixed_z"] + torch_sum(log_q_fixed, sum_dims)
-            terms["zs"].append((z, fn.event_dim))
+                log_q_fixed_z = log_q_fixed_z + torch_sum(log_q_fixed, sum_dims)
+            zs.append((z, fn.event_dim))
+            scales.append(site["scale"])
+        terms = Terms(log_p, log_q, zs=zs, beta=_one_scale(scales))
+        if "stop" in self.needs:
+            terms.log_q_stop = log_q_stop
+        if "fixed" in self.needs:
+            terms.log_q_fixed_z = log_q_fixed_z
         if "model_fixed" in self.needs:
-            terms["log_p_fixed_z"] = self._model_at_detached_samples(model, guide_trace, sum_dims, args, kwargs)
-        return {k: v if k == "zs" or not torch.is_tensor(v) or v.dim() > 1 else v.unsqueeze(0)
-                for k, v in terms.items()}  # fmt: skip
+            terms.log_p_fixed_z = self._model_at_detached_samples(model, guide_trace, sum_dims, args, kwargs)
+        return terms.with_particle_dim()
+
+    def _stopped_log_prob(self, name: str, site: dict) -> torch.Tensor:
+        """log q at the site's sample with the guide's parameters detached (scaled like the site)."""
+        try:
+            stopped = detach_distribution(site["fn"])
+        except NotDetachable as exc:
+            raise NotDetachable(
+                f"{type(self).__name__} through Pyro's trace needs the guide's parameters detached from "
+                f"site {name!r}: {exc}. The fast path (train.fast_path=true) recomputes the encoder with "
+                "detached parameters instead"
+            ) from None
+        return scale_and_mask(stopped.log_prob(site["value"]), site["scale"], site["mask"])
 
     def _model_at_detached_samples(self, model, guide_trace, sum_dims, args, kwargs) -> torch.Tensor:
         """log p(x, z) with the guide's samples detached: the model replayed against them."""
@@ -229,8 +235,8 @@ class STL_ELBO(_WeightedELBO):
 
     needs = frozenset({"stop"})
 
-    def surrogate(self, terms: dict) -> torch.Tensor:
-        return surrogates.stl(terms["log_p"], terms["log_q_stop"])
+    def surrogate(self, terms: Terms) -> torch.Tensor:
+        return surrogates.stl(terms.log_p, terms.log_q_stop)
 
 
 @ELBOS.register("iwae_dreg")
@@ -244,8 +250,8 @@ class IWAE_DReG(_WeightedELBO):
     gradient_hooks = True
     twin_class = IWAE_ELBO
 
-    def surrogate(self, terms: dict) -> torch.Tensor:
-        return surrogates.iwae_dreg(terms["log_p"], terms["log_q"], terms["log_q_stop"], terms["zs"])
+    def surrogate(self, terms: Terms) -> torch.Tensor:
+        return surrogates.iwae_dreg(terms.log_p, terms.log_q, terms.log_q_stop, terms.zs, terms.beta)
 
 
 @ELBOS.register("miwae")
@@ -256,8 +262,8 @@ class MIWAE(_WeightedELBO):
     importance_weighted = True
     grouped = True
 
-    def surrogate(self, terms: dict) -> torch.Tensor:
-        return surrogates.miwae(terms["log_p"] - terms["log_q"], self.groups)
+    def surrogate(self, terms: Terms) -> torch.Tensor:
+        return surrogates.miwae(terms.log_p - terms.log_q, self.groups)
 
 
 @ELBOS.register("ciwae")
@@ -271,8 +277,8 @@ class CIWAE(_WeightedELBO):
     def options(cls, cfg: TrainConfig) -> dict:
         return {"ciwae_beta": cfg.ciwae_beta}
 
-    def surrogate(self, terms: dict) -> torch.Tensor:
-        return surrogates.ciwae(terms["log_p"] - terms["log_q"], self.ciwae_beta)
+    def surrogate(self, terms: Terms) -> torch.Tensor:
+        return surrogates.ciwae(terms.log_p - terms.log_q, self.ciwae_beta)
 
 
 @ELBOS.register("piwae")
@@ -285,10 +291,15 @@ class PIWAE(_WeightedELBO):
     needs = frozenset({"stop", "fixed", "model_fixed"})
     twin_class = IWAE_ELBO
 
-    def surrogate(self, terms: dict) -> torch.Tensor:
+    def surrogate(self, terms: Terms) -> torch.Tensor:
         t = terms
-        return surrogates.piwae(t["log_p"], t["log_q"], t["log_q_stop"], t["log_q_fixed_z"], t["log_p_fixed_z"],
-                                self.groups)  # fmt: skip
+        return surrogates.piwae(t.log_p, t.log_q, t.log_q_stop, t.log_q_fixed_z, t.log_p_fixed_z, self.groups)
+
+
+def _one_scale(scales: list) -> torch.Tensor | float:
+    """The KL warm-up weight on the guide's sites: the ``poutine.scale`` that the model and guide
+    put around every latent site alike (:meth:`pyro_vae.model.VAE.model`); 1 without one."""
+    return scales[0] if scales else 1.0
 
 
 def build_elbo(cfg: TrainConfig) -> ELBO:

@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .model import VAE
-from .pixels import decode
+from pyro_vae.data.pixels import decode
+from pyro_vae.model import VAE
+from pyro_vae.seeding import fork_rng
 
 # Most floats held at once by the likelihood's parameters (chunk_K x batch x D). On a CPU 4 MB in fp32,
 # so the temporaries of one chunk stay small (a larger chunk was no faster and raised peak memory). On
@@ -53,11 +54,22 @@ class Estimate:
         return f"{self.mean:.2f} ± {self.se:.2f}"
 
 
-def _summarise(values: torch.Tensor) -> Estimate:
-    values = values.double()
+def mean_se(values: torch.Tensor) -> tuple[float, float]:
+    """The mean of ``values`` (any shape) and its standard error (NaN for a single value)."""
+    values = values.double().flatten()
     n = values.numel()
-    se = float(values.std() / math.sqrt(n)) if n > 1 else float("nan")
-    return Estimate(float(values.mean()), se, n)
+    return float(values.mean()), float(values.std() / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def samples_per_chunk(x: torch.Tensor, limit: int | None = None) -> int:
+    """How many samples per image of the batch ``x`` (B, D) to evaluate at once: as many as fit
+    in :func:`max_elements`, at least 1, at most ``limit``."""
+    fit = max(1, max_elements(x.device) // max(1, x.shape[0] * x.shape[1]))
+    return fit if limit is None else min(fit, limit)
+
+
+def _summarise(values: torch.Tensor) -> Estimate:
+    return Estimate(*mean_se(values), values.numel())
 
 
 @torch.no_grad()
@@ -72,7 +84,7 @@ def iwae_log_likelihood(
     """
     if k < 1:
         raise ValueError(f"the number of importance samples K must be at least 1, got {k}")
-    chunk = chunk or max(1, min(k, max_elements(x.device) // max(1, x.shape[0] * x.shape[1])))
+    chunk = chunk or samples_per_chunk(x, k)
     running_lse = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=x.dtype)
     running_sum = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
     for start in range(0, k, chunk):
@@ -86,7 +98,7 @@ def iwae_log_likelihood(
 def evaluate(vae: VAE, x: torch.Tensor, k: int = 1, batch_size: int = 1000, seed: int | None = 0,
              progress: bool = False, desc: str = "evaluate") -> dict[str, Estimate]:  # fmt: skip
     """Negative ELBO and (for ``k > 1``) negative IWAE log-likelihood of ``x`` (N, D), in nats.
-    ``x`` holds float images in [0, 1] or uint8 levels (:func:`pyro_vae.pixels.decode`), on any
+    ``x`` holds float images in [0, 1] or uint8 levels (:func:`pyro_vae.data.pixels.decode`), on any
     device: one batch at a time is moved to the model's device and decoded.
 
     Draws use a private RNG seeded with ``seed`` (the caller's RNG is left untouched), so the
@@ -98,9 +110,8 @@ def evaluate(vae: VAE, x: torch.Tensor, k: int = 1, batch_size: int = 1000, seed
     was_training = vae.training
     vae.eval()
     device = next((p.device for p in vae.parameters()), x.device)  # the model's (a parameter-free one: x's)
-    devices = [device] if device.type == "cuda" else []
     bounds, elbos = [], []
-    with torch.random.fork_rng(devices=devices):
+    with fork_rng(device):
         if seed is not None:
             torch.manual_seed(seed)
         batch_size = max(1, min(batch_size, x.shape[0]))

@@ -13,9 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .data import Splits  # noqa: E402
-from .model import VAE  # noqa: E402
-from .pixels import decode, evenly_spaced  # noqa: E402
+from pyro_vae.data import Splits  # noqa: E402
+from pyro_vae.data.pixels import decode, evenly_spaced  # noqa: E402
+from pyro_vae.model import VAE  # noqa: E402
 
 
 def image_grid(images: torch.Tensor, image_shape: tuple[int, int], nrow: int) -> torch.Tensor:
@@ -30,7 +30,8 @@ def image_grid(images: torch.Tensor, image_shape: tuple[int, int], nrow: int) ->
     return canvas
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (folders made as needed) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -50,7 +51,7 @@ def plot_curves(metrics_path: Path, out: Path) -> Path:
     ax.set(xlabel="epoch", ylabel="negative ELBO (nats per image)", title="Training curves")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_images(images: torch.Tensor, image_shape, nrow: int, title: str, out: Path) -> Path:
@@ -59,7 +60,7 @@ def plot_images(images: torch.Tensor, image_shape, nrow: int, title: str, out: P
     ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 @torch.no_grad()
@@ -96,7 +97,7 @@ def plot_latents(z: torch.Tensor, labels: torch.Tensor | None, out: Path) -> Pat
         fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
     kind = "latent means" if z.shape[1] == 2 else f"PCA of the {z.shape[1]}-D latent means"
     ax.set(xlabel=axes[0], ylabel=axes[1], title=f"Test set: {kind}")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 @torch.no_grad()

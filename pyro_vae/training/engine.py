@@ -31,13 +31,26 @@ from dataclasses import dataclass
 import pyro
 import torch
 
-from . import distributed
-from .config import TRAIN_ENGINES as ENGINES
-from .pixels import decode
+from pyro_vae.config import TRAIN_ENGINES as ENGINES
+from pyro_vae.data.pixels import decode
+from pyro_vae.training import distributed
 
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # eager runs on a side stream before a capture (lazy initialisation, cuBLAS workspaces)
+
+
+def make_optimizer(vae: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam over every parameter of the VAE, fused into one kernel per step."""
+    return torch.optim.Adam(vae.parameters(), lr=lr, fused=True)
+
+
+def kl_warmup_weight(step, warmup_steps: float):
+    """KL warm-up weight of training step ``step`` (1-based; a float or a device tensor):
+    ``step / warmup_steps`` up to 1, never 0 (a zero scale would drop the KL's gradient)."""
+    if torch.is_tensor(step):
+        return torch.clamp(step / warmup_steps, max=1.0)
+    return min(step / warmup_steps, 1.0)
 
 
 def loss_and_backward(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, beta, denominator: float,
@@ -197,7 +210,7 @@ class StepEngine:
             xb = torch.bernoulli(xb)
         beta = None
         if self.warmup_steps:
-            beta = torch.clamp((self.step_count + 1).to(xb.dtype) / self.warmup_steps, max=1.0)
+            beta = kl_warmup_weight((self.step_count + 1).to(xb.dtype), self.warmup_steps)
         value = loss_and_backward(self.loss_fn, self.optim, xb, beta, size / self.world, self.ctx)
         clean = self.bad_step < 0  # no bad step yet this epoch
         ok = torch.isfinite(value) & clean

@@ -1,0 +1,23 @@
+"""Data: pixels in their stored form (:mod:`~pyro_vae.data.pixels`), the :class:`Splits` contract
+and the registry of sets (:mod:`~pyro_vae.data.splits`), binarized MNIST's files
+(:mod:`~pyro_vae.data.binarized_mnist`) and the other sets (:mod:`~pyro_vae.data.sets`).
+Importing this package registers every set."""
+
+from pyro_vae.data import sets  # noqa: F401  (registers mnist, fashion_mnist, array)
+from pyro_vae.data.binarized_mnist import (  # noqa: F401
+    AMAT_MD5,
+    AMAT_MEANS,
+    AMAT_ROWS,
+    AMAT_URL,
+    EMBEDDED_FILE,
+    EMBEDDED_SHA256,
+    _read_idx_labels,
+    content_sha256,
+    download_binarized_mnist,
+    embedded_path,
+    find_amat,
+    load_embedded,
+    pack_binarized_mnist,
+    read_amat,
+)
+from pyro_vae.data.splits import DATASETS, SPLITS, Splits, check_images, load_data, make_splits  # noqa: F401

@@ -1,0 +1,112 @@
+"""The contract every data set is delivered under, and the registry of sets by name.
+
+Every loader returns :class:`Splits`: float32 tensors of shape ``(N, D)`` with values in
+``[0, 1]`` for ``train``, ``valid`` and ``test`` (plus test labels where the set has them).
+Images whose values are all multiples of 1/255 (binary ones included) are held as uint8 levels,
+a quarter of float32's memory, and decoded on access (:mod:`pyro_vae.data.pixels`).
+Bad data raises ``ValueError`` naming the file and the problem. A loader is one function
+registered in :data:`DATASETS` (``data.name``) that takes the ``[data]`` config.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pyro_vae.config import DataConfig
+from pyro_vae.data.pixels import decode, encode, evenly_spaced
+from pyro_vae.registry import Registry
+
+DATASETS: Registry = Registry("data set", config_key="data.name")
+
+SPLITS = ("train", "valid", "test")
+
+
+class Splits:
+    """The three splits of one data set. ``train``, ``valid`` and ``test`` are float32 tensors
+    (N, D) with values in [0, 1], decoded on each access from the stored form (:func:`encode`);
+    the training loop takes :meth:`stored` tensors and decodes one batch at a time.
+
+    :param train, valid, test: float32 images in [0, 1], or uint8 levels (value x 255).
+    """
+
+    def __init__(self, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor, image_shape: tuple[int, int],
+                 test_labels: torch.Tensor | None = None, dynamic_binarization: bool = False,
+                 source: str = "") -> None:  # fmt: skip
+        self._stored = {s: encode(x) for s, x in zip(SPLITS, (train, valid, test))}
+        self.image_shape = image_shape
+        self.test_labels = test_labels
+        self.dynamic_binarization = dynamic_binarization  # resample x ~ Bernoulli(pixels) for every training batch
+        self.source = source
+
+    def stored(self, split: str) -> torch.Tensor:
+        """The split as held in memory: uint8 levels or float32 (pass batches through :func:`decode`)."""
+        return self._stored[split]
+
+    @property
+    def train(self) -> torch.Tensor:
+        return decode(self._stored["train"])
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return decode(self._stored["valid"])
+
+    @property
+    def test(self) -> torch.Tensor:
+        return decode(self._stored["test"])
+
+    @property
+    def data_dim(self) -> int:
+        return self._stored["train"].shape[1]
+
+    def subset(self, n: int) -> Splits:
+        """``n`` evenly spaced images of every split (``n = 0``: all). Evenly spaced rather than
+        the first ``n``, because the binarized-MNIST test split is sorted by digit."""
+        if n <= 0:
+            return self
+        pick = {s: evenly_spaced(x.shape[0], n) for s, x in self._stored.items()}
+        labels = self.test_labels[pick["test"]] if self.test_labels is not None else None
+        return Splits(*(self._stored[s][pick[s]] for s in SPLITS), self.image_shape, labels,
+                      self.dynamic_binarization, self.source)  # fmt: skip
+
+
+def check_images(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
+    """Validate one split and return it (N, D) in its stored form (:func:`encode`: uint8 levels
+    for 8-bit images, else float32); raise ``ValueError`` naming ``source``. Integer input must
+    hold 0s and 1s."""
+    x = torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{source}: images must have shape (N, D) or (N, H, W), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x[0].numel() == 0:
+        raise ValueError(f"{source}: the split is empty (shape {tuple(x.shape)}); it needs at least one image")
+    if x.dtype == torch.bool:
+        x = x.to(torch.uint8)
+    x = x.reshape(x.shape[0], -1)
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = ~torch.isfinite(x)
+        n, d = divmod(int(bad.flatten().nonzero()[0]), x.shape[1])
+        raise ValueError(f"{source}: {int(bad.sum())} values are NaN or infinite (first at image {n}, pixel {d})")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(
+            f"{source}: values must lie in [0, 1], found min {lo:g} and max {hi:g}; divide 8-bit images by 255"
+        )
+    return encode(x) if x.is_floating_point() else x.to(torch.uint8) * 255  # 0/1 integers as levels
+
+
+def make_splits(arrays: dict[str, np.ndarray], source: str, image_shape, labels=None, dynamic=False) -> Splits:
+    """Check every split of ``arrays`` (:func:`check_images`) and the labels; hold them as :class:`Splits`."""
+    tensors = {s: check_images(arrays[s], f"{source} [{s}]") for s in SPLITS}
+    dims = {s: t.shape[1] for s, t in tensors.items()}
+    if len(set(dims.values())) != 1:
+        raise ValueError(f"{source}: the splits have different image sizes {dims}")
+    if labels is not None:
+        labels = torch.as_tensor(np.asarray(labels)).long()
+        if labels.shape != (tensors["test"].shape[0],):
+            raise ValueError(f"{source}: {labels.shape[0]} test labels for {tensors['test'].shape[0]} test images")
+    return Splits(tensors["train"], tensors["valid"], tensors["test"], tuple(image_shape), labels, dynamic, source)
+
+
+def load_data(cfg: DataConfig) -> Splits:
+    """Load the data set named ``cfg.name`` (see :data:`DATASETS`) and apply ``cfg.subset``."""
+    return DATASETS.get(cfg.name)(cfg).subset(cfg.subset)

@@ -1,0 +1,309 @@
+"""``fit``: the SVI training loop, read top to bottom.
+
+:func:`fit` opens the run folder (:mod:`pyro_vae.runs.folder`), sets up a :class:`Trainer` (data,
+VAE, the checks, optimiser, schedule, the step engine of :mod:`pyro_vae.training.engine`), then
+runs epochs until a stop rule says enough (epochs, time, patience; a signal or a non-finite loss:
+:mod:`pyro_vae.training.stopping`), and ends by evaluating the best-on-valid weights with the
+IWAE bound (:func:`finish`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from pyro_vae.config import ConfigError, ExperimentConfig, from_dict, save_config
+from pyro_vae.data import Splits, load_data
+from pyro_vae.data.pixels import decode, evenly_spaced
+from pyro_vae.evaluation.metrics import as_dict, evaluate
+from pyro_vae.model import VAE, build_vae
+from pyro_vae.objectives.elbos import build_elbo
+from pyro_vae.objectives.fast import build_loss
+from pyro_vae.runs.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from pyro_vae.runs.device import environment, resolve_device
+from pyro_vae.runs.folder import RunDir, append_jsonl, check_resume_config, saved_device, truncate_metrics
+from pyro_vae.training import distributed
+from pyro_vae.training.checks import check_compatible, check_data, diagnose
+from pyro_vae.training.engine import StepEngine, choose_engine, kl_warmup_weight, make_optimizer
+from pyro_vae.training.stopping import StopRequests, TrainingError, any_rank, interrupted
+
+log = logging.getLogger(__name__)
+
+
+def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True,
+        figures: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Train ``cfg`` into run folder ``out`` (or continue it with ``resume``); return the summary.
+
+    Every epoch: one pass over the shuffled training split with the configured ELBO and Adam (run
+    by the step engine of :mod:`pyro_vae.training.engine`), then the negative ELBO of the valid and test
+    splits, a line in ``metrics.jsonl`` and an atomic checkpoint. At the end the best-on-valid
+    weights are evaluated with the IWAE bound. Under torchrun it trains data-parallel
+    (:mod:`pyro_vae.training.distributed`): rank 0 writes the run folder and returns the summary, the other
+    ranks return ``{}``.
+    """
+    run, t_start = RunDir(Path(out)), time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    ctx = distributed.from_environment(device.type == "cuda")
+    if ctx.active and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    state = _open_run(run, cfg, ctx, resume)
+    with matmul_precision(cfg.train.matmul_precision):
+        trainer = Trainer(cfg, run, device, ctx, state, progress and ctx.main)
+        with StopRequests() as stop:
+            while not trainer.should_stop():
+                trainer.end_epoch(*trainer.train_epoch(stop))
+                if any_rank(stop.received is not None, ctx):
+                    raise interrupted(stop.received, f"epoch {trainer.epoch}", run.last, run.root)
+        distributed.shutdown(ctx)
+        if not ctx.main:
+            return {}
+        summary = finish(run, cfg, trainer.vae, trainer.data, device, trainer.epoch, progress)
+    n = trainer.x_train.shape[0]
+    summary.update(wall_time_s=time.perf_counter() - t_start, train_time_s=trainer.train_time,
+                   images_per_s=trainer.epoch * n / trainer.train_time if trainer.train_time else None,
+                   engine=trainer.engine.choice.name, matmul_precision=cfg.train.matmul_precision)  # fmt: skip
+    text = json.dumps(summary, indent=2)
+    run.summary.write_text(text)
+    summary = json.loads(text)  # what the file says (tuples become lists)
+    if figures:
+        from pyro_vae.evaluation.plots import make_figures
+
+        make_figures(run.root, trainer.vae, trainer.data)
+    return summary
+
+
+
+def _open_run(run: RunDir, cfg: ExperimentConfig, ctx: distributed.Context, resume: bool) -> dict[str, Any] | None:
+    """Check the run folder (a new run needs an empty one; a resumed run a compatible config) and
+    write its config; returns the checkpoint to resume from, or None."""
+    state = None
+    if resume:
+        state = load_checkpoint(run.last)
+        check_resume_config(from_dict(state["config"]), cfg)
+        if state.get("world_size", 1) != ctx.world_size:
+            raise ConfigError(f"{run.last} was written by {state.get('world_size', 1)} processes; resume it with as "
+                              f"many (this is {ctx.world_size})")  # fmt: skip
+    elif run.last.exists():
+        raise ConfigError(f"{run.root} already holds a run; resume it, or choose a new folder")
+    distributed.barrier(ctx)  # every rank has checked the folder before rank 0 writes to it
+    if ctx.main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
+        for stale_tmp in run.last.parent.glob(".*.tmp"):  # left by a process killed mid-write
+            stale_tmp.unlink()
+        if state is not None:
+            truncate_metrics(run.metrics, state["epoch"])
+        elif run.metrics.exists():
+            run.metrics.unlink()
+    return state
+
+
+
+def finish(run: RunDir, cfg: ExperimentConfig, vae: VAE, data: Splits, device: torch.device,
+           epochs_run: int, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Load the best-on-valid weights into ``vae`` and evaluate them (ELBO, and IWAE on test)."""
+    best = load_checkpoint(run.best, map_location=device)
+    vae.load_state_dict(best["model"])
+    kw = dict(batch_size=cfg.train.eval_batch_size, seed=cfg.eval.seed)
+    results = {s: evaluate(vae, data.stored(s).to(device), **kw)["neg_elbo"] for s in ("train", "valid")}
+    x_test = data.stored("test")
+    x_test = x_test[evenly_spaced(x_test.shape[0], cfg.eval.iwae_images)].to(device)
+    n_iw = x_test.shape[0]
+    k = cfg.eval.iwae_k
+    # IWAE batches are smaller: K samples per image are in flight.
+    test = evaluate(vae, x_test, k=k, progress=progress, desc=f"test log p(x), K={k}",
+                    batch_size=max(1, min(cfg.train.eval_batch_size, 100)), seed=cfg.eval.seed)  # fmt: skip
+    log.info("best epoch %d: test negative ELBO %s, test NLL (K=%d) %s nats", best["epoch"],
+             test["neg_elbo"], k, test.get("nll", test["neg_elbo"]))  # fmt: skip
+    return {
+        "config": cfg.to_dict(),
+        "environment": environment(device),
+        "epochs_run": epochs_run,
+        "best_epoch": best["epoch"],
+        "final": {
+            "unit": "nats per image",
+            "train_neg_elbo": dataclasses.asdict(results["train"]),
+            "valid_neg_elbo": dataclasses.asdict(results["valid"]),
+            **{f"test_{name}": value for name, value in as_dict(test).items()},
+            "iwae_k": k,
+            "iwae_images": n_iw,
+        },
+    }
+
+
+class Trainer:
+    """The objects of one training run (data, VAE, optimiser, schedule, step engine) and where it
+    stands (epoch, step, best valid, patience count, training time, a part-done epoch), set up for
+    a new run or restored from the checkpoint ``state``. :func:`fit` drives it."""
+
+    def __init__(self, cfg: ExperimentConfig, run: RunDir, device: torch.device, ctx: distributed.Context,
+                 state: dict[str, Any] | None, progress: bool) -> None:  # fmt: skip
+        self.cfg, self.run, self.device, self.ctx, self.progress = cfg, run, device, ctx, progress
+        pyro.set_rng_seed(cfg.train.seed)
+        self.data = data = load_data(cfg.data)
+        self.vae = vae = build_vae(cfg.model, data.data_dim)
+        check_data(vae, data)
+        vae.to(device)
+        # The splits stay in their stored form (uint8 levels for 8-bit images); batches are decoded.
+        self.x_train, self.x_valid, self.x_test = (data.stored(s).to(device) for s in ("train", "valid", "test"))
+        first = decode(self.x_train[: cfg.train.batch_size])
+        first = (first > 0.5).to(first.dtype) if data.dynamic_binarization else first
+        elbo = build_elbo(cfg.train)  # resolved once: the checks and the loss take the object
+        check_compatible(vae, cfg, elbo, first)
+        init_from_data(vae, self.x_train, cfg.train.seed)
+        self.optim = make_optimizer(vae, cfg.train.lr)
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.optim, gamma=cfg.train.lr_decay)
+        self.loss = loss = build_loss(vae, cfg.train, first, elbo)
+        self.shuffle = torch.Generator().manual_seed(cfg.train.seed)
+        if ctx.active:
+            pyro.set_rng_seed(cfg.train.seed + ctx.rank)  # every rank draws its own z
+        self.epoch, self.step, self.best, self.stale, self.train_time = 0, 0, math.inf, 0, 0.0
+        self.partial: dict[str, Any] | None = None  # an epoch stopped part-way by a signal
+        if state is not None:
+            self._restore(state)
+        self.steps_per_epoch = math.ceil(self.x_train.shape[0] / cfg.train.batch_size)
+        self.warmup_steps = cfg.train.kl_warmup_epochs * self.steps_per_epoch
+        choice = choose_engine(cfg.train.engine, device, loss.fast, ctx.active, loss.compilable)
+        if choice.reason and ctx.main:  # a fallback: a warning where an engine was asked for by name
+            log.log(logging.INFO if cfg.train.engine == "auto" else logging.WARNING, "%s", choice.reason)
+        step_loss = distributed.wrap_loss(vae, loss.fn, ctx)  # DDP broadcasts rank 0's weights here
+        self.engine = StepEngine(step_loss, self.optim, self.x_train, cfg.train.batch_size, choice,
+                                 binarize=data.dynamic_binarization, warmup_steps=self.warmup_steps, ctx=ctx)
+        self.sync_every = cfg.train.sync_every or (100 if device.type == "cuda" else 1)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.vae.load_state_dict(state["model"])
+        self.optim.load_state_dict(state["optim"])
+        self.sched.load_state_dict(state["sched"])
+        self.shuffle.set_state(state["shuffle_rng"])
+        set_rng_state(state["rng_ranks"][self.ctx.rank] if "rng_ranks" in state else state["rng"])
+        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_valid"]
+        self.stale = state.get("stale", 0)
+        self.partial = state.get("partial")
+        self.train_time = state.get("train_time", 0.0) - (self.partial["epoch_time"] if self.partial else 0.0)
+        log.info("resumed %s at epoch %d (step %d)", self.run.root, self.epoch, self.step)
+        if saved_device(state) != self.device.type and self.ctx.main:
+            log.warning("this run was trained on %s and continues on %s: the weights, optimiser, schedule and data "
+                        "order carry over, but the random draws differ, so the result is not bit-exact with an "
+                        "uninterrupted run", saved_device(state), self.device.type)  # fmt: skip
+
+    def should_stop(self) -> bool:
+        """Out of epochs, of time (``train.time_limit_min``) or of patience (``train.patience``)."""
+        t = self.cfg.train
+        out_of_time = t.time_limit_min and self.train_time >= 60 * t.time_limit_min
+        return bool(self.epoch >= t.epochs or out_of_time or (t.patience and self.stale >= t.patience))
+
+    def checkpoint(self, paths: list[Path], epoch_done: int, **extra) -> None:
+        """Write the run's state (with every rank's RNG state) to each path; a collective call."""
+        rngs = distributed.gather(get_rng_state(), self.ctx)
+        if self.ctx.main:
+            ckpt = {
+                "model": self.vae.state_dict(), "optim": self.optim.state_dict(), "sched": self.sched.state_dict(),
+                "epoch": epoch_done, "step": self.step, "best_valid": self.best,
+                "shuffle_rng": self.shuffle.get_state(), "rng": get_rng_state(), "config": self.cfg.to_dict(),
+                "device": self.device.type, "world_size": self.ctx.world_size, "rng_ranks": rngs,
+                "train_time": self.train_time, "stale": self.stale, **extra,
+            }  # fmt: skip
+            for path in paths:
+                save_checkpoint(ckpt, path)
+
+    def train_epoch(self, stop: StopRequests) -> tuple[float, float]:
+        """One pass over the shuffled training split (or the rest of an interrupted one); returns
+        the mean training loss and the epoch's training seconds."""
+        self.epoch += 1
+        self.vae.train()
+        n, bs, engine = self.x_train.shape[0], self.cfg.train.batch_size, self.engine
+        if self.partial:  # continue the epoch a signal interrupted, where it stopped
+            p = self.partial
+            perm, start, total, time_before = p["perm"].to(self.device), p["batch"], p["total"], p["epoch_time"]
+            self.partial = None
+        else:
+            perm, start, total, time_before = torch.randperm(n, generator=self.shuffle).to(self.device), 0, 0.0, 0.0
+        engine.start_epoch(perm, start, total, self.step)
+        first_step, seen, read_at, t0 = self.step, total, start, time.perf_counter()
+        bar = tqdm(range(start, self.steps_per_epoch), desc=f"epoch {self.epoch}/{self.cfg.train.epochs}",
+                   unit="step", initial=start, total=self.steps_per_epoch, disable=not self.progress or None,
+                   leave=False)  # fmt: skip
+        with pyro.validation_enabled(False):  # data were validated up front: keep the hot loop lean
+            for i in bar:
+                engine.step()
+                self.step += 1
+                last = i + 1 == self.steps_per_epoch
+                if (i + 1 - start) % self.sync_every and not last:
+                    continue
+                reading = engine.read()
+                if reading.bad_step is not None:
+                    raise self._non_finite(reading, start + reading.bad_step - first_step)
+                images = min((i + 1) * bs, n) - read_at * bs  # trained on since the previous read
+                bar.set_postfix(loss=f"{(reading.total - seen) / images:.2f}", refresh=False)
+                seen, read_at = reading.total, i + 1
+                if not last and any_rank(stop.received is not None, self.ctx):
+                    elapsed = time_before + time.perf_counter() - t0
+                    self.checkpoint([self.run.last], self.epoch - 1, train_time=self.train_time + elapsed,
+                                    partial={"perm": perm.cpu(), "batch": i + 1, "total": reading.total,
+                                             "epoch_time": elapsed})  # fmt: skip
+                    raise interrupted(stop.received, f"step {self.step} (epoch {self.epoch}, batch {i + 1} of "
+                                      f"{self.steps_per_epoch})", self.run.last, self.run.root)  # fmt: skip
+        epoch_time = time_before + time.perf_counter() - t0
+        self.train_time += epoch_time
+        self.sched.step()
+        return seen / n, epoch_time
+
+    def _non_finite(self, reading, batch: int) -> TrainingError:
+        return TrainingError(
+            f"the training loss became {reading.bad_value} at step {reading.bad_step + 1} (epoch {self.epoch}): "
+            f"{diagnose(self.vae, self.engine.images(batch))}. The last good checkpoint, {self.run.last}, is "
+            "kept; try a smaller train.lr, or KL warm-up (train.kl_warmup_epochs)"
+        )
+
+    def end_epoch(self, train_loss: float, epoch_time: float) -> None:
+        """Evaluate valid and test, log a metrics line, checkpoint (and keep the best on valid)."""
+        kw = dict(batch_size=self.cfg.train.eval_batch_size, seed=self.cfg.eval.seed)
+        valid = evaluate(self.vae, self.x_valid, **kw)["neg_elbo"]
+        test = evaluate(self.vae, self.x_test, **kw)["neg_elbo"]
+        n = self.x_train.shape[0]
+        record = {
+            "epoch": self.epoch, "step": self.step, "train_neg_elbo": train_loss, "valid_neg_elbo": valid.mean,
+            "test_neg_elbo": test.mean, "lr": float(self.optim.param_groups[0]["lr"]), "epoch_time_s": epoch_time,
+            "kl_weight": kl_warmup_weight(self.step, self.warmup_steps) if self.warmup_steps else 1.0,
+            "images_per_s": n / epoch_time,
+        }  # fmt: skip
+        if self.ctx.main:
+            append_jsonl(self.run.metrics, record)
+            log.info("epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)", self.epoch, train_loss,
+                     valid.mean, test.mean, record["images_per_s"])  # fmt: skip
+        improved = valid.mean < self.best
+        self.best, self.stale = (valid.mean, 0) if improved else (self.best, self.stale + 1)
+        self.checkpoint([self.run.best, self.run.last] if improved else [self.run.last], self.epoch)
+
+
+
+def init_from_data(vae: VAE, x: torch.Tensor, seed: int) -> None:
+    """Data-dependent initialisation: every component with an ``init_from_data(x, generator)``
+    method (the VampPrior's pseudo-inputs) gets the training images (float32, or uint8 levels:
+    see :func:`pyro_vae.data.pixels.decode`) and a seeded generator."""
+    for module in vae.modules():
+        if module is not vae and callable(getattr(module, "init_from_data", None)):
+            module.init_from_data(x, torch.Generator().manual_seed(seed))
+
+
+
+@contextmanager
+def matmul_precision(precision: str):
+    """``torch.set_float32_matmul_precision(precision)`` while training, restored afterwards."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
