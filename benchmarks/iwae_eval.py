@@ -4,7 +4,7 @@
                                    [--set section.key=value ...]
 
 Builds the default model (or a trained run's, with ``--run RUN_DIR``), then times
-:func:`pyro_vae.evaluation.metrics` (negative ELBO and IWAE bound, the chunk size chosen for the device) on
+:func:`pyro_vae.evaluate` (negative ELBO and IWAE bound, the chunk size chosen for the device) on
 the first ``--images`` test images, synchronised, median over ``--repeats``. Writes
 benchmarks/results/iwae_eval_DEVICE.json. The issue's target on an H100: K = 5000 on all 10,000
 test images in under 10 s.

@@ -5,7 +5,7 @@ But almost every z from the prior decodes to an image unlike x: the average is d
 lucky draws, the estimate is biased low (log of a noisy mean) and its spread is large, and the
 rarer the lucky region (higher latent dimension), the worse. Importance sampling with the
 encoder, z_k ~ q(z | x) and weights p(x, z_k) / q(z_k | x) (the IWAE bound of
-``pyro_vae.evaluation.metrics``), lands where p(x | z) is large and converges with far fewer samples.
+``pyro_vae.evaluate``), lands where p(x | z) is large and converges with far fewer samples.
 
 The example trains a VAE with a 2-D and one with a higher-dimensional latent space
 (``pyro_vae.fit``), then on test images compares both estimators for several K.

@@ -12,7 +12,7 @@ puts the uncertainty in a latent z instead:
 trained on the conditional ELBO E_q[log p(y | x, z)] - KL(q(z | x, y) || p(z | x)) with
 ``Trace_ELBO``. Each draw of z gives one sharp completion. Both models are scored by the
 conditional log-likelihood -log p(y | x) of test digits in nats (the CVAE's by importance
-sampling with the package's IWAE estimator, ``pyro_vae.evaluation.metrics``), and the figure shows the
+sampling with the package's IWAE estimator, ``pyro_vae.evaluate``), and the figure shows the
 baseline's blur next to several CVAE samples.
 
     python examples/09_conditional_vae.py [--smoke-test] [--out DIR] [--device cpu|cuda]
@@ -94,7 +94,7 @@ class CVAE(nn.Module):
 
     def log_weights(self, images, num_samples: int) -> torch.Tensor:
         """log p(y | x, z_k) + log p(z_k | x) - log q(z_k | x, y), shape (K, B): what
-        ``pyro_vae.evaluation.metrics`` turns into the IWAE bound on log p(y | x)."""
+        ``pyro_vae.evaluate`` turns into the IWAE bound on log p(y | x)."""
         x, y = images[:, GIVEN], images[:, MISSING]
         q = self.q_z(images)
         z = q.rsample((num_samples,))

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pyro_vae.cli import main
-from tests.helpers import SMALL
+from tests.helpers import ROOT, SMALL
 
 
 def _sets(*items):
@@ -128,11 +128,10 @@ def test_python_dash_m_entry_point():
 
 
 def test_shipped_config_files_load():
-    from pathlib import Path
 
     from pyro_vae.config import load_config
 
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     files = sorted([*root.glob("examples/configs/*.toml"), *root.glob("benchmarks/configs/*.toml")])
     assert len(files) >= 3
     for path in files:

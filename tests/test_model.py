@@ -1,5 +1,5 @@
 """Structure of the model and guide traces; the registry; the MLP. (Every registered component
-and ELBO: tests/test_components.py and tests/test_elbos.py.)"""
+and ELBO: tests/components/test_components.py and tests/objectives/test_elbos.py.)"""
 
 from __future__ import annotations
 

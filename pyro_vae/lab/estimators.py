@@ -21,12 +21,13 @@ On fixed images and a (trained) VAE, :func:`run_lab` estimates
 Per-particle ELBO terms come from Pyro traces of ``vae.guide`` and ``vae.model`` under a
 vectorised particle plate: the same terms ``Trace_ELBO`` (``log p(x,z) - log q(z|x)``) and
 ``TraceMeanField_ELBO`` (``log p(x|z) - KL(q||p)``, with ``torch.distributions.kl_divergence``)
-sum, kept per image (``tests/test_estimators.py`` checks the sums against Pyro's own losses).
+sum, kept per image (``tests/lab/test_estimators.py`` checks the sums against Pyro's own losses).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
@@ -42,12 +43,8 @@ from pyro_vae.components.priors import StandardNormal
 from pyro_vae.evaluation.metrics import iwae_log_likelihood, mean_se, samples_per_chunk
 from pyro_vae.model import VAE
 from pyro_vae.objectives import closed_form
-from pyro_vae.objectives.elbos import ELBOS
+from pyro_vae.objectives.elbos import ELBOS, _WeightedELBO
 from pyro_vae.seeding import fork_rng
-
-GRADIENT_ESTIMATORS = ("reparam_mc_kl", "reparam_analytic_kl", "score_function", "stl", "iwae", "iwae_dreg", "miwae",
-                       "ciwae", "piwae")  # fmt: skip
-SNR_VS_K_ESTIMATORS = ("iwae", "iwae_dreg", "piwae")
 
 
 @dataclass(frozen=True)
@@ -218,24 +215,65 @@ def score_function_guide(vae: VAE):
     return guide
 
 
-def _gradient_estimator(name: str, vae: VAE, num_particles: int, groups: int = 1, ciwae_beta: float = 0.5):
-    """(Pyro ELBO, guide) of a gradient estimator with ``num_particles`` samples per image in all
-    (``groups`` groups of ``num_particles / groups`` for miwae and piwae)."""
-    kw = dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
-    if name == "reparam_mc_kl":
-        return Trace_ELBO(**kw), vae.guide
-    if name == "reparam_analytic_kl":
-        return TraceMeanField_ELBO(**kw), vae.guide
-    if name == "score_function":
-        return TraceGraph_ELBO(**kw), score_function_guide(vae)
-    if name in GRADIENT_ESTIMATORS:
+@dataclass(frozen=True)
+class GradientEstimator:
+    """One row of the laboratory's gradient table: ``build(vae, num_particles, groups, ciwae_beta)``
+    returns the (Pyro ELBO, guide) that draws ``num_particles`` samples per image in all (``groups``
+    groups of ``num_particles / groups`` where ``grouped``); ``snr_label`` puts it in the
+    encoder-SNR-against-K panel too. Adding an estimator to the laboratory is one entry here."""
+
+    name: str
+    label: str
+    build: Callable
+    grouped: bool = False
+    snr_label: str | None = None
+
+
+def _pyro(elbo_cls, guide=lambda vae: vae.guide):
+    def build(vae: VAE, num_particles: int, groups: int, ciwae_beta: float):
+        kw = dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+        return elbo_cls(**kw), guide(vae)
+
+    return build
+
+
+def _registered(name: str):
+    """A registered ELBO of :data:`pyro_vae.objectives.elbos.ELBOS` by name."""
+
+    def build(vae: VAE, num_particles: int, groups: int, ciwae_beta: float):
         cls = ELBOS.get(name)
-        if cls.grouped:
-            kw.update(num_particles=num_particles // groups, groups=groups)
-        if name == "ciwae":
-            kw.update(ciwae_beta=ciwae_beta)
+        kw = dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+        if issubclass(cls, _WeightedELBO):  # its options: groups (grouped ones) and ciwae_beta
+            groups = groups if cls.grouped else 1
+            kw.update(num_particles=num_particles // groups, groups=groups, ciwae_beta=ciwae_beta)
         return cls(**kw), vae.guide
-    raise ValueError(f"unknown gradient estimator {name!r}; choose from {', '.join(GRADIENT_ESTIMATORS)}")
+
+    return build
+
+
+GRADIENT_ESTIMATORS: dict[str, GradientEstimator] = {e.name: e for e in [
+    GradientEstimator("reparam_mc_kl", "reparameterised, Monte-Carlo KL (Trace_ELBO)", _pyro(Trace_ELBO)),
+    GradientEstimator("reparam_analytic_kl", "reparameterised, analytic KL (TraceMeanField_ELBO)",
+                      _pyro(TraceMeanField_ELBO)),
+    GradientEstimator("score_function", "score function (TraceGraph_ELBO)",
+                      _pyro(TraceGraph_ELBO, lambda vae: score_function_guide(vae))),
+    GradientEstimator("stl", "sticking the landing (stl)", _registered("stl")),
+    GradientEstimator("iwae", "IWAE bound, K = P (iwae)", _registered("iwae"), snr_label="IWAE (iwae)"),
+    GradientEstimator("iwae_dreg", "IWAE bound, DReG gradients (iwae_dreg)", _registered("iwae_dreg"),
+                      snr_label="DReG (iwae_dreg)"),
+    GradientEstimator("miwae", "MIWAE, M groups of P/M (miwae)", _registered("miwae"), grouped=True),
+    GradientEstimator("ciwae", "CIWAE, beta mix of ELBO and IWAE (ciwae)", _registered("ciwae")),
+    GradientEstimator("piwae", "PIWAE, M groups of P/M (piwae)", _registered("piwae"), grouped=True,
+                      snr_label="PIWAE (piwae, M groups of K/M)"),
+]}  # fmt: skip
+SNR_VS_K_ESTIMATORS = [e.name for e in GRADIENT_ESTIMATORS.values() if e.snr_label]
+
+
+def _gradient_estimator(name: str, vae: VAE, num_particles: int, groups: int = 1, ciwae_beta: float = 0.5):
+    """(Pyro ELBO, guide) of the laboratory's estimator ``name`` (see :data:`GRADIENT_ESTIMATORS`)."""
+    if name not in GRADIENT_ESTIMATORS:
+        raise ValueError(f"unknown gradient estimator {name!r}; choose from {', '.join(GRADIENT_ESTIMATORS)}")
+    return GRADIENT_ESTIMATORS[name].build(vae, num_particles, groups, ciwae_beta)
 
 
 def lab_groups(particles: int, groups: int) -> int:
@@ -328,7 +366,7 @@ def run_lab(vae: VAE, x: torch.Tensor, cfg: LabConfig = LabConfig(), progress: b
         for estimator in SNR_VS_K_ESTIMATORS:
             result.snr_vs_k[estimator] = {}
             for k in cfg.snr_ks:
-                m = lab_groups(k, cfg.groups) if estimator == "piwae" else 1
+                m = lab_groups(k, cfg.groups) if GRADIENT_ESTIMATORS[estimator].grouped else 1
                 draws = gradient_samples(vae, xg, estimator, k, cfg.grad_reps, m)
                 if "encoder" in draws:  # (a model whose encoder is frozen has none)
                     result.snr_vs_k[estimator][k] = gradient_stats(draws["encoder"])

@@ -26,18 +26,8 @@ SPREAD_LABELS = {
     "trace_kl_term": "  its KL term (Monte Carlo)",
     "mean_field_kl_term": "  its KL term (analytic)",
 }
-GRADIENT_LABELS = {
-    "reparam_mc_kl": "reparameterised, Monte-Carlo KL (Trace_ELBO)",
-    "reparam_analytic_kl": "reparameterised, analytic KL (TraceMeanField_ELBO)",
-    "score_function": "score function (TraceGraph_ELBO)",
-    "stl": "sticking the landing (stl)",
-    "iwae": "IWAE bound, K = P (iwae)",
-    "iwae_dreg": "IWAE bound, DReG gradients (iwae_dreg)",
-    "miwae": "MIWAE, M groups of P/M (miwae)",
-    "ciwae": "CIWAE, beta mix of ELBO and IWAE (ciwae)",
-    "piwae": "PIWAE, M groups of P/M (piwae)",
-}
-SNR_K_LABELS = {"iwae": "IWAE (iwae)", "iwae_dreg": "DReG (iwae_dreg)", "piwae": "PIWAE (piwae, M groups of K/M)"}
+LABEL = {name: e.label for name, e in GRADIENT_ESTIMATORS.items()}  # the gradient table's rows
+SNR_LABEL = {name: e.snr_label for name, e in GRADIENT_ESTIMATORS.items() if e.snr_label}
 
 
 def to_dict(result: LabResult) -> dict:
@@ -76,7 +66,7 @@ def snr_findings(result: LabResult) -> list[str]:
     for est in SNR_VS_K_ESTIMATORS:
         if est in rows:
             lo, hi = rows[est][k_lo]["snr"], rows[est][k_hi]["snr"]
-            lines.append(f"- {SNR_K_LABELS[est]}: encoder SNR {lo:.3f} at K={k_lo}, {hi:.3f} at K={k_hi} "
+            lines.append(f"- {SNR_LABEL[est]}: encoder SNR {lo:.3f} at K={k_lo}, {hi:.3f} at K={k_hi} "
                          f"(slope of log SNR against log K: {slopes.get(est, float('nan')):+.2f})")  # fmt: skip
     if "iwae" in rows and "iwae_dreg" in rows:
         ratio = rows["iwae_dreg"][k_hi]["snr"] / rows["iwae"][k_hi]["snr"]
@@ -114,14 +104,14 @@ def format_table(result: LabResult) -> str:
         for group in ("encoder", "decoder"):
             snr = "".join(f"{result.gradients[est][p][group]['snr']:>10.3f}" for p in ps)
             var = "".join(f"{result.gradients[est][p][group]['variance']:>10.2e}" for p in ps)
-            lines.append(f"{GRADIENT_LABELS[est]:<52}{group:<9}{snr}")
+            lines.append(f"{LABEL[est]:<52}{group:<9}{snr}")
             lines.append(f"{'':<52}{'  var':<9}{var}")
     if result.snr_vs_k:
         ks = sorted(next(iter(result.snr_vs_k.values())))
         header = f"{'estimator':<52}" + "".join(f"{'K=' + str(k):>9}" for k in ks)
         lines += ["", "Encoder gradient SNR against K", header]
         for est, rows in result.snr_vs_k.items():
-            lines.append(f"{SNR_K_LABELS[est]:<52}" + "".join(f"{rows[k]['snr']:>9.3f}" for k in ks))
+            lines.append(f"{SNR_LABEL[est]:<52}" + "".join(f"{rows[k]['snr']:>9.3f}" for k in ks))
         lines += snr_findings(result)
     return "\n".join(lines)
 
@@ -165,13 +155,13 @@ def markdown(result: LabResult, command: str = "") -> str:
                 f"{result.gradients[est][p][group]['snr']:.3f} ({result.gradients[est][p][group]['variance']:.1e})"
                 for p in ps
             ]
-            md.append(f"| {GRADIENT_LABELS[est]} | {group} | " + " | ".join(cells) + " |")
+            md.append(f"| {LABEL[est]} | {group} | " + " | ".join(cells) + " |")
     if result.snr_vs_k:
         ks = sorted(next(iter(result.snr_vs_k.values())))
         md += ["", f"## Encoder gradient SNR against K ({cfg.grad_images} images, {cfg.grad_reps} draws per cell)",
                "", "| estimator | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]  # fmt: skip
         for est, rows in result.snr_vs_k.items():
-            md.append(f"| {SNR_K_LABELS[est]} | " + " | ".join(f"{rows[k]['snr']:.3f}" for k in ks) + " |")
+            md.append(f"| {SNR_LABEL[est]} | " + " | ".join(f"{rows[k]['snr']:.3f}" for k in ks) + " |")
         md += ["", *snr_findings(result)]
     md += [
         "",
@@ -227,7 +217,7 @@ def plot_snr(result: LabResult, out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, group in zip(axes, ("encoder", "decoder")):
         for est in GRADIENT_ESTIMATORS:
-            ax.loglog(ps, [result.gradients[est][p][group]["snr"] for p in ps], "o-", label=GRADIENT_LABELS[est])
+            ax.loglog(ps, [result.gradients[est][p][group]["snr"] for p in ps], "o-", label=LABEL[est])
         ax.set(xlabel="particles P", title=f"{group} gradients")
         ax.grid(alpha=0.3, which="both")
     floor = snr_noise_floor(result.config.grad_reps)
@@ -242,7 +232,7 @@ def plot_snr_vs_k(result: LabResult, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     for est, rows in result.snr_vs_k.items():
         ks = sorted(rows)
-        ax.loglog(ks, [rows[k]["snr"] for k in ks], "o-", label=SNR_K_LABELS[est])
+        ax.loglog(ks, [rows[k]["snr"] for k in ks], "o-", label=SNR_LABEL[est])
     if "iwae" in result.snr_vs_k:
         rows = result.snr_vs_k["iwae"]
         ks = sorted(rows)

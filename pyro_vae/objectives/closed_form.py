@@ -1,5 +1,5 @@
 r"""The negative ELBO of the default VAE written by hand in plain torch: the oracle that the
-Pyro losses are checked against (see ``tests/test_closed_form.py``).
+Pyro losses are checked against (see ``tests/objectives/test_closed_form.py``).
 
 For a Bernoulli likelihood with logits :math:`\eta = f(z)`, a standard-normal prior and a
 diagonal-Gaussian guide :math:`q(z|x) = \mathcal N(\mu, \operatorname{diag}\sigma^2)`:

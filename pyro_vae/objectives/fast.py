@@ -9,7 +9,7 @@ with a reparameterised sample, one observed site ``x``, both in ``plate("data")`
 the two losses on one batch and seed); :class:`FastELBO` then
 evaluates the same sites' distributions (the very objects the model and guide hand to
 ``pyro.sample``) directly. It draws the same random numbers in the same order, so the loss and its
-gradients equal Pyro's for the same seed (``tests/test_fast.py``). It implements the three
+gradients equal Pyro's for the same seed (``tests/objectives/test_fast.py``). It implements the three
 non-JIT estimators of :mod:`pyro_vae.objectives.elbos` (Monte-Carlo KL, analytic KL with Pyro's fallback,
 the IWAE bound, and the surrogate estimators ``stl``, ``iwae_dreg``, ``miwae``, ``ciwae``,
 ``piwae``) for any registered prior, likelihood and guide, and KL warm-up as

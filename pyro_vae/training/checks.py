@@ -17,7 +17,7 @@ data outside the likelihood's support                  :func:`check_data`: binar
                                                        another likelihood
 =====================================================  ==============================================
 
-``tests/test_components.py`` runs one SVI step for every prior x likelihood x guide x ELBO
+``tests/components/test_components.py`` runs one SVI step for every prior x likelihood x guide x ELBO
 combination these checks accept and asserts that each one they reject raises this error.
 """
 

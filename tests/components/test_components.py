@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import pyro
 import pytest
@@ -24,7 +23,7 @@ from pyro_vae.objectives.elbos import ELBOS, build_elbo
 from pyro_vae.objectives.fast import build_loss
 from pyro_vae.training.checks import check_compatible, check_data
 from pyro_vae.training.engine import make_optimizer, train_step
-from tests.helpers import assert_mc_close, mean_se
+from tests.helpers import ROOT, assert_mc_close, mean_se
 
 B, D, L = 5, 12, 3
 GOF_THRESHOLD = 1e-3  # chi-square p-value below which a discrete sampler and its probabilities disagree
@@ -311,7 +310,7 @@ def test_kl_warmup_weights_exactly_the_kl_term(elbo, fast):
         assert torch.allclose(got, expected, atol=1e-8, rtol=0), (elbo, beta, got.item(), expected.item())
 
 
-EXAMPLE_CONFIGS = sorted((Path(__file__).resolve().parent.parent / "examples" / "configs").glob("*.toml"))
+EXAMPLE_CONFIGS = sorted((ROOT / "examples" / "configs").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=[p.stem for p in EXAMPLE_CONFIGS])

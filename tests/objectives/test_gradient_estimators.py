@@ -3,7 +3,7 @@ path): values against hand-written formulas on the same draws, limiting cases, d
 identical to the estimators they share them with, expected encoder gradients unbiased (Monte-Carlo
 z-scores), STL's zero variance at the exact posterior, and DReG's signal-to-noise ratio growing
 with K as the theory predicts. Every estimator also recovers the exact conjugate posterior
-(tests/test_elbos.py runs every registered ELBO)."""
+(tests/objectives/test_elbos.py runs every registered ELBO)."""
 
 from __future__ import annotations
 
