@@ -30,8 +30,9 @@ from pyro_vae.evaluation.plots import image_grid
 
 VARIANTS = {  # name -> (overrides, kind of likelihood)
     "standard_normal": ((), "probability"),
-    "mixture_of_gaussians": (("model.prior=mixture_of_gaussians", "model.prior_components=50"), "probability"),
-    "vamp": (("model.prior=vamp", "model.prior_components=50"), "probability"),
+    "mixture_of_gaussians": (("model.prior=mixture_of_gaussians", "model.mixture_of_gaussians.components=50"),
+                             "probability"),
+    "vamp": (("model.prior=vamp", "model.vamp.components=50"), "probability"),
     "student_t": (("model.prior=student_t",), "probability"),
     "discretized_logistic": (("model.likelihood=discretized_logistic",), "probability"),
     "continuous_bernoulli": (("model.likelihood=continuous_bernoulli",), "density"),

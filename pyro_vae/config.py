@@ -4,6 +4,20 @@ One path from the command line to the model::
 
     cfg = load_config("examples/configs/latent2.toml", overrides=["model.latent_dim=2"])
 
+A component's own settings live with it: a component class may declare a ``Settings`` dataclass
+(defaults, and checks in ``__post_init__``), set in a sub-table named after the component::
+
+    [model]
+    prior = "student_t"
+
+    [model.student_t]
+    df = 3.0                      # or --set model.student_t.df=3
+
+The resolved config carries the full settings of every chosen component (defaults filled in), so
+a run folder records them; settings of components that are not chosen are checked and kept.
+Adding a component with a setting edits no file but the component's own. The flat keys of
+earlier versions (``model.prior_df``, ...) are still read, as their new spelling (:data:`LEGACY_KEYS`).
+
 Unknown sections or keys, values of the wrong type and impossible values raise
 :class:`ConfigError` (a ``ValueError``) before anything runs, naming what is accepted.
 """
@@ -51,10 +65,7 @@ class ModelConfig:
     prior: str = "standard_normal"  # from pyro_vae.components.priors.PRIORS
     likelihood: str = "bernoulli"  # from pyro_vae.components.likelihoods.LIKELIHOODS
     guide: str = "diag_normal"  # from pyro_vae.components.guides.GUIDES
-    prior_components: int = 500  # mixture_of_gaussians: components; vamp: pseudo-inputs
-    prior_df: float = 5.0  # student_t: degrees of freedom
-    likelihood_scale: float = 0.0  # gaussian: fixed pixel scale; 0 = one learned scale per pixel
-    flow_steps: int = 2  # iaf: inverse autoregressive flow steps on top of the Gaussian
+    settings: dict = field(default_factory=dict)  # component name -> its settings ([model.NAME] tables)
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,6 @@ class TrainConfig:
     elbo: str = "trace"  # from pyro_vae.objectives.elbos.ELBOS: trace | mean_field | jit_trace | jit_mean_field | iwae
     num_particles: int = 1  # samples of z per image in the training ELBO (K of iwae, at least 2)
     iw_groups: int = 1  # M of miwae / piwae: M groups of num_particles (K) samples, M * K drawn per image
-    ciwae_beta: float = 0.5  # ciwae: beta * ELBO + (1 - beta) * IWAE_K
     vectorize_particles: bool = True  # particles as a tensor dimension (false: a Python loop, Pyro's stock ELBO)
     kl_fallback: bool = True  # mean_field: Monte-Carlo KL where no closed form exists (false = reject up front)
     kl_warmup_epochs: float = 0.0  # KL warm-up: weight beta rises linearly to 1 over this many epochs (0 = off)
@@ -79,6 +89,7 @@ class TrainConfig:
     engine: str = "auto"  # auto (graph on CUDA, eager on the CPU) | eager | graph | compiled: pyro_vae.training.engine
     sync_every: int = 0  # steps between host reads of the loss (progress, signals); 0 = 1 on the CPU, 100 on CUDA
     matmul_precision: str = "highest"  # highest (fp32 matrix products) | high (TF32 on GPUs that have it)
+    settings: dict = field(default_factory=dict)  # component name -> its settings ([train.NAME] tables)
 
 
 @dataclass(frozen=True)
@@ -96,7 +107,24 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """``{section: {key: value, component: {setting: value}}}``, as the TOML file has it."""
+        out = {}
+        for f in dataclasses.fields(self):
+            values = dataclasses.asdict(getattr(self, f.name))
+            settings = values.pop("settings", {})
+            out[f.name] = {**values, **{name: dict(s) for name, s in sorted(settings.items())}}
+        return out
+
+
+# Flat keys of earlier versions -> the (component, setting) pairs they now spell. Run folders and
+# TOML files that use them still load; the resolved config writes the new spelling.
+LEGACY_KEYS = {
+    ("model", "prior_components"): (("mixture_of_gaussians", "components"), ("vamp", "components")),
+    ("model", "prior_df"): (("student_t", "df"),),
+    ("model", "likelihood_scale"): (("gaussian", "scale"),),
+    ("model", "flow_steps"): (("iaf", "steps"),),
+    ("train", "ciwae_beta"): (("ciwae", "beta"),),
+}
 
 
 TRAIN_ENGINES = ("auto", "eager", "graph", "compiled")  # pyro_vae.training.engine
@@ -159,12 +187,26 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def _replace_section(section_obj: Any, section: str, updates: dict[str, Any]) -> Any:
     cls = type(section_obj)
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
+    known = [f.name for f in dataclasses.fields(cls) if f.name != "settings"]
     values = {}
+    settings = {name: dict(s) for name, s in getattr(section_obj, "settings", {}).items()}
     for key, raw in updates.items():
-        if key not in hints:
-            raise ConfigError(f"unknown key {section}.{key}; keys of [{section}] are: {', '.join(known)}")
-        values[key] = _coerce(raw, hints[key], f"{section}.{key}")
+        if (section, key) in LEGACY_KEYS:
+            for component, setting in LEGACY_KEYS[section, key]:
+                settings.setdefault(component, {})[setting] = raw
+        elif isinstance(raw, dict) and "settings" in hints:  # a [section.component] table
+            settings.setdefault(key, {}).update(raw)
+        elif "." in key and "settings" in hints:  # --set section.component.setting=value
+            component, setting = key.split(".", 1)
+            settings.setdefault(component, {})[setting] = raw
+        elif key in hints and key != "settings":
+            values[key] = _coerce(raw, hints[key], f"{section}.{key}")
+        else:
+            raise ConfigError(f"unknown key {section}.{key}; keys of [{section}] are: {', '.join(known)}"
+                              + (f", and a [{section}.NAME] table of settings for a component" if "settings" in hints
+                                 else ""))  # fmt: skip
+    if "settings" in hints:
+        values["settings"] = settings
     return dataclasses.replace(section_obj, **values)
 
 
@@ -224,12 +266,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def to_toml(cfg: ExperimentConfig) -> str:
     """Serialise to TOML (readable back by :func:`load_config`)."""
+
+    def table(name: str, values: dict) -> list[str]:
+        return [f"[{name}]", *(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}"
+                               for key, value in values.items()), ""]  # fmt: skip
+
     lines = []
     for section, values in cfg.to_dict().items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
-        lines.append("")
+        lines += table(section, {k: v for k, v in values.items() if not isinstance(v, dict)})
+        for component, settings in values.items():
+            if isinstance(settings, dict):
+                lines += table(f"{section}.{component}", settings)
     return "\n".join(lines)
 
 
@@ -242,8 +289,47 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _resolve_settings(cfg: ExperimentConfig, section: str) -> dict[str, dict]:
+    """The ``[section.NAME]`` settings checked by their components' ``Settings`` classes, with the
+    chosen components' defaults filled in."""
+    registries = {key: r for key, r in by_config_key().items() if key.split(".")[0] == section}
+    owner = {name: r for r in registries.values() for name in r}
+    section_cfg = getattr(cfg, section)
+    chosen = {getattr(section_cfg, key.split(".")[1]) for key in registries}
+    given = section_cfg.settings
+    with_settings = sorted(n for n, r in owner.items() if r.settings_class(n) is not None)
+    out = {}
+    for name in sorted(set(given) | chosen):
+        registry = owner.get(name)
+        settings_cls = registry.settings_class(name) if registry is not None else None
+        if settings_cls is None:
+            if name not in given:
+                continue
+            described = ", ".join(f"{n} ({', '.join(f.name for f in dataclasses.fields(owner[n].settings_class(n)))})"
+                                  for n in with_settings)  # fmt: skip
+            raise ConfigError(f"[{section}.{name}]: {name!r} is no {section} component with settings; those with "
+                              f"settings are: {described}")  # fmt: skip
+        out[name] = dataclasses.asdict(settings_of(settings_cls, given.get(name, {}), f"{section}.{name}"))
+    return out
+
+
+def settings_of(settings_cls: type, given: dict[str, Any], where: str) -> Any:
+    """``settings_cls`` (a component's ``Settings`` dataclass) from the ``given`` values, coerced to
+    its annotated types; a ``ValueError`` from its checks becomes a :class:`ConfigError`."""
+    hints = typing.get_type_hints(settings_cls)
+    unknown = sorted(set(given) - set(hints))
+    if unknown:
+        raise ConfigError(f"unknown setting {where}.{unknown[0]}; settings of {where} are: {', '.join(hints)}")
+    values = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in given.items()}
+    try:
+        return settings_cls(**values)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Reject impossible values, naming what is accepted. Returns ``cfg`` unchanged."""
+    """Reject impossible values, naming what is accepted. Returns ``cfg`` with the chosen
+    components' settings filled in."""
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         _require(value in choices, f"{section}.{key} = {value!r} is not one of: {', '.join(choices)}")
@@ -253,8 +339,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         _require(value in registry, f"{config_key} = {value!r} is not one of: {', '.join(registry.names())}")
     positive = [
         ("model", "latent_dim"), ("train", "num_particles"), ("train", "epochs"),
-        ("train", "batch_size"), ("train", "eval_batch_size"), ("eval", "iwae_k"),
-        ("model", "prior_components"), ("model", "flow_steps"), ("train", "iw_groups"),
+        ("train", "batch_size"), ("train", "eval_batch_size"), ("eval", "iwae_k"), ("train", "iw_groups"),
     ]  # fmt: skip
     for section, key in positive:
         value = getattr(getattr(cfg, section), key)
@@ -266,17 +351,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _require(
         all(h >= 1 for h in cfg.model.hidden), f"model.hidden = {list(cfg.model.hidden)}: widths must be at least 1"
     )
-    for section, key in [("model", "prior_df"), ("model", "likelihood_scale"), ("train", "kl_warmup_epochs"),
-                         ("train", "lr")]:  # fmt: skip
+    for section, key in [("train", "kl_warmup_epochs"), ("train", "lr")]:
         value = getattr(getattr(cfg, section), key)
         _require(math.isfinite(value), f"{section}.{key} = {value} must be a finite number")
-    _require(0.0 <= cfg.train.ciwae_beta <= 1.0, f"train.ciwae_beta = {cfg.train.ciwae_beta} must be in [0, 1] "
-             "(0: the IWAE bound, 1: the ELBO)")  # fmt: skip
-    _require(cfg.model.prior_df > 0, f"model.prior_df = {cfg.model.prior_df} must be positive")
-    _require(
-        cfg.model.likelihood_scale >= 0,
-        f"model.likelihood_scale = {cfg.model.likelihood_scale} must be positive (fixed) or 0 (learned)",
-    )
     _require(
         cfg.train.kl_warmup_epochs >= 0, f"train.kl_warmup_epochs = {cfg.train.kl_warmup_epochs} must be 0 or more"
     )
@@ -284,7 +361,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _require(cfg.train.lr > 0, f"train.lr = {cfg.train.lr} must be positive")
     _require(0 < cfg.train.lr_decay <= 1, f"train.lr_decay = {cfg.train.lr_decay} must be in (0, 1]")
     _require(is_device_name(cfg.train.device), f"train.device = {cfg.train.device!r} is not one of: {DEVICE_NAMES}")
-    return cfg
+    resolved = {s: dataclasses.replace(getattr(cfg, s), settings=_resolve_settings(cfg, s)) for s in ("model", "train")}
+    return dataclasses.replace(cfg, **resolved)
 
 
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N"

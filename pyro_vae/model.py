@@ -118,10 +118,11 @@ def build_vae(cfg: ModelConfig, data_dim: int) -> VAE:
     raise :class:`~pyro_vae.config.ConfigError` naming the choice and the fix.
     """
     try:
-        likelihood = LIKELIHOODS.get(cfg.likelihood)(data_dim=data_dim, cfg=cfg)
+        likelihood = LIKELIHOODS.build(cfg.likelihood, cfg.settings, data_dim=data_dim, cfg=cfg)
         decoder = mlp([cfg.latent_dim, *reversed(cfg.hidden), likelihood.param_dim(data_dim)], cfg.activation)
-        encoder = GUIDES.get(cfg.guide)(data_dim=data_dim, latent_dim=cfg.latent_dim, cfg=cfg)
-        prior = PRIORS.get(cfg.prior)(latent_dim=cfg.latent_dim, data_dim=data_dim, encoder=encoder, cfg=cfg)
+        encoder = GUIDES.build(cfg.guide, cfg.settings, data_dim=data_dim, latent_dim=cfg.latent_dim, cfg=cfg)
+        prior = PRIORS.build(cfg.prior, cfg.settings, latent_dim=cfg.latent_dim, data_dim=data_dim, encoder=encoder,
+                             cfg=cfg)  # fmt: skip
     except ValueError as exc:
         raise ConfigError(f"model.prior={cfg.prior}, model.guide={cfg.guide}, model.likelihood={cfg.likelihood}: "
                           f"{exc}") from None  # fmt: skip

@@ -62,6 +62,22 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(self.names())}"
             ) from None
 
+    def settings_class(self, name: str) -> type | None:
+        """The ``Settings`` dataclass the component ``name`` declares (its ``[section.name]``
+        table, see :mod:`pyro_vae.config`), or None."""
+        return getattr(self.get(name), "Settings", None)
+
+    def settings(self, name: str, settings: dict) -> object | None:
+        """The component ``name``'s ``Settings`` built from a config section's ``settings``
+        (defaults where it has none), or None for a component without settings."""
+        cls = self.settings_class(name)
+        return cls(**settings.get(name, {})) if cls is not None else None
+
+    def build(self, name: str, settings: dict, **kwargs):
+        """The component ``name`` built with ``kwargs`` and its settings (from a config section's
+        ``settings``; see :meth:`settings`), as the factories build every component."""
+        return self.get(name)(**kwargs, settings=self.settings(name, settings))
+
     def names(self) -> list[str]:
         return sorted(self._items)
 

@@ -70,7 +70,12 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
             ["config", "--set", "model.prior=vampire"],
             "model.prior = 'vampire' is not one of: mixture_of_gaussians, standard_normal, student_t, vamp",
         ),
-        (["config", "--set", "model.prior_df=inf"], "model.prior_df = inf must be a finite number"),
+        (["config", "--set", "model.student_t.df=inf"], "model.student_t: df = inf must be a positive finite number"),
+        (["config", "--set", "model.prior_df=-1"], "model.student_t: df = -1.0 must be a positive finite number"),
+        (["config", "--set", "model.student_t.nu=3"], "unknown setting model.student_t.nu; settings of "
+         "model.student_t are: df"),
+        (["config", "--set", "model.bernoulli.p=1"], "'bernoulli' is no model component with settings; those "
+         "with settings are: gaussian (scale), iaf (steps), mixture_of_gaussians (components)"),
         (["config", "--set", "train.kl_warmup_epochs=-1"], "train.kl_warmup_epochs = -1.0 must be 0 or more"),
         (["config", "--set", "model.guide=flow"], "model.guide = 'flow' is not one of: diag_normal, iaf"),
         (["config", "--set", "nosuch.key=1"], "unknown config section 'nosuch'"),

@@ -2,7 +2,8 @@ r"""Guides q(z | x): amortized encoders; ``forward(x)`` with x (B, D) returns a 
 distribution with batch (B,) and event (L,); ``point(x)`` returns one representative code per
 image (for reconstructions and latent plots).
 
-Every guide is built as ``cls(data_dim=D, latent_dim=L, cfg=ModelConfig)``.
+Every guide is built as ``cls(data_dim=D, latent_dim=L, cfg=ModelConfig, settings=Settings)``
+(``settings``: the class's own ``Settings`` from its ``[model.NAME]`` table, if it has one).
 
 References:
     Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling, *Improved Variational Inference
@@ -10,6 +11,8 @@ References:
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pyro.distributions as dist
 import torch
@@ -53,7 +56,7 @@ class DiagNormal(nn.Module):
 
 @GUIDES.register("iaf")
 class IAF(nn.Module):
-    r"""q(z | x): a diagonal Gaussian pushed through ``model.flow_steps`` inverse autoregressive
+    r"""q(z | x): a diagonal Gaussian pushed through ``model.iaf.steps`` inverse autoregressive
     flow steps (Kingma et al., 2016), each a MADE conditioned on the encoder's features h(x):
 
     .. math:: z_0 \sim \mathcal N(\mu(x), \sigma(x)^2),\quad
@@ -65,14 +68,22 @@ class IAF(nn.Module):
     the density of any *other* z needs L passes, which is why ``vamp`` rejects this guide.
     """
 
-    def __init__(self, data_dim: int, latent_dim: int, cfg, **_) -> None:
+    @dataclass(frozen=True)
+    class Settings:
+        steps: int = 2  # flow steps on top of the Gaussian
+
+        def __post_init__(self) -> None:
+            if self.steps < 1:
+                raise ValueError(f"steps = {self.steps} must be at least 1")
+
+    def __init__(self, data_dim: int, latent_dim: int, cfg, settings: Settings, **_) -> None:
         super().__init__()
         self.base = DiagNormal(data_dim, latent_dim, cfg)
         context = cfg.hidden[-1] if cfg.hidden else data_dim
         width = max(cfg.hidden[-1] if cfg.hidden else 0, 2 * latent_dim)
         self.steps = nn.ModuleList(
             ConditionalAffineAutoregressive(ConditionalAutoRegressiveNN(latent_dim, context, [width]), stable=True)
-            for _ in range(cfg.flow_steps)
+            for _ in range(settings.steps)
         )
 
     def _base_and_transforms(self, x: torch.Tensor):

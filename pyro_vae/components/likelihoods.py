@@ -2,7 +2,8 @@ r"""Likelihoods p(x | z): the decoder's head is sized by ``param_dim(D)``; ``for
 distribution with event (D,); ``mean(h)`` gives expected pixels for pictures; ``validate(x,
 source)`` rejects data outside the support before training starts.
 
-Every likelihood is built as ``cls(data_dim=D, cfg=ModelConfig)`` and takes what it needs.
+Every likelihood is built as ``cls(data_dim=D, cfg=ModelConfig, settings=Settings)`` and takes what
+it needs (``settings``: the class's own ``Settings`` from its ``[model.NAME]`` table, if it has one).
 Discrete likelihoods (``bernoulli``, ``discretized_logistic``) give probabilities, so their
 negative log-likelihoods are code lengths in nats; continuous ones (``continuous_bernoulli``,
 ``gaussian``) give densities, which are not comparable with them.
@@ -11,6 +12,7 @@ negative log-likelihoods are code lengths in nats; continuous ones (``continuous
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pyro.distributions as dist
 import torch
@@ -80,17 +82,25 @@ class ContinuousBernoulli(nn.Module):
 
 @LIKELIHOODS.register("gaussian")
 class Gaussian(nn.Module):
-    """x_d ~ N(h_d, sigma_d^2): ``model.likelihood_scale`` > 0 fixes sigma; 0 learns one sigma
+    """x_d ~ N(h_d, sigma_d^2): ``model.gaussian.scale`` > 0 fixes sigma; 0 learns one sigma
     per pixel (a parameter, floored at ``min_scale`` so a pixel that never varies cannot make
     the density infinite)."""
 
     min_scale = 1e-2
 
-    def __init__(self, data_dim: int, cfg, **_) -> None:
+    @dataclass(frozen=True)
+    class Settings:
+        scale: float = 0.0  # fixed pixel scale; 0 = one learned scale per pixel
+
+        def __post_init__(self) -> None:
+            if not (math.isfinite(self.scale) and self.scale >= 0):
+                raise ValueError(f"scale = {self.scale} must be positive (fixed) or 0 (learned)")
+
+    def __init__(self, data_dim: int, settings: Settings, **_) -> None:
         super().__init__()
-        self.fixed = cfg.likelihood_scale > 0
+        self.fixed = settings.scale > 0
         if self.fixed:
-            self.register_buffer("raw_scale", torch.full((data_dim,), float(cfg.likelihood_scale)))
+            self.register_buffer("raw_scale", torch.full((data_dim,), float(settings.scale)))
         else:
             self.raw_scale = nn.Parameter(torch.full((data_dim,), math.log(math.expm1(0.1))))  # sigma starts at ~0.1
 

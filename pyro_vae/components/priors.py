@@ -1,7 +1,9 @@
 r"""Priors p(z): ``forward(batch_size)`` returns a distribution with batch (B,) and event (L,).
 
-Every prior is built as ``cls(latent_dim=L, data_dim=D, encoder=guide_network, cfg=ModelConfig)``
-and takes what it needs; a prior that cannot work with the given guide raises ``ValueError``
+Every prior is built as ``cls(latent_dim=L, data_dim=D, encoder=guide_network, cfg=ModelConfig,
+settings=Settings)`` and takes what it needs (``settings``: an instance of the class's own
+``Settings`` dataclass, from its ``[model.NAME]`` table, where it declares one); a prior that
+cannot work with the given guide raises ``ValueError``
 with a fix hint, which :func:`pyro_vae.model.build_vae` reports before anything trains.
 
 References:
@@ -11,6 +13,7 @@ References:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pyro.distributions as dist
 import torch
@@ -40,16 +43,24 @@ class StandardNormal(nn.Module):
 
 @PRIORS.register("student_t")
 class StudentT(nn.Module):
-    """p(z) = prod_l StudentT(z_l; df, 0, 1), heavy tailed (``model.prior_df`` degrees of freedom).
+    """p(z) = prod_l StudentT(z_l; df, 0, 1), heavy tailed (``model.student_t.df`` degrees of freedom).
 
     No KL between a Gaussian and a Student-t has a closed form, so ``mean_field`` falls back to
     the Monte-Carlo term for it (and ``train.kl_fallback=false`` rejects the pair up front).
     """
 
-    def __init__(self, latent_dim: int, cfg, **_) -> None:
+    @dataclass(frozen=True)
+    class Settings:
+        df: float = 5.0  # degrees of freedom
+
+        def __post_init__(self) -> None:
+            if not (math.isfinite(self.df) and self.df > 0):
+                raise ValueError(f"df = {self.df} must be a positive finite number of degrees of freedom")
+
+    def __init__(self, latent_dim: int, settings: Settings, **_) -> None:
         super().__init__()
         self.latent_dim = latent_dim
-        self.register_buffer("df", torch.tensor(float(cfg.prior_df)))
+        self.register_buffer("df", torch.tensor(float(settings.df)))
 
     def forward(self, batch_size: int) -> dist.Distribution:
         zero = torch.zeros((), dtype=self.df.dtype, device=self.df.device)
@@ -98,11 +109,20 @@ class GaussianMixture(dist.TorchDistribution):
 @PRIORS.register("mixture_of_gaussians")
 class MixtureOfGaussians(nn.Module):
     """p(z) = sum_k pi_k N(z; mu_k, diag sigma_k^2) with learnable weights, means and scales;
-    K = ``model.prior_components``. Means start as N(0, I) draws, scales at 1, weights equal."""
+    K = ``model.mixture_of_gaussians.components``. Means start as N(0, I) draws, scales at 1,
+    weights equal."""
 
-    def __init__(self, latent_dim: int, cfg, **_) -> None:
+    @dataclass(frozen=True)
+    class Settings:
+        components: int = 500  # K, the mixture's components
+
+        def __post_init__(self) -> None:
+            if self.components < 1:
+                raise ValueError(f"components = {self.components} must be at least 1")
+
+    def __init__(self, latent_dim: int, settings: Settings, **_) -> None:
         super().__init__()
-        k = cfg.prior_components
+        k = settings.components
         self.logits = nn.Parameter(torch.zeros(k))
         self.loc = nn.Parameter(torch.randn(k, latent_dim))
         self.raw_scale = nn.Parameter(torch.full((k, latent_dim), math.log(math.e - 1)))  # softplus -> 1
@@ -114,20 +134,28 @@ class MixtureOfGaussians(nn.Module):
 @PRIORS.register("vamp")
 class VampPrior(nn.Module):
     """p(z) = 1/K sum_k q(z | u_k): the guide's own posterior at K learnable pseudo-inputs u_k
-    (``model.prior_components``), kept in [0, 1] by a sigmoid. They start near 0.05 (the mean
+    (``model.vamp.components``), kept in [0, 1] by a sigmoid. They start near 0.05 (the mean
     brightness of MNIST, as in Tomczak & Welling 2018) and :meth:`init_from_data` (called by
     ``fit`` before the first step) replaces them by randomly chosen training images, which keeps
     training from settling where every image is encoded alike and the latents go unused.
     Needs a guide with ``loc_scale(x)`` (a diagonal-Gaussian encoder)."""
 
-    def __init__(self, latent_dim: int, data_dim: int, encoder: nn.Module, cfg, **_) -> None:
+    @dataclass(frozen=True)
+    class Settings:
+        components: int = 500  # K, the pseudo-inputs
+
+        def __post_init__(self) -> None:
+            if self.components < 1:
+                raise ValueError(f"components = {self.components} must be at least 1")
+
+    def __init__(self, latent_dim: int, data_dim: int, encoder: nn.Module, settings: Settings, **_) -> None:
         super().__init__()
         if not callable(getattr(encoder, "loc_scale", None)):
             raise ValueError(
                 "the vamp prior evaluates the guide's density at its pseudo-inputs and needs a diagonal-Gaussian "
                 f"guide; {type(encoder).__name__} has none. Use model.guide=diag_normal with model.prior=vamp"
             )
-        self.pseudo_logits = nn.Parameter(math.log(0.05 / 0.95) + 0.1 * torch.randn(cfg.prior_components, data_dim))
+        self.pseudo_logits = nn.Parameter(math.log(0.05 / 0.95) + 0.1 * torch.randn(settings.components, data_dim))
         self._encoder = [encoder]  # shared with the VAE, not a submodule (its weights are saved once)
 
     @torch.no_grad()

@@ -25,6 +25,7 @@ Class attributes say what each computes (``analytic_kl``, ``jit``, ``importance_
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from pyro import poutine
@@ -268,14 +269,22 @@ class MIWAE(_WeightedELBO):
 
 @ELBOS.register("ciwae")
 class CIWAE(_WeightedELBO):
-    """``train.ciwae_beta`` x ELBO + (1 - beta) x IWAE bound on the same K samples (Rainforth et al.,
+    """``train.ciwae.beta`` x ELBO + (1 - beta) x IWAE bound on the same K samples (Rainforth et al.,
     2018): beta = 0 is ``iwae``, beta = 1 the ELBO."""
 
     importance_weighted = True
 
+    @dataclass(frozen=True)
+    class Settings:
+        beta: float = 0.5  # 0: the IWAE bound, 1: the ELBO
+
+        def __post_init__(self) -> None:
+            if not 0.0 <= self.beta <= 1.0:
+                raise ValueError(f"beta = {self.beta} must be in [0, 1] (0: the IWAE bound, 1: the ELBO)")
+
     @classmethod
     def options(cls, cfg: TrainConfig) -> dict:
-        return {"ciwae_beta": cfg.ciwae_beta}
+        return {"ciwae_beta": ELBOS.settings("ciwae", cfg.settings).beta}
 
     def surrogate(self, terms: Terms) -> torch.Tensor:
         return surrogates.ciwae(terms.log_p - terms.log_q, self.ciwae_beta)

@@ -30,11 +30,17 @@ GOF_THRESHOLD = 1e-3  # chi-square p-value below which a discrete sampler and it
 
 
 def _cfg(**model) -> ModelConfig:
-    return ModelConfig(latent_dim=L, hidden=(8,), prior_components=4, **model)
+    return ModelConfig(latent_dim=L, hidden=(8,), settings=_components(4), **model)
+
+
+def _components(k: int) -> dict:
+    """Settings with ``k`` components for the mixture prior and ``k`` pseudo-inputs for vamp."""
+    return {"mixture_of_gaussians": {"components": k}, "vamp": {"components": k}}
 
 
 def _encoder(guide="diag_normal", d=D, cfg=None):
-    return GUIDES.get(guide)(data_dim=d, latent_dim=(cfg or _cfg()).latent_dim, cfg=cfg or _cfg())
+    cfg = cfg or _cfg()
+    return GUIDES.build(guide, cfg.settings, data_dim=d, latent_dim=cfg.latent_dim, cfg=cfg)
 
 
 # ---------------------------------------------------------------- shapes and finite densities
@@ -43,7 +49,7 @@ def _encoder(guide="diag_normal", d=D, cfg=None):
 @pytest.mark.parametrize("name", PRIORS.names())
 def test_prior_shapes(name):
     torch.manual_seed(0)
-    prior = PRIORS.get(name)(latent_dim=L, data_dim=D, encoder=_encoder(), cfg=_cfg())(B)
+    prior = PRIORS.build(name, {}, latent_dim=L, data_dim=D, encoder=_encoder(), cfg=_cfg())(B)
     assert prior.batch_shape == (B,) and prior.event_shape == (L,)
     z = prior.sample((7,))
     assert z.shape == (7, B, L)
@@ -53,7 +59,7 @@ def test_prior_shapes(name):
 @pytest.mark.parametrize("name", LIKELIHOODS.names())
 def test_likelihood_shapes(name):
     torch.manual_seed(0)
-    lik = LIKELIHOODS.get(name)(data_dim=D, cfg=_cfg())
+    lik = LIKELIHOODS.build(name, {}, data_dim=D, cfg=_cfg())
     h = torch.randn(7, B, lik.param_dim(D))
     px = lik(h)
     assert px.batch_shape == (7, B) and px.event_shape == (D,)
@@ -108,9 +114,9 @@ def test_the_sampler_density_check_catches_a_wrong_sampler():
 def test_prior_sampler_matches_density(name):
     n, seed = 20000, 0
     torch.manual_seed(seed)
-    cfg = ModelConfig(latent_dim=2, hidden=(8,), prior_components=3)
+    cfg = ModelConfig(latent_dim=2, hidden=(8,), settings=_components(3))
     encoder = _encoder(cfg=cfg).double()  # (the vamp prior shares the guide's network)
-    prior = PRIORS.get(name)(latent_dim=2, data_dim=D, encoder=encoder, cfg=cfg).double()
+    prior = PRIORS.build(name, cfg.settings, latent_dim=2, data_dim=D, encoder=encoder, cfg=cfg).double()
     p = prior(1)
     with torch.no_grad():
         _check_sampler_density(lambda k: p.sample((k,))[:, 0], lambda z: p.log_prob(z[:, None])[:, 0],
@@ -135,7 +141,7 @@ def test_likelihood_sampler_matches_density(name):
     one pixel's frequencies over its whole support (whose probabilities must sum to 1)."""
     n, seed = 4000, 0
     torch.manual_seed(seed)
-    lik = LIKELIHOODS.get(name)(data_dim=2, cfg=ModelConfig(likelihood_scale=0.3)).double()
+    lik = LIKELIHOODS.build(name, {"gaussian": {"scale": 0.3}}, data_dim=2, cfg=ModelConfig()).double()
     h = torch.tensor([0.3, -0.8, -1.5, -2.5][: lik.param_dim(2)], dtype=torch.float64)
     px = lik(h)
     x = px.sample((n,))

@@ -55,7 +55,7 @@ CASES = [("stl", 1, 1), ("stl", 5, 1), ("iwae_dreg", 6, 1), ("miwae", 3, 4), ("c
 @pytest.mark.parametrize("name, k, m", CASES)
 def test_values_equal_hand_written_formulas_on_the_same_draws(tiny_vae64, name, k, m, path):
     vae, x = tiny_vae64
-    cfg = TrainConfig(elbo=name, num_particles=k, iw_groups=m, ciwae_beta=0.3)
+    cfg = TrainConfig(elbo=name, num_particles=k, iw_groups=m, settings={"ciwae": {"beta": 0.3}})
     loss = _losses(vae, x, cfg)[path]
     for seed in (0, 1):
         log_w = _draws(vae, x, k * m, seed)
@@ -88,8 +88,8 @@ def test_pyro_and_fast_paths_give_the_same_gradients(tiny_vae64, name, k, m):
     [
         (dict(elbo="miwae", num_particles=5, iw_groups=1), dict(elbo="iwae", num_particles=5)),
         (dict(elbo="miwae", num_particles=1, iw_groups=4), dict(elbo="trace", num_particles=4)),
-        (dict(elbo="ciwae", num_particles=5, ciwae_beta=0.0), dict(elbo="iwae", num_particles=5)),
-        (dict(elbo="ciwae", num_particles=5, ciwae_beta=1.0), dict(elbo="trace", num_particles=5)),
+        (dict(elbo="ciwae", num_particles=5, settings={"ciwae": {"beta": 0.0}}), dict(elbo="iwae", num_particles=5)),
+        (dict(elbo="ciwae", num_particles=5, settings={"ciwae": {"beta": 1.0}}), dict(elbo="trace", num_particles=5)),
         (dict(elbo="piwae", num_particles=5, iw_groups=1), dict(elbo="iwae", num_particles=5)),
     ],
 )

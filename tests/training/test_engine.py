@@ -303,7 +303,8 @@ def test_a_graph_run_resumes_bit_for_bit(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.parametrize(
     "extra",
-    [("model.prior=mixture_of_gaussians", "model.prior_components=4"), ("model.prior=vamp", "model.prior_components=4"),
+    [("model.prior=mixture_of_gaussians", "model.mixture_of_gaussians.components=4"),
+     ("model.prior=vamp", "model.vamp.components=4"),
      ("model.prior=student_t",), ("model.guide=iaf",), ("model.likelihood=continuous_bernoulli",),
      ("train.elbo=mean_field", "train.kl_warmup_epochs=1"), ("train.elbo=iwae", "train.num_particles=3"),
      ("train.elbo=stl",), ("train.elbo=iwae_dreg", "train.num_particles=4"), ("train.elbo=miwae", "train.iw_groups=2"),

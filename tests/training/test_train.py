@@ -256,8 +256,8 @@ def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra",
     [
-        ["model.prior=vamp", "model.prior_components=10", "train.kl_warmup_epochs=1.5"],
-        ["model.prior=mixture_of_gaussians", "model.prior_components=5"],
+        ["model.prior=vamp", "model.vamp.components=10", "train.kl_warmup_epochs=1.5"],
+        ["model.prior=mixture_of_gaussians", "model.mixture_of_gaussians.components=5"],
         ["model.prior=student_t", "train.elbo=mean_field"],
         ["model.guide=iaf", "train.elbo=iwae", "train.num_particles=3"],
         ["train.elbo=jit_mean_field"],
@@ -281,7 +281,7 @@ def test_kl_warmup_schedule_and_exact_resume(tmp_path):
     assert kl_warmup_weight(1, 4.0) == 0.25 and kl_warmup_weight(3, 4.0) == 0.75 and kl_warmup_weight(4, 4.0) == 1.0
     assert kl_warmup_weight(9, 4.0) == 1.0
     assert float(kl_warmup_weight(torch.tensor(2.0), 4.0)) == 0.5  # the engine's device-side weight
-    cfg = ["model.prior=vamp", "model.prior_components=6", "train.kl_warmup_epochs=2"]
+    cfg = ["model.prior=vamp", "model.vamp.components=6", "train.kl_warmup_epochs=2"]
     T.fit(small_cfg(*cfg, "train.epochs=3"), tmp_path / "straight", progress=False, figures=False)
     T.fit(small_cfg(*cfg, "train.epochs=1"), tmp_path / "split", progress=False, figures=False)
     T.fit(small_cfg(*cfg, "train.epochs=3"), tmp_path / "split", resume=True, progress=False, figures=False)
@@ -292,7 +292,7 @@ def test_kl_warmup_schedule_and_exact_resume(tmp_path):
 
 
 def test_vamp_pseudo_inputs_start_at_training_images(tmp_path):
-    cfg = small_cfg("model.prior=vamp", "model.prior_components=4")
+    cfg = small_cfg("model.prior=vamp", "model.vamp.components=4")
     data = T.load_data(cfg.data)
     vae = build_vae(cfg.model, data.data_dim)
     T.init_from_data(vae, data.train, seed=0)
