@@ -77,6 +77,14 @@ class JitTraceELBO(_Flags, JitTrace_ELBO):
     def __init__(self, **kwargs) -> None:
         super().__init__(ignore_jit_warnings=True, **kwargs)
 
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """Pyro 1.9's version returns ``loss + (surrogate - surrogate.detach())`` with ``loss`` not
+        detached, so for a reparameterised guide (where the two are equal) every gradient comes out
+        twice the ELBO's (Pyro's own ``loss_and_grads`` backpropagates the surrogate alone, as here).
+        Found by tests/objectives/test_warmup_gradients.py."""
+        loss, surrogate = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return loss.detach() + (surrogate - surrogate.detach())
+
 
 @ELBOS.register("jit_mean_field")
 class JitMeanFieldELBO(_Flags, JitTraceMeanField_ELBO):
