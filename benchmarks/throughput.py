@@ -75,6 +75,9 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
 
 def measure(device: torch.device, batch: int, particles: int, repeats: int, gflops: float,
             max_steps: int = 200, names: list[str] | None = None) -> list[dict]:  # fmt: skip
+    # Each row builds new losses; without a reset, Dynamo's recompiles pile up across rows and past
+    # its limit (8) the compiled rows would silently run eagerly.
+    torch._dynamo.reset()
     pool = torch.bernoulli(torch.full((max(2 * batch, 4096), 784), 0.13, device=device))
     n_batches = pool.shape[0] // batch
     steps = max(min(5, max_steps), min(max_steps, 40_000 // (batch * particles)))
@@ -159,20 +162,25 @@ def markdown_tables(result: dict) -> str:
     """One table per matmul precision and particle count: images/s and, in brackets, the ratio to
     the hand-written step measured side by side (on CUDA, to the hand-written CUDA graph)."""
     out = []
-    base = "ratio_to_hand_written_graph" if result["machine"]["device"].startswith("cuda") else "ratio_to_hand_written"
+    present = {key for r in result["results"] for key in r if key.startswith("ratio_to_")}
+    cuda = result["machine"]["device"].startswith("cuda")
+    preferred = "ratio_to_hand_written_graph" if cuda else "ratio_to_hand_written"
+    base = preferred if preferred in present else next(iter(sorted(present)), None)  # (any subset of implementations)
     groups = sorted({(r["matmul_precision"], r["particles"]) for r in result["results"]})
     for precision, particles in groups:
         rows = [r for r in result["results"] if (r["matmul_precision"], r["particles"]) == (precision, particles)]
         batches = sorted({r["batch_size"] for r in rows})
         title = f"{particles} particle{'s' if particles > 1 else ''}, matmul precision {precision}"
-        lines = [f"{title} (x: speed relative to {base[len('ratio_to_'):].replace('_', ' ')}):", "",
+        relative = f" (x: speed relative to {base[len('ratio_to_'):].replace('_', ' ')})" if base else ""
+        lines = [f"{title}{relative}:", "",
                  "| implementation | " + " | ".join(f"batch {b}" for b in batches) + " |",
                  "|---" * (len(batches) + 1) + "|"]  # fmt: skip
         for name in IMPLEMENTATIONS:
             cells = {r["batch_size"]: r for r in rows if r["implementation"] == name}
             if cells:
                 lines.append(f"| {name} | " + " | ".join(
-                    f"{_rate(c['images_per_s'])} (x{c[base]:.2f})" if (c := cells.get(b)) else "-"
+                    (f"{_rate(c['images_per_s'])}" + (f" (x{c[base]:.2f})" if base in c else "")) if (c := cells.get(b))
+                    else "-"
                     for b in batches) + " |")  # fmt: skip
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"

@@ -63,8 +63,37 @@ class StudentT(nn.Module):
         self.register_buffer("df", torch.tensor(float(settings.df)))
 
     def forward(self, batch_size: int) -> dist.Distribution:
-        zero = torch.zeros((), dtype=self.df.dtype, device=self.df.device)
-        return dist.StudentT(self.df, zero, zero + 1).expand([batch_size, self.latent_dim]).to_event(1)
+        return StandardStudentT(self.df, [batch_size, self.latent_dim]).to_event(1)
+
+
+class StandardStudentT(dist.TorchDistribution):
+    r"""Independent standard Student-t coordinates with ``df`` degrees of freedom, batch
+    ``batch_shape``: :math:`\log p(z) = \log\Gamma(\frac{\nu+1}2) - \log\Gamma(\frac\nu2) - \frac12
+    \log(\nu\pi) - \frac{\nu+1}2 \log(1 + z^2/\nu)`, written out because torch's ``StudentT``
+    builds ``Chi2(df)``, whose ``Gamma(df / 2, 0.5)`` turns the Python 0.5 into a new device tensor
+    at every construction: a host-to-device copy inside the training step, which a CUDA graph
+    cannot capture. Equal to ``torch.distributions.StudentT(df)`` (tested)."""
+
+    arg_constraints = {"df": constraints.positive}
+    support = constraints.real
+    has_rsample = False
+
+    def __init__(self, df: torch.Tensor, batch_shape=(), validate_args=None) -> None:
+        self.df = df
+        super().__init__(torch.Size(batch_shape), torch.Size(), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return StandardStudentT(self.df, batch_shape)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        df = self.df
+        log_norm = torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi)
+        return (log_norm - (df + 1) / 2 * torch.log1p(z * z / df)).expand(
+            torch.broadcast_shapes(z.shape, self.batch_shape))  # fmt: skip
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.distributions.StudentT(self.df).sample(self._extended_shape(sample_shape))
 
 
 class GaussianMixture(dist.TorchDistribution):

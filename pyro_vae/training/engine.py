@@ -180,13 +180,16 @@ class StepEngine:
         return min(self.bs, self.n - i * self.bs)
 
     def step(self) -> None:
-        """Queue the next batch's step (nothing waits for the device)."""
+        """Queue the next batch's step (nothing waits for the device). Distribution argument checks
+        are off for the step: each one reads a device value on the host (the data were validated
+        once before training)."""
         size = self.size(self._next)
-        if self.choice.capture:
-            graph = self.graphs.get(size) or self._capture(size)
-            graph.replay()
-        else:
-            self._body(size)
+        with pyro.validation_enabled(False):
+            if self.choice.capture:
+                graph = self.graphs.get(size) or self._capture(size)
+                graph.replay()
+            else:
+                self._body(size)
         self._next += 1
 
     def read(self) -> Reading:

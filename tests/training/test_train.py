@@ -169,7 +169,7 @@ def test_the_default_model_learns_on_the_full_data(tmp_path):
     summary = T.fit(cfg, tmp_path / "run", progress=False, figures=False)
     final = summary["final"]
     assert final["valid_neg_elbo"]["mean"] < 140, final  # untrained: ~575 nats; 2 epochs: ~130
-    assert summary["images_per_s"] > 1000
+    # (speed is measured by benchmarks/throughput.py, never asserted here: the host is shared)
 
 
 def test_dynamic_binarization_trains_on_grey_images(tmp_path, mnist_root):
