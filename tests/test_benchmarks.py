@@ -100,7 +100,8 @@ def test_iwae_eval(tmp_path, device):
 
 def test_cpu_levers(tmp_path):
     out = tmp_path / "levers.json"
-    _run("benchmarks/cpu_levers.py", "--rounds", "1", "--variants", "eager,one-thread", "--out", str(out))
+    _run("benchmarks/cpu_levers.py", "--rounds", "1", "--variants", "eager,one-thread", "--batch-sizes", "64,256",
+         "--stages", "2", "--steps", "10", "--out", str(out))  # fmt: skip
     record = json.loads(out.read_text())
     assert set(record["median"]) == {"eager", "one-thread"} and record["ratio_to_peer"] is None
-    assert all(v > 0 for m in record["median"].values() for v in m.values())
+    assert all(set(m) == {"64", "256"} and all(v > 0 for v in m.values()) for m in record["median"].values())

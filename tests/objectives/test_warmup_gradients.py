@@ -39,6 +39,8 @@ from pyro_vae.objectives.elbos import ELBOS, _WeightedELBO
 from pyro_vae.objectives.fast import build_loss
 from tests.helpers import GaussianLikelihood
 
+pytestmark = pytest.mark.filterwarnings("ignore:decoder.*was not registered in the param store")  # (frozen on purpose)
+
 D, L, SIGMA = 3, 2, 0.5
 GROUPS, COPIES = 100, 20  # G gradient draws, each averaging R copies of the data: 2,000 draws in all
 FAMILY_ERROR = 1e-4
