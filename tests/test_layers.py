@@ -25,7 +25,7 @@ LAYERS = [
     ("objectives", ["closed_form", "surrogates", "elbos", "fast", "__init__"]),
     ("runs", ["checkpoint", "device", "folder", "__init__"]),
     ("evaluation", ["metrics", "plots", "__init__"]),
-    ("training", ["distributed", "stopping", "checks", "engine", "loop", "__init__"]),
+    ("training", ["distributed", "stopping", "checks", "engine", "capture", "loop", "__init__"]),
     ("lab", ["estimators", "report", "__init__"]),
     ("cli", ["cli"]),
     ("__init__", ["__init__", "__main__"]),

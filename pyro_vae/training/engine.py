@@ -145,9 +145,9 @@ class StepEngine:
 
     def __init__(self, loss_fn: Callable, optim: torch.optim.Optimizer, x_train: torch.Tensor, batch_size: int,
                  choice: Choice, *, binarize: bool = False, warmup_steps: float = 0.0,
-                 ctx: distributed.Context | None = None) -> None:  # fmt: skip
+                 ctx: distributed.Context | None = None, fallback: bool = False) -> None:  # fmt: skip
         device = x_train.device
-        self.optim, self.x, self.bs, self.choice = optim, x_train, batch_size, choice
+        self.optim, self.x, self.bs, self.choice, self.fallback = optim, x_train, batch_size, choice, fallback
         self.binarize, self.warmup_steps, self.ctx = binarize, float(warmup_steps), ctx or distributed.Context()
         self.n = x_train.shape[0]
         self.loss_fn = torch.compile(loss_fn) if choice.compile_loss else loss_fn
@@ -162,6 +162,7 @@ class StepEngine:
         self.found_inf = torch.zeros((), dtype=torch.float32, device=device)  # Adam skips its update when 1
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._next = 0  # host copy of the batch index
+        self._lrs = [float(group["lr"]) for group in optim.param_groups]  # (before a capture makes them float32)
         _prepare_optimizer(optim, device, choice.capture)
 
     # -- host side ----------------------------------------------------------------------------------
@@ -185,8 +186,8 @@ class StepEngine:
         once before training)."""
         size = self.size(self._next)
         with pyro.validation_enabled(False):
-            if self.choice.capture:
-                graph = self.graphs.get(size) or self._capture(size)
+            graph = (self.graphs.get(size) or self._capture(size)) if self.choice.capture else None
+            if graph is not None:
                 graph.replay()
             else:
                 self._body(size)
@@ -234,18 +235,44 @@ class StepEngine:
         counters = [self.batch, self.step_count, self.loss_sum, self.bad_step, self.bad_value, self.found_inf]
         return [*params, *optim_state, *counters]
 
-    def _capture(self, size: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, size: int) -> torch.cuda.CUDAGraph | None:
         """Capture the body for batches of ``size`` images. The warm-up steps it needs run on a side
         stream and are then undone (parameters, optimizer state, counters and the RNG restored in
-        place), so capturing changes nothing a run computes."""
-        with pyro.validation_enabled(False):  # argument checks synchronise, which a capture forbids
-            return self._capture_unchecked(size)
-
-    def _capture_unchecked(self, size: int) -> torch.cuda.CUDAGraph:
+        place), so capturing changes nothing a run computes. If capturing raises (a case
+        :mod:`pyro_vae.training.capture` did not foresee) and ``fallback`` is set, the state is
+        restored the same way, the failure logged once, and the engine runs eagerly from here on
+        (returns None)."""
         device = self.x.device
-        _init_optimizer_state(self.optim)
-        saved = [t.clone() for t in self._state_tensors()]
-        rng = torch.cuda.get_rng_state(device)
+        with pyro.validation_enabled(False):  # argument checks synchronise, which a capture forbids
+            _init_optimizer_state(self.optim)
+            saved = [t.clone() for t in self._state_tensors()]
+            rng = _rng_state(device)
+            try:
+                graph = self._record(size)
+            except Exception as exc:
+                if not self.fallback:
+                    raise
+                graph, failure = None, exc
+            with torch.no_grad():
+                for t, value in zip(self._state_tensors(), saved):
+                    t.copy_(value)
+            _set_rng_state(device, rng)
+        if graph is None:
+            log.warning("capturing the training step in a CUDA graph failed (%s: %s); the run continues eagerly "
+                        "from the same state", type(failure).__name__, failure)  # fmt: skip
+            self.choice = Choice("eager", False, False, f"the capture failed: {failure}")
+            _prepare_optimizer(self.optim, device, False)
+            for group, lr in zip(self.optim.param_groups, self._lrs):  # the float the tensor was made from
+                if float(torch.tensor(lr, dtype=torch.float32)) == group["lr"]:
+                    group["lr"] = lr
+            return None
+        self.graphs[size] = graph
+        log.debug("captured the training step for batches of %d images", size)
+        return graph
+
+    def _record(self, size: int) -> torch.cuda.CUDAGraph:
+        """Warm up on a side stream, then capture one body."""
+        device = self.x.device
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
@@ -255,12 +282,18 @@ class StepEngine:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._body(size)
-        for t, value in zip(self._state_tensors(), saved):
-            t.copy_(value)
-        torch.cuda.set_rng_state(rng, device)
-        self.graphs[size] = graph
-        log.debug("captured the training step for batches of %d images", size)
         return graph
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 def _prepare_optimizer(optim: torch.optim.Optimizer, device: torch.device, capture: bool) -> None:

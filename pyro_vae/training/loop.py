@@ -33,6 +33,7 @@ from pyro_vae.runs.checkpoint import get_rng_state, load_checkpoint, save_checkp
 from pyro_vae.runs.device import environment, resolve_device
 from pyro_vae.runs.folder import RunDir, append_jsonl, check_resume_config, saved_device, truncate_metrics
 from pyro_vae.training import distributed
+from pyro_vae.training.capture import checked_choice
 from pyro_vae.training.checks import check_compatible, check_data, diagnose
 from pyro_vae.training.engine import StepEngine, choose_engine, kl_warmup_weight, make_optimizer
 from pyro_vae.training.stopping import StopRequests, TrainingError, any_rank, interrupted
@@ -173,12 +174,18 @@ class Trainer:
             self._restore(state)
         self.steps_per_epoch = math.ceil(self.x_train.shape[0] / cfg.train.batch_size)
         self.warmup_steps = cfg.train.kl_warmup_epochs * self.steps_per_epoch
+        step_loss = distributed.wrap_loss(vae, loss.fn, ctx)  # DDP broadcasts rank 0's weights here
+
+        def engine(choice):
+            return StepEngine(step_loss, self.optim, self.x_train, cfg.train.batch_size, choice,
+                              binarize=data.dynamic_binarization, warmup_steps=self.warmup_steps, ctx=ctx,
+                              fallback=cfg.train.engine == "auto")  # a failed capture continues eagerly
+
         choice = choose_engine(cfg.train.engine, device, loss.fast, ctx.active, loss.compilable)
+        choice = checked_choice(choice, cfg.train.engine, engine)  # what a CUDA graph cannot hold runs eagerly
         if choice.reason and ctx.main:  # a fallback: a warning where an engine was asked for by name
             log.log(logging.INFO if cfg.train.engine == "auto" else logging.WARNING, "%s", choice.reason)
-        step_loss = distributed.wrap_loss(vae, loss.fn, ctx)  # DDP broadcasts rank 0's weights here
-        self.engine = StepEngine(step_loss, self.optim, self.x_train, cfg.train.batch_size, choice,
-                                 binarize=data.dynamic_binarization, warmup_steps=self.warmup_steps, ctx=ctx)
+        self.engine = engine(choice)
         self.sync_every = cfg.train.sync_every or (100 if device.type == "cuda" else 1)
 
     def _restore(self, state: dict[str, Any]) -> None:

@@ -1,0 +1,195 @@
+"""The capture-safety check, on the CPU: every configuration the engine would capture is run one step
+under the watch; the check finds what a CUDA graph cannot hold (shown on the failures a review
+predicted before any GPU ran the engine), changes nothing, and decides the engine."""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyro_vae.components.priors import PRIORS
+from pyro_vae.config import ConfigError, load_config
+from pyro_vae.data.pixels import decode
+from pyro_vae.model import build_vae
+from pyro_vae.objectives.fast import build_loss
+from pyro_vae.training.capture import SYNC, capture_choice, check_capture
+from pyro_vae.training.engine import Choice, StepEngine, make_optimizer
+
+B, N = 16, 48
+BASE = ["model.hidden=8", "model.latent_dim=3", "train.device=cpu", f"train.batch_size={B}",
+        "model.vamp.components=4", "model.mixture_of_gaussians.components=4"]  # fmt: skip
+
+
+def _engine(*overrides: str, data=None):
+    cfg = load_config(None, [*BASE, *overrides])
+    torch.manual_seed(0)
+    x = data if data is not None else torch.bernoulli(torch.full((N, 12), 0.3))
+    vae = build_vae(cfg.model, x.shape[1])
+    first = decode(x[:B])  # the batch fit checks the loss on
+    loss = build_loss(vae, cfg.train, (first > 0.5).to(first.dtype) if cfg.data.binarize == "dynamic" else first)
+    assert loss.fast, overrides
+    engine = StepEngine(loss.fn, make_optimizer(vae, 1e-3), x, B, Choice("graph", True, False),
+                        binarize=cfg.data.binarize == "dynamic", warmup_steps=cfg.train.kl_warmup_epochs * 3)
+    engine.start_epoch(torch.randperm(N, generator=torch.Generator().manual_seed(0)))
+    return engine, vae
+
+
+FAST_ELBOS = [("train.elbo=trace",), ("train.elbo=mean_field",), ("train.elbo=iwae", "train.num_particles=3"),
+              ("train.elbo=stl",), ("train.elbo=stl", "train.num_particles=2"),
+              ("train.elbo=iwae_dreg", "train.num_particles=3"),
+              ("train.elbo=miwae", "train.num_particles=2", "train.iw_groups=2"),
+              ("train.elbo=ciwae", "train.num_particles=3"),
+              ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=2")]  # fmt: skip
+CAPTURABLE = [
+    *[(f"model.prior={p}", *e) for p in PRIORS.names() for e in FAST_ELBOS],
+    *[(f"model.likelihood={lik}", *e) for lik in ("continuous_bernoulli", "gaussian", "discretized_logistic")
+      for e in FAST_ELBOS[:3]],
+    *[("model.guide=iaf", *e) for e in FAST_ELBOS if e[0] not in ("train.elbo=stl", "train.elbo=iwae_dreg",
+                                                                 "train.elbo=piwae")],
+    ("train.kl_warmup_epochs=2",), ("train.kl_warmup_epochs=2", "train.elbo=iwae_dreg", "train.num_particles=3"),
+    ("train.kl_warmup_epochs=2", "model.prior=vamp", "train.elbo=mean_field"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides", CAPTURABLE, ids=lambda o: ",".join(s.split(".", 1)[1] for s in o))
+def test_every_capturable_configuration_passes_the_check(overrides):
+    engine, _ = _engine(*overrides)
+    assert check_capture(engine) is None, overrides
+
+
+def test_dynamic_binarization_and_grey_data_pass_the_check():
+    grey = torch.randint(0, 256, (N, 12), dtype=torch.uint8)  # stored as levels, decoded in the step
+    engine, _ = _engine("data.binarize=dynamic", data=grey)
+    assert check_capture(engine) is None
+
+
+@pytest.mark.parametrize("elbo", [("train.elbo=stl",), ("train.elbo=iwae_dreg", "train.num_particles=3"),
+                                  ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=2")])  # fmt: skip
+def test_the_iaf_guide_with_a_stopped_log_q_is_found_and_runs_eagerly(elbo):
+    """The flow's inverse (log q at the stopped parameters) indexes with elements of a permutation
+    buffer: host syncs in Pyro's AffineAutoregressive."""
+    engine, _ = _engine("model.guide=iaf", *elbo)
+    problem = check_capture(engine)
+    assert problem is not None and problem.what == SYNC and "affine_autoregressive" in problem.where, problem
+    auto = capture_choice(Choice("graph", True, False), "auto", problem)
+    assert auto == Choice("eager", False, False, auto.reason) and "affine_autoregressive" in auto.reason
+    with pytest.raises(ConfigError, match="train.engine=graph captures the training step .* cannot hold a host sync"):
+        capture_choice(Choice("graph", True, False), "graph", problem)
+
+
+def test_distribution_checks_in_the_step_are_host_syncs():
+    """Argument validation on (torch's default) reads device values on the host: what the engine
+    did before it turned the checks off around its own step."""
+    engine, _ = _engine()
+    problem = check_capture(engine, validation=True)
+    assert problem is not None and problem.what == SYNC and problem.count >= 2, problem
+
+
+@pytest.fixture
+def register_prior():
+    names = []
+
+    def register(name, cls):
+        PRIORS.register(name)(cls)
+        names.append(name)
+
+    yield register
+    for name in names:
+        del PRIORS._items[name]
+
+
+def test_torchs_student_t_in_the_step_is_found(register_prior):
+    """torch's StudentT builds Gamma(df / 2, 0.5): the Python 0.5 becomes a new tensor in every step
+    (a host-to-device copy on a GPU): why the student_t prior writes its density out."""
+
+    class TorchStudentT(nn.Module):
+        def __init__(self, latent_dim, **_):
+            super().__init__()
+            self.latent_dim = latent_dim
+            self.register_buffer("df", torch.tensor(5.0))
+
+        def forward(self, n):
+            zero = torch.zeros(())
+            return dist.StudentT(self.df, zero, zero + 1).expand([n, self.latent_dim]).to_event(1)
+
+    register_prior("test_torch_student_t", TorchStudentT)
+    problem = check_capture(_engine("model.prior=test_torch_student_t")[0])
+    assert problem is not None and problem.op == "aten.lift_fresh.default", problem
+    assert "made from Python data" in problem.what and "torch" not in problem.where.split(":")[0], problem
+
+
+def test_a_data_dependent_shape_is_found(register_prior):
+    class Masked(nn.Module):
+        def __init__(self, latent_dim, **_):
+            super().__init__()
+            self.latent_dim = latent_dim
+
+        def forward(self, n):
+            return _MaskedNormal(torch.zeros(n, self.latent_dim), torch.ones(n, self.latent_dim)).to_event(1)
+
+    register_prior("test_masked", Masked)
+    problem = check_capture(_engine("model.prior=test_masked")[0])
+    assert problem is not None and "depends on the data" in problem.what and "test_capture.py" in problem.where
+
+
+class _MaskedNormal(dist.Normal):
+    def log_prob(self, z):
+        return super().log_prob(z) - 0 * z[z.abs() > 3].sum()  # boolean indexing: nonzero underneath
+
+
+def test_checking_changes_nothing_a_run_computes():
+    engine, vae = _engine("train.elbo=iwae", "train.num_particles=3")
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert check_capture(engine) is None
+    assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+    assert int(engine.step_count) == 0 and float(engine.loss_sum) == 0 and int(engine.batch) == 0
+    assert all(float(s["step"]) == 0 for s in engine.optim.state.values())  # Adam has not counted a step
+
+
+def test_an_engine_that_does_not_capture_is_not_changed():
+    eager = Choice("eager", False, False)
+    problem = check_capture(_engine("model.guide=iaf", "train.elbo=stl")[0])
+    assert capture_choice(eager, "auto", problem) is eager and capture_choice(eager, "eager", problem) is eager
+
+
+def _trained(choice: Choice, fallback: bool, monkeypatch=None, steps: int = 7):
+    """Parameters and loss sum after ``steps`` steps (3 batches an epoch) from the same start."""
+    cfg = load_config(None, [*BASE, "train.kl_warmup_epochs=1"])
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((N, 12), 0.3))
+    vae = build_vae(cfg.model, x.shape[1])
+    loss = build_loss(vae, cfg.train, x[:B])
+    engine = StepEngine(loss.fn, make_optimizer(vae, 1e-2), x, B, choice, warmup_steps=5, fallback=fallback)
+    order = torch.Generator().manual_seed(1)
+    totals = []
+    for step in range(steps):
+        if step % 3 == 0:
+            engine.start_epoch(torch.randperm(N, generator=order), step=step)
+        engine.step()
+        totals.append(engine.read().total)
+    return {k: v.clone() for k, v in vae.state_dict().items()}, totals, engine
+
+
+def test_a_capture_that_fails_falls_back_to_eager_and_the_run_equals_an_eager_run(monkeypatch, caplog):
+    """A capture the check did not foresee raising (simulated on the CPU after the warm-up steps have
+    changed the state): under train.engine=auto the state is restored, the failure logged once, and
+    the run continues eagerly with exactly an eager run's numbers."""
+
+    def failing_record(self, size):
+        for _ in range(3):  # the warm-up has run (and changed parameters, Adam, counters, the RNG)
+            self._body(size)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    eager_weights, eager_totals, _ = _trained(Choice("eager", False, False), fallback=False)
+    monkeypatch.setattr(StepEngine, "_record", failing_record)
+    weights, totals, engine = _trained(Choice("graph", True, False), fallback=True)
+    assert engine.choice.name == "eager" and "the capture failed" in engine.choice.reason
+    assert totals == eager_totals
+    assert all(torch.equal(weights[k], eager_weights[k]) for k in weights)
+    assert sum("capturing the training step in a CUDA graph failed" in r.message for r in caplog.records) == 1
+    with pytest.raises(RuntimeError, match="stream is capturing"):  # an engine asked for by name does not hide it
+        _trained(Choice("graph", True, False), fallback=False)
