@@ -1,13 +1,14 @@
 # Two commands for a fresh machine (each creates .venv when missing):
 #   make run    set up, train the default VAE, write runs/default (summary.json, figures/)
 #   make test   set up, run the test suite
+#   make gpu-check [PYTHON=...]   on a GPU machine, first: the cuda tests and short CUDA benchmarks
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 RUN_DIR ?= runs/default
 
-.PHONY: run test test-all lint clean
+.PHONY: run test test-all lint gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ''
+
+# Uses $(PYTHON) as it is (no venv, no PyPI): a Python that already has torch, pyro-ppl and pytest.
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check pyro_vae tests benchmarks scripts examples

@@ -11,7 +11,7 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.config import load_config
+from pyro_vae.config import ConfigError, load_config
 from pyro_vae.data.pixels import decode
 from pyro_vae.model import build_vae
 from pyro_vae.objectives.fast import build_loss
@@ -308,13 +308,21 @@ def test_a_graph_run_resumes_bit_for_bit(tmp_path):
      ("model.prior=student_t",), ("model.guide=iaf",), ("model.likelihood=continuous_bernoulli",),
      ("train.elbo=mean_field", "train.kl_warmup_epochs=1"), ("train.elbo=iwae", "train.num_particles=3"),
      ("train.elbo=stl",), ("train.elbo=iwae_dreg", "train.num_particles=4"), ("train.elbo=miwae", "train.iw_groups=2"),
-     ("train.elbo=ciwae", "train.num_particles=3"), ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=3"),
-     ("model.guide=iaf", "train.elbo=iwae_dreg", "train.num_particles=3")],
+     ("train.elbo=ciwae", "train.num_particles=3"), ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=3")],
 )  # fmt: skip
 def test_components_train_under_capture(tmp_path, extra):
     summary = T.fit(small_cfg("train.device=cuda", "train.engine=graph", *extra), tmp_path / "r", progress=False,
                     figures=False)  # fmt: skip
     assert summary["engine"] == "graph" and math.isfinite(summary["final"]["test_neg_elbo"]["mean"])
+
+
+@pytest.mark.cuda
+def test_a_step_a_graph_cannot_hold_is_refused_by_name_and_runs_eagerly_under_auto(tmp_path):
+    iaf_dreg = ("model.guide=iaf", "train.elbo=iwae_dreg", "train.num_particles=3", "train.device=cuda")
+    with pytest.raises(ConfigError, match="cannot hold a host sync"):
+        T.fit(small_cfg("train.engine=graph", *iaf_dreg), tmp_path / "named", progress=False, figures=False)
+    summary = T.fit(small_cfg("train.engine=auto", *iaf_dreg), tmp_path / "auto", progress=False, figures=False)
+    assert summary["engine"] == "eager" and math.isfinite(summary["final"]["test_neg_elbo"]["mean"])
 
 
 @pytest.mark.slow
