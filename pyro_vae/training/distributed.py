@@ -83,8 +83,13 @@ def shard(indices: torch.Tensor, ctx: Context) -> torch.Tensor:
 
 
 def all_sum(values: torch.Tensor, ctx: Context) -> torch.Tensor:
-    """Sum a tensor over ranks (a no-op for one process)."""
+    """Sum a tensor over ranks (a no-op for one process). The tensor must live on the group's
+    device (:func:`device`): NCCL reduces CUDA tensors of this rank's GPU only, and a tensor on
+    another device fails there at the first reduction, so it is refused here on every backend."""
     if ctx.active:
+        if values.device != device(ctx):
+            raise ValueError(f"a collective on a {values.device} tensor, but this rank's process group works on "
+                             f"{device(ctx)}: create it there (pyro_vae.training.distributed.device(ctx))")  # fmt: skip
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values

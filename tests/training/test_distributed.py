@@ -135,6 +135,41 @@ def test_more_processes_per_node_than_gpus_is_a_clear_error_before_any_process_g
     distributed.check_gpus_per_node(2, 2)  # one process per GPU is fine
 
 
+def test_every_reduction_the_loop_issues_is_on_the_groups_device(monkeypatch):
+    """Under NCCL a CPU tensor fails at the first reduction ("No backend type associated with device
+    type cpu", as the stop flag once did); all_sum refuses a tensor off the group's device on any
+    backend, so the gloo runs above check every reduction the loop makes. Here an NCCL context is
+    faked (no GPU needed): the stop flag is built on the group's device, a CPU tensor is refused."""
+    from pyro_vae.training.stopping import any_rank
+
+    nccl = distributed.Context(rank=0, world_size=2, cuda=True)
+    reduced = []
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda t, op=None: reduced.append(t.device))
+    monkeypatch.setattr(distributed, "device", lambda ctx: torch.device("cpu"))  # stands in for cuda:LOCAL_RANK
+    assert any_rank(False, nccl) is False and reduced == [torch.device("cpu")]
+    monkeypatch.setattr(distributed, "device", lambda ctx: torch.device("meta"))
+    with pytest.raises(ValueError, match="a collective on a cpu tensor, but this rank's process group works on meta"):
+        distributed.all_sum(torch.zeros(1), nccl)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (NCCL data parallelism)")
+def test_torchrun_on_two_gpus_trains_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                str(_free_port()), "-m", "pyro_vae", "train", "--no-progress", "--no-figures"]  # fmt: skip
+    common = ["--set", "data.subset=512", "--set", "train.device=cuda", "--set", "eval.iwae_k=5"]
+    first = subprocess.run([*torchrun, "--out", str(run), *common, "--set", "train.epochs=1"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["device"] == "cuda"
+    again = subprocess.run([*torchrun, "--resume", str(run), *common, "--set", "train.epochs=2"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+
+
 @pytest.mark.cuda
 def test_torchrun_with_more_processes_than_gpus_fails_with_the_clear_error(tmp_path):
     procs = torch.cuda.device_count() + 1
