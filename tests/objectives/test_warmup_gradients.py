@@ -42,7 +42,7 @@ from tests.helpers import GaussianLikelihood
 pytestmark = pytest.mark.filterwarnings("ignore:decoder.*was not registered in the param store")  # (frozen on purpose)
 
 D, L, SIGMA = 3, 2, 0.5
-GROUPS, COPIES = 100, 20  # G gradient draws, each averaging R copies of the data: 2,000 draws in all
+GROUPS, COPIES = 50, 40  # G gradient draws, each averaging R copies of the data: 2,000 draws in all
 FAMILY_ERROR = 1e-4
 K, M = 4, 2  # particles of the importance-weighted estimators; groups of miwae / piwae
 
