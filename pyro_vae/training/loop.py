@@ -83,7 +83,6 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     return summary
 
 
-
 def _open_run(run: RunDir, cfg: ExperimentConfig, ctx: distributed.Context, resume: bool) -> dict[str, Any] | None:
     """Check the run folder (a new run needs an empty one; a resumed run a compatible config) and
     write its config; returns the checkpoint to resume from, or None."""
@@ -107,7 +106,6 @@ def _open_run(run: RunDir, cfg: ExperimentConfig, ctx: distributed.Context, resu
         elif run.metrics.exists():
             run.metrics.unlink()
     return state
-
 
 
 def finish(run: RunDir, cfg: ExperimentConfig, vae: VAE, data: Splits, device: torch.device,
@@ -294,7 +292,6 @@ class Trainer:
         self.checkpoint([self.run.best, self.run.last] if improved else [self.run.last], self.epoch)
 
 
-
 def init_from_data(vae: VAE, x: torch.Tensor, seed: int) -> None:
     """Data-dependent initialisation: every component with an ``init_from_data(x, generator)``
     method (the VampPrior's pseudo-inputs) gets the training images (float32, or uint8 levels:
@@ -302,7 +299,6 @@ def init_from_data(vae: VAE, x: torch.Tensor, seed: int) -> None:
     for module in vae.modules():
         if module is not vae and callable(getattr(module, "init_from_data", None)):
             module.init_from_data(x, torch.Generator().manual_seed(seed))
-
 
 
 @contextmanager
