@@ -229,10 +229,13 @@ class GradientEstimator:
     snr_label: str | None = None
 
 
+def _particles(num_particles: int) -> dict:
+    return dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+
+
 def _pyro(elbo_cls, guide=lambda vae: vae.guide):
     def build(vae: VAE, num_particles: int, groups: int, ciwae_beta: float):
-        kw = dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
-        return elbo_cls(**kw), guide(vae)
+        return elbo_cls(**_particles(num_particles)), guide(vae)
 
     return build
 
@@ -242,7 +245,7 @@ def _registered(name: str):
 
     def build(vae: VAE, num_particles: int, groups: int, ciwae_beta: float):
         cls = ELBOS.get(name)
-        kw = dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+        kw = _particles(num_particles)
         if issubclass(cls, _WeightedELBO):  # its options: groups (grouped ones) and ciwae_beta
             groups = groups if cls.grouped else 1
             kw.update(num_particles=num_particles // groups, groups=groups, ciwae_beta=ciwae_beta)

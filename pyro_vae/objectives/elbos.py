@@ -190,14 +190,11 @@ class _WeightedELBO(_Flags, Trace_ELBO):
                 log_q_fixed_z = log_q_fixed_z + torch_sum(log_q_fixed, sum_dims)
             zs.append((z, fn.event_dim))
             scales.append(site["scale"])
-        terms = Terms(log_p, log_q, zs=zs, beta=_one_scale(scales))
-        if "stop" in self.needs:
-            terms.log_q_stop = log_q_stop
-        if "fixed" in self.needs:
-            terms.log_q_fixed_z = log_q_fixed_z
-        if "model_fixed" in self.needs:
-            terms.log_p_fixed_z = self._model_at_detached_samples(model, guide_trace, sum_dims, args, kwargs)
-        return terms.with_particle_dim()
+        needs = self.needs
+        log_p_fixed_z = self._model_at_detached_samples(model, guide_trace, sum_dims, args, kwargs) \
+            if "model_fixed" in needs else None  # fmt: skip
+        return Terms(log_p, log_q, log_q_stop if "stop" in needs else None, log_q_fixed_z if "fixed" in needs else None,
+                     log_p_fixed_z, zs, _one_scale(scales)).with_particle_dim()  # fmt: skip
 
     def _stopped_log_prob(self, name: str, site: dict) -> torch.Tensor:
         """log q at the site's sample with the guide's parameters detached (scaled like the site)."""

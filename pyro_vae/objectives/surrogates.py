@@ -64,7 +64,7 @@ class Terms:
         for name in ("log_p", "log_q", "log_q_stop", "log_q_fixed_z", "log_p_fixed_z"):
             value = out[name]
             if torch.is_tensor(value) and value.dim() <= 1:
-                out[name] = value.unsqueeze(0) if value.dim() == 1 else value.reshape(1, 1)
+                out[name] = value.unsqueeze(0)
         return Terms(**out)
 
 

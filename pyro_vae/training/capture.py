@@ -72,7 +72,7 @@ def _issuer() -> str:
 class _Watch(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
-        self.first: CaptureProblem | None = None
+        self.first: tuple[str, str, str] | None = None  # op, what it means, where it came from
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -89,7 +89,7 @@ class _Watch(TorchDispatchMode):
         if what is not None:
             self.count += 1
             if self.first is None:
-                self.first = CaptureProblem(str(func), what, _issuer(), 0)
+                self.first = (str(func), what, _issuer())
         return func(*args, **kwargs)
 
 
@@ -112,8 +112,7 @@ def check_capture(engine: StepEngine, size: int | None = None, validation: bool 
                 t.copy_(value)
         for p, g in zip((p for group in engine.optim.param_groups for p in group["params"]), grads):
             p.grad = g
-    return None if watch.first is None else CaptureProblem(watch.first.op, watch.first.what, watch.first.where,
-                                                           watch.count)  # fmt: skip
+    return None if watch.first is None else CaptureProblem(*watch.first, watch.count)
 
 
 def capture_choice(choice: Choice, requested: str, problem: CaptureProblem | None) -> Choice:

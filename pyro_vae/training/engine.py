@@ -162,7 +162,6 @@ class StepEngine:
         self.found_inf = torch.zeros((), dtype=torch.float32, device=device)  # Adam skips its update when 1
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._next = 0  # host copy of the batch index
-        self._lrs = [float(group["lr"]) for group in optim.param_groups]  # (before a capture makes them float32)
         _prepare_optimizer(optim, device, choice.capture)
 
     # -- host side ----------------------------------------------------------------------------------
@@ -262,9 +261,6 @@ class StepEngine:
                         "from the same state", type(failure).__name__, failure)  # fmt: skip
             self.choice = Choice("eager", False, False, f"the capture failed: {failure}")
             _prepare_optimizer(self.optim, device, False)
-            for group, lr in zip(self.optim.param_groups, self._lrs):  # the float the tensor was made from
-                if float(torch.tensor(lr, dtype=torch.float32)) == group["lr"]:
-                    group["lr"] = lr
             return None
         self.graphs[size] = graph
         log.debug("captured the training step for batches of %d images", size)
@@ -299,10 +295,20 @@ def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
 def _prepare_optimizer(optim: torch.optim.Optimizer, device: torch.device, capture: bool) -> None:
     """A captured Adam step needs ``capturable`` and its learning rate as a device tensor (which the
     scheduler then updates in place); an uncaptured one takes a plain float. Applied after any
-    ``load_state_dict`` (which brings the saving run's choice), so runs move between engines."""
+    ``load_state_dict`` (which brings the saving run's choice), so runs move between engines. The
+    tensor is float32; the float it was made from is kept beside it (``lr_exact``) and given back
+    when the group returns to a float, unless the tensor has changed since (a scheduler step)."""
     for group in optim.param_groups:
         group["capturable"] = capture
-        group["lr"] = torch.tensor(float(group["lr"]), device=device) if capture else float(group["lr"])
+        lr, exact = group["lr"], group.pop("lr_exact", None)
+        if not torch.is_tensor(lr):
+            exact = float(lr)
+        elif exact is None or float(torch.tensor(exact, dtype=lr.dtype)) != float(lr):
+            exact = float(lr)  # no float kept beside it, or a scheduler has changed the tensor since
+        if capture:
+            group["lr"], group["lr_exact"] = torch.tensor(exact, device=device), exact
+        else:
+            group["lr"] = exact
 
 
 def _init_optimizer_state(optim: torch.optim.Optimizer) -> None:

@@ -162,7 +162,7 @@ class Trainer:
         init_from_data(vae, self.x_train, cfg.train.seed)
         self.optim = make_optimizer(vae, cfg.train.lr)
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.optim, gamma=cfg.train.lr_decay)
-        self.loss = loss = build_loss(vae, cfg.train, first, elbo)
+        loss = build_loss(vae, cfg.train, first, elbo)
         self.shuffle = torch.Generator().manual_seed(cfg.train.seed)
         if ctx.active:
             pyro.set_rng_seed(cfg.train.seed + ctx.rank)  # every rank draws its own z

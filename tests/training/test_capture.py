@@ -212,3 +212,12 @@ def test_a_capture_that_fails_falls_back_to_eager_and_the_run_equals_an_eager_ru
     assert sum("capturing the training step in a CUDA graph failed" in r.message for r in caplog.records) == 1
     with pytest.raises(RuntimeError, match="stream is capturing"):  # an engine asked for by name does not hide it
         _trained(Choice("graph", True, False), fallback=False)
+
+
+def test_an_engine_built_for_the_check_leaves_the_learning_rate_exact():
+    """The capturable Adam's lr is a float32 tensor; the eager engine built after the check (or
+    after a failed capture) gets back the float it was made from, not its float32 rounding."""
+    engine, vae = _engine()
+    assert torch.is_tensor(engine.optim.param_groups[0]["lr"])
+    StepEngine(engine.loss_fn, engine.optim, engine.x, B, Choice("eager", False, False))
+    assert engine.optim.param_groups[0]["lr"] == 1e-3 and "lr_exact" not in engine.optim.param_groups[0]
