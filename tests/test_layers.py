@@ -94,3 +94,21 @@ def test_config_checks_every_component_name_through_the_registries():
     from pyro_vae.registry import by_config_key
 
     assert set(by_config_key()) == {"data.name", "model.prior", "model.likelihood", "model.guide", "train.elbo"}
+
+
+def test_every_sub_package_is_installed():
+    """A wheel holds what pyproject's package list finds: every folder with an __init__.py must be
+    found, or a non-editable install imports pyro_vae and fails on its first sub-package."""
+    import sys
+
+    from setuptools import find_packages
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    include = options["packages"]["find"]["include"]
+    found = set(find_packages(where=str(ROOT), include=include))
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert on_disk <= found, f"sub-packages a wheel would leave out: {sorted(on_disk - found)}"
