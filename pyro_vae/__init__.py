@@ -3,17 +3,19 @@
 from pyro_vae._version import __version__  # noqa: F401
 from pyro_vae.components.guides import GUIDES  # noqa: E402
 from pyro_vae.components.likelihoods import LIKELIHOODS  # noqa: E402
+from pyro_vae.components.nets import NETWORKS  # noqa: E402
 from pyro_vae.components.priors import PRIORS  # noqa: E402
 from pyro_vae.config import ConfigError, ExperimentConfig, apply_overrides, load_config  # noqa: E402
 from pyro_vae.data import DATASETS, Splits, load_data  # noqa: E402
 from pyro_vae.evaluation.metrics import evaluate, iwae_log_likelihood  # noqa: E402
 from pyro_vae.model import VAE, build_vae  # noqa: E402
 from pyro_vae.objectives.elbos import ELBOS, build_elbo  # noqa: E402
+from pyro_vae.plugins import check_component, load_plugin  # noqa: E402
 from pyro_vae.runs.folder import load_run  # noqa: E402
 from pyro_vae.training.loop import fit  # noqa: E402
 
 __all__ = [
     "ConfigError", "ExperimentConfig", "apply_overrides", "load_config", "DATASETS", "Splits",
     "load_data", "ELBOS", "build_elbo", "evaluate", "iwae_log_likelihood", "GUIDES", "LIKELIHOODS",
-    "VAE", "build_vae", "PRIORS", "fit", "load_run",
+    "VAE", "build_vae", "PRIORS", "NETWORKS", "fit", "load_run", "check_component", "load_plugin",
 ]  # fmt: skip

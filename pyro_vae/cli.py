@@ -1,5 +1,8 @@
 """The ``pyro-vae`` command: ``train``, ``evaluate``, ``compare``, ``plot`` and ``config``.
 
+Every command imports the plugins given with ``--plugin`` and those of installed packages (the
+``pyro_vae.components`` entry points), never one that only a file names (:mod:`pyro_vae.plugins`).
+
 Every rejected input ends in a one-paragraph message on stderr and exit status 2.
 """
 
@@ -14,6 +17,15 @@ from pathlib import Path
 from typing import NoReturn
 
 from pyro_vae.config import load_config, to_toml
+
+
+def _plugin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="import a .py file or a module that registers components (repeatable); "
+                   "see docs/plugins.md")  # fmt: skip
+    p.add_argument("--trust-config-plugins", action="store_true",
+                   help="also import the plugins that the config file or run folder names "
+                   "(only for files you trust)")  # fmt: skip
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -35,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    _plugin_args(p)
 
     p = sub.add_parser("evaluate", help="test negative ELBO and importance-sampled NLL of a run")
     p.add_argument("run", metavar="RUN_DIR")
@@ -43,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
     p.add_argument("--no-progress", action="store_true")
+    _plugin_args(p)
 
     p = sub.add_parser("compare", help="measure the ELBO estimators on a trained run (values, variance, gradients, "
                        "encoder SNR against K)")  # fmt: skip
@@ -61,14 +75,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/compare)")
     p.add_argument("--no-progress", action="store_true")
+    _plugin_args(p)
 
     p = sub.add_parser("plot", help="(re)draw the figures of a run")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
+    _plugin_args(p)
 
     p = sub.add_parser("config", help="print the resolved config as TOML")
     _config_args(p)
+    _plugin_args(p)
     return parser
+
+
+def _load_plugins(args) -> None:
+    """Import the installed packages' plugins and those given with ``--plugin``, then check that
+    what the config file or run folder names is among them (or import it, with
+    ``--trust-config-plugins``). Nothing a file names is imported without the user's say."""
+    from pyro_vae.config import read_config_file
+    from pyro_vae.plugins.loader import load_entry_points, load_plugin, records_in, require
+    from pyro_vae.runs.folder import RunDir
+
+    load_entry_points()
+    for spec in args.plugins:
+        load_plugin(spec)
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        records = records_in(read_config_file(path), f"config file {path}", path.parent)
+        require(records, f"config file {path}", trust=args.trust_config_plugins)
+    run = getattr(args, "resume", None) or getattr(args, "run", None)
+    if run:  # (changed plugins are reported where the run is opened)
+        require(RunDir(Path(run)).plugin_records(), f"run folder {run}", trust=args.trust_config_plugins)
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
@@ -182,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     from pyro_vae.training.stopping import TrainingError, TrainingInterrupted
 
     try:
+        _load_plugins(args)
         if args.command == "config":
             print(to_toml(load_config(args.config, args.overrides)), end="")
             return 0

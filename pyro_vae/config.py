@@ -60,6 +60,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     latent_dim: int = 50  # L, size of z
+    network: str = "mlp"  # encoder trunk and decoder, from pyro_vae.components.nets.NETWORKS
     hidden: tuple[int, ...] = (400,)  # hidden widths of the encoder; the decoder mirrors them
     activation: str = "softplus"  # relu | softplus | tanh | elu | gelu
     prior: str = "standard_normal"  # from pyro_vae.components.priors.PRIORS
@@ -245,22 +246,34 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...
     return from_dict(nested, cfg)
 
 
+def read_config_file(path: str | Path) -> dict:
+    """The tables of a TOML (or JSON) config file, unvalidated."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:] or 'TOML'}: {exc}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Defaults, updated by a TOML or JSON file (if given), then by ``overrides``."""
+    """Defaults, updated by a TOML or JSON file (if given), then by ``overrides``.
+
+    A file's ``[plugins]`` table is not part of the experiment: it asks for code to be imported,
+    which only :mod:`pyro_vae.plugins` does, with the user's consent; it is skipped here.
+    """
     cfg = ExperimentConfig()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        text = path.read_text()
-        try:
-            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:] or 'TOML'}: {exc}") from None
+        data = read_config_file(path)
+        plugins = data.pop("plugins", None)
         try:
             cfg = from_dict(data, cfg)
         except ConfigError as exc:
-            raise ConfigError(f"in {str(path)!r}: {exc}") from None
+            hint = (f"; the file's [plugins] table names {plugins.get('modules')}: import them first (--plugin on the "
+                    "command line, pyro_vae.load_plugin from Python)" if isinstance(plugins, dict) else "")  # fmt: skip
+            raise ConfigError(f"in {str(path)!r}: {exc}{hint}") from None
     return apply_overrides(cfg, overrides)
 
 

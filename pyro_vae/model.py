@@ -22,7 +22,7 @@ from torch import nn
 
 from pyro_vae.components.guides import GUIDES
 from pyro_vae.components.likelihoods import LIKELIHOODS
-from pyro_vae.components.nets import mlp
+from pyro_vae.components.nets import NETWORKS
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.config import ConfigError, ModelConfig
 
@@ -118,12 +118,14 @@ def build_vae(cfg: ModelConfig, data_dim: int) -> VAE:
     raise :class:`~pyro_vae.config.ConfigError` naming the choice and the fix.
     """
     try:
+        network = NETWORKS.build(cfg.network, cfg.settings, cfg=cfg)
         likelihood = LIKELIHOODS.build(cfg.likelihood, cfg.settings, data_dim=data_dim, cfg=cfg)
-        decoder = mlp([cfg.latent_dim, *reversed(cfg.hidden), likelihood.param_dim(data_dim)], cfg.activation)
-        encoder = GUIDES.build(cfg.guide, cfg.settings, data_dim=data_dim, latent_dim=cfg.latent_dim, cfg=cfg)
+        decoder = network.decoder(cfg.latent_dim, likelihood.param_dim(data_dim))
+        encoder = GUIDES.build(cfg.guide, cfg.settings, data_dim=data_dim, latent_dim=cfg.latent_dim, cfg=cfg,
+                               network=network)  # fmt: skip
         prior = PRIORS.build(cfg.prior, cfg.settings, latent_dim=cfg.latent_dim, data_dim=data_dim, encoder=encoder,
                              cfg=cfg)  # fmt: skip
     except ValueError as exc:
-        raise ConfigError(f"model.prior={cfg.prior}, model.guide={cfg.guide}, model.likelihood={cfg.likelihood}: "
-                          f"{exc}") from None  # fmt: skip
+        raise ConfigError(f"model.network={cfg.network}, model.prior={cfg.prior}, model.guide={cfg.guide}, "
+                          f"model.likelihood={cfg.likelihood}: {exc}") from None  # fmt: skip
     return VAE(prior, likelihood, encoder, decoder)

@@ -18,11 +18,24 @@ Only the factories (:func:`pyro_vae.model.build_vae`, :func:`pyro_vae.objectives
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 _BY_CONFIG_KEY: dict[str, Registry] = {}
+_ORIGINS: list[str] = []  # what is registering now (a plugin being imported), innermost last
+
+
+@contextmanager
+def registering_as(origin: str):
+    """Registrations made inside this block are recorded as coming from ``origin`` (a plugin,
+    see :mod:`pyro_vae.plugins`), which clash messages and run folders name."""
+    _ORIGINS.append(origin)
+    try:
+        yield
+    finally:
+        _ORIGINS.pop()
 
 
 def by_config_key() -> dict[str, Registry]:
@@ -37,6 +50,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.config_key = config_key
         self._items: dict[str, T] = {}
+        self._origins: dict[str, str] = {}  # name -> the plugin that registered it (built-ins: absent)
         if config_key is not None:
             if config_key in _BY_CONFIG_KEY:
                 raise ValueError(f"config key {config_key!r} has a registry already: {_BY_CONFIG_KEY[config_key].kind}")
@@ -46,9 +60,13 @@ class Registry(Generic[T]):
         """Decorator registering ``obj`` under ``name``; a name can be registered once."""
 
         def decorator(obj: T) -> T:
+            origin = _ORIGINS[-1] if _ORIGINS else None
             if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+                raise ValueError(f"{self.kind} {name!r} is registered twice: {_describe(origin)} registers it, "
+                                 f"and {_describe(self.origin(name))} has already; rename one of them")  # fmt: skip
             self._items[name] = obj
+            if origin is not None:
+                self._origins[name] = origin
             return obj
 
         return decorator
@@ -61,6 +79,22 @@ class Registry(Generic[T]):
             raise ValueError(
                 f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(self.names())}"
             ) from None
+
+    def origin(self, name: str) -> str | None:
+        """The plugin that registered ``name``, or None for a built-in."""
+        return self._origins.get(name)
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plugin's registration, when importing the plugin failed)."""
+        self._items.pop(name, None)
+        self._origins.pop(name, None)
+
+    def snapshot(self) -> tuple[dict, dict]:
+        """The registrations as they are now, for :meth:`restore`."""
+        return dict(self._items), dict(self._origins)
+
+    def restore(self, snapshot: tuple[dict, dict]) -> None:
+        self._items, self._origins = dict(snapshot[0]), dict(snapshot[1])
 
     def settings_class(self, name: str) -> type | None:
         """The ``Settings`` dataclass the component ``name`` declares (its ``[section.name]``
@@ -86,3 +120,7 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def _describe(origin: str | None) -> str:
+    return "pyro-vae (built-in)" if origin is None else f"plugin {origin}"

@@ -14,6 +14,7 @@ import pyro
 import pytest
 import torch
 
+from pyro_vae import plugins
 from tests.helpers import ROOT
 
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("[0-9][0-9]_*.py"))
@@ -31,7 +32,7 @@ def run_example(name: str, out, device: str = "cpu", monkeypatch=None) -> dict:
     else:
         monkeypatch.setattr(sys, "argv", [str(script), *args])
         monkeypatch.syspath_prepend(str(script.parent))
-        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):
+        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()), plugins.isolated():
             runpy.run_path(str(script), run_name="__main__")
         plt.close("all")
         pyro.clear_param_store()
@@ -118,6 +119,18 @@ def check_09(r, out):
     return ["completions.png", "curves.png"]
 
 
+def check_10(r, out):
+    expected = {"binomial": "model.likelihood", "laplace": "model.prior", "residual_mlp": "model.network"}
+    assert r["registered"] == expected, r["registered"]
+    kl = r["kl_check"]
+    assert max(abs(z) for z in kl["z"]) < 4, (kl["z"], "N =", kl["samples"], "seed 0")  # 8 images
+    for name, run in r["runs"].items():
+        assert 0 < run["test_nll"][0] < 400, (name, run)  # untrained: ~545 nats
+        recorded = out / name.replace(" ", "_") / "plugins.json"
+        assert recorded.exists() == bool(run["plugins"]), name
+    return ["kl_check.png", "nll.png"]
+
+
 CHECKS = {
     "01_monte_carlo.py": check_01,
     "02_kl_divergence.py": check_02,
@@ -128,6 +141,7 @@ CHECKS = {
     "07_latent_space.py": check_07,
     "08_swap_components.py": check_08,
     "09_conditional_vae.py": check_09,
+    "10_plugins.py": check_10,
 }
 
 

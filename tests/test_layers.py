@@ -23,6 +23,7 @@ LAYERS = [
     ("components", ["nets", "priors", "likelihoods", "guides", "__init__"]),
     ("model", ["model"]),
     ("objectives", ["closed_form", "surrogates", "elbos", "fast", "__init__"]),
+    ("plugins", ["contracts", "loader", "__init__"]),
     ("runs", ["checkpoint", "device", "folder", "__init__"]),
     ("evaluation", ["metrics", "plots", "__init__"]),
     ("training", ["distributed", "stopping", "checks", "engine", "capture", "loop", "__init__"]),
@@ -93,7 +94,8 @@ def test_config_checks_every_component_name_through_the_registries():
     import pyro_vae  # noqa: F401  (fills the registries)
     from pyro_vae.registry import by_config_key
 
-    assert set(by_config_key()) == {"data.name", "model.prior", "model.likelihood", "model.guide", "train.elbo"}
+    assert set(by_config_key()) == {"data.name", "model.prior", "model.likelihood", "model.guide", "model.network",
+                                   "train.elbo"}
 
 
 def test_every_sub_package_is_installed():

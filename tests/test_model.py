@@ -35,7 +35,7 @@ def test_model_and_guide_traces():
 def test_registry_errors_list_the_names():
     reg = Registry("widget")
     reg.register("a")(int)
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
         reg.register("a")(float)
     with pytest.raises(ValueError, match="unknown widget 'b'; registered widgets: a"):
         reg.get("b")

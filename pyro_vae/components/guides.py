@@ -2,8 +2,9 @@ r"""Guides q(z | x): amortized encoders; ``forward(x)`` with x (B, D) returns a 
 distribution with batch (B,) and event (L,); ``point(x)`` returns one representative code per
 image (for reconstructions and latent plots).
 
-Every guide is built as ``cls(data_dim=D, latent_dim=L, cfg=ModelConfig, settings=Settings)``
-(``settings``: the class's own ``Settings`` from its ``[model.NAME]`` table, if it has one).
+Every guide is built as ``cls(data_dim=D, latent_dim=L, cfg=ModelConfig, network=Network,
+settings=Settings)`` (``network``: the ``model.network`` whose ``encoder(D)`` gives the trunk;
+``settings``: the class's own ``Settings`` from its ``[model.NAME]`` table, if it has one).
 
 References:
     Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling, *Improved Variational Inference
@@ -21,7 +22,6 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from pyro_vae.components.nets import mlp
 from pyro_vae.registry import Registry
 
 GUIDES: Registry = Registry("guide", config_key="model.guide")
@@ -29,18 +29,18 @@ GUIDES: Registry = Registry("guide", config_key="model.guide")
 
 @GUIDES.register("diag_normal")
 class DiagNormal(nn.Module):
-    """q(z | x) = N(loc(x), diag(scale(x)^2)), an MLP with one fused head for loc and scale.
+    """q(z | x) = N(loc(x), diag(scale(x)^2)), the network's encoder trunk with one fused head for
+    loc and scale.
 
     ``scale = softplus(.) + min_scale`` keeps the scale positive without the overflow of exp.
     """
 
     min_scale = 1e-5
 
-    def __init__(self, data_dim: int, latent_dim: int, cfg, **_) -> None:
+    def __init__(self, data_dim: int, latent_dim: int, network, **_) -> None:
         super().__init__()
-        hidden = cfg.hidden
-        self.trunk = mlp([data_dim, *hidden], cfg.activation, final_activation=True)
-        self.head = nn.Linear(hidden[-1] if hidden else data_dim, 2 * latent_dim)
+        self.trunk, self.features = network.encoder(data_dim)
+        self.head = nn.Linear(self.features, 2 * latent_dim)
 
     def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = self.head(self.trunk(x)).chunk(2, dim=-1)
@@ -76,11 +76,11 @@ class IAF(nn.Module):
             if self.steps < 1:
                 raise ValueError(f"steps = {self.steps} must be at least 1")
 
-    def __init__(self, data_dim: int, latent_dim: int, cfg, settings: Settings, **_) -> None:
+    def __init__(self, data_dim: int, latent_dim: int, network, settings: Settings, **_) -> None:
         super().__init__()
-        self.base = DiagNormal(data_dim, latent_dim, cfg)
-        context = cfg.hidden[-1] if cfg.hidden else data_dim
-        width = max(cfg.hidden[-1] if cfg.hidden else 0, 2 * latent_dim)
+        self.base = DiagNormal(data_dim, latent_dim, network)
+        context = self.base.features
+        width = max(0 if isinstance(self.base.trunk, nn.Identity) else context, 2 * latent_dim)
         self.steps = nn.ModuleList(
             ConditionalAffineAutoregressive(ConditionalAutoRegressiveNN(latent_dim, context, [width]), stable=True)
             for _ in range(settings.steps)

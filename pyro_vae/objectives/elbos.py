@@ -42,7 +42,10 @@ from pyro_vae.registry import Registry
 ELBOS: Registry = Registry("ELBO", config_key="train.elbo")
 
 
-class _Flags:
+class ELBOFlags:
+    """What pyro-vae's factories, checks and fast path need to know of an ELBO class: mix it in
+    (``class MyELBO(ELBOFlags, pyro.infer.Trace_ELBO)``) and override the flags that differ."""
+
     analytic_kl = False
     jit = False
     importance_weighted = False
@@ -57,19 +60,19 @@ class _Flags:
 
 
 @ELBOS.register("trace")
-class TraceELBO(_Flags, Trace_ELBO):
+class TraceELBO(ELBOFlags, Trace_ELBO):
     """:class:`pyro.infer.Trace_ELBO`: Monte-Carlo KL."""
 
 
 @ELBOS.register("mean_field")
-class MeanFieldELBO(_Flags, TraceMeanField_ELBO):
+class MeanFieldELBO(ELBOFlags, TraceMeanField_ELBO):
     """:class:`pyro.infer.TraceMeanField_ELBO`: analytic KL where registered."""
 
     analytic_kl = True
 
 
 @ELBOS.register("jit_trace")
-class JitTraceELBO(_Flags, JitTrace_ELBO):
+class JitTraceELBO(ELBOFlags, JitTrace_ELBO):
     """:class:`pyro.infer.JitTrace_ELBO`: ``trace`` compiled on its first call."""
 
     jit = True
@@ -87,7 +90,7 @@ class JitTraceELBO(_Flags, JitTrace_ELBO):
 
 
 @ELBOS.register("jit_mean_field")
-class JitMeanFieldELBO(_Flags, JitTraceMeanField_ELBO):
+class JitMeanFieldELBO(ELBOFlags, JitTraceMeanField_ELBO):
     """:class:`pyro.infer.JitTraceMeanField_ELBO`: ``mean_field`` compiled on its first call."""
 
     analytic_kl = True
@@ -108,7 +111,7 @@ class JitMeanFieldELBO(_Flags, JitTraceMeanField_ELBO):
 
 
 @ELBOS.register("iwae")
-class IWAE_ELBO(_Flags, RenyiELBO):
+class IWAE_ELBO(ELBOFlags, RenyiELBO):
     r"""The IWAE bound :math:`\sum_b \log \frac1K \sum_k w_{kb}`: :class:`~pyro.infer.RenyiELBO`
     with :math:`\alpha = 0` (whose ``loss`` is this value), plus the ``differentiable_loss`` that
     class lacks. Its gradient is the reparameterised IWAE gradient
@@ -141,7 +144,7 @@ class IWAE_ELBO(_Flags, RenyiELBO):
         return -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
 
 
-class _WeightedELBO(_Flags, Trace_ELBO):
+class _WeightedELBO(ELBOFlags, Trace_ELBO):
     """An estimator of :mod:`pyro_vae.objectives.surrogates` on the per-sample terms of Pyro traces (vectorised
     particles: one model and one guide trace with a particle dimension). ``needs`` names the terms
     beyond log p and log q: ``stop`` (log q with the guide's parameters detached: the site's

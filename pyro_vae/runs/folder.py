@@ -7,6 +7,7 @@
     RUN/checkpoints/last.pt    model, optimizer, scheduler, RNG state, epoch (atomic, every epoch)
     RUN/checkpoints/best.pt    the same at the best validation negative ELBO
     RUN/summary.json           config, versions, device, wall time, throughput, final numbers
+    RUN/plugins.json           the plugins the run's components came from (files and sha256), if any
     RUN/figures/*.png          pictures (see :mod:`pyro_vae.evaluation.plots`)
 
 :func:`load_run` reopens one for evaluation, plots and the laboratory; training writes it
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,11 @@ from typing import Any
 from pyro_vae.config import ConfigError, ExperimentConfig, from_dict, load_config
 from pyro_vae.data import Splits, load_data
 from pyro_vae.model import VAE, build_vae
+from pyro_vae.plugins.loader import Plugin, PluginError, require, used_by
 from pyro_vae.runs.checkpoint import load_checkpoint
 from pyro_vae.runs.device import resolve_device
+
+log = logging.getLogger(__name__)
 
 # Keys a resumed run may change; any other difference from the saved config is an error.
 RESUMABLE = {
@@ -64,6 +69,35 @@ class RunDir:
     @property
     def figures(self) -> Path:
         return self.root / "figures"
+
+    @property
+    def plugins(self) -> Path:
+        return self.root / "plugins.json"
+
+    def plugin_records(self) -> list[Plugin]:
+        """The plugins this run needs (from ``plugins.json``; none for a run without one)."""
+        if not self.plugins.is_file():
+            return []
+        try:
+            records = json.loads(self.plugins.read_text())
+        except json.JSONDecodeError as exc:
+            raise PluginError(f"{self.plugins} is not valid JSON ({exc})") from None
+        if not isinstance(records, list):
+            raise PluginError(f"{self.plugins} must hold a list of plugin records, got {type(records).__name__}")
+        return [Plugin.from_dict(r) for r in records]
+
+    def record_plugins(self, cfg: ExperimentConfig) -> None:
+        """Write ``plugins.json`` for the loaded plugins that ``cfg`` uses (or remove a stale one)."""
+        used = used_by(cfg)
+        if used:
+            self.plugins.write_text(json.dumps([p.to_dict() for p in used], indent=2) + "\n")
+        else:
+            self.plugins.unlink(missing_ok=True)
+
+    def require_plugins(self) -> list[str]:
+        """Check that the plugins this run needs are loaded (see :func:`pyro_vae.plugins.require`);
+        returns warnings for plugins that changed since the run was made."""
+        return require(self.plugin_records(), f"run folder {self.root}")
 
 
 def check_resume_config(saved: ExperimentConfig, new: ExperimentConfig) -> None:
@@ -111,6 +145,8 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
         raise ValueError(f"run folder {run.root} does not exist")
     if which not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {which!r}")
+    for warning in run.require_plugins():
+        log.warning(warning)
     cfg = load_config(run.config)
     state = load_checkpoint(getattr(run, which))
     if from_dict(state["config"]) != cfg:  # keys added since the run was written take their defaults on both sides

@@ -88,6 +88,8 @@ def _open_run(run: RunDir, cfg: ExperimentConfig, ctx: distributed.Context, resu
     write its config; returns the checkpoint to resume from, or None."""
     state = None
     if resume:
+        for warning in run.require_plugins():
+            log.warning(warning)
         state = load_checkpoint(run.last)
         check_resume_config(from_dict(state["config"]), cfg)
         if state.get("world_size", 1) != ctx.world_size:
@@ -99,6 +101,8 @@ def _open_run(run: RunDir, cfg: ExperimentConfig, ctx: distributed.Context, resu
     if ctx.main:
         run.root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config)
+        if state is None:
+            run.record_plugins(cfg)
         for stale_tmp in run.last.parent.glob(".*.tmp"):  # left by a process killed mid-write
             stale_tmp.unlink()
         if state is not None:

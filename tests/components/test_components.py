@@ -15,6 +15,7 @@ from torch.distributions import MixtureSameFamily
 
 from pyro_vae.components.guides import GUIDES
 from pyro_vae.components.likelihoods import LIKELIHOODS, DiscretizedLogisticDist
+from pyro_vae.components.nets import NETWORKS
 from pyro_vae.components.priors import PRIORS, GaussianMixture
 from pyro_vae.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, load_config
 from pyro_vae.data import Splits
@@ -40,7 +41,8 @@ def _components(k: int) -> dict:
 
 def _encoder(guide="diag_normal", d=D, cfg=None):
     cfg = cfg or _cfg()
-    return GUIDES.build(guide, cfg.settings, data_dim=d, latent_dim=cfg.latent_dim, cfg=cfg)
+    network = NETWORKS.build(cfg.network, cfg.settings, cfg=cfg)
+    return GUIDES.build(guide, cfg.settings, data_dim=d, latent_dim=cfg.latent_dim, cfg=cfg, network=network)
 
 
 # ---------------------------------------------------------------- shapes and finite densities
