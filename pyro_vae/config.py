@@ -76,7 +76,8 @@ class TrainConfig:
     iw_groups: int = 1  # M of miwae / piwae: M groups of num_particles (K) samples, M * K drawn per image
     vectorize_particles: bool = True  # particles as a tensor dimension (false: a Python loop, Pyro's stock ELBO)
     kl_fallback: bool = True  # mean_field: Monte-Carlo KL where no closed form exists (false = reject up front)
-    kl_warmup_epochs: float = 0.0  # KL warm-up: weight beta rises linearly to 1 over this many epochs (0 = off)
+    kl_warmup_epochs: float = 0.0  # KL warm-up: weight beta rises linearly to kl_weight over this many epochs (0 = off)
+    kl_weight: float = 1.0  # beta of a beta-VAE: the KL term's weight after warm-up (1 = the ELBO itself)
     fast_path: bool = True  # same ELBO without Pyro's per-step tracing, once the structure is verified
     epochs: int = 30  # passes over the training split
     batch_size: int = 128
@@ -364,7 +365,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _require(
         all(h >= 1 for h in cfg.model.hidden), f"model.hidden = {list(cfg.model.hidden)}: widths must be at least 1"
     )
-    for section, key in [("train", "kl_warmup_epochs"), ("train", "lr")]:
+    for section, key in [("train", "kl_warmup_epochs"), ("train", "lr"), ("train", "kl_weight")]:
         value = getattr(getattr(cfg, section), key)
         _require(math.isfinite(value), f"{section}.{key} = {value} must be a finite number")
     _require(
@@ -372,6 +373,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     )
     _require(cfg.train.time_limit_min >= 0, f"train.time_limit_min = {cfg.train.time_limit_min} must be 0 or more")
     _require(cfg.train.lr > 0, f"train.lr = {cfg.train.lr} must be positive")
+    _require(cfg.train.kl_weight > 0, f"train.kl_weight = {cfg.train.kl_weight} must be positive (beta of a beta-VAE; "
+             "1 trains the ELBO; a zero weight would drop the KL term and its gradient)")  # fmt: skip
     _require(0 < cfg.train.lr_decay <= 1, f"train.lr_decay = {cfg.train.lr_decay} must be in (0, 1]")
     _require(is_device_name(cfg.train.device), f"train.device = {cfg.train.device!r} is not one of: {DEVICE_NAMES}")
     resolved = {s: dataclasses.replace(getattr(cfg, s), settings=_resolve_settings(cfg, s)) for s in ("model", "train")}

@@ -65,6 +65,8 @@ def test_the_run_folder_of_an_earlier_version_still_loads():
     ("model.iaf.steps=0", "model.iaf: steps = 0 must be at least 1"),
     ("model.nosuch.x=1", "'nosuch' is no model component with settings"),
     ("train.ciwae.beta=2", "train.ciwae: beta = 2.0 must be in [0, 1]"),
+    ("train.kl_weight=0", "train.kl_weight = 0.0 must be positive (beta of a beta-VAE"),
+    ("train.kl_weight=inf", "train.kl_weight = inf must be a finite number"),
     ("data.binarized_mnist.x=1", "unknown key data.binarized_mnist.x; keys of [data] are"),
 ])  # fmt: skip
 def test_a_bad_setting_names_what_is_accepted(override, message):

@@ -45,12 +45,15 @@ def make_optimizer(vae: torch.nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(vae.parameters(), lr=lr, fused=True)
 
 
-def kl_warmup_weight(step, warmup_steps: float):
-    """KL warm-up weight of training step ``step`` (1-based; a float or a device tensor):
-    ``step / warmup_steps`` up to 1, never 0 (a zero scale would drop the KL's gradient)."""
+def kl_warmup_weight(step, warmup_steps: float, kl_weight: float = 1.0):
+    """The KL term's weight at training step ``step`` (1-based; a float or a device tensor):
+    ``kl_weight * min(step / warmup_steps, 1)`` (never 0: a zero scale would drop the KL's
+    gradient), ``kl_weight`` (beta of a beta-VAE) throughout without warm-up."""
+    if not warmup_steps:
+        return kl_weight
     if torch.is_tensor(step):
-        return torch.clamp(step / warmup_steps, max=1.0)
-    return min(step / warmup_steps, 1.0)
+        return torch.clamp(step / warmup_steps, max=1.0) * kl_weight
+    return min(step / warmup_steps, 1.0) * kl_weight
 
 
 def loss_and_backward(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, beta, denominator: float,
@@ -140,15 +143,17 @@ class StepEngine:
 
     Per epoch: :meth:`start_epoch` with the epoch's permutation, then :meth:`step` once per batch
     (batch ``batch_size`` images, the last one the remainder), :meth:`read` whenever the host
-    needs the loss sum or the non-finite flag. ``warmup_steps`` > 0 weighs the KL term by
-    ``min((step + 1) / warmup_steps, 1)`` at global step ``step`` (0-based)."""
+    needs the loss sum or the non-finite flag. The KL term is weighted by
+    ``kl_weight * min((step + 1) / warmup_steps, 1)`` at global step ``step`` (0-based), by
+    ``kl_weight`` (beta) throughout when ``warmup_steps`` is 0."""
 
     def __init__(self, loss_fn: Callable, optim: torch.optim.Optimizer, x_train: torch.Tensor, batch_size: int,
-                 choice: Choice, *, binarize: bool = False, warmup_steps: float = 0.0,
+                 choice: Choice, *, binarize: bool = False, warmup_steps: float = 0.0, kl_weight: float = 1.0,
                  ctx: distributed.Context | None = None, fallback: bool = False) -> None:  # fmt: skip
         device = x_train.device
         self.optim, self.x, self.bs, self.choice, self.fallback = optim, x_train, batch_size, choice, fallback
         self.binarize, self.warmup_steps, self.ctx = binarize, float(warmup_steps), ctx or distributed.Context()
+        self.kl_weight = float(kl_weight)
         self.n = x_train.shape[0]
         self.loss_fn = torch.compile(loss_fn) if choice.compile_loss else loss_fn
         self.world = self.ctx.world_size
@@ -212,8 +217,8 @@ class StepEngine:
         if self.binarize:
             xb = torch.bernoulli(xb)
         beta = None
-        if self.warmup_steps:
-            beta = kl_warmup_weight((self.step_count + 1).to(xb.dtype), self.warmup_steps)
+        if self.warmup_steps or self.kl_weight != 1.0:
+            beta = kl_warmup_weight((self.step_count + 1).to(xb.dtype), self.warmup_steps, self.kl_weight)
         value = loss_and_backward(self.loss_fn, self.optim, xb, beta, size / self.world, self.ctx)
         clean = self.bad_step < 0  # no bad step yet this epoch
         ok = torch.isfinite(value) & clean

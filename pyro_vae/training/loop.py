@@ -133,6 +133,7 @@ def finish(run: RunDir, cfg: ExperimentConfig, vae: VAE, data: Splits, device: t
         "environment": environment(device),
         "epochs_run": epochs_run,
         "best_epoch": best["epoch"],
+        "objective": objective(cfg),
         "final": {
             "unit": "nats per image",
             "train_neg_elbo": dataclasses.asdict(results["train"]),
@@ -142,6 +143,15 @@ def finish(run: RunDir, cfg: ExperimentConfig, vae: VAE, data: Splits, device: t
             "iwae_images": n_iw,
         },
     }
+
+
+def objective(cfg: ExperimentConfig) -> str:
+    """What training optimised, for reports: the ELBO, or a beta-weighted one. Evaluation always
+    uses beta = 1 (the ELBO and IWAE bounds, in nats)."""
+    if cfg.train.kl_weight == 1.0:
+        return f"the {cfg.train.elbo} ELBO"
+    return (f"a beta-weighted {cfg.train.elbo} objective (beta = train.kl_weight = {cfg.train.kl_weight:g}): "
+            "metrics.jsonl's train_neg_elbo is that objective; valid, test and NLL are evaluated at beta = 1")
 
 
 class Trainer:
@@ -180,7 +190,8 @@ class Trainer:
 
         def engine(choice):
             return StepEngine(step_loss, self.optim, self.x_train, cfg.train.batch_size, choice,
-                              binarize=data.dynamic_binarization, warmup_steps=self.warmup_steps, ctx=ctx,
+                              binarize=data.dynamic_binarization, warmup_steps=self.warmup_steps,
+                              kl_weight=cfg.train.kl_weight, ctx=ctx,
                               fallback=cfg.train.engine == "auto")  # a failed capture continues eagerly
 
         choice = choose_engine(cfg.train.engine, device, loss.fast, ctx.active, loss.compilable)
@@ -284,7 +295,7 @@ class Trainer:
         record = {
             "epoch": self.epoch, "step": self.step, "train_neg_elbo": train_loss, "valid_neg_elbo": valid.mean,
             "test_neg_elbo": test.mean, "lr": float(self.optim.param_groups[0]["lr"]), "epoch_time_s": epoch_time,
-            "kl_weight": kl_warmup_weight(self.step, self.warmup_steps) if self.warmup_steps else 1.0,
+            "kl_weight": kl_warmup_weight(self.step, self.warmup_steps, self.cfg.train.kl_weight),
             "images_per_s": n / epoch_time,
         }  # fmt: skip
         if self.ctx.main:

@@ -305,7 +305,7 @@ def test_kl_warmup_weights_exactly_the_kl_term(elbo, fast):
     loss_fn = build_loss(vae, TrainConfig(elbo=elbo, num_particles=particles, fast_path=fast), x)
     loss_fn(x, torch.tensor(1.0, dtype=torch.float64))  # a JIT ELBO compiles here (its draws differ once)
     q, p = vae.encoder(x), vae.prior(B)
-    for beta in (0.25, 1.0):
+    for beta in (0.25, 1.0, 4.0):  # warm-up, the ELBO, a beta-VAE
         torch.manual_seed(7)
         z = q.rsample((particles,))
         log_lik = vae.likelihood(vae.decoder(z)).log_prob(x)

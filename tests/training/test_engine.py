@@ -83,13 +83,14 @@ def _params(vae):
     return [p.detach().clone() for p in vae.parameters()]
 
 
-@pytest.mark.parametrize("binarize, warmup", [(False, 0.0), (True, 7.0)])
-def test_the_engine_step_equals_a_hand_written_loop(binarize, warmup):
+@pytest.mark.parametrize("binarize, warmup, kl_weight", [(False, 0.0, 1.0), (True, 7.0, 1.0), (False, 0.0, 4.0),
+                                                         (False, 7.0, 4.0)])  # fmt: skip
+def test_the_engine_step_equals_a_hand_written_loop(binarize, warmup, kl_weight):
     """Same permutation, seed and steps: the engine's device-side gather, decoding, binarization,
     warm-up weight and accumulators give the parameters and loss sum of ``train_step`` in a loop."""
     bs, perm = 64, torch.randperm(300, generator=torch.Generator().manual_seed(1))
     vae_a, optim_a, loss_a, x = _setup()
-    engine = StepEngine(loss_a, optim_a, x, bs, EAGER, binarize=binarize, warmup_steps=warmup)
+    engine = StepEngine(loss_a, optim_a, x, bs, EAGER, binarize=binarize, warmup_steps=warmup, kl_weight=kl_weight)
     vae_b, optim_b, loss_b, _ = _setup()
     pyro.set_rng_seed(5)
     engine.start_epoch(perm)
@@ -101,7 +102,7 @@ def test_the_engine_step_equals_a_hand_written_loop(binarize, warmup):
     for i in range(5):
         xb = decode(x[perm[i * bs : (i + 1) * bs]])
         xb = torch.bernoulli(xb) if binarize else xb
-        beta = kl_warmup_weight(i + 1, warmup) if warmup else None
+        beta = kl_weight * min((i + 1) / warmup, 1.0) if warmup else (kl_weight if kl_weight != 1 else None)
         total += train_step(loss_b, optim_b, xb, beta).item() * xb.shape[0]
     assert engine.size(4) == 300 - 4 * 64 == 44
     assert reading.bad_step is None and math.isclose(reading.total, total, rel_tol=1e-6)

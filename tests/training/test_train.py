@@ -17,10 +17,11 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae.config import ConfigError, ModelConfig, apply_overrides, load_config
+from pyro_vae.evaluation.metrics import evaluate
 from pyro_vae.model import build_vae
 from pyro_vae.runs.checkpoint import load_checkpoint
 from pyro_vae.runs.device import resolve_device
-from pyro_vae.runs.folder import check_resume_config
+from pyro_vae.runs.folder import check_resume_config, load_run
 from pyro_vae.training import loop as T
 from pyro_vae.training.checks import diagnose
 from pyro_vae.training.engine import kl_warmup_weight
@@ -281,6 +282,7 @@ def test_kl_warmup_schedule_and_exact_resume(tmp_path):
     assert kl_warmup_weight(1, 4.0) == 0.25 and kl_warmup_weight(3, 4.0) == 0.75 and kl_warmup_weight(4, 4.0) == 1.0
     assert kl_warmup_weight(9, 4.0) == 1.0
     assert float(kl_warmup_weight(torch.tensor(2.0), 4.0)) == 0.5  # the engine's device-side weight
+    assert kl_warmup_weight(2, 4.0, kl_weight=4.0) == 2.0 and kl_warmup_weight(9, 0.0, kl_weight=4.0) == 4.0  # beta-VAE
     cfg = ["model.prior=vamp", "model.vamp.components=6", "train.kl_warmup_epochs=2"]
     T.fit(small_cfg(*cfg, "train.epochs=3"), tmp_path / "straight", progress=False, figures=False)
     T.fit(small_cfg(*cfg, "train.epochs=1"), tmp_path / "split", progress=False, figures=False)
@@ -289,6 +291,21 @@ def test_kl_warmup_schedule_and_exact_resume(tmp_path):
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["kl_weight"] for r in metrics(tmp_path / "split")] == [0.5, 1.0, 1.0]
+
+
+def test_a_beta_vae_reports_its_objective_and_evaluates_at_beta_one(tmp_path):
+    """train.kl_weight = 4: the train column is the beta-weighted objective (so above the ELBO's
+    negative), every evaluation the plain ELBO and NLL, and the summary says which is which."""
+    summary = T.fit(small_cfg("train.kl_weight=4", "train.kl_warmup_epochs=1"), tmp_path / "b4", progress=False,
+                    figures=False)  # fmt: skip
+    rows = metrics(tmp_path / "b4")
+    assert [r["kl_weight"] for r in rows] == [4.0, 4.0]  # warm-up over the first epoch reaches beta at its end
+    assert "beta-weighted trace objective (beta = train.kl_weight = 4)" in summary["objective"]
+    cfg, vae, data = load_run(tmp_path / "b4", device="cpu")
+    test = evaluate(vae, data.test, k=cfg.eval.iwae_k, batch_size=100, seed=cfg.eval.seed)["neg_elbo"]
+    assert test.mean == pytest.approx(summary["final"]["test_neg_elbo"]["mean"], rel=1e-12)  # beta = 1
+    beta_objective = rows[-1]["train_neg_elbo"]
+    assert beta_objective > summary["final"]["train_neg_elbo"]["mean"], (beta_objective, summary["final"])
 
 
 def test_vamp_pseudo_inputs_start_at_training_images(tmp_path):
