@@ -11,11 +11,13 @@ from pyro_vae.evaluation.metrics import evaluate, iwae_log_likelihood  # noqa: E
 from pyro_vae.model import VAE, build_vae  # noqa: E402
 from pyro_vae.objectives.elbos import ELBOS, build_elbo  # noqa: E402
 from pyro_vae.plugins import check_component, load_plugin  # noqa: E402
+from pyro_vae.runs.export import export_model, load_model  # noqa: E402
 from pyro_vae.runs.folder import load_run  # noqa: E402
 from pyro_vae.training.loop import fit  # noqa: E402
 
 __all__ = [
     "ConfigError", "ExperimentConfig", "apply_overrides", "load_config", "DATASETS", "Splits",
     "load_data", "ELBOS", "build_elbo", "evaluate", "iwae_log_likelihood", "GUIDES", "LIKELIHOODS",
-    "VAE", "build_vae", "PRIORS", "NETWORKS", "fit", "load_run", "check_component", "load_plugin",
+    "VAE", "build_vae", "PRIORS", "NETWORKS", "fit", "load_run", "export_model", "load_model",
+    "check_component", "load_plugin",
 ]  # fmt: skip

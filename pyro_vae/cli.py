@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command: ``train``, ``evaluate``, ``compare``, ``plot`` and ``config``.
+"""The ``pyro-vae`` command: ``train``, ``evaluate``, ``compare``, ``plot``, ``export`` and ``config``.
 
 Every command imports the plugins given with ``--plugin`` and those of installed packages (the
 ``pyro_vae.components`` entry points), never one that only a file names (:mod:`pyro_vae.plugins`).
@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     _plugin_args(p)
 
-    p = sub.add_parser("evaluate", help="test negative ELBO and importance-sampled NLL of a run")
-    p.add_argument("run", metavar="RUN_DIR")
+    p = sub.add_parser("evaluate", help="test negative ELBO and importance-sampled NLL of a run or exported model")
+    p.add_argument("run", metavar="RUN_OR_MODEL")
     p.add_argument("--k", type=int, default=5000, help="importance samples per image (default 5000)")
     p.add_argument("--images", type=int, default=0, help="evenly spaced test images to use (default all)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
@@ -77,9 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _plugin_args(p)
 
-    p = sub.add_parser("plot", help="(re)draw the figures of a run")
-    p.add_argument("run", metavar="RUN_DIR")
+    p = sub.add_parser("plot", help="(re)draw the figures of a run or exported model")
+    p.add_argument("run", metavar="RUN_OR_MODEL")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
+    _plugin_args(p)
+
+    p = sub.add_parser("export", help="write a run's weights as a portable model (model.safetensors, config.json, "
+                       "a model card)")  # fmt: skip
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", required=True, help="folder for the model files")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     _plugin_args(p)
 
     p = sub.add_parser("config", help="print the resolved config as TOML")
@@ -94,6 +101,7 @@ def _load_plugins(args) -> None:
     ``--trust-config-plugins``). Nothing a file names is imported without the user's say."""
     from pyro_vae.config import read_config_file
     from pyro_vae.plugins.loader import load_entry_points, load_plugin, records_in, require
+    from pyro_vae.runs.export import is_model_dir, plugin_records
     from pyro_vae.runs.folder import RunDir
 
     load_entry_points()
@@ -105,7 +113,10 @@ def _load_plugins(args) -> None:
         require(records, f"config file {path}", trust=args.trust_config_plugins)
     run = getattr(args, "resume", None) or getattr(args, "run", None)
     if run:  # (changed plugins are reported where the run is opened)
-        require(RunDir(Path(run)).plugin_records(), f"run folder {run}", trust=args.trust_config_plugins)
+        if is_model_dir(run):
+            require(plugin_records(run), f"model {run}", trust=args.trust_config_plugins)
+        else:
+            require(RunDir(Path(run)).plugin_records(), f"run folder {run}", trust=args.trust_config_plugins)
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
@@ -156,11 +167,11 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from pyro_vae.data.pixels import evenly_spaced
     from pyro_vae.evaluation.metrics import as_dict, evaluate
-    from pyro_vae.runs.folder import load_run
+    from pyro_vae.runs.export import open_model
 
     if args.k < 1:
         raise ValueError(f"--k must be at least 1, got {args.k}")
-    cfg, vae, data = load_run(args.run, args.checkpoint, args.device)
+    cfg, vae, data = open_model(args.run, args.checkpoint, args.device)
     device = next(vae.parameters()).device
     x = data.test[evenly_spaced(data.test.shape[0], args.images)].to(device)
     results = evaluate(vae, x, k=args.k, batch_size=max(1, min(100, cfg.train.eval_batch_size)),
@@ -189,12 +200,12 @@ def _compare(args) -> int:
     from pyro_vae.data.pixels import evenly_spaced
     from pyro_vae.lab.estimators import LabConfig, run_lab
     from pyro_vae.lab.report import format_table, write_outputs
-    from pyro_vae.runs.folder import load_run
+    from pyro_vae.runs.export import open_model
 
     lab = LabConfig(images=args.images, ks=_int_list(args.k, "--k"), particles=_int_list(args.particles, "--particles"),
                     reps=args.reps, grad_images=args.grad_images, grad_reps=args.grad_reps, seed=args.seed,
                     snr_ks=_int_list(args.snr_k, "--snr-k"), groups=args.groups)  # fmt: skip
-    _, vae, data = load_run(args.run, args.checkpoint, args.device)
+    _, vae, data = open_model(args.run, args.checkpoint, args.device)
     device = next(vae.parameters()).device
     x = data.test[evenly_spaced(data.test.shape[0], lab.images)].to(device)
     result = run_lab(vae, x, lab, progress=not args.no_progress)
@@ -207,11 +218,20 @@ def _compare(args) -> int:
 
 def _plot(args) -> int:
     from pyro_vae.evaluation.plots import make_figures
-    from pyro_vae.runs.folder import load_run
+    from pyro_vae.runs.export import open_model
 
-    _, vae, data = load_run(args.run, device=args.device)
+    _, vae, data = open_model(args.run, device=args.device)
     for path in make_figures(args.run, vae, data):
         print(path)
+    return 0
+
+
+def _export(args) -> int:
+    from pyro_vae.runs.export import export_model
+
+    command = "pyro-vae " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["export"] else ""
+    for path in export_model(args.run, args.out, args.checkpoint, command):
+        print(f"wrote {path}")
     return 0
 
 
@@ -225,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(to_toml(load_config(args.config, args.overrides)), end="")
             return 0
-        return {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot}[args.command](args)
+        commands = {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot, "export": _export}
+        return commands[args.command](args)
     except ValueError as exc:
         print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
         return 2

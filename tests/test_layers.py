@@ -24,7 +24,7 @@ LAYERS = [
     ("model", ["model"]),
     ("objectives", ["closed_form", "surrogates", "elbos", "fast", "__init__"]),
     ("plugins", ["contracts", "loader", "__init__"]),
-    ("runs", ["checkpoint", "device", "folder", "__init__"]),
+    ("runs", ["checkpoint", "device", "folder", "export", "__init__"]),
     ("evaluation", ["metrics", "plots", "__init__"]),
     ("training", ["distributed", "stopping", "checks", "engine", "capture", "loop", "__init__"]),
     ("lab", ["estimators", "report", "__init__"]),

@@ -22,7 +22,6 @@ from pyro_vae.training.engine import (
     StepEngine,
     _init_optimizer_state,
     choose_engine,
-    kl_warmup_weight,
     make_optimizer,
     train_step,
 )

@@ -1,0 +1,142 @@
+"""Exported models: safetensors weights, a config that rebuilds the VAE, checks on every byte and
+tensor, no pickle anywhere, and every command that takes a run also taking a model."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pyro_vae.cli import main
+from pyro_vae.data.pixels import evenly_spaced
+from pyro_vae.evaluation.metrics import evaluate
+from pyro_vae.plugins import isolated
+from pyro_vae.runs.export import ModelFileError, export_model, load_model
+from pyro_vae.training.loop import fit
+from tests.helpers import ROOT, small_cfg
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("export") / "run"
+    fit(small_cfg(), run, progress=False, figures=False)
+    return run
+
+
+@pytest.fixture
+def model(run, tmp_path):
+    export_model(run, tmp_path / "model")
+    return tmp_path / "model"
+
+
+def _test_neg_elbo(cfg, vae, data):
+    x = data.test[evenly_spaced(data.test.shape[0], cfg.eval.iwae_images)]
+    return evaluate(vae, x, k=cfg.eval.iwae_k, batch_size=100, seed=cfg.eval.seed)["neg_elbo"].mean
+
+
+def test_export_then_load_reproduces_the_runs_test_elbo(run, model):
+    summary = json.loads((run / "summary.json").read_text())
+    cfg, vae = load_model(model, device="cpu")
+    from pyro_vae.data import load_data
+
+    assert _test_neg_elbo(cfg, vae, load_data(cfg.data)) == pytest.approx(summary["final"]["test_neg_elbo"]["mean"],
+                                                                         rel=1e-12)  # fmt: skip
+    record = json.loads((model / "config.json").read_text())
+    assert record["format"] == "pyro-vae-model" and len(record["weights"]["sha256"]) == 64
+    card = (model / "README.md").read_text()
+    assert f"{summary['final']['test_nll']['mean']:.2f} ± {summary['final']['test_nll']['se']:.2f}" in card
+    assert "load_model" in card
+
+
+def test_loading_never_unpickles(model, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model loader unpickled something")
+
+    for module, name in [(pickle, "load"), (pickle, "loads"), (torch, "load"), (pickle, "Unpickler")]:
+        monkeypatch.setattr(module, name, refuse)
+    _, vae = load_model(model, device="cpu")
+    assert vae.sample(2).shape == (2, 784)
+
+
+def _rewrite(model, tensors):
+    """Replace the weights with ``tensors`` and record their new checksum (a consistent folder)."""
+    save_file(tensors, str(model / "model.safetensors"))
+    import hashlib
+
+    record = json.loads((model / "config.json").read_text())
+    record["weights"]["sha256"] = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
+    (model / "config.json").write_text(json.dumps(record))
+
+
+def test_changed_bytes_and_mismatched_tensors_are_refused(model):
+    weights = model / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(ModelFileError, match="changed since it was exported: its sha256 is"):
+        load_model(model, device="cpu")
+    weights.write_bytes(original)
+    tensors = load_file(str(weights))
+    name = sorted(tensors)[0]
+    _rewrite(model, {**tensors, name: torch.zeros(3, 3)})
+    with pytest.raises(ModelFileError, match=rf"tensor {name} has shape \(3, 3\), the VAE needs"):
+        load_model(model, device="cpu")
+    _rewrite(model, {k: v for k, v in tensors.items() if k != name})
+    with pytest.raises(ModelFileError, match=rf"missing tensor {name}"):
+        load_model(model, device="cpu")
+    _rewrite(model, {**tensors, "intruder": torch.zeros(1)})
+    with pytest.raises(ModelFileError, match=r"extra tensor intruder \(1,\)"):
+        load_model(model, device="cpu")
+    weights.unlink()
+    with pytest.raises(ModelFileError, match="model.safetensors is missing"):
+        load_model(model, device="cpu")
+
+
+def test_a_malformed_config_json_is_refused(model):
+    path = model / "config.json"
+    record = json.loads(path.read_text())
+    outside = {**record, "weights": {**record["weights"], "file": "../x"}}
+    no_dim = {k: v for k, v in record.items() if k != "data_dim"}
+    for broken, message in [({**record, "format": "x"}, "is not a pyro-vae model file"),
+                            ({**record, "format_version": 9}, "has format version 9"),
+                            (outside, "must name a file beside it"), (no_dim, r"lacks \['data_dim'\]")]:  # fmt: skip
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ModelFileError, match=message):
+            load_model(model, device="cpu")
+    path.write_text("{not json")
+    with pytest.raises(ModelFileError, match="is not valid JSON"):
+        load_model(model, device="cpu")
+
+
+def test_commands_take_a_model_or_a_run(run, model, tmp_path, capsys):
+    assert main(["export", str(run), "--out", str(tmp_path / "cli_model")]) == 0
+    assert (tmp_path / "cli_model" / "model.safetensors").is_file()
+    for source in (run, model):
+        assert main(["evaluate", str(source), "--k", "5", "--images", "30", "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("test neg_elbo")]
+    assert len(lines) == 2 and lines[0] == lines[1], lines  # the same numbers from both
+    assert main(["plot", str(model), "--device", "cpu"]) == 0
+    assert (model / "figures" / "samples.png").stat().st_size > 0
+    assert main(["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m2")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(ModelFileError, match="is neither an exported model"):
+        load_model(tmp_path)
+
+
+def test_a_model_made_with_a_plugin_needs_it(tmp_path, capsys):
+    laplace = str(ROOT / "examples" / "plugins" / "laplace_prior.py")
+    with isolated():
+        values = ("data.subset=256", "model.latent_dim=2", "model.hidden=8", "train.epochs=1", "eval.iwae_k=2",
+                  "train.device=cpu", "model.prior=laplace")  # fmt: skip
+        sets = [a for s in values for a in ("--set", s)]
+        assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", "--no-figures", "--plugin", laplace,
+                     *sets]) == 0  # fmt: skip
+        assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model"), "--plugin", laplace]) == 0
+    with isolated(fresh=True):
+        assert main(["evaluate", str(tmp_path / "model"), "--k", "2", "--images", "5"]) == 2
+        assert f"model {tmp_path / 'model'} needs plugins that were not given: {laplace}" in capsys.readouterr().err
+        assert main(["evaluate", str(tmp_path / "model"), "--k", "2", "--images", "5", "--no-progress",
+                     "--plugin", laplace]) == 0  # fmt: skip
