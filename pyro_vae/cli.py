@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     _plugin_args(p)
 
+    _latent_commands(sub)
+
     p = sub.add_parser("config", help="print the resolved config as TOML")
     _config_args(p)
     _plugin_args(p)
@@ -117,6 +119,96 @@ def _load_plugins(args) -> None:
             require(plugin_records(run), f"model {run}", trust=args.trust_config_plugins)
         else:
             require(RunDir(Path(run)).plugin_records(), f"run folder {run}", trust=args.trust_config_plugins)
+
+
+def _latent_commands(sub) -> None:
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("run", metavar="RUN_OR_MODEL")
+        p.add_argument("--out", metavar="DIR", help="output folder (default RUN_OR_MODEL/latent)")
+        p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
+        p.add_argument("--seed", type=int, default=0)
+        _plugin_args(p)
+        return p
+
+    p = add("sample", "decode draws from the prior, at a temperature")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior's draws (default 1)")
+    p = add("interpolate", "decode linear and spherical paths between two test images' codes")
+    p.add_argument("--between", type=int, nargs=2, metavar=("I", "J"), required=True, help="test image indices")
+    p.add_argument("--steps", type=int, default=10)
+    p = add("traverse", "vary one latent dimension at a time (most active first); report the active units")
+    p.add_argument("--dims", type=int, nargs="*", help="dimensions to vary (default the 10 most active)")
+    p.add_argument("--image", type=int, help="start from this test image's code (default z = 0)")
+    p.add_argument("--span", type=float, default=3.0, help="values in [-span, span] (default 3)")
+    p = add("encode", "write the latent means and scales of a split, with labels, to an .npz file")
+    p.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    p.add_argument("--file", metavar="NPZ", help="output file (default OUT/codes_SPLIT.npz)")
+    p = add("reconstruct", "reconstruct your own image files (grey, the model's image size)")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--invert", action="store_true", help="dark ink on white paper (MNIST stores white ink)")
+
+
+def _latent(args) -> int:
+    import numpy as np
+    import torch
+
+    from pyro_vae.evaluation import latent
+    from pyro_vae.evaluation.plots import plot_images
+    from pyro_vae.runs.export import open_model
+
+    cfg, vae, data = open_model(args.run, device=args.device)
+    out = Path(args.out or Path(args.run) / "latent")
+    device, shape = next(vae.parameters()).device, data.image_shape
+
+    def test_image(i: int) -> torch.Tensor:
+        if not 0 <= i < data.test.shape[0]:
+            raise ValueError(f"test image {i} is out of range: the test split has images 0..{data.test.shape[0] - 1}")
+        return data.test[i].to(device)
+
+    written, numbers = [], {}
+    if args.command == "sample":
+        images = latent.sample(vae, args.n, args.temperature, args.seed)
+        written.append(plot_images(images, shape, max(1, int(args.n**0.5)), f"Samples, temperature "
+                                   f"{args.temperature:g}", out / f"samples_t{args.temperature:g}.png"))  # fmt: skip
+    elif args.command == "interpolate":
+        i, j = args.between
+        paths = latent.interpolate(vae, test_image(i), test_image(j), args.steps)
+        rows = torch.cat([paths["linear"], paths["spherical"]])
+        written.append(plot_images(rows, shape, 2, f"Test images {i} to {j}: linear (top), spherical (bottom)",
+                                   out / f"interpolate_{i}_{j}.png"))  # fmt: skip
+    elif args.command == "traverse":
+        units = latent.active_units(vae, data.test)
+        dims = args.dims if args.dims else units["order"][:10]
+        z0 = (vae.encoder.point(test_image(args.image)[None])[0] if args.image is not None
+              else torch.zeros(cfg.model.latent_dim, device=device))  # fmt: skip
+        grid = latent.traverse(vae, z0, dims, args.span)
+        written.append(plot_images(grid, shape, len(dims), f"Dimensions {dims} from {-args.span:g} to "
+                                   f"{args.span:g}", out / "traverse.png"))  # fmt: skip
+        numbers = {**units, "dims": dims}
+        print(f"active units (Cov_x E[z|x] > {units['threshold']:g}, {units['images']} test images): "
+              f"{units['active']} of {cfg.model.latent_dim}")  # fmt: skip
+    elif args.command == "encode":
+        x = getattr(data, args.split)
+        codes = latent.encode(vae, x)
+        labels = data.test_labels if args.split == "test" and data.test_labels is not None else None
+        path = Path(args.file or out / f"codes_{args.split}.npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        extra = {"labels": labels.numpy()} if labels is not None else {}
+        np.savez(path, **codes, **extra)
+        written.append(path)
+    else:  # reconstruct
+        binary = cfg.model.likelihood == "bernoulli"
+        x = latent.read_images(args.images, shape, binarize=binary, invert=args.invert).to(device)
+        rows = torch.cat([x, vae.reconstruct(x)])
+        title = "Your images (top) and their reconstructions"
+        written.append(plot_images(rows, shape, 2, title, out / "reconstruct.png"))
+    if numbers:
+        (out / f"{args.command}.json").write_text(json.dumps(numbers, indent=2) + "\n")
+        written.append(out / f"{args.command}.json")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
@@ -245,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(to_toml(load_config(args.config, args.overrides)), end="")
             return 0
-        commands = {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot, "export": _export}
+        commands = {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot, "export": _export,
+                    **dict.fromkeys(("sample", "interpolate", "traverse", "encode", "reconstruct"), _latent)}
         return commands[args.command](args)
     except ValueError as exc:
         print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)

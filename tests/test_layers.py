@@ -25,7 +25,7 @@ LAYERS = [
     ("objectives", ["closed_form", "surrogates", "elbos", "fast", "__init__"]),
     ("plugins", ["contracts", "loader", "__init__"]),
     ("runs", ["checkpoint", "device", "folder", "export", "__init__"]),
-    ("evaluation", ["metrics", "plots", "__init__"]),
+    ("evaluation", ["metrics", "plots", "latent", "__init__"]),
     ("training", ["distributed", "stopping", "checks", "engine", "capture", "loop", "__init__"]),
     ("lab", ["estimators", "report", "__init__"]),
     ("cli", ["cli"]),

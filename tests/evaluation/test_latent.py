@@ -1,0 +1,125 @@
+"""The latent-space tools: their maths on small cases, and every command on a run and on an
+exported model, with bad arguments ending in exit 2 and a message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pyro_vae.cli import main
+from pyro_vae.config import ModelConfig
+from pyro_vae.evaluation import latent
+from pyro_vae.model import build_vae
+from pyro_vae.runs.export import export_model
+from pyro_vae.training.loop import fit
+from tests.helpers import small_cfg
+
+
+def _vae(latent_dim=3, d=12):
+    torch.manual_seed(0)
+    return build_vae(ModelConfig(latent_dim=latent_dim, hidden=(8,)), d).double().eval()
+
+
+def test_slerp_ends_at_both_codes_and_keeps_the_norm_of_equal_norm_codes():
+    a, b = torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 0.0, 3.0], dtype=torch.float64)
+    t = torch.linspace(0, 1, 7, dtype=torch.float64)
+    path = latent.slerp(a, b, t)
+    torch.testing.assert_close(path[0], a)
+    torch.testing.assert_close(path[-1], b)
+    torch.testing.assert_close(path.norm(dim=1), torch.full((7,), 3.0, dtype=torch.float64))
+    torch.testing.assert_close(latent.slerp(a, 2 * a, t), (1 - t)[:, None] * a + t[:, None] * 2 * a)  # parallel
+
+
+def test_active_units_finds_a_dimension_the_encoder_ignores():
+    vae = _vae()
+    with torch.no_grad():
+        vae.encoder.head.weight[1].zero_()  # the mean of z_1 no longer depends on x
+        vae.encoder.head.weight[[0, 2]] *= 20
+    x = torch.rand(200, 12, dtype=torch.float64).round()
+    units = latent.active_units(vae, x)
+    assert units["activity"][1] < 1e-20 and units["active"] == 2 and units["order"][-1] == 1, units
+    means = vae.encoder.loc_scale(x)[0]
+    assert units["activity"][0] == pytest.approx(float(means[:, 0].detach().var()), rel=1e-9)
+
+
+def test_traverse_changes_one_dimension_per_row():
+    vae, z0 = _vae(), torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    grid = latent.traverse(vae, z0, [2, 0], span=2.0, steps=5)
+    values = torch.linspace(-2, 2, 5, dtype=torch.float64)
+    expected = []
+    for d in (2, 0):
+        z = z0.repeat(5, 1)
+        z[:, d] = values
+        expected.append(vae.decode(z))
+    torch.testing.assert_close(grid, torch.cat(expected))
+    with pytest.raises(ValueError, match=r"--dims \[3\] out of range: the latent space has dimensions 0..2"):
+        latent.traverse(vae, z0, [3])
+
+
+def test_sample_at_a_temperature_scales_the_prior_draws():
+    vae = _vae()
+    torch.manual_seed(4)
+    z = vae.prior(6).sample()
+    torch.testing.assert_close(latent.sample(vae, 6, temperature=0.5, seed=4), vae.decode(0.5 * z))
+    with pytest.raises(ValueError, match="temperature > 0"):
+        latent.sample(vae, 6, temperature=0.0)
+
+
+def test_encode_gives_the_guides_means_and_scales():
+    vae, x = _vae(), torch.rand(30, 12, dtype=torch.float64).round()
+    codes = latent.encode(vae, x, batch_size=7)
+    loc, scale = vae.encoder.loc_scale(x)
+    np.testing.assert_allclose(codes["loc"], loc.detach().numpy())
+    np.testing.assert_allclose(codes["scale"], scale.detach().numpy())
+
+
+def test_read_images(tmp_path):
+    levels = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    Image.fromarray(levels).save(tmp_path / "a.png")
+    x = latent.read_images([tmp_path / "a.png"], (28, 28), binarize=False)
+    np.testing.assert_allclose(x[0].numpy(), levels.reshape(-1) / 255, rtol=1e-6)
+    assert set(latent.read_images([tmp_path / "a.png"], (28, 28), binarize=True).unique().tolist()) == {0.0, 1.0}
+    inverted = latent.read_images([tmp_path / "a.png"], (28, 28), binarize=False, invert=True)
+    np.testing.assert_allclose(inverted[0].numpy(), 1 - levels.reshape(-1) / 255, rtol=1e-6, atol=1e-7)
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "b.png")
+    with pytest.raises(ValueError, match="b.png is 30x20 pixels; the model takes 28x28 grey images"):
+        latent.read_images([tmp_path / "b.png"], (28, 28), binarize=False)
+    with pytest.raises(ValueError, match="does not exist"):
+        latent.read_images([tmp_path / "none.png"], (28, 28), binarize=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("latent")
+    fit(small_cfg("model.latent_dim=3"), root / "run", progress=False, figures=False)
+    export_model(root / "run", root / "model")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(root / "mine.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "big.png")
+    return root
+
+
+@pytest.mark.parametrize("source", ["run", "model"])
+def test_every_latent_command_on_a_run_and_a_model(trained, source, tmp_path, capsys):
+    where, out = str(trained / source), tmp_path / "out"
+    common = ["--device", "cpu", "--out", str(out)]
+    assert main(["sample", where, "--n", "9", "--temperature", "0.8", *common]) == 0
+    assert main(["interpolate", where, "--between", "0", "7", "--steps", "5", *common]) == 0
+    assert main(["traverse", where, *common]) == 0
+    assert main(["traverse", where, "--dims", "2", "0", "--image", "3", *common]) == 0
+    assert main(["encode", where, "--split", "test", *common]) == 0
+    assert main(["reconstruct", where, str(trained / "mine.png"), "--invert", *common]) == 0
+    for figure in ("samples_t0.8.png", "interpolate_0_7.png", "traverse.png", "reconstruct.png"):
+        assert (out / figure).stat().st_size > 0, figure
+    codes = np.load(out / "codes_test.npz")
+    assert codes["loc"].shape == codes["scale"].shape == (codes["labels"].shape[0], 3)
+    assert "active units (Cov_x E[z|x] > 0.01" in capsys.readouterr().out
+    bad = [(["interpolate", where, "--between", "0", "100000"], "test image 100000 is out of range"),
+           (["traverse", where, "--dims", "7"], "--dims [7] out of range"),
+           (["reconstruct", where, str(trained / "big.png")], "big.png is 32x32 pixels"),
+           (["reconstruct", where, str(trained / "absent.png")], "absent.png does not exist"),
+           (["sample", str(tmp_path / "nothing")], "does not exist")]  # fmt: skip
+    for argv, message in bad:
+        assert main([*argv, *common]) == 2, argv
+        assert message in capsys.readouterr().err, argv
