@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--tensorboard", action="store_true", help="log to RUN/tensorboard (shorthand for --set "
+                   "train.tensorboard=true; needs pip install 'pyro-vae[tensorboard]')")  # fmt: skip
     _plugin_args(p)
 
     p = sub.add_parser("evaluate", help="test negative ELBO and importance-sampled NLL of a run or exported model")
@@ -234,6 +236,8 @@ def _train(args) -> int:
 
     if args.device:
         args.overrides = [*args.overrides, f"train.device={args.device}"]
+    if args.tensorboard:
+        args.overrides = [*args.overrides, "train.tensorboard=true"]
     if args.resume:
         run_dir = Path(args.resume)
         if not RunDir(run_dir).config.is_file():

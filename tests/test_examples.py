@@ -131,6 +131,15 @@ def check_10(r, out):
     return ["kl_check.png", "nll.png"]
 
 
+def check_11(r, out):
+    one, four = r["betas"]["1"], r["betas"]["4"]
+    assert four["kl_nats"] < one["kl_nats"], r  # a dearer KL buys a code with less information
+    assert four["active_units"] <= one["active_units"], r
+    for beta in (one, four):
+        assert beta["neg_elbo"] == beta["reconstruction_nats"] + beta["kl_nats"] and beta["kl_nats"] > 0
+    return ["tradeoff.png", "traversals.png"]
+
+
 CHECKS = {
     "01_monte_carlo.py": check_01,
     "02_kl_divergence.py": check_02,
@@ -142,6 +151,7 @@ CHECKS = {
     "08_swap_components.py": check_08,
     "09_conditional_vae.py": check_09,
     "10_plugins.py": check_10,
+    "11_beta_vae.py": check_11,
 }
 
 

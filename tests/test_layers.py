@@ -26,7 +26,7 @@ LAYERS = [
     ("plugins", ["contracts", "loader", "__init__"]),
     ("runs", ["checkpoint", "device", "folder", "export", "__init__"]),
     ("evaluation", ["metrics", "plots", "latent", "__init__"]),
-    ("training", ["distributed", "stopping", "checks", "engine", "capture", "loop", "__init__"]),
+    ("training", ["distributed", "stopping", "checks", "engine", "capture", "tensorboard", "loop", "__init__"]),
     ("lab", ["estimators", "report", "__init__"]),
     ("cli", ["cli"]),
     ("__init__", ["__init__", "__main__"]),

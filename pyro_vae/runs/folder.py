@@ -9,6 +9,7 @@
     RUN/summary.json           config, versions, device, wall time, throughput, final numbers
     RUN/plugins.json           the plugins the run's components came from (files and sha256), if any
     RUN/figures/*.png          pictures (see :mod:`pyro_vae.evaluation.plots`)
+    RUN/tensorboard/           TensorBoard event files, when train.tensorboard is set
 
 :func:`load_run` reopens one for evaluation, plots and the laboratory; training writes it
 (:func:`pyro_vae.training.loop.fit`).
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 RESUMABLE = {
     ("train", "epochs"), ("train", "patience"), ("train", "time_limit_min"), ("train", "device"),
     ("train", "eval_batch_size"), ("train", "fast_path"), ("train", "engine"), ("train", "sync_every"),
+    ("train", "tensorboard"),
     ("eval", "iwae_k"), ("eval", "iwae_images"),
 }  # fmt: skip
 

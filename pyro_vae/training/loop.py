@@ -37,6 +37,7 @@ from pyro_vae.training.capture import checked_choice
 from pyro_vae.training.checks import check_compatible, check_data, diagnose
 from pyro_vae.training.engine import StepEngine, choose_engine, kl_warmup_weight, make_optimizer
 from pyro_vae.training.stopping import StopRequests, TrainingError, any_rank, interrupted
+from pyro_vae.training.tensorboard import TensorBoard, require_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +58,26 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     ctx = distributed.from_environment(device.type == "cuda")
     if ctx.active and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
+    if cfg.train.tensorboard:
+        require_tensorboard()  # before the run folder is touched
     state = _open_run(run, cfg, ctx, resume)
     with matmul_precision(cfg.train.matmul_precision):
         trainer = Trainer(cfg, run, device, ctx, state, progress and ctx.main)
         with StopRequests() as stop:
-            while not trainer.should_stop():
-                trainer.end_epoch(*trainer.train_epoch(stop))
-                if any_rank(stop.received is not None, ctx):
-                    raise interrupted(stop.received, f"epoch {trainer.epoch}", run.last, run.root)
+            try:
+                while not trainer.should_stop():
+                    trainer.end_epoch(*trainer.train_epoch(stop))
+                    if any_rank(stop.received is not None, ctx):
+                        raise interrupted(stop.received, f"epoch {trainer.epoch}", run.last, run.root)
+            finally:
+                if trainer.board is not None:
+                    trainer.board.writer.flush()  # what a stopped run logged stays
         distributed.shutdown(ctx)
         if not ctx.main:
             return {}
         summary = finish(run, cfg, trainer.vae, trainer.data, device, trainer.epoch, progress)
+        if trainer.board is not None:
+            trainer.board.close(cfg, summary["final"])
     n = trainer.x_train.shape[0]
     summary.update(wall_time_s=time.perf_counter() - t_start, train_time_s=trainer.train_time,
                    images_per_s=trainer.epoch * n / trainer.train_time if trainer.train_time else None,
@@ -184,6 +193,10 @@ class Trainer:
         self.partial: dict[str, Any] | None = None  # an epoch stopped part-way by a signal
         if state is not None:
             self._restore(state)
+        self.board = None  # TensorBoard, on rank 0 when train.tensorboard is set
+        if cfg.train.tensorboard and ctx.main:
+            fixed = data.stored("test")[evenly_spaced(data.stored("test").shape[0], 8)]
+            self.board = TensorBoard(run.root, fixed, data.image_shape, self.step if state is not None else None)
         self.steps_per_epoch = math.ceil(self.x_train.shape[0] / cfg.train.batch_size)
         self.warmup_steps = cfg.train.kl_warmup_epochs * self.steps_per_epoch
         step_loss = distributed.wrap_loss(vae, loss.fn, ctx)  # DDP broadcasts rank 0's weights here
@@ -266,6 +279,8 @@ class Trainer:
                     raise self._non_finite(reading, start + reading.bad_step - first_step)
                 images = min((i + 1) * bs, n) - read_at * bs  # trained on since the previous read
                 bar.set_postfix(loss=f"{(reading.total - seen) / images:.2f}", refresh=False)
+                if self.board is not None:
+                    self.board.read(self.step, (reading.total - seen) / images)
                 seen, read_at = reading.total, i + 1
                 if not last and any_rank(stop.received is not None, self.ctx):
                     elapsed = time_before + time.perf_counter() - t0
@@ -300,6 +315,8 @@ class Trainer:
         }  # fmt: skip
         if self.ctx.main:
             append_jsonl(self.run.metrics, record)
+            if self.board is not None:
+                self.board.epoch(record, self.vae)
             log.info("epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)", self.epoch, train_loss,
                      valid.mean, test.mean, record["images_per_s"])  # fmt: skip
         improved = valid.mean < self.best

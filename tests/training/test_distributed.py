@@ -101,10 +101,11 @@ def test_torchrun_trains_writes_once_and_resumes_exactly(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
                 str(_free_port()), "-m", "pyro_vae", "train"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run([*torchrun, "--out", str(run), "--set", "train.epochs=1", *common], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    first = subprocess.run([*torchrun, "--out", str(run), "--set", "train.epochs=1", "--tensorboard", *common],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("run folder:") == 1  # rank 0 alone prints (and writes)
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1  # and logs to TensorBoard
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2 and ckpt["step"] == 4
     again = subprocess.run([*torchrun, "--resume", str(run), "--set", "train.epochs=2", *common[8:]], cwd=ROOT,
