@@ -140,3 +140,40 @@ def test_a_model_made_with_a_plugin_needs_it(tmp_path, capsys):
         assert f"model {tmp_path / 'model'} needs plugins that were not given: {laplace}" in capsys.readouterr().err
         assert main(["evaluate", str(tmp_path / "model"), "--k", "2", "--images", "5", "--no-progress",
                      "--plugin", laplace]) == 0  # fmt: skip
+
+
+def test_a_gpu_run_exports_and_loads_on_the_cpu(tmp_path):
+    """The H100 run folder of shared/fixtures (format 1 checkpoints): exported here, its model
+    holds exactly the run's weights and gives the run's test negative ELBO on the CPU."""
+    import shutil
+
+    fixture = ROOT.parent / "shared" / "fixtures" / "h100_run_format1"
+    if not fixture.is_dir():
+        pytest.skip(f"{fixture} (the project's shared fixtures) is not beside the checkout")
+    shutil.copytree(fixture, tmp_path / "h100")
+    export_model(tmp_path / "h100", tmp_path / "model")
+    from pyro_vae.runs.folder import load_run
+
+    cfg, from_run, data = load_run(tmp_path / "h100", device="cpu")
+    _, from_model = load_model(tmp_path / "model", device="cpu")
+    for (name, a), (_, b) in zip(from_run.state_dict().items(), from_model.state_dict().items()):
+        assert torch.equal(a, b), name
+    x = data.test[evenly_spaced(data.test.shape[0], 500)]
+    same = [evaluate(vae, x, k=cfg.eval.iwae_k, batch_size=100, seed=cfg.eval.seed)["neg_elbo"].mean
+            for vae in (from_model, from_run)]  # fmt: skip
+    assert same[0] == same[1], same
+
+
+@pytest.mark.cuda
+def test_a_model_exported_on_the_cpu_evaluates_on_cuda_like_on_the_cpu(run, model):
+    from pyro_vae.data import load_data
+
+    cfg, cpu = load_model(model, device="cpu")
+    _, gpu = load_model(model, device="cuda")
+    assert next(gpu.parameters()).device.type == "cuda"
+    data = load_data(cfg.data)
+    x = data.test[:200]
+    a = evaluate(cpu, x, batch_size=100, seed=cfg.eval.seed)["neg_elbo"]
+    b = evaluate(gpu, x.cuda(), batch_size=100, seed=cfg.eval.seed)["neg_elbo"]
+    # different random streams on the two devices: agreement within the Monte-Carlo error of a difference
+    assert abs(a.mean - b.mean) < 5 * (a.se**2 + b.se**2) ** 0.5, (a, b)
