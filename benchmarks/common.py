@@ -69,6 +69,20 @@ def flops_per_image(cfg: ExperimentConfig, data_dim: int = 784, particles: int =
     return 6.0 * macs
 
 
+def counted_flops_per_image(cfg: ExperimentConfig, particles: int = 1, batch: int = 16) -> float:
+    """Forward + backward FLOPs of one training image of any network, counted by
+    ``torch.utils.flop_counter`` on the encoder and ``particles`` decoder passes (for the
+    convolutional networks, where :func:`flops_per_image`'s dense formula does not apply)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    vae = build_vae(cfg.model, 784, (28, 28))
+    x = torch.rand(batch, 784)
+    with FlopCounterMode(display=False) as counter:
+        z = vae.encoder(x).rsample((particles,))
+        vae.decoder(z).sum().backward()
+    return counter.get_total_flops() / batch
+
+
 def hand_written_step(cfg: ExperimentConfig, device: torch.device, particles: int = 1, graph: bool = False):
     """The fairest fast plain-PyTorch step: the same networks (one fused encoder head), the
     closed-form loss (analytic KL), ``Adam(fused=True)``, ``zero_grad(set_to_none=True)``; with
@@ -118,7 +132,7 @@ def project_step(cfg: ExperimentConfig, device: torch.device, pool: torch.Tensor
     engine, ``train.engine``) over the device-resident images ``pool``, in shuffled passes as
     ``fit`` runs them. Returns ``(step, vae, optim)``: ``step()`` trains on the next batch."""
     torch.manual_seed(0)
-    vae = build_vae(cfg.model, 784).to(device)
+    vae = build_vae(cfg.model, 784, (28, 28)).to(device)
     optim = make_optimizer(vae, cfg.train.lr)
     loss = build_loss(vae, cfg.train, pool[: cfg.train.batch_size])
     choice = choose_engine(cfg.train.engine, device, loss.fast, False, loss.compilable)

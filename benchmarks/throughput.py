@@ -25,6 +25,8 @@ Implementations (default model 784-400-50, softplus, Adam):
                        JIT ones run Pyro's compiled estimator, iwae only with >= 2 particles)
   Trace_ELBO           stock Pyro Trace_ELBO.differentiable_loss every step (fast path off)
   TraceMeanField_ELBO  stock Pyro TraceMeanField_ELBO every step
+  pyro-vae NETWORK     the default step with model.network=NETWORK (gated_mlp, conv, resnet; their
+                       FLOPs counted by torch.utils.flop_counter, the MLP's by the dense formula)
 """
 
 from __future__ import annotations
@@ -39,7 +41,18 @@ from pathlib import Path
 
 import torch
 
-from common import config, flops_per_image, hand_written_step, machine, matmul_gflops, no_validation, project_step, sync
+from common import (
+    config,
+    counted_flops_per_image,
+    flops_per_image,
+    hand_written_step,
+    machine,
+    matmul_gflops,
+    no_validation,  # fmt: skip
+    project_step,
+    sync,
+)
+from pyro_vae.components.nets import NETWORKS
 from pyro_vae.objectives.elbos import ELBOS
 
 HAND_WRITTEN = ("hand-written", "hand-written graph")
@@ -50,6 +63,7 @@ IMPLEMENTATIONS = {
     "pyro-vae eager": ("train.elbo=trace", "train.engine=eager"),
     "pyro-vae compiled": ("train.elbo=trace", "train.engine=compiled"),
     **{f"pyro-vae {name}": (f"train.elbo={name}",) for name in ELBOS.names() if name != "trace"},
+    **{f"pyro-vae {name}": ("train.elbo=trace", f"model.network={name}") for name in NETWORKS.names() if name != "mlp"},
     "Trace_ELBO": ("train.elbo=trace", "train.fast_path=false"),
     "TraceMeanField_ELBO": ("train.elbo=mean_field", "train.fast_path=false"),
 }
@@ -103,9 +117,11 @@ def measure(device: torch.device, batch: int, particles: int, repeats: int, gflo
             sync(device)
             if rep:
                 times[name].append((time.perf_counter() - t) / steps)
-    flops = flops_per_image(config(), particles=particles)
+    dense = flops_per_image(config(), particles=particles)
     rows = []
     for name, ts in times.items():
+        network = next((o.split("=", 1)[1] for o in IMPLEMENTATIONS[name] if o.startswith("model.network=")), "mlp")
+        flops = dense if network == "mlp" else counted_flops_per_image(config(*IMPLEMENTATIONS[name]), particles)
         rates = [batch / t for t in ts]
         lo, med, hi = _quartiles(rates)
         row = {

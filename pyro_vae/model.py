@@ -25,6 +25,7 @@ from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.nets import NETWORKS
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.config import ConfigError, ModelConfig
+from pyro_vae.data.pixels import chw
 
 _instances = itertools.count()
 
@@ -111,14 +112,16 @@ def _scaled(beta: torch.Tensor | None):
     return nullcontext() if beta is None else poutine.scale(scale=beta)
 
 
-def build_vae(cfg: ModelConfig, data_dim: int) -> VAE:
-    """Turn the names in ``cfg`` into a :class:`VAE` for data of dimension ``data_dim``.
+def build_vae(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None) -> VAE:
+    """Turn the names in ``cfg`` into a :class:`VAE` for data of dimension ``data_dim``, images of
+    ``image_shape`` ((H, W) or (C, H, W); the convolutional networks need it, the others ignore it).
 
     Components that cannot work together (a ``ValueError`` from a component's constructor)
     raise :class:`~pyro_vae.config.ConfigError` naming the choice and the fix.
     """
     try:
-        network = NETWORKS.build(cfg.network, cfg.settings, cfg=cfg)
+        shape = chw(image_shape) if image_shape is not None else None
+        network = NETWORKS.build(cfg.network, cfg.settings, cfg=cfg, image_shape=shape)
         likelihood = LIKELIHOODS.build(cfg.likelihood, cfg.settings, data_dim=data_dim, cfg=cfg)
         decoder = network.decoder(cfg.latent_dim, likelihood.param_dim(data_dim))
         encoder = GUIDES.build(cfg.guide, cfg.settings, data_dim=data_dim, latent_dim=cfg.latent_dim, cfg=cfg,

@@ -1,17 +1,30 @@
 """Networks: the encoder trunk and the decoder of a VAE, by name (``model.network``; no Pyro here).
 
-A network is built as ``cls(cfg=ModelConfig, settings=Settings)`` (``settings``: the class's own
-``Settings`` from its ``[model.NAME]`` table, if it declares one) and provides
+A network is built as ``cls(cfg=ModelConfig, image_shape=(C, H, W), settings=Settings)``
+(``settings``: the class's own ``Settings`` from its ``[model.NAME]`` table, if it declares one;
+``image_shape``: the data's, so convolutions see images where the rest of pyro-vae sees flat
+vectors of D = C·H·W pixels) and provides
 
 - ``encoder(data_dim) -> (module, features)``: a trunk mapping x (B, D) to features (B, features),
   on which a guide puts its heads;
 - ``decoder(latent_dim, out_dim) -> module``: z (..., L) to the likelihood's parameters (..., out_dim).
 
-Both are plain ``nn.Module`` s; the guide and the likelihood contracts do not depend on them.
+Both are plain ``nn.Module`` s taking and giving flat tensors; the guide and the likelihood
+contracts do not depend on them. A decoder's output for a likelihood with P parameters per pixel
+is P blocks of D values (``h.chunk(P, -1)`` gives one per parameter), so a convolutional decoder
+emits P·C channels.
+
+References:
+    Tomczak & Welling, *VAE with a VampPrior*, AISTATS 2018 (``gated_mlp``: gated dense layers).
+    He, Zhang, Ren & Sun, *Deep Residual Learning*, CVPR 2016 (``resnet``'s blocks).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import torch
 from torch import nn
 
 from pyro_vae.registry import Registry
@@ -53,3 +66,147 @@ class MLP:
 
     def decoder(self, latent_dim: int, out_dim: int) -> nn.Module:
         return mlp([latent_dim, *reversed(self.hidden), out_dim], self.activation)
+
+
+class Gated(nn.Module):
+    """h = (W1 x + b1) * sigmoid(W2 x + b2): a dense layer with a learned gate on every unit."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.value, self.gate = nn.Linear(n_in, n_out), nn.Linear(n_in, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.value(x) * torch.sigmoid(self.gate(x))
+
+
+@NETWORKS.register("gated_mlp")
+class GatedMLP:
+    """Gated dense layers of widths ``model.hidden`` (encoder) and their mirror, then a linear head
+    (decoder): the architecture of the VampPrior paper (300-300, z = 40)."""
+
+    def __init__(self, cfg, **_) -> None:
+        self.hidden = tuple(cfg.hidden)
+
+    def encoder(self, data_dim: int) -> tuple[nn.Module, int]:
+        sizes = [data_dim, *self.hidden]
+        return nn.Sequential(*(Gated(a, b) for a, b in zip(sizes[:-1], sizes[1:]))), sizes[-1]
+
+    def decoder(self, latent_dim: int, out_dim: int) -> nn.Module:
+        sizes = [latent_dim, *reversed(self.hidden)]
+        return nn.Sequential(*(Gated(a, b) for a, b in zip(sizes[:-1], sizes[1:])), nn.Linear(sizes[-1], out_dim))
+
+
+def _halve(n: int) -> int:
+    return math.ceil(n / 2)  # a 3x3 convolution with stride 2 and padding 1
+
+
+class _Images(nn.Module):
+    """Flat (..., C*H*W) to (N, C, H, W), a module inside, and back to flat (..., F): convolutions
+    see images, everything around them flat vectors with any leading (particle) dimensions."""
+
+    def __init__(self, shape: tuple[int, int, int], inner: nn.Module) -> None:
+        super().__init__()
+        self.shape, self.inner = shape, inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self.inner(x.reshape(-1, *self.shape))
+        return y.reshape(*lead, *y.shape[1:])
+
+
+class _Unflatten(nn.Module):
+    def __init__(self, inner: nn.Module, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.inner, self.shape = inner, shape
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        y = self.inner(z.reshape(-1, *self.shape))
+        return y.reshape(*lead, -1)
+
+
+class Residual(nn.Module):
+    """x + conv(act(conv(x))), then the activation: a basic residual block at constant width."""
+
+    def __init__(self, width: int, activation: str) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), ACTIVATIONS[activation](),
+                                   nn.Conv2d(width, width, 3, padding=1))  # fmt: skip
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.inner(x))
+
+
+@NETWORKS.register("conv")
+class Conv:
+    """Strided 3x3 convolutions (``model.conv.channels``, each halving the image), a dense layer of
+    ``model.conv.features``; the decoder mirrors it with transposed convolutions that land on the
+    exact H x W. For images of any C x H x W (28 x 28 grey, 32 x 32 and 64 x 64 colour)."""
+
+    residual_blocks = 0
+
+    @dataclass(frozen=True)
+    class Settings:
+        channels: tuple[int, ...] = (32, 64)  # widths of the strided convolutions, input side first
+        features: int = 256  # the dense layer between the convolutions and the latent heads
+
+        def __post_init__(self) -> None:
+            if not self.channels or min(self.channels) < 1 or self.features < 1:
+                raise ValueError(f"channels = {list(self.channels)} needs at least one width >= 1 and features = "
+                                 f"{self.features} must be >= 1")  # fmt: skip
+
+    def __init__(self, cfg, image_shape=None, settings: Settings | None = None, **_) -> None:
+        if image_shape is None:
+            raise ValueError(f"the {type(self).__name__.lower()} network needs the images' shape (C, H, W); build it "
+                             "through build_vae(cfg, data_dim, image_shape)")  # fmt: skip
+        self.shape, self.activation = tuple(image_shape), cfg.activation
+        self.settings = settings or self.Settings()
+        sizes = [self.shape[1:]]
+        for _ in self.settings.channels:
+            sizes.append(tuple(_halve(n) for n in sizes[-1]))
+        self.sizes = sizes  # (H, W) at the input of every stage, and after the last
+
+    def _blocks(self, width: int) -> list[nn.Module]:
+        return [Residual(width, self.activation) for _ in range(self.residual_blocks)]
+
+    def encoder(self, data_dim: int) -> tuple[nn.Module, int]:
+        act, (c, h, w) = ACTIVATIONS[self.activation], self.shape
+        if data_dim != c * h * w:
+            raise ValueError(f"data of {data_dim} values are not images of shape {self.shape}")
+        layers, n_in = [], c
+        for width in self.settings.channels:
+            layers += [nn.Conv2d(n_in, width, 3, stride=2, padding=1), act(), *self._blocks(width)]
+            n_in = width
+        flat = n_in * math.prod(self.sizes[-1])
+        layers += [nn.Flatten(), nn.Linear(flat, self.settings.features), act()]
+        return _Images(self.shape, nn.Sequential(*layers)), self.settings.features
+
+    def decoder(self, latent_dim: int, out_dim: int) -> nn.Module:
+        act, (c, h, w) = ACTIVATIONS[self.activation], self.shape
+        if out_dim % (c * h * w):
+            raise ValueError(f"a convolutional decoder gives whole channels: {out_dim} outputs are not a multiple of "
+                             f"the {c * h * w} pixels of {self.shape}")  # fmt: skip
+        widths = list(self.settings.channels)
+        last = (widths[-1], *self.sizes[-1])
+        layers: list[nn.Module] = [nn.Unflatten(1, last)]
+        outs = [*reversed(widths[:-1]), out_dim // (h * w)]
+        for stage, (n_in, n_out) in enumerate(zip(reversed(widths), outs)):
+            target = self.sizes[-2 - stage]
+            small = self.sizes[-1 - stage]
+            padding = tuple(t - (2 * s - 1) for t, s in zip(target, small))  # 0 or 1: the exact size
+            final = stage == len(widths) - 1
+            layers += [*self._blocks(n_in),
+                       nn.ConvTranspose2d(n_in, n_out, 3, stride=2, padding=1, output_padding=padding),
+                       *([] if final else [act()])]  # fmt: skip
+        dense = nn.Sequential(nn.Linear(latent_dim, self.settings.features), act(),
+                              nn.Linear(self.settings.features, math.prod(last)), act())  # fmt: skip
+        return _Unflatten(nn.Sequential(dense, *layers), (latent_dim,))
+
+
+@NETWORKS.register("resnet")
+class ResNet(Conv):
+    """``conv`` with a residual block (3x3, 3x3, skip) after every strided convolution and before
+    every transposed one: more depth at the same resolution schedule."""
+
+    residual_blocks = 1

@@ -52,3 +52,13 @@ def count_non_binary(x: torch.Tensor) -> int:
 
 def is_binary(x: torch.Tensor) -> bool:
     return count_non_binary(x) == 0
+
+
+def chw(image_shape) -> tuple[int, int, int]:
+    """``(C, H, W)`` of an image shape given as ``(H, W)`` (one grey channel) or ``(C, H, W)``."""
+    shape = tuple(int(n) for n in image_shape)
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) != 3:
+        raise ValueError(f"an image shape is (H, W) or (C, H, W), got {shape}")
+    return shape

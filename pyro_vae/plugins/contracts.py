@@ -2,7 +2,7 @@
 network, ELBO or data set must do for every other part of pyro-vae to work with it.
 
 :func:`check_component` builds the component the way the factories do, inside a tiny VAE
-(latent size 3, data size 6, double precision, a fixed seed), and runs it once: shapes, finite
+(latent size 3, 4 x 4 grey images, double precision, a fixed seed), and runs it once: shapes, finite
 values, samples the likelihood accepts, gradients that reach the parameters. pyro-vae runs it on
 every plugin as it is imported; a plugin author can run it in their own tests::
 
@@ -29,7 +29,9 @@ from pyro_vae.objectives.elbos import ELBOFlags, build_elbo
 from pyro_vae.registry import by_config_key
 from pyro_vae.seeding import fork_rng
 
-L, D, B = 3, 6, 4  # latent size, data size, batch of the checks
+L, B = 3, 4  # latent size, batch of the checks
+SHAPE = (1, 4, 4)  # images of the checks (C, H, W)
+D = 16  # their pixels
 
 
 class ContractError(ValueError):
@@ -65,7 +67,7 @@ def _expect(condition: bool, message: str) -> None:
 
 def _vae(**model) -> VAE:
     try:
-        return build_vae(ModelConfig(latent_dim=L, hidden=(8,), **model), D).double()
+        return build_vae(ModelConfig(latent_dim=L, hidden=(8,), **model), D, SHAPE).double()
     except ConfigError as exc:
         raise ContractError(f"building it in a VAE failed: {exc}") from None
 
@@ -140,7 +142,7 @@ def _guide(name: str) -> None:
 
 
 def _network(name: str) -> None:
-    network = NETWORKS.build(name, {}, cfg=ModelConfig(latent_dim=L, hidden=(8,), network=name))
+    network = NETWORKS.build(name, {}, cfg=ModelConfig(latent_dim=L, hidden=(8,), network=name), image_shape=SHAPE)
     for method in ("encoder", "decoder"):
         _expect(callable(getattr(network, method, None)), f"a network needs {method}(...); {type(network).__name__} "
                 "has none")  # fmt: skip
@@ -150,12 +152,13 @@ def _network(name: str) -> None:
     trunk, features = made
     _module(trunk, f"encoder({D})[0]")
     _finite(trunk.double()(torch.rand(B, D, dtype=torch.float64)), "the encoder's features", (B, features))
-    decoder = network.decoder(L, 5)
-    _module(decoder, f"decoder({L}, 5)")
+    out = 2 * D  # two parameters per pixel, as a likelihood with a location and a scale asks
+    decoder = network.decoder(L, out)
+    _module(decoder, f"decoder({L}, {out})")
     decoder.double()
-    _finite(decoder(torch.randn(B, L, dtype=torch.float64)), "the decoder's output for z of shape (4, 3)", (B, 5))
-    _finite(decoder(torch.randn(2, B, L, dtype=torch.float64)), "the decoder's output for z of shape (2, 4, 3) "
-            "(several particles)", (2, B, 5))  # fmt: skip
+    _finite(decoder(torch.randn(B, L, dtype=torch.float64)), f"the decoder's output for z of shape {(B, L)}", (B, out))
+    _finite(decoder(torch.randn(2, B, L, dtype=torch.float64)), f"the decoder's output for z of shape {(2, B, L)} "
+            "(several particles)", (2, B, out))  # fmt: skip
     _whole_vae(_vae(network=name))
 
 

@@ -109,7 +109,7 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise ModelFileError(f"{weights} is not a readable safetensors file: {exc}") from None
-    vae = build_vae(cfg.model, int(record["data_dim"]))
+    vae = build_vae(cfg.model, int(record["data_dim"]), record.get("image_shape"))
     _check_tensors(vae, tensors, weights)
     vae.load_state_dict(tensors)
     return cfg, vae.to(resolve_device(device)).eval()

@@ -154,6 +154,6 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     if from_dict(state["config"]) != cfg:  # keys added since the run was written take their defaults on both sides
         raise ConfigError(f"{run.config} does not match the config stored in {getattr(run, which)}")
     data = load_data(cfg.data)
-    vae = build_vae(cfg.model, data.data_dim)
+    vae = build_vae(cfg.model, data.data_dim, data.image_shape)
     vae.load_state_dict(state["model"])
     return cfg, vae.to(resolve_device(device)).eval(), data

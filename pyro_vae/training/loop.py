@@ -173,7 +173,7 @@ class Trainer:
         self.cfg, self.run, self.device, self.ctx, self.progress = cfg, run, device, ctx, progress
         pyro.set_rng_seed(cfg.train.seed)
         self.data = data = load_data(cfg.data)
-        self.vae = vae = build_vae(cfg.model, data.data_dim)
+        self.vae = vae = build_vae(cfg.model, data.data_dim, data.image_shape)
         check_data(vae, data)
         vae.to(device)
         # The splits stay in their stored form (uint8 levels for 8-bit images); batches are decoded.
