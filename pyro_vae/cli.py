@@ -228,6 +228,9 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         rows.append((f"test NLL, IWAE K={final['iwae_k']} ({final['iwae_images']} images)", final["test_nll"]))
     for name, est in rows:
         print(f"{name:<42}{est['mean']:>10.2f}{est['se']:>10.2f}")
+    if "test_nll_bits_per_dim" in final:
+        est = final["test_nll_bits_per_dim"]
+        print(f"{'test NLL in bits per dimension':<42}{est['mean']:>10.4f}{est['se']:>10.4f}")
 
 
 def _train(args) -> int:
@@ -262,7 +265,7 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     from pyro_vae.data.pixels import evenly_spaced
-    from pyro_vae.evaluation.metrics import as_dict, evaluate
+    from pyro_vae.evaluation.metrics import as_dict, evaluate, with_bits_per_dim
     from pyro_vae.runs.export import open_model
 
     if args.k < 1:
@@ -272,12 +275,15 @@ def _evaluate(args) -> int:
     x = data.test[evenly_spaced(data.test.shape[0], args.images)].to(device)
     results = evaluate(vae, x, k=args.k, batch_size=max(1, min(100, cfg.train.eval_batch_size)),
                        seed=cfg.eval.seed, progress=not args.no_progress, desc=f"K={args.k}")  # fmt: skip
+    results = with_bits_per_dim(results, x)
     out = Path(args.run) / f"evaluation_k{args.k}.json"
     record = {"checkpoint": args.checkpoint, "k": args.k, "images": x.shape[0], "unit": "nats per image",
               **as_dict(results)}  # fmt: skip
     out.write_text(json.dumps(record, indent=2))
     for name, est in results.items():
-        print(f"test {name} (K={args.k}, {x.shape[0]} images): {est} nats")
+        unit = "bits per dimension" if name.endswith("bits_per_dim") else "nats"
+        text = f"{est.mean:.4f} ± {est.se:.4f}" if unit != "nats" else str(est)
+        print(f"test {name} (K={args.k}, {x.shape[0]} images): {text} {unit}")
     print(f"wrote {out}")
     return 0
 

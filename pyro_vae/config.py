@@ -55,6 +55,7 @@ class DataConfig:
     valid_size: int = 10000  # images held out of the training split when a set has no validation split
     subset: int = 0  # use N evenly spaced images of every split (0 = all); for quick runs and tests
     seed: int = 0  # seed of static binarization and of random splits
+    settings: dict = field(default_factory=dict)  # data set name -> its settings ([data.NAME] tables)
 
 
 @dataclass(frozen=True)
@@ -378,7 +379,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
              "1 trains the ELBO; a zero weight would drop the KL term and its gradient)")  # fmt: skip
     _require(0 < cfg.train.lr_decay <= 1, f"train.lr_decay = {cfg.train.lr_decay} must be in (0, 1]")
     _require(is_device_name(cfg.train.device), f"train.device = {cfg.train.device!r} is not one of: {DEVICE_NAMES}")
-    resolved = {s: dataclasses.replace(getattr(cfg, s), settings=_resolve_settings(cfg, s)) for s in ("model", "train")}
+    resolved = {s: dataclasses.replace(getattr(cfg, s), settings=_resolve_settings(cfg, s))
+                for s in ("data", "model", "train")}
     return dataclasses.replace(cfg, **resolved)
 
 

@@ -67,7 +67,10 @@ def test_the_run_folder_of_an_earlier_version_still_loads():
     ("train.ciwae.beta=2", "train.ciwae: beta = 2.0 must be in [0, 1]"),
     ("train.kl_weight=0", "train.kl_weight = 0.0 must be positive (beta of a beta-VAE"),
     ("train.kl_weight=inf", "train.kl_weight = inf must be a finite number"),
-    ("data.binarized_mnist.x=1", "unknown key data.binarized_mnist.x; keys of [data] are"),
+    ("data.binarized_mnist.x=1", "'binarized_mnist' is no data component with settings; those with settings are: "
+                                 "image_folder (image_size, channels, skip_unreadable)"),
+    ("data.image_folder.size=3", "unknown setting data.image_folder.size; settings of data.image_folder are: "
+                                 "image_size, channels, skip_unreadable"),
 ])  # fmt: skip
 def test_a_bad_setting_names_what_is_accepted(override, message):
     with pytest.raises(ConfigError) as info:

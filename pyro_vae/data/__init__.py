@@ -3,7 +3,7 @@ and the registry of sets (:mod:`~pyro_vae.data.splits`), binarized MNIST's files
 (:mod:`~pyro_vae.data.binarized_mnist`) and the other sets (:mod:`~pyro_vae.data.sets`).
 Importing this package registers every set."""
 
-from pyro_vae.data import sets  # noqa: F401  (registers mnist, fashion_mnist, array)
+from pyro_vae.data import images, sets  # noqa: F401  (register mnist, fashion_mnist, array, image_folder, cifar10)
 from pyro_vae.data.binarized_mnist import (  # noqa: F401
     AMAT_MD5,
     AMAT_MEANS,

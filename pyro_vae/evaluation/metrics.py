@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae.data.pixels import decode
+from pyro_vae.data.pixels import decode, is_binary
 from pyro_vae.model import VAE
 from pyro_vae.seeding import fork_rng
 
@@ -125,6 +125,20 @@ def evaluate(vae: VAE, x: torch.Tensor, k: int = 1, batch_size: int = 1000, seed
     if k > 1:
         out["nll"] = _summarise(-torch.cat(bounds))
     return out
+
+
+def bits_per_dim(est: Estimate, data_dim: int) -> Estimate:
+    """Nats per image as bits per dimension, NLL / (D ln 2): the unit of colour-image papers."""
+    scale = 1.0 / (data_dim * math.log(2))
+    return Estimate(est.mean * scale, est.se * scale, est.n)
+
+
+def with_bits_per_dim(results: dict[str, Estimate], x: torch.Tensor) -> dict[str, Estimate]:
+    """``results`` and, for non-binary images ``x``, each estimate in bits per dimension too
+    (``nll_bits_per_dim``, ...); binary data are reported in nats only, as papers do."""
+    if is_binary(x):
+        return dict(results)
+    return {**results, **{f"{name}_bits_per_dim": bits_per_dim(est, x.shape[1]) for name, est in results.items()}}
 
 
 def as_dict(results: dict[str, Estimate]) -> dict[str, dict]:

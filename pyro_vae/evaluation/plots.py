@@ -14,20 +14,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_vae.data import Splits  # noqa: E402
-from pyro_vae.data.pixels import decode, evenly_spaced  # noqa: E402
+from pyro_vae.data.pixels import chw, decode, evenly_spaced  # noqa: E402
 from pyro_vae.model import VAE  # noqa: E402
 
 
-def image_grid(images: torch.Tensor, image_shape: tuple[int, int], nrow: int) -> torch.Tensor:
-    """Tile (N, D) images into one (nrow*H, ncol*W) array, row by row."""
-    h, w = image_shape
+def image_grid(images: torch.Tensor, image_shape, nrow: int) -> torch.Tensor:
+    """Tile (N, D) images of shape (H, W) or (C, H, W) into one (nrow*H, ncol*W) array, row by row
+    ((nrow*H, ncol*W, 3) for colour images)."""
+    c, h, w = chw(image_shape)
     n = images.shape[0]
     ncol = -(-n // nrow)
-    canvas = torch.ones(nrow * h, ncol * w)
+    canvas = torch.ones(nrow * h, ncol * w, c)
     for i, img in enumerate(images.detach().cpu().float()):
-        r, c = divmod(i, ncol)
-        canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = img.reshape(h, w)
-    return canvas
+        r, col = divmod(i, ncol)
+        canvas[r * h : (r + 1) * h, col * w : (col + 1) * w] = img.reshape(c, h, w).permute(1, 2, 0)
+    return canvas[..., 0] if c == 1 else canvas.clamp(0, 1)
+
+
+def show_grid(ax, grid: torch.Tensor) -> None:
+    """Draw an :func:`image_grid` (grey: ink dark on white, as the figures show MNIST; colour as is)."""
+    if grid.dim() == 2:
+        ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(grid.numpy(), interpolation="nearest")
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -57,7 +66,7 @@ def plot_curves(metrics_path: Path, out: Path) -> Path:
 def plot_images(images: torch.Tensor, image_shape, nrow: int, title: str, out: Path) -> Path:
     grid = image_grid(images, image_shape, nrow)
     fig, ax = plt.subplots(figsize=(grid.shape[1] / 28 * 0.7, grid.shape[0] / 28 * 0.7 + 0.4))
-    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    show_grid(ax, grid)
     ax.set_title(title)
     ax.axis("off")
     return save_figure(fig, out)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from pyro_vae.config import ConfigError, ExperimentConfig, from_dict, save_config
 from pyro_vae.data import Splits, load_data
 from pyro_vae.data.pixels import decode, evenly_spaced
-from pyro_vae.evaluation.metrics import as_dict, evaluate
+from pyro_vae.evaluation.metrics import as_dict, evaluate, with_bits_per_dim
 from pyro_vae.model import VAE, build_vae
 from pyro_vae.objectives.elbos import build_elbo
 from pyro_vae.objectives.fast import build_loss
@@ -135,6 +135,7 @@ def finish(run: RunDir, cfg: ExperimentConfig, vae: VAE, data: Splits, device: t
     # IWAE batches are smaller: K samples per image are in flight.
     test = evaluate(vae, x_test, k=k, progress=progress, desc=f"test log p(x), K={k}",
                     batch_size=max(1, min(cfg.train.eval_batch_size, 100)), seed=cfg.eval.seed)  # fmt: skip
+    test = with_bits_per_dim(test, x_test)
     log.info("best epoch %d: test negative ELBO %s, test NLL (K=%d) %s nats", best["epoch"],
              test["neg_elbo"], k, test.get("nll", test["neg_elbo"]))  # fmt: skip
     return {

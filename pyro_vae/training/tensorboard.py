@@ -68,7 +68,8 @@ class TensorBoard:
         grids = {"reconstructions": torch.cat([x, vae.reconstruct(x)]), "samples": samples}
         for name, images in grids.items():
             rows = 2 if name == "reconstructions" else 1
-            self.writer.add_image(f"images/{name}", image_grid(images, self.image_shape, rows), step, dataformats="HW")
+            grid = image_grid(images, self.image_shape, rows)
+            self.writer.add_image(f"images/{name}", grid, step, dataformats="HW" if grid.dim() == 2 else "HWC")
         vae.train(was_training)
         self.writer.flush()
 
