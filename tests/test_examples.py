@@ -140,6 +140,14 @@ def check_11(r, out):
     return ["tradeoff.png", "traversals.png"]
 
 
+def check_12(r, out):
+    assert r["images"] == 600 and len(list((out / "my_images").rglob("*.png"))) == 600
+    assert sorted(p.name for p in (out / "my_images").iterdir()) == [str(d) for d in range(10)]  # class folders
+    for name, net in r["networks"].items():
+        assert 0 < net["test_nll"][0] <= net["test_neg_elbo"][0] + 1e-6 < 480, (name, net)  # untrained: ~545 nats
+    return ["nll.png", "pictures.png"]
+
+
 CHECKS = {
     "01_monte_carlo.py": check_01,
     "02_kl_divergence.py": check_02,
@@ -152,6 +160,7 @@ CHECKS = {
     "09_conditional_vae.py": check_09,
     "10_plugins.py": check_10,
     "11_beta_vae.py": check_11,
+    "12_own_images.py": check_12,
 }
 
 
