@@ -30,7 +30,8 @@ STEPS = {
     "tests": (["-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "--junitxml", "{junit}"], 0.40, None),
     "throughput": (["benchmarks/throughput.py", "--device", "cuda", "--batch-sizes", "128,2048,32768",
                     "--particles", "1", "--precisions", "highest,high", "--repeats", "3",
-                    "--implementations", "pyro-vae,hand-written,hand-written graph",
+                    "--implementations", "pyro-vae,hand-written,hand-written graph,pyro-vae gated_mlp,pyro-vae conv,"
+                    "pyro-vae resnet",
                     "--out", "{results}/throughput_cuda.json"], 0.25, "throughput_cuda.json"),
     "time_to_quality": (["benchmarks/time_to_quality.py", "--device", "cuda", "--out",
                          "{results}/time_to_quality_cuda.json"], 0.20, "time_to_quality_cuda.json"),
