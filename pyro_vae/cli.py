@@ -1,4 +1,5 @@
-"""The ``pyro-vae`` command: ``train``, ``evaluate``, ``compare``, ``plot``, ``export`` and ``config``.
+"""The ``pyro-vae`` command: ``train``, ``evaluate``, ``compare``, ``plot``, ``export``, the latent-space
+commands (``sample``, ``interpolate``, ``traverse``, ``encode``, ``reconstruct``) and ``config``.
 
 Every command imports the plugins given with ``--plugin`` and those of installed packages (the
 ``pyro_vae.components`` entry points), never one that only a file names (:mod:`pyro_vae.plugins`).
@@ -146,7 +147,7 @@ def _latent_commands(sub) -> None:
     p = add("encode", "write the latent means and scales of a split, with labels, to an .npz file")
     p.add_argument("--split", choices=("train", "valid", "test"), default="test")
     p.add_argument("--file", metavar="NPZ", help="output file (default OUT/codes_SPLIT.npz)")
-    p = add("reconstruct", "reconstruct your own image files (grey, the model's image size)")
+    p = add("reconstruct", "reconstruct your own image files (the model's image size, grey or colour)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--invert", action="store_true", help="dark ink on white paper (MNIST stores white ink)")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyro_vae.data.pixels import decode
+from pyro_vae.data.pixels import chw, decode
 from pyro_vae.evaluation.plots import latent_means
 from pyro_vae.model import VAE
 
@@ -100,25 +100,27 @@ def encode(vae: VAE, x: torch.Tensor, batch_size: int = 1000, draws: int = 100) 
     return {"loc": torch.cat(locs).numpy(), "scale": torch.cat(scales).numpy()}
 
 
-def read_images(paths: list[str | Path], image_shape: tuple[int, int], binarize: bool,
-                invert: bool = False) -> torch.Tensor:  # fmt: skip
-    """Grey-level image files as a batch (N, H*W) in [0, 1] (white = 1, as MNIST stores ink;
-    ``invert`` for dark ink on white paper), thresholded at 0.5 when the model was trained on
-    binary pixels; a missing file or another size is a ``ValueError`` naming it."""
+def read_images(paths: list[str | Path], image_shape, binarize: bool, invert: bool = False) -> torch.Tensor:
+    """Image files as a batch (N, C*H*W) in [0, 1], grey or colour as the model's ``image_shape``
+    ((H, W) or (C, H, W)); white = 1, as MNIST stores ink (``invert`` for dark ink on white paper);
+    thresholded at 0.5 when the model was trained on binary pixels. A missing file or another size
+    is a ``ValueError`` naming it."""
     from PIL import Image, UnidentifiedImageError
 
+    c, h, w = chw(image_shape)
     images = []
     for path in map(Path, paths):
         if not path.is_file():
             raise ValueError(f"image file {path} does not exist")
         try:
             with Image.open(path) as img:
-                grey = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+                pixels = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.float32) / 255.0
         except (UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"{path} is not a readable image ({exc})") from None
-        if grey.shape != tuple(image_shape):
-            raise ValueError(f"{path} is {grey.shape[1]}x{grey.shape[0]} pixels; the model takes "
-                             f"{image_shape[1]}x{image_shape[0]} grey images: resize it first")  # fmt: skip
-        images.append(torch.from_numpy(1.0 - grey if invert else grey).reshape(-1))
+        if pixels.shape[:2] != (h, w):
+            raise ValueError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels; the model takes {w}x{h} "
+                             f"{'grey' if c == 1 else 'colour'} images: resize it first")  # fmt: skip
+        pixels = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)  # (C, H, W)
+        images.append(torch.from_numpy(np.ascontiguousarray(1.0 - pixels if invert else pixels)).reshape(-1))
     x = torch.stack(images)
     return (x > 0.5).float() if binarize else x

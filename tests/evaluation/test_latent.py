@@ -88,6 +88,11 @@ def test_read_images(tmp_path):
         latent.read_images([tmp_path / "b.png"], (28, 28), binarize=False)
     with pytest.raises(ValueError, match="does not exist"):
         latent.read_images([tmp_path / "none.png"], (28, 28), binarize=False)
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[1, 2] = (255, 0, 128)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    x = latent.read_images([tmp_path / "c.png"], (3, 4, 5), binarize=False)[0].reshape(3, 4, 5)
+    assert x[0, 1, 2] == 1 and x[1, 1, 2] == 0 and abs(float(x[2, 1, 2]) - 128 / 255) < 1e-6 and x.sum() < 1.6
 
 
 @pytest.fixture(scope="module")
