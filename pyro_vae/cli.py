@@ -137,15 +137,18 @@ def _latent_commands(sub) -> None:
     p = add("sample", "decode draws from the prior, at a temperature")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior's draws (default 1)")
-    p = add("interpolate", "decode linear and spherical paths between two test images' codes")
-    p.add_argument("--between", type=int, nargs=2, metavar=("I", "J"), required=True, help="test image indices")
+    p = add("interpolate", "decode linear and spherical paths between the codes of two images")
+    p.add_argument("--between", nargs=2, metavar=("A", "B"), required=True,
+                   help="two test image indices, or two image files (the model's size)")  # fmt: skip
+    p.add_argument("--invert", action="store_true", help="image files with dark ink on white paper")
     p.add_argument("--steps", type=int, default=10)
     p = add("traverse", "vary one latent dimension at a time (most active first); report the active units")
     p.add_argument("--dims", type=int, nargs="*", help="dimensions to vary (default the 10 most active)")
     p.add_argument("--image", type=int, help="start from this test image's code (default z = 0)")
     p.add_argument("--span", type=float, default=3.0, help="values in [-span, span] (default 3)")
     p = add("encode", "write the latent means and scales of a split, with labels, to an .npz file")
-    p.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    p.add_argument("--split", "--data", dest="split", choices=("train", "valid", "test"), default="test",
+                   help="the split to encode (default test)")  # fmt: skip
     p.add_argument("--file", metavar="NPZ", help="output file (default OUT/codes_SPLIT.npz)")
     p = add("reconstruct", "reconstruct your own image files (the model's image size, grey or colour)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -175,11 +178,20 @@ def _latent(args) -> int:
         written.append(plot_images(images, shape, max(1, int(args.n**0.5)), f"Samples, temperature "
                                    f"{args.temperature:g}", out / f"samples_t{args.temperature:g}.png"))  # fmt: skip
     elif args.command == "interpolate":
-        i, j = args.between
-        paths = latent.interpolate(vae, test_image(i), test_image(j), args.steps)
+        a, b = args.between
+        if a.isdigit() != b.isdigit():
+            raise ValueError(f"--between takes two test image indices or two image files, not one of each ({a}, {b})")
+        if a.isdigit():
+            ends, name = (test_image(int(a)), test_image(int(b))), f"test images {a} to {b}"
+        else:
+            binary = cfg.model.likelihood == "bernoulli"
+            ends = tuple(latent.read_images([a, b], shape, binarize=binary, invert=args.invert).to(device))
+            name = f"{Path(a).name} to {Path(b).name}"
+        paths = latent.interpolate(vae, *ends, args.steps)
         rows = torch.cat([paths["linear"], paths["spherical"]])
-        written.append(plot_images(rows, shape, 2, f"Test images {i} to {j}: linear (top), spherical (bottom)",
-                                   out / f"interpolate_{i}_{j}.png"))  # fmt: skip
+        stem = "_".join(Path(e).stem for e in (a, b))
+        written.append(plot_images(rows, shape, 2, f"{name[0].upper()}{name[1:]}: linear (top), spherical (bottom)",
+                                   out / f"interpolate_{stem}.png"))  # fmt: skip
     elif args.command == "traverse":
         units = latent.active_units(vae, data.test)
         dims = args.dims if args.dims else units["order"][:10]

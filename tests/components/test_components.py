@@ -315,7 +315,7 @@ def test_kl_warmup_weights_exactly_the_kl_term(elbo, fast):
         expected = -(torch.logsumexp(log_w, 0) - math.log(particles)).sum() if bound else -log_w.sum()
         torch.manual_seed(7)
         got = loss_fn(x, torch.tensor(beta, dtype=torch.float64))
-        assert torch.allclose(got, expected, atol=1e-8, rtol=0), (elbo, beta, got.item(), expected.item())
+        assert torch.allclose(got, expected, atol=1e-10, rtol=0), (elbo, beta, got.item(), expected.item())
 
 
 EXAMPLE_CONFIGS = sorted((ROOT / "examples" / "configs").glob("*.toml"))

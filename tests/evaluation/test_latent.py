@@ -115,6 +115,9 @@ def test_every_latent_command_on_a_run_and_a_model(trained, source, tmp_path, ca
     assert main(["traverse", where, "--dims", "2", "0", "--image", "3", *common]) == 0
     assert main(["encode", where, "--split", "test", *common]) == 0
     assert main(["reconstruct", where, str(trained / "mine.png"), "--invert", *common]) == 0
+    assert main(["interpolate", where, "--between", str(trained / "mine.png"), str(trained / "mine.png"), *common]) == 0
+    assert main(["encode", where, "--data", "valid", "--file", str(out / "v.npz"), *common]) == 0
+    assert np.load(out / "v.npz")["loc"].shape[1] == 3
     for figure in ("samples_t0.8.png", "interpolate_0_7.png", "traverse.png", "reconstruct.png"):
         assert (out / figure).stat().st_size > 0, figure
     codes = np.load(out / "codes_test.npz")
@@ -123,6 +126,9 @@ def test_every_latent_command_on_a_run_and_a_model(trained, source, tmp_path, ca
     bad = [(["interpolate", where, "--between", "0", "100000"], "test image 100000 is out of range"),
            (["traverse", where, "--dims", "7"], "--dims [7] out of range"),
            (["reconstruct", where, str(trained / "big.png")], "big.png is 32x32 pixels"),
+           (["interpolate", where, "--between", str(trained / "big.png"), str(trained / "mine.png")],
+            "big.png is 32x32 pixels"),
+           (["interpolate", where, "--between", "0", str(trained / "mine.png")], "not one of each"),
            (["reconstruct", where, str(trained / "absent.png")], "absent.png does not exist"),
            (["sample", str(tmp_path / "nothing")], "does not exist")]  # fmt: skip
     for argv, message in bad:
