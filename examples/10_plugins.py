@@ -24,7 +24,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from _common import parse_args, save_figure, save_results
+from _common import nll_bars, parse_args, save_figure, save_results
 
 from pyro_vae import build_vae, check_component, load_plugin, load_run
 from pyro_vae.cli import main as pyro_vae_cli
@@ -95,17 +95,8 @@ def main() -> None:
                                  "test_nll": [est["nll"].mean, est["nll"].se]}  # fmt: skip
         print(f"{name:<22} test NLL (K={k}) {est['nll']} nats")
 
-    names = list(results["runs"])
-    means = [results["runs"][n]["test_nll"][0] for n in names]
-    fig, ax = plt.subplots(figsize=(6, 2.6))
-    ax.barh(names, means, xerr=[2 * results["runs"][n]["test_nll"][1] for n in names], color="tab:blue")
-    for y, m in enumerate(means):
-        ax.text(m, y, f" {m:.1f}", va="center", fontsize=8)
-    ax.set_xlim(min(means) - 10, max(means) + 12)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"test -log p(x), IWAE K={k} (nats; bars ± 2 s.e.)")
-    ax.set_title(f"Built-in and plugin components, {epochs} epoch(s)", fontsize=10)
-    save_figure(fig, args.out, "nll.png")
+    nll_bars({n: r["test_nll"] for n, r in results["runs"].items()}, k,
+             f"Built-in and plugin components, {epochs} epoch(s)", args.out)
     save_results(results, args.out)
 
 

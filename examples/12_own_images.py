@@ -20,7 +20,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from _common import parse_args, save_figure, save_results
+from _common import nll_bars, parse_args, save_figure, save_results
 from PIL import Image
 
 from pyro_vae import load_config, load_data, load_run
@@ -73,15 +73,8 @@ def main() -> None:
         pictures[name] = (shown, vae.reconstruct(shown), vae.sample(10))
 
     names = list(results["networks"])
-    means = [results["networks"][m]["test_nll"][0] for m in names]
-    fig, ax = plt.subplots(figsize=(5.5, 2.2))
-    ax.barh(names, means, xerr=[2 * results["networks"][m]["test_nll"][1] for m in names], color="tab:blue")
-    for y, m in enumerate(means):
-        ax.text(m, y, f" {m:.1f}", va="center", fontsize=8)
-    ax.set_xlim(min(means) - 10, max(means) + 10)
-    ax.set_xlabel(f"test -log p(x), IWAE K={k} (nats; ± 2 s.e.)")
-    ax.set_title(f"The same folder, {epochs} epochs each", fontsize=10)
-    save_figure(fig, args.out, "nll.png")
+    nll_bars({n: r["test_nll"] for n, r in results["networks"].items()}, k,
+             f"The same folder, {epochs} epochs each", args.out)
 
     rows = [pictures["mlp"][0], *(pictures[m][1] for m in names), *(pictures[m][2] for m in names)]
     fig, ax = plt.subplots(figsize=(6, 3.6))

@@ -42,6 +42,23 @@ def save_figure(fig, out: Path, name: str) -> Path:
     return path
 
 
+def nll_bars(estimates: dict[str, list[float]], k: int, title: str, out: Path, name: str = "nll.png") -> Path:
+    """A horizontal bar per model of its test NLL in nats (``[mean, se]``), ± 2 standard errors."""
+    import matplotlib.pyplot as plt
+
+    names = list(estimates)
+    means = [estimates[n][0] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.55 * len(names)))
+    ax.barh(names, means, xerr=[2 * estimates[n][1] for n in names], color="tab:blue")
+    for y, m in enumerate(means):
+        ax.text(m, y, f" {m:.1f}", va="center", fontsize=8)
+    ax.set_xlim(min(means) - 10, max(means) + 12)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"test -log p(x), IWAE K={k} (nats; bars ± 2 s.e.)")
+    ax.set_title(title, fontsize=10)
+    return save_figure(fig, out, name)
+
+
 def save_results(results: dict, out: Path) -> None:
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=2) + "\n")

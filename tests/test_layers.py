@@ -19,7 +19,7 @@ LAYERS = [
     ("registry", ["registry"]),
     ("seeding", ["seeding"]),
     ("config", ["config"]),
-    ("data", ["pixels", "splits", "binarized_mnist", "sets", "images", "__init__"]),
+    ("data", ["pixels", "download", "splits", "binarized_mnist", "sets", "images", "__init__"]),
     ("components", ["nets", "priors", "likelihoods", "guides", "__init__"]),
     ("model", ["model"]),
     ("objectives", ["closed_form", "surrogates", "elbos", "fast", "__init__"]),

@@ -11,10 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
-import urllib.request
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -22,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pyro_vae.config import DataConfig
+from pyro_vae.data.download import fetch
 from pyro_vae.data.splits import DATASETS, SPLITS, Splits, make_splits
 
 log = logging.getLogger(__name__)
@@ -119,18 +116,7 @@ def download_binarized_mnist(root: str | Path, base_url: str = AMAT_URL) -> None
             continue
         target = root / f"binarized_mnist_{split}.amat"
         url = f"{base_url.rstrip('/')}/{target.name}"
-        log.info("downloading %s", url)
-        fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                shutil.copyfileobj(response, out)
-            _check_amat_content(read_amat(tmp), split, Path(url))
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise ValueError(f"could not download {url}: {exc}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        fetch(url, target, lambda tmp, split=split, url=url: _check_amat_content(read_amat(tmp), split, Path(url)))
 
 
 def embedded_path() -> Path:

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pyro_vae.config import DataConfig
+from pyro_vae.data.download import fetch
 from pyro_vae.data.splits import DATASETS, SPLITS, Splits, make_splits
 
 log = logging.getLogger(__name__)
@@ -192,23 +190,13 @@ def download_cifar10(root: str | Path, url: str = CIFAR_URL, md5: str = CIFAR_MD
     target = root / CIFAR_ARCHIVE
     if target.is_file():
         return target
-    log.info("downloading %s", url)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{CIFAR_ARCHIVE}.")
-    try:
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != md5:
-            raise ValueError(f"{url}: md5 {digest.hexdigest()} does not match the published {md5}; not kept")
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise ValueError(f"could not download {url}: {exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+
+    def check(path: Path) -> None:
+        digest = hashlib.md5(path.read_bytes()).hexdigest()
+        if digest != md5:
+            raise ValueError(f"{url}: md5 {digest} does not match the published {md5}; not kept")
+
+    return fetch(url, target, check)
 
 
 @DATASETS.register("cifar10")
