@@ -166,6 +166,7 @@ class DiscretizedLogistic(nn.Module):
 
     bins = 256
     min_log_scale = -7.0
+    name = "discretized_logistic"  # (in messages)
 
     def __init__(self, **_) -> None:
         super().__init__()
@@ -185,12 +186,81 @@ class DiscretizedLogistic(nn.Module):
         return self._loc_scale(h)[0].clamp(0, 1)
 
     def validate(self, x: torch.Tensor, source: str) -> None:
-        _check_range(x, source, "discretized_logistic", "rescale the images to [0, 1]")
+        _check_range(x, source, self.name, "rescale the images to [0, 1]")
         levels = self.bins - 1
         n_bad = sum(int(((c * levels - (c * levels).round()).abs() > 1e-3).sum()) for c in blocks(x))
         if n_bad:
             raise ValueError(
-                f"{source}: the discretized_logistic likelihood needs grey levels k/{levels} (8-bit images scaled "
+                f"{source}: the {self.name} likelihood needs grey levels k/{levels} (8-bit images scaled "
                 f"to [0, 1]), but {n_bad} values are between levels; use model.likelihood=continuous_bernoulli or "
                 "gaussian for continuous pixels"
             )
+
+
+class DiscretizedLogisticMixtureDist(dist.TorchDistribution):
+    """Per pixel, a mixture of ``K`` discretized logistics (the last dimension of ``logits``,
+    ``loc`` and ``scale``): log P(x) = logsumexp_k [log pi_k + log P_k(x)], each P_k a
+    :class:`DiscretizedLogisticDist`. Batch shape: the pixels'."""
+
+    arg_constraints = {"logits": constraints.real, "loc": constraints.real, "scale": constraints.positive}
+    support = constraints.unit_interval
+
+    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, bins: int = 256,
+                 validate_args=None) -> None:  # fmt: skip
+        self.logits, self.loc, self.scale = torch.broadcast_tensors(logits, loc, scale)
+        self.bins = bins
+        super().__init__(self.loc.shape[:-1], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        shape = (*batch_shape, self.loc.shape[-1])
+        return DiscretizedLogisticMixtureDist(self.logits.expand(shape), self.loc.expand(shape),
+                                              self.scale.expand(shape), self.bins)  # fmt: skip
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        components = DiscretizedLogisticDist(self.loc, self.scale, self.bins).log_prob(x.unsqueeze(-1))
+        return torch.logsumexp(F.log_softmax(self.logits, -1) + components, -1)
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        with torch.no_grad():
+            k = dist.Categorical(logits=self.logits).sample(sample_shape)
+            loc = self.loc.expand(*sample_shape, *self.loc.shape).gather(-1, k.unsqueeze(-1)).squeeze(-1)
+            scale = self.scale.expand(*sample_shape, *self.scale.shape).gather(-1, k.unsqueeze(-1)).squeeze(-1)
+            return DiscretizedLogisticDist(loc, scale, self.bins).sample()
+
+
+@LIKELIHOODS.register("discretized_logistic_mixture")
+class DiscretizedLogisticMixture(DiscretizedLogistic):
+    """x_d ~ sum_k pi_dk DiscretizedLogistic(mu_dk, s_dk) over the 256 levels, K =
+    ``model.discretized_logistic_mixture.components`` (PixelCNN++'s mixture, here per channel and
+    without its autoregressive coupling of the colour channels). The decoder gives, in blocks of D,
+    K mixture logits, K locations and K log-scales; a probability, so its NLL is in nats."""
+
+    name = "discretized_logistic_mixture"
+
+    @dataclass(frozen=True)
+    class Settings:
+        components: int = 5  # K logistics per pixel
+
+        def __post_init__(self) -> None:
+            if self.components < 1:
+                raise ValueError(f"components = {self.components} must be at least 1")
+
+    def __init__(self, settings: Settings | None = None, **_) -> None:
+        super().__init__()
+        self.k = (settings or self.Settings()).components
+
+    def param_dim(self, data_dim: int) -> int:
+        return 3 * self.k * data_dim
+
+    def _parts(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        blocks = h.unflatten(-1, (3 * self.k, -1)).movedim(-2, -1)  # (..., D, 3K)
+        logits, loc, log_scale = blocks.chunk(3, dim=-1)
+        return logits, loc, log_scale.clamp(min=self.min_log_scale).exp()
+
+    def forward(self, h: torch.Tensor) -> dist.Distribution:
+        return DiscretizedLogisticMixtureDist(*self._parts(h), self.bins, validate_args=False).to_event(1)
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        """The mixture-weighted component locations in [0, 1], for pictures."""
+        logits, loc, _ = self._parts(h)
+        return (F.softmax(logits, -1) * loc.clamp(0, 1)).sum(-1)

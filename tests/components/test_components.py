@@ -144,10 +144,16 @@ def test_likelihood_sampler_matches_density(name):
     n, seed = 4000, 0
     torch.manual_seed(seed)
     lik = LIKELIHOODS.build(name, {"gaussian": {"scale": 0.3}}, data_dim=2, cfg=ModelConfig()).double()
-    h = torch.tensor([0.3, -0.8, -1.5, -2.5][: lik.param_dim(2)], dtype=torch.float64)
+    if name == "discretized_logistic_mixture":  # K blocks each of logits, locations in (0, 1), log-scales
+        k = lik.param_dim(2) // 6
+        g = torch.Generator().manual_seed(seed)
+        parts = [torch.randn(k, 2, generator=g), torch.rand(k, 2, generator=g), -3 + torch.rand(k, 2, generator=g)]
+        h = torch.cat(parts).reshape(-1).double()
+    else:
+        h = torch.tensor([0.3, -0.8, -1.5, -2.5][: lik.param_dim(2)], dtype=torch.float64)
     px = lik(h)
     x = px.sample((n,))
-    if name in ("bernoulli", "discretized_logistic"):
+    if name in ("bernoulli", "discretized_logistic", "discretized_logistic_mixture"):
         levels = torch.linspace(0, 1, 2 if name == "bernoulli" else 256, dtype=torch.float64)
         grid = torch.stack([levels, torch.full_like(levels, x[0, 1].item())], -1)
         marginal = px.base_dist.log_prob(grid)[:, 0].exp()  # pixel 0 over its support
@@ -359,3 +365,23 @@ def test_the_student_t_density_written_out_equals_torchs():
         ours = StandardStudentT(nu, z.shape).log_prob(z)
         torch.testing.assert_close(ours, torch.distributions.StudentT(nu).log_prob(z), rtol=1e-12, atol=1e-12)
 
+
+
+def test_the_logistic_mixture_sums_to_one_and_is_the_logistic_at_k_1():
+    """Over the 256 levels the mixture's probabilities sum to 1 per pixel (float64); with one
+    component it is the discretized logistic exactly (its blocks: logits, locations, log-scales)."""
+    from pyro_vae.components.likelihoods import DiscretizedLogistic, DiscretizedLogisticMixture
+
+    torch.manual_seed(0)
+    mixture = DiscretizedLogisticMixture(settings=DiscretizedLogisticMixture.Settings(components=4))
+    h = 2 * torch.randn(3, mixture.param_dim(D), dtype=torch.float64)
+    levels = (torch.arange(256, dtype=torch.float64) / 255).view(256, 1, 1).expand(256, 3, D)
+    total = mixture(h).base_dist.log_prob(levels).exp().sum(0)
+    torch.testing.assert_close(total, torch.ones(3, D, dtype=torch.float64), rtol=0, atol=1e-12)
+    one = DiscretizedLogisticMixture(settings=DiscretizedLogisticMixture.Settings(components=1))
+    h1 = torch.randn(5, one.param_dim(D), dtype=torch.float64)
+    x = torch.randint(0, 256, (5, D), dtype=torch.float64) / 255
+    torch.testing.assert_close(one(h1).log_prob(x), DiscretizedLogistic()(h1[:, D:]).log_prob(x), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="components = 0 must be at least 1"):
+        load_config(None, ["model.likelihood=discretized_logistic_mixture",
+                           "model.discretized_logistic_mixture.components=0"])  # fmt: skip
