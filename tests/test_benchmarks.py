@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from pyro_vae.components.nets import NETWORKS
 from pyro_vae.objectives.elbos import ELBOS
 from tests.helpers import ROOT
 
@@ -19,11 +20,12 @@ def _run(*argv: str) -> None:
 
 
 def test_throughput(tmp_path):
-    """Every implementation that runs on a CPU except the compiled engine (tested in test_engine.py;
-    compiling takes half a minute per shape here)."""
+    """Every implementation that runs on a CPU (every ELBO and network) except the compiled engine
+    (tested in test_engine.py; compiling takes half a minute per shape here)."""
     out = tmp_path / "tp.json"
     every_elbo = {"hand-written", "pyro-vae", *(f"pyro-vae {n}" for n in ELBOS.names() if n != "trace"),
-                  "Trace_ELBO", "TraceMeanField_ELBO"}  # fmt: skip
+                  "Trace_ELBO", "TraceMeanField_ELBO",
+                  *(f"pyro-vae {n}" for n in NETWORKS.names() if n != "mlp")}  # fmt: skip
     _run("benchmarks/throughput.py", "--batch-sizes", "32", "--particles", "1,2", "--repeats", "2", "--max-steps", "5",
          "--out", str(out), "--implementations", ",".join(sorted(every_elbo | {"hand-written graph"})))  # fmt: skip
     record = json.loads(out.read_text())
@@ -37,6 +39,10 @@ def test_throughput(tmp_path):
     assert "1 particle, matmul precision highest" in tables and "2 particles, matmul" in tables
     assert "| pyro-vae iwae | 32" not in tables and {r["engine"] for r in record["results"]} == {None, "eager"}
     assert tables.count("| hand-written | ") == 2 and "(x1.00)" in tables
+    conv = next(r for r in record["results"] if r["implementation"] == "pyro-vae conv")
+    dense = next(r for r in record["results"] if r["implementation"] == "pyro-vae")
+    # the conv row's FLOPs are counted (about 6x the MLP's per image), not the dense formula
+    assert conv["gflops"] / conv["images_per_s"] > 4 * dense["gflops"] / dense["images_per_s"], (conv, dense)
 
 
 def test_throughput_tables_for_rows_without_the_cuda_graph_baseline(monkeypatch):
