@@ -232,7 +232,7 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     print(f"epochs: {summary['epochs_run']} (best on valid: {summary['best_epoch']}), "
           f"wall time {summary['wall_time_s']:.0f} s, {summary['images_per_s']:.0f} training images/s "
           f"on {summary['environment']['device']}")  # fmt: skip
-    if "beta" in summary.get("objective", ""):
+    if summary["config"]["train"]["kl_weight"] != 1:
         print(f"trained {summary['objective']}")
     print(f"{'nats per image':<42}{'mean':>10}{'± s.e.':>10}")
     rows = [("train negative ELBO", final["train_neg_elbo"]), ("valid negative ELBO", final["valid_neg_elbo"]),

@@ -119,13 +119,15 @@ def load_plugin(spec: str, base: str | Path | None = None) -> Plugin:
         path, identity = None, spec
     if identity in _LOADED:
         return _LOADED[identity]
-    before = _names()
+    registries = by_config_key()
+    before = {key: r.snapshot() for key, r in registries.items()}
     try:
         with registering_as(spec):
             module = _import_file(path) if path is not None else _import_module(spec)
-        plugin = Plugin(spec=spec, module=module.__name__, path=str(path) if path else _module_file(module),
-                        sha256=None, registered=_new_names(before))  # fmt: skip
-        plugin = Plugin(**{**asdict(plugin), "sha256": file_sha256(plugin.path) if plugin.path else None})
+        registered = {key: sorted(set(r.names()) - set(before[key][0])) for key, r in registries.items()}
+        file = str(path) if path else _module_file(module)
+        plugin = Plugin(spec=spec, module=module.__name__, path=file, sha256=file_sha256(file) if file else None,
+                        registered={key: names for key, names in registered.items() if names})  # fmt: skip
         from pyro_vae.plugins.contracts import ContractError, check_component
 
         for key, names in plugin.registered.items():
@@ -136,7 +138,8 @@ def load_plugin(spec: str, base: str | Path | None = None) -> Plugin:
                     raise PluginError(f"plugin {spec}: {key}={name} breaks the contract of its registry: "
                                       f"{exc}") from None  # fmt: skip
     except BaseException:
-        _forget(_new_names(before))
+        for key, registry in registries.items():  # nothing of a refused plugin stays registered
+            registry.restore(before[key])
         raise
     _LOADED[identity] = plugin
     return plugin
@@ -217,22 +220,6 @@ def records_in(config_data: dict, where: str, base: str | Path) -> list[Plugin]:
         path = str((Path(base) / spec).expanduser().resolve()) if is_path(spec) else None
         records.append(Plugin(spec=path or spec, module=spec, path=path, sha256=None))
     return records
-
-
-def _names() -> dict[str, set[str]]:
-    return {key: set(registry.names()) for key, registry in by_config_key().items()}
-
-
-def _new_names(before: dict[str, set[str]]) -> dict[str, list[str]]:
-    now = _names()
-    return {key: sorted(now[key] - before.get(key, set())) for key in now if now[key] - before.get(key, set())}
-
-
-def _forget(names: dict[str, list[str]]) -> None:
-    registries = by_config_key()
-    for key, listed in names.items():
-        for name in listed:
-            registries[key].unregister(name)
 
 
 def _import_file(path: Path):

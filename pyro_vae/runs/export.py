@@ -11,7 +11,6 @@ model accepts both.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -24,7 +23,7 @@ from pyro_vae._version import __version__
 from pyro_vae.config import ConfigError, ExperimentConfig, from_dict
 from pyro_vae.data import Splits, load_data
 from pyro_vae.model import VAE, build_vae
-from pyro_vae.plugins.loader import Plugin, require
+from pyro_vae.plugins.loader import Plugin, file_sha256, require
 from pyro_vae.runs.device import resolve_device
 from pyro_vae.runs.folder import RunDir, load_run
 
@@ -51,7 +50,7 @@ def export_model(run_dir: str | Path, out: str | Path, which: str = "best", comm
     record = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "pyro_vae": __version__,
         "config": cfg.to_dict(), "data_dim": data.data_dim, "image_shape": list(data.image_shape),
-        "weights": {"file": WEIGHTS, "sha256": _sha256(out / WEIGHTS), "checkpoint": which},
+        "weights": {"file": WEIGHTS, "sha256": file_sha256(out / WEIGHTS), "checkpoint": which},
         "plugins": [p.to_dict() for p in run.plugin_records()],
         "final": summary.get("final", {}), "objective": summary.get("objective", ""),
     }  # fmt: skip
@@ -92,7 +91,7 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig
         raise ModelFileError(f"{folder} is neither an exported model ({CONFIG}, {WEIGHTS}) nor a run folder "
                              "(config.toml); make one with pyro-vae export RUN --out DIR")  # fmt: skip
     record = _read_record(folder / CONFIG)
-    for warning in require(plugin_records(folder), f"model {folder}"):
+    for warning in require([Plugin.from_dict(p) for p in record.get("plugins", [])], f"model {folder}"):
         log.warning(warning)
     try:
         cfg = from_dict(record["config"])
@@ -101,7 +100,7 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig
     weights = folder / record["weights"]["file"]
     if not weights.is_file():
         raise ModelFileError(f"{weights} is missing; {folder / CONFIG} refers to it")
-    actual = _sha256(weights)
+    actual = file_sha256(weights)
     if actual != record["weights"]["sha256"]:
         raise ModelFileError(f"{weights} changed since it was exported: its sha256 is {actual}, {CONFIG} records "
                              f"{record['weights']['sha256']}; export the model again from its run folder")  # fmt: skip
@@ -129,7 +128,7 @@ A variational autoencoder trained with pyro-vae {record['pyro_vae']}: latent siz
 {model['latent_dim']}, network `{model['network']}` (hidden {model['hidden']}), trained with the `{train['elbo']}`
 ELBO for {train['epochs']} epochs on `{data['name']}` (images {record['image_shape']}); weights of the
 {record['weights']['checkpoint']} checkpoint of run folder `{run_root}`.
-{f"Training optimised {record['objective']}." if 'beta' in record.get('objective', '') else ''}
+{f"Training optimised {record['objective']}." if train['kl_weight'] != 1 else ''}
 
 | nats per image | mean ± s.e. |
 |---|---|
@@ -185,5 +184,3 @@ def _check_tensors(vae: VAE, tensors: dict[str, torch.Tensor], weights: Path) ->
         raise ModelFileError(f"{weights} does not match the VAE its {CONFIG} describes: " + "; ".join(problems))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -279,9 +279,10 @@ class Trainer:
                 if reading.bad_step is not None:
                     raise self._non_finite(reading, start + reading.bad_step - first_step)
                 images = min((i + 1) * bs, n) - read_at * bs  # trained on since the previous read
-                bar.set_postfix(loss=f"{(reading.total - seen) / images:.2f}", refresh=False)
+                running = (reading.total - seen) / images
+                bar.set_postfix(loss=f"{running:.2f}", refresh=False)
                 if self.board is not None:
-                    self.board.read(self.step, (reading.total - seen) / images)
+                    self.board.read(self.step, running)
                 seen, read_at = reading.total, i + 1
                 if not last and any_rank(stop.received is not None, self.ctx):
                     elapsed = time_before + time.perf_counter() - t0
