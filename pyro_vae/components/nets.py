@@ -100,29 +100,17 @@ def _halve(n: int) -> int:
     return math.ceil(n / 2)  # a 3x3 convolution with stride 2 and padding 1
 
 
-class _Images(nn.Module):
-    """Flat (..., C*H*W) to (N, C, H, W), a module inside, and back to flat (..., F): convolutions
+class _Flat(nn.Module):
+    """Flat (..., prod(shape)) in as (N, *shape), a module inside, flat (..., F) out: convolutions
     see images, everything around them flat vectors with any leading (particle) dimensions."""
 
-    def __init__(self, shape: tuple[int, int, int], inner: nn.Module) -> None:
+    def __init__(self, shape: tuple[int, ...], inner: nn.Module) -> None:
         super().__init__()
         self.shape, self.inner = shape, inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = self.inner(x.reshape(-1, *self.shape))
-        return y.reshape(*lead, *y.shape[1:])
-
-
-class _Unflatten(nn.Module):
-    def __init__(self, inner: nn.Module, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.inner, self.shape = inner, shape
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        lead = z.shape[:-1]
-        y = self.inner(z.reshape(-1, *self.shape))
-        return y.reshape(*lead, -1)
+        return self.inner(x.reshape(-1, *self.shape)).reshape(*lead, -1)
 
 
 class Residual(nn.Module):
@@ -180,7 +168,7 @@ class Conv:
             n_in = width
         flat = n_in * math.prod(self.sizes[-1])
         layers += [nn.Flatten(), nn.Linear(flat, self.settings.features), act()]
-        return _Images(self.shape, nn.Sequential(*layers)), self.settings.features
+        return _Flat(self.shape, nn.Sequential(*layers)), self.settings.features
 
     def decoder(self, latent_dim: int, out_dim: int) -> nn.Module:
         act, (c, h, w) = ACTIVATIONS[self.activation], self.shape
@@ -201,7 +189,7 @@ class Conv:
                        *([] if final else [act()])]  # fmt: skip
         dense = nn.Sequential(nn.Linear(latent_dim, self.settings.features), act(),
                               nn.Linear(self.settings.features, math.prod(last)), act())  # fmt: skip
-        return _Unflatten(nn.Sequential(dense, *layers), (latent_dim,))
+        return _Flat((latent_dim,), nn.Sequential(dense, *layers))
 
 
 @NETWORKS.register("resnet")
