@@ -172,6 +172,10 @@ def _latent(args) -> int:
             raise ValueError(f"test image {i} is out of range: the test split has images 0..{data.test.shape[0] - 1}")
         return data.test[i].to(device)
 
+    def user_images(paths: list[str]) -> torch.Tensor:  # binarized at 0.5 for a model of binary pixels
+        binary = cfg.model.likelihood == "bernoulli"
+        return latent.read_images(paths, shape, binarize=binary, invert=args.invert).to(device)
+
     written, numbers = [], {}
     if args.command == "sample":
         images = latent.sample(vae, args.n, args.temperature, args.seed)
@@ -184,8 +188,7 @@ def _latent(args) -> int:
         if a.isdigit():
             ends, name = (test_image(int(a)), test_image(int(b))), f"test images {a} to {b}"
         else:
-            binary = cfg.model.likelihood == "bernoulli"
-            ends = tuple(latent.read_images([a, b], shape, binarize=binary, invert=args.invert).to(device))
+            ends = tuple(user_images([a, b]))
             name = f"{Path(a).name} to {Path(b).name}"
         paths = latent.interpolate(vae, *ends, args.steps)
         rows = torch.cat([paths["linear"], paths["spherical"]])
@@ -213,8 +216,7 @@ def _latent(args) -> int:
         np.savez(path, **codes, **extra)
         written.append(path)
     else:  # reconstruct
-        binary = cfg.model.likelihood == "bernoulli"
-        x = latent.read_images(args.images, shape, binarize=binary, invert=args.invert).to(device)
+        x = user_images(args.images)
         rows = torch.cat([x, vae.reconstruct(x)])
         title = "Your images (top) and their reconstructions"
         written.append(plot_images(rows, shape, 2, title, out / "reconstruct.png"))
