@@ -215,7 +215,8 @@ def test_a_changed_plugin_is_reported(tmp_path, caplog):
     with isolated(fresh=True):
         copy.write_text(copy.read_text() + "\n# edited after the run\n")
         with caplog.at_level(logging.WARNING):
-            argv = ["evaluate", str(run), "--k", "2", "--images", "5", "--no-progress", "--plugin", str(copy)]
+            argv = ["evaluate", str(run), "--k", "2", "--images", "5", "--no-progress", "--device", "cpu",
+                    "--plugin", str(copy)]  # fmt: skip
             assert main(argv) == 0
     assert f"plugin {copy} changed since run folder {run} recorded it" in caplog.text
 
@@ -240,9 +241,11 @@ def test_no_file_imports_a_plugin_without_consent(tmp_path, capsys):
     assert main(argv) == 0
     toml = tmp_path / "experiment.toml"
     toml.write_text('[plugins]\nmodules = ["./marker_plugin.py"]\n\n[model]\nprior = "marker_prior"\n')
-    commands = [["evaluate", str(run), "--k", "2", "--images", "5", "--no-progress"], ["plot", str(run)],
+    commands = [["evaluate", str(run), "--k", "2", "--images", "5", "--no-progress", "--device", "cpu"],
+                ["plot", str(run), "--device", "cpu"],
                 ["compare", str(run), "--images", "4", "--k", "2", "--particles", "1", "--reps", "2", "--grad-images",
-                 "2", "--grad-reps", "2", "--snr-k", "2", "--no-progress", "--out", str(tmp_path / "cmp")],
+                 "2", "--grad-reps", "2", "--snr-k", "2", "--no-progress", "--out", str(tmp_path / "cmp"), "--device",
+                 "cpu"],
                 ["train", "--resume", str(run), "--no-progress", "--no-figures", "--set", "train.epochs=2"],
                 ["train", "--config", str(toml), "--out", str(tmp_path / "new"), "--no-progress", "--no-figures",
                  "--overwrite", *_sets(*SMALL, "train.epochs=1")],
