@@ -7,6 +7,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 RUN_DIR ?= runs/default
+# pytest-xdist workers for `make test`, one torch thread each (tests/conftest.py)
+TEST_WORKERS ?= auto
 
 .PHONY: run test test-all lint gpu-check clean
 
@@ -21,10 +23,10 @@ run: $(STAMP)
 	$(BIN)/pyro-vae train --out $(RUN_DIR) --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m ''
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m ''
 
 # Uses $(PYTHON) as it is (no venv, no PyPI): a Python that already has torch, pyro-ppl and pytest.
 gpu-check:

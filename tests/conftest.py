@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-
-
-
-
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on a two-core host: one thread each (and for the processes they start), so that the
+    # workers do not fight over the cores; `make test` runs them (pytest -n 2), `pytest` alone runs one.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ with the reason whenever it falls back to eager.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyro
@@ -38,6 +39,27 @@ from pyro_vae.training import distributed
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # eager runs on a side stream before a capture (lazy initialisation, cuBLAS workspaces)
+# cuDNN as it is held through the warm-up and the capture of a step (the convolutional networks):
+# enabled, autotuned once per shape during the warm-up (benchmark; the capture then reuses the
+# chosen algorithms and never times kernels itself), non-deterministic algorithms allowed. TF32 is
+# not touched: it follows ``torch.backends.cudnn.allow_tf32`` as the user left it.
+CAPTURE_CUDNN = {"enabled": True, "benchmark": True, "deterministic": False}
+
+
+@contextlib.contextmanager
+def cudnn_for_capture() -> Iterator[dict[str, bool]]:
+    """Hold :data:`CAPTURE_CUDNN` for the block and put the previous cuDNN flags back after it, so a
+    warm-up and its capture select algorithms under the same, known settings whatever the code
+    around them (or a user) set before."""
+    flags = torch.backends.cudnn
+    before = {name: getattr(flags, name) for name in CAPTURE_CUDNN}
+    for name, value in CAPTURE_CUDNN.items():
+        setattr(flags, name, value)
+    try:
+        yield dict(CAPTURE_CUDNN)
+    finally:
+        for name, value in before.items():
+            setattr(flags, name, value)
 
 
 def make_optimizer(vae: torch.nn.Module, lr: float) -> torch.optim.Adam:
@@ -272,17 +294,18 @@ class StepEngine:
         return graph
 
     def _record(self, size: int) -> torch.cuda.CUDAGraph:
-        """Warm up on a side stream, then capture one body."""
+        """Warm up on a side stream, then capture one body, both under :func:`cudnn_for_capture`."""
         device = self.x.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
+        with cudnn_for_capture():
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    self._body(size)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
                 self._body(size)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._body(size)
         return graph
 
 

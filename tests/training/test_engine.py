@@ -18,10 +18,12 @@ from pyro_vae.objectives.fast import build_loss
 from pyro_vae.runs.checkpoint import load_checkpoint
 from pyro_vae.training import loop as T
 from pyro_vae.training.engine import (
+    CAPTURE_CUDNN,
     Choice,
     StepEngine,
     _init_optimizer_state,
     choose_engine,
+    cudnn_for_capture,
     make_optimizer,
     train_step,
 )
@@ -308,12 +310,44 @@ def test_a_graph_run_resumes_bit_for_bit(tmp_path):
      ("model.prior=student_t",), ("model.guide=iaf",), ("model.likelihood=continuous_bernoulli",),
      ("train.elbo=mean_field", "train.kl_warmup_epochs=1"), ("train.elbo=iwae", "train.num_particles=3"),
      ("train.elbo=stl",), ("train.elbo=iwae_dreg", "train.num_particles=4"), ("train.elbo=miwae", "train.iw_groups=2"),
-     ("train.elbo=ciwae", "train.num_particles=3"), ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=3")],
+     ("train.elbo=ciwae", "train.num_particles=3"), ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=3"),
+     ("model.network=gated_mlp",), ("model.network=conv", "model.conv.channels=[8,16]"),
+     ("model.network=resnet", "model.resnet.channels=[8,16]", "model.prior=vamp", "model.vamp.components=4")],
 )  # fmt: skip
 def test_components_train_under_capture(tmp_path, extra):
     summary = T.fit(small_cfg("train.device=cuda", "train.engine=graph", *extra), tmp_path / "r", progress=False,
                     figures=False)  # fmt: skip
     assert summary["engine"] == "graph" and math.isfinite(summary["final"]["test_neg_elbo"]["mean"])
+
+
+def test_cudnn_is_held_fixed_for_a_capture_and_given_back():
+    flags = torch.backends.cudnn
+    names = list(CAPTURE_CUDNN)
+    before = {name: getattr(flags, name) for name in names}
+    try:
+        flags.benchmark, flags.deterministic = False, True  # what a user may have set before training
+        with cudnn_for_capture() as held:
+            assert held == CAPTURE_CUDNN and {name: getattr(flags, name) for name in names} == CAPTURE_CUDNN
+        assert (flags.benchmark, flags.deterministic) == (False, True)
+        with pytest.raises(RuntimeError), cudnn_for_capture():
+            raise RuntimeError("a failed capture")
+        assert (flags.benchmark, flags.deterministic) == (False, True)
+    finally:
+        for name, value in before.items():
+            setattr(flags, name, value)
+
+
+@pytest.mark.cuda
+def test_a_conv_capture_leaves_the_users_cudnn_flags_as_they_were(tmp_path):
+    flags = torch.backends.cudnn
+    before = (flags.benchmark, flags.deterministic)
+    flags.benchmark, flags.deterministic = False, True
+    try:
+        cfg = small_cfg("train.device=cuda", "train.engine=graph", "model.network=conv", "model.conv.channels=[8,16]")
+        summary = T.fit(cfg, tmp_path / "r", progress=False, figures=False)
+        assert summary["engine"] == "graph" and (flags.benchmark, flags.deterministic) == (False, True)
+    finally:
+        flags.benchmark, flags.deterministic = before
 
 
 @pytest.mark.cuda
