@@ -1,27 +1,41 @@
-"""09 — A conditional VAE: completing the missing quadrants of a digit from the given one.
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-Given the top-left quadrant x of a binarized digit, predict the other three, y. A deterministic
-network can only give one answer per pixel, p(y_d | x), so where the given quadrant leaves
-several digits possible it paints their average: a blur. A conditional VAE (Sohn et al., 2015)
-puts the uncertainty in a latent z instead:
+# %% [markdown]
+# # 09 — A conditional VAE: completing the missing quadrants of a digit from the given one.
+#
+# Given the top-left quadrant x of a binarized digit, predict the other three, y. A deterministic
+# network can only give one answer per pixel, p(y_d | x), so where the given quadrant leaves
+# several digits possible it paints their average: a blur. A conditional VAE (Sohn et al., 2015)
+# puts the uncertainty in a latent z instead:
+#
+# z ~ p(z | x) = N(mu(x), diag sigma(x)^2)          prior network
+# y ~ p(y | x, z) = prod_d Bernoulli(f(x, z)_d)     generation network
+# q(z | x, y) = N(...)                              recognition network (the guide)
+#
+# trained on the conditional ELBO E_q[log p(y | x, z)] - KL(q(z | x, y) || p(z | x)) with
+# ``Trace_ELBO``. Each draw of z gives one sharp completion. Both models are scored by the
+# conditional log-likelihood -log p(y | x) of test digits in nats (the CVAE's by importance
+# sampling with the package's IWAE estimator, ``pyro_vae.evaluate``), and the figure shows the
+# baseline's blur next to several CVAE samples.
+#
+# Writes completions.png, curves.png and results.json.
+#
+# Run it as a script, `python examples/09_conditional_vae.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/09_conditional_vae.py`); in a kernel the arguments come from
+# `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
-    z ~ p(z | x) = N(mu(x), diag sigma(x)^2)          prior network
-    y ~ p(y | x, z) = prod_d Bernoulli(f(x, z)_d)     generation network
-    q(z | x, y) = N(...)                              recognition network (the guide)
-
-trained on the conditional ELBO E_q[log p(y | x, z)] - KL(q(z | x, y) || p(z | x)) with
-``Trace_ELBO``. Each draw of z gives one sharp completion. Both models are scored by the
-conditional log-likelihood -log p(y | x) of test digits in nats (the CVAE's by importance
-sampling with the package's IWAE estimator, ``pyro_vae.evaluate``), and the figure shows the
-baseline's blur next to several CVAE samples.
-
-    python examples/09_conditional_vae.py [--smoke-test] [--out DIR] [--device cpu|cuda]
-
-Writes completions.png, curves.png and results.json.
-"""
-
-from __future__ import annotations
-
+# %%
 import matplotlib.pyplot as plt
 import pyro
 import pyro.distributions as dist
@@ -43,7 +57,7 @@ GRID = torch.arange(784).reshape(28, 28)
 GIVEN = GRID[:14, :14].flatten()  # the top-left quadrant
 MISSING = torch.tensor(sorted(set(range(784)) - set(GIVEN.tolist())))  # the other three
 
-
+# %%
 class Baseline(nn.Module):
     """A deterministic MLP: independent Bernoulli probabilities for the missing pixels."""
 
@@ -58,7 +72,7 @@ class Baseline(nn.Module):
     def complete(self, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(images[:, GIVEN]))
 
-
+# %%
 class CVAE(nn.Module):
     """p(y | x) = ∫ p(y | x, z) p(z | x) dz with Gaussian p(z | x) and q(z | x, y); images hold both."""
 
@@ -107,7 +121,7 @@ class CVAE(nn.Module):
         z = self.p_z(x).sample((n,))
         return torch.sigmoid(self.generation(torch.cat([x.expand(n, -1, -1), z], -1)))
 
-
+# %%
 def train(model, loss_fn, x_train, epochs, batch, seed, x_valid, score):
     optim = make_optimizer(model, 1e-3)
     g = torch.Generator().manual_seed(seed)
@@ -120,68 +134,98 @@ def train(model, loss_fn, x_train, epochs, batch, seed, x_valid, score):
             curve.append(score(x_valid))
     return curve
 
-
+# %%
 def paint(images: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
     """Full images with the missing quadrants replaced by ``missing``."""
     out = images.clone()
     out[:, MISSING] = missing
     return out
 
+# %%
+args = parse_args("09_conditional_vae")
+epochs, subset, k, images = (2, 2000, 20, 200) if args.smoke_test else (15, 0, 200, 2000)
+pyro.set_rng_seed(args.seed)
+data = load_data(DataConfig(subset=subset))
+x_train = data.train.to(args.device)
+x_test = data.test[evenly_spaced(data.test.shape[0], images)].to(args.device)
+x_valid = data.valid[evenly_spaced(data.valid.shape[0], min(images, 1000))].to(args.device)
 
-def main() -> None:
-    args = parse_args(__doc__, "09_conditional_vae")
-    epochs, subset, k, images = (2, 2000, 20, 200) if args.smoke_test else (15, 0, 200, 2000)
-    pyro.set_rng_seed(args.seed)
-    data = load_data(DataConfig(subset=subset))
-    x_train = data.train.to(args.device)
-    x_test = data.test[evenly_spaced(data.test.shape[0], images)].to(args.device)
-    x_valid = data.valid[evenly_spaced(data.valid.shape[0], min(images, 1000))].to(args.device)
+# %%
+baseline = Baseline(400).to(args.device)
+base_curve = train(baseline, lambda b: -baseline.log_prob(b).sum(), x_train, epochs, 128, args.seed,
+                   x_valid, lambda v: float(-baseline.log_prob(v).mean()))  # fmt: skip
+cvae = CVAE(400, 20).to(args.device)
+elbo = build_elbo(TrainConfig(elbo="trace"))
+cvae_curve = train(cvae, lambda b: elbo.differentiable_loss(cvae.model, cvae.guide, b), x_train, epochs, 128,
+                   args.seed, x_valid, lambda v: evaluate(cvae, v, seed=args.seed)["neg_elbo"].mean)  # fmt: skip
 
-    baseline = Baseline(400).to(args.device)
-    base_curve = train(baseline, lambda b: -baseline.log_prob(b).sum(), x_train, epochs, 128, args.seed,
-                       x_valid, lambda v: float(-baseline.log_prob(v).mean()))  # fmt: skip
-    cvae = CVAE(400, 20).to(args.device)
-    elbo = build_elbo(TrainConfig(elbo="trace"))
-    cvae_curve = train(cvae, lambda b: elbo.differentiable_loss(cvae.model, cvae.guide, b), x_train, epochs, 128,
-                       args.seed, x_valid, lambda v: evaluate(cvae, v, seed=args.seed)["neg_elbo"].mean)  # fmt: skip
+# %%
+with torch.no_grad():
+    base = -baseline.log_prob(x_test)
+base_nll = (float(base.mean()), float(base.std() / base.numel() ** 0.5))
+est = evaluate(cvae, x_test, k=k, batch_size=100, seed=args.seed)
+results = {
+    "epochs": epochs, "iwae_k": k, "test_images": images, "given": "top-left quadrant",
+    "baseline_nll": base_nll, "cvae_nll": [est["nll"].mean, est["nll"].se],
+    "cvae_neg_elbo": [est["neg_elbo"].mean, est["neg_elbo"].se],
+    "baseline_valid_curve": base_curve, "cvae_valid_neg_elbo_curve": cvae_curve,
+}  # fmt: skip
+print(f"-log p(missing | given), nats per image on {images} test digits:")
+print(f"  deterministic baseline          {base_nll[0]:.2f} ± {base_nll[1]:.2f}")
+print(f"  conditional VAE, IWAE K={k:<5} {est['nll']}   (negative ELBO {est['neg_elbo']})")
 
-    with torch.no_grad():
-        base = -baseline.log_prob(x_test)
-    base_nll = (float(base.mean()), float(base.std() / base.numel() ** 0.5))
-    est = evaluate(cvae, x_test, k=k, batch_size=100, seed=args.seed)
-    results = {
-        "epochs": epochs, "iwae_k": k, "test_images": images, "given": "top-left quadrant",
-        "baseline_nll": base_nll, "cvae_nll": [est["nll"].mean, est["nll"].se],
-        "cvae_neg_elbo": [est["neg_elbo"].mean, est["neg_elbo"].se],
-        "baseline_valid_curve": base_curve, "cvae_valid_neg_elbo_curve": cvae_curve,
-    }  # fmt: skip
-    print(f"-log p(missing | given), nats per image on {images} test digits:")
-    print(f"  deterministic baseline          {base_nll[0]:.2f} ± {base_nll[1]:.2f}")
-    print(f"  conditional VAE, IWAE K={k:<5} {est['nll']}   (negative ELBO {est['neg_elbo']})")
+# %%
+show = x_test[evenly_spaced(x_test.shape[0], 8)]
+given_only = paint(show, 0.5)  # grey where the network has to guess
+samples = cvae.complete(show, 4)
+rows = [show, given_only, paint(show, baseline.complete(show).detach()), *[paint(show, s) for s in samples]]
+rows = [row.cpu() for row in rows]
+fig, ax = plt.subplots(figsize=(6, 5.4))
+ax.imshow(image_grid(torch.cat(rows), data.image_shape, len(rows)).numpy(), cmap="gray_r", vmin=0, vmax=1)
+labels = ["test digit", "given", "baseline", *[f"CVAE sample {i + 1}" for i in range(len(samples))]]
+ax.set_yticks([14 + 28 * i for i in range(len(rows))], labels)
+ax.set_xticks([])
+ax.set_title("Completing three quadrants from the top-left one")
+save_figure(fig, args.out, "completions.png")
 
-    show = x_test[evenly_spaced(x_test.shape[0], 8)]
-    given_only = paint(show, 0.5)  # grey where the network has to guess
-    samples = cvae.complete(show, 4)
-    rows = [show, given_only, paint(show, baseline.complete(show).detach()), *[paint(show, s) for s in samples]]
-    rows = [row.cpu() for row in rows]
-    fig, ax = plt.subplots(figsize=(6, 5.4))
-    ax.imshow(image_grid(torch.cat(rows), data.image_shape, len(rows)).numpy(), cmap="gray_r", vmin=0, vmax=1)
-    labels = ["test digit", "given", "baseline", *[f"CVAE sample {i + 1}" for i in range(len(samples))]]
-    ax.set_yticks([14 + 28 * i for i in range(len(rows))], labels)
-    ax.set_xticks([])
-    ax.set_title("Completing three quadrants from the top-left one")
-    save_figure(fig, args.out, "completions.png")
+# %%
+fig, ax = plt.subplots(figsize=(5.5, 3.4))
+epochs_axis = range(1, epochs + 1)
+ax.plot(epochs_axis, base_curve, "o-", label="baseline: -log p(y | x)")
+ax.plot(epochs_axis, cvae_curve, "o-", label="CVAE: negative conditional ELBO")
+ax.set_xlabel("epoch")
+ax.set_ylabel("validation nats per image")
+ax.legend()
+save_figure(fig, args.out, "curves.png")
+save_results(results, args.out)
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    epochs_axis = range(1, epochs + 1)
-    ax.plot(epochs_axis, base_curve, "o-", label="baseline: -log p(y | x)")
-    ax.plot(epochs_axis, cvae_curve, "o-", label="CVAE: negative conditional ELBO")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation nats per image")
-    ax.legend()
-    save_figure(fig, args.out, "curves.png")
-    save_results(results, args.out)
-
-
-if __name__ == "__main__":
-    main()
+# %% [markdown]
+# ## What the full run shows
+#
+# Given the top-left quadrant x of a digit, predict the other three, y. A deterministic network
+# (an MLP giving independent Bernoulli probabilities for the 588 missing pixels) can only paint
+# one answer, and where the quadrant leaves several digits possible it paints their average. A
+# conditional VAE (Sohn et al., 2015) moves that uncertainty into a latent z, with a prior that
+# depends on what is given:
+#
+# ```
+# z ~ p(z | x) = N(μ(x), diag σ(x)²)             prior network
+# y ~ p(y | x, z) = Π_d Bernoulli(f(x, z)_d)     generation network
+# q(z | x, y)                                    recognition network (the guide)
+# log p(y | x) ≥ E_q[log p(y | x, z)] − KL(q(z | x, y) ‖ p(z | x))
+# ```
+#
+# It is the same Pyro program as the VAE with x threaded through (the model and guide are a dozen
+# lines in the script), trained with the package's `Trace_ELBO`, and its conditional
+# log-likelihood is estimated with the package's IWAE evaluator, K = 200. On 2,000 test digits
+# after 15 epochs (nats per image, over the missing pixels):
+#
+# | model | −log p(y \| x) |
+# |---|---|
+# | deterministic baseline | 127.22 ± 0.94 |
+# | conditional VAE (IWAE, K = 200) | **70.64 ± 0.46** (negative conditional ELBO 74.96) |
+#
+# The gap is large because independent pixels cannot express "either a 4 or a 9": the baseline
+# pays for every pixel it hedges on, while the CVAE picks a digit with z and draws it sharply. The
+# pictures show it: the baseline's completions are blurs, and each CVAE sample is one plausible digit
+# (row by row, four draws of z for the same given quadrant).

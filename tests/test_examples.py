@@ -1,4 +1,6 @@
-"""Every numbered example runs with --smoke-test, writes its figures, and its numbers hold."""
+"""Every numbered example runs with --smoke-test, writes its figures, and its numbers hold: as a
+notebook in a Jupyter kernel (every one, on the CPU), as a script (the first as its own process,
+each on CUDA in this process where a GPU is)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,21 @@ def run_example(name: str, out, device: str = "cpu", monkeypatch=None) -> dict:
         plt.close("all")
         pyro.clear_param_store()
     return json.loads((out / "results.json").read_text())
+
+
+def run_notebook(name: str, out, monkeypatch) -> tuple[dict, object]:
+    """Execute the example's cells top to bottom in a new Jupyter kernel (``jupytext`` reads the
+    percent-format script as a notebook; ``nbclient`` runs it; a cell that raises fails the test),
+    with ``--smoke-test --device cpu`` through ``PYRO_VAE_EXAMPLE_ARGS``; returns the results and the
+    executed notebook."""
+    jupytext = pytest.importorskip("jupytext")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("PYRO_VAE_EXAMPLE_ARGS", f"--smoke-test --device cpu --out {out}")
+    notebook = jupytext.read(ROOT / "examples" / name)
+    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(ROOT / "examples")}})  # fmt: skip
+    client.execute()
+    return json.loads((out / "results.json").read_text()), notebook
 
 
 def test_every_example_is_tested():
@@ -97,7 +114,7 @@ def check_07(r, out):
     for size in r["sizes"]:
         assert 0 < r[f"latent{size}"]["reconstruction_nats"] < 250, r  # untrained: ~545 nats
         assert r[f"latent{size}"]["test_neg_elbo"] < 250, r
-    return ["manifold.png", "latents.png", "reconstructions.png"]
+    return ["manifold.png", "latents.png", "reconstructions.png", "explorer_path.png"]
 
 
 def check_08(r, out):
@@ -164,13 +181,47 @@ CHECKS = {
 }
 
 
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_as_a_notebook(name, tmp_path, monkeypatch):
+    """The notebook runs, its numbers pass the example's checks, and its figures are written and
+    shown inline (one image output per figure file at least)."""
+    results, notebook = run_notebook(name, tmp_path, monkeypatch)
+    figures = CHECKS[name](results, tmp_path)
+    for figure in figures:
+        assert (tmp_path / figure).stat().st_size > 0, figure
+    shown = sum("image/png" in o.get("data", {}) for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    assert shown >= len(figures), (name, shown, figures)
+    kinds = [c.cell_type for c in notebook.cells]
+    assert kinds[0] == "markdown" and notebook.cells[0].source.startswith(f"# {name[:2]} ")
+    assert kinds.count("markdown") >= 2 and kinds.count("code") >= 3, kinds  # taught in steps, not one main()
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_example(name, device, tmp_path, monkeypatch):
-    """Each example in this process (its checks are the same); the first also as its own process."""
-    results = run_example(name, tmp_path, device, None if name == EXAMPLES[0] else monkeypatch)
+def test_example_as_a_script(name, device, tmp_path, monkeypatch):
+    """On the CPU: the first example as its own process (``--smoke-test --device cpu`` from the
+    command line), every other one its ``--help``; on CUDA: each one in this process."""
+    if device == "cpu" and name != EXAMPLES[0]:
+        monkeypatch.setattr(sys, "argv", [name, "--help"])
+        monkeypatch.syspath_prepend(str(ROOT / "examples"))
+        with pytest.raises(SystemExit) as exit_, contextlib.redirect_stdout(io.StringIO()) as text:
+            runpy.run_path(str(ROOT / "examples" / name), run_name="__main__")
+        assert exit_.value.code == 0 and "--smoke-test" in text.getvalue() and name[:2] in text.getvalue()
+        return
+    results = run_example(name, tmp_path, device, None if device == "cpu" else monkeypatch)
     for figure in CHECKS[name](results, tmp_path):
         assert (tmp_path / figure).stat().st_size > 0, figure
+
+
+def test_the_explorer_has_sliders_in_a_notebook(tmp_path, monkeypatch):
+    """Example 07's latent explorer: two sliders in a kernel with ipywidgets (a widget output), the
+    static path of decodings where there are none."""
+    pytest.importorskip("ipywidgets")
+    _, notebook = run_notebook("07_latent_space.py", tmp_path, monkeypatch)
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets) == 1, [o.get("data", {}).keys() for o in outputs]
+    assert (tmp_path / "explorer_path.png").stat().st_size > 0
 
 
 def test_a_bad_device_is_a_usage_error(tmp_path):
