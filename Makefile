@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (each creates .venv when missing):
 #   make run    set up, train the default VAE, write runs/default (summary.json, figures/)
 #   make test   set up, run the test suite
+#   make docs   set up, build the documentation site into build/site
 #   make gpu-check [PYTHON=...]   on a GPU machine, first: the cuda tests and short CUDA benchmarks
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ RUN_DIR ?= runs/default
 # pytest-xdist workers for `make test`, one torch thread each (tests/conftest.py)
 TEST_WORKERS ?= auto
 
-.PHONY: run test test-all lint gpu-check clean
+.PHONY: run test test-all docs screenshots lint gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,15 @@ test-all: $(STAMP)
 # Uses $(PYTHON) as it is (no venv, no PyPI): a Python that already has torch, pyro-ppl and pytest.
 gpu-check:
 	$(PYTHON) scripts/gpu_check.py
+
+# The documentation site into build/site (offline; DOCS_MODE=full runs the notebooks in full)
+docs: $(STAMP)
+	$(BIN)/python scripts/build_docs.py
+
+# Headless Chromium on the built site: the pages render, offline; screenshots into docs/screenshots
+screenshots: docs
+	$(BIN)/python scripts/check_site.py build/site --screenshots docs/screenshots
+	$(BIN)/python scripts/build_docs.py --no-execute
 
 lint: $(STAMP)
 	$(BIN)/ruff check pyro_vae tests benchmarks scripts examples

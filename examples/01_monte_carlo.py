@@ -85,11 +85,21 @@ save_results({"n": ns, "rms_error": rms, "theory": theory, "slope": slope, "reps
 # %% [markdown]
 # ## What the full run shows
 #
-# An expectation E_p[f(z)] is estimated by the average of f over N draws from p. The estimate is
-# unbiased and its standard deviation is sd(f) / √N. Throwing N darts at the unit square and
+# An expectation is estimated by the average over $N$ draws,
+#
+# $$\mathbb{E}_{p}[f(z)] \approx \frac{1}{N} \sum_{n=1}^{N} f(z_n), \qquad z_n \sim p,$$
+#
+# an unbiased estimate whose standard deviation is $\operatorname{sd}(f) / \sqrt{N}$.
+# Throwing N darts at the unit square and
 # counting those inside the quarter disc gives π/4; the measured error falls with slope −½ on
 # log-log axes, as the theory line says.
 #
 #
 # Every quantity this project estimates by sampling (the ELBO, a KL term, the IWAE bound) has
 # this 1/√N error; `pyro-vae compare` shows it for the ELBO estimators of a trained VAE.
+
+#
+# The full run's figures:
+#
+# ![darts (full run)](../docs/figures/examples/01_monte_carlo_points.png)
+# ![error (full run)](../docs/figures/examples/01_monte_carlo_error.png)

@@ -115,13 +115,21 @@ save_results({
 # %% [markdown]
 # ## What the full run shows
 #
-# KL(q ‖ p) = E_q[log q(z) − log p(z)] ≥ 0, zero only when q = p. It is not symmetric: for
+# $$\mathrm{KL}(q \,\|\, p) = \mathbb{E}_{q}\left[\log q(z) - \log p(z)\right] \ge 0,$$
+#
+# zero only when $q = p$. It is not symmetric: for
 # p = N(0, 1) and q = N(1, 0.6²), KL(p ‖ q) = 1.767 but KL(q ‖ p) = 0.691 (closed form, matched by
 # Monte Carlo estimates). It is the gap between a cross-entropy and an entropy:
-# H(p, q) = E_p[−log q] = H(p) + KL(p ‖ q).
+# $H(p, q) = \mathbb{E}_{p}[-\log q] = H(p) + \mathrm{KL}(p \,\|\, q)$.
 #
 #
 # The direction matters when one fits q to p. Minimising KL(q ‖ p), as variational inference does,
 # punishes q for putting mass where p has none: fitted to two well-separated modes, q settles on one
 # of them (mode seeking). Minimising KL(p ‖ q) punishes q for missing mass of p: q matches p's mean
 # and variance and spreads over both modes (mass covering).
+
+#
+# The full run's figures:
+#
+# ![asymmetry (full run)](../docs/figures/examples/02_kl_divergence_asymmetry.png)
+# ![fits (full run)](../docs/figures/examples/02_kl_divergence_fits.png)

@@ -16,9 +16,10 @@
 #
 # On a conjugate model the posterior and the evidence are exact:
 #
-# z ~ N(0, 1),   x_i | z ~ N(z, sigma^2),  i = 1..n
-# p(z | x) = N(mu, s^2),  1/s^2 = 1 + n/sigma^2,  mu = s^2 * sum(x) / sigma^2
-# p(x) = N(0, sigma^2 I + 1 1^T)
+# $$z \sim \mathcal{N}(0, 1), \qquad x_i \mid z \sim \mathcal{N}(z, \sigma^2), \quad i = 1, \dots, n,$$
+#
+# $$p(z \mid x) = \mathcal{N}(\mu, s^2), \quad \frac{1}{s^2} = 1 + \frac{n}{\sigma^2}, \quad
+# \mu = \frac{s^2}{\sigma^2} \sum_i x_i, \qquad p(x) = \mathcal{N}(0, \sigma^2 I + \mathbf{1}\mathbf{1}^\top).$$
 #
 # For several Gaussians q the ELBO (closed form) plus KL(q || p(z|x)) equals log p(x) to machine
 # precision, so maximising the ELBO is minimising that KL. Then Pyro's SVI with Trace_ELBO fits
@@ -141,7 +142,8 @@ save_results({**results, "svi_kl_first": trace[0]["kl"], "svi_kl_last": trace[-1
 #
 # For any q,
 #
-#     log p(x) = E_q[log p(x, z) − log q(z)] + KL(q(z) ‖ p(z | x)) = ELBO(q) + KL(q ‖ p(z | x)).
+# $$\log p(x) = \mathbb{E}_{q}\left[\log p(x, z) - \log q(z)\right] + \mathrm{KL}\left(q(z) \,\|\, p(z \mid x)\right)
+# = \mathrm{ELBO}(q) + \mathrm{KL}\left(q \,\|\, p(z \mid x)\right).$$
 #
 # Since the KL is non-negative, the ELBO is a lower bound on the evidence log p(x), and raising the
 # ELBO over q is the same as lowering the KL to the true posterior. On a conjugate Gaussian model,
@@ -152,3 +154,9 @@ save_results({**results, "svi_kl_first": trace[0]["kl"], "svi_kl_last": trace[-1
 #
 # A VAE does the same with q(z | x) from an encoder shared by all images and p(x | z) from a
 # decoder; its ELBO is what `pyro-vae train` maximises and reports (negated, in nats per image).
+
+#
+# The full run's figures:
+#
+# ![identity (full run)](../docs/figures/examples/03_elbo_identity_identity.png)
+# ![svi (full run)](../docs/figures/examples/03_elbo_identity_svi.png)

@@ -86,11 +86,14 @@ save_results(results, args.out)
 # %% [markdown]
 # ## What the full run shows
 #
-# To follow the ELBO's gradient we need ∇ E_{q_φ}[f(z)]. Two unbiased estimators:
+# To follow the ELBO's gradient we need $\nabla_\phi \mathbb{E}_{q_\phi}[f(z)]$. Two unbiased estimators:
 #
 # - **reparameterised (pathwise)**: write z = μ + σ ε with ε ~ N(0, 1) and differentiate through
-#   z: ∇ = E[∇_φ f(μ + σ ε)]. This is what `rsample` gives and what a VAE uses.
-# - **score function (REINFORCE)**: ∇ = E[f(z) ∇_φ log q_φ(z)], which needs no derivative of f and
+#   z: $\nabla_\phi \mathbb{E}_{q_\phi}[f(z)] = \mathbb{E}_{\varepsilon}[\nabla_\phi f(\mu + \sigma \varepsilon)]$.
+#   This is what `rsample` gives and what a VAE uses.
+# - **score function (REINFORCE)**:
+#   $\nabla_\phi \mathbb{E}_{q_\phi}[f(z)] = \mathbb{E}_{q_\phi}\left[f(z) \nabla_\phi \log q_\phi(z)\right]$,
+#   which needs no derivative of f and
 #   works for discrete z; Pyro uses it for any sample site that cannot be reparameterised.
 #
 # On f(z) = (z − 3)² both agree with the exact gradient, both variances fall as 1/N, and the score
@@ -99,3 +102,8 @@ save_results(results, args.out)
 #
 # On a trained VAE the gap is far wider: `pyro-vae compare` measures encoder-gradient variances
 # about 10⁴ times larger for the score-function estimator (see the README's laboratory section).
+
+#
+# The full run's figures:
+#
+# ![variance (full run)](../docs/figures/examples/04_reparam_vs_score_variance.png)

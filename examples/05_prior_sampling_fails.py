@@ -88,7 +88,7 @@ save_results(results, args.out)
 # %% [markdown]
 # ## What the full run shows
 #
-# log p(x) = log E_{p(z)}[p(x | z)] suggests averaging p(x | z_k) over draws from the prior. But
+# $\log p(x) = \log \mathbb{E}_{p(z)}[p(x \mid z)]$ suggests averaging $p(x \mid z_k)$ over draws from the prior. But
 # for a trained decoder almost every z from the prior decodes to an image unlike x; the average is
 # carried by rare lucky draws, so with any practical K it is far too small (the log of a noisy
 # mean is biased low) and it varies a lot from run to run. Importance sampling draws z from the
@@ -107,3 +107,8 @@ save_results(results, args.out)
 #
 # In two dimensions the prior is small enough to cover with ten thousand draws; in twenty, even
 # ten thousand leave the estimate 53 nats off, while a single encoder sample is about 5 nats off.
+
+#
+# The full run's figures:
+#
+# ![estimates (full run)](../docs/figures/examples/05_prior_sampling_fails_estimates.png)

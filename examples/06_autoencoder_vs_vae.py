@@ -135,3 +135,9 @@ save_results(results, args.out)
 # Decoding random points from N(0, I) shows what that buys: the VAE draws digits of every kind,
 # while the autoencoder, whose codes mostly lie outside the dashed circle, decodes almost every
 # such point to the same blurred shape.
+
+#
+# The full run's figures:
+#
+# ![codes (full run)](../docs/figures/examples/06_autoencoder_vs_vae_latents.png)
+# ![samples (full run)](../docs/figures/examples/06_autoencoder_vs_vae_samples.png)

@@ -134,3 +134,10 @@ save_figure(fig, args.out, "explorer_path.png")
 #
 # The reconstruction improves far faster than the ELBO: the extra dimensions cost KL, which the
 # ELBO pays and the reconstruction alone does not show.
+
+#
+# The full run's figures:
+#
+# ![manifold (full run)](../docs/figures/examples/07_latent_space_manifold.png)
+# ![codes (full run)](../docs/figures/examples/07_latent_space_latents.png)
+# ![reconstructions (full run)](../docs/figures/examples/07_latent_space_reconstructions.png)

@@ -130,3 +130,9 @@ save_results({"epochs": epochs, "iwae_k": k, "test_images": images, **results}, 
 # Bernoulli is a *density* on [0, 1]; on pixels that are exactly 0 or 1 it can be made as large as
 # it likes, so its "negative log-likelihood" is hugely negative and means nothing beside the others.
 # Compare models in nats only when their likelihoods measure the same thing.
+
+#
+# The full run's figures:
+#
+# ![comparison (full run)](../docs/figures/examples/08_swap_components_nll.png)
+# ![samples (full run)](../docs/figures/examples/08_swap_components_samples.png)

@@ -19,11 +19,16 @@
 # several digits possible it paints their average: a blur. A conditional VAE (Sohn et al., 2015)
 # puts the uncertainty in a latent z instead:
 #
-# z ~ p(z | x) = N(mu(x), diag sigma(x)^2)          prior network
-# y ~ p(y | x, z) = prod_d Bernoulli(f(x, z)_d)     generation network
-# q(z | x, y) = N(...)                              recognition network (the guide)
+# $$z \sim p(z \mid x) = \mathcal{N}\left(\mu(x), \operatorname{diag} \sigma(x)^2\right) \quad
+# \text{(prior network)}, \qquad
+# y \sim p(y \mid x, z) = \prod_d \mathrm{Bernoulli}\left(f(x, z)_d\right) \quad \text{(generation network)},$$
 #
-# trained on the conditional ELBO E_q[log p(y | x, z)] - KL(q(z | x, y) || p(z | x)) with
+# with a guide $q(z \mid x, y)$ (the recognition network), trained on the conditional ELBO
+#
+# $$\log p(y \mid x) \ge \mathbb{E}_{q}\left[\log p(y \mid x, z)\right]
+# - \mathrm{KL}\left(q(z \mid x, y) \,\|\, p(z \mid x)\right)$$
+#
+# with
 # ``Trace_ELBO``. Each draw of z gives one sharp completion. Both models are scored by the
 # conditional log-likelihood -log p(y | x) of test digits in nats (the CVAE's by importance
 # sampling with the package's IWAE estimator, ``pyro_vae.evaluate``), and the figure shows the
@@ -229,3 +234,9 @@ save_results(results, args.out)
 # pays for every pixel it hedges on, while the CVAE picks a digit with z and draws it sharply. The
 # pictures show it: the baseline's completions are blurs, and each CVAE sample is one plausible digit
 # (row by row, four draws of z for the same given quadrant).
+
+#
+# The full run's figures:
+#
+# ![completions (full run)](../docs/figures/examples/09_conditional_vae_completions.png)
+# ![curves (full run)](../docs/figures/examples/09_conditional_vae_curves.png)

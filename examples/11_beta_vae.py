@@ -108,3 +108,9 @@ save_results(results, args.out)
 # nothing. The traversals vary the most active dimensions of z from −3 to 3 at β = 1 and β = 4:
 # the β = 4 dimensions each change one broad feature (slant, width, the digit class), a first look
 # at why β-VAEs are used for "disentangled" codes, bought with blurrier images.
+
+#
+# The full run's figures:
+#
+# ![trade-off (full run)](../docs/figures/examples/11_beta_vae_tradeoff.png)
+# ![traversals (full run)](../docs/figures/examples/11_beta_vae_traversals.png)

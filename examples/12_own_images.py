@@ -122,3 +122,9 @@ save_results(results, args.out)
 # Train the full model with `make run`, compare the ELBO estimators on it with `pyro-vae compare`
 # (README, "The estimator laboratory"), and try the components with the configs in
 # `examples/configs/`.
+
+#
+# The full run's figures:
+#
+# ![nll (full run)](../docs/figures/examples/12_own_images_nll.png)
+# ![pictures (full run)](../docs/figures/examples/12_own_images_pictures.png)

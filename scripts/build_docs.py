@@ -1,0 +1,152 @@
+"""Build the documentation site offline: ``make docs`` (``python scripts/build_docs.py``).
+
+1. Execute every notebook of the learning path (``examples/NN_*.py``, Jupytext percent format) in a
+   Jupyter kernel, in smoke mode by default (``--mode full`` for the full runs), and render each into
+   ``docs/notebooks/NAME.md`` with its figures (``NAME_files/``) and the executed ``NAME.ipynb``.
+2. ``mkdocs build --strict`` into ``build/site`` (``--site-dir``): a broken internal link, a missing
+   page or a docstring mkdocstrings cannot render fails the build.
+
+The home page, ``docs/index.md``, is the README with its links made site links. It and
+``docs/notebooks/`` are written here and git-ignored. Nothing is downloaded: the theme uses the
+system's fonts and the maths is MathML typeset at build time (``docs/hooks/mathml.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+NOTEBOOKS = ROOT / "docs" / "notebooks"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = ("*(In a live notebook, sliders for $z_1$ and $z_2$ appear here and redraw the decoded image; "
+               "the figure below is the static fallback.)*")  # fmt: skip
+
+
+def execute(path: Path, mode: str, runs: Path, timeout: int):
+    """``path`` as an executed notebook (cells run top to bottom; a cell that raises raises here)."""
+    import jupytext
+    import nbclient
+
+    args = f"--device cpu --out {runs / path.stem}" + (" --smoke-test" if mode == "smoke" else "")
+    before = os.environ.get("PYRO_VAE_EXAMPLE_ARGS")
+    os.environ["PYRO_VAE_EXAMPLE_ARGS"] = args  # the kernel inherits this process's environment
+    try:
+        notebook = jupytext.read(path)
+        client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                         resources={"metadata": {"path": str(EXAMPLES)}})  # fmt: skip
+        client.execute()
+    finally:
+        if before is None:
+            os.environ.pop("PYRO_VAE_EXAMPLE_ARGS")
+        else:
+            os.environ["PYRO_VAE_EXAMPLE_ARGS"] = before
+    return notebook
+
+
+def tidy(notebook) -> None:
+    """Outputs a static page cannot use: a widget becomes a note, and the repr of a matplotlib
+    object that ended a cell (``<matplotlib.legend.Legend at 0x...>``) is dropped."""
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.outputs:
+            data = output.get("data", {})
+            if WIDGET in data:
+                output["data"] = {"text/markdown": WIDGET_NOTE}
+            elif output.get("output_type") == "execute_result" and set(data) == {"text/plain"}:
+                if data["text/plain"].lstrip("[").startswith(("<matplotlib", "Text(", "<Axes")):
+                    continue
+            kept.append(output)
+        cell.outputs = kept
+
+
+def render(notebook, name: str, mode: str) -> None:
+    """``docs/notebooks/NAME.md`` (+ ``NAME_files/``, ``NAME.ipynb``) from an executed notebook."""
+    import nbformat
+    from nbconvert import MarkdownExporter
+
+    files = NOTEBOOKS / f"{name}_files"
+    shutil.rmtree(files, ignore_errors=True)
+    nbformat.write(notebook, NOTEBOOKS / f"{name}.ipynb")
+    tidy(notebook)
+    body, resources = MarkdownExporter().from_notebook_node(
+        notebook, resources={"output_files_dir": f"{name}_files", "unique_key": name})  # fmt: skip
+    for relative, data in resources.get("outputs", {}).items():
+        target = NOTEBOOKS / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    stamp = datetime.date.today().isoformat()
+    header = (f"!!! note \"Executed by `make docs` ({mode} mode, {stamp})\"\n"
+              f"    Source: `examples/{name}.py`, a script and a notebook in one file. "
+              f"[Download the executed notebook]({name}.ipynb).\n"
+              + ("    Smoke mode trains on little data for seconds: its numbers are rough; the last "
+                 "section gives the full run's.\n" if mode == "smoke" else ""))  # fmt: skip
+    body = body.replace("](../docs/", "](../")  # a notebook's links into docs/, from the site's notebooks/
+    title, _, rest = body.partition("\n")
+    (NOTEBOOKS / f"{name}.md").write_text(f"{title}\n\n{header}\n{rest}")
+
+
+def write_home() -> None:
+    """``docs/index.md`` from the README (one source): links into ``docs/`` become site links, a
+    link to another file of the repository becomes its path, and the paragraph about building the
+    site (which the reader is looking at) is left out."""
+
+    def link(match: re.Match) -> str:
+        bang, label, target = match.groups()
+        if re.match(r"https?://|#", target):
+            return match.group(0)
+        if target.startswith("docs/"):
+            return f"{bang}[{label}]({target[5:] or 'index.md'})"
+        return label if f"`{target}`" in label else f"{label} (`{target}`)"
+
+    text = (ROOT / "README.md").read_text()
+    shots = [ROOT / "docs" / "screenshots" / f"{page}.png" for page in ("home", "notebook", "api")]
+    if not all(shot.exists() for shot in shots):  # the first build, before check_site.py took them
+        text = re.sub(r"\| home \| a notebook \| API reference \|\n.*?\n.*?\n", "", text, count=1)
+        print("docs/screenshots/ is empty: the home page leaves them out (make screenshots takes them)")
+    text = re.sub(r"\n\*\*Documentation\*\*:.*?\n\n", "\n", text, count=1, flags=re.S)
+    text = re.sub(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)", link, text)
+    (ROOT / "docs" / "index.md").write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("smoke", "full"), default=os.environ.get("DOCS_MODE", "smoke"),
+                        help="run the notebooks with --smoke-test (default) or in full")  # fmt: skip
+    parser.add_argument("--site-dir", type=Path, default=ROOT / "build" / "site")
+    parser.add_argument("--runs", type=Path, default=ROOT / "build" / "docs-runs", help="the notebooks' output folders")
+    parser.add_argument("--only", nargs="*", help="notebook names to execute (default: all; the others must exist)")
+    parser.add_argument("--no-execute", action="store_true", help="reuse the rendered notebooks of an earlier build")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds a cell may run")
+    args = parser.parse_args(argv)
+    NOTEBOOKS.mkdir(parents=True, exist_ok=True)
+    paths = sorted(EXAMPLES.glob("[0-9][0-9]_*.py"))
+    for i, path in enumerate(paths, 1):
+        reuse = args.no_execute or (args.only and path.stem not in args.only)
+        if reuse and (NOTEBOOKS / f"{path.stem}.md").exists():
+            continue
+        start = time.perf_counter()
+        print(f"[{i:2d}/{len(paths)}] executing {path.name} ({args.mode}) ...", end=" ", flush=True)
+        render(execute(path, args.mode, args.runs, args.timeout), path.stem, args.mode)
+        print(f"{time.perf_counter() - start:.0f} s", flush=True)
+    write_home()
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(args.site_dir)]
+    print("building the site:", " ".join(command[1:]), flush=True)
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    if done.returncode == 0:
+        print(f"site written to {args.site_dir} (open {args.site_dir / 'index.html'})")
+    return done.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

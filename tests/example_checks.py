@@ -1,0 +1,126 @@
+"""The checks of each numbered example's smoke-mode numbers (``results.json``) and the figures it
+writes, shared by the script tests (tests/test_examples.py) and the notebook tests
+(tests/test_docs.py, which executes the notebooks once to build the site)."""
+
+from __future__ import annotations
+
+
+def check_01(r, out):
+    assert -0.7 < r["slope"] < -0.3, r["slope"]  # error ~ N^(-1/2)
+    return ["points.png", "error.png"]
+
+
+def check_02(r, out):
+    for key in ("pq", "qp"):
+        mc, se = r[f"mc_kl_{key}"]
+        assert abs(mc - r[f"kl_{key}"]) < 4 * se, (key, mc, se, r[f"kl_{key}"])
+    assert r["kl_pq"] > 2 * r["kl_qp"]  # asymmetric
+    assert abs(r["entropy_plus_kl"] - r["cross_entropy_mc"]) < 0.02
+    assert abs(abs(r["reverse_fit"][0]) - 2) < 0.3 and r["reverse_fit"][1] < 1  # one mode
+    assert abs(r["forward_fit"][0]) < 1e-9 and abs(r["forward_fit"][1] - 4.36**0.5) < 1e-9  # both
+    return ["asymmetry.png", "fits.png"]
+
+
+def check_03(r, out):
+    assert r["max_identity_error"] < 1e-9
+    assert r["svi_kl_last"] < 0.01 and r["svi_kl_last"] < r["svi_kl_first"] / 100
+    return ["identity.png", "svi.png"]
+
+
+def check_04(r, out):
+    exact = r["exact_gradient"]
+    for kind in ("reparameterised", "score function"):
+        for mean, se in zip(r[kind]["mean"], r[kind]["se"]):
+            assert abs(mean - exact) < 4 * se, (kind, mean, se)  # unbiased, N = reps draws
+        var = r[kind]["variance"]
+        assert 100 < var[0] / var[-1] < 600, var  # ~ 1/N from N=1 to N=256
+    assert all(s > 10 * p for s, p in zip(r["score function"]["variance"], r["reparameterised"]["variance"]))
+    return ["variance.png"]
+
+
+def check_05(r, out):
+    for model in ("latent2", "latent20"):
+        prior, encoder = r["models"][model]["prior"], r["models"][model]["encoder"]
+        for p, e in zip(prior, encoder):  # sampling from the prior estimates a larger NLL than the encoder
+            assert p["mean"] > e["mean"] - 0.5, (model, p, e)
+        assert prior[0]["mean"] > encoder[0]["mean"] + 1, (model, prior[0], encoder[0])  # K=1: clearly worse
+        assert encoder[-1]["mean"] <= encoder[0]["mean"] and prior[-1]["mean"] <= prior[0]["mean"]
+    return ["estimates.png"]
+
+
+def check_06(r, out):
+    # the VAE's codes are closer to N(0, I) than the autoencoder's
+    assert r["VAE"]["kl_gaussian_fit_to_prior"] < r["autoencoder"]["kl_gaussian_fit_to_prior"], r
+    return ["latents.png", "samples.png"]
+
+
+def check_07(r, out):
+    # smoke-sized training is too short to order the latent sizes; check that all four learned
+    for size in r["sizes"]:
+        assert 0 < r[f"latent{size}"]["reconstruction_nats"] < 250, r  # untrained: ~545 nats
+        assert r[f"latent{size}"]["test_neg_elbo"] < 250, r
+    return ["manifold.png", "latents.png", "reconstructions.png", "explorer_path.png"]
+
+
+def check_08(r, out):
+    variants = [k for k, v in r.items() if isinstance(v, dict)]
+    assert len(variants) == 6, variants
+    for name in variants:
+        nll, elbo = r[name]["test_nll"][0], r[name]["test_neg_elbo"][0]
+        assert nll <= elbo + 1e-6, (name, nll, elbo)  # log-mean-exp >= mean-log on the same draws
+        if r[name]["likelihood_gives"] == "probability":
+            assert 0 < nll < 260, (name, nll)  # a code length; untrained: ~545 nats
+    assert r["continuous_bernoulli"]["test_nll"][0] < 0  # a density on binary pixels exceeds 1
+    return ["nll.png", "samples.png"]
+
+
+def check_09(r, out):
+    assert r["cvae_nll"][0] <= r["cvae_neg_elbo"][0]
+    assert 0 < r["cvae_nll"][0] < r["baseline_nll"][0], r  # a latent beats independent pixels given x
+    assert len(r["baseline_valid_curve"]) == len(r["cvae_valid_neg_elbo_curve"]) == r["epochs"]
+    return ["completions.png", "curves.png"]
+
+
+def check_10(r, out):
+    expected = {"binomial": "model.likelihood", "laplace": "model.prior", "residual_mlp": "model.network"}
+    assert r["registered"] == expected, r["registered"]
+    kl = r["kl_check"]
+    assert max(abs(z) for z in kl["z"]) < 4, (kl["z"], "N =", kl["samples"], "seed 0")  # 8 images
+    for name, run in r["runs"].items():
+        assert 0 < run["test_nll"][0] < 400, (name, run)  # untrained: ~545 nats
+        recorded = out / name.replace(" ", "_") / "plugins.json"
+        assert recorded.exists() == bool(run["plugins"]), name
+    return ["kl_check.png", "nll.png"]
+
+
+def check_11(r, out):
+    one, four = r["betas"]["1"], r["betas"]["4"]
+    assert four["kl_nats"] < one["kl_nats"], r  # a dearer KL buys a code with less information
+    assert four["active_units"] <= one["active_units"], r
+    for beta in (one, four):
+        assert beta["neg_elbo"] == beta["reconstruction_nats"] + beta["kl_nats"] and beta["kl_nats"] > 0
+    return ["tradeoff.png", "traversals.png"]
+
+
+def check_12(r, out):
+    assert r["images"] == 600 and len(list((out / "my_images").rglob("*.png"))) == 600
+    assert sorted(p.name for p in (out / "my_images").iterdir()) == [str(d) for d in range(10)]  # class folders
+    for name, net in r["networks"].items():
+        assert 0 < net["test_nll"][0] <= net["test_neg_elbo"][0] + 1e-6 < 480, (name, net)  # untrained: ~545 nats
+    return ["nll.png", "pictures.png"]
+
+
+CHECKS = {
+    "01_monte_carlo.py": check_01,
+    "02_kl_divergence.py": check_02,
+    "03_elbo_identity.py": check_03,
+    "04_reparam_vs_score.py": check_04,
+    "05_prior_sampling_fails.py": check_05,
+    "06_autoencoder_vs_vae.py": check_06,
+    "07_latent_space.py": check_07,
+    "08_swap_components.py": check_08,
+    "09_conditional_vae.py": check_09,
+    "10_plugins.py": check_10,
+    "11_beta_vae.py": check_11,
+    "12_own_images.py": check_12,
+}
