@@ -32,9 +32,10 @@ def _kernel_shell():
     return shell if shell is not None and "IPKernelApp" in shell.config else None
 
 
-IN_NOTEBOOK = _kernel_shell() is not None
+_SHELL = _kernel_shell()
+IN_NOTEBOOK = _SHELL is not None
 if IN_NOTEBOOK:  # figures are shown inline as well as written
-    _kernel_shell().run_line_magic("matplotlib", "inline")
+    _SHELL.run_line_magic("matplotlib", "inline")
 else:  # a script only writes them
     matplotlib.use("Agg")
 
