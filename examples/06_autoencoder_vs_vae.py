@@ -37,7 +37,8 @@ from _common import parse_args, save_figure, save_results, train_vae
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from pyro_vae import build_vae
-from pyro_vae.evaluation.plots import image_grid, latent_means
+from pyro_vae.data.pixels import image_grid
+from pyro_vae.evaluation.plots import latent_means
 
 
 # %%

@@ -31,9 +31,9 @@ import matplotlib.pyplot as plt
 import torch
 from _common import IN_NOTEBOOK, parse_args, save_figure, save_results, show, train_vae
 
-from pyro_vae.data.pixels import evenly_spaced
+from pyro_vae.data.pixels import evenly_spaced, image_grid
 from pyro_vae.evaluation.metrics import evaluate
-from pyro_vae.evaluation.plots import image_grid, latent_means, plot_latents, plot_manifold
+from pyro_vae.evaluation.plots import latent_means, plot_latents, plot_manifold
 
 SIZES = (2, 5, 10, 20)
 

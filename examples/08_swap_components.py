@@ -38,9 +38,8 @@ import matplotlib.pyplot as plt
 import torch
 from _common import parse_args, save_figure, save_results, train_vae
 
-from pyro_vae.data.pixels import evenly_spaced
+from pyro_vae.data.pixels import evenly_spaced, image_grid
 from pyro_vae.evaluation.metrics import evaluate
-from pyro_vae.evaluation.plots import image_grid
 
 VARIANTS = {  # name -> (overrides, kind of likelihood)
     "standard_normal": ((), "probability"),

@@ -52,9 +52,8 @@ from torch import nn
 from pyro_vae.components.nets import mlp
 from pyro_vae.config import DataConfig, TrainConfig
 from pyro_vae.data import load_data
-from pyro_vae.data.pixels import evenly_spaced
+from pyro_vae.data.pixels import evenly_spaced, image_grid
 from pyro_vae.evaluation.metrics import evaluate
-from pyro_vae.evaluation.plots import image_grid
 from pyro_vae.objectives.elbos import build_elbo
 from pyro_vae.training.engine import make_optimizer, train_step
 

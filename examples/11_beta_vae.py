@@ -33,9 +33,8 @@ import matplotlib.pyplot as plt
 import torch
 from _common import parse_args, save_figure, save_results, train_vae
 
-from pyro_vae.data.pixels import evenly_spaced
+from pyro_vae.data.pixels import evenly_spaced, image_grid
 from pyro_vae.evaluation.latent import active_units, traverse
-from pyro_vae.evaluation.plots import image_grid
 from pyro_vae.lab.estimators import elbo_terms
 
 BETAS = (0.5, 1.0, 2.0, 4.0, 8.0)

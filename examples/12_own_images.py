@@ -39,9 +39,9 @@ from PIL import Image
 
 from pyro_vae import load_config, load_data, load_run
 from pyro_vae.cli import main as pyro_vae_cli
-from pyro_vae.data.pixels import evenly_spaced
+from pyro_vae.data.pixels import evenly_spaced, image_grid
 from pyro_vae.evaluation.metrics import evaluate
-from pyro_vae.evaluation.plots import image_grid, show_grid
+from pyro_vae.evaluation.plots import show_grid
 
 NETWORKS = {"mlp": (), "conv": ("model.conv.channels=[32,64]", "model.conv.features=256")}
 

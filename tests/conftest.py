@@ -12,9 +12,30 @@ from pyro_vae.config import ModelConfig
 from pyro_vae.model import build_vae
 from tests.helpers import SHARED_DATA
 
+# The longest tests first, longest first (seconds on one core in brackets), so that under
+# `pytest -n 2 --dist worksteal` they start early and the run does not end waiting on one of them:
+# the docs build that test_docs.py's tests share (75), then tests that start processes or train.
+# Only the order changes; a test missing from this list runs after them in collection order.
+LONGEST_FIRST = (
+    "tests/test_docs.py",  # its build first, then the checks that read it, on the same worker
+    "tests/training/test_fault_tolerance.py",  # (20 + 8)
+    "tests/training/test_distributed.py",  # (19 + 6)
+    "tests/test_benchmarks.py",  # (17, 13, 9, ...)
+    "tests/objectives/test_elbos.py::test_every_elbo_recovers_the_exact_conjugate_posterior",  # (2-9 each)
+    "tests/runs/test_checkpoint.py",  # (9)
+    "tests/training/test_train.py",  # (6, 5, ...)
+    "tests/data/test_data.py",  # (5, ...)
+)
+
+
+def _rank(item) -> int:
+    return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
+
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` run where a GPU is and are skipped, saying why, where none is."""
+    """The longest tests first (:data:`LONGEST_FIRST`); tests marked ``cuda`` run where a GPU is and
+    are skipped, saying why, where none is."""
+    items.sort(key=_rank)  # stable: the collection order within each group
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; torch.cuda.is_available() is False here")

@@ -26,7 +26,7 @@ def test_throughput(tmp_path):
     every_elbo = {"hand-written", "pyro-vae", *(f"pyro-vae {n}" for n in ELBOS.names() if n != "trace"),
                   "Trace_ELBO", "TraceMeanField_ELBO",
                   *(f"pyro-vae {n}" for n in NETWORKS.names() if n != "mlp")}  # fmt: skip
-    _run("benchmarks/throughput.py", "--batch-sizes", "32", "--particles", "1,2", "--repeats", "2", "--max-steps", "5",
+    _run("benchmarks/throughput.py", "--batch-sizes", "32", "--particles", "1,2", "--repeats", "1", "--max-steps", "2",
          "--out", str(out), "--implementations", ",".join(sorted(every_elbo | {"hand-written graph"})))  # fmt: skip
     record = json.loads(out.read_text())
     names = {p: {r["implementation"] for r in record["results"] if r["particles"] == p} for p in (1, 2)}

@@ -114,3 +114,17 @@ def test_every_sub_package_is_installed():
     found = set(find_packages(where=str(ROOT), include=include))
     on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
     assert on_disk <= found, f"sub-packages a wheel would leave out: {sorted(on_disk - found)}"
+
+
+def test_the_package_and_its_command_line_import_no_plotting_library():
+    """Every process that starts pyro-vae (each CLI command, each rank of a distributed run) pays
+    for what ``import pyro_vae`` loads: matplotlib (0.3 s here) is imported only where a figure is
+    drawn, TensorBoard only when a run asks for it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, pyro_vae, pyro_vae.cli; "
+             "print(sorted(m for m in ('matplotlib', 'torch.utils.tensorboard') if m in sys.modules))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]", f"imported by `import pyro_vae` and its CLI: {result.stdout}"

@@ -1,5 +1,6 @@
 """Pixel helpers shared by the data loaders and the components: the stored form of images
-(uint8 grey levels for 8-bit images, else float32) and streaming over row blocks.
+(uint8 grey levels for 8-bit images, else float32), streaming over row blocks and tiling images
+into one grid (:func:`image_grid`, drawn by the figures and TensorBoard).
 
 The lowest layer beside :mod:`pyro_vae.config` and :mod:`pyro_vae.registry`: priors and
 likelihoods use these without importing the data module.
@@ -62,3 +63,16 @@ def chw(image_shape) -> tuple[int, int, int]:
     if len(shape) != 3:
         raise ValueError(f"an image shape is (H, W) or (C, H, W), got {shape}")
     return shape
+
+
+def image_grid(images: torch.Tensor, image_shape, nrow: int) -> torch.Tensor:
+    """Tile (N, D) images of shape (H, W) or (C, H, W) into one (nrow*H, ncol*W) array, row by row
+    ((nrow*H, ncol*W, 3) for colour images)."""
+    c, h, w = chw(image_shape)
+    n = images.shape[0]
+    ncol = -(-n // nrow)
+    canvas = torch.ones(nrow * h, ncol * w, c)
+    for i, img in enumerate(images.detach().cpu().float()):
+        r, col = divmod(i, ncol)
+        canvas[r * h : (r + 1) * h, col * w : (col + 1) * w] = img.reshape(c, h, w).permute(1, 2, 0)
+    return canvas[..., 0] if c == 1 else canvas.clamp(0, 1)

@@ -14,21 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_vae.data import Splits  # noqa: E402
-from pyro_vae.data.pixels import chw, decode, evenly_spaced  # noqa: E402
+from pyro_vae.data.pixels import decode, evenly_spaced, image_grid  # noqa: E402
 from pyro_vae.model import VAE  # noqa: E402
-
-
-def image_grid(images: torch.Tensor, image_shape, nrow: int) -> torch.Tensor:
-    """Tile (N, D) images of shape (H, W) or (C, H, W) into one (nrow*H, ncol*W) array, row by row
-    ((nrow*H, ncol*W, 3) for colour images)."""
-    c, h, w = chw(image_shape)
-    n = images.shape[0]
-    ncol = -(-n // nrow)
-    canvas = torch.ones(nrow * h, ncol * w, c)
-    for i, img in enumerate(images.detach().cpu().float()):
-        r, col = divmod(i, ncol)
-        canvas[r * h : (r + 1) * h, col * w : (col + 1) * w] = img.reshape(c, h, w).permute(1, 2, 0)
-    return canvas[..., 0] if c == 1 else canvas.clamp(0, 1)
 
 
 def show_grid(ax, grid: torch.Tensor) -> None:

@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae.config import ConfigError, ExperimentConfig
-from pyro_vae.data.pixels import decode
-from pyro_vae.evaluation.plots import image_grid
+from pyro_vae.data.pixels import decode, image_grid
 from pyro_vae.model import VAE
 
 FOLDER = "tensorboard"

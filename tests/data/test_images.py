@@ -17,8 +17,9 @@ from PIL import Image
 from pyro_vae.config import ConfigError, load_config
 from pyro_vae.data import load_data
 from pyro_vae.data.images import CIFAR_RECORD, download_cifar10, read_cifar_batch
+from pyro_vae.data.pixels import image_grid
 from pyro_vae.evaluation.metrics import Estimate, with_bits_per_dim
-from pyro_vae.evaluation.plots import image_grid, make_figures
+from pyro_vae.evaluation.plots import make_figures
 from pyro_vae.model import build_vae
 from pyro_vae.training.loop import fit
 

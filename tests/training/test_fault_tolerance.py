@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from pyro_vae.runs.checkpoint import load_checkpoint
@@ -67,10 +68,15 @@ def _assert_same(a, b, what) -> None:
     assert not different, f"{what}: weights differ from the uninterrupted run in {different}"
 
 
-def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
-    straight = tmp_path / "straight"
-    _finish(_train("--out", str(straight)))
-    reference = _weights(straight)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The last weights of the uninterrupted run (trained once for the module's tests)."""
+    straight = tmp_path_factory.mktemp("straight")
+    _finish(_train("--out", str(straight), "--overwrite"))
+    return _weights(straight)
+
+
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, reference):
     rng = random.Random(0)
     for trial in range(3):
         run = tmp_path / f"killed{trial}"
@@ -86,9 +92,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         _assert_same(reference, _weights(run), f"killed after {delay:.2f} s (trial {trial}, seed 0)")
 
 
-def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
-    straight = tmp_path / "straight"
-    _finish(_train("--out", str(straight)))
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, reference):
     run, marker = tmp_path / "run", tmp_path / "writing"
     script = tmp_path / "slow_writer.py"
     script.write_text(SLOW_WRITER)
@@ -102,5 +106,5 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
     proc.communicate(timeout=60)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1  # the half-written epoch 2 is not it
     _finish(_train("--resume", str(run)))
-    _assert_same(_weights(straight), _weights(run), "killed while writing epoch 2's checkpoint")
+    _assert_same(reference, _weights(run), "killed while writing epoch 2's checkpoint")
     assert not list((run / "checkpoints").glob(".*.tmp")), "the half-written temporary file was left behind"
