@@ -110,6 +110,19 @@ def check_12(r, out):
     return ["nll.png", "pictures.png"]
 
 
+def check_13(r, out):
+    import math
+
+    pictures = list((out / "colour_images").rglob("*.png"))
+    assert r["images"] == 600 == len(pictures) and r["data_dim"] == 3 * 28 * 28
+    assert r["floor_bits_per_dim"] == math.log2(5) and r["uniform_bits_per_dim"] == 8.0
+    bits, nats = r["test_nll_bits_per_dim"], r["test_nll_nats"]
+    assert abs(bits[0] - nats[0] / (r["data_dim"] * math.log(2))) < 1e-9  # NLL / (D ln 2)
+    assert r["test_nll_bits_per_dim"][0] <= r["test_neg_elbo_bits_per_dim"][0] + 1e-9
+    assert math.log2(5) < bits[0] < 9, r  # above the noise's entropy; untrained (seed 0): 10.05 bits/dim
+    return ["pictures.png", "bits.png"]
+
+
 CHECKS = {
     "01_monte_carlo.py": check_01,
     "02_kl_divergence.py": check_02,
@@ -123,4 +136,5 @@ CHECKS = {
     "10_plugins.py": check_10,
     "11_beta_vae.py": check_11,
     "12_own_images.py": check_12,
+    "13_colour_images.py": check_13,
 }
