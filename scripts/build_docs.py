@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,15 +36,19 @@ def execute(path: Path, mode: str, runs: Path, timeout: int):
     """``path`` as an executed notebook (cells run top to bottom; a cell that raises raises here)."""
     import jupytext
     import nbclient
+    from jupyter_client.manager import KernelManager
 
     args = f"--device cpu --out {runs / path.stem}" + (" --smoke-test" if mode == "smoke" else "")
     before = os.environ.get("PYRO_VAE_EXAMPLE_ARGS")
     os.environ["PYRO_VAE_EXAMPLE_ARGS"] = args  # the kernel inherits this process's environment
     try:
         notebook = jupytext.read(path)
-        client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                                         resources={"metadata": {"path": str(EXAMPLES)}})  # fmt: skip
-        client.execute()
+        # The kernel talks over local sockets in a private folder, not over TCP on localhost.
+        with tempfile.TemporaryDirectory(prefix="pyro-vae-kernel-") as sockets:
+            kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
+            client = nbclient.NotebookClient(notebook, km=kernel, timeout=timeout,
+                                             resources={"metadata": {"path": str(EXAMPLES)}})  # fmt: skip
+            client.execute(cleanup_kc=True)  # shut the kernel down (it is ours, not the client's)
     finally:
         if before is None:
             os.environ.pop("PYRO_VAE_EXAMPLE_ARGS")
