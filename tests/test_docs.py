@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -35,7 +36,10 @@ def _script(name: str):
 def built(tmp_path_factory):
     """The site, built once per test run (by whichever xdist worker gets here first; the others wait
     on the lock and reuse it): ``folder/site`` and the notebooks' run folders ``folder/runs/NAME``."""
-    shared = tmp_path_factory.getbasetemp().parent  # common to all workers of this run
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker has base = .../pytest-N/popen-gwK, and .../pytest-N is this run's own;
+    # without xdist, base is .../pytest-N itself (its parent is shared with earlier runs: never reuse those).
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     folder = shared / "docs-build"
     with FileLock(str(shared / "docs-build.lock")):
         if not (folder / "ok").exists():

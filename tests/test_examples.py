@@ -65,7 +65,11 @@ def test_example_as_a_script(name, device, tmp_path, monkeypatch):
         assert (tmp_path / figure).stat().st_size > 0, figure
 
 
-def test_a_bad_device_is_a_usage_error(tmp_path):
-    argv = [sys.executable, str(ROOT / "examples" / EXAMPLES[0]), "--out", str(tmp_path), "--device", "tpu"]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "--device: device 'tpu' is not one of: auto, cpu, cuda, cuda:N" in result.stderr
+def test_a_bad_device_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    script = ROOT / "examples" / EXAMPLES[0]
+    monkeypatch.setattr(sys, "argv", [str(script), "--out", str(tmp_path), "--device", "tpu"])
+    monkeypatch.syspath_prepend(str(script.parent))
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_.value.code == 2
+    assert "--device: device 'tpu' is not one of: auto, cpu, cuda, cuda:N" in capsys.readouterr().err
