@@ -1,8 +1,9 @@
 """Build the documentation site offline: ``make docs`` (``python scripts/build_docs.py``).
 
-1. Execute every notebook of the learning path (``examples/NN_*.py``, Jupytext percent format) in a
-   Jupyter kernel, in smoke mode by default (``--mode full`` for the full runs), and render each into
-   ``docs/notebooks/NAME.md`` with its figures (``NAME_files/``) and the executed ``NAME.ipynb``.
+1. Execute every notebook of the learning path (``examples/NN_*.py``, Jupytext percent format) in one
+   Jupyter kernel, reset between notebooks (:data:`PRELUDE`), in smoke mode by default (``--mode
+   full`` for the full runs), and render each into ``docs/notebooks/NAME.md`` with its figures
+   (``NAME_files/``) and the executed ``NAME.ipynb``.
 2. ``mkdocs build --strict`` into ``build/site`` (``--site-dir``): a broken internal link, a missing
    page or a docstring mkdocstrings cannot render fails the build.
 
@@ -14,6 +15,7 @@ system's fonts and the maths is MathML typeset at build time (``docs/hooks/mathm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import re
@@ -32,29 +34,67 @@ WIDGET_NOTE = ("*(In a live notebook, sliders for $z_1$ and $z_2$ appear here an
                "the figure below is the static fallback.)*")  # fmt: skip
 
 
-def execute(path: Path, mode: str, runs: Path, timeout: int):
-    """``path`` as an executed notebook (cells run top to bottom; a cell that raises raises here)."""
-    import jupytext
-    import nbclient
+# Run in the kernel before each notebook: the state a new kernel starts with (no names, no Pyro
+# params, no figures, no plugins loaded or registered) and this notebook's arguments. It undoes the
+# previous notebook; what stays is only the modules imported (once, as in one Python session).
+PRELUDE = """\
+import os as _os, sys as _sys
+import matplotlib.pyplot as _plt, pyro as _pyro
+from pyro_vae.plugins import isolated as _isolated
+if hasattr(_sys, "_pyro_vae_docs_isolation"):  # restore the registries of before the last notebook
+    _sys._pyro_vae_docs_isolation.__exit__(None, None, None)
+_plt.close("all"); _pyro.clear_param_store()
+_os.environ["PYRO_VAE_EXAMPLE_ARGS"] = {args!r}
+_sys._pyro_vae_docs_isolation = _isolated(fresh=True)
+_sys._pyro_vae_docs_isolation.__enter__()
+get_ipython().run_line_magic("reset", "-f")
+"""
+
+
+@contextlib.contextmanager
+def kernel(sockets: Path):
+    """A started Jupyter kernel (cwd: examples/) and its client, shut down on leaving. The kernel
+    talks over local sockets in the private folder ``sockets``, not over TCP on localhost."""
     from jupyter_client.manager import KernelManager
 
-    args = f"--device cpu --out {runs / path.stem}" + (" --smoke-test" if mode == "smoke" else "")
-    before = os.environ.get("PYRO_VAE_EXAMPLE_ARGS")
-    os.environ["PYRO_VAE_EXAMPLE_ARGS"] = args  # the kernel inherits this process's environment
+    manager = KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / "kernel"))
+    manager.start_kernel(cwd=str(EXAMPLES))
+    client = manager.client()
     try:
-        notebook = jupytext.read(path)
-        # The kernel talks over local sockets in a private folder, not over TCP on localhost.
-        with tempfile.TemporaryDirectory(prefix="pyro-vae-kernel-") as sockets:
-            kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
-            client = nbclient.NotebookClient(notebook, km=kernel, timeout=timeout,
-                                             resources={"metadata": {"path": str(EXAMPLES)}})  # fmt: skip
-            client.execute(cleanup_kc=True)  # shut the kernel down (it is ours, not the client's)
+        client.start_channels()
+        client.wait_for_ready(timeout=120)
+        yield manager, client
     finally:
-        if before is None:
-            os.environ.pop("PYRO_VAE_EXAMPLE_ARGS")
-        else:
-            os.environ["PYRO_VAE_EXAMPLE_ARGS"] = before
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+def execute(path: Path, mode: str, runs: Path, timeout: int, manager, client):
+    """``path`` as an executed notebook (cells run top to bottom in the given kernel, after
+    :data:`PRELUDE`; a cell that raises raises here)."""
+    import jupytext
+    import nbclient
+
+    args = f"--device cpu --out {runs / path.stem}" + (" --smoke-test" if mode == "smoke" else "")
+    reply = client.execute_interactive(PRELUDE.format(args=args), timeout=timeout, store_history=False)
+    if reply["content"]["status"] != "ok":
+        raise RuntimeError(f"the kernel's prelude failed: {reply['content'].get('evalue')}")
+    notebook = jupytext.read(path)
+    runner = nbclient.NotebookClient(notebook, km=manager, timeout=timeout,
+                                     resources={"metadata": {"path": str(EXAMPLES)}})  # fmt: skip
+    runner.kc = client  # the kernel is ours: nbclient neither starts nor stops it
+    runner.execute()
     return notebook
+
+
+def execute_all(paths: list[Path], mode: str, runs: Path, timeout: int):
+    """Yield ``(path, executed notebook)``, all in one kernel that :data:`PRELUDE` resets between
+    them (torch is imported once, not once per notebook: 2 to 3 s each)."""
+    if not paths:
+        return
+    with tempfile.TemporaryDirectory(prefix="pyro-vae-kernel-") as sockets, kernel(Path(sockets)) as (manager, client):
+        for path in paths:
+            yield path, execute(path, mode, runs, timeout, manager, client)
 
 
 def tidy(notebook) -> None:
@@ -136,14 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     NOTEBOOKS.mkdir(parents=True, exist_ok=True)
     paths = sorted(EXAMPLES.glob("[0-9][0-9]_*.py"))
-    for i, path in enumerate(paths, 1):
-        reuse = args.no_execute or (args.only and path.stem not in args.only)
-        if reuse and (NOTEBOOKS / f"{path.stem}.md").exists():
-            continue
+    todo = [p for p in paths if not ((args.no_execute or (args.only and p.stem not in args.only))
+                                     and (NOTEBOOKS / f"{p.stem}.md").exists())]  # fmt: skip
+    start = time.perf_counter()
+    for i, (path, notebook) in enumerate(execute_all(todo, args.mode, args.runs, args.timeout), 1):
+        render(notebook, path.stem, args.mode)
+        seconds = time.perf_counter() - start
+        print(f"[{i:2d}/{len(todo)}] executed {path.name} ({args.mode}): {seconds:.0f} s", flush=True)
         start = time.perf_counter()
-        print(f"[{i:2d}/{len(paths)}] executing {path.name} ({args.mode}) ...", end=" ", flush=True)
-        render(execute(path, args.mode, args.runs, args.timeout), path.stem, args.mode)
-        print(f"{time.perf_counter() - start:.0f} s", flush=True)
     write_home()
     command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(args.site_dir)]
     print("building the site:", " ".join(command[1:]), flush=True)
