@@ -4,8 +4,8 @@ user arrays, and the errors bad data gets."""
 from __future__ import annotations
 
 import gzip
+import runpy
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -54,14 +54,16 @@ def test_test_labels_match_the_grey_images(embedded, shared_data):
     assert np.array_equal(np.sort(labels, kind="stable"), embedded["test_labels"])
 
 
-def test_pack_script_rebuilds_the_embedded_file(tmp_path, shared_data):
-    out = tmp_path / "packed.npz"
-    result = subprocess.run([sys.executable, "scripts/pack_binarized_mnist.py", "--out", str(out),
-                             "--amat-dir", str(shared_data / "binarized_mnist"),
-                             "--labels", str(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz")],
-                            cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert D.EMBEDDED_SHA256 in result.stdout
+def test_pack_script_rebuilds_the_embedded_file(tmp_path, shared_data, monkeypatch, capsys):
+    out, script = tmp_path / "packed.npz", ROOT / "scripts" / "pack_binarized_mnist.py"
+    argv = [str(script), "--out", str(out), "--amat-dir", str(shared_data / "binarized_mnist"),
+            "--labels", str(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_:  # the script as `python scripts/...` runs it, in this process
+        runpy.run_path(str(script), run_name="__main__")
+    printed = capsys.readouterr()
+    assert exit_.value.code == 0, printed.out + printed.err
+    assert D.EMBEDDED_SHA256 in printed.out
     assert out.stat().st_size < 2.5e6
     rebuilt = D.load_embedded(out)
     assert all(np.array_equal(rebuilt[k], D.load_embedded()[k]) for k in rebuilt)
