@@ -4,30 +4,52 @@ from __future__ import annotations
 
 import importlib
 import json
-import subprocess
+import runpy
 import sys
 
+import pyro
 import pytest
+import torch
+from pyro.infer.util import is_validation_enabled
 
 from pyro_vae.components.nets import NETWORKS
 from pyro_vae.objectives.elbos import ELBOS
 from tests.helpers import ROOT
 
 
-def _run(*argv: str) -> None:
-    result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+@pytest.fixture
+def run_script(monkeypatch):
+    """``run_script("benchmarks/NAME.py", *args)``: the script as ``python benchmarks/NAME.py ARGS`` runs it
+    from the repository root, but in this process (no interpreter to start), with the global state
+    a script may set (Pyro's validation, torch's threads, matmul precision and random streams, the
+    param store) put back afterwards."""
+
+    def run(script: str, *argv: str) -> None:
+        monkeypatch.chdir(ROOT)
+        monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # `from common import ...`, as for a script
+        monkeypatch.setattr(sys, "argv", [script, *argv])
+        threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+        try:
+            with pyro.validation_enabled(is_validation_enabled()), torch.random.fork_rng(devices=[]):
+                runpy.run_path(str(ROOT / script), run_name="__main__")
+        finally:
+            torch.set_num_threads(threads)
+            torch.set_float32_matmul_precision(precision)
+            pyro.clear_param_store()
+
+    return run
 
 
-def test_throughput(tmp_path):
+def test_throughput(tmp_path, run_script):
     """Every implementation that runs on a CPU (every ELBO and network) except the compiled engine
     (tested in test_engine.py; compiling takes half a minute per shape here)."""
     out = tmp_path / "tp.json"
     every_elbo = {"hand-written", "pyro-vae", *(f"pyro-vae {n}" for n in ELBOS.names() if n != "trace"),
                   "Trace_ELBO", "TraceMeanField_ELBO",
                   *(f"pyro-vae {n}" for n in NETWORKS.names() if n != "mlp")}  # fmt: skip
-    _run("benchmarks/throughput.py", "--batch-sizes", "32", "--particles", "1,2", "--repeats", "1", "--max-steps", "2",
-         "--out", str(out), "--implementations", ",".join(sorted(every_elbo | {"hand-written graph"})))  # fmt: skip
+    run_script("benchmarks/throughput.py", "--batch-sizes", "32", "--particles", "1,2", "--repeats", "1",
+               "--max-steps", "2", "--out", str(out),
+               "--implementations", ",".join(sorted(every_elbo | {"hand-written graph"})))  # fmt: skip
     record = json.loads(out.read_text())
     names = {p: {r["implementation"] for r in record["results"] if r["particles"] == p} for p in (1, 2)}
     assert names[2] == every_elbo and names[1] == every_elbo - {"pyro-vae iwae", "pyro-vae iwae_dreg"}  # 2 particles
@@ -60,10 +82,10 @@ def test_throughput_tables_for_rows_without_the_cuda_graph_baseline(monkeypatch)
 
 
 @pytest.mark.cuda
-def test_throughput_on_cuda_has_the_graph_rows_and_both_precisions(tmp_path):
+def test_throughput_on_cuda_has_the_graph_rows_and_both_precisions(tmp_path, run_script):
     out = tmp_path / "tp.json"
-    _run("benchmarks/throughput.py", "--device", "cuda", "--batch-sizes", "128", "--particles", "1", "--repeats", "2",
-         "--max-steps", "5", "--out", str(out))  # fmt: skip
+    run_script("benchmarks/throughput.py", "--device", "cuda", "--batch-sizes", "128", "--particles", "1",
+               "--repeats", "2", "--max-steps", "5", "--out", str(out))  # fmt: skip
     rows = json.loads(out.read_text())["results"]
     assert {r["matmul_precision"] for r in rows} == {"highest", "high"}
     engines = {r["implementation"]: r["engine"] for r in rows}
@@ -72,9 +94,9 @@ def test_throughput_on_cuda_has_the_graph_rows_and_both_precisions(tmp_path):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def test_time_to_quality(tmp_path, device):
+def test_time_to_quality(tmp_path, device, run_script):
     out = tmp_path / "ttq.json"
-    _run("benchmarks/time_to_quality.py", "--device", device, "--target", "400", "--check-every", "0.05",
+    run_script("benchmarks/time_to_quality.py", "--device", device, "--target", "400", "--check-every", "0.05",
          "--max-epochs", "0.2", "--out", str(out))  # fmt: skip
     record = json.loads(out.read_text())
     expected = ["pyro-vae", "hand-written", *(["hand-written graph"] if device == "cuda" else [])]
@@ -83,8 +105,8 @@ def test_time_to_quality(tmp_path, device):
     assert record["machine"]["device"] == device
 
 
-def test_nll_recipe(tmp_path):
-    _run("benchmarks/nll.py", "--name", "tiny", "--runs", str(tmp_path), "--results", str(tmp_path),
+def test_nll_recipe(tmp_path, run_script):
+    run_script("benchmarks/nll.py", "--name", "tiny", "--runs", str(tmp_path), "--results", str(tmp_path),
          "--set", "data.subset=200", "--set", "train.epochs=1", "--set", "eval.iwae_k=5",
          "--set", "train.device=cpu")  # fmt: skip
     record = json.loads((tmp_path / "tiny.json").read_text())
@@ -92,9 +114,9 @@ def test_nll_recipe(tmp_path):
     assert "--set data.subset=200" in record["command"]
 
 
-def test_ddp_throughput(tmp_path):
+def test_ddp_throughput(tmp_path, run_script):
     out = tmp_path / "ddp.json"
-    _run("benchmarks/ddp_throughput.py", "--device", "cpu", "--procs", "1,2", "--steps", "3", "--repeats", "1",
+    run_script("benchmarks/ddp_throughput.py", "--device", "cpu", "--procs", "1,2", "--steps", "3", "--repeats", "1",
          "--batch", "64", "--out", str(out))  # fmt: skip
     record = json.loads(out.read_text())
     assert set(record["median_images_per_s"]) == {"1", "2"} and record["speedup_over_1"]["1"] == 1.0
@@ -102,18 +124,18 @@ def test_ddp_throughput(tmp_path):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def test_iwae_eval(tmp_path, device):
+def test_iwae_eval(tmp_path, device, run_script):
     out = tmp_path / "ev.json"
-    _run("benchmarks/iwae_eval.py", "--device", device, "--k", "20", "--images", "50", "--repeats", "2", "--out",
+    run_script("benchmarks/iwae_eval.py", "--device", device, "--k", "20", "--images", "50", "--repeats", "2", "--out",
          str(out))  # fmt: skip
     record = json.loads(out.read_text())
     assert record["k"] == 20 and record["images"] == 50 and len(record["seconds"]) == 2
     assert record["test_nll"] <= record["test_neg_elbo"] and record["chunk_elements"] >= 1 << 20
 
 
-def test_cpu_levers(tmp_path):
+def test_cpu_levers(tmp_path, run_script):
     out = tmp_path / "levers.json"
-    _run("benchmarks/cpu_levers.py", "--rounds", "1", "--variants", "eager,one-thread", "--batch-sizes", "64,256",
+    run_script("benchmarks/cpu_levers.py", "--rounds", "1", "--variants", "eager,one-thread", "--batch-sizes", "64,256",
          "--stages", "2", "--steps", "10", "--out", str(out))  # fmt: skip
     record = json.loads(out.read_text())
     assert set(record["median"]) == {"eager", "one-thread"} and record["ratio_to_peer"] is None
