@@ -12,19 +12,19 @@ from pyro_vae.config import ModelConfig
 from pyro_vae.model import build_vae
 from tests.helpers import SHARED_DATA
 
-# The longest tests first, longest first (seconds on one core in brackets), so that under
+# The longest tests first (seconds on one core in brackets), so that under
 # `pytest -n 2 --dist worksteal` they start early and the run does not end waiting on one of them:
-# the docs build that test_docs.py's tests share (75), then tests that start processes or train.
+# the docs build that test_docs.py's tests share, then tests that start processes or train.
 # Only the order changes; a test missing from this list runs after them in collection order.
-LONGEST_FIRST = (
-    "tests/test_docs.py",  # its build first, then the checks that read it, on the same worker
-    "tests/training/test_fault_tolerance.py",  # (20 + 8)
-    "tests/training/test_distributed.py",  # (19 + 6)
-    "tests/test_benchmarks.py",  # (17, 13, 9, ...)
+LONGEST_FIRST = (  # (their longest tests, 2026-12-03)
+    "tests/test_docs.py",  # its build first (41), then the checks that read it, on the same worker
+    "tests/training/test_fault_tolerance.py",  # (10 + 3)
+    "tests/training/test_distributed.py",  # (15 + 6)
+    "tests/test_benchmarks.py",  # (13, 9, 6, ...)
     "tests/objectives/test_elbos.py::test_every_elbo_recovers_the_exact_conjugate_posterior",  # (2-9 each)
-    "tests/runs/test_checkpoint.py",  # (9)
-    "tests/training/test_train.py",  # (6, 5, ...)
-    "tests/data/test_data.py",  # (5, ...)
+    "tests/runs/test_checkpoint.py",  # (7)
+    "tests/training/test_train.py",  # (5, 2, ...)
+    "tests/data/test_data.py",  # (2, ...)
 )
 
 
