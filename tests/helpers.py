@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import runpy
+import sys
 from pathlib import Path
 
 import pyro
@@ -19,6 +21,19 @@ from pyro_vae.runs.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def run_as_script(monkeypatch, script: Path, *argv: str) -> int | None:
+    """``python SCRIPT ARGV`` in this process (no interpreter to start): ``sys.argv`` set and the
+    script's folder first on ``sys.path``, as Python does, and the file run as ``__main__``. Returns
+    the exit status it gave ``sys.exit`` (argparse's 2 included), or None where it ended without."""
+    monkeypatch.setattr(sys, "argv", [str(script), *argv])
+    monkeypatch.syspath_prepend(str(Path(script).parent))
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exit_:
+        return exit_.code
+    return None
 
 
 def assert_mc_close(estimate: float, target: float, se: float, *, n: int, seed: int, what: str, z_max: float = 4.0):

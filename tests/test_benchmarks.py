@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import runpy
-import sys
 
 import pyro
 import pytest
@@ -14,7 +12,7 @@ from pyro.infer.util import is_validation_enabled
 
 from pyro_vae.components.nets import NETWORKS
 from pyro_vae.objectives.elbos import ELBOS
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_as_script
 
 
 @pytest.fixture
@@ -26,12 +24,11 @@ def run_script(monkeypatch):
 
     def run(script: str, *argv: str) -> None:
         monkeypatch.chdir(ROOT)
-        monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # `from common import ...`, as for a script
-        monkeypatch.setattr(sys, "argv", [script, *argv])
         threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
         try:
             with pyro.validation_enabled(is_validation_enabled()), torch.random.fork_rng(devices=[]):
-                runpy.run_path(str(ROOT / script), run_name="__main__")
+                code = run_as_script(monkeypatch, ROOT / script, *argv)
+            assert code in (None, 0), f"{script} exited with status {code}"
         finally:
             torch.set_num_threads(threads)
             torch.set_float32_matmul_precision(precision)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import runpy
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ import torch
 
 from pyro_vae import plugins
 from tests.example_checks import CHECKS
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_as_script
 
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("[0-9][0-9]_*.py"))
 
@@ -33,10 +32,8 @@ def run_example(name: str, out, device: str = "cpu", monkeypatch=None) -> dict:
         result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
     else:
-        monkeypatch.setattr(sys, "argv", [str(script), *args])
-        monkeypatch.syspath_prepend(str(script.parent))
         with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()), plugins.isolated():
-            runpy.run_path(str(script), run_name="__main__")
+            assert run_as_script(monkeypatch, script, *args) is None
         plt.close("all")
         pyro.clear_param_store()
     return json.loads((out / "results.json").read_text())
@@ -54,11 +51,9 @@ def test_example_as_a_script(name, device, tmp_path, monkeypatch):
     """On the CPU: the first example as its own process (``--smoke-test --device cpu`` from the
     command line), every other one its ``--help``; on CUDA: each one in this process."""
     if device == "cpu" and name != EXAMPLES[0]:
-        monkeypatch.setattr(sys, "argv", [name, "--help"])
-        monkeypatch.syspath_prepend(str(ROOT / "examples"))
-        with pytest.raises(SystemExit) as exit_, contextlib.redirect_stdout(io.StringIO()) as text:
-            runpy.run_path(str(ROOT / "examples" / name), run_name="__main__")
-        assert exit_.value.code == 0 and "--smoke-test" in text.getvalue() and name[:2] in text.getvalue()
+        with contextlib.redirect_stdout(io.StringIO()) as text:
+            code = run_as_script(monkeypatch, ROOT / "examples" / name, "--help")
+        assert code == 0 and "--smoke-test" in text.getvalue() and name[:2] in text.getvalue()
         return
     results = run_example(name, tmp_path, device, None if device == "cpu" else monkeypatch)
     for figure in CHECKS[name](results, tmp_path):
@@ -66,10 +61,5 @@ def test_example_as_a_script(name, device, tmp_path, monkeypatch):
 
 
 def test_a_bad_device_is_a_usage_error(tmp_path, monkeypatch, capsys):
-    script = ROOT / "examples" / EXAMPLES[0]
-    monkeypatch.setattr(sys, "argv", [str(script), "--out", str(tmp_path), "--device", "tpu"])
-    monkeypatch.syspath_prepend(str(script.parent))
-    with pytest.raises(SystemExit) as exit_:
-        runpy.run_path(str(script), run_name="__main__")
-    assert exit_.value.code == 2
+    assert run_as_script(monkeypatch, ROOT / "examples" / EXAMPLES[0], "--out", str(tmp_path), "--device", "tpu") == 2
     assert "--device: device 'tpu' is not one of: auto, cpu, cuda, cuda:N" in capsys.readouterr().err

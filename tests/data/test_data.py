@@ -4,9 +4,7 @@ user arrays, and the errors bad data gets."""
 from __future__ import annotations
 
 import gzip
-import runpy
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from pyro_vae.config import DataConfig, ModelConfig
 from pyro_vae.data import pixels as P
 from pyro_vae.model import build_vae
 from pyro_vae.training.checks import check_data
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_as_script
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +54,10 @@ def test_test_labels_match_the_grey_images(embedded, shared_data):
 
 def test_pack_script_rebuilds_the_embedded_file(tmp_path, shared_data, monkeypatch, capsys):
     out, script = tmp_path / "packed.npz", ROOT / "scripts" / "pack_binarized_mnist.py"
-    argv = [str(script), "--out", str(out), "--amat-dir", str(shared_data / "binarized_mnist"),
-            "--labels", str(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz")]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exit_:  # the script as `python scripts/...` runs it, in this process
-        runpy.run_path(str(script), run_name="__main__")
+    code = run_as_script(monkeypatch, script, "--out", str(out), "--amat-dir", str(shared_data / "binarized_mnist"),
+                         "--labels", str(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz"))  # fmt: skip
     printed = capsys.readouterr()
-    assert exit_.value.code == 0, printed.out + printed.err
+    assert code == 0, printed.out + printed.err
     assert D.EMBEDDED_SHA256 in printed.out
     assert out.stat().st_size < 2.5e6
     rebuilt = D.load_embedded(out)
