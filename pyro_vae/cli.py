@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
-from pyro_vae.config import load_config, to_toml
+from pyro_vae.config import MAX_SAMPLES, MAX_SEED, load_config, to_toml
+from pyro_vae.files import check_regular, write_atomic
 
 
 def _plugin_args(p: argparse.ArgumentParser) -> None:
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "a model card)")  # fmt: skip
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the model files")
+    p.add_argument("--overwrite", action="store_true", help="replace model files already in --out")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     _plugin_args(p)
 
@@ -155,7 +158,28 @@ def _latent_commands(sub) -> None:
     p.add_argument("--invert", action="store_true", help="dark ink on white paper (MNIST stores white ink)")
 
 
+# Ranges of the numeric options, checked before a model is opened (pyro_vae.config has the limits of
+# the config keys, MAX_SAMPLES and MAX_SEED among them): generous, but a slip such as --n 1e9 is refused.
+MAX_DRAWN = 10_000  # sample --n, interpolate --steps: images decoded at once and drawn in one figure
+MAX_SPAN = 1000.0  # traverse --span, sample --temperature: far past any prior's mass, short of float32 overflow
+MAX_LAB_PARTICLES = 2**14  # compare --particles: drawn at once for every gradient image
+MAX_LAB_REPS = 10**5  # compare --reps, --grad-reps
+
+
+def _check_int(option: str, value: int, low: int, high: int | None = None, what: str = "") -> None:
+    if value < low or (high is not None and value > high):
+        accepted = f"between {low:,} and {high:,}" if high is not None else f"at least {low}"
+        raise ValueError(f"{option} = {value} must be {accepted}{what}")
+
+
+def _check_float(option: str, value: float, high: float) -> None:
+    if not (math.isfinite(value) and 0 < value <= high):
+        raise ValueError(f"{option} = {value} must be a finite number above 0 and at most {high:g}")
+
+
 def _latent(args) -> int:
+    import io
+
     import numpy as np
     import torch
 
@@ -163,8 +187,22 @@ def _latent(args) -> int:
     from pyro_vae.evaluation.plots import plot_images
     from pyro_vae.runs.export import open_model
 
+    _check_int("--seed", args.seed, 0, MAX_SEED)
+    if args.command == "sample":
+        _check_int("--n", args.n, 1, MAX_DRAWN, " (images drawn in one figure)")
+        _check_float("--temperature", args.temperature, MAX_SPAN)
+    elif args.command == "interpolate":
+        _check_int("--steps", args.steps, 2, MAX_DRAWN, " (the two ends and the images between them)")
+    elif args.command == "traverse":
+        _check_float("--span", args.span, MAX_SPAN)
     cfg, vae, data = open_model(args.run, device=args.device)
+    if args.command == "traverse" and args.dims:
+        bad = [d for d in args.dims if not 0 <= d < cfg.model.latent_dim]
+        if bad:
+            raise ValueError(f"--dims {bad} out of range: the latent space has dimensions "
+                             f"0..{cfg.model.latent_dim - 1}")  # fmt: skip
     out = Path(args.out or Path(args.run) / "latent")
+    inside = Path(args.out or args.run)  # folders below the one named are made there, never through a link
     device, shape = next(vae.parameters()).device, data.image_shape
 
     def test_image(i: int) -> torch.Tensor:
@@ -179,8 +217,9 @@ def _latent(args) -> int:
     written, numbers = [], {}
     if args.command == "sample":
         images = latent.sample(vae, args.n, args.temperature, args.seed)
-        written.append(plot_images(images, shape, max(1, int(args.n**0.5)), f"Samples, temperature "
-                                   f"{args.temperature:g}", out / f"samples_t{args.temperature:g}.png"))  # fmt: skip
+        title = f"Samples, temperature {args.temperature:g}"
+        written.append(plot_images(images, shape, max(1, int(args.n**0.5)), title,
+                                   out / f"samples_t{args.temperature:g}.png", inside))  # fmt: skip
     elif args.command == "interpolate":
         a, b = args.between
         if a.isdigit() != b.isdigit():
@@ -194,7 +233,7 @@ def _latent(args) -> int:
         rows = torch.cat([paths["linear"], paths["spherical"]])
         stem = "_".join(Path(e).stem for e in (a, b))
         written.append(plot_images(rows, shape, 2, f"{name[0].upper()}{name[1:]}: linear (top), spherical (bottom)",
-                                   out / f"interpolate_{stem}.png"))  # fmt: skip
+                                   out / f"interpolate_{stem}.png", inside))  # fmt: skip
     elif args.command == "traverse":
         units = latent.active_units(vae, data.test)
         dims = args.dims if args.dims else units["order"][:10]
@@ -202,7 +241,7 @@ def _latent(args) -> int:
               else torch.zeros(cfg.model.latent_dim, device=device))  # fmt: skip
         grid = latent.traverse(vae, z0, dims, args.span)
         written.append(plot_images(grid, shape, len(dims), f"Dimensions {dims} from {-args.span:g} to "
-                                   f"{args.span:g}", out / "traverse.png"))  # fmt: skip
+                                   f"{args.span:g}", out / "traverse.png", inside))  # fmt: skip
         numbers = {**units, "dims": dims}
         print(f"active units (Cov_x E[z|x] > {units['threshold']:g}, {units['images']} test images): "
               f"{units['active']} of {cfg.model.latent_dim}")  # fmt: skip
@@ -210,19 +249,18 @@ def _latent(args) -> int:
         x = getattr(data, args.split)
         codes = latent.encode(vae, x)
         labels = data.test_labels if args.split == "test" and data.test_labels is not None else None
-        path = Path(args.file or out / f"codes_{args.split}.npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = Path(args.file) if args.file else out / f"codes_{args.split}.npz"
         extra = {"labels": labels.numpy()} if labels is not None else {}
-        np.savez(path, **codes, **extra)
-        written.append(path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **codes, **extra)  # the file is the name given: nothing appended to it
+        written.append(write_atomic(path, buffer.getvalue(), path.parent if args.file else inside))
     else:  # reconstruct
         x = user_images(args.images)
         rows = torch.cat([x, vae.reconstruct(x)])
         title = "Your images (top) and their reconstructions"
-        written.append(plot_images(rows, shape, 2, title, out / "reconstruct.png"))
+        written.append(plot_images(rows, shape, 2, title, out / "reconstruct.png", inside))
     if numbers:
-        (out / f"{args.command}.json").write_text(json.dumps(numbers, indent=2) + "\n")
-        written.append(out / f"{args.command}.json")
+        written.append(write_atomic(out / f"{args.command}.json", json.dumps(numbers, indent=2) + "\n", inside))
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -266,13 +304,8 @@ def _train(args) -> int:
     else:
         run_dir = Path(args.out or "runs/default")
         cfg = load_config(args.config, args.overrides)
-        if RunDir(run_dir).last.exists():
-            if not args.overwrite:
-                raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
-                                 "pass --overwrite to replace it, or choose another --out")  # fmt: skip
-            (RunDir(run_dir).last).unlink(missing_ok=True)  # (several ranks may race here under torchrun)
     summary = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
-                  figures=not args.no_figures)  # fmt: skip
+                  figures=not args.no_figures, overwrite=args.overwrite)  # fmt: skip
     if summary:  # under torchrun, only rank 0 returns one
         _print_summary(summary, run_dir)
     return 0
@@ -285,6 +318,8 @@ def _evaluate(args) -> int:
 
     if args.k < 1:
         raise ValueError(f"--k must be at least 1, got {args.k}")
+    _check_int("--k", args.k, 1, MAX_SAMPLES, " (importance samples per image)")
+    _check_int("--images", args.images, 0, None, " (0: the whole test split; more than it has: all of them)")
     cfg, vae, data = open_model(args.run, args.checkpoint, args.device)
     device = next(vae.parameters()).device
     x = data.test[evenly_spaced(data.test.shape[0], args.images)].to(device)
@@ -292,9 +327,10 @@ def _evaluate(args) -> int:
                        seed=cfg.eval.seed, progress=not args.no_progress, desc=f"K={args.k}")  # fmt: skip
     results = with_bits_per_dim(results, x)
     out = Path(args.run) / f"evaluation_k{args.k}.json"
+    check_regular(out, "results file")  # before the work: a link there is refused, not written through
     record = {"checkpoint": args.checkpoint, "k": args.k, "images": x.shape[0], "unit": "nats per image",
               **as_dict(results)}  # fmt: skip
-    out.write_text(json.dumps(record, indent=2))
+    write_atomic(out, json.dumps(record, indent=2), Path(args.run))
     for name, est in results.items():
         unit = "bits per dimension" if name.endswith("bits_per_dim") else "nats"
         text = f"{est.mean:.4f} ± {est.se:.4f}" if unit != "nats" else str(est)
@@ -303,13 +339,16 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _int_list(text: str, option: str) -> tuple[int, ...]:
+def _int_list(text: str, option: str, high: int = MAX_SAMPLES) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise ValueError(f"{option} takes comma-separated integers, e.g. 1,10,100; got {text!r}") from None
     if not values:
         raise ValueError(f"{option} needs at least one value")
+    bad = [v for v in values if not 1 <= v <= high]
+    if bad:
+        raise ValueError(f"{option} {text}: {bad[0]} is out of range; every value must be between 1 and {high:,}")
     return values
 
 
@@ -319,7 +358,14 @@ def _compare(args) -> int:
     from pyro_vae.lab.report import format_table, write_outputs
     from pyro_vae.runs.export import open_model
 
-    lab = LabConfig(images=args.images, ks=_int_list(args.k, "--k"), particles=_int_list(args.particles, "--particles"),
+    _check_int("--images", args.images, 1, None, " (more than the test split has: all of them)")
+    _check_int("--grad-images", args.grad_images, 1)
+    _check_int("--reps", args.reps, 2, MAX_LAB_REPS, " (estimates per image, at least 2 for a spread)")
+    _check_int("--grad-reps", args.grad_reps, 2, MAX_LAB_REPS, " (gradient draws, at least 2 for a spread)")
+    _check_int("--groups", args.groups, 1, MAX_SAMPLES)
+    _check_int("--seed", args.seed, 0, MAX_SEED)
+    lab = LabConfig(images=args.images, ks=_int_list(args.k, "--k"),
+                    particles=_int_list(args.particles, "--particles", MAX_LAB_PARTICLES),
                     reps=args.reps, grad_images=args.grad_images, grad_reps=args.grad_reps, seed=args.seed,
                     snr_ks=_int_list(args.snr_k, "--snr-k"), groups=args.groups)  # fmt: skip
     _, vae, data = open_model(args.run, args.checkpoint, args.device)
@@ -328,7 +374,8 @@ def _compare(args) -> int:
     result = run_lab(vae, x, lab, progress=not args.no_progress)
     print(format_table(result))
     command = "pyro-vae compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else ""
-    for path in write_outputs(result, args.out or Path(args.run) / "compare", command):
+    out = Path(args.out) if args.out else Path(args.run) / "compare"
+    for path in write_outputs(result, out, command, inside=args.out or args.run):
         print(f"wrote {path}")
     return 0
 
@@ -347,7 +394,7 @@ def _export(args) -> int:
     from pyro_vae.runs.export import export_model
 
     command = "pyro-vae " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["export"] else ""
-    for path in export_model(args.run, args.out, args.checkpoint, command):
+    for path in export_model(args.run, args.out, args.checkpoint, command, overwrite=args.overwrite):
         print(f"wrote {path}")
     return 0
 

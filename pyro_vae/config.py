@@ -46,6 +46,20 @@ class ConfigError(ValueError):
     """A configuration value, file or override is invalid."""
 
 
+# Limits of the sizes a config sets, checked before anything is allocated (:func:`validate`, and the
+# loaders and :func:`pyro_vae.model.build_vae` where the size depends on the data). Far above what
+# these models and data sets call for, low enough that a slip (1e9 for 128) is refused instead of
+# exhausting memory; docs/configuration.md lists them.
+MAX_LATENT_DIM = 2**16  # model.latent_dim
+MAX_WIDTH = 2**16  # every width of model.hidden
+MAX_BATCH_SIZE = 2**20  # train.batch_size, train.eval_batch_size (images)
+MAX_SAMPLES = 10**6  # train.num_particles, train.iw_groups, their product, eval.iwae_k (samples of z per image)
+MAX_IMAGE_SIZE = 1024  # data.image_folder.image_size (pixels a side)
+MAX_SEED = 2**32 - 1  # train.seed, data.seed, eval.seed: NumPy's seeds are 32-bit
+MAX_MODEL_SIZE = 2**29  # parameters and buffers of the VAE (2 GiB as float32), counted before it is built
+MAX_DATA_BYTES = 2**36  # a data set as float32 while it is loaded (64 GiB): image folders, arrays
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "binarized_mnist"  # a data set from pyro_vae.data.DATASETS
@@ -250,15 +264,31 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...
 
 
 def read_config_file(path: str | Path) -> dict:
-    """The tables of a TOML (or JSON) config file, unvalidated."""
+    """The tables of a TOML (or JSON) config file, unvalidated. A file that is missing, a folder,
+    unreadable, not UTF-8, not valid TOML / JSON or not a table raises :class:`ConfigError` naming it."""
     path = Path(path)
+    where = f"config file {str(path)!r}"
+    if path.is_dir():
+        raise ConfigError(f"{where} is a folder; give the path of a .toml (or .json) file")
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
+        raise ConfigError(f"{where} does not exist")
     try:
-        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); TOML and "
+                          "JSON files are UTF-8: save it as UTF-8") from None  # fmt: skip
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:] or 'TOML'}: {exc}") from None
+        raise ConfigError(f"{where} is not valid {path.suffix[1:] or 'TOML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a table of sections (a JSON object such as {{\"model\": "
+                          f"{{\"latent_dim\": 2}}}}), not a JSON {type(data).__name__}")  # fmt: skip
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -294,10 +324,6 @@ def to_toml(cfg: ExperimentConfig) -> str:
             if isinstance(settings, dict):
                 lines += table(f"{section}.{component}", settings)
     return "\n".join(lines)
-
-
-def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    Path(path).write_text(to_toml(cfg))
 
 
 def _require(ok: bool, message: str) -> None:
@@ -367,6 +393,24 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _require(
         all(h >= 1 for h in cfg.model.hidden), f"model.hidden = {list(cfg.model.hidden)}: widths must be at least 1"
     )
+    limits = {("model", "latent_dim"): "MAX_LATENT_DIM", ("train", "batch_size"): "MAX_BATCH_SIZE",
+              ("train", "eval_batch_size"): "MAX_BATCH_SIZE", ("train", "num_particles"): "MAX_SAMPLES",
+              ("train", "iw_groups"): "MAX_SAMPLES", ("eval", "iwae_k"): "MAX_SAMPLES"}  # fmt: skip
+    for (section, key), name in limits.items():
+        value, limit = getattr(getattr(cfg, section), key), globals()[name]
+        _require(value <= limit, f"{section}.{key} = {value} is above the limit of {limit:,} "
+                 f"(pyro_vae.config.{name}); choose a smaller value")  # fmt: skip
+    wide = [h for h in cfg.model.hidden if h > MAX_WIDTH]
+    _require(not wide, f"model.hidden = {list(cfg.model.hidden)}: width {wide[0] if wide else 0} is above the "
+             f"limit of {MAX_WIDTH:,} (pyro_vae.config.MAX_WIDTH); choose smaller widths")  # fmt: skip
+    samples = cfg.train.num_particles * cfg.train.iw_groups
+    _require(samples <= MAX_SAMPLES, f"train.num_particles x train.iw_groups = {cfg.train.num_particles} x "
+             f"{cfg.train.iw_groups} = {samples:,} samples of z per image, above the limit of {MAX_SAMPLES:,} "
+             "(pyro_vae.config.MAX_SAMPLES); choose fewer")  # fmt: skip
+    for section in ("train", "data", "eval"):
+        seed = getattr(cfg, section).seed
+        _require(0 <= seed <= MAX_SEED, f"{section}.seed = {seed} must be in [0, {MAX_SEED}] (2**32 - 1: NumPy "
+                 "takes 32-bit seeds)")  # fmt: skip
     for section, key in [("train", "kl_warmup_epochs"), ("train", "lr"), ("train", "kl_weight")]:
         value = getattr(getattr(cfg, section), key)
         _require(math.isfinite(value), f"{section}.{key} = {value} must be a finite number")

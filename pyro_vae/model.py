@@ -13,19 +13,23 @@ reach the ELBO through the tensors the model and guide use, so a plain torch opt
 from __future__ import annotations
 
 import itertools
+import logging
 from contextlib import nullcontext
 
 import pyro
 import torch
 from pyro import poutine
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from pyro_vae.components.guides import GUIDES
 from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.nets import NETWORKS
 from pyro_vae.components.priors import PRIORS
-from pyro_vae.config import ConfigError, ModelConfig
+from pyro_vae.config import MAX_MODEL_SIZE, ConfigError, ModelConfig
 from pyro_vae.data.pixels import chw
+
+log = logging.getLogger(__name__)
 
 _instances = itertools.count()
 
@@ -117,8 +121,43 @@ def build_vae(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | No
     ``image_shape`` ((H, W) or (C, H, W); the convolutional networks need it, the others ignore it).
 
     Components that cannot work together (a ``ValueError`` from a component's constructor)
-    raise :class:`~pyro_vae.config.ConfigError` naming the choice and the fix.
+    raise :class:`~pyro_vae.config.ConfigError` naming the choice and the fix, and so does a VAE
+    larger than :data:`~pyro_vae.config.MAX_MODEL_SIZE`, counted on the meta device
+    (:func:`meta_vae`) before anything is allocated.
     """
+    meta_vae(cfg, data_dim, image_shape)
+    return _build(cfg, data_dim, image_shape)
+
+
+def meta_vae(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None) -> VAE | None:
+    """The VAE :func:`build_vae` would build, with its tensors on the meta device (shapes, no
+    memory), once its size is checked against :data:`~pyro_vae.config.MAX_MODEL_SIZE`. Random
+    streams are left as they were. Every built-in component builds there; for a plugin's component
+    that cannot (one that reads a tensor's values while it is built), a warning says the size goes
+    unchecked, and None is returned."""
+    if isinstance(data_dim, bool) or not isinstance(data_dim, int) or data_dim < 1:
+        raise ConfigError(f"the data dimension must be a positive integer, got {data_dim!r}")
+    try:
+        with torch.random.fork_rng(devices=[]), _OnMeta():
+            vae = _build(cfg, data_dim, image_shape)
+    except ConfigError:
+        raise
+    except Exception as exc:  # (what a component raises on the meta device varies: RuntimeError, NotImplementedError)
+        log.warning("the VAE's size is not checked before it is built: a component does not build on PyTorch's meta "
+                    "device (%s: %s)", type(exc).__name__, exc)  # fmt: skip
+        return None
+    size = sum(t.numel() for t in vae.state_dict().values())
+    if size > MAX_MODEL_SIZE:
+        shape = f" ({' x '.join(map(str, image_shape))})" if image_shape is not None else ""
+        raise ConfigError(f"the VAE would hold {size:,} parameters and buffers, above the limit of {MAX_MODEL_SIZE:,} "
+                          f"(pyro_vae.config.MAX_MODEL_SIZE, 2 GiB as float32): model.latent_dim = {cfg.latent_dim}, "
+                          f"model.hidden = {list(cfg.hidden)}, model.network = {cfg.network}, images of "
+                          f"{data_dim:,} values{shape}; choose a smaller latent_dim, smaller hidden widths or smaller "
+                          "images")  # fmt: skip
+    return vae
+
+
+def _build(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None) -> VAE:
     try:
         shape = chw(image_shape) if image_shape is not None else None
         network = NETWORKS.build(cfg.network, cfg.settings, cfg=cfg, image_shape=shape)
@@ -132,3 +171,63 @@ def build_vae(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | No
         raise ConfigError(f"model.network={cfg.network}, model.prior={cfg.prior}, model.guide={cfg.guide}, "
                           f"model.likelihood={cfg.likelihood}: {exc}") from None  # fmt: skip
     return VAE(prior, likelihood, encoder, decoder)
+
+
+_SIZED = (torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
+          torch.randperm, torch.arange, torch.eye, torch.linspace, torch.logspace)  # fmt: skip
+
+
+class _OnMeta(TorchFunctionMode):
+    """Tensors made by size (``torch.empty``, ``zeros``, ``randn``, ...: parameters, buffers,
+    masks) go to the meta device, except single values; tensors made from values
+    (``torch.tensor``) stay real, so that a constructor can read them (Pyro's MADE, in the
+    ``iaf`` guide, calls ``.item()``); an operation on a meta tensor moves the others there."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _SIZED and kwargs.get("device") is None:
+            out = func(*args, **{**kwargs, "device": "meta"})
+            return out if out.numel() > 1 else func(*args, **kwargs)
+        if _any_meta(args) or _any_meta(kwargs):
+            args, kwargs = _to_meta(args), _to_meta(kwargs)
+        return func(*args, **kwargs)
+
+
+def _any_meta(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.is_meta
+    if isinstance(value, (list, tuple)):
+        return any(_any_meta(v) for v in value)
+    return isinstance(value, dict) and any(_any_meta(v) for v in value.values())
+
+
+def _to_meta(value):
+    if isinstance(value, torch.Tensor):
+        return value.to("meta")
+    if type(value) in (list, tuple):
+        return type(value)(_to_meta(v) for v in value)
+    return {k: _to_meta(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
+def state_dict_problems(vae: VAE, tensors: dict, finite: bool = True) -> list[str]:
+    """What keeps ``tensors`` from loading into ``vae``: tensors missing, extra, not tensors or of
+    another shape, and (``finite``) NaN or infinite values, each naming the tensor."""
+    expected = {name: tuple(t.shape) for name, t in vae.state_dict().items()}
+    return tensor_problems(expected, {n: tuple(t.shape) if torch.is_tensor(t) else None for n, t in tensors.items()},
+                           tensors if finite else {})  # fmt: skip
+
+
+def tensor_problems(expected: dict[str, tuple], got: dict[str, tuple | None], values: dict | None = None) -> list[str]:
+    """Differences between the ``expected`` and the ``got`` shapes by name (None: not a tensor), and
+    the NaN or infinite values among ``values``."""
+    problems = [f"missing tensor {n} {expected[n]}" for n in sorted(set(expected) - set(got))]
+    problems += [f"extra tensor {n} {got[n]}" for n in sorted(set(got) - set(expected))]
+    problems += [f"{n} is not a tensor" for n in sorted(set(got) & set(expected)) if got[n] is None]
+    problems += [f"tensor {n} has shape {got[n]}, the VAE needs {expected[n]}"
+                 for n in sorted(set(got) & set(expected)) if got[n] is not None and got[n] != expected[n]]  # fmt: skip
+    for name in sorted(values or {}):
+        t = values[name]
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            problems.append(f"tensor {name} has {bad:,} NaN or infinite value(s) of {t.numel():,}")
+    return problems

@@ -149,3 +149,18 @@ def linear_gaussian_vae(seed=0, d=6, l=2, sigma=0.6):
     vae = VAE(StandardNormal(l).double(), GaussianLikelihood(sigma), encoder, lg.decoder)
     x = lg.marginal.sample((40,))
     return vae, x, lg.marginal.log_prob(x)
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG file whose header declares ``width`` x ``height`` grey pixels, with almost no pixel data:
+    a few hundred bytes that claim gigapixels (a decompression bomb as PIL sees it, at open)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))  # fmt: skip
+    return path

@@ -91,7 +91,7 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
         (["train", "--resume", "no/such/run"], "is not a run folder"),
         (["train", "--device", "tpu"], "train.device = 'tpu' is not one of"),
         (["compare", "no/such/run"], "run folder no/such/run does not exist"),
-        (["compare", "no/such/run", "--k", "0,10"], "every value of ks must be at least 1"),
+        (["compare", "no/such/run", "--k", "0,10"], "--k 0,10: 0 is out of range; every value must be between 1 and"),
         (["compare", "no/such/run", "--particles", "1,x"], "--particles takes comma-separated integers"),
     ],
 )

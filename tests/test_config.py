@@ -3,12 +3,15 @@ by the component's own ``Settings`` class; the flat keys of earlier versions sti
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from pyro_vae.cli import main
 from pyro_vae.components.priors import PRIORS, StandardNormal
 from pyro_vae.config import ConfigError, from_dict, load_config, to_toml
 from pyro_vae.model import build_vae
@@ -108,3 +111,80 @@ def test_a_new_component_brings_its_settings_without_editing_the_config(laplace_
     assert load_config(None, ["model.prior=test_laplace"]).model.settings == {"test_laplace": {"width": 1.0}}
     with pytest.raises(ConfigError, match="model.test_laplace: width = -1.0 must be positive"):
         load_config(None, ["model.prior=test_laplace", "model.test_laplace.width=-1"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.seed=-1", r"train.seed = -1 must be in \[0, 4294967295\] \(2\*\*32 - 1: NumPy takes 32-bit seeds\)"),
+    ("data.seed=4294967296", r"data.seed = 4294967296 must be in \[0, 4294967295\]"),
+    ("eval.seed=-5", r"eval.seed = -5 must be in \[0, 4294967295\]"),
+    ("model.latent_dim=1000000", r"model.latent_dim = 1000000 is above the limit of 65,536 "
+                                 r"\(pyro_vae.config.MAX_LATENT_DIM\)"),
+    ("model.hidden=[400,10000000]", r"model.hidden = \[400, 10000000\]: width 10000000 is above the limit of 65,536 "
+                                    r"\(pyro_vae.config.MAX_WIDTH\)"),
+    ("train.batch_size=1000000000", r"train.batch_size = 1000000000 is above the limit of 1,048,576 "
+                             r"\(pyro_vae.config.MAX_BATCH_SIZE\)"),
+    ("train.eval_batch_size=10000000000", "train.eval_batch_size = 10000000000 is above the limit of 1,048,576"),
+    ("train.num_particles=2000000", "train.num_particles = 2000000 is above the limit of 1,000,000"),
+    ("train.iw_groups=10000000", "train.iw_groups = 10000000 is above the limit of 1,000,000"),
+    ("eval.iwae_k=1000000000000", r"eval.iwae_k = 1000000000000 is above the limit of 1,000,000 "
+                                  r"\(pyro_vae.config.MAX_SAMPLES\)"),
+])  # fmt: skip
+def test_sizes_and_seeds_are_checked_against_their_limits(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_samples_per_image_are_limited_in_all():
+    load_config(None, ["train.num_particles=1000", "train.iw_groups=1000"])  # 10**6: the limit itself
+    with pytest.raises(ConfigError, match=r"train.num_particles x train.iw_groups = 1001 x 1000 = 1,001,000 samples "
+                                          r"of z per image, above the limit of 1,000,000"):  # fmt: skip
+        load_config(None, ["train.num_particles=1001", "train.iw_groups=1000"])
+
+
+def test_a_bad_seed_stops_train_before_the_run_folder_is_made(tmp_path, capsys):
+    """-1 and 1e23 (a float in TOML, an integer of 77 bits once converted) were accepted by `config`,
+    and failed in `train` after the run folder was written."""
+    run = tmp_path / "run"
+    for seed, shown in (("-1", "-1"), ("1e23", "99999999999999991611392")):
+        (tmp_path / "c.toml").write_text(f"[train]\nseed = {seed}\n")
+        message = f"train.seed = {shown} must be in [0, 4294967295]"
+        assert main(["train", "--out", str(run), "--config", str(tmp_path / "c.toml"), "--set", "data.subset=10"]) == 2
+        err = capsys.readouterr().err
+        assert "pyro-vae train: error:" in err and message in err and "Traceback" not in err
+        assert main(["config", "--config", str(tmp_path / "c.toml")]) == 2  # refused where `config` shows it, too
+        assert message in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_unreadable_config_files_are_named(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "configs.toml"
+    folder.mkdir()
+    listed = tmp_path / "list.json"
+    listed.write_text('[{"model": {"latent_dim": 2}}]')
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("[model]\n# Schr\xf6dinger\nlatent_dim = 2\n".encode("latin-1"))
+    locked = tmp_path / "locked.toml"
+    locked.write_text("[model]\nlatent_dim = 2\n")
+    locked.chmod(0)
+    if os.access(locked, os.R_OK):  # root reads anything: make the read fail as it does for everyone else
+        real = Path.read_bytes
+        monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission "
+                            "denied")) if self.name == "locked.toml" else real(self))  # fmt: skip
+    cases = [(folder, f"config file '{folder}' is a folder; give the path of a .toml (or .json) file"),
+             (listed, f"config file '{listed}' must hold a table of sections (a JSON object such as "
+                      '{"model": {"latent_dim": 2}}), not a JSON list'),
+             (latin, f"config file '{latin}' is not UTF-8 text (byte 0xf6 at offset 14); TOML and JSON files are "
+                     "UTF-8: save it as UTF-8"),
+             (locked, f"config file '{locked}' cannot be read (Permission denied); check its permissions")]  # fmt: skip
+    try:
+        for path, message in cases:
+            with pytest.raises(ConfigError) as info:
+                load_config(path)
+            assert str(info.value) == message
+            assert main(["config", "--config", str(path)]) == 2
+            err = capsys.readouterr().err
+            assert message in err and "Traceback" not in err
+            assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+            assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+    finally:
+        locked.chmod(0o600)

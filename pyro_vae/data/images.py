@@ -5,7 +5,9 @@
   (``data.image_folder.channels`` = 1 or 3). Sub-folders ``train/``, ``valid/``, ``test/`` are the
   splits when present (without ``valid/``, a seeded tenth of ``train/`` is held out); otherwise a
   seeded 80/10/10 split. When every file sits in a class sub-folder, the folder names, sorted, are
-  the labels. Held in memory as uint8 levels like every set.
+  the labels. Held in memory as uint8 levels like every set. Every file is opened by
+  :func:`open_image` (PIL's decompression-bomb limit, 16-bit grey scaled to 8 bits, transparent
+  pixels composited onto black), as are the files the latent commands read.
 - ``cifar10``: 32 x 32 colour, read from the **binary** release (``cifar-10-binary.tar.gz``, or its
   unpacked ``cifar-10-batches-bin/``), records of one label byte and 3,072 pixel bytes. Never the
   pickled "python version": unpickling a downloaded file can run code. ``data.download = true``
@@ -17,13 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pyro_vae.config import DataConfig
+from pyro_vae.config import MAX_DATA_BYTES, MAX_IMAGE_SIZE, DataConfig
 from pyro_vae.data.download import fetch
 from pyro_vae.data.splits import DATASETS, SPLITS, Splits, make_splits
 
@@ -46,8 +50,9 @@ class ImageFolderSettings:
     skip_unreadable: bool = False  # skip files that cannot be read (and say how many), instead of stopping
 
     def __post_init__(self) -> None:
-        if self.image_size < 1:
-            raise ValueError(f"image_size = {self.image_size} must be at least 1")
+        if not 1 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size = {self.image_size} must be between 1 and {MAX_IMAGE_SIZE} "
+                             "(pyro_vae.config.MAX_IMAGE_SIZE)")  # fmt: skip
         if self.channels not in (1, 3):
             raise ValueError(f"channels = {self.channels} must be 1 (grey) or 3 (colour)")
 
@@ -82,15 +87,25 @@ def _image_folder(cfg: DataConfig) -> Splits:
     for split in SPLITS:
         if not files.get(split):
             raise ValueError(f"{root}: the {split} split has no images ({split}/ is empty or too few files)")
-    arrays, labels, skipped = {}, None, []
+    n_files, pixels_each = sum(len(files[s]) for s in SPLITS), settings.channels * settings.image_size**2
+    if 4 * n_files * pixels_each > MAX_DATA_BYTES:
+        raise ValueError(f"{root}: {n_files:,} images of {settings.channels} x {settings.image_size} x "
+                         f"{settings.image_size} pixels are {4 * n_files * pixels_each:,} bytes as float32, above the "
+                         f"limit of {MAX_DATA_BYTES:,} bytes (pyro_vae.config.MAX_DATA_BYTES); lower "
+                         "data.image_folder.image_size, or use fewer files")  # fmt: skip
+    arrays, labels, skipped, transparent = {}, None, [], []
     for split in SPLITS:
-        pixels, kept = _read_all(files[split], settings, skipped)
+        pixels, kept = _read_all(files[split], settings, skipped, transparent)
         arrays[split] = pixels.reshape(len(pixels), -1).astype(np.float32) / 255
         if split == "test" and classes is not None:
             labels = np.array([classes[_class_of(root, split_dirs, path)] for path in kept])
     if skipped:
         log.warning("image_folder: skipped %d unreadable file(s) under %s, the first %s", len(skipped), root,
                     skipped[0])  # fmt: skip
+    if transparent:
+        log.warning("image_folder: %d image(s) under %s have transparent pixels, composited onto black (the "
+                    "background of MNIST-style data); the first %s", len(transparent), root,
+                    transparent[0])  # fmt: skip
     shape = (settings.channels, settings.image_size, settings.image_size)
     return make_splits(arrays, f"image folder {root}", shape, labels)
 
@@ -117,22 +132,75 @@ def _classes(root: Path, split_dirs: dict, files: dict) -> dict[str, int] | None
     return {name: i for i, name in enumerate(sorted(set(names)))}
 
 
-def _read_all(paths: list[Path], settings: ImageFolderSettings, skipped: list) -> tuple[np.ndarray, list[Path]]:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def open_image(path: str | Path, channels: int, background: int = 0):
+    """The image file ``path`` as a PIL image of mode ``L`` (``channels`` = 1) or ``RGB`` (3), and
+    whether it had transparent pixels. The one reader of image files (image folders, the latent
+    commands' files):
 
-    size, mode = settings.image_size, "L" if settings.channels == 1 else "RGB"
+    - an image larger than PIL's ``Image.MAX_IMAGE_PIXELS`` (its decompression-bomb guard) is refused
+      before its pixels are read;
+    - 16-bit grey (PIL modes ``I;16*``, ``I``) is scaled to 8-bit levels, round(v / 257), instead of
+      PIL's conversion, which clips every value above 255 to white;
+    - transparent pixels (``LA``, ``RGBA``, a palette or grey image with a transparent colour) are
+      composited onto ``background`` (0 black; 255 white for dark ink on white paper).
+
+    :raises ValueError: naming the file, for a file that is not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns below twice its limit
+            with Image.open(path) as img:
+                img.load()
+                return _as_mode(img, "L" if channels == 1 else "RGB", background, path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(declared[1]):,} pixels" if declared else "an image"
+        raise ValueError(f"{path} declares {size}, more than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} "
+                         "(Image.MAX_IMAGE_PIXELS, its guard against decompression bombs); it was not decoded: "
+                         "shrink it or remove it") from None  # fmt: skip
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(f"{path} cannot be read as an image ({exc})") from None
+
+
+def _as_mode(img, mode: str, background: int, path) -> tuple:
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        levels = np.asarray(img).astype(np.int64)
+        if levels.size and (levels.min() < 0 or levels.max() > 65535):
+            raise ValueError(f"{img.mode} values from {levels.min()} to {levels.max()}: only 8- and 16-bit images "
+                             "are read; convert it to 8 bits")  # fmt: skip
+        img = Image.fromarray(((levels + 128) // 257).astype(np.uint8), "L")  # round(v / 257): 65535 -> 255
+    alpha = img.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in img.info
+    if alpha:
+        rgba = img.convert("RGBA")
+        if rgba.getchannel("A").getextrema()[0] < 255:
+            ground = Image.new("RGBA", rgba.size, (background, background, background, 255))
+            return Image.alpha_composite(ground, rgba).convert(mode), True
+        img = rgba
+    return img.convert(mode), False
+
+
+def _read_all(paths: list[Path], settings: ImageFolderSettings, skipped: list,
+              transparent: list) -> tuple[np.ndarray, list[Path]]:  # fmt: skip
+    from PIL import Image, ImageOps
+
+    size = settings.image_size
     images, kept = [], []
     for path in paths:
         try:
-            with Image.open(path) as img:
-                img.load()
-                fitted = ImageOps.fit(img.convert(mode), (size, size), Image.Resampling.LANCZOS)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            img, had_alpha = open_image(path, settings.channels)
+        except ValueError as exc:
             if settings.skip_unreadable:
                 skipped.append(path)
                 continue
-            raise ValueError(f"{path} cannot be read as an image ({exc}); fix or remove it, or set "
-                             "data.image_folder.skip_unreadable=true to skip such files") from None  # fmt: skip
+            raise ValueError(f"{exc}; fix or remove it, or set data.image_folder.skip_unreadable=true to skip such "
+                             "files") from None  # fmt: skip
+        if had_alpha:
+            transparent.append(path)
+        fitted = ImageOps.fit(img, (size, size), Image.Resampling.LANCZOS)
         array = np.asarray(fitted, dtype=np.uint8)
         images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
         kept.append(path)

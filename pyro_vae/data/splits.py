@@ -72,9 +72,18 @@ class Splits:
 
 def check_images(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
     """Validate one split and return it (N, D) in its stored form (:func:`encode`: uint8 levels
-    for 8-bit images, else float32); raise ``ValueError`` naming ``source``. Integer input must
-    hold 0s and 1s."""
-    x = torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array)
+    for 8-bit images, else float32); raise ``ValueError`` naming ``source``. Values must be numbers
+    (bool, integer or floating point); integer input must hold 0s and 1s."""
+    if not torch.is_tensor(array):
+        array = np.asarray(array)
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{source}: images must be numbers (bool, integer or floating point), got an array of "
+                             f"dtype {array.dtype}")  # fmt: skip
+        if not array.dtype.isnative:
+            array = array.astype(array.dtype.newbyteorder("="))
+    elif array.is_complex():
+        raise ValueError(f"{source}: images must be real numbers, got a tensor of dtype {array.dtype}")
+    x = torch.as_tensor(array)
     if x.ndim not in (2, 3):
         raise ValueError(f"{source}: images must have shape (N, D) or (N, H, W), got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x[0].numel() == 0:

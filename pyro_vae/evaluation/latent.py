@@ -10,14 +10,18 @@ References:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pyro_vae.data.images import open_image
 from pyro_vae.data.pixels import chw, decode
 from pyro_vae.evaluation.plots import latent_means
 from pyro_vae.model import VAE
+
+log = logging.getLogger(__name__)
 
 ACTIVE_THRESHOLD = 1e-2  # Burda et al.: a unit is active if Cov_x(E_q[z_u | x]) exceeds this
 
@@ -103,24 +107,27 @@ def encode(vae: VAE, x: torch.Tensor, batch_size: int = 1000, draws: int = 100) 
 def read_images(paths: list[str | Path], image_shape, binarize: bool, invert: bool = False) -> torch.Tensor:
     """Image files as a batch (N, C*H*W) in [0, 1], grey or colour as the model's ``image_shape``
     ((H, W) or (C, H, W)); white = 1, as MNIST stores ink (``invert`` for dark ink on white paper);
-    thresholded at 0.5 when the model was trained on binary pixels. A missing file or another size
-    is a ``ValueError`` naming it."""
-    from PIL import Image, UnidentifiedImageError
-
+    thresholded at 0.5 when the model was trained on binary pixels. Files are read by
+    :func:`pyro_vae.data.images.open_image` (16-bit grey scaled, PIL's size limit); transparent
+    pixels become the background: black, or white paper with ``invert`` (a warning says how many
+    files had them). A missing or unreadable file, or another size, is a ``ValueError`` naming it."""
     c, h, w = chw(image_shape)
-    images = []
+    images, transparent = [], []
     for path in map(Path, paths):
         if not path.is_file():
             raise ValueError(f"image file {path} does not exist")
-        try:
-            with Image.open(path) as img:
-                pixels = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"{path} is not a readable image ({exc})") from None
+        img, had_alpha = open_image(path, c, background=255 if invert else 0)
+        if had_alpha:
+            transparent.append(path)
+        pixels = np.asarray(img, dtype=np.float32) / 255.0
         if pixels.shape[:2] != (h, w):
             raise ValueError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels; the model takes {w}x{h} "
                              f"{'grey' if c == 1 else 'colour'} images: resize it first")  # fmt: skip
         pixels = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)  # (C, H, W)
         images.append(torch.from_numpy(np.ascontiguousarray(1.0 - pixels if invert else pixels)).reshape(-1))
+    if transparent:
+        ground = "white paper (--invert)" if invert else "black"
+        log.warning("%d of the %d image files have transparent pixels, composited onto %s; the first %s",
+                    len(transparent), len(images), ground, transparent[0])  # fmt: skip
     x = torch.stack(images)
     return (x > 0.5).float() if binarize else x

@@ -4,7 +4,6 @@ L > 2) and, for a 2-D latent space, the decoded manifold grid."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +14,9 @@ import torch  # noqa: E402
 
 from pyro_vae.data import Splits  # noqa: E402
 from pyro_vae.data.pixels import decode, evenly_spaced, image_grid  # noqa: E402
+from pyro_vae.files import figure_bytes, write_atomic  # noqa: E402
 from pyro_vae.model import VAE  # noqa: E402
+from pyro_vae.runs.folder import RunDir  # noqa: E402
 
 
 def show_grid(ax, grid: torch.Tensor) -> None:
@@ -26,16 +27,18 @@ def show_grid(ax, grid: torch.Tensor) -> None:
         ax.imshow(grid.numpy(), interpolation="nearest")
 
 
-def save_figure(fig, path: Path) -> Path:
-    """Write ``fig`` to ``path`` (folders made as needed) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+def save_figure(fig, path: Path, inside: Path | None = None) -> Path:
+    """Write ``fig`` to ``path`` as PNG and close it: atomically, its folders made inside ``inside``
+    (default: ``path``'s folder) without following a link (:func:`pyro_vae.files.write_atomic`)."""
+    try:
+        data = figure_bytes(fig, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return write_atomic(path, data, inside)
 
 
-def plot_curves(metrics_path: Path, out: Path) -> Path:
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+def plot_curves(rows: list[dict], out: Path, inside: Path | None = None) -> Path:
+    """The train / valid / test curves of a run's ``metrics.jsonl`` lines (:meth:`RunDir.read_metrics`)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [r["epoch"] for r in rows]
     for key, label in (("train_neg_elbo", "train"), ("valid_neg_elbo", "valid"), ("test_neg_elbo", "test")):
@@ -47,16 +50,17 @@ def plot_curves(metrics_path: Path, out: Path) -> Path:
     ax.set(xlabel="epoch", ylabel="negative ELBO (nats per image)", title="Training curves")
     ax.grid(alpha=0.3)
     ax.legend()
-    return save_figure(fig, out)
+    return save_figure(fig, out, inside)
 
 
-def plot_images(images: torch.Tensor, image_shape, nrow: int, title: str, out: Path) -> Path:
+def plot_images(images: torch.Tensor, image_shape, nrow: int, title: str, out: Path,
+                inside: Path | None = None) -> Path:  # fmt: skip
     grid = image_grid(images, image_shape, nrow)
     fig, ax = plt.subplots(figsize=(grid.shape[1] / 28 * 0.7, grid.shape[0] / 28 * 0.7 + 0.4))
     show_grid(ax, grid)
     ax.set_title(title)
     ax.axis("off")
-    return save_figure(fig, out)
+    return save_figure(fig, out, inside)
 
 
 @torch.no_grad()
@@ -77,7 +81,7 @@ def pca_2d(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centred @ v[:2].T, explained[:2]
 
 
-def plot_latents(z: torch.Tensor, labels: torch.Tensor | None, out: Path) -> Path:
+def plot_latents(z: torch.Tensor, labels: torch.Tensor | None, out: Path, inside: Path | None = None) -> Path:
     z = z.detach().cpu().double()
     if z.shape[1] == 2:
         xy, axes = z, ("z[0]", "z[1]")
@@ -93,37 +97,38 @@ def plot_latents(z: torch.Tensor, labels: torch.Tensor | None, out: Path) -> Pat
         fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
     kind = "latent means" if z.shape[1] == 2 else f"PCA of the {z.shape[1]}-D latent means"
     ax.set(xlabel=axes[0], ylabel=axes[1], title=f"Test set: {kind}")
-    return save_figure(fig, out)
+    return save_figure(fig, out, inside)
 
 
 @torch.no_grad()
-def plot_manifold(vae: VAE, image_shape, out: Path, n: int = 20) -> Path:
+def plot_manifold(vae: VAE, image_shape, out: Path, n: int = 20, inside: Path | None = None) -> Path:
     """Decode a grid of z at the standard-normal quantiles 0.05 .. 0.95 (2-D latent only)."""
     device = next(vae.parameters()).device
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     zz = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)
     images = vae.decode(zz.to(device))
-    return plot_images(images, image_shape, n, "Decoded latent grid (standard-normal quantiles)", out)
+    return plot_images(images, image_shape, n, "Decoded latent grid (standard-normal quantiles)", out, inside)
 
 
 def make_figures(run_dir: str | Path, vae: VAE, data: Splits, n: int = 16) -> list[Path]:
-    """Write every figure of a run into ``run_dir/figures``; returns the paths."""
+    """Write every figure of a run (or model folder) into ``run_dir/figures``; returns the paths."""
     run_dir = Path(run_dir)
     fig_dir = run_dir / "figures"
     device = next(vae.parameters()).device
     vae.eval()
     paths = []
-    if (run_dir / "metrics.jsonl").exists():
-        paths.append(plot_curves(run_dir / "metrics.jsonl", fig_dir / "curves.png"))
+    rows = RunDir(run_dir).read_metrics()
+    if rows:
+        paths.append(plot_curves(rows, fig_dir / "curves.png", run_dir))
     test = data.stored("test").to(device)  # uint8 levels for 8-bit images: decoded a batch at a time
     x = decode(test[evenly_spaced(test.shape[0], n)])
     pairs = torch.cat([x, vae.reconstruct(x)])
     paths.append(plot_images(pairs, data.image_shape, 2, "Test images (top) and reconstructions (bottom)",
-                             fig_dir / "reconstructions.png"))  # fmt: skip
+                             fig_dir / "reconstructions.png", run_dir))  # fmt: skip
     paths.append(plot_images(vae.sample(64), data.image_shape, 8, "Samples from the prior (pixel means)",
-                             fig_dir / "samples.png"))  # fmt: skip
+                             fig_dir / "samples.png", run_dir))  # fmt: skip
     z = latent_means(vae, test)
-    paths.append(plot_latents(z, data.test_labels, fig_dir / "latents.png"))
+    paths.append(plot_latents(z, data.test_labels, fig_dir / "latents.png", run_dir))
     if z.shape[1] == 2:
-        paths.append(plot_manifold(vae, data.image_shape, fig_dir / "manifold.png"))
+        paths.append(plot_manifold(vae, data.image_shape, fig_dir / "manifold.png", inside=run_dir))
     return paths

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pyro_vae.evaluation.plots import save_figure  # noqa: E402
+from pyro_vae.files import write_atomic  # noqa: E402
 from pyro_vae.lab.estimators import GRADIENT_ESTIMATORS, SNR_VS_K_ESTIMATORS, LabResult, snr_noise_floor  # noqa: E402
 
 VALUE_LABELS = {
@@ -174,7 +175,7 @@ def markdown(result: LabResult, command: str = "") -> str:
     return "\n".join(md)
 
 
-def plot_spread(result: LabResult, out: Path) -> Path:
+def plot_spread(result: LabResult):
     ps = list(result.config.particles)
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, style in (("trace", "o-"), ("mean_field", "s-"), ("trace_kl_term", "o:")):
@@ -188,10 +189,10 @@ def plot_spread(result: LabResult, out: Path) -> Path:
     )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    return save_figure(fig, out)
+    return fig
 
 
-def plot_iwae(result: LabResult, out: Path) -> Path:
+def plot_iwae(result: LabResult):
     v = result.values
     ks = sorted(int(key.split("_")[1]) for key in v if key.startswith("iwae_"))
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -209,10 +210,10 @@ def plot_iwae(result: LabResult, out: Path) -> Path:
     ax.set(xlabel="importance samples K", ylabel="nats per image", title="IWAE bound approaching log p(x)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return save_figure(fig, out)
+    return fig
 
 
-def plot_snr(result: LabResult, out: Path) -> Path:
+def plot_snr(result: LabResult):
     ps = list(result.config.particles)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, group in zip(axes, ("encoder", "decoder")):
@@ -225,10 +226,10 @@ def plot_snr(result: LabResult, out: Path) -> Path:
         ax.axhline(floor, color="gray", ls="--", lw=1, label=f"noise floor of {result.config.grad_reps} draws")
     axes[0].set_ylabel("mean SNR |E g| / sd(g)")
     axes[0].legend(fontsize=7)
-    return save_figure(fig, out)
+    return fig
 
 
-def plot_snr_vs_k(result: LabResult, out: Path) -> Path:
+def plot_snr_vs_k(result: LabResult):
     fig, ax = plt.subplots(figsize=(6, 4))
     for est, rows in result.snr_vs_k.items():
         ks = sorted(rows)
@@ -244,21 +245,22 @@ def plot_snr_vs_k(result: LabResult, out: Path) -> Path:
            title="Encoder gradient signal-to-noise against K")  # fmt: skip
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    return save_figure(fig, out)
+    return fig
 
 
-def write_outputs(result: LabResult, out_dir: str | Path, command: str = "") -> list[Path]:
-    """Write ``compare.json``, ``report.md`` and ``figures/*.png`` into ``out_dir``."""
+def write_outputs(result: LabResult, out_dir: str | Path, command: str = "",
+                  inside: str | Path | None = None) -> list[Path]:  # fmt: skip
+    """Write ``compare.json``, ``report.md`` and ``figures/*.png`` into ``out_dir``, a folder made
+    inside ``inside`` (default: ``out_dir`` itself) without following a link."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "compare.json").write_text(json.dumps({"command": command, **to_dict(result)}, indent=2) + "\n")
-    (out_dir / "report.md").write_text(markdown(result, command))
+    inside = Path(inside) if inside is not None else out_dir
     figs = out_dir / "figures"
-    return [
-        out_dir / "compare.json",
-        out_dir / "report.md",
-        plot_spread(result, figs / "estimator_spread.png"),
-        plot_iwae(result, figs / "iwae_vs_k.png"),
-        plot_snr(result, figs / "gradient_snr.png"),
-        *([plot_snr_vs_k(result, figs / "encoder_snr_vs_k.png")] if result.snr_vs_k else []),
-    ]
+    written = [
+        write_atomic(out_dir / "compare.json", json.dumps({"command": command, **to_dict(result)}, indent=2) + "\n",
+                     inside),
+        write_atomic(out_dir / "report.md", markdown(result, command), inside),
+    ]  # fmt: skip
+    for plot, name in ((plot_spread, "estimator_spread"), (plot_iwae, "iwae_vs_k"), (plot_snr, "gradient_snr"),
+                       *([(plot_snr_vs_k, "encoder_snr_vs_k")] if result.snr_vs_k else [])):  # fmt: skip
+        written.append(save_figure(plot(result), figs / f"{name}.png", inside))
+    return written

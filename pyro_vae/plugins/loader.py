@@ -17,7 +17,9 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import site
 import sys
+import sysconfig
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,13 +147,34 @@ def load_plugin(spec: str, base: str | Path | None = None) -> Plugin:
     return plugin
 
 
+def site_folders() -> list[str]:
+    """The folders this Python installs distributions into (its site-packages, the user's own):
+    the only places whose distributions' entry points pyro-vae reads."""
+    folders = [*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    if site.ENABLE_USER_SITE:
+        folders.append(site.getusersitepackages())
+    unique = dict.fromkeys(str(Path(f).resolve()) for f in folders if Path(f).is_dir())
+    return list(unique)
+
+
+def installed_entry_points() -> list[importlib.metadata.EntryPoint]:
+    """The ``pyro_vae.components`` entry points of the distributions installed in :func:`site_folders`,
+    never of a ``*.dist-info`` found on the working folder, ``PYTHONPATH`` or a data folder (the
+    first distribution of a name wins, as in ``importlib.metadata``)."""
+    seen, points = set(), []
+    for dist in importlib.metadata.distributions(path=site_folders()):
+        name = (dist.metadata["Name"] or "").lower()
+        if name in seen:
+            continue
+        seen.add(name)
+        points.extend(ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP)
+    return points
+
+
 def load_entry_points() -> list[Plugin]:
     """Import the modules that installed packages declare in the ``pyro_vae.components``
-    entry-point group (installing a package is consent to run it)."""
-    plugins = []
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        plugins.append(load_plugin(entry_point.value.split(":")[0].strip()))
-    return plugins
+    entry-point group (installing a package is consent to run it; :func:`installed_entry_points`)."""
+    return [load_plugin(entry_point.value.split(":")[0].strip()) for entry_point in installed_entry_points()]
 
 
 def used_by(cfg) -> list[Plugin]:

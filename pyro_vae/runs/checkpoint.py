@@ -13,10 +13,9 @@ converted on reading.
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
 import random
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from pyro_vae.files import write_atomic
 
 FORMAT_VERSION = 2
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
@@ -47,29 +48,17 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
                         "checkpoint cannot hold; convert it to tensors, numbers, strings, lists or dicts")  # fmt: skip
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, flushed to
-    disk, then renamed over the old one. A crash mid-write leaves the previous checkpoint intact.
-    ``TypeError`` (before anything is written) if ``state`` holds a value :func:`check_plain` rejects."""
+def save_checkpoint(state: dict[str, Any], path: str | Path, inside: str | Path | None = None) -> None:
+    """Write ``state`` to ``path`` atomically (:func:`pyro_vae.files.write_atomic`): a temporary
+    file in the same folder, flushed to disk, then renamed over the old one; a crash mid-write
+    leaves the previous checkpoint intact. No folder between ``inside`` (the run folder; default
+    ``path``'s folder) and the file may be a link. ``TypeError`` (before anything is written) if
+    ``state`` holds a value :func:`check_plain` rejects."""
     state = {"format_version": FORMAT_VERSION, **state}
     check_plain(state)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue(), inside)
 
 
 class UnsafeCheckpoint(ValueError):
@@ -114,6 +103,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     ``ValueError`` if it is missing, corrupt, or holds anything a checkpoint never holds (objects
     whose unpickling could run code are refused before they are built)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file; move it away (a run folder keeps its "
+                         "checkpoints as files in checkpoints/)")  # fmt: skip
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     try:

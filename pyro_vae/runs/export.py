@@ -11,21 +11,25 @@ model accepts both.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
+import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 
 from pyro_vae._version import __version__
 from pyro_vae.config import ConfigError, ExperimentConfig, from_dict
 from pyro_vae.data import Splits, load_data
-from pyro_vae.model import VAE, build_vae
+from pyro_vae.files import UnsafePath, check_regular, write_atomic
+from pyro_vae.model import VAE, build_vae, meta_vae, tensor_problems
 from pyro_vae.plugins.loader import Plugin, file_sha256, require
 from pyro_vae.runs.device import resolve_device
-from pyro_vae.runs.folder import RunDir, load_run
+from pyro_vae.runs.folder import RunDir, load_run, offline
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +42,34 @@ class ModelFileError(ValueError):
     """An exported model folder is incomplete, altered, or does not match the VAE it describes."""
 
 
-def export_model(run_dir: str | Path, out: str | Path, which: str = "best", command: str = "") -> list[Path]:
-    """Write the ``best`` (or ``last``) weights of a run folder as a portable model into ``out``."""
-    run = RunDir(Path(run_dir))
+def export_model(run_dir: str | Path, out: str | Path, which: str = "best", command: str = "",
+                 overwrite: bool = False) -> list[Path]:  # fmt: skip
+    """Write the ``best`` (or ``last``) weights of a run folder as a portable model into ``out``.
+    Files already in ``out`` under the model's names are replaced only with ``overwrite``; every
+    file is written atomically, inside ``out`` (never through a link)."""
+    run, out = RunDir(Path(run_dir)), Path(out)
+    if out.exists() and not out.is_dir():
+        raise ModelFileError(f"--out {out} is a file; give a folder for the model files (it is made if missing)")
+    taken = [name for name in (WEIGHTS, CONFIG, CARD) if os.path.lexists(out / name)]
+    if taken and not overwrite:
+        raise ModelFileError(f"{out} already holds {', '.join(taken)}; pass --overwrite to replace them, or choose "
+                             "another --out")  # fmt: skip
+    for name in taken:
+        check_regular(out / name, "model file")
     cfg, vae, data = load_run(run.root, which, device="cpu")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous().clone() for name, t in vae.state_dict().items()}
-    save_file(tensors, str(out / WEIGHTS), metadata={"format": FORMAT, "pyro_vae": __version__})
+    weights = save(tensors, metadata={"format": FORMAT, "pyro_vae": __version__})
+    write_atomic(out / WEIGHTS, weights, out)
     summary = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
     record = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "pyro_vae": __version__,
         "config": cfg.to_dict(), "data_dim": data.data_dim, "image_shape": list(data.image_shape),
-        "weights": {"file": WEIGHTS, "sha256": file_sha256(out / WEIGHTS), "checkpoint": which},
+        "weights": {"file": WEIGHTS, "sha256": hashlib.sha256(weights).hexdigest(), "checkpoint": which},
         "plugins": [p.to_dict() for p in run.plugin_records()],
         "final": summary.get("final", {}), "objective": summary.get("objective", ""),
     }  # fmt: skip
-    (out / CONFIG).write_text(json.dumps(record, indent=2) + "\n")
-    (out / CARD).write_text(model_card(record, run.root, command))
+    write_atomic(out / CONFIG, json.dumps(record, indent=2) + "\n", out)
+    write_atomic(out / CARD, model_card(record, run.root, command), out)
     return [out / WEIGHTS, out / CONFIG, out / CARD]
 
 
@@ -68,7 +82,7 @@ def open_model(path: str | Path, which: str = "best", device: str = "auto") -> t
     folder (its weights; ``which`` does not apply), on ``device``."""
     if is_model_dir(path):
         cfg, vae = load_model(path, device)
-        return cfg, vae, load_data(cfg.data)
+        return cfg, vae, load_data(offline(cfg.data))
     return load_run(path, which, device)
 
 
@@ -81,7 +95,9 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig
     """Rebuild the VAE of an exported model folder (or a run folder's best weights) for inference.
 
     :raises ModelFileError: naming the file and what differs, for a missing file, changed bytes
-        (the sha256 in ``config.json``), a tensor missing, extra or of another shape.
+        (the sha256 in ``config.json``), a VAE above :data:`~pyro_vae.config.MAX_MODEL_SIZE`, a tensor
+        missing, extra or of another shape (read from the file's header, before any tensor is loaded
+        or the VAE built), NaN or infinite weights.
     """
     folder = Path(path)
     if not is_model_dir(folder):
@@ -90,6 +106,7 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig
             return cfg, vae
         raise ModelFileError(f"{folder} is neither an exported model ({CONFIG}, {WEIGHTS}) nor a run folder "
                              "(config.toml); make one with pyro-vae export RUN --out DIR")  # fmt: skip
+    _inside(folder / CONFIG)
     record = _read_record(folder / CONFIG)
     for warning in require([Plugin.from_dict(p) for p in record.get("plugins", [])], f"model {folder}"):
         log.warning(warning)
@@ -98,20 +115,66 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig
     except ConfigError as exc:
         raise ModelFileError(f"{folder / CONFIG}: its config does not load: {exc}") from None
     weights = folder / record["weights"]["file"]
+    _inside(weights)
     if not weights.is_file():
         raise ModelFileError(f"{weights} is missing; {folder / CONFIG} refers to it")
     actual = file_sha256(weights)
     if actual != record["weights"]["sha256"]:
         raise ModelFileError(f"{weights} changed since it was exported: its sha256 is {actual}, {CONFIG} records "
                              f"{record['weights']['sha256']}; export the model again from its run folder")  # fmt: skip
+    data_dim, image_shape = _data_shape(record, folder / CONFIG)
+    try:
+        meta = meta_vae(cfg.model, data_dim, image_shape)
+        expected = (meta or build_vae(cfg.model, data_dim, image_shape)).state_dict()  # (a plugin's, not on meta)
+    except ConfigError as exc:
+        raise ModelFileError(f"{folder / CONFIG}: {exc}") from None
+    try:
+        with safe_open(str(weights), framework="pt") as f:  # the header only: names, shapes, dtypes
+            header = {name: f.get_slice(name) for name in f.keys()}
+            got = {name: tuple(piece.get_shape()) for name, piece in header.items()}
+            dtypes = {name: piece.get_dtype() for name, piece in header.items()}
+    except (SafetensorError, OSError) as exc:
+        raise ModelFileError(f"{weights} is not a readable safetensors file: {exc}") from None
+    _refuse(tensor_problems({n: tuple(t.shape) for n, t in expected.items()}, got), weights)
+    _refuse([f"tensor {n} holds {dtypes[n]}, the VAE needs {t.dtype}" for n, t in expected.items()
+             if dtypes[n] != _SAFETENSORS_DTYPES.get(t.dtype)], weights)  # fmt: skip
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise ModelFileError(f"{weights} is not a readable safetensors file: {exc}") from None
-    vae = build_vae(cfg.model, int(record["data_dim"]), record.get("image_shape"))
-    _check_tensors(vae, tensors, weights)
+    bad = tensor_problems({}, {}, tensors)
+    if bad:
+        raise ModelFileError(f"{weights}: {'; '.join(bad)}; a trained VAE has finite weights: the file is damaged, "
+                             "export the model again from its run folder")  # fmt: skip
+    vae = build_vae(cfg.model, data_dim, image_shape)
     vae.load_state_dict(tensors)
     return cfg, vae.to(resolve_device(device)).eval()
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                       torch.bool: "BOOL"}  # fmt: skip
+
+
+def _data_shape(record: dict, path: Path) -> tuple[int, list[int] | None]:
+    """``data_dim`` and ``image_shape`` of a model record, checked: positive integers, one the product of the other."""
+    data_dim, shape = record["data_dim"], record.get("image_shape")
+
+    def positive_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if not positive_int(data_dim):
+        raise ModelFileError(f"{path}: data_dim = {data_dim!r} must be a positive integer")
+    if shape is not None and not (isinstance(shape, list) and len(shape) in (2, 3) and all(map(positive_int, shape))
+                                  and math.prod(shape) == data_dim):  # fmt: skip
+        raise ModelFileError(f"{path}: image_shape = {shape!r} must be [H, W] or [C, H, W], positive integers whose "
+                             f"product is data_dim = {data_dim}")  # fmt: skip
+    return data_dim, shape
+
+
+def _refuse(problems: list[str], weights: Path) -> None:
+    if problems:
+        raise ModelFileError(f"{weights} does not match the VAE its {CONFIG} describes: " + "; ".join(problems))
 
 
 def model_card(record: dict, run_root: Path, command: str) -> str:
@@ -155,6 +218,14 @@ Made by: `{command or 'pyro-vae export'}`
 """
 
 
+def _inside(path: Path) -> None:
+    """A model folder refers to regular files inside itself only: a link (out of the folder, or not) is refused."""
+    try:
+        check_regular(path, "model file")
+    except UnsafePath as exc:
+        raise ModelFileError(str(exc)) from None
+
+
 def _read_record(path: Path) -> dict:
     try:
         record = json.loads(path.read_text())
@@ -171,16 +242,3 @@ def _read_record(path: Path) -> dict:
     if Path(str(record["weights"]["file"])).name != record["weights"]["file"]:
         raise ModelFileError(f"{path}: weights.file must name a file beside it, got {record['weights']['file']!r}")
     return record
-
-
-def _check_tensors(vae: VAE, tensors: dict[str, torch.Tensor], weights: Path) -> None:
-    expected = {name: tuple(t.shape) for name, t in vae.state_dict().items()}
-    got = {name: tuple(t.shape) for name, t in tensors.items()}
-    problems = [f"missing tensor {n} {expected[n]}" for n in sorted(set(expected) - set(got))]
-    problems += [f"extra tensor {n} {got[n]}" for n in sorted(set(got) - set(expected))]
-    problems += [f"tensor {n} has shape {got[n]}, the VAE needs {expected[n]}"
-                 for n in sorted(set(got) & set(expected)) if got[n] != expected[n]]  # fmt: skip
-    if problems:
-        raise ModelFileError(f"{weights} does not match the VAE its {CONFIG} describes: " + "; ".join(problems))
-
-

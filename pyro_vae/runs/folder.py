@@ -17,16 +17,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyro_vae.config import ConfigError, ExperimentConfig, from_dict, load_config
+from pyro_vae.config import ConfigError, DataConfig, ExperimentConfig, from_dict, load_config, to_toml
 from pyro_vae.data import Splits, load_data
-from pyro_vae.model import VAE, build_vae
+from pyro_vae.files import append_line, write_atomic
+from pyro_vae.model import VAE, build_vae, state_dict_problems
 from pyro_vae.plugins.loader import Plugin, PluginError, require, used_by
 from pyro_vae.runs.checkpoint import load_checkpoint
 from pyro_vae.runs.device import resolve_device
@@ -40,6 +41,8 @@ RESUMABLE = {
     ("train", "tensorboard"),
     ("eval", "iwae_k"), ("eval", "iwae_images"),
 }  # fmt: skip
+# What a resume restores from last.pt (format 1 and 2 alike).
+RESUME_KEYS = ("model", "optim", "sched", "shuffle_rng", "epoch", "step", "best_valid")
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,24 @@ class RunDir:
     def plugins(self) -> Path:
         return self.root / "plugins.json"
 
+    @property
+    def lock(self) -> Path:
+        """Held (``flock``) by the process training into the folder; its presence marks a folder that
+        pyro-vae made (:mod:`pyro_vae.runs.writer`)."""
+        return self.root / ".pyro-vae.lock"
+
+    @property
+    def replaced(self) -> Path:
+        """Where ``--overwrite`` keeps the run it replaces until the new one has its first checkpoint."""
+        return self.root / ".replaced"
+
     def plugin_records(self) -> list[Plugin]:
         """The plugins this run needs (from ``plugins.json``; none for a run without one)."""
         if not self.plugins.is_file():
             return []
         try:
             records = json.loads(self.plugins.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PluginError(f"{self.plugins} is not valid JSON ({exc})") from None
         if not isinstance(records, list):
             raise PluginError(f"{self.plugins} must hold a list of plugin records, got {type(records).__name__}")
@@ -92,9 +106,49 @@ class RunDir:
         """Write ``plugins.json`` for the loaded plugins that ``cfg`` uses (or remove a stale one)."""
         used = used_by(cfg)
         if used:
-            self.plugins.write_text(json.dumps([p.to_dict() for p in used], indent=2) + "\n")
+            write_atomic(self.plugins, json.dumps([p.to_dict() for p in used], indent=2) + "\n", self.root)
         else:
             self.plugins.unlink(missing_ok=True)
+
+    def write_config(self, cfg: ExperimentConfig) -> None:
+        write_atomic(self.config, to_toml(cfg), self.root)
+
+    def write_summary(self, summary: dict) -> None:
+        write_atomic(self.summary, json.dumps(summary, indent=2), self.root)
+
+    def append_metrics(self, record: dict) -> None:
+        """Append one epoch's line to ``metrics.jsonl`` and make it durable (fsync) before returning."""
+        append_line(self.metrics, json.dumps(record), self.root)
+
+    def read_metrics(self) -> list[dict]:
+        """The lines of ``metrics.jsonl`` (none if it is missing). A last line cut short by a kill
+        mid-append is dropped with a warning; a damaged line before it is a ``ValueError`` naming it."""
+        if not self.metrics.is_file():
+            return []
+        text = self.metrics.read_text(errors="replace")
+        lines = text.split("\n")
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+                    raise ValueError("not an object with an integer epoch")
+            except ValueError as exc:
+                if number == len(lines):  # no newline after it: the append was cut short
+                    log.warning("%s: dropped its last line, cut short when the run stopped (%s)", self.metrics, exc)
+                    break
+                raise ValueError(f"{self.metrics}, line {number}, is damaged ({exc}): {line[:80]!r}; fix or delete "
+                                 "that line (each line is one epoch's JSON record) and resume again") from None
+            records.append(record)
+        return records
+
+    def truncate_metrics(self, last_epoch: int) -> None:
+        """Keep the lines of epochs up to ``last_epoch`` (the checkpoint a run resumes from), atomically."""
+        if self.metrics.exists():
+            keep = [r for r in self.read_metrics() if r["epoch"] <= last_epoch]
+            write_atomic(self.metrics, "".join(json.dumps(r) + "\n" for r in keep), self.root)
 
     def require_plugins(self) -> list[str]:
         """Check that the plugins this run needs are loaded (see :func:`pyro_vae.plugins.require`);
@@ -102,15 +156,20 @@ class RunDir:
         return require(self.plugin_records(), f"run folder {self.root}")
 
 
-def check_resume_config(saved: ExperimentConfig, new: ExperimentConfig) -> None:
-    """Raise ``ConfigError`` if ``new`` changes a key that a resumed run must keep."""
+def config_changes(saved: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    """The differences between two configs in keys a resumed run must keep (not :data:`RESUMABLE`)."""
     before = saved.to_dict()
-    changed = [
+    return [
         f"{section}.{key}: {old!r} -> {value!r}"
         for section, values in new.to_dict().items()
         for key, value in values.items()
-        if (old := before[section][key]) != value and (section, key) not in RESUMABLE
+        if (old := before[section].get(key)) != value and (section, key) not in RESUMABLE
     ]
+
+
+def check_resume_config(saved: ExperimentConfig, new: ExperimentConfig) -> None:
+    """Raise ``ConfigError`` if ``new`` changes a key that a resumed run must keep."""
+    changed = config_changes(saved, new)
     if changed:
         allowed = ", ".join(f"{s}.{k}" for s, k in sorted(RESUMABLE))
         raise ConfigError(
@@ -124,20 +183,33 @@ def saved_device(state: dict[str, Any]) -> str:
     return state.get("device") or ("cuda" if "cuda" in state.get("rng", {}) else "cpu")
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line and make it durable (fsync) before returning."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def stored_config(state: dict[str, Any], path: Path) -> ExperimentConfig:
+    """The config a checkpoint was written with; ``ValueError`` naming ``path`` if it has none or a bad one."""
+    if not isinstance(state.get("config"), dict):
+        raise ValueError(f"{path} holds no config table: it is damaged or not a pyro-vae checkpoint")
+    try:
+        return from_dict(state["config"])
+    except ConfigError as exc:
+        raise ConfigError(f"{path} holds a config that does not load: {exc}") from None
 
 
-def truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from."""
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln)["epoch"] <= last_epoch]
-        path.write_text("".join(ln + "\n" for ln in keep))
+def check_resumable(state: dict[str, Any], path: Path, vae: VAE) -> None:
+    """``ValueError`` naming ``path`` when a checkpoint lacks what a resume restores, or its
+    weights do not fit ``vae``."""
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing or not isinstance(state["model"], dict):
+        problems = [f"no {', '.join(missing) or 'model weights'}"]
+    else:
+        problems = state_dict_problems(vae, state["model"])
+    if problems:
+        raise ValueError(f"{path} cannot be resumed: " + "; ".join(problems) + ". It is damaged or not a pyro-vae "
+                         "checkpoint; start a new run folder, or restore the file")  # fmt: skip
+
+
+def offline(data_cfg: DataConfig) -> DataConfig:
+    """``data_cfg`` with downloads off: opening a trained run or model reads the data it names and
+    never fetches anything (its ``data.download`` was the training machine's choice)."""
+    return dataclasses.replace(data_cfg, download=False)
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> tuple[ExperimentConfig, VAE, Splits]:
@@ -151,9 +223,21 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
         log.warning(warning)
     cfg = load_config(run.config)
     state = load_checkpoint(getattr(run, which))
-    if from_dict(state["config"]) != cfg:  # keys added since the run was written take their defaults on both sides
-        raise ConfigError(f"{run.config} does not match the config stored in {getattr(run, which)}")
-    data = load_data(cfg.data)
+    # Keys added since the run was written take their defaults on both sides; a resume may have
+    # changed the RESUMABLE keys in config.toml since this checkpoint was written.
+    changed = config_changes(stored_config(state, getattr(run, which)), cfg)
+    if changed:
+        raise ConfigError(f"{run.config} does not match the config stored in {getattr(run, which)} ("
+                          + "; ".join(changed) + "): the run folder was altered; restore its config.toml")
+    checkpoint, weights = getattr(run, which), state.get("model")
+    if not isinstance(weights, dict):
+        other = "last" if which == "best" else "best"
+        raise ValueError(f"{checkpoint} holds no model weights (no 'model' table): it is damaged or not a pyro-vae "
+                         f"checkpoint; use the other one (--checkpoint {other}) or train again")  # fmt: skip
+    data = load_data(offline(cfg.data))
     vae = build_vae(cfg.model, data.data_dim, data.image_shape)
-    vae.load_state_dict(state["model"])
+    problems = state_dict_problems(vae, weights)
+    if problems:
+        raise ValueError(f"{checkpoint} does not match the VAE that {run.config} describes: " + "; ".join(problems))
+    vae.load_state_dict(weights)
     return cfg, vae.to(resolve_device(device)).eval(), data

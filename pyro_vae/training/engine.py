@@ -180,7 +180,7 @@ class StepEngine:
         self.loss_fn = torch.compile(loss_fn) if choice.compile_loss else loss_fn
         self.world = self.ctx.world_size
         self.perm = torch.zeros(self.n, dtype=torch.long, device=device)
-        self.offsets = torch.arange(batch_size, device=device)
+        self.offsets = torch.arange(min(batch_size, self.n), device=device)  # no batch is larger than the split
         self.batch = torch.zeros((), dtype=torch.long, device=device)  # batch index within the epoch
         self.step_count = torch.zeros((), dtype=torch.long, device=device)  # global steps run
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # images x loss, this epoch

@@ -13,6 +13,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,16 +24,18 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae.config import ConfigError, ExperimentConfig, from_dict, save_config
+from pyro_vae.config import ConfigError, ExperimentConfig
 from pyro_vae.data import Splits, load_data
 from pyro_vae.data.pixels import decode, evenly_spaced
 from pyro_vae.evaluation.metrics import as_dict, evaluate, with_bits_per_dim
+from pyro_vae.files import check_regular
 from pyro_vae.model import VAE, build_vae
 from pyro_vae.objectives.elbos import build_elbo
 from pyro_vae.objectives.fast import build_loss
+from pyro_vae.runs import writer
 from pyro_vae.runs.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from pyro_vae.runs.device import environment, resolve_device
-from pyro_vae.runs.folder import RunDir, append_jsonl, check_resume_config, saved_device, truncate_metrics
+from pyro_vae.runs.folder import RunDir, check_resumable, check_resume_config, saved_device, stored_config
 from pyro_vae.training import distributed
 from pyro_vae.training.capture import checked_choice
 from pyro_vae.training.checks import check_compatible, check_data, diagnose
@@ -43,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True,
-        figures: bool = True) -> dict[str, Any]:  # fmt: skip
+        figures: bool = True, overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
     """Train ``cfg`` into run folder ``out`` (or continue it with ``resume``); return the summary.
 
     Every epoch: one pass over the shuffled training split with the configured ELBO and Adam (run
@@ -52,6 +56,11 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
     weights are evaluated with the IWAE bound. Under torchrun it trains data-parallel
     (:mod:`pyro_vae.training.distributed`): rank 0 writes the run folder and returns the summary, the other
     ranks return ``{}``.
+
+    The folder is locked while training (:mod:`pyro_vae.runs.writer`), and nothing in it is written
+    until the config, data and model have been built and checked. A new run needs a folder free of
+    another run's files, or ``overwrite``: the old run is then moved aside and deleted only once
+    the new one has its first checkpoint.
     """
     run, t_start = RunDir(Path(out)), time.perf_counter()
     device = resolve_device(cfg.train.device)
@@ -60,64 +69,140 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
         device = torch.device("cuda", ctx.local_rank)
     if cfg.train.tensorboard:
         require_tensorboard()  # before the run folder is touched
-    state = _open_run(run, cfg, ctx, resume)
-    with matmul_precision(cfg.train.matmul_precision):
-        trainer = Trainer(cfg, run, device, ctx, state, progress and ctx.main)
-        with StopRequests() as stop:
-            try:
-                while not trainer.should_stop():
-                    trainer.end_epoch(*trainer.train_epoch(stop))
-                    if any_rank(stop.received is not None, ctx):
-                        raise interrupted(stop.received, f"epoch {trainer.epoch}", run.last, run.root)
-            finally:
-                if trainer.board is not None:
-                    trainer.board.writer.flush()  # what a stopped run logged stays
-        distributed.shutdown(ctx)
-        if not ctx.main:
-            return {}
-        summary = finish(run, cfg, trainer.vae, trainer.data, device, trainer.epoch, progress)
-        if trainer.board is not None:
-            trainer.board.close(cfg, summary["final"])
-    n = trainer.x_train.shape[0]
-    summary.update(wall_time_s=time.perf_counter() - t_start, train_time_s=trainer.train_time,
-                   images_per_s=trainer.epoch * n / trainer.train_time if trainer.train_time else None,
-                   engine=trainer.engine.choice.name, matmul_precision=cfg.train.matmul_precision)  # fmt: skip
-    text = json.dumps(summary, indent=2)
-    run.summary.write_text(text)
-    summary = json.loads(text)  # what the file says (tuples become lists)
-    if figures:
-        from pyro_vae.evaluation.plots import make_figures
+    with _claimed(run, ctx, resume, overwrite) as claim:
+        with matmul_precision(cfg.train.matmul_precision):
+            state = _resume_state(run, cfg, ctx) if resume else None
+            trainer = Trainer(cfg, run, device, ctx, state, progress and ctx.main)  # all checked; nothing written yet
+            claim.start(cfg, state)
+            trainer.open_board(state)
+            with StopRequests() as stop:
+                try:
+                    while not trainer.should_stop():
+                        trainer.end_epoch(*trainer.train_epoch(stop))
+                        claim.checkpointed()
+                        if any_rank(stop.received is not None, ctx):
+                            raise interrupted(stop.received, f"epoch {trainer.epoch}", run.last, run.root)
+                finally:
+                    if trainer.board is not None:
+                        trainer.board.writer.flush()  # what a stopped run logged stays
+            distributed.shutdown(ctx)
+            if not ctx.main:
+                return {}
+            summary = finish(run, cfg, trainer.vae, trainer.data, device, trainer.epoch, progress)
+            if trainer.board is not None:
+                trainer.board.close(cfg, summary["final"])
+        n = trainer.x_train.shape[0]
+        summary.update(wall_time_s=time.perf_counter() - t_start, train_time_s=trainer.train_time,
+                       images_per_s=trainer.epoch * n / trainer.train_time if trainer.train_time else None,
+                       engine=trainer.engine.choice.name, matmul_precision=cfg.train.matmul_precision)  # fmt: skip
+        run.write_summary(summary)
+        summary = json.loads(json.dumps(summary))  # what the file says (tuples become lists)
+        if figures:
+            from pyro_vae.evaluation.plots import make_figures
 
-        make_figures(run.root, trainer.vae, trainer.data)
+            make_figures(run.root, trainer.vae, trainer.data)
     return summary
 
 
-def _open_run(run: RunDir, cfg: ExperimentConfig, ctx: distributed.Context, resume: bool) -> dict[str, Any] | None:
-    """Check the run folder (a new run needs an empty one; a resumed run a compatible config) and
-    write its config; returns the checkpoint to resume from, or None."""
-    state = None
-    if resume:
-        for warning in run.require_plugins():
-            log.warning(warning)
-        state = load_checkpoint(run.last)
-        check_resume_config(from_dict(state["config"]), cfg)
-        if state.get("world_size", 1) != ctx.world_size:
-            raise ConfigError(f"{run.last} was written by {state.get('world_size', 1)} processes; resume it with as "
-                              f"many (this is {ctx.world_size})")  # fmt: skip
-    elif run.last.exists():
-        raise ConfigError(f"{run.root} already holds a run; resume it, or choose a new folder")
-    distributed.barrier(ctx)  # every rank has checked the folder before rank 0 writes to it
-    if ctx.main:
-        run.root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run.config)
+class _Claim:
+    """Rank 0's hold on the run folder while it trains (:func:`_claimed`)."""
+
+    def __init__(self, run: RunDir, ctx: distributed.Context, resume: bool, overwrite: bool) -> None:
+        self.run, self.ctx, self.resume, self.overwrite = run, ctx, resume, overwrite
+        self.lock, self.made_root, self.moved, self.started = None, False, [], False
+
+    def check(self) -> None:
+        """Lock the folder and check that this run may write it; reads only (but for the lock)."""
+        run = self.run
+        if not self.resume:
+            if run.root.exists() and not run.root.is_dir():
+                raise ConfigError(f"--out {run.root} is a file; give a folder for the run (it is made if missing)")
+            self.made_root = not run.root.exists()
+        lock_existed = os.path.lexists(run.lock)
+        self.lock = writer.RunLock(run).acquire()
+        if self.resume:
+            if os.path.lexists(run.replaced) and not os.path.lexists(run.last):
+                raise ConfigError(f"{run.root} was being replaced (--overwrite) and stopped before the new run's first "
+                                  f"checkpoint; the previous run is in {run.replaced}: move its files back to resume "
+                                  "it, or start a new run with --overwrite")  # fmt: skip
+            for path in (run.last, run.best):
+                check_regular(path, "checkpoint file")
+            if not run.last.exists():
+                raise ConfigError(f"{run.root} has no checkpoint to resume from: the run stopped before its first "
+                                  f"epoch ended. Start it again: pyro-vae train --config {run.config} --out "
+                                  f"{run.root}")  # fmt: skip
+        else:
+            writer.check_new_run(run, self.overwrite, lock_existed)
+
+    def start(self, cfg: ExperimentConfig, state: dict[str, Any] | None) -> None:
+        """The first writes: the old run moved aside (``--overwrite``), the config, the plugins, the metrics."""
+        distributed.barrier(self.ctx)  # every rank has built and checked its run before rank 0 writes
+        if not self.ctx.main:
+            return
+        run = self.run
+        if state is None:
+            self.moved = writer.move_aside(run)
+        self.started = True
+        run.write_config(cfg)
         if state is None:
             run.record_plugins(cfg)
-        for stale_tmp in run.last.parent.glob(".*.tmp"):  # left by a process killed mid-write
+        for stale_tmp in run.root.glob(".*.tmp"):  # left by a process killed mid-write
             stale_tmp.unlink()
+        if run.last.parent.is_dir() and not run.last.parent.is_symlink():
+            for stale_tmp in run.last.parent.glob(".*.tmp"):
+                stale_tmp.unlink()
         if state is not None:
-            truncate_metrics(run.metrics, state["epoch"])
+            run.truncate_metrics(state["epoch"])
         elif run.metrics.exists():
-            run.metrics.unlink()
+            run.metrics.unlink()  # (a run of ours that stopped before its first checkpoint)
+
+    def checkpointed(self) -> None:
+        """After an epoch's checkpoint: the replaced run is no longer needed."""
+        if self.moved and self.ctx.main:
+            writer.drop_replaced(self.run)
+            self.moved = []
+
+    def failed(self) -> None:
+        """Before the first checkpoint: put the replaced run back; leave no folder that only the lock made."""
+        if not self.ctx.main:
+            return
+        if self.moved:
+            writer.restore(self.run, self.moved)
+        elif not self.started and self.made_root:
+            shutil.rmtree(self.run.root, ignore_errors=True)
+        elif not self.started and self.lock is not None and self.lock.created:
+            self.run.lock.unlink(missing_ok=True)
+
+
+@contextmanager
+def _claimed(run: RunDir, ctx: distributed.Context, resume: bool, overwrite: bool):
+    """Hold ``run`` for this training: locked and checked on entry (rank 0), released on exit; a
+    failure before the first checkpoint undoes what the start did (:meth:`_Claim.failed`)."""
+    claim = _Claim(run, ctx, resume, overwrite)
+    try:
+        if ctx.main:
+            claim.check()
+        yield claim
+    except BaseException:
+        if ctx.main and os.path.lexists(run.last):
+            claim.checkpointed()  # a checkpoint (an interrupted epoch's too) can be resumed: the new run stands
+        else:
+            claim.failed()
+        raise
+    finally:
+        if claim.lock is not None:
+            claim.lock.release()
+
+
+def _resume_state(run: RunDir, cfg: ExperimentConfig, ctx: distributed.Context) -> dict[str, Any]:
+    """The checkpoint to resume from, once its config and world size are checked against ``cfg``."""
+    for warning in run.require_plugins():
+        log.warning(warning)
+    state = load_checkpoint(run.last)
+    check_resume_config(stored_config(state, run.last), cfg)
+    if state.get("world_size", 1) != ctx.world_size:
+        raise ConfigError(f"{run.last} was written by {state.get('world_size', 1)} processes; resume it with as "
+                          f"many (this is {ctx.world_size})")  # fmt: skip
     return state
 
 
@@ -189,15 +274,12 @@ class Trainer:
         loss = build_loss(vae, cfg.train, first, elbo)
         self.shuffle = torch.Generator().manual_seed(cfg.train.seed)
         if ctx.active:
-            pyro.set_rng_seed(cfg.train.seed + ctx.rank)  # every rank draws its own z
+            pyro.set_rng_seed((cfg.train.seed + ctx.rank) % 2**32)  # every rank draws its own z (NumPy takes < 2**32)
         self.epoch, self.step, self.best, self.stale, self.train_time = 0, 0, math.inf, 0, 0.0
         self.partial: dict[str, Any] | None = None  # an epoch stopped part-way by a signal
         if state is not None:
             self._restore(state)
-        self.board = None  # TensorBoard, on rank 0 when train.tensorboard is set
-        if cfg.train.tensorboard and ctx.main:
-            fixed = data.stored("test")[evenly_spaced(data.stored("test").shape[0], 8)]
-            self.board = TensorBoard(run.root, fixed, data.image_shape, self.step if state is not None else None)
+        self.board = None  # TensorBoard, on rank 0 when train.tensorboard is set (open_board)
         self.steps_per_epoch = math.ceil(self.x_train.shape[0] / cfg.train.batch_size)
         self.warmup_steps = cfg.train.kl_warmup_epochs * self.steps_per_epoch
         step_loss = distributed.wrap_loss(vae, loss.fn, ctx)  # DDP broadcasts rank 0's weights here
@@ -215,7 +297,15 @@ class Trainer:
         self.engine = engine(choice)
         self.sync_every = cfg.train.sync_every or (100 if device.type == "cuda" else 1)
 
+    def open_board(self, state: dict[str, Any] | None) -> None:
+        """Start TensorBoard logging into the run folder (rank 0, when ``train.tensorboard`` is set)."""
+        if self.cfg.train.tensorboard and self.ctx.main:
+            test = self.data.stored("test")
+            fixed = test[evenly_spaced(test.shape[0], 8)]
+            self.board = TensorBoard(self.run.root, fixed, self.data.image_shape, self.step if state else None)
+
     def _restore(self, state: dict[str, Any]) -> None:
+        check_resumable(state, self.run.last, self.vae)
         self.vae.load_state_dict(state["model"])
         self.optim.load_state_dict(state["optim"])
         self.sched.load_state_dict(state["sched"])
@@ -249,7 +339,7 @@ class Trainer:
                 "train_time": self.train_time, "stale": self.stale, **extra,
             }  # fmt: skip
             for path in paths:
-                save_checkpoint(ckpt, path)
+                save_checkpoint(ckpt, path, self.run.root)
 
     def train_epoch(self, stop: StopRequests) -> tuple[float, float]:
         """One pass over the shuffled training split (or the rest of an interrupted one); returns
@@ -316,7 +406,7 @@ class Trainer:
             "images_per_s": n / epoch_time,
         }  # fmt: skip
         if self.ctx.main:
-            append_jsonl(self.run.metrics, record)
+            self.run.append_metrics(record)
             if self.board is not None:
                 self.board.epoch(record, self.vae)
             log.info("epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)", self.epoch, train_loss,

@@ -22,6 +22,7 @@ import torch
 
 from pyro_vae.config import ConfigError, ExperimentConfig
 from pyro_vae.data.pixels import decode, image_grid
+from pyro_vae.files import open_folder
 from pyro_vae.model import VAE
 
 FOLDER = "tensorboard"
@@ -45,6 +46,8 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         purge = resume_step + 1 if resume_step is not None else None
+        with open_folder(Path(run_root) / FOLDER, run_root):  # made inside the run folder, not through a link
+            pass
         self.writer = SummaryWriter(log_dir=str(Path(run_root) / FOLDER), purge_step=purge)
         self.x = test_images  # stored form, a fixed handful
         self.image_shape = image_shape

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -241,3 +243,68 @@ def test_binarized_mnist_is_held_as_uint8_levels():
     assert splits.train.dtype == torch.float32 and abs(splits.train.mean().item() - D.AMAT_MEANS["train"]) < 5e-5
     sub = splits.subset(10)
     assert sub.stored("test").dtype == torch.uint8 and torch.equal(sub.test, splits.test[P.evenly_spaced(10000, 10)])
+
+
+def _npy_with_header(path, header: str, data: bytes = b"", version: int = 1):
+    """An .npy file with the given header text (padded as numpy pads it) and ``data`` after it."""
+    text = header.encode("latin1")
+    prefix = 10 if version == 1 else 12
+    text += b" " * (-(prefix + len(text) + 1) % 64) + b"\n"
+    length = struct.pack("<H" if version == 1 else "<I", len(text))
+    path.write_bytes(b"\x93NUMPY" + bytes([version, 0]) + length + text + data)
+    return path
+
+
+def _text_member_npz(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not an array")
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: np.save(p, np.zeros((10, 5), np.complex64)), r"holds complex numbers \(dtype complex64\); images must "
+                                                            "be numbers: bool, integer or floating point"),
+    (lambda p: np.save(p, np.array([["0.5"] * 5] * 10)), r"holds text \(dtype <U3\)"),
+    (lambda p: np.save(p, np.array([[None] * 5] * 10, dtype=object), allow_pickle=True), "holds Python objects"),
+    (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\); data.root must be an .npy or .npz file"),
+    (lambda p: _npy_with_header(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (10, 5), }" + " " * 60_000,
+                                bytes(200), version=2),
+     r"is not a readable .npy array \(a header of 60,\d+ bytes, more than numpy reads safely \(10,000\)\)"),
+    (lambda p: _npy_with_header(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (10000000000, 784), }",
+                                bytes(200)),
+     r"its header declares shape \(10000000000, 784\) of float32 \(31,360,000,000,000 bytes\), but the file holds "
+     "200 bytes after the header: it is truncated or damaged"),
+    (lambda p: np.savez(p, train=np.zeros((3, 4)), valid=np.array([["x"] * 4] * 3), test=np.zeros((3, 4))),
+     r"bad.npz \[valid\] holds text \(dtype <U1\)"),
+    (_text_member_npz, "holds 'notes.txt', which is not an .npy array"),
+])  # fmt: skip
+def test_array_files_are_checked_before_numpy_reads_them(tmp_path, monkeypatch, make, message):
+    """Text, objects, complex numbers, an empty file, a huge header, a header declaring more than the
+    file holds: each refused with the file named, before numpy allocates or parses anything."""
+    path = tmp_path / ("bad.npz" if "npz" in message or "notes" in message else "bad.npy")
+    make(path)
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("numpy read a file the checks should have refused"))
+    with pytest.raises(ValueError, match=message) as info:
+        D.load_data(DataConfig(name="array", root=str(path)))
+    assert str(path) in str(info.value) and "Traceback" not in str(info.value)
+
+
+def test_arrays_of_another_byte_order_load_and_non_numbers_are_refused_from_python(tmp_path):
+    images = np.random.default_rng(0).random((20, 6)).astype(">f4")  # big-endian: torch takes native order only
+    np.save(tmp_path / "be.npy", images)
+    splits = D.load_data(DataConfig(name="array", root=str(tmp_path / "be.npy")))
+    assert splits.data_dim == 6 and splits.train.dtype == torch.float32
+    with pytest.raises(ValueError, match=r"mine: images must be numbers \(bool, integer or floating point\), got an "
+                                         "array of dtype <U1"):  # fmt: skip
+        D.check_images(np.array([["a", "b"]]), "mine")
+    with pytest.raises(ValueError, match="mine: images must be real numbers, got a tensor of dtype torch.complex64"):
+        D.check_images(torch.zeros(2, 3, dtype=torch.complex64), "mine")
+
+
+def test_arrays_above_the_data_limit_are_refused_from_their_headers(tmp_path, monkeypatch):
+    np.save(tmp_path / "a.npy", np.zeros((100, 10), np.uint8))  # 1,000 values: 4,000 bytes as float32
+    monkeypatch.setattr(D.sets, "MAX_DATA_BYTES", 3999)
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("numpy read a file the checks should have refused"))
+    with pytest.raises(ValueError, match=r"a.npy holds 1,000 values, 4,000 bytes as float32, above the limit of 3,999 "
+                                         r"bytes \(pyro_vae.config.MAX_DATA_BYTES\)"):  # fmt: skip
+        D.load_data(DataConfig(name="array", root=str(tmp_path / "a.npy")))

@@ -15,13 +15,14 @@ import torch
 from PIL import Image
 
 from pyro_vae.config import ConfigError, load_config
-from pyro_vae.data import load_data
-from pyro_vae.data.images import CIFAR_RECORD, download_cifar10, read_cifar_batch
+from pyro_vae.data import images, load_data
+from pyro_vae.data.images import CIFAR_RECORD, download_cifar10, open_image, read_cifar_batch
 from pyro_vae.data.pixels import image_grid
 from pyro_vae.evaluation.metrics import Estimate, with_bits_per_dim
 from pyro_vae.evaluation.plots import make_figures
 from pyro_vae.model import build_vae
 from pyro_vae.training.loop import fit
+from tests.helpers import png_header_only
 
 
 def _png(path, size=(30, 40), colour=False, seed=0):
@@ -173,3 +174,70 @@ def test_image_grid_places_colour_pixels():
     images[1, 0:4] = 1.0  # image 1, red channel
     grid = image_grid(images, (3, 2, 2), nrow=1)
     assert grid.shape == (2, 4, 3) and grid[:, 2:, 0].min() == 1 and grid[:, :2].max() == 0 and grid[..., 1:].max() == 0
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
+    """PIL's own I;16 -> L conversion clips every value above 255 to white; 16-bit levels v become round(v / 257)."""
+    levels = np.arange(36, dtype=np.uint16).reshape(6, 6) * 1872  # 0 .. 65520
+    for i in range(3):
+        Image.fromarray(levels).save(tmp_path / f"{i}.png")
+    assert Image.open(tmp_path / "0.png").mode == "I;16"
+    data = load_data(_folder_cfg(tmp_path, "data.image_folder.image_size=6"))
+    expected = np.round(levels / 257).astype(np.uint8)
+    assert np.array_equal(data.stored("test")[0].reshape(6, 6).numpy(), expected)
+    img, _ = open_image(tmp_path / "0.png", channels=3)  # grey to colour: the same levels in every channel
+    assert img.mode == "RGB" and np.array_equal(np.asarray(img)[..., 1], expected)
+
+
+def test_transparent_pixels_are_composited_onto_black_with_one_warning(tmp_path, caplog):
+    alpha = np.tile(np.array([0, 85, 170, 255], np.uint8), (4, 1))
+    grey = np.full((4, 4), 200, np.uint8)
+    Image.fromarray(np.stack([grey, alpha], -1), "LA").save(tmp_path / "la.png")
+    Image.fromarray(np.stack([grey, grey, grey, alpha], -1), "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(np.stack([grey, grey, grey, np.full_like(grey, 255)], -1), "RGBA").save(tmp_path / "opaque.png")
+    palette = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), "P")
+    palette.putpalette([255, 255, 255, 0, 0, 0])
+    palette.save(tmp_path / "p.png", transparency=0)  # white, but transparent
+    for name in ("la", "rgba"):
+        img, had_alpha = open_image(tmp_path / f"{name}.png", channels=1)
+        assert had_alpha and np.asarray(img)[0].tolist() == [0, 67, 133, 200], name  # 200 * alpha / 255
+    img, had_alpha = open_image(tmp_path / "la.png", channels=1, background=255)  # white paper
+    assert np.asarray(img)[0].tolist() == [255, 237, 218, 200]
+    img, had_alpha = open_image(tmp_path / "p.png", channels=3)
+    assert had_alpha and np.asarray(img).max() == 0
+    assert open_image(tmp_path / "opaque.png", channels=1)[1] is False  # an alpha channel with nothing transparent
+    with caplog.at_level(logging.WARNING):
+        load_data(_folder_cfg(tmp_path, "data.image_folder.image_size=4"))
+    warnings = [r.getMessage() for r in caplog.records if "transparent" in r.getMessage()]
+    assert len(warnings) == 1 and "3 image(s) under" in warnings[0] and "composited onto black" in warnings[0]
+
+
+def test_a_decompression_bomb_is_refused_by_name_or_skipped_and_counted(tmp_path, caplog):
+    for i in range(4):
+        _png(tmp_path / f"{i}.png", seed=i)
+    bomb = png_header_only(tmp_path / "bomb.png", 50_000, 50_000)
+    assert bomb.stat().st_size < 200
+    with pytest.raises(Image.DecompressionBombError):  # what PIL alone does: not an OSError
+        Image.open(bomb)
+    with pytest.raises(ValueError) as info:
+        load_data(_folder_cfg(tmp_path))
+    message = str(info.value)
+    assert f"{bomb} declares 2,500,000,000 pixels, more than PIL's limit of {Image.MAX_IMAGE_PIXELS:,}" in message
+    assert "skip_unreadable=true" in message
+    with caplog.at_level(logging.WARNING):
+        data = load_data(_folder_cfg(tmp_path, "data.image_folder.skip_unreadable=true"))
+    assert "skipped 1 unreadable file(s)" in caplog.text and "bomb.png" in caplog.text
+    assert sum(data.stored(s).shape[0] for s in ("train", "valid", "test")) == 4
+
+
+def test_image_sizes_are_checked_before_anything_is_read(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"data.image_folder: image_size = 20000 must be between 1 and 1024 "
+                                          r"\(pyro_vae.config.MAX_IMAGE_SIZE\)"):  # fmt: skip
+        _folder_cfg(tmp_path, "data.image_folder.image_size=20000")
+    for i in range(3):
+        _png(tmp_path / f"{i}.png", seed=i)
+    monkeypatch.setattr(images, "MAX_DATA_BYTES", 4 * 3 * 3 * 1000**2 - 1)  # three 1000 x 1000 colour images: too many
+    monkeypatch.setattr(images, "_read_all", None)  # nothing may be read
+    with pytest.raises(ValueError, match=r"3 images of 3 x 1000 x 1000 pixels are 36,000,000 bytes as float32, "
+                                         r"above the limit of 35,999,999 bytes"):  # fmt: skip
+        load_data(_folder_cfg(tmp_path, "data.image_folder.image_size=1000", "data.image_folder.channels=3"))

@@ -14,7 +14,7 @@ from pyro_vae.evaluation import latent
 from pyro_vae.model import build_vae
 from pyro_vae.runs.export import export_model
 from pyro_vae.training.loop import fit
-from tests.helpers import small_cfg
+from tests.helpers import png_header_only, small_cfg
 
 
 def _vae(latent_dim=3, d=12):
@@ -134,3 +134,23 @@ def test_every_latent_command_on_a_run_and_a_model(trained, source, tmp_path, ca
     for argv, message in bad:
         assert main([*argv, *common]) == 2, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_read_images_scales_16_bit_composites_alpha_and_refuses_a_bomb(tmp_path, caplog):
+    """The files the latent commands read go through the image folders' reader (open_image)."""
+    levels = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4369  # 0 .. 65535
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    x = latent.read_images([tmp_path / "deep.png"], (4, 4), binarize=False)
+    np.testing.assert_allclose(x[0].numpy(), np.round(levels.reshape(-1) / 257) / 255, rtol=1e-6)
+    ink = np.zeros((4, 4, 2), np.uint8)  # black ink on the right, transparent on the left
+    ink[:, 2:, 1] = 255
+    Image.fromarray(ink, "LA").save(tmp_path / "ink.png")
+    with caplog.at_level("WARNING"):
+        inverted = latent.read_images([tmp_path / "ink.png", tmp_path / "deep.png"], (4, 4), binarize=False,
+                                      invert=True)[0].reshape(4, 4)  # fmt: skip
+    assert inverted[:, :2].max() == 0 and inverted[:, 2:].min() == 1  # transparent = white paper: no ink once inverted
+    assert "1 of the 2 image files have transparent pixels, composited onto white paper (--invert)" in caplog.text
+    assert latent.read_images([tmp_path / "ink.png"], (4, 4), binarize=False).max() == 0  # onto black
+    bomb = png_header_only(tmp_path / "bomb.png", 50_000, 50_000)
+    with pytest.raises(ValueError, match=rf"{bomb} declares 2,500,000,000 pixels, more than PIL's limit"):
+        latent.read_images([bomb], (28, 28), binarize=False)

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,14 +158,22 @@ def test_a_plugin_loads_once(tmp_path):
     assert load_plugin(path) is load_plugin(str(tmp_path / "." / "once.py"))
 
 
-def test_entry_points_register_installed_packages(tmp_path, monkeypatch):
-    (tmp_path / "ep_prior_pkg.py").write_text("from pyro_vae import PRIORS\nfrom pyro_vae.components.priors import "
-                                              "StandardNormal\nPRIORS.register('from_entry_point')"
-                                              "(StandardNormal)\n")  # fmt: skip
-    info = tmp_path / "ep_prior_pkg-1.0.dist-info"
+def _entry_point_folder(folder, module: str, body: str):
+    """A folder holding a distribution's metadata (``*.dist-info``) that declares ``module`` as a
+    ``pyro_vae.components`` entry point, and the module itself."""
+    (folder / f"{module}.py").write_text(body)
+    info = folder / f"{module}-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-prior-pkg\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[pyro_vae.components]\npriors = ep_prior_pkg\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[pyro_vae.components]\nparts = {module}\n")
+
+
+def test_entry_points_register_installed_packages(tmp_path, monkeypatch):
+    from pyro_vae.plugins import loader
+
+    _entry_point_folder(tmp_path, "ep_prior_pkg", "from pyro_vae import PRIORS\nfrom pyro_vae.components.priors "
+                        "import StandardNormal\nPRIORS.register('from_entry_point')(StandardNormal)\n")  # fmt: skip
+    monkeypatch.setattr(loader, "site_folders", lambda: [str(tmp_path)])  # as if installed there
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         [plugin] = load_entry_points()
@@ -170,6 +182,34 @@ def test_entry_points_register_installed_packages(tmp_path, monkeypatch):
         import sys
 
         sys.modules.pop("ep_prior_pkg", None)
+
+
+MARKER_MODULE = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"
+
+
+def test_entry_points_on_the_working_folder_or_pythonpath_are_never_read(tmp_path, monkeypatch):
+    """A folder someone prepared (a shared run folder) with a ``*.dist-info`` declaring an entry
+    point: on ``sys.path`` (the working folder under ``python -m``, or PYTHONPATH), it is not an
+    installed distribution, so its module is not imported."""
+    marker = tmp_path / "ran.txt"
+    _entry_point_folder(tmp_path, "evil_ep_mod", MARKER_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert load_entry_points() == []
+    assert not marker.exists()
+
+
+def test_python_m_runs_nothing_from_the_working_folder(tmp_path):
+    """``python -m pyro_vae`` in such a folder, and ``PYTHONPATH=FOLDER pyro-vae``: the folder's
+    module does not run (exit 2: the folder is not a run; no marker file)."""
+    marker = tmp_path / "ran.txt"
+    _entry_point_folder(tmp_path, "evil_ep_mod", MARKER_MODULE.format(marker=str(marker)))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for argv in ([sys.executable, "-m", "pyro_vae", "evaluate", ".", "--k", "2"],
+                 [str(Path(sys.executable).parent / "pyro-vae"), "evaluate", str(tmp_path), "--k", "2"]):
+        proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert not marker.exists(), f"{argv[1:3]} imported the folder's entry point"
 
 
 # ---------------------------------------------------------------- from the command line, and runs that used plugins

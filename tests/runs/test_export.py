@@ -14,6 +14,7 @@ from pyro_vae.cli import main
 from pyro_vae.data.pixels import evenly_spaced
 from pyro_vae.evaluation.metrics import evaluate
 from pyro_vae.plugins import isolated
+from pyro_vae.runs import export
 from pyro_vae.runs.export import ModelFileError, export_model, load_model
 from pyro_vae.training.loop import fit
 from tests.helpers import ROOT, small_cfg
@@ -177,3 +178,67 @@ def test_a_model_exported_on_the_cpu_evaluates_on_cuda_like_on_the_cpu(run, mode
     b = evaluate(gpu, x.cuda(), batch_size=100, seed=cfg.eval.seed)["neg_elbo"]
     # different random streams on the two devices: agreement within the Monte-Carlo error of a difference
     assert abs(a.mean - b.mean) < 5 * (a.se**2 + b.se**2) ** 0.5, (a, b)
+
+
+def _edit_record(model, edit):
+    path = model / "config.json"
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+
+
+def _no_loading(monkeypatch):
+    """Fail the test if the loader reads a tensor or builds a real VAE: a refusal must come first."""
+    monkeypatch.setattr(export, "load_file", lambda *a, **k: pytest.fail("a tensor was loaded before the refusal"))
+    monkeypatch.setattr(export, "build_vae", lambda *a, **k: pytest.fail("the VAE was built before the refusal"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["config"]["model"].update(latent_dim=10**6),
+     r"its config does not load: model.latent_dim = 1000000 is above the limit of 65,536 "
+     r"\(pyro_vae.config.MAX_LATENT_DIM\)"),
+    (lambda r: r["config"]["model"].update(hidden=[60000, 60000, 60000]),
+     r"config.json: the VAE would hold [\d,]+ parameters and buffers, above the limit of 536,870,912 "
+     r"\(pyro_vae.config.MAX_MODEL_SIZE, 2 GiB as float32\): model.latent_dim = 2, model.hidden = \[60000, 60000, "
+     r"60000\]"),
+    (lambda r: r.update(data_dim=10**12, image_shape=[10**6, 10**6]),
+     r"the VAE would hold [\d,]+ parameters and buffers, above the limit .* images of 1,000,000,000,000 values"),
+    (lambda r: r.update(data_dim="784"), r"config.json: data_dim = '784' must be a positive integer"),
+    (lambda r: r.update(image_shape=[28, 29]), r"image_shape = \[28, 29\] must be \[H, W\] or \[C, H, W\], positive "
+                                               "integers whose product is data_dim = 784"),
+])  # fmt: skip
+def test_sizes_in_a_model_file_are_checked_before_anything_is_allocated(model, monkeypatch, edit, message):
+    _edit_record(model, edit)
+    _no_loading(monkeypatch)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(model, device="cpu")
+
+
+def test_tensor_shapes_are_compared_from_the_header_before_loading(model, monkeypatch):
+    tensors = load_file(str(model / "model.safetensors"))
+    name = sorted(tensors)[0]
+    _rewrite(model, {**tensors, name: torch.zeros(3, 3)})
+    _no_loading(monkeypatch)
+    with pytest.raises(ModelFileError, match=rf"tensor {name} has shape \(3, 3\), the VAE needs"):
+        load_model(model, device="cpu")
+    monkeypatch.undo()
+    _rewrite(model, {**tensors, name: tensors[name].double()})
+    with pytest.raises(ModelFileError, match=rf"tensor {name} holds F64, the VAE needs torch.float32"):
+        load_model(model, device="cpu")
+
+
+def test_nan_weights_are_refused_by_name_not_by_a_tensor_dump(model, capsys):
+    tensors = load_file(str(model / "model.safetensors"))
+    name = max(tensors, key=lambda n: tensors[n].numel())  # a weight matrix
+    poisoned = tensors[name].clone()
+    poisoned.view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    _rewrite(model, {**tensors, name: poisoned})
+    with pytest.raises(ModelFileError) as info:
+        load_model(model, device="cpu")
+    message = str(info.value)
+    assert f"tensor {name} has 3 NaN or infinite value(s) of {poisoned.numel():,}" in message
+    assert "tensor([" not in message and len(message) < 400 and "export the model again" in message
+    assert main(["evaluate", str(model), "--k", "2", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"tensor {name} has 3 NaN" in err and "Traceback" not in err
+    assert not list(model.glob("evaluation_*.json"))
