@@ -135,7 +135,7 @@ def project_step(cfg: ExperimentConfig, device: torch.device, pool: torch.Tensor
     vae = build_vae(cfg.model, 784, (28, 28)).to(device)
     optim = make_optimizer(vae, cfg.train.lr)
     loss = build_loss(vae, cfg.train, pool[: cfg.train.batch_size])
-    choice = choose_engine(cfg.train.engine, device, loss.fast, False, loss.compilable)
+    choice = choose_engine(cfg.train.engine, device, loss.static, False, loss.compilable)
     engine = StepEngine(loss.fn, optim, pool, cfg.train.batch_size, choice)
     steps_per_pass = math.ceil(pool.shape[0] / cfg.train.batch_size)
     order = torch.Generator().manual_seed(0)

@@ -146,10 +146,13 @@ def _latent_commands(sub) -> None:
     p.add_argument("--invert", action="store_true", help="image files with dark ink on white paper")
     p.add_argument("--steps", type=int, default=10)
     p = add("traverse", "vary one latent dimension at a time (most active first); report the active units")
-    p.add_argument("--dims", type=int, nargs="*", help="dimensions to vary (default the 10 most active)")
-    p.add_argument("--image", type=int, help="start from this test image's code (default z = 0)")
+    p.add_argument("--layer", metavar="NAME", help="the latent layer to vary (default the top one; z1 is the "
+                   "bottom layer of a hierarchical model)")  # fmt: skip
+    p.add_argument("--dims", type=int, nargs="*", help="dimensions to vary (default the layer's 10 most active)")
+    p.add_argument("--image", type=int, help="start from this test image's codes (default the top layer at 0, the "
+                   "layers below at their conditional means)")  # fmt: skip
     p.add_argument("--span", type=float, default=3.0, help="values in [-span, span] (default 3)")
-    p = add("encode", "write the latent means and scales of a split, with labels, to an .npz file")
+    p = add("encode", "write the latent means and scales of a split (every layer's), with labels, to an .npz file")
     p.add_argument("--split", "--data", dest="split", choices=("train", "valid", "test"), default="test",
                    help="the split to encode (default test)")  # fmt: skip
     p.add_argument("--file", metavar="NPZ", help="output file (default OUT/codes_SPLIT.npz)")
@@ -196,11 +199,16 @@ def _latent(args) -> int:
     elif args.command == "traverse":
         _check_float("--span", args.span, MAX_SPAN)
     cfg, vae, data = open_model(args.run, device=args.device)
-    if args.command == "traverse" and args.dims:
-        bad = [d for d in args.dims if not 0 <= d < cfg.model.latent_dim]
+    if args.command == "traverse":
+        layers = vae.layers()  # latent site -> size, top first
+        layer = args.layer if args.layer is not None else next(iter(layers))
+        if layer not in layers:
+            raise ValueError(f"--layer {layer} is not a latent layer of this model; its layers (top first): "
+                             f"{', '.join(layers)}")  # fmt: skip
+        bad = [d for d in args.dims or [] if not 0 <= d < layers[layer]]
         if bad:
-            raise ValueError(f"--dims {bad} out of range: the latent space has dimensions "
-                             f"0..{cfg.model.latent_dim - 1}")  # fmt: skip
+            where = "the latent space" if len(layers) == 1 else f"layer {layer}"
+            raise ValueError(f"--dims {bad} out of range: {where} has dimensions 0..{layers[layer] - 1}")
     out = Path(args.out or Path(args.run) / "latent")
     inside = Path(args.out or args.run)  # folders below the one named are made there, never through a link
     device, shape = next(vae.parameters()).device, data.image_shape
@@ -235,16 +243,22 @@ def _latent(args) -> int:
         written.append(plot_images(rows, shape, 2, f"{name[0].upper()}{name[1:]}: linear (top), spherical (bottom)",
                                    out / f"interpolate_{stem}.png", inside))  # fmt: skip
     elif args.command == "traverse":
-        units = latent.active_units(vae, data.test)
+        per_layer = latent.active_units_per_layer(vae, data.test)
+        units = per_layer[layer]
         dims = args.dims if args.dims else units["order"][:10]
-        z0 = (vae.encoder.point(test_image(args.image)[None])[0] if args.image is not None
-              else torch.zeros(cfg.model.latent_dim, device=device))  # fmt: skip
-        grid = latent.traverse(vae, z0, dims, args.span)
-        written.append(plot_images(grid, shape, len(dims), f"Dimensions {dims} from {-args.span:g} to "
+        if args.image is not None:
+            codes = vae.point(test_image(args.image)[None])
+        else:
+            top = next(iter(layers))
+            codes = vae.complete({top: torch.zeros(1, layers[top], device=device)})
+        grid = latent.traverse(vae, {name: z[0] for name, z in codes.items()}, dims, args.span, layer=layer)
+        which = "Dimensions" if len(layers) == 1 else f"Layer {layer}, dimensions"
+        written.append(plot_images(grid, shape, len(dims), f"{which} {dims} from {-args.span:g} to "
                                    f"{args.span:g}", out / "traverse.png", inside))  # fmt: skip
-        numbers = {**units, "dims": dims}
-        print(f"active units (Cov_x E[z|x] > {units['threshold']:g}, {units['images']} test images): "
-              f"{units['active']} of {cfg.model.latent_dim}")  # fmt: skip
+        numbers = {**units, "dims": dims, "layers": {name: u["active"] for name, u in per_layer.items()}}
+        counts = ", ".join(f"{u['active']} of {layers[name]}" if len(layers) == 1 else
+                           f"{name} {u['active']} of {layers[name]}" for name, u in per_layer.items())  # fmt: skip
+        print(f"active units (Cov_x E[z|x] > {units['threshold']:g}, {units['images']} test images): {counts}")
     elif args.command == "encode":
         x = getattr(data, args.split)
         codes = latent.encode(vae, x)
@@ -284,6 +298,10 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     if "test_nll_bits_per_dim" in final:
         est = final["test_nll_bits_per_dim"]
         print(f"{'test NLL in bits per dimension':<42}{est['mean']:>10.4f}{est['se']:>10.4f}")
+    units = summary.get("active_units", {})
+    if units:
+        counts = ", ".join(f"{layer} {u['active']} of {u['of']}" for layer, u in units.items())
+        print(f"active units (Cov_x E[z|x] > {next(iter(units.values()))['threshold']:g}): {counts}")
 
 
 def _train(args) -> int:

@@ -74,7 +74,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    latent_dim: int = 50  # L, size of z
+    latent_dim: int = 50  # L, size of z (of every layer, unless [model.hierarchical] latent_dims says otherwise)
+    structure: str = "vae"  # the model and guide, from pyro_vae.model.STRUCTURES: vae | hierarchical
     network: str = "mlp"  # encoder trunk and decoder, from pyro_vae.components.nets.NETWORKS
     hidden: tuple[int, ...] = (400,)  # hidden widths of the encoder; the decoder mirrors them
     activation: str = "softplus"  # relu | softplus | tanh | elu | gelu

@@ -1,13 +1,26 @@
-"""The VAE as a Pyro model/guide pair, and the factory that builds it from a config.
+"""Model structures: a Pyro model p(x, z_1..z_L) and guide q(z | x) over images, chosen by name
+(``model.structure``, the :data:`STRUCTURES` registry), and the factory that builds one from a config.
 
-Generative model (sites ``z`` and ``x`` inside ``plate("data", B)``)::
+A structure writes its generative story once, against a two-method ``emit`` interface
+(``emit.latent(name, fn)``, ``emit.observed(name, fn, value)``): :meth:`Structure.model_story` and
+:meth:`Structure.guide_story`. Emitted with :class:`PyroEmit` they are the Pyro ``model`` and
+``guide`` (``pyro.sample`` inside ``pyro.plate("data", B)``); emitted with :class:`LeanEmit` they
+are the same sites with no effect handler at all (the training step's fast path). The default
+structure, ``vae`` (:class:`VAE`)::
 
     z ~ p(z)                     prior,       event (L,)
     x ~ p(x | decoder(z))        likelihood,  event (D,)
 
-Guide: ``z ~ q(z | x)``, an amortized encoder. Parameters live in ordinary ``nn.Module``s and
-reach the ELBO through the tensors the model and guide use, so a plain torch optimizer over
-``vae.parameters()`` trains them (wrap in ``pyro.module`` for :class:`pyro.infer.SVI`).
+with the guide ``z ~ q(z | x)``, an amortized encoder. ``hierarchical``
+(:mod:`pyro_vae.hierarchical`) stacks L >= 2 latent layers. Parameters live in ordinary
+``nn.Module``s and reach the ELBO through the tensors the model and guide use, so a plain torch
+optimizer over ``model.parameters()`` trains them (:meth:`Structure.registered` for
+:class:`pyro.infer.SVI`).
+
+Evaluation, the figures, the latent commands and export read a structure through its latent API
+(:meth:`Structure.layers`, :meth:`~Structure.log_weights`, :meth:`~Structure.point`,
+:meth:`~Structure.encode`, :meth:`~Structure.decode`, :meth:`~Structure.sample_latents`), never
+through its parts.
 """
 
 from __future__ import annotations
@@ -15,11 +28,14 @@ from __future__ import annotations
 import itertools
 import logging
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from torch import nn
+from torch.distributions import Distribution
 from torch.overrides import TorchFunctionMode
 
 from pyro_vae.components.guides import GUIDES
@@ -28,14 +44,374 @@ from pyro_vae.components.nets import NETWORKS
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.config import MAX_MODEL_SIZE, ConfigError, ModelConfig
 from pyro_vae.data.pixels import chw
+from pyro_vae.registry import Registry
 
 log = logging.getLogger(__name__)
+
+STRUCTURES: Registry = Registry("model structure", config_key="model.structure")
 
 _instances = itertools.count()
 
 
-class VAE(nn.Module):
-    """Prior, likelihood, encoder (the guide's network) and decoder, injected as modules."""
+# ---------------------------------------------------------------- sites and the two ways to emit them
+
+
+@dataclass(eq=False)
+class Site:
+    """One sample site of one run of a story (or of a Pyro trace): its distribution ``fn`` as the
+    story passed it, its ``value`` (drawn, replayed or observed) and its ``scale``, the KL warm-up
+    weight beta on latent sites (1.0 without warm-up, and on observed sites)."""
+
+    name: str
+    fn: Distribution
+    value: torch.Tensor
+    observed: bool
+    scale: torch.Tensor | float = 1.0
+    _lp: torch.Tensor | None = field(default=None, repr=False)
+
+    def log_prob(self) -> torch.Tensor:
+        """``fn.log_prob(value)``, unscaled, computed on the first call and kept."""
+        if self._lp is None:
+            self._lp = self.fn.log_prob(self.value)
+        return self._lp
+
+
+class LeanEmit:
+    """Runs a story with no Pyro effect handler, recording its :class:`Site` s in order (``sites``).
+
+    A latent site takes its value from ``values`` when given (a replay), else a draw: ``N =
+    particles`` draws ``fn.rsample((N,))`` when ``fn``'s batch is the data batch (B,) alone, one
+    ``fn.rsample()`` when N = 1 or when ``fn`` already has batch (N, B) (conditioned on a drawn
+    latent); ``fn.sample`` the same way for a distribution without ``rsample``. That is what Pyro
+    draws inside its vectorised particle plate.
+
+    :param beta: the KL warm-up weight, the ``scale`` of every latent site (None: 1.0).
+    """
+
+    def __init__(self, particles: int = 1, beta: torch.Tensor | float | None = None,
+                 values: dict[str, torch.Tensor] | None = None) -> None:  # fmt: skip
+        self.particles, self.beta, self.values = particles, beta, values
+        self.sites: dict[str, Site] = {}
+
+    def latent(self, name: str, fn: Distribution) -> torch.Tensor:
+        if name in self.sites:
+            raise ValueError(f"sample site {name!r} is emitted twice; every site needs its own name")
+        if self.values is not None and name in self.values:
+            value = self.values[name]
+        else:
+            shape = torch.Size((self.particles,)) if self.particles > 1 and len(fn.batch_shape) == 1 else torch.Size()
+            value = fn.rsample(shape) if fn.has_rsample else fn.sample(shape)
+        self.sites[name] = Site(name, fn, value, False, 1.0 if self.beta is None else self.beta)
+        return value
+
+    def observed(self, name: str, fn: Distribution, value: torch.Tensor) -> torch.Tensor:
+        if name in self.sites:
+            raise ValueError(f"sample site {name!r} is emitted twice; every site needs its own name")
+        self.sites[name] = Site(name, fn, value, True)
+        return value
+
+
+class PyroEmit:
+    """Runs a story through ``pyro.sample``: latent sites scaled by ``beta`` (``poutine.scale``)."""
+
+    def __init__(self, beta: torch.Tensor | float | None = None) -> None:
+        self.beta = beta
+
+    def latent(self, name: str, fn: Distribution) -> torch.Tensor:
+        with _scaled(self.beta):
+            return pyro.sample(name, fn)
+
+    def observed(self, name: str, fn: Distribution, value: torch.Tensor) -> torch.Tensor:
+        return pyro.sample(name, fn, obs=value)
+
+
+def _scaled(beta: torch.Tensor | float | None):
+    return nullcontext() if beta is None else poutine.scale(scale=beta)
+
+
+def _moments(fn: Distribution, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of ``fn``: exact where it has them, else from ``draws`` samples."""
+    try:
+        return fn.mean, fn.stddev
+    except NotImplementedError:
+        z = fn.sample((draws,))
+        return z.mean(0), z.std(0)
+
+
+class _PointEmit:
+    """Runs a guide story at representative codes: every latent takes its distribution's mean
+    (given the layers above at theirs), recording it in ``codes`` and (``scales``) the standard
+    deviation in ``loc_scale``."""
+
+    def __init__(self, scales: bool = False, draws: int = 100) -> None:
+        self.scales, self.draws = scales, draws
+        self.codes: dict[str, torch.Tensor] = {}
+        self.loc_scale: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def latent(self, name: str, fn: Distribution) -> torch.Tensor:
+        if self.scales:
+            loc, scale = _moments(fn, self.draws)
+            self.loc_scale[name] = (loc, scale)
+        else:
+            try:
+                loc = fn.mean
+            except NotImplementedError:
+                loc = fn.sample((self.draws,)).mean(0)
+        self.codes[name] = loc
+        return loc
+
+    def observed(self, name: str, fn: Distribution, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+
+class _AncestralEmit:
+    """Runs a model story top-down without data. A latent takes its code from ``codes`` when given;
+    else, with ``temperature`` None, its conditional mean given the layers above (the top layer
+    must be given); else a draw at that temperature: the top layer's scaled about the origin
+    (T z), a lower layer's about its conditional mean (mu + T (z - mu)). ``values`` holds every
+    latent's code, ``likelihood`` the observed site's distribution."""
+
+    def __init__(self, codes: dict[str, torch.Tensor], temperature: float | None = None) -> None:
+        self.codes, self.temperature = codes, temperature
+        self.values: dict[str, torch.Tensor] = {}
+        self.likelihood: Distribution | None = None
+
+    def latent(self, name: str, fn: Distribution) -> torch.Tensor:
+        top = not self.values
+        if name in self.codes:
+            value = self.codes[name]
+        elif self.temperature is None:
+            if top:
+                raise ValueError(f"the code of the top layer {name!r} is needed: only the layers below the ones "
+                                 "given are filled in (at their conditional means)")  # fmt: skip
+            value = fn.mean
+        else:
+            value = fn.sample()
+            if self.temperature != 1:
+                value = self.temperature * value if top else fn.mean + self.temperature * (value - fn.mean)
+        self.values[name] = value
+        return value
+
+    def observed(self, name: str, fn: Distribution, value: torch.Tensor) -> torch.Tensor:
+        self.likelihood = fn
+        return value
+
+
+# ---------------------------------------------------------------- structures
+
+
+class Structure(nn.Module):
+    """A Pyro model p(x, z_1..z_L) and guide q(z_1..z_L | x) over images x (B, D): every sample site
+    inside ``pyro.plate("data", B)`` (dim -1) and no other plate; the KL warm-up weight ``beta``
+    scales every latent site, in the model and in the guide.
+
+    A subclass either writes the two stories, :meth:`model_story` (every model site, the top latent
+    first, the observed ``x`` last) and :meth:`guide_story` (every latent site, in the model's
+    order), from which :meth:`model`, :meth:`guide` and the fast per-step traces all come; or it
+    overrides :meth:`model` and :meth:`guide` with plain Pyro (then Pyro traces every step). Every
+    story must work when a latent's value has leading particle dimensions (N, B, ...).
+
+    The latent API (what evaluation, the figures, the latent commands and export use) has generic
+    versions here, run through the stories; :meth:`layers` must be given, and :meth:`decode`,
+    :meth:`complete` and :meth:`sample_latents` need the story-writing subclass to set an integer
+    ``data_dim`` (they run the model story on a dummy batch).
+    """
+
+    max_plate_nesting = 1
+    likelihood: nn.Module  # .validate(x, source), .mean(h): a likelihood component (annotation only: see nn.Module)
+
+    # -- the generative story, written once --------------------------------------------------------------------
+
+    def model_story(self, x: torch.Tensor, emit) -> None:
+        """Emit every model site for the images ``x`` (B, D): the top latent first, the observed ``x`` last."""
+        raise NotImplementedError(f"{type(self).__name__} writes no model story; override model_story and "
+                                  "guide_story, or model and guide")  # fmt: skip
+
+    def guide_story(self, x: torch.Tensor, emit) -> None:
+        """Emit every latent site of the guide, in the model's order (top first)."""
+        raise NotImplementedError(f"{type(self).__name__} writes no guide story; override model_story and "
+                                  "guide_story, or model and guide")  # fmt: skip
+
+    @property
+    def has_stories(self) -> bool:
+        """Whether both stories are written (and the Pyro model and guide are theirs)."""
+        cls = type(self)
+        return (cls.model_story is not Structure.model_story and cls.guide_story is not Structure.guide_story
+                and cls.model is Structure.model and cls.guide is Structure.guide)  # fmt: skip
+
+    # -- Pyro ----------------------------------------------------------------------------------------------------
+
+    def model(self, x: torch.Tensor, beta: torch.Tensor | None = None) -> None:
+        """p(x, z) for a batch ``x`` of shape (B, D).
+
+        :param beta: KL warm-up weight in (0, 1]: scales every latent site here and in the guide, so
+            every ELBO sees ``log p(x|z) + beta (log p(z) - log q(z|x))`` (its analytic KL too).
+        """
+        with pyro.plate("data", x.shape[0], device=x.device):
+            self.model_story(x, PyroEmit(beta))
+
+    def guide(self, x: torch.Tensor, beta: torch.Tensor | None = None) -> None:
+        """q(z | x) for a batch ``x`` of shape (B, D); ``beta`` as in :meth:`model`."""
+        with pyro.plate("data", x.shape[0], device=x.device):
+            self.guide_story(x, PyroEmit(beta))
+
+    def traces(self, x: torch.Tensor, *args) -> tuple[poutine.Trace, poutine.Trace]:
+        """``(guide_trace, model_trace)``: the guide run on ``x``, then the model replayed against
+        the guide's samples (the pair every ELBO scores)."""
+        guide_trace = poutine.trace(self.guide).get_trace(x, *args)
+        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(x, *args)
+        return guide_trace, model_trace
+
+    def registered(self):
+        """``(model, guide)`` that also register this structure in Pyro's param store, for what sees
+        parameters only there (``pyro.infer.SVI``, JIT ELBOs, ``RenyiELBO.loss_and_grads``). The
+        name, ``store_name``, is unique to this structure, so several can be live at once."""
+        if not isinstance(getattr(self, "store_name", None), str):
+            self.store_name = f"{type(self).__name__.lower()}{next(_instances)}"
+
+        def model(*args):
+            pyro.module(self.store_name, self)
+            self.model(*args)
+
+        def guide(*args):
+            pyro.module(self.store_name, self)
+            self.guide(*args)
+
+        return model, guide
+
+    def validate(self, x: torch.Tensor, source: str) -> None:
+        """Reject data outside the likelihood's support (a ``ValueError`` naming ``source``)."""
+        self.likelihood.validate(x, source)
+
+    # -- the latent API ------------------------------------------------------------------------------------------
+
+    def layers(self) -> dict[str, int]:
+        """Latent site -> its size, top first."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its latent layers: implement layers() -> "
+                                  "{site: size}, top first")  # fmt: skip
+
+    def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """``log p(x, z_k) - log q(z_k | x)`` for ``z_k ~ q(z | x)``, shape (num_samples, B): every
+        model site's log-density minus every guide site's, unscaled.
+
+        Their mean is an ELBO estimate, their log-mean-exp the IWAE bound on log p(x).
+        """
+        if self.has_stories:
+            guide = LeanEmit(num_samples)
+            self.guide_story(x, guide)
+            model = LeanEmit(num_samples, values={name: s.value for name, s in guide.sites.items()})
+            self.model_story(x, model)
+            model_sites, guide_sites = list(model.sites.values()), list(guide.sites.values())
+        else:
+            particles = pyro.plate("num_particles_vectorized", num_samples, dim=-(self.max_plate_nesting + 1),
+                                   device=x.device)  # fmt: skip
+            guide_trace = poutine.trace(particles(self.guide)).get_trace(x)
+            model_trace = poutine.trace(poutine.replay(particles(self.model), trace=guide_trace)).get_trace(x)
+            model_sites, guide_sites = _trace_sites(model_trace), _trace_sites(guide_trace)
+        log_w = sum(s.log_prob() for s in model_sites) - sum(s.log_prob() for s in guide_sites)
+        return log_w.unsqueeze(0) if log_w.dim() == 1 else log_w
+
+    def point(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A representative code per layer for the images ``x`` (B, D), top first: each layer's guide
+        mean given the layers above at theirs (B, d) (from the guide story; a guide distribution
+        without a mean is averaged over 100 draws)."""
+        emit = _PointEmit()
+        self.guide_story(x, emit)
+        return emit.codes
+
+    def encode(self, x: torch.Tensor, draws: int = 100) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``(loc, scale)`` of q per layer, top first, each given the layers above at their
+        :meth:`point` codes: exact where the distribution has a mean and a standard deviation, else
+        over ``draws`` samples."""
+        emit = _PointEmit(scales=True, draws=draws)
+        self.guide_story(x, emit)
+        return emit.loc_scale
+
+    @torch.no_grad()
+    def complete(self, codes: dict[str, torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every layer's code, top first: those given (n, d), the missing lower layers at their
+        conditional means given the layer above. A tensor is the top layer's code."""
+        codes = self._codes(codes)
+        emit = _AncestralEmit(codes)
+        self._run_model(_rows(codes), emit)
+        return emit.values
+
+    @torch.no_grad()
+    def decode(self, codes: dict[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """Expected pixels (n, D) from the codes of :meth:`complete` (the mean of the observed site)."""
+        codes = self._codes(codes)
+        emit = _AncestralEmit(codes)
+        self._run_model(_rows(codes), emit)
+        return emit.likelihood.mean
+
+    @torch.no_grad()
+    def sample_latents(self, n: int, temperature: float = 1.0,
+                       fixed: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Ancestral draws of every layer for ``n`` images, top first (n, d): the top layer from the
+        prior scaled about the origin by ``temperature``, each lower one from p(z_i | z_{i+1}) scaled
+        about its conditional mean; the layers in ``fixed`` ((d,) or (n, d)) are held there."""
+        emit = _AncestralEmit(_held(fixed, n), temperature)
+        self._run_model(n, emit)
+        return emit.values
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """Expected pixels for ``n`` ancestral draws of the latents, shape (n, D)."""
+        return self.decode(self.sample_latents(n))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Expected pixels at the guide's representative codes (:meth:`point`), shape (B, D)."""
+        return self.decode(self.point(x))
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters by role, for the laboratory: ``encoder`` (the guide's alone), ``decoder``
+        (the model's alone) and, where some serve both, ``shared``. This generic version cannot
+        tell them apart: everything is in ``all``."""
+        return {"all": list(self.parameters())}
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+
+    def _codes(self, codes: dict[str, torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor]:
+        if isinstance(codes, torch.Tensor):
+            return {next(iter(self.layers())): codes}
+        unknown = sorted(set(codes) - set(self.layers()))
+        if unknown:
+            raise ValueError(f"codes for {unknown}: this model's latent layers are {', '.join(self.layers())}")
+        return dict(codes)
+
+    def _run_model(self, n: int, emit) -> None:
+        """The model story on a dummy batch of ``n`` images (zeros), for the latent API."""
+        data_dim = getattr(self, "data_dim", None)
+        if isinstance(data_dim, bool) or not isinstance(data_dim, int):
+            raise NotImplementedError(f"{type(self).__name__} has no integer data_dim, which the generic decode, "
+                                      "complete and sample_latents need (they run the model story); set it, or "
+                                      "implement them")  # fmt: skip
+        like = next(itertools.chain(self.parameters(), self.buffers()), None)
+        dtype = like.dtype if like is not None and like.is_floating_point() else torch.get_default_dtype()
+        x = torch.zeros(n, data_dim, dtype=dtype, device=like.device if like is not None else None)
+        self.model_story(x, emit)
+
+
+def _rows(codes: dict[str, torch.Tensor]) -> int:
+    if not codes:
+        raise ValueError("no codes given: give at least the top layer's")
+    return next(iter(codes.values())).shape[0]
+
+
+def _held(fixed: dict[str, torch.Tensor] | None, n: int) -> dict[str, torch.Tensor]:
+    return {name: z.expand(n, z.shape[-1]) if z.dim() == 1 else z for name, z in (fixed or {}).items()}
+
+
+def _trace_sites(trace: poutine.Trace) -> list[Site]:
+    nodes = trace.nodes.items()
+    return [Site(name, node["fn"], node["value"], bool(node["is_observed"]))
+            for name, node in nodes if node["type"] == "sample" and not site_is_subsample(node)]  # fmt: skip
+
+
+class VAE(Structure):
+    """The ``vae`` structure: one latent ``z`` with prior, likelihood, encoder (the guide's network)
+    and decoder injected as modules."""
 
     def __init__(self, prior: nn.Module, likelihood: nn.Module, encoder: nn.Module, decoder: nn.Module) -> None:
         super().__init__()
@@ -45,29 +421,12 @@ class VAE(nn.Module):
         self.decoder = decoder
         self.store_name = f"vae{next(_instances)}"  # its name in Pyro's param store (see registered)
 
-    def model(self, x: torch.Tensor, beta: torch.Tensor | None = None) -> None:
-        """p(x, z) for a batch ``x`` of shape (B, D).
+    def model_story(self, x: torch.Tensor, emit) -> None:
+        z = emit.latent("z", self.prior(x.shape[0]))
+        emit.observed("x", self.likelihood(self.decoder(z)), x)
 
-        :param beta: KL warm-up weight in (0, 1]: scales the ``z`` site here and in the guide, so
-            every ELBO sees ``log p(x|z) + beta (log p(z) - log q(z|x))`` (its analytic KL too).
-        """
-        with pyro.plate("data", x.shape[0]):
-            with _scaled(beta):
-                z = pyro.sample("z", self.prior(x.shape[0]))
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
-
-    def guide(self, x: torch.Tensor, beta: torch.Tensor | None = None) -> None:
-        """q(z | x) for a batch ``x`` of shape (B, D); ``beta`` as in :meth:`model`."""
-        with pyro.plate("data", x.shape[0]):
-            with _scaled(beta):
-                pyro.sample("z", self.encoder(x))
-
-    def traces(self, x: torch.Tensor, *args) -> tuple[poutine.Trace, poutine.Trace]:
-        """``(guide_trace, model_trace)``: the guide run on ``x``, then the model replayed against
-        the guide's samples (the pair every ELBO scores)."""
-        guide_trace = poutine.trace(self.guide).get_trace(x, *args)
-        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(x, *args)
-        return guide_trace, model_trace
+    def guide_story(self, x: torch.Tensor, emit) -> None:
+        emit.latent("z", self.encoder(x))
 
     def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """``log p(x, z_k) - log q(z_k | x)`` for ``z_k ~ q(z | x)``, shape (num_samples, B).
@@ -80,20 +439,25 @@ class VAE(nn.Module):
         log_px_z = self.likelihood(self.decoder(z)).log_prob(x)
         return log_px_z + log_pz - q.log_prob(z)
 
-    def registered(self):
-        """``(model, guide)`` that also register this VAE in Pyro's param store, for what sees
-        parameters only there (``pyro.infer.SVI``, JIT ELBOs, ``RenyiELBO.loss_and_grads``). The
-        name, :attr:`store_name`, is unique to this VAE, so several VAEs can be live at once."""
+    def layers(self) -> dict[str, int]:
+        with torch.no_grad():
+            return {"z": int(self.prior(1).event_shape[-1])}
 
-        def model(*args):
-            pyro.module(self.store_name, self)
-            self.model(*args)
+    def point(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The guide's representative code (its mean for a Gaussian guide)."""
+        return {"z": self.encoder.point(x)}
 
-        def guide(*args):
-            pyro.module(self.store_name, self)
-            self.guide(*args)
+    def encode(self, x: torch.Tensor, draws: int = 100) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Mean and scale of q(z | x): exact for Gaussian guides (``loc_scale``), the mean and
+        standard deviation of ``draws`` samples otherwise."""
+        if hasattr(self.encoder, "loc_scale"):
+            return {"z": tuple(self.encoder.loc_scale(x))}
+        z = self.encoder(x).sample((draws,))
+        return {"z": (z.mean(0), z.std(0))}
 
-        return model, guide
+    @torch.no_grad()
+    def complete(self, codes: dict[str, torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"z": self._codes(codes)["z"]}
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,26 +466,61 @@ class VAE(nn.Module):
         return self.likelihood.mean(self.decoder(self.encoder.point(x)))
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Expected pixels of p(x | z), shape (..., D)."""
+    def decode(self, z: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """Expected pixels of p(x | z), shape (..., D); ``z`` a tensor or ``{"z": tensor}``."""
+        if isinstance(z, dict):
+            z = self._codes(z)["z"]
         return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def sample_latents(self, n: int, temperature: float = 1.0,
+                       fixed: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """``{"z": T z}`` for ``n`` draws z ~ p(z) (or ``fixed["z"]``)."""
+        held = _held(fixed, n)
+        if "z" in held:
+            return {"z": held["z"]}
+        return {"z": temperature * self.prior(n).sample()}
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """Expected pixels for ``n`` draws of z from the prior, shape (n, D)."""
         return self.decode(self.prior(n).sample())
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The encoder's and the decoder's parameters (the laboratory's split since it began; a
+        prior's or likelihood's own parameters are in neither)."""
+        return {"encoder": list(self.encoder.parameters()), "decoder": list(self.decoder.parameters())}
 
-def _scaled(beta: torch.Tensor | None):
-    return nullcontext() if beta is None else poutine.scale(scale=beta)
+
+# ---------------------------------------------------------------- building from a config
 
 
-def build_vae(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None) -> VAE:
-    """Turn the names in ``cfg`` into a :class:`VAE` for data of dimension ``data_dim``, images of
-    ``image_shape`` ((H, W) or (C, H, W); the convolutional networks need it, the others ignore it).
+@STRUCTURES.register("vae")
+def vae_structure(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None, settings=None,
+                  **_) -> VAE:  # fmt: skip
+    """The ``vae`` structure: one latent layer of ``model.latent_dim``, the components by name."""
+    try:
+        shape = chw(image_shape) if image_shape is not None else None
+        network = NETWORKS.build(cfg.network, cfg.settings, cfg=cfg, image_shape=shape)
+        likelihood = LIKELIHOODS.build(cfg.likelihood, cfg.settings, data_dim=data_dim, cfg=cfg)
+        decoder = network.decoder(cfg.latent_dim, likelihood.param_dim(data_dim))
+        encoder = GUIDES.build(cfg.guide, cfg.settings, data_dim=data_dim, latent_dim=cfg.latent_dim, cfg=cfg,
+                               network=network)  # fmt: skip
+        prior = PRIORS.build(cfg.prior, cfg.settings, latent_dim=cfg.latent_dim, data_dim=data_dim, encoder=encoder,
+                             cfg=cfg)  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(f"model.network={cfg.network}, model.prior={cfg.prior}, model.guide={cfg.guide}, "
+                          f"model.likelihood={cfg.likelihood}: {exc}") from None  # fmt: skip
+    return VAE(prior, likelihood, encoder, decoder)
 
-    Components that cannot work together (a ``ValueError`` from a component's constructor)
-    raise :class:`~pyro_vae.config.ConfigError` naming the choice and the fix, and so does a VAE
+
+def build_vae(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None) -> Structure:
+    """Turn the names in ``cfg`` into the :class:`Structure` ``cfg.structure`` (default ``vae``, a
+    :class:`VAE`) for data of dimension ``data_dim``, images of ``image_shape`` ((H, W) or (C, H, W);
+    the convolutional networks need it, the others ignore it).
+
+    Components that cannot work together (a ``ValueError`` from a constructor) raise
+    :class:`~pyro_vae.config.ConfigError` naming the choice and the fix, and so does a model
     larger than :data:`~pyro_vae.config.MAX_MODEL_SIZE`, counted on the meta device
     (:func:`meta_vae`) before anything is allocated.
     """
@@ -129,8 +528,11 @@ def build_vae(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | No
     return _build(cfg, data_dim, image_shape)
 
 
-def meta_vae(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None) -> VAE | None:
-    """The VAE :func:`build_vae` would build, with its tensors on the meta device (shapes, no
+build_model = build_vae
+
+
+def meta_vae(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None) -> Structure | None:
+    """The model :func:`build_vae` would build, with its tensors on the meta device (shapes, no
     memory), once its size is checked against :data:`~pyro_vae.config.MAX_MODEL_SIZE`. Random
     streams are left as they were. Every built-in component builds there; for a plugin's component
     that cannot (one that reads a tensor's values while it is built), a warning says the size goes
@@ -149,28 +551,35 @@ def meta_vae(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | Non
     size = sum(t.numel() for t in vae.state_dict().values())
     if size > MAX_MODEL_SIZE:
         shape = f" ({' x '.join(map(str, image_shape))})" if image_shape is not None else ""
+        structure = f"model.structure = {cfg.structure}, " if cfg.structure != "vae" else ""
         raise ConfigError(f"the VAE would hold {size:,} parameters and buffers, above the limit of {MAX_MODEL_SIZE:,} "
-                          f"(pyro_vae.config.MAX_MODEL_SIZE, 2 GiB as float32): model.latent_dim = {cfg.latent_dim}, "
-                          f"model.hidden = {list(cfg.hidden)}, model.network = {cfg.network}, images of "
-                          f"{data_dim:,} values{shape}; choose a smaller latent_dim, smaller hidden widths or smaller "
-                          "images")  # fmt: skip
+                          f"(pyro_vae.config.MAX_MODEL_SIZE, 2 GiB as float32): {structure}model.latent_dim = "
+                          f"{cfg.latent_dim}, model.hidden = {list(cfg.hidden)}, model.network = {cfg.network}, images "
+                          f"of {data_dim:,} values{shape}; choose a smaller latent_dim, smaller hidden widths or "
+                          "smaller images")  # fmt: skip
     return vae
 
 
-def _build(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None) -> VAE:
+def _build(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None) -> Structure:
+    """The structure ``cfg.structure`` built by its registered factory, with its ``[model.NAME]``
+    settings; a ``ValueError`` from the factory or the settings is a :class:`ConfigError`."""
+    name = cfg.structure
     try:
-        shape = chw(image_shape) if image_shape is not None else None
-        network = NETWORKS.build(cfg.network, cfg.settings, cfg=cfg, image_shape=shape)
-        likelihood = LIKELIHOODS.build(cfg.likelihood, cfg.settings, data_dim=data_dim, cfg=cfg)
-        decoder = network.decoder(cfg.latent_dim, likelihood.param_dim(data_dim))
-        encoder = GUIDES.build(cfg.guide, cfg.settings, data_dim=data_dim, latent_dim=cfg.latent_dim, cfg=cfg,
-                               network=network)  # fmt: skip
-        prior = PRIORS.build(cfg.prior, cfg.settings, latent_dim=cfg.latent_dim, data_dim=data_dim, encoder=encoder,
-                             cfg=cfg)  # fmt: skip
+        factory = STRUCTURES.get(name)
+        settings = STRUCTURES.settings(name, cfg.settings)
     except ValueError as exc:
-        raise ConfigError(f"model.network={cfg.network}, model.prior={cfg.prior}, model.guide={cfg.guide}, "
-                          f"model.likelihood={cfg.likelihood}: {exc}") from None  # fmt: skip
-    return VAE(prior, likelihood, encoder, decoder)
+        raise ConfigError(f"model.structure={name}: {exc}") from None
+    try:
+        model = factory(cfg=cfg, data_dim=data_dim, image_shape=image_shape, settings=settings)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"model.structure={name}, model.network={cfg.network}, model.prior={cfg.prior}, "
+                          f"model.guide={cfg.guide}, model.likelihood={cfg.likelihood}: {exc}") from None  # fmt: skip
+    if not isinstance(model, Structure):
+        raise ConfigError(f"model.structure={name} built a {type(model).__name__}, not a pyro_vae.model.Structure; "
+                          "a structure subclasses Structure (see docs/components.md)")  # fmt: skip
+    return model
 
 
 _SIZED = (torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
@@ -209,7 +618,7 @@ def _to_meta(value):
     return {k: _to_meta(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
-def state_dict_problems(vae: VAE, tensors: dict, finite: bool = True) -> list[str]:
+def state_dict_problems(vae: nn.Module, tensors: dict, finite: bool = True) -> list[str]:
     """What keeps ``tensors`` from loading into ``vae``: tensors missing, extra, not tensors or of
     another shape, and (``finite``) NaN or infinite values, each naming the tensor."""
     expected = {name: tuple(t.shape) for name, t in vae.state_dict().items()}

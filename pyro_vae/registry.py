@@ -121,6 +121,10 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+    def in_order(self) -> list[str]:
+        """The names in the order they were registered (built-ins in their modules' order, then plugins)."""
+        return list(self._items)
+
 
 def _describe(origin: str | None) -> str:
     return "pyro-vae (built-in)" if origin is None else f"plugin {origin}"

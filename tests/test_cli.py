@@ -76,7 +76,8 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
          "model.student_t are: df"),
         (["config", "--set", "model.bernoulli.p=1"], "'bernoulli' is no model component with settings; those "
          "with settings are: conv (channels, features), discretized_logistic_mixture (components), gaussian (scale), "
-         "iaf (steps), mixture_of_gaussians (components), resnet (channels, features)"),
+         "hierarchical (layers, latent_dims, ladder, skip), iaf (steps), mixture_of_gaussians (components), resnet "
+         "(channels, features)"),
         (["config", "--set", "train.kl_warmup_epochs=-1"], "train.kl_warmup_epochs = -1.0 must be 0 or more"),
         (["config", "--set", "model.guide=flow"], "model.guide = 'flow' is not one of: diag_normal, iaf"),
         (["config", "--set", "nosuch.key=1"], "unknown config section 'nosuch'"),

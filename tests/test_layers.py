@@ -23,11 +23,12 @@ LAYERS = [
     ("data", ["pixels", "download", "splits", "binarized_mnist", "sets", "images", "__init__"]),
     ("components", ["nets", "priors", "likelihoods", "guides", "__init__"]),
     ("model", ["model"]),
-    ("objectives", ["closed_form", "surrogates", "elbos", "fast", "__init__"]),
+    ("hierarchical", ["hierarchical"]),
+    ("objectives", ["closed_form", "surrogates", "sites", "elbos", "fast", "__init__"]),
     ("plugins", ["contracts", "loader", "__init__"]),
     ("runs", ["checkpoint", "device", "folder", "writer", "export", "__init__"]),
     ("evaluation", ["metrics", "plots", "latent", "__init__"]),
-    ("training", ["distributed", "stopping", "checks", "engine", "capture", "tensorboard", "loop", "__init__"]),
+    ("training", ["distributed", "stopping", "checks", "capture", "engine", "tensorboard", "loop", "__init__"]),
     ("lab", ["estimators", "report", "__init__"]),
     ("cli", ["cli"]),
     ("__init__", ["__init__", "__main__"]),
@@ -96,7 +97,7 @@ def test_config_checks_every_component_name_through_the_registries():
     from pyro_vae.registry import by_config_key
 
     assert set(by_config_key()) == {"data.name", "model.prior", "model.likelihood", "model.guide", "model.network",
-                                   "train.elbo"}
+                                   "model.structure", "train.elbo"}
 
 
 def test_every_sub_package_is_installed():

@@ -7,7 +7,10 @@ vectors of D = C·H·W pixels) and provides
 
 - ``encoder(data_dim) -> (module, features)``: a trunk mapping x (B, D) to features (B, features),
   on which a guide puts its heads;
-- ``decoder(latent_dim, out_dim) -> module``: z (..., L) to the likelihood's parameters (..., out_dim).
+- ``decoder(latent_dim, out_dim) -> module``: z (..., L) to the likelihood's parameters (..., out_dim);
+- optionally ``dense(in_dim, out_dim) -> module``: a dense map of vectors (..., in_dim) to (..., out_dim) in
+  the network's style, for the conditional layers of the ``hierarchical`` structure
+  (:mod:`pyro_vae.hierarchical`; without it they are ``mlp([in_dim, *model.hidden, out_dim])``).
 
 Both are plain ``nn.Module`` s taking and giving flat tensors; the guide and the likelihood
 contracts do not depend on them. A decoder's output for a likelihood with P parameters per pixel
@@ -67,6 +70,9 @@ class MLP:
     def decoder(self, latent_dim: int, out_dim: int) -> nn.Module:
         return mlp([latent_dim, *reversed(self.hidden), out_dim], self.activation)
 
+    def dense(self, in_dim: int, out_dim: int) -> nn.Module:
+        return mlp([in_dim, *self.hidden, out_dim], self.activation)
+
 
 class Gated(nn.Module):
     """h = (W1 x + b1) * sigmoid(W2 x + b2): a dense layer with a learned gate on every unit."""
@@ -93,6 +99,10 @@ class GatedMLP:
 
     def decoder(self, latent_dim: int, out_dim: int) -> nn.Module:
         sizes = [latent_dim, *reversed(self.hidden)]
+        return nn.Sequential(*(Gated(a, b) for a, b in zip(sizes[:-1], sizes[1:])), nn.Linear(sizes[-1], out_dim))
+
+    def dense(self, in_dim: int, out_dim: int) -> nn.Module:
+        sizes = [in_dim, *self.hidden]
         return nn.Sequential(*(Gated(a, b) for a, b in zip(sizes[:-1], sizes[1:])), nn.Linear(sizes[-1], out_dim))
 
 
@@ -190,6 +200,9 @@ class Conv:
         dense = nn.Sequential(nn.Linear(latent_dim, self.settings.features), act(),
                               nn.Linear(self.settings.features, math.prod(last)), act())  # fmt: skip
         return _Flat((latent_dim,), nn.Sequential(dense, *layers))
+
+    def dense(self, in_dim: int, out_dim: int) -> nn.Module:
+        return mlp([in_dim, self.settings.features, out_dim], self.activation)
 
 
 @NETWORKS.register("resnet")

@@ -1,6 +1,7 @@
-"""Using the latent space of a trained VAE: samples at a temperature, interpolations between two
-images' codes, traversals of one latent dimension at a time (most active first), the active
-units, codes of a whole split, and reconstructions of one's own image files.
+"""Using the latent space of a trained model, through its latent API (:class:`pyro_vae.model.Structure`),
+for every structure: samples at a temperature, interpolations between two images' codes,
+traversals of one latent dimension of one layer at a time (most active first), the active units of
+every layer, codes of a whole split, and reconstructions of one's own image files.
 
 Every function returns numbers or tensors; :mod:`pyro_vae.cli` draws them (``plot_images``).
 
@@ -18,8 +19,8 @@ import torch
 
 from pyro_vae.data.images import open_image
 from pyro_vae.data.pixels import chw, decode
-from pyro_vae.evaluation.plots import latent_means
-from pyro_vae.model import VAE
+from pyro_vae.evaluation.metrics import layer_means
+from pyro_vae.model import Structure
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +28,17 @@ ACTIVE_THRESHOLD = 1e-2  # Burda et al.: a unit is active if Cov_x(E_q[z_u | x])
 
 
 @torch.no_grad()
-def sample(vae: VAE, n: int, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """Expected pixels of ``n`` draws z ~ p(z) scaled about the origin by ``temperature`` (for the
-    standard-normal prior, z ~ N(0, T² I); T < 1 gives typical, T > 1 unusual images), (n, D)."""
+def sample(vae: Structure, n: int, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
+    """Expected pixels of ``n`` ancestral draws at ``temperature`` (n, D): the top layer's draws
+    scaled about the origin (for the standard-normal prior, z ~ N(0, T² I); T < 1 gives typical,
+    T > 1 unusual images), every lower layer's about its conditional mean
+    (:meth:`~pyro_vae.model.Structure.sample_latents`)."""
     if n < 1 or not temperature > 0:
         raise ValueError(f"need n >= 1 and temperature > 0, got n = {n}, temperature = {temperature}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        z = vae.prior(n).sample().cpu()
-    return vae.decode(temperature * z.to(next(vae.parameters()).device))
+        codes = vae.sample_latents(n, temperature)
+    return vae.decode(codes)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -49,59 +52,106 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def interpolate(vae: VAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10) -> dict[str, torch.Tensor]:
-    """Decoded paths between the codes of two images (D,): ``linear`` and ``spherical``, (steps, D) each."""
+def interpolate(vae: Structure, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10) -> dict[str, torch.Tensor]:
+    """Decoded paths between the codes of two images (D,), every layer's code interpolated
+    together: ``linear`` and ``spherical``, (steps, D) each."""
     if steps < 2:
         raise ValueError(f"--steps must be at least 2 (the two ends), got {steps}")
-    z = vae.encoder.point(torch.stack([x_a, x_b]))
-    t = torch.linspace(0, 1, steps, device=z.device, dtype=z.dtype)
-    linear = (1 - t)[:, None] * z[0] + t[:, None] * z[1]
-    return {"linear": vae.decode(linear), "spherical": vae.decode(slerp(z[0], z[1], t))}
+    codes = vae.point(torch.stack([x_a, x_b]))
+    linear, spherical = {}, {}
+    for name, z in codes.items():
+        t = torch.linspace(0, 1, steps, device=z.device, dtype=z.dtype)
+        linear[name] = (1 - t)[:, None] * z[0] + t[:, None] * z[1]
+        spherical[name] = slerp(z[0], z[1], t)
+    return {"linear": vae.decode(linear), "spherical": vae.decode(spherical)}
 
 
-def active_units(vae: VAE, x: torch.Tensor) -> dict:
-    """Burda et al.'s activity of every latent dimension, Cov_x(E_q[z_u | x]), and the count above
-    :data:`ACTIVE_THRESHOLD`; ``order`` lists dimensions most active first."""
-    means = latent_means(vae, x).double()
+def active_units_per_layer(vae: Structure, x: torch.Tensor) -> dict[str, dict]:
+    """Burda et al.'s activity of every latent dimension of every layer, Cov_x(E_q[z_u | x]), top
+    layer first; each layer's entry as :func:`active_units` gives it. E_q[z_i | x] is the guide's
+    mean given the layers above at theirs (:meth:`~pyro_vae.model.Structure.point`): exact for the
+    top layer, a point estimate below it."""
+    return {name: _activity(means, name) for name, means in layer_means(vae, x).items()}
+
+
+def active_units(vae: Structure, x: torch.Tensor, layer: str | None = None) -> dict:
+    """One layer's (default the top's) activity of every dimension, Cov_x(E_q[z_u | x]), and the
+    count above :data:`ACTIVE_THRESHOLD`; ``order`` lists dimensions most active first."""
+    units = active_units_per_layer(vae, x)
+    return units[_layer(vae, layer)]
+
+
+def _activity(means: torch.Tensor, layer: str) -> dict:
+    means = means.double()
     activity = means.var(0, unbiased=True) if means.shape[0] > 1 else torch.zeros(means.shape[1])
     order = torch.argsort(activity, descending=True)
     return {"activity": activity.tolist(), "order": order.tolist(), "threshold": ACTIVE_THRESHOLD,
-            "active": int((activity > ACTIVE_THRESHOLD).sum()), "images": int(x.shape[0])}  # fmt: skip
+            "active": int((activity > ACTIVE_THRESHOLD).sum()), "images": int(means.shape[0]),
+            "layer": layer}  # fmt: skip
+
+
+def _layer(vae: Structure, layer: str | None) -> str:
+    layers = vae.layers()
+    if layer is None:
+        return next(iter(layers))
+    if layer not in layers:
+        raise ValueError(f"--layer {layer} is not a latent layer of this model; its layers (top first): "
+                         f"{', '.join(layers)}")  # fmt: skip
+    return layer
 
 
 @torch.no_grad()
-def traverse(vae: VAE, z0: torch.Tensor, dims: list[int], span: float = 3.0, steps: int = 9) -> torch.Tensor:
-    """Decode ``z0`` (L,) with one dimension at a time set to ``steps`` values in [-span, span]:
-    (len(dims) * steps, D), one row per dimension."""
-    latent = z0.shape[0]
-    bad = [d for d in dims if not 0 <= d < latent]
+def traverse(vae: Structure, z0: torch.Tensor | dict[str, torch.Tensor], dims: list[int], span: float = 3.0,
+             steps: int = 9, layer: str | None = None) -> torch.Tensor:  # fmt: skip
+    """Decode the codes ``z0`` with one dimension of ``layer`` (default the top) at a time set to
+    ``steps`` values in [-span, span]: (len(dims) * steps, D), one row per dimension.
+
+    ``z0``: that layer's code (d,), or a dict of codes (d,) that holds it and every layer above; the
+    layers below it are dropped, to follow the traversed layer at their conditional means.
+    """
+    layer = _layer(vae, layer)
+    names = list(vae.layers())
+    codes = {layer: z0} if isinstance(z0, torch.Tensor) else dict(z0)
+    missing = [n for n in names[: names.index(layer) + 1] if n not in codes]
+    if missing:
+        raise ValueError(f"traversing {layer} needs the codes of {', '.join(missing)}: its own and those of the layers "
+                         "above it")  # fmt: skip
+    codes = {n: codes[n] for n in names[: names.index(layer) + 1]}
+    size = codes[layer].shape[0]
+    bad = [d for d in dims if not 0 <= d < size]
     if bad:
-        raise ValueError(f"--dims {bad} out of range: the latent space has dimensions 0..{latent - 1}")
+        where = "the latent space" if len(names) == 1 else f"layer {layer}"
+        raise ValueError(f"--dims {bad} out of range: {where} has dimensions 0..{size - 1}")
+    z0 = codes[layer]
     values = torch.linspace(-span, span, steps, device=z0.device, dtype=z0.dtype)
     rows = []
     for d in dims:
         z = z0.repeat(steps, 1)
         z[:, d] = values
-        rows.append(vae.decode(z))
+        rows.append(vae.decode({**{n: c.repeat(steps, 1) for n, c in codes.items()}, layer: z}))
     return torch.cat(rows)
 
 
 @torch.no_grad()
-def encode(vae: VAE, x: torch.Tensor, batch_size: int = 1000, draws: int = 100) -> dict[str, np.ndarray]:
-    """Means and scales of q(z | x) for every image: exact for Gaussian guides (``loc_scale``),
-    the mean and standard deviation of ``draws`` samples otherwise."""
+def encode(vae: Structure, x: torch.Tensor, batch_size: int = 1000, draws: int = 100) -> dict[str, np.ndarray]:
+    """Means and scales of q for every image and layer (:meth:`~pyro_vae.model.Structure.encode`:
+    exact for Gaussian guides, the mean and standard deviation of ``draws`` samples otherwise):
+    ``loc`` and ``scale`` for a model of one latent layer, ``NAME_loc`` and ``NAME_scale`` per
+    layer otherwise."""
     device = next(vae.parameters()).device
-    locs, scales = [], []
+    parts: dict[str, list[torch.Tensor]] = {}
     for i in range(0, x.shape[0], batch_size):
-        xb = decode(x[i : i + batch_size].to(device))
-        if hasattr(vae.encoder, "loc_scale"):
-            loc, scale = vae.encoder.loc_scale(xb)
-        else:
-            z = vae.encoder(xb).sample((draws,))
-            loc, scale = z.mean(0), z.std(0)
-        locs.append(loc.cpu())
-        scales.append(scale.cpu())
-    return {"loc": torch.cat(locs).numpy(), "scale": torch.cat(scales).numpy()}
+        codes = vae.encode(decode(x[i : i + batch_size].to(device)), draws=draws)
+        for name, (loc, scale) in codes.items():
+            parts.setdefault(name, [[], []])
+            parts[name][0].append(loc.cpu())
+            parts[name][1].append(scale.cpu())
+    single = len(parts) == 1
+    out = {}
+    for name, (locs, scales) in parts.items():
+        prefix = "" if single else f"{name}_"
+        out[f"{prefix}loc"], out[f"{prefix}scale"] = torch.cat(locs).numpy(), torch.cat(scales).numpy()
+    return out
 
 
 def read_images(paths: list[str | Path], image_shape, binarize: bool, invert: bool = False) -> torch.Tensor:

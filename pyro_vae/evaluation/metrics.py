@@ -11,7 +11,8 @@ With :math:`w_k = p(x, z_k) / q(z_k | x)` and :math:`z_k \sim q(z | x)`:
 
 and :math:`\mathcal L_K \uparrow \log p(x)` as :math:`K \to \infty`. Papers report
 :math:`-\mathcal L_{5000}` averaged over the test set. Samples are streamed in chunks of K and
-images so memory stays bounded; the log-sum-exp is accumulated exactly.
+images so memory stays bounded; the log-sum-exp is accumulated exactly. :func:`layer_means` gives
+every latent layer's guide means, from which :mod:`pyro_vae.evaluation.latent` counts the active units.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.data.pixels import decode, is_binary
-from pyro_vae.model import VAE
+from pyro_vae.model import Structure
 from pyro_vae.seeding import fork_rng
 
 # Most floats held at once by the likelihood's parameters (chunk_K x batch x D). On a CPU 4 MB in fp32,
@@ -74,7 +75,7 @@ def _summarise(values: torch.Tensor) -> Estimate:
 
 @torch.no_grad()
 def iwae_log_likelihood(
-    vae: VAE, x: torch.Tensor, k: int, chunk: int | None = None
+    vae: Structure, x: torch.Tensor, k: int, chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image IWAE bound with ``k`` samples and the K-sample mean of log w (an ELBO estimate).
 
@@ -95,7 +96,7 @@ def iwae_log_likelihood(
 
 
 @torch.no_grad()
-def evaluate(vae: VAE, x: torch.Tensor, k: int = 1, batch_size: int = 1000, seed: int | None = 0,
+def evaluate(vae: Structure, x: torch.Tensor, k: int = 1, batch_size: int = 1000, seed: int | None = 0,
              progress: bool = False, desc: str = "evaluate") -> dict[str, Estimate]:  # fmt: skip
     """Negative ELBO and (for ``k > 1``) negative IWAE log-likelihood of ``x`` (N, D), in nats.
     ``x`` holds float images in [0, 1] or uint8 levels (:func:`pyro_vae.data.pixels.decode`), on any
@@ -139,6 +140,20 @@ def with_bits_per_dim(results: dict[str, Estimate], x: torch.Tensor) -> dict[str
     if is_binary(x):
         return dict(results)
     return {**results, **{f"{name}_bits_per_dim": bits_per_dim(est, x.shape[1]) for name, est in results.items()}}
+
+
+@torch.no_grad()
+def layer_means(vae: Structure, x: torch.Tensor, batch_size: int = 1000) -> dict[str, torch.Tensor]:
+    """Every layer's representative code (:meth:`~pyro_vae.model.Structure.point`: the guide's
+    mean given the layers above at theirs) for every image (float, or uint8 levels, on any
+    device), top first, (N, d) each on the CPU."""
+    vae.eval()
+    device = next(vae.parameters()).device
+    parts: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, x.shape[0], batch_size):
+        for name, z in vae.point(decode(x[i : i + batch_size].to(device))).items():
+            parts.setdefault(name, []).append(z.cpu())
+    return {name: torch.cat(zs) for name, zs in parts.items()}
 
 
 def as_dict(results: dict[str, Estimate]) -> dict[str, dict]:

@@ -1,6 +1,7 @@
 """Figures of a trained run, written to ``RUN/figures``: loss curves, test reconstructions,
 samples from the prior, the test set's latent means coloured by label (PCA to 2-D when
-L > 2) and, for a 2-D latent space, the decoded manifold grid."""
+L > 2; ``latents.png`` for the top layer, ``latents_NAME.png`` for each layer below it) and, for a
+model of one 2-D latent layer, the decoded manifold grid."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import torch  # noqa: E402
 
 from pyro_vae.data import Splits  # noqa: E402
 from pyro_vae.data.pixels import decode, evenly_spaced, image_grid  # noqa: E402
+from pyro_vae.evaluation.metrics import layer_means  # noqa: E402
 from pyro_vae.files import figure_bytes, write_atomic  # noqa: E402
-from pyro_vae.model import VAE  # noqa: E402
+from pyro_vae.model import Structure  # noqa: E402
 from pyro_vae.runs.folder import RunDir  # noqa: E402
 
 
@@ -63,13 +65,11 @@ def plot_images(images: torch.Tensor, image_shape, nrow: int, title: str, out: P
     return save_figure(fig, out, inside)
 
 
-@torch.no_grad()
-def latent_means(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Means of q(z | x) for every image (float, or uint8 levels, on any device), (N, L) on the CPU."""
-    vae.eval()
-    device = next(vae.parameters()).device
-    return torch.cat([vae.encoder.point(decode(x[i : i + batch_size].to(device))).cpu()
-                      for i in range(0, x.shape[0], batch_size)])  # fmt: skip
+def latent_means(vae: Structure, x: torch.Tensor, batch_size: int = 1000, layer: str | None = None) -> torch.Tensor:
+    """Means of q(z | x) of one layer (default the top one) for every image, (N, d) on the CPU
+    (:func:`layer_means`)."""
+    means = layer_means(vae, x, batch_size)
+    return means[layer if layer is not None else next(iter(means))]
 
 
 def pca_2d(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +81,10 @@ def pca_2d(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centred @ v[:2].T, explained[:2]
 
 
-def plot_latents(z: torch.Tensor, labels: torch.Tensor | None, out: Path, inside: Path | None = None) -> Path:
+def plot_latents(z: torch.Tensor, labels: torch.Tensor | None, out: Path, inside: Path | None = None,
+                 layer: str | None = None) -> Path:  # fmt: skip
+    """The latent means ``z`` (N, d) of the test set coloured by label (PCA to 2-D when d > 2);
+    ``layer`` names the layer in the title (a model of several)."""
     z = z.detach().cpu().double()
     if z.shape[1] == 2:
         xy, axes = z, ("z[0]", "z[1]")
@@ -96,13 +99,13 @@ def plot_latents(z: torch.Tensor, labels: torch.Tensor | None, out: Path, inside
     if labels is not None:
         fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
     kind = "latent means" if z.shape[1] == 2 else f"PCA of the {z.shape[1]}-D latent means"
-    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"Test set: {kind}")
+    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"Test set: {kind}" + (f" of {layer}" if layer else ""))
     return save_figure(fig, out, inside)
 
 
 @torch.no_grad()
-def plot_manifold(vae: VAE, image_shape, out: Path, n: int = 20, inside: Path | None = None) -> Path:
-    """Decode a grid of z at the standard-normal quantiles 0.05 .. 0.95 (2-D latent only)."""
+def plot_manifold(vae: Structure, image_shape, out: Path, n: int = 20, inside: Path | None = None) -> Path:
+    """Decode a grid of z at the standard-normal quantiles 0.05 .. 0.95 (a model of one 2-D latent layer)."""
     device = next(vae.parameters()).device
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     zz = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)
@@ -110,7 +113,7 @@ def plot_manifold(vae: VAE, image_shape, out: Path, n: int = 20, inside: Path | 
     return plot_images(images, image_shape, n, "Decoded latent grid (standard-normal quantiles)", out, inside)
 
 
-def make_figures(run_dir: str | Path, vae: VAE, data: Splits, n: int = 16) -> list[Path]:
+def make_figures(run_dir: str | Path, vae: Structure, data: Splits, n: int = 16) -> list[Path]:
     """Write every figure of a run (or model folder) into ``run_dir/figures``; returns the paths."""
     run_dir = Path(run_dir)
     fig_dir = run_dir / "figures"
@@ -127,8 +130,11 @@ def make_figures(run_dir: str | Path, vae: VAE, data: Splits, n: int = 16) -> li
                              fig_dir / "reconstructions.png", run_dir))  # fmt: skip
     paths.append(plot_images(vae.sample(64), data.image_shape, 8, "Samples from the prior (pixel means)",
                              fig_dir / "samples.png", run_dir))  # fmt: skip
-    z = latent_means(vae, test)
-    paths.append(plot_latents(z, data.test_labels, fig_dir / "latents.png", run_dir))
-    if z.shape[1] == 2:
+    means = layer_means(vae, test)
+    for i, (name, z) in enumerate(means.items()):
+        several = len(means) > 1
+        out = fig_dir / ("latents.png" if i == 0 else f"latents_{name}.png")
+        paths.append(plot_latents(z, data.test_labels, out, run_dir, layer=name if several else None))
+    if len(means) == 1 and next(iter(means.values())).shape[1] == 2:
         paths.append(plot_manifold(vae, data.image_shape, fig_dir / "manifold.png", inside=run_dir))
     return paths

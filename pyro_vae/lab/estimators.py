@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from torch.distributions import Independent, kl_divergence
 from tqdm.auto import tqdm
 
@@ -43,7 +42,7 @@ from pyro_vae.components.priors import StandardNormal
 from pyro_vae.evaluation.metrics import iwae_log_likelihood, mean_se, samples_per_chunk
 from pyro_vae.model import VAE
 from pyro_vae.objectives import closed_form
-from pyro_vae.objectives.elbos import ELBOS, _WeightedELBO
+from pyro_vae.objectives.elbos import ELBOS
 from pyro_vae.seeding import fork_rng
 
 
@@ -201,10 +200,10 @@ class _ScoreFunctionNormal(dist.Normal):
 
 
 def score_function_guide(vae: VAE):
-    """``vae.guide`` with z sampled without reparameterisation, so Pyro differentiates through
-    ``log q`` (the score function) instead of through z. Needs a Normal guide."""
+    """``vae.guide`` with z sampled without reparameterisation, so that the estimator
+    differentiates through ``log q`` (the score function) instead of through z. Needs a Normal guide."""
 
-    def guide(x):
+    def guide(x, beta=None):
         q = vae.encoder(x)
         base = q.base_dist if isinstance(q, Independent) else q
         if not isinstance(base, torch.distributions.Normal):
@@ -217,10 +216,11 @@ def score_function_guide(vae: VAE):
 
 @dataclass(frozen=True)
 class GradientEstimator:
-    """One row of the laboratory's gradient table: ``build(vae, num_particles, groups, ciwae_beta)``
-    returns the (Pyro ELBO, guide) that draws ``num_particles`` samples per image in all (``groups``
-    groups of ``num_particles / groups`` where ``grouped``); ``snr_label`` puts it in the
-    encoder-SNR-against-K panel too. Adding an estimator to the laboratory is one entry here."""
+    """One row of the laboratory's gradient table, read from an estimator class's
+    :attr:`~pyro_vae.objectives.elbos.ELBOFlags.lab_rows`: ``build(vae, num_particles, groups,
+    ciwae_beta)`` returns the (estimator, guide) that draws ``num_particles`` samples per image in
+    all (``groups`` groups of ``num_particles / groups`` where ``grouped``); ``snr_label`` puts it
+    in the encoder-SNR-against-K panel too."""
 
     name: str
     label: str
@@ -229,46 +229,30 @@ class GradientEstimator:
     snr_label: str | None = None
 
 
-def _particles(num_particles: int) -> dict:
-    return dict(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+def _build(elbo_name: str, guide: str):
+    """The registered estimator ``elbo_name`` with the guide's samples reparameterised or not."""
 
-
-def _pyro(elbo_cls, guide=lambda vae: vae.guide):
     def build(vae: VAE, num_particles: int, groups: int, ciwae_beta: float):
-        return elbo_cls(**_particles(num_particles)), guide(vae)
+        cls = ELBOS.get(elbo_name)
+        groups = groups if cls.grouped else 1
+        options = {"ciwae_beta": ciwae_beta} if "ciwae_beta" in vars(cls) else {}
+        elbo = cls(num_particles=num_particles // groups, groups=groups, vectorize_particles=num_particles > 1,
+                   max_plate_nesting=1, **options)  # fmt: skip
+        return elbo, (score_function_guide(vae) if guide == "score_function" else vae.guide)
 
     return build
 
 
-def _registered(name: str):
-    """A registered ELBO of :data:`pyro_vae.objectives.elbos.ELBOS` by name."""
-
-    def build(vae: VAE, num_particles: int, groups: int, ciwae_beta: float):
+def _table() -> dict[str, GradientEstimator]:
+    rows = {}
+    for name in ELBOS.in_order():
         cls = ELBOS.get(name)
-        kw = _particles(num_particles)
-        if issubclass(cls, _WeightedELBO):  # its options: groups (grouped ones) and ciwae_beta
-            groups = groups if cls.grouped else 1
-            kw.update(num_particles=num_particles // groups, groups=groups, ciwae_beta=ciwae_beta)
-        return cls(**kw), vae.guide
-
-    return build
+        for row in getattr(cls, "lab_rows", ()):
+            rows[row.name] = GradientEstimator(row.name, row.label, _build(name, row.guide), cls.grouped, row.snr_label)
+    return rows
 
 
-GRADIENT_ESTIMATORS: dict[str, GradientEstimator] = {e.name: e for e in [
-    GradientEstimator("reparam_mc_kl", "reparameterised, Monte-Carlo KL (Trace_ELBO)", _pyro(Trace_ELBO)),
-    GradientEstimator("reparam_analytic_kl", "reparameterised, analytic KL (TraceMeanField_ELBO)",
-                      _pyro(TraceMeanField_ELBO)),
-    GradientEstimator("score_function", "score function (TraceGraph_ELBO)",
-                      _pyro(TraceGraph_ELBO, lambda vae: score_function_guide(vae))),
-    GradientEstimator("stl", "sticking the landing (stl)", _registered("stl")),
-    GradientEstimator("iwae", "IWAE bound, K = P (iwae)", _registered("iwae"), snr_label="IWAE (iwae)"),
-    GradientEstimator("iwae_dreg", "IWAE bound, DReG gradients (iwae_dreg)", _registered("iwae_dreg"),
-                      snr_label="DReG (iwae_dreg)"),
-    GradientEstimator("miwae", "MIWAE, M groups of P/M (miwae)", _registered("miwae"), grouped=True),
-    GradientEstimator("ciwae", "CIWAE, beta mix of ELBO and IWAE (ciwae)", _registered("ciwae")),
-    GradientEstimator("piwae", "PIWAE, M groups of P/M (piwae)", _registered("piwae"), grouped=True,
-                      snr_label="PIWAE (piwae, M groups of K/M)"),
-]}  # fmt: skip
+GRADIENT_ESTIMATORS: dict[str, GradientEstimator] = _table()  # the registered estimators' rows, in registry order
 SNR_VS_K_ESTIMATORS = [e.name for e in GRADIENT_ESTIMATORS.values() if e.snr_label]
 
 

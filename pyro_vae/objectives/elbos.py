@@ -1,50 +1,69 @@
-r"""ELBO estimators by name; every one is a Pyro ``ELBO`` whose ``differentiable_loss`` trains.
+r"""ELBO estimators by name: one class each, computing its loss from the sites of one draw.
 
-With :math:`w = p(x, z) / q(z | x)`, :math:`z \sim q` (reparameterised), per image:
+With :math:`w = p(x, z) / q(z | x)`, :math:`z \sim q` (reparameterised), per image, where z is
+every latent site of the structure (:mod:`pyro_vae.model`):
 
-- ``trace``: :class:`pyro.infer.Trace_ELBO`, :math:`\log w` averaged over particles: the KL
-  term is estimated by Monte Carlo.
-- ``mean_field``: :class:`pyro.infer.TraceMeanField_ELBO`, :math:`\log p(x|z) -
-  \mathrm{KL}(q \| p)` with the KL in closed form where torch registers one for the pair (else
-  the Monte-Carlo term, site by site; ``train.kl_fallback=false`` rejects such pairs up front).
-- ``jit_trace``, ``jit_mean_field``: the same, compiled once with ``torch.jit.trace``
-  (:class:`~pyro.infer.JitTrace_ELBO`, :class:`~pyro.infer.JitTraceMeanField_ELBO`).
+- ``trace``: :class:`pyro.infer.Trace_ELBO`'s estimator, :math:`\log w` averaged over particles:
+  the KL term by Monte Carlo (a guide site that is not reparameterised gets Pyro's
+  score-function term).
+- ``mean_field``: :class:`pyro.infer.TraceMeanField_ELBO`'s, :math:`\log p(x|z) -
+  \sum_{\text{sites}} \mathrm{KL}(q \| p)` with each KL in closed form where torch registers one for
+  the pair (else the Monte-Carlo term; ``train.kl_fallback=false`` rejects such pairs up front).
+- ``jit_trace``, ``jit_mean_field``: Pyro's :class:`~pyro.infer.JitTrace_ELBO` and
+  :class:`~pyro.infer.JitTraceMeanField_ELBO` (compiled once with ``torch.jit.trace``), run
+  through Pyro's own ``differentiable_loss``.
 - ``iwae``: the importance-weighted bound :math:`\log \frac1K \sum_k w_k` per image with
-  K = ``train.num_particles`` (Burda et al., 2016): :class:`IWAE_ELBO`, which is Pyro's
-  :class:`~pyro.infer.RenyiELBO` at :math:`\alpha = 0` given a ``differentiable_loss``.
+  K = ``train.num_particles`` (Burda et al., 2016), with Pyro's :class:`~pyro.infer.RenyiELBO`
+  (:math:`\alpha = 0`) value and gradient.
 - ``stl``, ``iwae_dreg``, ``miwae``, ``ciwae``, ``piwae``: the ELBO with the path-derivative
   gradient, the IWAE bound with doubly reparameterised gradients, and the multi-sample bounds of
-  Rainforth et al. (2018), as surrogate losses of :mod:`pyro_vae.objectives.surrogates` on the terms of Pyro
-  traces (:class:`_WeightedELBO`).
+  Rainforth et al. (2018), as surrogate losses of :mod:`pyro_vae.objectives.surrogates`.
 
-Class attributes say what each computes (``analytic_kl``, ``jit``, ``importance_weighted``,
-``min_particles``); the fast path (:mod:`pyro_vae.objectives.fast`) and the build-time checks
-(:mod:`pyro_vae.training.checks`) read them instead of comparing names.
+Each :class:`Estimator` reads :class:`~pyro_vae.objectives.sites.Traces` (the guide's and the
+model's sites of one draw, from Pyro's traces or from a structure's stories: the same numbers), so
+one object serves training, evaluation, the laboratory (its :attr:`~ELBOFlags.lab_rows`) and
+Pyro's SVI. Class attributes say what each computes (``analytic_kl``, ``jit``,
+``importance_weighted``, ``min_particles``, ``needs``); the checks read them instead of names.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.util import get_dependent_plate_dims, torch_sum
-from pyro.poutine.util import prune_subsample_sites
+from pyro.infer import ELBO, JitTrace_ELBO, JitTraceMeanField_ELBO
+from torch import nn
+from torch.distributions import kl_divergence
 
 from pyro_vae.config import ConfigError, TrainConfig
+from pyro_vae.model import Site
 from pyro_vae.objectives import surrogates
-from pyro_vae.objectives.surrogates import NotDetachable, Terms, detach_distribution
+from pyro_vae.objectives.sites import PyroSource, Sites, StructureInfo, Traces, draw, weigh
+from pyro_vae.objectives.surrogates import Terms
 from pyro_vae.registry import Registry
 
 ELBOS: Registry = Registry("ELBO", config_key="train.elbo")
 
 
+@dataclass(frozen=True)
+class LabRow:
+    """A row of the estimator laboratory's gradient table (:mod:`pyro_vae.lab.estimators`):
+    ``guide = "score_function"`` measures the estimator with the guide's samples not
+    reparameterised; ``snr_label`` puts it in the encoder-SNR-against-K panel too."""
+
+    name: str
+    label: str
+    guide: str = "reparameterised"
+    snr_label: str | None = None
+
+
 class ELBOFlags:
-    """What pyro-vae's factories, checks and fast path need to know of an ELBO class: mix it in
-    (``class MyELBO(ELBOFlags, pyro.infer.Trace_ELBO)``) and override the flags that differ."""
+    """What pyro-vae's factories and checks need to know of an ELBO class. Every registered
+    estimator has them (through :class:`Estimator`); a plugin's ELBO built on a Pyro ELBO class
+    mixes them in (``class MyELBO(ELBOFlags, pyro.infer.Trace_ELBO)``) and runs through Pyro's own
+    ``differentiable_loss``."""
 
     analytic_kl = False
     jit = False
@@ -52,6 +71,7 @@ class ELBOFlags:
     min_particles = 1
     grouped = False  # draws train.iw_groups groups of train.num_particles samples
     gradient_hooks = False  # reweights gradients with hooks on z (torch.compile drops them)
+    lab_rows: tuple[LabRow, ...] = ()
 
     @classmethod
     def options(cls, cfg: TrainConfig) -> dict:
@@ -59,16 +79,154 @@ class ELBOFlags:
         return {}
 
 
+class Estimator(ELBOFlags, ELBO):
+    """One gradient estimator of a bound on log p(x): :meth:`objective` turns one draw of the
+    model's and the guide's sites (:class:`~pyro_vae.objectives.sites.Traces`) into the negative
+    objective summed over the batch, whose value is the bound's and whose gradient is the
+    estimator's. The same object trains (eager, compiled, captured: :meth:`loss_fn`), evaluates,
+    fills the laboratory (:attr:`lab_rows`) and keeps Pyro's ``ELBO`` interface
+    (``differentiable_loss(model, guide, *args)``, ``loss``, ``loss_and_grads``) for SVI."""
+
+    needs: frozenset = frozenset()  # stop (log q at detached parameters), fixed (log q at detached samples),
+    #                                 model_fixed (log p at detached samples)
+    reparameterized_only = True  # refuses a guide site that is not reparameterised
+
+    def __init__(self, num_particles: int = 1, groups: int = 1, vectorize_particles: bool = False,
+                 max_plate_nesting: int = 1, **options) -> None:  # fmt: skip
+        super().__init__(num_particles=num_particles * groups, vectorize_particles=vectorize_particles,
+                         max_plate_nesting=max_plate_nesting)  # fmt: skip
+        self.groups = groups
+        for key, value in options.items():
+            setattr(self, key, value)
+
+    def objective(self, t: Traces) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("pyro-vae's estimators read the sites of a draw (pyro_vae.objectives.sites)")
+
+    def check(self, info: StructureInfo) -> list[str]:
+        """What this estimator cannot do with the structure ``info``."""
+        if not self.reparameterized_only:
+            return []
+        return [f"train.elbo needs a reparameterised guide, but guide site '{s.name}' is not: use train.elbo=trace"
+                for s in info.of("guide") if not s.reparameterized]  # fmt: skip
+
+    def uses_hooks(self, latent_sites: int) -> bool:
+        """Whether the loss reweights gradients with hooks (which ``torch.compile`` drops)."""
+        return self.gradient_hooks and latent_sites == 1
+
+    def loss_fn(self, source) -> Callable[..., torch.Tensor]:
+        """``(x, beta=None) -> loss`` on draws of ``source``: particles as one tensor dimension, or
+        (``vectorize_particles`` off, several particles) a Python loop averaging single draws."""
+        n, loop = self.num_particles, self.num_particles > 1 and not self.vectorize_particles
+
+        def loss(x: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
+            if loop:
+                return sum(self.objective(draw(source, x, beta, 1)) for _ in range(n)) / n
+            return self.objective(draw(source, x, beta, n))
+
+        return loss
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """Pyro's interface: the loss of ``model`` and ``guide`` on ``args`` (the batch, and
+        optionally the warm-up weight), on Pyro's traces."""
+        module = getattr(model, "__self__", None)
+        source = PyroSource(model, guide, module if isinstance(module, nn.Module) else None)
+        return self.loss_fn(source)(*args, **kwargs)
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:  # (as Pyro's ELBOs: nothing to do when no parameter is trainable)
+            loss.backward()
+        return loss.item()
+
+
+def _log_obs(model: Sites) -> torch.Tensor:
+    """Σ over the model's observed sites of the (scaled) log-density, model order."""
+    total = None
+    for site in model.values():
+        if site.observed:
+            term = weigh(site.log_prob(), site)
+            total = term if total is None else total + term
+    return total
+
+
+def _kl_term(q: Site, p: Site, analytic: bool) -> torch.Tensor | None:
+    """One latent site's term of log q - log p (analytic: the closed-form KL where torch registers
+    one, else None), weighed by the sites' scales: one multiplication when the model and the guide
+    share the scale (the lean source hands both the same weight)."""
+    if analytic:
+        try:
+            kl = kl_divergence(q.fn, p.fn)
+        except NotImplementedError:  # TraceMeanField_ELBO falls back to the Monte-Carlo term
+            return None
+        return weigh(kl, q)
+    if q.scale is p.scale or (not torch.is_tensor(q.scale) and not torch.is_tensor(p.scale) and q.scale == p.scale):
+        return weigh(q.log_prob() - p.log_prob(), q)
+    return weigh(q.log_prob(), q) - weigh(p.log_prob(), p)
+
+
+def _log_w(t: Traces, analytic_kl: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per draw and image: log p(x|z) - Σ_sites (log q - log p) (or the analytic KLs), computed in a
+    fixed order (the likelihood first, then each latent site's log q before its log p); and the
+    score-function terms of the guide's sites that are not reparameterised (their log q, whose
+    gradient Pyro's Trace_ELBO weighs by the detached log weight)."""
+    log_obs = _log_obs(t.model)
+    kl, scores = None, []
+    for name in t.latent:
+        q, p = t.guide[name], t.model[name]
+        if not q.fn.has_rsample:
+            term = weigh(q.log_prob(), q).detach() - weigh(p.log_prob(), p)
+            scores.append(weigh(q.log_prob(), q))
+        else:
+            term = _kl_term(q, p, analytic_kl)
+            if term is None:
+                term = _kl_term(q, p, False)
+        term = term.expand(log_obs.shape) if term.shape != log_obs.shape else term
+        kl = term if kl is None else kl + term
+    return (log_obs if kl is None else log_obs - kl), scores
+
+
+def _mean_over_particles(log_w: torch.Tensor, scores: list[torch.Tensor], n: int) -> torch.Tensor:
+    loss = -log_w.sum() / n
+    if scores:
+        surrogate = sum((log_w.detach() * score).sum() for score in scores) / n
+        loss = loss - (surrogate - surrogate.detach())
+    return loss
+
+
 @ELBOS.register("trace")
-class TraceELBO(ELBOFlags, Trace_ELBO):
-    """:class:`pyro.infer.Trace_ELBO`: Monte-Carlo KL."""
+class TraceELBO(Estimator):
+    """:class:`pyro.infer.Trace_ELBO`: log w = log p(x, z) - log q(z|x) averaged over particles,
+    the KL term by Monte Carlo; a guide site that is not reparameterised gets Pyro's
+    score-function term."""
+
+    reparameterized_only = False
+    lab_rows = (LabRow("reparam_mc_kl", "reparameterised, Monte-Carlo KL (trace)"),
+                LabRow("score_function", "score function (trace, guide not reparameterised)",
+                       guide="score_function"))  # fmt: skip
+
+    def objective(self, t: Traces) -> torch.Tensor:
+        log_w, scores = _log_w(t)
+        return _mean_over_particles(log_w, scores, t.particles)
 
 
 @ELBOS.register("mean_field")
-class MeanFieldELBO(ELBOFlags, TraceMeanField_ELBO):
-    """:class:`pyro.infer.TraceMeanField_ELBO`: analytic KL where registered."""
+class MeanFieldELBO(Estimator):
+    """:class:`pyro.infer.TraceMeanField_ELBO`: the KL of every latent site in closed form where
+    torch registers one for the pair (else its Monte-Carlo term)."""
 
     analytic_kl = True
+    lab_rows = (LabRow("reparam_analytic_kl", "reparameterised, analytic KL (mean_field)"),)
+
+    def objective(self, t: Traces) -> torch.Tensor:
+        log_w, _ = _log_w(t, analytic_kl=True)
+        return -log_w.sum() / t.particles
 
 
 @ELBOS.register("jit_trace")
@@ -111,176 +269,137 @@ class JitMeanFieldELBO(ELBOFlags, JitTraceMeanField_ELBO):
 
 
 @ELBOS.register("iwae")
-class IWAE_ELBO(ELBOFlags, RenyiELBO):
-    r"""The IWAE bound :math:`\sum_b \log \frac1K \sum_k w_{kb}`: :class:`~pyro.infer.RenyiELBO`
-    with :math:`\alpha = 0` (whose ``loss`` is this value), plus the ``differentiable_loss`` that
-    class lacks. Its gradient is the reparameterised IWAE gradient
-    :math:`\sum_k \tilde w_k \nabla \log w_k` with normalised weights :math:`\tilde w_k`, the one
-    ``RenyiELBO.loss_and_grads`` builds (tested equal, and the value equal to a hand-written
-    bound on the same draws).
-    """
+class IWAE_ELBO(Estimator):
+    r"""The IWAE bound :math:`\sum_b \log \frac1K \sum_k w_{kb}` (Burda et al., 2016), with the
+    reparameterised IWAE gradient :math:`\sum_k \tilde w_k \nabla \log w_k` (normalised weights
+    :math:`\tilde w_k`): the value and gradient of Pyro's :class:`~pyro.infer.RenyiELBO` at
+    :math:`\alpha = 0` (tested equal)."""
 
     importance_weighted = True
     min_particles = 2
+    lab_rows = (LabRow("iwae", "IWAE bound, K = P (iwae)", snr_label="IWAE (iwae)"),)
 
-    def __init__(self, num_particles: int = 2, **kwargs) -> None:
-        super().__init__(alpha=0, num_particles=num_particles, **kwargs)
+    def objective(self, t: Traces) -> torch.Tensor:
+        log_w, _ = _log_w(t)
+        return -(torch.logsumexp(log_w, dim=0) - math.log(t.particles)).sum()
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        log_w = []
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-            particle = 0.0
-            for site in model_trace.nodes.values():
-                if site["type"] == "sample":
-                    particle = particle + torch_sum(site["log_prob"], sum_dims)
-            for name, site in guide_trace.nodes.items():
-                if site["type"] == "sample":
-                    if not site["fn"].has_rsample:
-                        raise ValueError(f"iwae needs a reparameterised guide, but site {name!r} is not")
-                    particle = particle - torch_sum(site["log_prob"], sum_dims)
-            log_w.append(particle)
-        log_w = log_w[0] if self.vectorize_particles and self.num_particles > 1 else torch.stack(log_w)
-        return -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
+    def loss_fn(self, source) -> Callable[..., torch.Tensor]:
+        """With ``vectorize_particles`` off, K single draws whose log weights are stacked (the
+        bound is over all K of them, not an average of one-sample bounds)."""
+        n = self.num_particles
+        if n == 1 or self.vectorize_particles:
+            return super().loss_fn(source)
+
+        def loss(x: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
+            log_w = torch.stack([_log_w(draw(source, x, beta, 1))[0] for _ in range(n)])
+            return -(torch.logsumexp(log_w, dim=0) - math.log(n)).sum()
+
+        return loss
 
 
-class _WeightedELBO(ELBOFlags, Trace_ELBO):
-    """An estimator of :mod:`pyro_vae.objectives.surrogates` on the per-sample terms of Pyro traces (vectorised
-    particles: one model and one guide trace with a particle dimension). ``needs`` names the terms
-    beyond log p and log q: ``stop`` (log q with the guide's parameters detached: the site's
-    distribution rebuilt from detached parameters, which a transformed distribution such as the IAF
-    does not allow; the fast path recomputes the encoder instead), ``fixed`` (log q at the
-    detached samples) and ``model_fixed`` (log p at the detached samples)."""
-
-    needs: frozenset = frozenset()
-    twin_class: type = Trace_ELBO  # a Pyro ELBO with this estimator's value on the same draws
+class _Surrogate(Estimator):
+    """An estimator of :mod:`pyro_vae.objectives.surrogates` on the per-sample terms of one draw
+    (:meth:`terms`); needs vectorised particles (one draw of N samples)."""
 
     @classmethod
     def options(cls, cfg: TrainConfig) -> dict:
         return {"groups": cfg.iw_groups} if cls.grouped else {}
 
-    def __init__(self, num_particles: int = 1, groups: int = 1, ciwae_beta: float = 0.5, **kwargs) -> None:
-        super().__init__(num_particles=num_particles * groups, **kwargs)
-        self.groups, self.ciwae_beta = groups, ciwae_beta
-
     def surrogate(self, terms: Terms) -> torch.Tensor:
         raise NotImplementedError
 
-    def twin(self) -> ELBO:
-        """A Pyro ELBO whose value equals this one's on the same draws (for the fast path's check
-        where this estimator cannot run through Pyro's trace)."""
-        return self.twin_class(num_particles=self.num_particles, vectorize_particles=self.vectorize_particles,
-                               max_plate_nesting=self.max_plate_nesting)  # fmt: skip
+    def objective(self, t: Traces) -> torch.Tensor:
+        terms = self.terms(t)
+        return self.surrogate(terms.with_particle_dim() if t.particles == 1 else terms)
 
-    def trace_terms(self, model, guide, args, kwargs) -> Terms:
-        (model_trace, guide_trace), *more = list(self._get_traces(model, guide, args, kwargs))
-        if more:
-            raise ValueError(f"{type(self).__name__} needs vectorised particles (train.vectorize_particles=true)")
-        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-        log_p = sum(torch_sum(s["log_prob"], sum_dims) for s in model_trace.nodes.values() if s["type"] == "sample")
-        log_q, log_q_stop, log_q_fixed_z, zs, scales = 0.0, 0.0, 0.0, [], []
-        for name, site in guide_trace.nodes.items():
-            if site["type"] != "sample":
-                continue
-            fn, z = site["fn"], site["value"]
-            if not fn.has_rsample:
+    def terms(self, t: Traces) -> Terms:
+        """log p(x, z) (the likelihood first), log q and the terms of :attr:`needs`, per draw and
+        image, each weighed by its site's scale (the KL warm-up weight)."""
+        for name, site in t.guide.items():
+            if not site.fn.has_rsample:
                 raise ValueError(f"{type(self).__name__} needs a reparameterised guide, but site {name!r} is not")
-            log_q = log_q + torch_sum(site["log_prob"], sum_dims)
-            if "stop" in self.needs:
-                log_q_stop = log_q_stop + torch_sum(self._stopped_log_prob(name, site), sum_dims)
-            if "fixed" in self.needs:
-                log_q_fixed = scale_and_mask(fn.log_prob(z.detach()), site["scale"], site["mask"])
-                log_q_fixed_z = log_q_fixed_z + torch_sum(log_q_fixed, sum_dims)
-            zs.append((z, fn.event_dim))
-            scales.append(site["scale"])
-        needs = self.needs
-        log_p_fixed_z = self._model_at_detached_samples(model, guide_trace, sum_dims, args, kwargs) \
-            if "model_fixed" in needs else None  # fmt: skip
-        return Terms(log_p, log_q, log_q_stop if "stop" in needs else None, log_q_fixed_z if "fixed" in needs else None,
-                     log_p_fixed_z, zs, _one_scale(scales)).with_particle_dim()  # fmt: skip
+        log_p = _log_obs(t.model)
+        for name in t.latent:
+            log_p = log_p + weigh(t.model[name].log_prob(), t.model[name])
+        log_q = _sum_scaled(t.guide)
+        scales = [site.scale for site in t.guide.values()]
+        terms = Terms(log_p, log_q, zs=[(s.value, s.fn.event_dim) for s in t.guide.values()],
+                      beta=scales[0] if scales else 1.0)  # fmt: skip
+        if "stop" in self.needs:
+            terms.log_q_stop = _sum_scaled(t.stopped_guide())
+        if "fixed" in self.needs:
+            terms.log_q_fixed_z = _sum_scaled(t.guide_at_detached())
+        if "model_fixed" in self.needs or (self.gradient_hooks and len(t.latent) > 1):
+            fixed = t.model_at_detached()
+            log_p_fixed = _log_obs(fixed)
+            for name in t.latent:
+                log_p_fixed = log_p_fixed + weigh(fixed[name].log_prob(), fixed[name])
+            terms.log_p_fixed_z = log_p_fixed
+        return terms
 
-    def _stopped_log_prob(self, name: str, site: dict) -> torch.Tensor:
-        """log q at the site's sample with the guide's parameters detached (scaled like the site)."""
-        try:
-            stopped = detach_distribution(site["fn"])
-        except NotDetachable as exc:
-            raise NotDetachable(
-                f"{type(self).__name__} through Pyro's trace needs the guide's parameters detached from "
-                f"site {name!r}: {exc}. The fast path (train.fast_path=true) recomputes the encoder with "
-                "detached parameters instead"
-            ) from None
-        return scale_and_mask(stopped.log_prob(site["value"]), site["scale"], site["mask"])
 
-    def _model_at_detached_samples(self, model, guide_trace, sum_dims, args, kwargs) -> torch.Tensor:
-        """log p(x, z) with the guide's samples detached: the model replayed against them."""
-        fixed = guide_trace.copy()
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample":
-                fixed.nodes[name] = dict(site, value=site["value"].detach())
-        replayed = poutine.replay(self._vectorized_num_particles(model), trace=fixed)
-        trace = prune_subsample_sites(poutine.trace(replayed).get_trace(*args, **kwargs))
-        trace.compute_log_prob()
-        return sum(torch_sum(site["log_prob"], sum_dims) for site in trace.nodes.values() if site["type"] == "sample")
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        return self.surrogate(self.trace_terms(model, guide, args, kwargs))
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:  # (as Pyro's ELBOs: nothing to do when no parameter is trainable)
-            loss.backward()
-        return loss.item()
+def _sum_scaled(sites: Sites) -> torch.Tensor:
+    total = None
+    for site in sites.values():
+        term = weigh(site.log_prob(), site)
+        total = term if total is None else total + term
+    return total
 
 
 @ELBOS.register("stl")
-class STL_ELBO(_WeightedELBO):
+class STL_ELBO(_Surrogate):
     """The Monte-Carlo-KL ELBO (``trace``'s value) with the path-derivative encoder gradient
     ("sticking the landing", Roeder et al., 2017): the score term is dropped. With the analytic
     KL there is no score term to drop (``mean_field`` already differentiates the KL exactly)."""
 
     needs = frozenset({"stop"})
+    lab_rows = (LabRow("stl", "path derivative, Monte-Carlo KL (stl)"),)
 
     def surrogate(self, terms: Terms) -> torch.Tensor:
         return surrogates.stl(terms.log_p, terms.log_q_stop)
 
 
 @ELBOS.register("iwae_dreg")
-class IWAE_DReG(_WeightedELBO):
+class IWAE_DReG(_Surrogate):
     """The IWAE bound (``iwae``'s value) with doubly reparameterised gradients (Tucker et al., 2019):
-    the decoder's gradient is IWAE's, the encoder's keeps its signal as K grows."""
+    the decoder's gradient is IWAE's, the encoder's keeps its signal as K grows. One latent site:
+    hooks on z reweight its gradient; several: the hook-free form
+    (:func:`~pyro_vae.objectives.surrogates.iwae_dreg_hookless`, one more pass of the model)."""
 
     importance_weighted = True
     min_particles = 2
     needs = frozenset({"stop"})
     gradient_hooks = True
-    twin_class = IWAE_ELBO
+    lab_rows = (LabRow("iwae_dreg", "IWAE bound, DReG gradients (iwae_dreg)", snr_label="DReG (iwae_dreg)"),)
 
     def surrogate(self, terms: Terms) -> torch.Tensor:
+        if terms.log_p_fixed_z is not None:
+            return surrogates.iwae_dreg_hookless(terms.log_p, terms.log_q, terms.log_q_stop, terms.log_p_fixed_z,
+                                                 terms.beta)  # fmt: skip
         return surrogates.iwae_dreg(terms.log_p, terms.log_q, terms.log_q_stop, terms.zs, terms.beta)
 
 
 @ELBOS.register("miwae")
-class MIWAE(_WeightedELBO):
+class MIWAE(_Surrogate):
     """The mean of M = ``train.iw_groups`` IWAE bounds of K = ``train.num_particles`` samples each
     (Rainforth et al., 2018): M = 1 is ``iwae``, K = 1 the ELBO."""
 
     importance_weighted = True
     grouped = True
+    lab_rows = (LabRow("miwae", "MIWAE, M groups of P/M (miwae)"),)
 
     def surrogate(self, terms: Terms) -> torch.Tensor:
         return surrogates.miwae(terms.log_p - terms.log_q, self.groups)
 
 
 @ELBOS.register("ciwae")
-class CIWAE(_WeightedELBO):
+class CIWAE(_Surrogate):
     """``train.ciwae.beta`` x ELBO + (1 - beta) x IWAE bound on the same K samples (Rainforth et al.,
     2018): beta = 0 is ``iwae``, beta = 1 the ELBO."""
 
     importance_weighted = True
+    ciwae_beta = 0.5
+    lab_rows = (LabRow("ciwae", "CIWAE, beta mix of ELBO and IWAE (ciwae)"),)
 
     @dataclass(frozen=True)
     class Settings:
@@ -299,24 +418,18 @@ class CIWAE(_WeightedELBO):
 
 
 @ELBOS.register("piwae")
-class PIWAE(_WeightedELBO):
+class PIWAE(_Surrogate):
     """The IWAE bound of all M K samples for the decoder, MIWAE(M, K) for the encoder (Rainforth
     et al., 2018); its value is the IWAE bound."""
 
     importance_weighted = True
     grouped = True
     needs = frozenset({"stop", "fixed", "model_fixed"})
-    twin_class = IWAE_ELBO
+    lab_rows = (LabRow("piwae", "PIWAE, M groups of P/M (piwae)", snr_label="PIWAE (piwae, M groups of K/M)"),)
 
     def surrogate(self, terms: Terms) -> torch.Tensor:
         t = terms
         return surrogates.piwae(t.log_p, t.log_q, t.log_q_stop, t.log_q_fixed_z, t.log_p_fixed_z, self.groups)
-
-
-def _one_scale(scales: list) -> torch.Tensor | float:
-    """The KL warm-up weight on the guide's sites: the ``poutine.scale`` that the model and guide
-    put around every latent site alike (:meth:`pyro_vae.model.VAE.model`); 1 without one."""
-    return scales[0] if scales else 1.0
 
 
 def build_elbo(cfg: TrainConfig) -> ELBO:
@@ -331,7 +444,7 @@ def build_elbo(cfg: TrainConfig) -> ELBO:
     if cfg.iw_groups != 1 and not cls.grouped:
         raise ConfigError(f"train.iw_groups={cfg.iw_groups} applies to miwae and piwae only, not train.elbo={cfg.elbo}")
     total = cfg.num_particles * cfg.iw_groups
-    if issubclass(cls, _WeightedELBO) and total > 1 and not cfg.vectorize_particles:
+    if issubclass(cls, _Surrogate) and total > 1 and not cfg.vectorize_particles:
         raise ConfigError(f"train.elbo={cfg.elbo} draws its {total} samples as one tensor: set "
                           "train.vectorize_particles=true")  # fmt: skip
     vectorize = cfg.vectorize_particles and total > 1

@@ -124,6 +124,23 @@ def iwae_dreg(log_p: torch.Tensor, log_q: torch.Tensor, log_q_stop: torch.Tensor
     return -_with_gradient_of(log_mean_exp(log_w), surrogate).sum()
 
 
+def iwae_dreg_hookless(log_p: torch.Tensor, log_q: torch.Tensor, log_q_stop: torch.Tensor, log_p_fixed_z: torch.Tensor,
+                       beta: torch.Tensor | float = 1.0) -> torch.Tensor:  # fmt: skip
+    r""":func:`iwae_dreg`'s estimator without hooks, for guides of several latent sites where one
+    depends on another (a hook on each sample would scale the gradient reaching an upper sample
+    through a lower one twice). With normalised weights :math:`\tilde w_n` and encoder weights
+    :math:`c_n = (1 - \beta) \tilde w_n + \beta \tilde w_n^2`, the surrogate
+    :math:`\sum_n c_n (\log p - \log q_{stop}) + (\tilde w_n - c_n) \log p(x, \bar z_n)` gives the
+    encoder :math:`\sum_n c_n \partial_z \log w_n \partial_\phi z_n` and the decoder its IWAE
+    gradient :math:`\sum_n \tilde w_n \nabla_\theta \log p(x, z_n)` (the second term, at the detached
+    samples ``log_p_fixed_z``, tops the decoder's weights up from c to w)."""
+    log_w = log_p - log_q
+    weights = torch.softmax(log_w.detach(), 0)
+    encoder = (1 - beta) * weights + beta * weights**2
+    surrogate = (encoder * (log_p - log_q_stop)).sum(0) + ((weights - encoder) * log_p_fixed_z).sum(0)
+    return -_with_gradient_of(log_mean_exp(log_w), surrogate).sum()
+
+
 def piwae(log_p: torch.Tensor, log_q: torch.Tensor, log_q_stop: torch.Tensor, log_q_fixed_z: torch.Tensor,
           log_p_fixed_z: torch.Tensor, groups: int) -> torch.Tensor:  # fmt: skip
     """The negative IWAE bound of all samples, with the decoder's IWAE gradient and the encoder's

@@ -1,5 +1,5 @@
 """The contract of each registry, checked on a component by name: what a prior, likelihood, guide,
-network, ELBO or data set must do for every other part of pyro-vae to work with it.
+network, structure, ELBO or data set must do for every other part of pyro-vae to work with it.
 
 :func:`check_component` builds the component the way the factories do, inside a tiny VAE
 (latent size 3, 4 x 4 grey images, double precision, a fixed seed), and runs it once: shapes, finite
@@ -24,8 +24,10 @@ from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.nets import NETWORKS
 from pyro_vae.config import ConfigError, ModelConfig, TrainConfig
 from pyro_vae.data.splits import DATASETS
-from pyro_vae.model import VAE, build_vae
+from pyro_vae.model import VAE, Structure, build_vae
 from pyro_vae.objectives.elbos import ELBOFlags, build_elbo
+from pyro_vae.objectives.fast import build_loss
+from pyro_vae.objectives.sites import record_structure
 from pyro_vae.registry import by_config_key
 from pyro_vae.seeding import fork_rng
 
@@ -40,7 +42,7 @@ class ContractError(ValueError):
 
 def check_component(config_key: str, name: str) -> None:
     """Check the component registered as ``name`` under ``config_key`` (``"model.prior"``,
-    ``"model.likelihood"``, ``"model.guide"``, ``"model.network"``, ``"train.elbo"`` or
+    ``"model.likelihood"``, ``"model.guide"``, ``"model.network"``, ``"model.structure"``, ``"train.elbo"`` or
     ``"data.name"``) against its registry's contract.
 
     :raises ContractError: saying what the component did and what was expected.
@@ -165,7 +167,9 @@ def _network(name: str) -> None:
 def _elbo(name: str) -> None:
     cls = by_config_key()["train.elbo"].get(name)
     _expect(inspect.isclass(cls) and issubclass(cls, ELBO), f"an ELBO must be a pyro.infer.ELBO subclass, got {cls!r}")
-    _expect(issubclass(cls, ELBOFlags), "an ELBO must mix in pyro_vae.objectives.elbos.ELBOFlags "
+    _expect(issubclass(cls, ELBOFlags), "an ELBO must subclass pyro_vae.objectives.elbos.Estimator (one method, "
+            "objective(traces): the fast, captured path), or mix in pyro_vae.objectives.elbos.ELBOFlags over a Pyro "
+            "ELBO "
             f"(class {cls.__name__}(ELBOFlags, Trace_ELBO)), which says what it needs")  # fmt: skip
     particles = max(1, cls.min_particles)
     elbo = build_elbo(TrainConfig(elbo=name, num_particles=particles, iw_groups=2 if cls.grouped else 1))
@@ -175,6 +179,27 @@ def _elbo(name: str) -> None:
     _finite(loss, "differentiable_loss on a batch", ())
     loss.backward()
     _expect(all(p.grad is not None for p in vae.encoder.parameters()), "the loss gives the encoder no gradient")
+
+
+def _structure(name: str) -> None:
+    """A structure (a model and guide over the images) builds from the config, is a
+    :class:`~pyro_vae.model.Structure`, has sites the estimators handle (KL warm-up reaching every
+    latent site), scores data with finite log weights and trains: the ``trace`` loss is finite and
+    reaches its parameters; its samples and reconstructions are images."""
+    structure = _vae(structure=name)
+    _expect(isinstance(structure, Structure), "a structure must subclass pyro_vae.model.Structure (a Pyro model and "
+            f"guide with the latent API), got {type(structure).__name__}")  # fmt: skip
+    x = torch.rand(B, D, dtype=torch.float64).round()
+    problems = record_structure(structure.model, structure.guide, x, warmup=True).problems(warmup=True)
+    _expect(not problems, "its model and guide: " + "; ".join(problems))
+    _finite(structure.log_weights(x, 2), "log p(x, z) - log q(z | x) (log_weights)", (2, B))
+    loss = build_loss(structure, TrainConfig(), x)(x)
+    _finite(loss, "the trace loss of a batch", ())
+    loss.backward()
+    _expect(any(p.grad is not None for p in structure.parameters()), "the loss gives its parameters no gradient")
+    with torch.no_grad():
+        _finite(structure.sample(B), "sample(n)", (B, D))
+        _finite(structure.reconstruct(x), "reconstruct(x)", (B, D))
 
 
 def _data_set(name: str) -> None:
@@ -192,5 +217,6 @@ _CHECKS: dict[str, Callable[[str], None]] = {
     "model.guide": _guide,
     "model.network": _network,
     "train.elbo": _elbo,
+    "model.structure": _structure,
     "data.name": _data_set,
 }

@@ -26,7 +26,7 @@ from pyro_vae._version import __version__
 from pyro_vae.config import ConfigError, ExperimentConfig, from_dict
 from pyro_vae.data import Splits, load_data
 from pyro_vae.files import UnsafePath, check_regular, write_atomic
-from pyro_vae.model import VAE, build_vae, meta_vae, tensor_problems
+from pyro_vae.model import Structure, build_vae, meta_vae, tensor_problems
 from pyro_vae.plugins.loader import Plugin, file_sha256, require
 from pyro_vae.runs.device import resolve_device
 from pyro_vae.runs.folder import RunDir, load_run, offline
@@ -66,7 +66,7 @@ def export_model(run_dir: str | Path, out: str | Path, which: str = "best", comm
         "config": cfg.to_dict(), "data_dim": data.data_dim, "image_shape": list(data.image_shape),
         "weights": {"file": WEIGHTS, "sha256": hashlib.sha256(weights).hexdigest(), "checkpoint": which},
         "plugins": [p.to_dict() for p in run.plugin_records()],
-        "final": summary.get("final", {}), "objective": summary.get("objective", ""),
+        "final": summary.get("final", {}), "objective": summary.get("objective", ""), "layers": _layers(vae),
     }  # fmt: skip
     write_atomic(out / CONFIG, json.dumps(record, indent=2) + "\n", out)
     write_atomic(out / CARD, model_card(record, run.root, command), out)
@@ -77,7 +77,8 @@ def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG).is_file() and not RunDir(Path(path)).config.is_file()
 
 
-def open_model(path: str | Path, which: str = "best", device: str = "auto") -> tuple[ExperimentConfig, VAE, Splits]:
+def open_model(path: str | Path, which: str = "best",
+               device: str = "auto") -> tuple[ExperimentConfig, Structure, Splits]:  # fmt: skip
     """``(config, VAE, data)`` of a run folder (its ``which`` checkpoint) or of an exported model
     folder (its weights; ``which`` does not apply), on ``device``."""
     if is_model_dir(path):
@@ -91,7 +92,7 @@ def plugin_records(folder: str | Path) -> list[Plugin]:
     return [Plugin.from_dict(p) for p in _read_record(Path(folder) / CONFIG).get("plugins", [])]
 
 
-def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig, VAE]:
+def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig, Structure]:
     """Rebuild the VAE of an exported model folder (or a run folder's best weights) for inference.
 
     :raises ModelFileError: naming the file and what differs, for a missing file, changed bytes
@@ -185,10 +186,17 @@ def model_card(record: dict, run_root: Path, command: str) -> str:
             ("train negative ELBO", final.get("train_neg_elbo"))]  # fmt: skip
     table = "\n".join(f"| {name} | {v['mean']:.2f} ± {v['se']:.2f} |" for name, v in rows if isinstance(v, dict))
     plugins = ", ".join(p["spec"] for p in record.get("plugins", [])) or "none"
+    structure, layers = model.get("structure", "vae"), _card_layers(record)
+    if structure == "vae":
+        what = f"A variational autoencoder (structure `vae`) trained with pyro-vae {record['pyro_vae']}: latent size\n"
+        what += f"{layers.get('z', model['latent_dim'])}"
+    else:
+        sizes = ", ".join(f"{name} {size}" for name, size in layers.items()) or f"{model['latent_dim']} per layer"
+        what = (f"A variational autoencoder of structure `{structure}` trained with pyro-vae {record['pyro_vae']}: "
+                f"latent layers (top first)\n{sizes}, the prior on the top layer")  # fmt: skip
     return f"""# pyro-vae model: {model['prior']} prior, {model['likelihood']} likelihood, {model['guide']} guide
 
-A variational autoencoder trained with pyro-vae {record['pyro_vae']}: latent size
-{model['latent_dim']}, network `{model['network']}` (hidden {model['hidden']}), trained with the `{train['elbo']}`
+{what}, network `{model['network']}` (hidden {model['hidden']}), trained with the `{train['elbo']}`
 ELBO for {train['epochs']} epochs on `{data['name']}` (images {record['image_shape']}); weights of the
 {record['weights']['checkpoint']} checkpoint of run folder `{run_root}`.
 {f"Training optimised {record['objective']}." if train['kl_weight'] != 1 else ''}
@@ -216,6 +224,29 @@ or use it from the command line: `pyro-vae evaluate THIS_FOLDER`, `pyro-vae samp
 
 Made by: `{command or 'pyro-vae export'}`
 """
+
+
+def _layers(vae: Structure) -> dict[str, int] | None:
+    try:
+        return vae.layers()
+    except NotImplementedError:  # (a plugin's structure that does not list them)
+        return None
+
+
+def _card_layers(record: dict) -> dict[str, int]:
+    """The latent layers (site -> size, top first) a model record names: its ``layers``, or (a record
+    written before they were kept) read from its config for the built-in structures."""
+    if isinstance(record.get("layers"), dict):
+        return record["layers"]
+    model = record["config"]["model"]
+    structure = model.get("structure", "vae")
+    if structure == "vae":
+        return {"z": model["latent_dim"]}
+    if structure == "hierarchical":
+        settings = model.get("hierarchical", {})
+        dims = list(settings.get("latent_dims") or [model["latent_dim"]] * settings.get("layers", 2))
+        return {f"z{i + 1}": dims[i] for i in reversed(range(len(dims)))}
+    return {}
 
 
 def _inside(path: Path) -> None:

@@ -1,8 +1,9 @@
 """Whether a training step can be captured in a CUDA graph, decided on any device (the CPU included).
 
 A CUDA graph replays the kernels a step launched; it cannot hold what needs the host in the middle
-of the step. :func:`check_capture` runs one step body of a :class:`~pyro_vae.training.engine.StepEngine`
-under a :class:`~torch.utils._python_dispatch.TorchDispatchMode` that sees every aten operation and
+of the step. :meth:`StepEngine.check_capture <pyro_vae.training.engine.StepEngine.check_capture>`
+runs one step body of the engine (through :func:`watched`) under a
+:class:`~torch.utils._python_dispatch.TorchDispatchMode` that sees every aten operation and
 reports the first of:
 
 - a host sync: ``aten._local_scalar_dense`` (``.item()``, ``bool()``, ``float()`` of a tensor, so
@@ -13,15 +14,21 @@ reports the first of:
   with a boolean mask, ``unique``);
 - a copy between devices (``aten._to_copy`` to another device).
 
+One case is allowed: Pyro's ``pyro.plate`` without a ``device`` makes an empty tensor on the default
+(CPU) device, once per plate entry, only to read its ``.device`` (``_Subsample.__init__``); it is
+never copied to the GPU, and the structures pass ``device=`` anyway, so only a plugin's own plates
+make it.
+
 Everything the step changes (parameters, optimizer state, the engine's counters, the RNG) is put
-back afterwards, so checking changes nothing a run computes. :func:`capture_choice` is the one place
-that turns a problem into a decision: ``train.engine=auto`` runs eagerly (one log line naming the
+back afterwards, so checking changes nothing a run computes. :func:`~pyro_vae.training.engine.capture_choice`
+is the one place that turns a problem into a decision: ``train.engine=auto`` runs eagerly (one log line naming the
 operation and where it came from), an engine that captures by name is a ``ConfigError``.
 """
 
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +36,7 @@ import pyro
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pyro_vae.config import ConfigError
 from pyro_vae.seeding import fork_rng
-from pyro_vae.training.engine import Choice, StepEngine, _init_optimizer_state
 
 aten = torch.ops.aten
 SYNC = "a host sync (.item(), bool() or float() of a device tensor)"
@@ -69,6 +74,11 @@ def _issuer() -> str:
     return f"{frame.filename.split('site-packages/')[-1]}:{frame.lineno} ({frame.name})"
 
 
+def _from_pyros_plate() -> bool:
+    return any(f.filename.endswith("pyro/poutine/subsample_messenger.py") and f.name == "__init__"
+               for f in traceback.extract_stack())  # fmt: skip
+
+
 class _Watch(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -86,6 +96,8 @@ class _Watch(TorchDispatchMode):
             source = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
             if source is not None and torch.device(kwargs["device"]) != source:
                 what = f"a copy between devices ({source} -> {kwargs['device']})"
+        if what is not None and func.overloadpacket is aten.lift_fresh and _from_pyros_plate():
+            what = None  # the device probe of pyro.plate without device= (see the module's docstring)
         if what is not None:
             self.count += 1
             if self.first is None:
@@ -93,44 +105,12 @@ class _Watch(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def check_capture(engine: StepEngine, size: int | None = None, validation: bool = False) -> CaptureProblem | None:
-    """Run one step body of ``engine`` (batches of ``size`` images, default its batch size) as a
-    capture would, watched; return what a CUDA graph could not hold, or None. ``validation``: with
-    distribution argument checks on (the engine turns them off around its step)."""
-    size = size or engine.bs
-    _init_optimizer_state(engine.optim)
-    state = engine._state_tensors()
-    saved = [t.clone() for t in state]
-    grads = [p.grad for group in engine.optim.param_groups for p in group["params"]]
+def watched(step: Callable[[], None], device: torch.device, validation: bool = False) -> CaptureProblem | None:
+    """Run ``step`` (one training step body) under the watch, its random draws borrowed
+    (:func:`~pyro_vae.seeding.fork_rng`); what a CUDA graph could not hold, or None. ``validation``:
+    with distribution argument checks on. :meth:`pyro_vae.training.engine.StepEngine.check_capture`
+    runs its own step this way and puts back what the step changed."""
     watch = _Watch()
-    try:
-        with fork_rng(engine.x.device), pyro.validation_enabled(validation), watch:
-            engine._body(size)
-    finally:
-        with torch.no_grad():
-            for t, value in zip(state, saved):
-                t.copy_(value)
-        for p, g in zip((p for group in engine.optim.param_groups for p in group["params"]), grads):
-            p.grad = g
+    with fork_rng(device), pyro.validation_enabled(validation), watch:
+        step()
     return None if watch.first is None else CaptureProblem(*watch.first, watch.count)
-
-
-def capture_choice(choice: Choice, requested: str, problem: CaptureProblem | None) -> Choice:
-    """The engine that runs once the step has been checked: ``choice`` when it captures nothing or
-    the check found nothing; eager with the reason under ``train.engine=auto``; a ``ConfigError``
-    when ``train.engine`` named an engine that captures."""
-    if not choice.capture or problem is None:
-        return choice
-    if requested != "auto":
-        raise ConfigError(f"train.engine={requested} captures the training step in a CUDA graph, which cannot hold "
-                          f"{problem}. Use train.engine=auto (it then runs eagerly) or train.engine=eager")  # fmt: skip
-    return Choice("eager", False, False, f"train.engine=auto runs eagerly: a CUDA graph cannot hold {problem}")
-
-
-def checked_choice(choice: Choice, requested: str, make_engine) -> Choice:
-    """:func:`capture_choice` after checking the step of ``make_engine(capturing_choice)`` (a
-    :class:`StepEngine` built for capture, with the loss uncompiled) when ``choice`` captures."""
-    if not choice.capture:
-        return choice
-    problem = check_capture(make_engine(Choice(choice.name, True, False)))
-    return capture_choice(choice, requested, problem)

@@ -31,11 +31,12 @@ from torch.distributions import kl_divergence
 
 from pyro_vae.config import ConfigError, ExperimentConfig
 from pyro_vae.data import Splits
-from pyro_vae.model import VAE
+from pyro_vae.model import Structure
+from pyro_vae.objectives.sites import PyroSource, draw
 from pyro_vae.seeding import fork_rng
 
 
-def check_data(vae: VAE, data: Splits) -> None:
+def check_data(vae: Structure, data: Splits) -> None:
     """Reject data outside the likelihood's support (every split, before training starts)."""
     for split in ("train", "valid", "test"):
         if split == "train" and data.dynamic_binarization:
@@ -46,7 +47,7 @@ def check_data(vae: VAE, data: Splits) -> None:
             raise ConfigError(str(exc)) from None
 
 
-def _structure(vae: VAE, x: torch.Tensor) -> list[tuple]:
+def _structure(vae: Structure, x: torch.Tensor) -> list[tuple]:
     guide_tr, model_tr = vae.traces(x)
     return [
         (which, name, site["is_observed"], tuple(site["fn"].batch_shape), tuple(site["fn"].event_shape))
@@ -56,21 +57,25 @@ def _structure(vae: VAE, x: torch.Tensor) -> list[tuple]:
     ]
 
 
-def check_compatible(vae: VAE, cfg: ExperimentConfig, elbo: ELBO, x: torch.Tensor) -> None:
-    """Checks that need the built VAE, the built ELBO (``cfg.train.elbo``) and a batch ``x`` of
-    training data (RNG left alone)."""
+def check_compatible(vae: Structure, cfg: ExperimentConfig, elbo: ELBO, x: torch.Tensor) -> None:
+    """Checks that need the built structure (a VAE), the built ELBO (``cfg.train.elbo``) and a batch
+    ``x`` of training data (RNG left alone)."""
     with fork_rng(x.device), torch.no_grad():
         if elbo.analytic_kl and not cfg.train.kl_fallback:
-            q, p = vae.encoder(x), vae.prior(x.shape[0])
-            try:
-                kl_divergence(q, p)
-            except NotImplementedError:
-                raise ConfigError(
-                    f"train.elbo={cfg.train.elbo} with train.kl_fallback=false needs a closed-form KL, but none is "
-                    f"registered between the {cfg.model.guide} guide ({type(q).__name__}) and the {cfg.model.prior} "
-                    f"prior ({type(p).__name__}); set train.kl_fallback=true (Monte-Carlo KL for this pair) or "
-                    "train.elbo=trace"
-                ) from None
+            with pyro.validation_enabled(False):
+                t = draw(PyroSource(vae.model, vae.guide, vae), x, None, 1)
+            for name in t.latent:
+                q, p = t.guide[name].fn, t.model[name].fn
+                try:
+                    kl_divergence(q, p)
+                except NotImplementedError:
+                    where = f" at site '{name}'" if len(t.latent) > 1 else ""
+                    raise ConfigError(
+                        f"train.elbo={cfg.train.elbo} with train.kl_fallback=false needs a closed-form KL{where}, but "
+                        f"none is registered between the {cfg.model.guide} guide ({type(q).__name__}) and the "
+                        f"{cfg.model.prior} prior ({type(p).__name__}); set train.kl_fallback=true (Monte-Carlo KL "
+                        "for this pair) or train.elbo=trace"
+                    ) from None
         if elbo.jit:
             with pyro.validation_enabled(False):
                 torch.manual_seed(0)
@@ -86,20 +91,21 @@ def check_compatible(vae: VAE, cfg: ExperimentConfig, elbo: ELBO, x: torch.Tenso
 
 
 @torch.no_grad()
-def diagnose(vae: VAE, x: torch.Tensor) -> str:
+def diagnose(vae: Structure, x: torch.Tensor) -> str:
     """Which term of the negative ELBO is not finite on the batch ``x``: non-finite parameters,
     or the log-densities of the guide's and the model's sites at one draw."""
     bad = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         return "non-finite parameters: " + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
     with pyro.validation_enabled(False):
-        guide_tr, model_tr = vae.traces(x)
-    terms = {"log q(z|x) (guide)": guide_tr.nodes["z"], "log p(z) (prior)": model_tr.nodes["z"],
-             "log p(x|z) (likelihood)": model_tr.nodes["x"]}  # fmt: skip
+        t = draw(PyroSource(vae.model, vae.guide, vae), x, None, 1)
+    terms = [(f"log q({name}|x) (guide)", site) for name, site in t.guide.items()]
+    terms += [(f"log p({name}) (prior)" if not site.observed else f"log p({name}|z) (likelihood)", site)
+              for name, site in t.model.items()]  # fmt: skip
     out = []
-    for label, site in terms.items():
-        values = site["fn"].log_prob(site["value"])
+    for label, site in terms:
+        values = site.log_prob()
         if not torch.isfinite(values).all():
-            out.append(f"{label} at site '{site['name']}' is {values[~torch.isfinite(values)][0].item()} "
+            out.append(f"{label} at site '{site.name}' is {values[~torch.isfinite(values)][0].item()} "
                        f"for {int((~torch.isfinite(values)).sum())} of {values.numel()} images")  # fmt: skip
     return "; ".join(out) or "every term is finite when recomputed (an overflow in the gradient step)"

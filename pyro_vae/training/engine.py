@@ -33,8 +33,10 @@ import pyro
 import torch
 
 from pyro_vae.config import TRAIN_ENGINES as ENGINES
+from pyro_vae.config import ConfigError
 from pyro_vae.data.pixels import decode
 from pyro_vae.training import distributed
+from pyro_vae.training.capture import CaptureProblem, watched
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +131,14 @@ class Choice:
     reason: str | None = None
 
 
-def choose_engine(requested: str, device: torch.device, fast: bool, data_parallel: bool,
+def choose_engine(requested: str, device: torch.device, static: bool, data_parallel: bool,
                   compilable: bool = True) -> Choice:  # fmt: skip
-    """What ``train.engine = requested`` runs on ``device``. ``fast``: the fast ELBO applies (capture
-    and compilation need its fixed structure); ``data_parallel``: several processes (capture with
-    NCCL's collectives is not made safe here, so DDP runs uncaptured); ``compilable``: the loss
-    survives ``torch.compile`` (not so for ``iwae_dreg`` and ``piwae``, whose gradient hooks on z
-    the compiled backward drops: their gradients came out wrong in a side-by-side check)."""
+    """What ``train.engine = requested`` runs on ``device``. ``static``: the loss is one of pyro-vae's
+    estimators on a structure whose sites are the same every step (``Loss.static``: capture and
+    compilation need it); ``data_parallel``: several processes (capture with NCCL's collectives is
+    not made safe here, so DDP runs uncaptured); ``compilable``: the loss survives ``torch.compile``
+    (``Loss.compilable``: the lean path without gradient hooks on z, which the compiled backward
+    drops: ``iwae_dreg``'s gradients came out wrong in a side-by-side check)."""
     if requested not in ENGINES:
         raise ValueError(f"train.engine must be one of {ENGINES}, got {requested!r}")
     cuda = device.type == "cuda"
@@ -143,8 +146,8 @@ def choose_engine(requested: str, device: torch.device, fast: bool, data_paralle
         return Choice("eager", False, False)
     name = "graph" if requested == "auto" else requested
     why = None
-    if not fast:
-        why = "the fast ELBO does not apply (see the log above), and Pyro's traced ELBOs run eagerly"
+    if not static:
+        why = "the loss is Pyro's own ELBO (a JIT or plugin ELBO class) or its sites change between steps"
     elif name == "graph" and not cuda:
         why = "CUDA graphs need a CUDA device"
     elif name == "graph" and data_parallel:
@@ -155,8 +158,30 @@ def choose_engine(requested: str, device: torch.device, fast: bool, data_paralle
         capture = cuda and not data_parallel
         return Choice("graph" if capture else "eager", capture, False,
                       f"train.engine=compiled runs {'as graph' if capture else 'eagerly'}: this ELBO reweights "
-                      "gradients with hooks on z, which torch.compile does not keep")  # fmt: skip
+                      "gradients with hooks on z, which torch.compile does not keep, or the loss runs through "
+                      "Pyro's effect handlers (train.fast_path=false, or a structure without stories)")  # fmt: skip
     return Choice(name, cuda and not data_parallel, name == "compiled")
+
+
+def capture_choice(choice: Choice, requested: str, problem: CaptureProblem | None) -> Choice:
+    """The engine that runs once the step has been checked: ``choice`` when it captures nothing or
+    the check found nothing; eager with the reason under ``train.engine=auto``; a ``ConfigError``
+    when ``train.engine`` named an engine that captures."""
+    if not choice.capture or problem is None:
+        return choice
+    if requested != "auto":
+        raise ConfigError(f"train.engine={requested} captures the training step in a CUDA graph, which cannot hold "
+                          f"{problem}. Use train.engine=auto (it then runs eagerly) or train.engine=eager")  # fmt: skip
+    return Choice("eager", False, False, f"train.engine=auto runs eagerly: a CUDA graph cannot hold {problem}")
+
+
+def checked_choice(choice: Choice, requested: str, make_engine: Callable[[Choice], StepEngine]) -> Choice:
+    """:func:`capture_choice` after checking the step of ``make_engine(capturing_choice)`` (a
+    :class:`StepEngine` built for capture, with the loss uncompiled) when ``choice`` captures."""
+    if not choice.capture:
+        return choice
+    problem = make_engine(Choice(choice.name, True, False)).check_capture()
+    return capture_choice(choice, requested, problem)
 
 
 class StepEngine:
@@ -254,6 +279,26 @@ class StepEngine:
         self.step_count.add_(1)
         if self.choice.capture:
             self.batch.add_(1)
+
+    def check_capture(self, size: int | None = None, validation: bool = False) -> CaptureProblem | None:
+        """Run one step body (batches of ``size`` images, default the batch size) as a capture
+        would, watched (:mod:`pyro_vae.training.capture`): what a CUDA graph could not hold, or None.
+        Everything the step changes (parameters, gradients, optimizer state, counters, the RNG) is
+        put back. ``validation``: with distribution argument checks on (the step turns them off)."""
+        size = size or self.size(0)
+        _init_optimizer_state(self.optim)
+        state = self._state_tensors()
+        saved = [t.clone() for t in state]
+        params = [p for group in self.optim.param_groups for p in group["params"]]
+        grads = [p.grad for p in params]
+        try:
+            return watched(lambda: self._body(size), self.x.device, validation)
+        finally:
+            with torch.no_grad():
+                for t, value in zip(state, saved):
+                    t.copy_(value)
+            for p, g in zip(params, grads):
+                p.grad = g
 
     def _state_tensors(self) -> list[torch.Tensor]:
         params = [p for group in self.optim.param_groups for p in group["params"]]

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from pyro_vae.config import ConfigError, ExperimentConfig
 from pyro_vae.data import Splits, load_data
 from pyro_vae.data.pixels import decode, evenly_spaced
+from pyro_vae.evaluation.latent import active_units_per_layer
 from pyro_vae.evaluation.metrics import as_dict, evaluate, with_bits_per_dim
 from pyro_vae.files import check_regular
 from pyro_vae.model import VAE, build_vae
@@ -37,10 +38,9 @@ from pyro_vae.runs.checkpoint import get_rng_state, load_checkpoint, save_checkp
 from pyro_vae.runs.device import environment, resolve_device
 from pyro_vae.runs.folder import RunDir, check_resumable, check_resume_config, saved_device, stored_config
 from pyro_vae.training import distributed
-from pyro_vae.training.capture import checked_choice
 from pyro_vae.training.checks import check_compatible, check_data, diagnose
-from pyro_vae.training.engine import StepEngine, choose_engine, kl_warmup_weight, make_optimizer
-from pyro_vae.training.stopping import StopRequests, TrainingError, any_rank, interrupted
+from pyro_vae.training.engine import StepEngine, checked_choice, choose_engine, kl_warmup_weight, make_optimizer
+from pyro_vae.training.stopping import StopRequests, TrainingError, any_rank, interrupted, stop_reason
 from pyro_vae.training.tensorboard import TensorBoard, require_tensorboard
 
 log = logging.getLogger(__name__)
@@ -223,6 +223,8 @@ def finish(run: RunDir, cfg: ExperimentConfig, vae: VAE, data: Splits, device: t
     test = with_bits_per_dim(test, x_test)
     log.info("best epoch %d: test negative ELBO %s, test NLL (K=%d) %s nats", best["epoch"],
              test["neg_elbo"], k, test.get("nll", test["neg_elbo"]))  # fmt: skip
+    with torch.no_grad():
+        units = active_units_per_layer(vae, data.stored("test").to(device))
     return {
         "config": cfg.to_dict(),
         "environment": environment(device),
@@ -237,6 +239,9 @@ def finish(run: RunDir, cfg: ExperimentConfig, vae: VAE, data: Splits, device: t
             "iwae_k": k,
             "iwae_images": n_iw,
         },
+        # Burda et al.'s active units per latent layer (top first): Cov_x(E_q[z_u|x]) > 0.01 on the test split
+        "active_units": {layer: {"active": u["active"], "of": len(u["activity"]), "threshold": u["threshold"]}
+                         for layer, u in units.items()},  # fmt: skip
     }
 
 
@@ -290,7 +295,7 @@ class Trainer:
                               kl_weight=cfg.train.kl_weight, ctx=ctx,
                               fallback=cfg.train.engine == "auto")  # a failed capture continues eagerly
 
-        choice = choose_engine(cfg.train.engine, device, loss.fast, ctx.active, loss.compilable)
+        choice = choose_engine(cfg.train.engine, device, loss.static, ctx.active, loss.compilable)
         choice = checked_choice(choice, cfg.train.engine, engine)  # what a CUDA graph cannot hold runs eagerly
         if choice.reason and ctx.main:  # a fallback: a warning where an engine was asked for by name
             log.log(logging.INFO if cfg.train.engine == "auto" else logging.WARNING, "%s", choice.reason)
@@ -322,10 +327,11 @@ class Trainer:
                         "uninterrupted run", saved_device(state), self.device.type)  # fmt: skip
 
     def should_stop(self) -> bool:
-        """Out of epochs, of time (``train.time_limit_min``) or of patience (``train.patience``)."""
-        t = self.cfg.train
-        out_of_time = t.time_limit_min and self.train_time >= 60 * t.time_limit_min
-        return bool(self.epoch >= t.epochs or out_of_time or (t.patience and self.stale >= t.patience))
+        """A stop rule of :func:`~pyro_vae.training.stopping.stop_reason` applies (logged once)."""
+        reason = stop_reason(self.cfg.train, self.epoch, self.train_time, self.stale)
+        if reason and self.ctx.main:
+            log.info("training stops: %s", reason)
+        return reason is not None
 
     def checkpoint(self, paths: list[Path], epoch_done: int, **extra) -> None:
         """Write the run's state (with every rank's RNG state) to each path; a collective call."""

@@ -1,7 +1,7 @@
-"""How a run stops early: a non-finite loss (:class:`TrainingError`) or a signal
-(:class:`StopRequests` turns SIGINT / SIGTERM into a flag, the loop checkpoints and raises
-:class:`TrainingInterrupted`). Under data parallelism every rank stops at the same step
-(:func:`any_rank`)."""
+"""How a run stops: its rules (:func:`stop_reason`: out of epochs, of time, of patience), a
+non-finite loss (:class:`TrainingError`) or a signal (:class:`StopRequests` turns SIGINT / SIGTERM
+into a flag, the loop checkpoints and raises :class:`TrainingInterrupted`). Under data parallelism
+every rank stops at the same step (:func:`any_rank`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,21 @@ import threading
 
 import torch
 
+from pyro_vae.config import TrainConfig
 from pyro_vae.training import distributed
+
+
+def stop_reason(cfg: TrainConfig, epochs_done: int, train_time_s: float, stale_epochs: int) -> str | None:
+    """Why training stops after ``epochs_done`` epochs, ``train_time_s`` seconds of training and
+    ``stale_epochs`` epochs without a better valid ELBO, or None to go on: ``train.epochs``,
+    ``train.time_limit_min`` (checked after each epoch), ``train.patience``."""
+    if epochs_done >= cfg.epochs:
+        return f"train.epochs = {cfg.epochs} reached"
+    if cfg.time_limit_min and train_time_s >= 60 * cfg.time_limit_min:
+        return f"train.time_limit_min = {cfg.time_limit_min:g} reached ({train_time_s / 60:.1f} minutes of training)"
+    if cfg.patience and stale_epochs >= cfg.patience:
+        return f"train.patience = {cfg.patience}: no better valid ELBO for {stale_epochs} epochs"
+    return None
 
 
 class TrainingError(RuntimeError):

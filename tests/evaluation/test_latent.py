@@ -3,16 +3,22 @@ exported model, with bad arguments ending in exit 2 and a message."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save
 
 from pyro_vae.cli import main
-from pyro_vae.config import ModelConfig
+from pyro_vae.config import ModelConfig, load_config
+from pyro_vae.data import load_data
 from pyro_vae.evaluation import latent
+from pyro_vae.evaluation.plots import make_figures
 from pyro_vae.model import build_vae
-from pyro_vae.runs.export import export_model
+from pyro_vae.runs.export import export_model, model_card
 from pyro_vae.training.loop import fit
 from tests.helpers import png_header_only, small_cfg
 
@@ -154,3 +160,120 @@ def test_read_images_scales_16_bit_composites_alpha_and_refuses_a_bomb(tmp_path,
     bomb = png_header_only(tmp_path / "bomb.png", 50_000, 50_000)
     with pytest.raises(ValueError, match=rf"{bomb} declares 2,500,000,000 pixels, more than PIL's limit"):
         latent.read_images([bomb], (28, 28), binarize=False)
+
+
+# ---------------------------------------------------------------- structures of several latent layers
+
+
+def _hierarchical(*extra, d=12):
+    cfg = load_config(None, ["model.structure=hierarchical", "model.hidden=8", "model.latent_dim=3", *extra]).model
+    torch.manual_seed(0)
+    return build_vae(cfg, d).double().eval()
+
+
+def test_traverse_varies_one_layer_and_follows_it_below():
+    h, x = _hierarchical(), torch.rand(6, 12, dtype=torch.float64).round()
+    codes = {name: z[0] for name, z in h.point(x).items()}
+    grid = latent.traverse(h, codes, [1], span=2.0, steps=4, layer="z1")
+    z1 = codes["z1"].repeat(4, 1)
+    z1[:, 1] = torch.linspace(-2, 2, 4, dtype=torch.float64)
+    torch.testing.assert_close(grid, h.decode({"z2": codes["z2"].repeat(4, 1), "z1": z1}))
+    top = latent.traverse(h, codes, [0, 2], span=1.0, steps=3)  # the top layer by default; z1 follows it
+    z2 = codes["z2"].repeat(3, 1)
+    z2[:, 0] = torch.linspace(-1, 1, 3, dtype=torch.float64)
+    torch.testing.assert_close(top[:3], h.decode({"z2": z2}))
+    torch.testing.assert_close(latent.traverse(h, codes["z2"], [0], 1.0, 3), top[:3])  # a tensor: the layer's code
+    with pytest.raises(ValueError, match=r"--dims \[3\] out of range: layer z1 has dimensions 0..2"):
+        latent.traverse(h, codes, [3], layer="z1")
+    with pytest.raises(ValueError, match="traversing z1 needs the codes of z2: its own and those of the layers above"):
+        latent.traverse(h, {"z1": codes["z1"]}, [0], layer="z1")
+    with pytest.raises(ValueError, match="--layer z3 is not a latent layer of this model; its layers .*: z2, z1"):
+        latent.traverse(h, codes, [0], layer="z3")
+
+
+def test_interpolate_sample_encode_and_active_units_of_every_layer():
+    h = _hierarchical("model.hierarchical.latent_dims=[3,2]")
+    x = torch.rand(200, 12, dtype=torch.float64).round()
+    paths = latent.interpolate(h, x[0], x[1], steps=5)
+    torch.testing.assert_close(paths["linear"][[0, -1]], h.reconstruct(x[:2]))  # the ends: both images' codes
+    torch.testing.assert_close(paths["spherical"][[0, -1]], h.reconstruct(x[:2]))
+    torch.manual_seed(4)
+    expected = h.decode(h.sample_latents(6, 0.5))
+    torch.testing.assert_close(latent.sample(h, 6, temperature=0.5, seed=4), expected)
+    codes = latent.encode(h, x, batch_size=70)
+    assert sorted(codes) == ["z1_loc", "z1_scale", "z2_loc", "z2_scale"]
+    assert codes["z2_loc"].shape == codes["z2_scale"].shape == (200, 2) and codes["z1_loc"].shape == (200, 3)
+    np.testing.assert_allclose(codes["z2_loc"], h.point(x)["z2"].detach().numpy())
+    with torch.no_grad():
+        h.top.head.weight[1].zero_()  # the mean of z2_1 no longer depends on x
+        h.lower[0].net[-1].weight[0].zero_()  # nor that of z1_0 on x or z2
+    units = latent.active_units_per_layer(h, x)
+    assert list(units) == ["z2", "z1"] and units["z2"]["layer"] == "z2"
+    assert units["z2"]["activity"][1] < 1e-20 and units["z1"]["activity"][0] < 1e-20
+    assert units["z2"]["order"][-1] == 1 and units["z1"]["order"][-1] == 0
+    assert latent.active_units(h, x) == units["z2"] and latent.active_units(h, x, "z1") == units["z1"]
+
+
+def _export_by_hand(cfg, folder):
+    """An exported model folder of an untrained model of ``cfg`` (what pyro-vae export writes)."""
+    data = load_data(cfg.data)
+    torch.manual_seed(0)
+    model = build_vae(cfg.model, data.data_dim, data.image_shape)
+    weights = save({n: t.contiguous() for n, t in model.state_dict().items()})
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(weights)
+    record = {"format": "pyro-vae-model", "format_version": 1, "pyro_vae": "test", "config": cfg.to_dict(),
+              "data_dim": data.data_dim, "image_shape": list(data.image_shape),
+              "weights": {"file": "model.safetensors", "sha256": hashlib.sha256(weights).hexdigest(),
+                          "checkpoint": "best"},
+              "plugins": [], "final": {}, "objective": "", "layers": model.layers()}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(record))
+    return record, model, data
+
+
+def test_every_latent_command_on_a_hierarchical_model(tmp_path, capsys):
+    cfg = small_cfg("model.structure=hierarchical", "model.hierarchical.latent_dims=[3,2]")
+    record, model, data = _export_by_hand(cfg, tmp_path / "model")
+    where, out = str(tmp_path / "model"), tmp_path / "out"
+    common = ["--device", "cpu", "--out", str(out)]
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "mine.png")
+    assert main(["sample", where, "--n", "4", "--temperature", "0.8", *common]) == 0
+    assert main(["interpolate", where, "--between", "0", "7", "--steps", "4", *common]) == 0
+    assert main(["traverse", where, *common]) == 0
+    printed = capsys.readouterr().out
+    assert "active units (Cov_x E[z|x] > 0.01, 384 test images): z2 " in printed and " of 2, z1 " in printed
+    assert json.loads((out / "traverse.json").read_text())["layer"] == "z2"
+    assert main(["traverse", where, "--layer", "z1", "--dims", "2", "0", "--image", "3", *common]) == 0
+    numbers = json.loads((out / "traverse.json").read_text())
+    assert numbers["layer"] == "z1" and numbers["dims"] == [2, 0] and sorted(numbers["layers"]) == ["z1", "z2"]
+    assert main(["encode", where, *common]) == 0
+    codes = np.load(out / "codes_test.npz")
+    assert codes["z2_loc"].shape == (384, 2) and codes["z1_scale"].shape == (384, 3) and "labels" in codes
+    assert main(["reconstruct", where, str(tmp_path / "mine.png"), *common]) == 0
+    for figure in ("samples_t0.8.png", "interpolate_0_7.png", "traverse.png", "reconstruct.png"):
+        assert (out / figure).stat().st_size > 0, figure
+    for argv, message in [(["traverse", where, "--layer", "z3"], "--layer z3 is not a latent layer of this model; "
+                           "its layers (top first): z2, z1"),
+                          (["traverse", where, "--layer", "z2", "--dims", "2"], "--dims [2] out of range: layer z2 "
+                           "has dimensions 0..1")]:  # fmt: skip
+        assert main([*argv, *common]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    card = model_card(record, tmp_path / "run", "pyro-vae export")
+    assert "structure `hierarchical`" in card and "latent layers (top first)\nz2 2, z1 3" in card
+    assert "(structure `vae`)" in model_card({**record, "config": small_cfg().to_dict(), "layers": {"z": 2}},
+                                             tmp_path / "run", "")  # fmt: skip
+    paths = make_figures(tmp_path / "model", model, data)
+    assert sorted(p.name for p in paths) == ["latents.png", "latents_z1.png", "reconstructions.png", "samples.png"]
+
+
+def test_a_hierarchical_run_trains_and_opens(tmp_path, capsys):
+    """fit, export, and the commands on the run folder (the objectives side of issue 35 trains it)."""
+    fit(small_cfg("model.structure=hierarchical", "train.epochs=1"), tmp_path / "run", progress=False, figures=True)
+    assert (tmp_path / "run" / "figures" / "latents_z1.png").exists()
+    assert not (tmp_path / "run" / "figures" / "manifold.png").exists()  # two 2-D layers: no manifold grid
+    export_model(tmp_path / "run", tmp_path / "model")
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "latent layers (top first)\nz2 2, z1 2" in card
+    for where in (tmp_path / "run", tmp_path / "model"):
+        assert main(["traverse", str(where), "--layer", "z1", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+        assert main(["encode", str(where), "--device", "cpu", "--out", str(tmp_path / "o")]) == 0

@@ -35,7 +35,7 @@ from pyro_vae.components.priors import StandardNormal
 from pyro_vae.config import TrainConfig
 from pyro_vae.model import VAE
 from pyro_vae.objectives import surrogates
-from pyro_vae.objectives.elbos import ELBOS, _WeightedELBO
+from pyro_vae.objectives.elbos import ELBOS, _Surrogate
 from pyro_vae.objectives.fast import build_loss
 from tests.helpers import GaussianLikelihood
 
@@ -107,7 +107,7 @@ def _reference(vae: VAE, x: torch.Tensor, name: str, beta: float) -> torch.Tenso
     return -_objective(name, log_w).sum()
 
 
-class _OldDReG(_WeightedELBO):
+class _OldDReG(_Surrogate):
     """Negative control: the DReG encoder weights w^2 whatever the KL weight (the earlier code)."""
 
     needs = frozenset({"stop"})
@@ -117,7 +117,7 @@ class _OldDReG(_WeightedELBO):
         return surrogates.iwae_dreg(terms.log_p, terms.log_q, terms.log_q_stop, terms.zs, beta=1.0)
 
 
-class _PathOnlyIWAE(_WeightedELBO):
+class _PathOnlyIWAE(_Surrogate):
     """Negative control: IWAE's weights w on the path derivative, the score term dropped."""
 
     needs = frozenset({"stop"})

@@ -4,9 +4,11 @@ predicted before any GPU ran the engine), changes nothing, and decides the engin
 
 from __future__ import annotations
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from torch import nn
 
 from pyro_vae.components.guides import GUIDES
@@ -14,11 +16,12 @@ from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.config import ConfigError, load_config
 from pyro_vae.data.pixels import decode
-from pyro_vae.model import build_vae
-from pyro_vae.objectives.elbos import _WeightedELBO, build_elbo
-from pyro_vae.objectives.fast import FastELBO, build_loss
-from pyro_vae.training.capture import SYNC, capture_choice, check_capture
-from pyro_vae.training.engine import Choice, StepEngine, make_optimizer
+from pyro_vae.model import VAE, build_vae
+from pyro_vae.objectives.elbos import build_elbo
+from pyro_vae.objectives.fast import build_loss
+from pyro_vae.objectives.sites import LeanSource
+from pyro_vae.training.capture import SYNC
+from pyro_vae.training.engine import Choice, StepEngine, capture_choice, checked_choice, make_optimizer
 
 B, N = 16, 48
 BASE = ["model.hidden=8", "model.latent_dim=3", "train.device=cpu", f"train.batch_size={B}",
@@ -27,7 +30,8 @@ BASE = ["model.hidden=8", "model.latent_dim=3", "train.device=cpu", f"train.batc
 
 def _engine(*overrides: str, data=None, verified: bool = True):
     """A capturing engine for the config; ``verified``: its loss from ``build_loss`` (the structure
-    checked and compared with Pyro's on a batch), else the fast loss built directly (quicker)."""
+    checked and compared with Pyro's on a batch), else the estimator on the structure's stories
+    built directly (quicker)."""
     cfg = load_config(None, [*BASE, *overrides])
     torch.manual_seed(0)
     x = data if data is not None else torch.bernoulli(torch.full((N, 12), 0.3))
@@ -38,9 +42,7 @@ def _engine(*overrides: str, data=None, verified: bool = True):
         assert loss.fast, overrides
         fn = loss.fn
     else:
-        elbo = build_elbo(cfg.train)
-        fn = FastELBO(vae, elbo.analytic_kl, cfg.train.num_particles, elbo.importance_weighted,
-                      elbo if isinstance(elbo, _WeightedELBO) else None).differentiable_loss
+        fn = build_elbo(cfg.train).loss_fn(LeanSource(vae))
     engine = StepEngine(fn, make_optimizer(vae, 1e-3), x, B, Choice("graph", True, False),
                         binarize=cfg.data.binarize == "dynamic", warmup_steps=cfg.train.kl_warmup_epochs * 3)
     engine.start_epoch(torch.randperm(N, generator=torch.Generator().manual_seed(0)))
@@ -64,7 +66,7 @@ WARMUP = [("train.kl_warmup_epochs=2", *e) for e in FAST_ELBOS]
 def test_every_fast_path_configuration_is_checked(overrides):
     """Every prior x likelihood x guide x fast-path ELBO setting (and every ELBO under warm-up):
     capturable, except the IAF guide with an estimator that needs log q at the stopped parameters."""
-    problem = check_capture(_engine(*overrides, verified=False)[0])
+    problem = _engine(*overrides, verified=False)[0].check_capture()
     if "model.guide=iaf" in overrides and overrides[3] in STOPPED:
         assert problem is not None and problem.what == SYNC and "affine_autoregressive" in problem.where, problem
     else:
@@ -80,20 +82,20 @@ NETS = [("model.network=gated_mlp",), ("model.network=conv", "model.conv.channel
 def test_every_network_passes_the_check_with_every_fast_elbo(network, elbo):
     """Convolutions, transposed convolutions, gates and residual blocks hold no host sync and
     allocate nothing a graph cannot replay (the check CI runs for the CUDA-graph engine)."""
-    assert check_capture(_engine(*network, *elbo, verified=False)[0]) is None
+    assert _engine(*network, *elbo, verified=False)[0].check_capture() is None
 
 
 @pytest.mark.parametrize("overrides", [("train.elbo=trace",), ("model.prior=vamp", "train.elbo=iwae_dreg",
                                        "train.num_particles=3"), ("model.likelihood=discretized_logistic",
                                        "train.elbo=piwae", "train.num_particles=2", "train.iw_groups=2")])  # fmt: skip
 def test_the_loss_fit_builds_passes_the_check_too(overrides):
-    assert check_capture(_engine(*overrides)[0]) is None
+    assert _engine(*overrides)[0].check_capture() is None
 
 
 def test_dynamic_binarization_and_grey_data_pass_the_check():
     grey = torch.randint(0, 256, (N, 12), dtype=torch.uint8)  # stored as levels, decoded in the step
     engine, _ = _engine("data.binarize=dynamic", data=grey)
-    assert check_capture(engine) is None
+    assert engine.check_capture() is None
 
 
 @pytest.mark.parametrize("elbo", [("train.elbo=stl",), ("train.elbo=iwae_dreg", "train.num_particles=3"),
@@ -102,7 +104,7 @@ def test_the_iaf_guide_with_a_stopped_log_q_is_found_and_runs_eagerly(elbo):
     """The flow's inverse (log q at the stopped parameters) indexes with elements of a permutation
     buffer: host syncs in Pyro's AffineAutoregressive."""
     engine, _ = _engine("model.guide=iaf", *elbo)
-    problem = check_capture(engine)
+    problem = engine.check_capture()
     assert problem is not None and problem.what == SYNC and "affine_autoregressive" in problem.where, problem
     auto = capture_choice(Choice("graph", True, False), "auto", problem)
     assert auto == Choice("eager", False, False, auto.reason) and "affine_autoregressive" in auto.reason
@@ -114,7 +116,7 @@ def test_distribution_checks_in_the_step_are_host_syncs():
     """Argument validation on (torch's default) reads device values on the host: what the engine
     did before it turned the checks off around its own step."""
     engine, _ = _engine()
-    problem = check_capture(engine, validation=True)
+    problem = engine.check_capture(validation=True)
     assert problem is not None and problem.what == SYNC and problem.count >= 2, problem
 
 
@@ -146,7 +148,7 @@ def test_torchs_student_t_in_the_step_is_found(register_prior):
             return dist.StudentT(self.df, zero, zero + 1).expand([n, self.latent_dim]).to_event(1)
 
     register_prior("test_torch_student_t", TorchStudentT)
-    problem = check_capture(_engine("model.prior=test_torch_student_t")[0])
+    problem = _engine("model.prior=test_torch_student_t")[0].check_capture()
     assert problem is not None and problem.op == "aten.lift_fresh.default", problem
     assert "made from Python data" in problem.what and "torch" not in problem.where.split(":")[0], problem
 
@@ -161,7 +163,7 @@ def test_a_data_dependent_shape_is_found(register_prior):
             return _MaskedNormal(torch.zeros(n, self.latent_dim), torch.ones(n, self.latent_dim)).to_event(1)
 
     register_prior("test_masked", Masked)
-    problem = check_capture(_engine("model.prior=test_masked")[0])
+    problem = _engine("model.prior=test_masked")[0].check_capture()
     assert problem is not None and "depends on the data" in problem.what and "test_capture.py" in problem.where
 
 
@@ -174,7 +176,7 @@ def test_checking_changes_nothing_a_run_computes():
     engine, vae = _engine("train.elbo=iwae", "train.num_particles=3")
     before = {k: v.clone() for k, v in vae.state_dict().items()}
     rng = torch.get_rng_state()
-    assert check_capture(engine) is None
+    assert engine.check_capture() is None
     assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())
     assert int(engine.step_count) == 0 and float(engine.loss_sum) == 0 and int(engine.batch) == 0
@@ -183,7 +185,7 @@ def test_checking_changes_nothing_a_run_computes():
 
 def test_an_engine_that_does_not_capture_is_not_changed():
     eager = Choice("eager", False, False)
-    problem = check_capture(_engine("model.guide=iaf", "train.elbo=stl")[0])
+    problem = _engine("model.guide=iaf", "train.elbo=stl")[0].check_capture()
     assert capture_choice(eager, "auto", problem) is eager and capture_choice(eager, "eager", problem) is eager
 
 
@@ -233,3 +235,99 @@ def test_an_engine_built_for_the_check_leaves_the_learning_rate_exact():
     assert torch.is_tensor(engine.optim.param_groups[0]["lr"])
     StepEngine(engine.loss_fn, engine.optim, engine.x, B, Choice("eager", False, False))
     assert engine.optim.param_groups[0]["lr"] == 1e-3 and "lr_exact" not in engine.optim.param_groups[0]
+
+
+# ---------------------------------------------------------------- every structure, and a user's own
+
+
+HIERARCHICAL = [("model.structure=hierarchical",),
+                ("model.structure=hierarchical", "model.hierarchical.ladder=true"),
+                ("model.structure=hierarchical", "model.hierarchical.layers=3", "model.hierarchical.skip=false")]
+
+
+@pytest.mark.parametrize("structure", HIERARCHICAL, ids=lambda o: ",".join(s.split("=", 1)[1] for s in o))
+@pytest.mark.parametrize("elbo", [*FAST_ELBOS, ("train.kl_warmup_epochs=2", "train.elbo=iwae_dreg",
+                                                "train.num_particles=3")],  # fmt: skip
+                         ids=lambda o: ",".join(s.split("=", 1)[1] for s in o))
+def test_every_structure_with_every_estimator_passes_the_check(structure, elbo):
+    """The loss fit builds (on the lean path, verified against Pyro's traces) for every structure
+    and estimator: capturable."""
+    assert _engine(*structure, *elbo)[0].check_capture() is None
+
+
+class _PlainPyro(VAE):
+    """A user's own model and guide written as plain Pyro (its stories unused): the loss runs on
+    Pyro's traces, the same estimators; ``sync`` puts a host sync in the guide."""
+
+    sync = False
+
+    def model(self, x, beta=None):
+        with pyro.plate("data", x.shape[0], device=x.device):
+            with poutine.scale(scale=1.0 if beta is None else beta):
+                z = pyro.sample("z", self.prior(x.shape[0]))
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    def guide(self, x, beta=None):
+        q = self.encoder(x)
+        if self.sync:
+            float(q.base_dist.loc.detach().mean())  # a host sync: what a CUDA graph cannot hold
+        with pyro.plate("data", x.shape[0], device=x.device), poutine.scale(scale=1.0 if beta is None else beta):
+            pyro.sample("z", q)
+
+
+@pytest.fixture
+def plain_structures():
+    from pyro_vae.model import STRUCTURES, vae_structure
+
+    def factory(sync):
+        def build(cfg, data_dim, image_shape=None, settings=None, **_):
+            vae = vae_structure(cfg, data_dim, image_shape)
+            plain = _PlainPyro(vae.prior, vae.likelihood, vae.encoder, vae.decoder)
+            plain.sync = sync
+            return plain
+
+        return build
+
+    STRUCTURES.register("test_plain_pyro")(factory(False))
+    STRUCTURES.register("test_plain_pyro_item")(factory(True))
+    yield
+    for name in ("test_plain_pyro", "test_plain_pyro_item"):
+        STRUCTURES.unregister(name)
+
+
+def _plain_engine(name: str, *overrides: str):
+    cfg = load_config(None, [*BASE, f"model.structure={name}", *overrides])
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((N, 12), 0.3))
+    vae = build_vae(cfg.model, x.shape[1])
+    loss = build_loss(vae, cfg.train, x[:B])
+    assert not loss.fast and loss.static  # Pyro's traces, a static structure: the engine may capture it
+    return lambda choice: StepEngine(loss.fn, make_optimizer(vae, 1e-3), x, B, choice, warmup_steps=3), loss
+
+
+@pytest.mark.parametrize("elbo", [("train.elbo=trace",), ("train.elbo=iwae_dreg", "train.num_particles=3"),
+                                  ("train.kl_warmup_epochs=1", "train.elbo=piwae", "train.num_particles=2",
+                                   "train.iw_groups=2")], ids=lambda o: o[-1])  # fmt: skip
+def test_a_users_own_pyro_model_and_guide_passes_the_check(plain_structures, elbo):
+    make, _ = _plain_engine("test_plain_pyro", *elbo)
+    engine = make(Choice("graph", True, False))
+    engine.start_epoch(torch.randperm(N, generator=torch.Generator().manual_seed(0)))
+    assert engine.check_capture() is None
+    assert checked_choice(Choice("graph", True, False), "graph", _started(make)).name == "graph"
+
+
+def _started(make):
+    def engine(choice):
+        e = make(choice)
+        e.start_epoch(torch.randperm(N, generator=torch.Generator().manual_seed(0)))
+        return e
+
+    return engine
+
+
+def test_a_users_model_with_a_host_sync_is_refused_by_name_under_graph(plain_structures):
+    make, _ = _plain_engine("test_plain_pyro_item")
+    with pytest.raises(ConfigError, match=r"train.engine=graph .*host sync.*test_capture.py:\d+ \(guide\)"):
+        checked_choice(Choice("graph", True, False), "graph", _started(make))
+    auto = checked_choice(Choice("graph", True, False), "auto", _started(make))
+    assert auto.name == "eager" and "host sync" in auto.reason

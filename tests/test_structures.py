@@ -1,0 +1,388 @@
+"""Model structures (``model.structure``): the ``vae`` unchanged, the ``hierarchical`` one (with its
+ladder), the two ways a story is emitted (lean, Pyro) agreeing site by site, every component on the
+top layer building or refused, and the latent API, generic and per structure."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+from torch import nn
+
+from pyro_vae.components.guides import GUIDES
+from pyro_vae.components.nets import MLP, NETWORKS
+from pyro_vae.config import ConfigError, ModelConfig, load_config
+from pyro_vae.hierarchical import Hierarchical, merge
+from pyro_vae.model import STRUCTURES, VAE, LeanEmit, Structure, _build, build_model, build_vae, meta_vae
+from pyro_vae.plugins import isolated
+
+B, D = 4, 12
+
+
+def _x(b=B, d=D, dtype=torch.float64):
+    return torch.bernoulli(torch.full((b, d), 0.5, dtype=dtype), generator=torch.Generator().manual_seed(1))
+
+
+def _model(*extra, d=D, image_shape=None):
+    cfg = load_config(None, ["model.hidden=8", "model.latent_dim=3", "model.vamp.components=3",
+                             "model.mixture_of_gaussians.components=3", *extra]).model  # fmt: skip
+    torch.manual_seed(0)
+    return build_model(cfg, d, image_shape).double()
+
+
+HIERARCHICAL = {
+    "L2": ["model.structure=hierarchical"],
+    "L3": ["model.structure=hierarchical", "model.hierarchical.layers=3", "model.hierarchical.latent_dims=[2,3,4]"],
+    "ladder": ["model.structure=hierarchical", "model.hierarchical.ladder=true", "model.hierarchical.layers=3"],
+    "markov": ["model.structure=hierarchical", "model.hierarchical.skip=false", "model.hierarchical.latent_dims=[3,2]"],
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------- vae: unchanged
+
+
+def test_the_vaes_state_dict_keys_are_unchanged():
+    """Exported models load by these names: the structure adds no submodule, parameter or buffer."""
+    vae = build_vae(ModelConfig(latent_dim=2, hidden=(8,)), D)
+    assert isinstance(vae, VAE) and isinstance(vae, Structure) and STRUCTURES.get("vae") is not None
+    assert list(vae.state_dict()) == [
+        "prior.loc", "prior.scale", "encoder.trunk.0.weight", "encoder.trunk.0.bias", "encoder.head.weight",
+        "encoder.head.bias", "decoder.0.weight", "decoder.0.bias", "decoder.2.weight", "decoder.2.bias",
+    ]  # fmt: skip
+    assert build_model is build_vae and ModelConfig().structure == "vae"
+
+
+def test_the_vae_stories_give_todays_pyro_traces():
+    """Sites z (latent, scaled by beta) and x (observed, unscaled), each in plate("data") alone; the
+    guide's z is the encoder's draw, the model's replays it."""
+    vae, x, beta = build_vae(ModelConfig(latent_dim=3, hidden=(8,)), D).double(), _x(), torch.tensor(0.3)
+    torch.manual_seed(5)
+    guide_trace, model_trace = vae.traces(x, beta)
+    torch.manual_seed(5)
+    z = vae.encoder(x).rsample()
+
+    def sites(trace):
+        return [(n, s["is_observed"], [f.name for f in s["cond_indep_stack"]], s["scale"])
+                for n, s in trace.nodes.items() if s["type"] == "sample" and n != "data"]  # fmt: skip
+
+    assert sites(guide_trace) == [("z", False, ["data"], beta)]
+    assert sites(model_trace) == [("z", False, ["data"], beta), ("x", True, ["data"], 1.0)]
+    assert torch.equal(guide_trace.nodes["z"]["value"], z)
+    assert model_trace.nodes["z"]["value"] is guide_trace.nodes["z"]["value"]
+    assert vae.has_stories and vae.layers() == {"z": 3}
+
+
+# ---------------------------------------------------------------- lean and Pyro emit the same sites
+
+
+def _pyro_sites(structure, x, particles):
+    def run(fn):
+        return pyro.plate("num_particles_vectorized", particles, dim=-2, device=x.device)(fn) if particles > 1 else fn
+
+    guide_trace = poutine.trace(run(structure.guide)).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(run(structure.model), trace=guide_trace)).get_trace(x)
+
+    def sites(trace):
+        return {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and not n.startswith(("data", "num_"))}
+
+    return sites(guide_trace), sites(model_trace)
+
+
+@pytest.mark.parametrize("particles", [1, 3])
+@pytest.mark.parametrize("which", ["vae", *HIERARCHICAL])
+def test_lean_emit_records_what_pyro_traces(which, particles):
+    """Same seed, same draws; the same site names in the same order, the same values, log-densities
+    and shapes (a replayed run of the lean guide too)."""
+    structure, x = _model(*HIERARCHICAL.get(which, [])), _x()
+    torch.manual_seed(3)
+    pyro_guide, pyro_model = _pyro_sites(structure, x, particles)
+    torch.manual_seed(3)
+    guide = LeanEmit(particles)
+    structure.guide_story(x, guide)
+    model = LeanEmit(particles, values={n: s.value for n, s in guide.sites.items()})
+    structure.model_story(x, model)
+    replayed = LeanEmit(particles, values={n: s["value"] for n, s in pyro_guide.items()})
+    structure.guide_story(x, replayed)
+    names = list(structure.layers())
+    assert list(guide.sites) == list(pyro_guide) == names and list(model.sites) == list(pyro_model) == [*names, "x"]
+    lead = (particles, B) if particles > 1 else (B,)
+    for lean, pyro_sites in ((guide.sites, pyro_guide), (model.sites, pyro_model), (replayed.sites, pyro_guide)):
+        for name, site in lean.items():
+            node = pyro_sites[name]
+            assert site.observed == node["is_observed"] and site.scale == 1.0
+            torch.testing.assert_close(site.value, node["value"], rtol=0, atol=0)
+            log_p = node["fn"].log_prob(node["value"])
+            assert site.log_prob().shape == log_p.shape == lead, name
+            torch.testing.assert_close(site.log_prob(), log_p, rtol=1e-12, atol=1e-12)
+            assert site.log_prob() is site.log_prob()  # computed once
+    beta = torch.tensor(0.5)
+    emit = LeanEmit(particles, beta)
+    structure.guide_story(x, emit)
+    assert all(s.scale is beta for s in emit.sites.values())
+
+
+def test_lean_emit_refuses_a_site_emitted_twice():
+    emit = LeanEmit()
+    emit.latent("z", dist.Normal(torch.zeros(2, 3), 1.0).to_event(1))
+    with pytest.raises(ValueError, match="sample site 'z' is emitted twice"):
+        emit.observed("z", dist.Normal(torch.zeros(2, 3), 1.0).to_event(1), torch.zeros(2, 3))
+
+
+# ---------------------------------------------------------------- hierarchical
+
+
+@pytest.mark.parametrize("which", list(HIERARCHICAL))
+def test_hierarchical_log_weights_and_the_latent_api(which):
+    h, x = _model(*HIERARCHICAL[which]), _x()
+    assert isinstance(h, Hierarchical) and h.has_stories
+    layers = h.layers()
+    assert list(layers) == [f"z{i}" for i in range(len(layers), 0, -1)]
+    torch.manual_seed(0)
+    log_w = h.log_weights(x, 7)
+    assert log_w.shape == (7, B) and torch.isfinite(log_w).all()
+    assert (log_w.mean(0) < torch.logsumexp(log_w, 0) - math.log(7)).all()  # ELBO < IWAE
+    assert h.log_weights(x, 1).shape == (1, B)
+    point, encoded = h.point(x), h.encode(x)
+    assert {n: tuple(z.shape) for n, z in point.items()} == {n: (B, d) for n, d in layers.items()}
+    for name, (loc, scale) in encoded.items():
+        assert torch.equal(loc, point[name]) and scale.shape == loc.shape and (scale > 0).all()
+    codes = h.sample_latents(5, temperature=0.5)
+    assert {n: tuple(z.shape) for n, z in codes.items()} == {n: (5, d) for n, d in layers.items()}
+    top, *lower = list(layers)
+    held = h.sample_latents(5, fixed={top: point[top][0]})
+    assert torch.equal(held[top], point[top][0].expand(5, -1))
+    assert not torch.equal(held[lower[-1]][0], held[lower[-1]][1])  # the layers below are drawn
+    assert h.sample(5).shape == (5, D) and h.reconstruct(x).shape == (B, D)
+    assert ((h.sample(5) >= 0) & (h.sample(5) <= 1)).all()
+    # decode fills the missing lower layers at their conditional means
+    complete = h.complete({top: point[top]})
+    torch.testing.assert_close(h.decode({top: point[top]}), h.decode(complete))
+    torch.testing.assert_close(h.decode(point[top]), h.decode(complete))  # a tensor is the top layer's code
+    with pytest.raises(ValueError, match="the code of the top layer 'z"):
+        h.complete({lower[-1]: point[lower[-1]]})
+    with pytest.raises(ValueError, match="codes for \\['z9'\\]"):
+        h.decode({"z9": point[top]})
+    groups = h.parameter_groups()
+    everything = [p for ps in groups.values() for p in ps]
+    assert len(everything) == len({id(p) for p in everything}) == len(list(h.parameters()))
+    assert ("shared" in groups) == h.ladder and groups["encoder"] and groups["decoder"]
+
+
+def test_without_skip_the_decoder_reads_the_bottom_layer_alone():
+    h, x = _model(*HIERARCHICAL["markov"]), _x()
+    z1 = h.point(x)["z1"]
+    torch.testing.assert_close(h.decode({"z1": z1}), h.likelihood.mean(h.decoder(z1)))
+    assert h.decoder[0].in_features == 3  # z1 alone (latent_dims = [3, 2])
+    assert _model(*HIERARCHICAL["L3"]).decoder[0].in_features == 2 + 3 + 4
+
+
+def test_the_ladder_merges_by_precision():
+    g = torch.Generator().manual_seed(0)
+    loc_a, loc_b = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    scale_a = torch.rand(5, 3, generator=g, dtype=torch.float64) + 0.1
+    scale_b = torch.rand(5, 3, generator=g, dtype=torch.float64) + 1e-5
+    loc, scale = merge(loc_a, scale_a, loc_b, scale_b)
+    precision = scale_a**-2 + scale_b**-2
+    torch.testing.assert_close(scale, precision.rsqrt())
+    torch.testing.assert_close(loc, (loc_a * scale_a**-2 + loc_b * scale_b**-2) / precision)
+    h, x = _model(*HIERARCHICAL["ladder"]), _x()  # and the guide's z1 is that merge
+    up = h._bottom_up(x)
+    emit = LeanEmit()
+    h.guide_story(x, emit)
+    expected = merge(*up[0], *h.conditionals[0].loc_scale(emit.sites["z2"].value))
+    torch.testing.assert_close(emit.sites["z1"].fn.base_dist.loc, expected[0])
+    torch.testing.assert_close(emit.sites["z1"].fn.base_dist.scale, expected[1])
+
+
+@pytest.mark.filterwarnings("ignore:ConditionalAutoRegressiveNN input_dim = 1")
+@pytest.mark.parametrize("network", ["mlp", "gated_mlp", "conv"])
+def test_every_prior_and_likelihood_on_a_hierarchical_model_builds_and_trains_or_is_refused(network):
+    """Every prior on the top layer, every likelihood, both guides, with and without the ladder: a
+    meta-device twin of the real model's shapes, a finite Pyro Trace_ELBO loss and gradient, or a
+    ConfigError up front."""
+    priors = ["standard_normal", "student_t", "mixture_of_gaussians", "vamp"]
+    likelihoods = ["bernoulli", "continuous_bernoulli", "gaussian", "discretized_logistic",
+                   "discretized_logistic_mixture"]  # fmt: skip
+    image, x = (1, 4, 4), _x(d=16)  # binary pixels: valid for every likelihood
+    built = refused = 0
+    for prior in priors:
+        for likelihood in likelihoods:
+            for guide, ladder in (("diag_normal", "false"), ("diag_normal", "true"), ("iaf", "false")):
+                extra = ["model.structure=hierarchical", f"model.network={network}", f"model.prior={prior}",
+                         f"model.likelihood={likelihood}", f"model.guide={guide}",
+                         f"model.hierarchical.ladder={ladder}", "model.conv.channels=[2]",
+                         "model.conv.features=8"]  # fmt: skip
+                if guide == "iaf":
+                    with pytest.raises(ConfigError, match="does not build per-layer conditional flows; use "
+                                                          "model.guide=diag_normal"):  # fmt: skip
+                        _model(*extra, d=16, image_shape=image)
+                    refused += 1
+                    continue
+                cfg = load_config(None, ["model.hidden=8", "model.latent_dim=2", "model.vamp.components=3",
+                                         "model.mixture_of_gaussians.components=3", *extra]).model  # fmt: skip
+                torch.manual_seed(0)
+                meta = meta_vae(cfg, 16, image)
+                h = build_model(cfg, 16, image).double()
+                assert {n: t.shape for n, t in meta.state_dict().items()} == {n: t.shape for n, t in
+                                                                                h.state_dict().items()}  # fmt: skip
+                torch.manual_seed(1)
+                loss = Trace_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1).differentiable_loss(
+                    h.model, h.guide, x)  # fmt: skip
+                loss.backward()
+                assert torch.isfinite(loss), (prior, likelihood, ladder)
+                assert all(torch.isfinite(p.grad).all() for p in h.parameters() if p.grad is not None)
+                assert h.sample(2).shape == (2, 16) and torch.isfinite(h.log_weights(x, 3)).all()
+                built += 1
+    assert (built, refused) == (40, 20)
+
+
+def test_refusals_say_why_and_the_fix():
+    base = ["model.structure=hierarchical", "model.hidden=8", "model.latent_dim=2"]
+    with pytest.raises(ConfigError, match="model.hierarchical: layers = 1 must be between 2 and 64: a hierarchical"):
+        load_config(None, [*base, "model.hierarchical.layers=1"])
+    with pytest.raises(ConfigError, match=r"latent_dims = \[2, 3, 4\] gives 3 sizes for layers = 2; give one size "):
+        load_config(None, [*base, "model.hierarchical.latent_dims=[2,3,4]"])
+    with pytest.raises(ConfigError, match="model.structure = 'tree' is not one of: hierarchical, vae"):
+        load_config(None, ["model.structure=tree"])
+    with pytest.raises(ConfigError, match="model.structure=tree: unknown model structure 'tree'"):
+        build_model(ModelConfig(structure="tree"), D)
+    with pytest.raises(ConfigError, match="layers = 1 must be between 2"):  # unvalidated settings, at build time
+        build_model(ModelConfig(structure="hierarchical", settings={"hierarchical": {"layers": 1}}), D)
+
+    class PlainGuide(nn.Module):  # a plugin guide: no loc_scale, no precision to merge
+        def __init__(self, data_dim, latent_dim, network, **_):
+            super().__init__()
+            self.trunk, features = network.encoder(data_dim)
+            self.head = nn.Linear(features, latent_dim)
+
+        def forward(self, x):
+            return dist.Normal(self.head(self.trunk(x)), 1.0).to_event(1)
+
+    class NoDecoder(MLP):
+        decoder = None
+
+    with isolated():
+        GUIDES.register("plain")(PlainGuide)
+        NETWORKS.register("no_decoder")(NoDecoder)
+        with pytest.raises(ConfigError, match="the ladder merges Gaussian parameters by precision.*not "
+                                              "model.guide=plain; use model.guide=diag_normal"):  # fmt: skip
+            build_model(load_config(None, [*base, "model.guide=plain", "model.hierarchical.ladder=true"]).model, D)
+        h = build_model(load_config(None, [*base, "model.guide=plain"]).model, D)  # without the ladder: its top layer
+        assert torch.isfinite(h.double().log_weights(_x(), 2)).all()
+        with pytest.raises(ConfigError, match="the network no_decoder has no decoder.*give it both"):
+            build_model(load_config(None, [*base, "model.network=no_decoder"]).model, D)
+
+
+def test_a_hierarchical_model_above_the_size_limit_is_refused_before_it_is_allocated():
+    cfg = load_config(None, ["model.structure=hierarchical", "model.hidden=[60000,60000]", "model.latent_dim=8"]).model
+    with pytest.raises(ConfigError, match="the VAE would hold .* model.structure = hierarchical, model.latent_dim"):
+        build_model(cfg, 20000, None)
+
+
+def test_the_meta_model_draws_no_random_numbers():
+    cfg = load_config(None, ["model.structure=hierarchical", "model.hidden=8", "model.latent_dim=2",
+                             "model.hierarchical.ladder=true", "model.prior=vamp",
+                             "model.vamp.components=3"]).model  # fmt: skip
+    torch.manual_seed(0)
+    build_model(cfg, D)
+    torch.manual_seed(0)
+    again = _build(cfg, D, None)
+    torch.manual_seed(0)
+    real = build_model(cfg, D)  # (the meta twin first, then the same weights)
+    assert all(torch.equal(t, again.state_dict()[n]) for n, t in real.state_dict().items())
+
+
+# ---------------------------------------------------------------- a plugin's structure
+
+
+class TwoLayerStories(Structure):
+    """z2 ~ N(0, I), z1 | z2 ~ N(A z2, I), x | z1 ~ N(W z1, I): a plugin that writes stories."""
+
+    def __init__(self, cfg=None, data_dim=D, **_):
+        super().__init__()
+        self.data_dim = data_dim
+        self.a, self.w = nn.Linear(2, 3), nn.Linear(3, data_dim)
+        self.q2, self.q1 = nn.Linear(data_dim, 4), nn.Linear(data_dim + 2, 6)
+
+    def model_story(self, x, emit):
+        z2 = emit.latent("z2", dist.Normal(torch.zeros(x.shape[0], 2, dtype=x.dtype), 1.0).to_event(1))
+        z1 = emit.latent("z1", dist.Normal(self.a(z2), 1.0).to_event(1))
+        emit.observed("x", dist.Normal(self.w(z1), 1.0).to_event(1), x)
+
+    def guide_story(self, x, emit):
+        loc, raw = self.q2(x).chunk(2, -1)
+        z2 = emit.latent("z2", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+        h = torch.cat([x.expand(*z2.shape[:-1], x.shape[-1]), z2], -1)
+        loc, raw = self.q1(h).chunk(2, -1)
+        emit.latent("z1", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+    def layers(self):
+        return {"z2": 2, "z1": 3}
+
+
+class TwoLayerPyro(TwoLayerStories):
+    """The same model and guide written as plain Pyro."""
+
+    def model(self, x, beta=None):
+        with pyro.plate("data", x.shape[0]):
+            self.model_story(x, _Sample())
+
+    def guide(self, x, beta=None):
+        with pyro.plate("data", x.shape[0]):
+            self.guide_story(x, _Sample())
+
+
+class _Sample:
+    def latent(self, name, fn):
+        return pyro.sample(name, fn)
+
+    def observed(self, name, fn, value):
+        return pyro.sample(name, fn, obs=value)
+
+
+def test_a_plugins_structure_gets_the_generic_latent_api():
+    with isolated():
+        STRUCTURES.register("two_layer")(TwoLayerStories)
+        STRUCTURES.register("two_layer_pyro")(TwoLayerPyro)
+        torch.manual_seed(0)
+        stories = build_model(load_config(None, ["model.structure=two_layer"]).model, D).double()
+        torch.manual_seed(0)
+        plain = build_model(load_config(None, ["model.structure=two_layer_pyro"]).model, D).double()
+    x = _x()
+    assert stories.has_stories and not plain.has_stories
+    torch.manual_seed(4)
+    lean = stories.log_weights(x, 5)
+    torch.manual_seed(4)
+    traced = plain.log_weights(x, 5)
+    torch.testing.assert_close(lean, traced)  # the same draws through Pyro's particle plate
+    point = stories.point(x)
+    loc2 = stories.q2(x).chunk(2, -1)[0]
+    torch.testing.assert_close(point["z2"], loc2)
+    torch.testing.assert_close(point["z1"], stories.q1(torch.cat([x, loc2], -1)).chunk(2, -1)[0])
+    torch.testing.assert_close(stories.decode(point), stories.w(point["z1"]))  # the observed site's mean
+    torch.testing.assert_close(stories.decode({"z2": point["z2"]}), stories.w(stories.a(point["z2"])))
+    torch.manual_seed(1)
+    drawn = stories.sample_latents(6, temperature=1e-9)
+    torch.testing.assert_close(drawn["z1"], stories.a(drawn["z2"]))  # near T = 0: conditional means below the top
+    assert drawn["z2"].abs().max() < 1e-8
+    assert stories.sample(6).shape == (6, D) and stories.reconstruct(x).shape == (B, D)
+    assert stories.parameter_groups() == {"all": list(stories.parameters())}
+
+    class NoDataDim(TwoLayerStories):
+        def __init__(self):
+            super().__init__()
+            del self.data_dim
+
+    with pytest.raises(NotImplementedError, match="has no integer data_dim"):
+        NoDataDim().sample(2)
+    with pytest.raises(NotImplementedError, match="does not list its latent layers"):
+        Structure().layers()
+    with isolated():
+        STRUCTURES.register("not_a_structure")(lambda **_: nn.Linear(2, 2))
+        with pytest.raises(ConfigError, match="model.structure=not_a_structure built a Linear, not a"):
+            build_model(load_config(None, ["model.structure=not_a_structure"]).model, D)
