@@ -386,3 +386,24 @@ def test_a_plugins_structure_gets_the_generic_latent_api():
         STRUCTURES.register("not_a_structure")(lambda **_: nn.Linear(2, 2))
         with pytest.raises(ConfigError, match="model.structure=not_a_structure built a Linear, not a"):
             build_model(load_config(None, ["model.structure=not_a_structure"]).model, D)
+
+
+def test_a_hierarchical_run_trains_evaluates_compares_and_exports(tmp_path, capsys):
+    """Every command on a two-layer run: train (its summary and table with the active units per
+    layer), evaluate, the estimator laboratory, export and the exported model's evaluation."""
+    from pyro_vae.cli import main
+    from tests.helpers import SMALL
+
+    run, model = tmp_path / "run", tmp_path / "model"
+    sets = [a for item in (*SMALL, "train.epochs=1", "model.structure=hierarchical", "train.elbo=iwae_dreg",
+                           "train.num_particles=2") for a in ("--set", item)]  # fmt: skip
+    assert main(["train", "--out", str(run), "--no-progress", "--no-figures", *sets]) == 0
+    assert "active units (Cov_x E[z|x] > 0.01): z2 " in capsys.readouterr().out
+    lab = ["--images", "4", "--k", "2,4", "--particles", "1,2", "--reps", "2", "--grad-images", "4", "--grad-reps", "2",
+           "--snr-k", "2", "--no-progress", "--device", "cpu"]  # fmt: skip
+    assert main(["compare", str(run), *lab]) == 0
+    assert main(["evaluate", str(run), "--k", "3", "--images", "8", "--no-progress", "--device", "cpu"]) == 0
+    assert main(["export", str(run), "--out", str(model)]) == 0
+    assert main(["evaluate", str(model), "--k", "3", "--images", "8", "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "DReG gradients (iwae_dreg)" in (run / "compare" / "report.md").read_text()

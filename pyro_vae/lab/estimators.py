@@ -31,8 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
-import pyro.distributions as dist
 import torch
+from pyro.distributions import TorchDistribution
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import Independent, kl_divergence
 from tqdm.auto import tqdm
 
@@ -40,9 +42,10 @@ from pyro_vae.components.guides import DiagNormal
 from pyro_vae.components.likelihoods import Bernoulli
 from pyro_vae.components.priors import StandardNormal
 from pyro_vae.evaluation.metrics import iwae_log_likelihood, mean_se, samples_per_chunk
-from pyro_vae.model import VAE
+from pyro_vae.model import VAE, Structure
 from pyro_vae.objectives import closed_form
 from pyro_vae.objectives.elbos import ELBOS
+from pyro_vae.objectives.sites import PyroSource, draw
 from pyro_vae.seeding import fork_rng
 
 
@@ -90,18 +93,22 @@ def _describe(d) -> str:
     return type(base).__name__ if base is d else f"{type(base).__name__} (inside {type(d).__name__})"
 
 
-def check_analytic_kl(vae: VAE, x: torch.Tensor) -> None:
-    """Raise ``ValueError`` if KL(q(z|x) || p(z)) has no closed form for these components."""
-    q, p = vae.encoder(x[:1]), vae.prior(1)
-    try:
-        kl_divergence(q, p)
-    except NotImplementedError:
-        raise ValueError(
-            f"no analytic KL is registered between the guide's {_describe(q)} and the prior's "
-            f"{_describe(p)}; the analytic-versus-Monte-Carlo comparison needs one "
-            "(register it with torch.distributions.kl.register_kl, or compare a model with "
-            "model.prior=standard_normal and model.guide=diag_normal)"
-        ) from None
+def check_analytic_kl(vae: Structure, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` if the KL of some latent site, KL(q || p), has no closed form."""
+    with torch.no_grad(), pyro.validation_enabled(False):
+        t = draw(PyroSource(vae.model, vae.guide, vae), x[:1], None, 1)
+    for name in t.latent:
+        q, p = t.guide[name].fn, t.model[name].fn
+        try:
+            kl_divergence(q, p)
+        except NotImplementedError:
+            where = f" at site '{name}'" if len(t.latent) > 1 else ""
+            raise ValueError(
+                f"no analytic KL is registered{where} between the guide's {_describe(q)} and the prior's "
+                f"{_describe(p)}; the analytic-versus-Monte-Carlo comparison needs one "
+                "(register it with torch.distributions.kl.register_kl, or compare a model with "
+                "model.prior=standard_normal and model.guide=diag_normal)"
+            ) from None
 
 
 def _mean_se(values: torch.Tensor) -> dict[str, float]:
@@ -110,12 +117,14 @@ def _mean_se(values: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def elbo_terms(vae: VAE, x: torch.Tensor, num_particles: int) -> dict[str, torch.Tensor]:
-    """Per-particle, per-image ELBO terms from Pyro traces, each of shape (num_particles, B).
+def elbo_terms(vae: Structure, x: torch.Tensor, num_particles: int) -> dict[str, torch.Tensor]:
+    """Per-particle, per-image ELBO terms from Pyro traces, each of shape (num_particles, B), summed
+    over the latent sites (one for ``vae``, one per layer for ``hierarchical``).
 
     ``log_lik`` = log p(x|z), ``log_prior`` = log p(z), ``log_q`` = log q(z|x) at z ~ q and
-    ``kl`` = KL(q(z|x) || p(z)) in closed form. The Monte-Carlo ELBO particle (``Trace_ELBO``) is
-    ``log_lik + log_prior - log_q``; the analytic one (``TraceMeanField_ELBO``) ``log_lik - kl``.
+    ``kl`` = KL(q(z|x) || p(z)) in closed form (site by site, given the guide's draws above it).
+    The Monte-Carlo ELBO particle (``Trace_ELBO``) is ``log_lik + log_prior - log_q``; the
+    analytic one (``TraceMeanField_ELBO``) ``log_lik - kl``.
     Particles are drawn in chunks so that memory stays bounded.
     """
     chunk = samples_per_chunk(x)
@@ -123,18 +132,19 @@ def elbo_terms(vae: VAE, x: torch.Tensor, num_particles: int) -> dict[str, torch
     return {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
 
 
-def _elbo_terms(vae: VAE, x: torch.Tensor, num_particles: int) -> dict[str, torch.Tensor]:
-    with pyro.plate("particles", num_particles, dim=-2):
-        guide_tr, model_tr = vae.traces(x)
-    model_tr.compute_log_prob()
-    guide_tr.compute_log_prob()
-    q, p = guide_tr.nodes["z"]["fn"], model_tr.nodes["z"]["fn"]
+def _elbo_terms(vae: Structure, x: torch.Tensor, num_particles: int) -> dict[str, torch.Tensor]:
+    t = draw(PyroSource(vae.model, vae.guide, vae), x, None, num_particles)
     shape = (num_particles, x.shape[0])
+
+    def total(terms) -> torch.Tensor:
+        return sum(term.expand(shape) for term in terms)
+
+    latent = [(t.guide[name], t.model[name]) for name in t.latent]
     return {
-        "log_lik": model_tr.nodes["x"]["log_prob"].expand(shape),
-        "log_prior": model_tr.nodes["z"]["log_prob"].expand(shape),
-        "log_q": guide_tr.nodes["z"]["log_prob"].expand(shape),
-        "kl": kl_divergence(q, p).expand(shape),
+        "log_lik": total(t.model[name].log_prob() for name in t.observed),
+        "log_prior": total(p.log_prob() for _, p in latent),
+        "log_q": total(q.log_prob() for q, _ in latent),
+        "kl": total(kl_divergence(q.fn, p.fn) for q, p in latent),
     }
 
 
@@ -148,17 +158,18 @@ def estimator_particles(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     }
 
 
-def has_closed_form(vae: VAE) -> bool:
+def has_closed_form(vae: Structure) -> bool:
     """``pyro_vae.objectives.closed_form`` covers the default components only."""
     return (
-        isinstance(vae.prior, StandardNormal)
+        isinstance(vae, VAE)
+        and isinstance(vae.prior, StandardNormal)
         and isinstance(vae.likelihood, Bernoulli)
         and isinstance(vae.encoder, DiagNormal)
     )
 
 
 @torch.no_grad()
-def closed_form_particles(vae: VAE, x: torch.Tensor, num_particles: int) -> torch.Tensor:
+def closed_form_particles(vae: Structure, x: torch.Tensor, num_particles: int) -> torch.Tensor:
     """Negative ELBO of the hand-written closed form (analytic KL), (num_particles, B)."""
     loc, scale = vae.encoder.loc_scale(x)
     chunk = samples_per_chunk(x)
@@ -184,32 +195,44 @@ def spread(particles: torch.Tensor, counts: tuple[int, ...], reps: int) -> dict[
     return out
 
 
-def _with_module(vae: VAE, fn):
-    def wrapped(x):
-        pyro.module("vae", vae)
-        return fn(x)
-
-    return wrapped
-
-
-class _ScoreFunctionNormal(dist.Normal):
-    """A Normal whose samples carry no pathwise gradient: Pyro then uses the score function.
-    (A class attribute, unlike ``has_rsample_(False)``, survives Pyro's plate broadcasting.)"""
+class _ScoreFunctionOnly(TorchDistribution):
+    """``base`` with samples that carry no pathwise gradient: an estimator then differentiates
+    through its log-density (the score function) instead of through the sample."""
 
     has_rsample = False
+    arg_constraints: dict = {}
+
+    def __init__(self, base) -> None:
+        self.base = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.base.support
+
+    def expand(self, batch_shape, _instance=None):
+        return _ScoreFunctionOnly(self.base.expand(batch_shape))
+
+    def sample(self, sample_shape=()):
+        return self.base.sample(torch.Size(sample_shape))
+
+    def log_prob(self, value):
+        return self.base.log_prob(value)
 
 
-def score_function_guide(vae: VAE):
-    """``vae.guide`` with z sampled without reparameterisation, so that the estimator
-    differentiates through ``log q`` (the score function) instead of through z. Needs a Normal guide."""
+class _NotReparameterised(Messenger):
+    def _pyro_sample(self, msg) -> None:
+        if not msg["is_observed"] and not site_is_subsample(msg):
+            msg["fn"] = _ScoreFunctionOnly(msg["fn"])
+
+
+def score_function_guide(vae: Structure):
+    """``vae.guide`` with every latent site sampled without reparameterisation (any structure), so
+    the estimator differentiates through ``log q`` (the score function) instead of through z."""
 
     def guide(x, beta=None):
-        q = vae.encoder(x)
-        base = q.base_dist if isinstance(q, Independent) else q
-        if not isinstance(base, torch.distributions.Normal):
-            raise ValueError(f"the score-function comparison needs a Normal guide, got {type(base).__name__}")
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", _ScoreFunctionNormal(base.loc, base.scale).to_event(q.event_dim))
+        with _NotReparameterised():
+            vae.guide(x) if beta is None else vae.guide(x, beta)
 
     return guide
 
@@ -232,7 +255,7 @@ class GradientEstimator:
 def _build(elbo_name: str, guide: str):
     """The registered estimator ``elbo_name`` with the guide's samples reparameterised or not."""
 
-    def build(vae: VAE, num_particles: int, groups: int, ciwae_beta: float):
+    def build(vae: Structure, num_particles: int, groups: int, ciwae_beta: float):
         cls = ELBOS.get(elbo_name)
         groups = groups if cls.grouped else 1
         options = {"ciwae_beta": ciwae_beta} if "ciwae_beta" in vars(cls) else {}
@@ -256,7 +279,7 @@ GRADIENT_ESTIMATORS: dict[str, GradientEstimator] = _table()  # the registered e
 SNR_VS_K_ESTIMATORS = [e.name for e in GRADIENT_ESTIMATORS.values() if e.snr_label]
 
 
-def _gradient_estimator(name: str, vae: VAE, num_particles: int, groups: int = 1, ciwae_beta: float = 0.5):
+def _gradient_estimator(name: str, vae: Structure, num_particles: int, groups: int = 1, ciwae_beta: float = 0.5):
     """(Pyro ELBO, guide) of the laboratory's estimator ``name`` (see :data:`GRADIENT_ESTIMATORS`)."""
     if name not in GRADIENT_ESTIMATORS:
         raise ValueError(f"unknown gradient estimator {name!r}; choose from {', '.join(GRADIENT_ESTIMATORS)}")
@@ -268,19 +291,21 @@ def lab_groups(particles: int, groups: int) -> int:
     return groups if particles % groups == 0 else 1
 
 
-def gradient_samples(vae: VAE, x: torch.Tensor, estimator: str, num_particles: int, reps: int, groups: int = 1,
+def gradient_samples(vae: Structure, x: torch.Tensor, estimator: str, num_particles: int, reps: int, groups: int = 1,
                      ciwae_beta: float = 0.5) -> dict[str, torch.Tensor]:  # fmt: skip
     """``reps`` independent gradient estimates of the mean negative objective of ``x``, as flat
-    vectors (reps, n_params) for the encoder's and the decoder's parameters."""
+    vectors (reps, n_params) for each group of the structure's parameters
+    (:meth:`~pyro_vae.model.Structure.parameter_groups`: encoder and decoder, and shared ones)."""
     elbo, guide = _gradient_estimator(estimator, vae, num_particles, groups, ciwae_beta)
-    model, guide = _with_module(vae, vae.model), _with_module(vae, guide)
-    groups = {g: [p for p in getattr(vae, g).parameters() if p.requires_grad] for g in ("encoder", "decoder")}
+    loss = elbo.loss_fn(PyroSource(vae.model, guide, vae))  # the structure given: its guide can run detached
+    groups = {g: [p for p in params if p.requires_grad] for g, params in vae.parameter_groups().items()}
     groups = {g: params for g, params in groups.items() if params}
     rows: dict[str, list[torch.Tensor]] = {g: [] for g in groups}
-    pyro.clear_param_store()
     for _ in range(reps):
         vae.zero_grad(set_to_none=True)
-        elbo.loss_and_grads(model, guide, x)
+        value = loss(x)
+        if value.requires_grad:  # (nothing to estimate for a frozen model)
+            value.backward()
         for g, params in groups.items():
             rows[g].append(torch.cat([p.grad.flatten() / x.shape[0] for p in params]))
     vae.zero_grad(set_to_none=True)
@@ -305,7 +330,7 @@ def gradient_stats(samples: torch.Tensor) -> dict[str, float]:
     }
 
 
-def run_lab(vae: VAE, x: torch.Tensor, cfg: LabConfig = LabConfig(), progress: bool = False) -> LabResult:
+def run_lab(vae: Structure, x: torch.Tensor, cfg: LabConfig = LabConfig(), progress: bool = False) -> LabResult:
     """Measure the estimators on images ``x`` (N, D); see the module docstring."""
     check_analytic_kl(vae, x)
     vae.eval()
