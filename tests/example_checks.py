@@ -123,6 +123,24 @@ def check_13(r, out):
     return ["pictures.png", "bits.png"]
 
 
+def check_14(r, out):
+    m = r["models"]
+    for name, model in m.items():
+        kl = model["kl"]
+        total = model["reconstruction_nats"] + kl["z2"] + kl["z1"]
+        assert abs(total - model["neg_elbo"]) < 1e-3, (name, model)  # the terms of log_weights, on the same draws
+        assert min(kl.values()) > -0.05 and 0 < model["reconstruction_nats"] < 300, (name, model)  # untrained: ~545
+        assert all(len(curve) == len(r["stages"]) for curve in model["kl_curve"].values()), name
+    chain, chain_cold = m["chain_warmup"], m["chain_no_warmup"]
+    # without warm-up the chain's top layer keeps fewer units active (smoke, seeds 0-4: 7/3, 7/3, 4/2, 5/3, 6/1)
+    assert chain["active_units"]["z2"] > chain_cold["active_units"]["z2"], (chain, chain_cold)
+    for warm in ("warmup", "no_warmup"):  # x sees z2 directly with the skip: z2 carries more and decides more
+        skip, plain = m[f"skip_{warm}"], m[f"chain_{warm}"]
+        assert skip["kl"]["z2"] > plain["kl"]["z2"] and plain["kl"]["z2"] < plain["kl"]["z1"], (warm, skip, plain)
+        assert skip["z2_share_of_sample_variance"] > plain["z2_share_of_sample_variance"] + 0.1, (warm, skip, plain)
+    return ["samples.png", "active_units.png", "kl.png", "kl_curves.png"]
+
+
 CHECKS = {
     "01_monte_carlo.py": check_01,
     "02_kl_divergence.py": check_02,
@@ -137,4 +155,5 @@ CHECKS = {
     "11_beta_vae.py": check_11,
     "12_own_images.py": check_12,
     "13_colour_images.py": check_13,
+    "14_hierarchical_latents.py": check_14,
 }
