@@ -44,6 +44,7 @@ screenshots: docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check pyro_vae tests benchmarks scripts examples
+	$(BIN)/ruff format --check pyro_vae tests benchmarks scripts examples
 
 clean:
 	rm -rf $(VENV) runs

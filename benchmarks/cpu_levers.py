@@ -72,15 +72,24 @@ def _ints(text: str) -> list[int]:
 
 def _child(variant: str, sizes: dict[str, str]) -> dict[int, float]:
     overrides, env = VARIANTS[variant]
-    result = subprocess.run([sys.executable, __file__, "--child", *overrides], cwd=HERE,
-                            env={**os.environ, **env, **sizes}, capture_output=True, text=True, check=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", *overrides],
+        cwd=HERE,
+        env={**os.environ, **env, **sizes},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return {int(k): v for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items()}
 
 
 def _peer(python: str, tmp: Path, batches: list[int]) -> dict[int, float]:
     out = tmp / "peer.json"
-    subprocess.run([python, str(HERE / "numpyro_peer.py"), "--batch-sizes", ",".join(map(str, batches)), "--out",
-                    str(out)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [python, str(HERE / "numpyro_peer.py"), "--batch-sizes", ",".join(map(str, batches)), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
     return {r["batch_size"]: r["images_per_s"] for r in json.loads(out.read_text())["results"]}
 
 
@@ -111,21 +120,30 @@ def main() -> None:
         if args.peer_python:
             row["numpyro peer"] = _peer(args.peer_python, Path(args.out).parent, batches)
         rounds.append(row)
-        print(f"round {r + 1}: " + "; ".join(f"{n} " + ", ".join(f"B={b} {v:,.0f}" for b, v in row[n].items())
-                                             for n in row), file=sys.stderr)  # fmt: skip
+        print(
+            f"round {r + 1}: "
+            + "; ".join(f"{n} " + ", ".join(f"B={b} {v:,.0f}" for b, v in row[n].items()) for n in row),
+            file=sys.stderr,
+        )
     medians = {n: {b: statistics.median(rd[n][b] for rd in rounds) for b in batches} for n in rounds[0]}
     peer = medians.get("numpyro peer")
     record = {
         "command": "python benchmarks/cpu_levers.py " + " ".join(sys.argv[1:]),
-        "machine": machine(torch.device("cpu")), "unit": "training images/s", "rounds": rounds,
+        "machine": machine(torch.device("cpu")),
+        "unit": "training images/s",
+        "rounds": rounds,
         "median": medians,
         "ratio_to_peer": {n: {b: m[b] / peer[b] for b in batches} for n, m in medians.items()} if peer else None,
-    }  # fmt: skip
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     for n, m in medians.items():
-        print(f"{n:<14} " + "   ".join(f"batch {b}: {m[b]:>8,.0f}" + (f" (x{m[b] / peer[b]:.2f} of the peer)" if peer
-                                                                          else "") for b in batches))  # fmt: skip
+        print(
+            f"{n:<14} "
+            + "   ".join(
+                f"batch {b}: {m[b]:>8,.0f}" + (f" (x{m[b] / peer[b]:.2f} of the peer)" if peer else "") for b in batches
+            )
+        )
     print(f"wrote {args.out}")
 
 

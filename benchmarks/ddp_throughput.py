@@ -93,9 +93,21 @@ def main() -> None:
     runs: dict[int, list[dict]] = {p: [] for p in procs}
     for _ in range(args.repeats):
         for p in procs:
-            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={p}", "--standalone",
-                   __file__, "--worker", "--device", args.device, "--batch", str(args.batch),
-                   "--steps", str(args.steps)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={p}",
+                "--standalone",
+                __file__,
+                "--worker",
+                "--device",
+                args.device,
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             runs[p].append(json.loads(out.stdout.strip().splitlines()[-1]))
     import torch
@@ -105,12 +117,14 @@ def main() -> None:
     medians = {p: statistics.median(r["images_per_s"] for r in runs[p]) for p in procs}
     result = {
         "command": "python benchmarks/ddp_throughput.py " + " ".join(sys.argv[1:]),
-        "global_batch": args.batch, "steps": args.steps, "repeats": args.repeats,
+        "global_batch": args.batch,
+        "steps": args.steps,
+        "repeats": args.repeats,
         "machine": machine(torch.device(args.device)),
         "runs": {str(p): runs[p] for p in procs},
         "median_images_per_s": {str(p): medians[p] for p in procs},
         "speedup_over_1": {str(p): medians[p] / medians[procs[0]] for p in procs},
-    }  # fmt: skip
+    }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n")
     for p in procs:

@@ -59,16 +59,24 @@ def main() -> None:
         times.append(time.perf_counter() - t)
     record = {
         "command": "python benchmarks/iwae_eval.py " + " ".join(sys.argv[1:]),
-        "machine": machine(device), "k": args.k, "images": x.shape[0], "batch_size": args.batch_size,
-        "chunk_elements": max_elements(device), "matmul_precision": cfg.train.matmul_precision,
-        "seconds_median": statistics.median(times), "seconds": times,
-        "test_nll": result["nll"].mean if "nll" in result else None, "test_neg_elbo": result["neg_elbo"].mean,
-    }  # fmt: skip
+        "machine": machine(device),
+        "k": args.k,
+        "images": x.shape[0],
+        "batch_size": args.batch_size,
+        "chunk_elements": max_elements(device),
+        "matmul_precision": cfg.train.matmul_precision,
+        "seconds_median": statistics.median(times),
+        "seconds": times,
+        "test_nll": result["nll"].mean if "nll" in result else None,
+        "test_neg_elbo": result["neg_elbo"].mean,
+    }
     out = Path(args.out or Path(__file__).parent / "results" / f"iwae_eval_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"K={args.k}, {x.shape[0]} images on {device}: {record['seconds_median']:.2f} s (median of {args.repeats}); "
-          f"wrote {out}")  # fmt: skip
+    print(
+        f"K={args.k}, {x.shape[0]} images on {device}: {record['seconds_median']:.2f} s (median of {args.repeats}); "
+        f"wrote {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -94,9 +94,13 @@ def main() -> None:
         print(f"NumPyro SVI Trace_ELBO, batch {batch}: {statistics.median(rates):,.0f} images/s")
     record = {
         "command": "python benchmarks/numpyro_peer.py " + " ".join(sys.argv[1:]),
-        "device": str(device), "platform": device.platform, "jax": jax.__version__, "numpyro": numpyro.__version__,
-        "matmul_precision": os.environ.get("JAX_DEFAULT_MATMUL_PRECISION", "default"), "results": results,
-    }  # fmt: skip
+        "device": str(device),
+        "platform": device.platform,
+        "jax": jax.__version__,
+        "numpyro": numpyro.__version__,
+        "matmul_precision": os.environ.get("JAX_DEFAULT_MATMUL_PRECISION", "default"),
+        "results": results,
+    }
     out = Path(args.out or Path(__file__).parent / "results" / f"numpyro_peer_{device.platform}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")

@@ -48,7 +48,7 @@ from common import (
     hand_written_step,
     machine,
     matmul_gflops,
-    no_validation,  # fmt: skip
+    no_validation,
     project_step,
     sync,
 )
@@ -87,8 +87,15 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(values), q[2]
 
 
-def measure(device: torch.device, batch: int, particles: int, repeats: int, gflops: float,
-            max_steps: int = 200, names: list[str] | None = None) -> list[dict]:  # fmt: skip
+def measure(
+    device: torch.device,
+    batch: int,
+    particles: int,
+    repeats: int,
+    gflops: float,
+    max_steps: int = 200,
+    names: list[str] | None = None,
+) -> list[dict]:
     # Each row builds new losses; without a reset, Dynamo's recompiles pile up across rows and past
     # its limit (8) the compiled rows would silently run eagerly.
     torch._dynamo.reset()
@@ -125,12 +132,19 @@ def measure(device: torch.device, batch: int, particles: int, repeats: int, gflo
         rates = [batch / t for t in ts]
         lo, med, hi = _quartiles(rates)
         row = {
-            "implementation": name, "engine": getattr(impls[name], "engine", None), "batch_size": batch,
-            "particles": particles, "matmul_precision": torch.get_float32_matmul_precision(), "images_per_s": med,
-            "images_per_s_iqr": [lo, hi], "ms_per_step": 1e3 * statistics.median(ts), "gflops": med * flops / 1e9,
+            "implementation": name,
+            "engine": getattr(impls[name], "engine", None),
+            "batch_size": batch,
+            "particles": particles,
+            "matmul_precision": torch.get_float32_matmul_precision(),
+            "images_per_s": med,
+            "images_per_s_iqr": [lo, hi],
+            "ms_per_step": 1e3 * statistics.median(ts),
+            "gflops": med * flops / 1e9,
             "share_of_compute_limit": med * flops / 1e9 / gflops,
-            "steps_timed": steps, "repeats": repeats,
-        }  # fmt: skip
+            "steps_timed": steps,
+            "repeats": repeats,
+        }
         for base_name in HAND_WRITTEN:  # speed ratios measured side by side, repeat by repeat
             if base_name in times:
                 key = "ratio_to_" + base_name.replace("-", "_").replace(" ", "_")
@@ -187,17 +201,26 @@ def markdown_tables(result: dict) -> str:
         rows = [r for r in result["results"] if (r["matmul_precision"], r["particles"]) == (precision, particles)]
         batches = sorted({r["batch_size"] for r in rows})
         title = f"{particles} particle{'s' if particles > 1 else ''}, matmul precision {precision}"
-        relative = f" (x: speed relative to {base[len('ratio_to_'):].replace('_', ' ')})" if base else ""
-        lines = [f"{title}{relative}:", "",
-                 "| implementation | " + " | ".join(f"batch {b}" for b in batches) + " |",
-                 "|---" * (len(batches) + 1) + "|"]  # fmt: skip
+        relative = f" (x: speed relative to {base[len('ratio_to_') :].replace('_', ' ')})" if base else ""
+        lines = [
+            f"{title}{relative}:",
+            "",
+            "| implementation | " + " | ".join(f"batch {b}" for b in batches) + " |",
+            "|---" * (len(batches) + 1) + "|",
+        ]
         for name in IMPLEMENTATIONS:
             cells = {r["batch_size"]: r for r in rows if r["implementation"] == name}
             if cells:
-                lines.append(f"| {name} | " + " | ".join(
-                    (f"{_rate(c['images_per_s'])}" + (f" (x{c[base]:.2f})" if base in c else "")) if (c := cells.get(b))
-                    else "-"
-                    for b in batches) + " |")  # fmt: skip
+                lines.append(
+                    f"| {name} | "
+                    + " | ".join(
+                        (f"{_rate(c['images_per_s'])}" + (f" (x{c[base]:.2f})" if base in c else ""))
+                        if (c := cells.get(b))
+                        else "-"
+                        for b in batches
+                    )
+                    + " |"
+                )
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
@@ -207,8 +230,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-sizes", default="32,128,512,2048,4096")
     parser.add_argument("--particles", default="1,4")
-    parser.add_argument("--precisions", default=None, help="matmul precisions (default: highest on a CPU, "
-                        "highest,high on CUDA)")  # fmt: skip
+    parser.add_argument(
+        "--precisions", default=None, help="matmul precisions (default: highest on a CPU, highest,high on CUDA)"
+    )
     parser.add_argument("--implementations", default=None, help="comma-separated names (default: all that run)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--max-steps", type=int, default=200, help="most steps in one timed stage")
@@ -220,8 +244,10 @@ def main() -> None:
     names = args.implementations.split(",") if args.implementations else list(IMPLEMENTATIONS)
     unknown = sorted(set(names) - set(IMPLEMENTATIONS) | ({"hand-written"} - set(names)))
     if unknown:
-        parser.error(f"--implementations: {unknown} (unknown, or hand-written left out: every ratio needs it); "
-                     f"known: {', '.join(IMPLEMENTATIONS)}")  # fmt: skip
+        parser.error(
+            f"--implementations: {unknown} (unknown, or hand-written left out: every ratio needs it); "
+            f"known: {', '.join(IMPLEMENTATIONS)}"
+        )
     precisions = (args.precisions or ("highest,high" if device.type == "cuda" else "highest")).split(",")
     gflops, rows = {}, []
     for precision in precisions:
@@ -235,11 +261,13 @@ def main() -> None:
                 if device.type == "cuda":
                     new[-1]["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
                 for r in new:
-                    print(f"{precision:<7} B={batch:<5} P={particles} {r['implementation']:<24} "
-                          f"{r['images_per_s']:>10.0f} img/s {r['ms_per_step']:>8.2f} ms  "
-                          f"x{r['ratio_to_hand_written']:.3f} of hand-written  {r['gflops']:>7.1f} GFLOP/s "
-                          f"({100 * r['share_of_compute_limit']:.1f}% of the matmul limit)",
-                          file=sys.stderr)  # fmt: skip
+                    print(
+                        f"{precision:<7} B={batch:<5} P={particles} {r['implementation']:<24} "
+                        f"{r['images_per_s']:>10.0f} img/s {r['ms_per_step']:>8.2f} ms  "
+                        f"x{r['ratio_to_hand_written']:.3f} of hand-written  {r['gflops']:>7.1f} GFLOP/s "
+                        f"({100 * r['share_of_compute_limit']:.1f}% of the matmul limit)",
+                        file=sys.stderr,
+                    )
                 rows += new
     torch.set_float32_matmul_precision("highest")
     flops = flops_per_image(config())

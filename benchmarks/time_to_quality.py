@@ -41,8 +41,9 @@ from pyro_vae.model import VAE
 RECIPE = ("train.batch_size=384", "train.lr=0.004", "train.lr_decay=0.93", "train.elbo=mean_field")
 
 
-def run(name: str, step, vae: VAE, optim, x_train, x_test, cfg, target: float, check_every: float,
-        max_epochs: float) -> dict:  # fmt: skip
+def run(
+    name: str, step, vae: VAE, optim, x_train, x_test, cfg, target: float, check_every: float, max_epochs: float
+) -> dict:
     n, bs, device = x_train.shape[0], cfg.train.batch_size, x_train.device
     steps_per_check = max(1, round(check_every * n / bs))
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
@@ -107,8 +108,9 @@ def main() -> None:
             step, vae, optim = project_step(cfg, device, x_train)
         else:
             step, vae, optim = hand_written_step(cfg, device, graph=name.endswith("graph"))
-        results.append(run(name, step, vae, optim, x_train, x_test, cfg, args.target, args.check_every,
-                           args.max_epochs))  # fmt: skip
+        results.append(
+            run(name, step, vae, optim, x_train, x_test, cfg, args.target, args.check_every, args.max_epochs)
+        )
     record = {
         "command": "python benchmarks/time_to_quality.py " + " ".join(sys.argv[1:]),
         "target_test_neg_elbo": args.target,

@@ -41,10 +41,12 @@ def estimate_pi(n: int, reps: int, generator: torch.Generator) -> torch.Tensor:
     chunk = max(1, 2_000_000 // n)  # bounded memory for large N
     out = []
     for start in range(0, reps, chunk):
-        points = torch.rand(min(chunk, reps - start), n, 2, generator=generator, dtype=torch.float64,
-                            device=generator.device)
+        points = torch.rand(
+            min(chunk, reps - start), n, 2, generator=generator, dtype=torch.float64, device=generator.device
+        )
         out.append(4 * ((points**2).sum(-1) <= 1).double().mean(-1))
     return torch.cat(out)
+
 
 # %%
 args = parse_args("01_monte_carlo")

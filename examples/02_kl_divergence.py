@@ -45,11 +45,13 @@ def mc_kl(a, b, n: int) -> tuple[float, float]:
     d = a.log_prob(x) - b.log_prob(x)
     return float(d.mean()), float(d.std() / math.sqrt(n))
 
+
 # %%
 def bimodal() -> MixtureSameFamily:
     mix = Categorical(torch.tensor([0.5, 0.5], dtype=torch.float64))
     comp = Normal(torch.tensor([-2.0, 2.0], dtype=torch.float64), torch.tensor([0.6, 0.6], dtype=torch.float64))
     return MixtureSameFamily(mix, comp)
+
 
 # %%
 def fit_reverse_kl(p, steps: int, n: int, init_loc: float) -> Normal:
@@ -65,6 +67,7 @@ def fit_reverse_kl(p, steps: int, n: int, init_loc: float) -> Normal:
         loss.backward()
         optim.step()
     return Normal(loc.detach(), log_scale.detach().exp())
+
 
 # %%
 args = parse_args("02_kl_divergence")
@@ -105,12 +108,20 @@ ax.plot(grid.cpu(), forward.log_prob(grid).exp().cpu(), label="argmin KL(p‖q):
 ax.set(xlabel="x", title="Fitting one Gaussian to two modes")
 ax.legend(fontsize=8)
 save_figure(fig, args.out, "fits.png")
-save_results({
-    "kl_pq": kl_pq, "kl_qp": kl_qp, "mc_kl_pq": mc_pq, "mc_kl_qp": mc_qp, "n": n,
-    "entropy_plus_kl": entropy + kl_pq, "cross_entropy_mc": cross,
-    "reverse_fit": [float(reverse.loc), float(reverse.scale)],
-    "forward_fit": [float(forward.loc), float(forward.scale)],
-}, args.out)  # fmt: skip
+save_results(
+    {
+        "kl_pq": kl_pq,
+        "kl_qp": kl_qp,
+        "mc_kl_pq": mc_pq,
+        "mc_kl_qp": mc_qp,
+        "n": n,
+        "entropy_plus_kl": entropy + kl_pq,
+        "cross_entropy_mc": cross,
+        "reverse_fit": [float(reverse.loc), float(reverse.scale)],
+        "forward_fit": [float(forward.loc), float(forward.scale)],
+    },
+    args.out,
+)
 
 # %% [markdown]
 # ## What the full run shows

@@ -45,17 +45,20 @@ from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 SIGMA = 1.0
 
+
 # %%
 def model(x):
     z = pyro.sample("z", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 1.0))
     with pyro.plate("data", x.shape[0]):
         pyro.sample("x", dist.Normal(z, SIGMA), obs=x)
 
+
 # %%
 def guide(x):
     m = pyro.param("m", torch.tensor(-2.0, dtype=x.dtype))
     s = pyro.param("s", torch.tensor(2.0, dtype=x.dtype), constraint=dist.constraints.positive)
     pyro.sample("z", dist.Normal(m, s))
+
 
 # %%
 def exact(x):
@@ -65,6 +68,7 @@ def exact(x):
     cov = SIGMA**2 * torch.eye(n, dtype=x.dtype) + torch.ones(n, n, dtype=x.dtype)
     return posterior, float(MultivariateNormal(torch.zeros(n, dtype=x.dtype), cov).log_prob(x))
 
+
 # %%
 def elbo_closed_form(x, m: float, s: float) -> float:
     """E_q[log p(x|z)] + E_q[log p(z)] + H(q) for q = N(m, s^2)."""
@@ -72,6 +76,7 @@ def elbo_closed_form(x, m: float, s: float) -> float:
     logprior = -0.5 * math.log(2 * math.pi) - (m**2 + s**2) / 2
     entropy = 0.5 * math.log(2 * math.pi * math.e * s**2)
     return float(loglik + logprior + entropy)
+
 
 # %%
 args = parse_args("03_elbo_identity")
@@ -90,10 +95,7 @@ for m, s in [
     q = Normal(torch.tensor(m, dtype=torch.float64), torch.tensor(s, dtype=torch.float64))
     elbo, kl = elbo_closed_form(x, m, s), float(kl_divergence(q, posterior))
     rows.append({"m": m, "s": s, "elbo": elbo, "kl": kl, "elbo_plus_kl": elbo + kl})
-    print(
-        f"q = N({m:+.3f}, {s:.3f}²): ELBO {elbo:9.4f} + KL {kl:8.4f} = {elbo + kl:.10f}"
-        f"   (log p(x) = {log_px:.10f})"
-    )
+    print(f"q = N({m:+.3f}, {s:.3f}²): ELBO {elbo:9.4f} + KL {kl:8.4f} = {elbo + kl:.10f}   (log p(x) = {log_px:.10f})")
 max_error = max(abs(r["elbo_plus_kl"] - log_px) for r in rows)
 
 # %%

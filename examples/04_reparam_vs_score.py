@@ -40,9 +40,11 @@ from torch.distributions import Normal
 
 MU, TARGET = 0.5, 3.0
 
+
 # %%
 def f(z: torch.Tensor) -> torch.Tensor:
     return (z - TARGET) ** 2
+
 
 # %%
 def gradients(kind: str, n: int, reps: int) -> torch.Tensor:
@@ -57,6 +59,7 @@ def gradients(kind: str, n: int, reps: int) -> torch.Tensor:
         loss = (q.log_prob(z) * f(z).detach()).mean(0).sum()
     (grad,) = torch.autograd.grad(loss, mu)
     return grad.squeeze(-1)
+
 
 # %%
 args = parse_args("04_reparam_vs_score")
@@ -74,10 +77,15 @@ for kind in ("reparameterised", "score function"):
     se = [float(x.std() / reps**0.5) for x in g]
     results[kind] = {"mean": mean, "se": se, "variance": var}
     ax.loglog(ns, var, "o-", label=kind)
-    print(f"{kind:>16}: mean gradient at N=1 {mean[0]:+.3f} ± {se[0]:.3f} (exact {exact:+.3f}), "
-          f"variance {var[0]:.2f} at N=1 -> {var[-1]:.4f} at N={ns[-1]}")  # fmt: skip
-ax.set(xlabel="samples N per estimate", ylabel="variance of the gradient estimate",
-       title="Both unbiased; both fall as 1/N; score function far noisier")  # fmt: skip
+    print(
+        f"{kind:>16}: mean gradient at N=1 {mean[0]:+.3f} ± {se[0]:.3f} (exact {exact:+.3f}), "
+        f"variance {var[0]:.2f} at N=1 -> {var[-1]:.4f} at N={ns[-1]}"
+    )
+ax.set(
+    xlabel="samples N per estimate",
+    ylabel="variance of the gradient estimate",
+    title="Both unbiased; both fall as 1/N; score function far noisier",
+)
 ax.grid(alpha=0.3, which="both")
 ax.legend()
 save_figure(fig, args.out, "variance.png")

@@ -52,6 +52,7 @@ def prior_estimate(vae, x: torch.Tensor, k: int, chunk: int = 500) -> torch.Tens
         total = torch.logaddexp(total, torch.logsumexp(vae.likelihood(vae.decoder(z)).log_prob(x), 0))
     return total - math.log(k)
 
+
 # %%
 args = parse_args("05_prior_sampling_fails")
 epochs, subset, images = (2, 2000, 20) if args.smoke_test else (10, 0, 100)
@@ -69,17 +70,22 @@ for latent in (2, 20):
         enc = torch.stack([iwae_log_likelihood(vae, x, k)[0].mean() for _ in range(reps)])
         rows["prior"].append({"mean": -float(prior.mean()), "sd": float(prior.std())})
         rows["encoder"].append({"mean": -float(enc.mean()), "sd": float(enc.std())})
-        print(f"L={latent:>2} K={k:>6}: NLL by prior sampling {rows['prior'][-1]['mean']:8.2f} "
-              f"(sd {rows['prior'][-1]['sd']:.2f}), by the encoder {rows['encoder'][-1]['mean']:7.2f} "
-              f"(sd {rows['encoder'][-1]['sd']:.2f})")  # fmt: skip
+        print(
+            f"L={latent:>2} K={k:>6}: NLL by prior sampling {rows['prior'][-1]['mean']:8.2f} "
+            f"(sd {rows['prior'][-1]['sd']:.2f}), by the encoder {rows['encoder'][-1]['mean']:7.2f} "
+            f"(sd {rows['encoder'][-1]['sd']:.2f})"
+        )
     results["models"][f"latent{latent}"] = rows
     for name, style in (("prior", "--"), ("encoder", "-")):
         means = [r["mean"] for r in rows[name]]
         sds = [r["sd"] for r in rows[name]]
         ax.errorbar(ks, means, yerr=sds, fmt="o" + style, capsize=3, label=f"L={latent}, z from the {name}")
 ax.set_xscale("log")
-ax.set(xlabel="samples K", ylabel="estimated negative log-likelihood (nats per image)",
-       title="Sampling z from the prior overestimates -log p(x)")  # fmt: skip
+ax.set(
+    xlabel="samples K",
+    ylabel="estimated negative log-likelihood (nats per image)",
+    title="Sampling z from the prior overestimates -log p(x)",
+)
 ax.grid(alpha=0.3)
 ax.legend(fontsize=8)
 save_figure(fig, args.out, "estimates.png")

@@ -60,6 +60,7 @@ def train_autoencoder(cfg, x_train: torch.Tensor, epochs: int, seed: int, device
             optim.step()
     return ae.eval()
 
+
 # %%
 def gaussian_fit_kl(codes: torch.Tensor) -> float:
     """KL(N(mean, cov) of the codes || N(0, I)): how far the codes are from the prior."""
@@ -71,11 +72,13 @@ def gaussian_fit_kl(codes: torch.Tensor) -> float:
     )
     return float(kl_divergence(fitted, prior))
 
+
 # %%
 @torch.no_grad()
 def reconstruction_nats(model, codes: torch.Tensor, x: torch.Tensor) -> float:
     device = next(model.parameters()).device
     return float(-model.likelihood(model.decoder(codes.to(device))).log_prob(x.to(device)).mean())
+
 
 # %%
 args = parse_args("06_autoencoder_vs_vae")

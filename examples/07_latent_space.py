@@ -54,8 +54,10 @@ for latent in SIZES:
     recon_rows.append(vae.reconstruct(x).cpu())
     if latent == 2:
         vae_2d, codes_2d = vae, codes  # kept for the explorer below
-        show(plot_manifold(vae, data.image_shape, args.out / "manifold.png"),
-             plot_latents(codes, data.test_labels, args.out / "latents.png"))  # fmt: skip
+        show(
+            plot_manifold(vae, data.image_shape, args.out / "manifold.png"),
+            plot_latents(codes, data.test_labels, args.out / "latents.png"),
+        )
 x = data.test[evenly_spaced(data.test.shape[0], 10)]
 grid = image_grid(torch.cat([x, *recon_rows]), data.image_shape, 1 + len(SIZES))
 fig, ax = plt.subplots(figsize=(8, 4.6))
@@ -74,6 +76,7 @@ save_results({"epochs": epochs, "sizes": list(SIZES), **results}, args.out)
 # decoder redraws at once; the dot marks $z$ among the test set's codes. Without widgets (a script,
 # or this page of the documentation) the cell draws a fixed path instead: $z_1$ from $-2.5$ to $2.5$
 # at $z_2 = 0$.
+
 
 # %%
 def decode_at(z1: float, z2: float):

@@ -43,8 +43,10 @@ from pyro_vae.evaluation.metrics import evaluate
 
 VARIANTS = {  # name -> (overrides, kind of likelihood)
     "standard_normal": ((), "probability"),
-    "mixture_of_gaussians": (("model.prior=mixture_of_gaussians", "model.mixture_of_gaussians.components=50"),
-                             "probability"),
+    "mixture_of_gaussians": (
+        ("model.prior=mixture_of_gaussians", "model.mixture_of_gaussians.components=50"),
+        "probability",
+    ),
     "vamp": (("model.prior=vamp", "model.vamp.components=50"), "probability"),
     "student_t": (("model.prior=student_t",), "probability"),
     "discretized_logistic": (("model.likelihood=discretized_logistic",), "probability"),
@@ -60,9 +62,12 @@ for name, (overrides, kind) in VARIANTS.items():
     _, vae, data = train_vae(args.out / name, 20, epochs, subset, args.seed, args.device, overrides)
     x = data.test[evenly_spaced(data.test.shape[0], images)].to(args.device)
     est = evaluate(vae, x, k=k, batch_size=100, seed=args.seed)
-    results[name] = {"overrides": list(overrides), "likelihood_gives": kind,
-                     "test_nll": [est["nll"].mean, est["nll"].se],
-                     "test_neg_elbo": [est["neg_elbo"].mean, est["neg_elbo"].se]}  # fmt: skip
+    results[name] = {
+        "overrides": list(overrides),
+        "likelihood_gives": kind,
+        "test_nll": [est["nll"].mean, est["nll"].se],
+        "test_neg_elbo": [est["neg_elbo"].mean, est["neg_elbo"].se],
+    }
     print(f"{name:<22} test NLL (K={k}) {est['nll']} nats, negative ELBO {est['neg_elbo']}  [{kind}]")
     if name in PRIORS:
         torch.manual_seed(args.seed)

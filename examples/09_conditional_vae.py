@@ -61,6 +61,7 @@ GRID = torch.arange(784).reshape(28, 28)
 GIVEN = GRID[:14, :14].flatten()  # the top-left quadrant
 MISSING = torch.tensor(sorted(set(range(784)) - set(GIVEN.tolist())))  # the other three
 
+
 # %%
 class Baseline(nn.Module):
     """A deterministic MLP: independent Bernoulli probabilities for the missing pixels."""
@@ -75,6 +76,7 @@ class Baseline(nn.Module):
 
     def complete(self, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(images[:, GIVEN]))
+
 
 # %%
 class CVAE(nn.Module):
@@ -125,6 +127,7 @@ class CVAE(nn.Module):
         z = self.p_z(x).sample((n,))
         return torch.sigmoid(self.generation(torch.cat([x.expand(n, -1, -1), z], -1)))
 
+
 # %%
 def train(model, loss_fn, x_train, epochs, batch, seed, x_valid, score):
     optim = make_optimizer(model, 1e-3)
@@ -138,12 +141,14 @@ def train(model, loss_fn, x_train, epochs, batch, seed, x_valid, score):
             curve.append(score(x_valid))
     return curve
 
+
 # %%
 def paint(images: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
     """Full images with the missing quadrants replaced by ``missing``."""
     out = images.clone()
     out[:, MISSING] = missing
     return out
+
 
 # %%
 args = parse_args("09_conditional_vae")
@@ -156,12 +161,28 @@ x_valid = data.valid[evenly_spaced(data.valid.shape[0], min(images, 1000))].to(a
 
 # %%
 baseline = Baseline(400).to(args.device)
-base_curve = train(baseline, lambda b: -baseline.log_prob(b).sum(), x_train, epochs, 128, args.seed,
-                   x_valid, lambda v: float(-baseline.log_prob(v).mean()))  # fmt: skip
+base_curve = train(
+    baseline,
+    lambda b: -baseline.log_prob(b).sum(),
+    x_train,
+    epochs,
+    128,
+    args.seed,
+    x_valid,
+    lambda v: float(-baseline.log_prob(v).mean()),
+)
 cvae = CVAE(400, 20).to(args.device)
 elbo = build_elbo(TrainConfig(elbo="trace"))
-cvae_curve = train(cvae, lambda b: elbo.differentiable_loss(cvae.model, cvae.guide, b), x_train, epochs, 128,
-                   args.seed, x_valid, lambda v: evaluate(cvae, v, seed=args.seed)["neg_elbo"].mean)  # fmt: skip
+cvae_curve = train(
+    cvae,
+    lambda b: elbo.differentiable_loss(cvae.model, cvae.guide, b),
+    x_train,
+    epochs,
+    128,
+    args.seed,
+    x_valid,
+    lambda v: evaluate(cvae, v, seed=args.seed)["neg_elbo"].mean,
+)
 
 # %%
 with torch.no_grad():
@@ -169,11 +190,16 @@ with torch.no_grad():
 base_nll = (float(base.mean()), float(base.std() / base.numel() ** 0.5))
 est = evaluate(cvae, x_test, k=k, batch_size=100, seed=args.seed)
 results = {
-    "epochs": epochs, "iwae_k": k, "test_images": images, "given": "top-left quadrant",
-    "baseline_nll": base_nll, "cvae_nll": [est["nll"].mean, est["nll"].se],
+    "epochs": epochs,
+    "iwae_k": k,
+    "test_images": images,
+    "given": "top-left quadrant",
+    "baseline_nll": base_nll,
+    "cvae_nll": [est["nll"].mean, est["nll"].se],
     "cvae_neg_elbo": [est["neg_elbo"].mean, est["neg_elbo"].se],
-    "baseline_valid_curve": base_curve, "cvae_valid_neg_elbo_curve": cvae_curve,
-}  # fmt: skip
+    "baseline_valid_curve": base_curve,
+    "cvae_valid_neg_elbo_curve": cvae_curve,
+}
 print(f"-log p(missing | given), nats per image on {images} test digits:")
 print(f"  deterministic baseline          {base_nll[0]:.2f} ± {base_nll[1]:.2f}")
 print(f"  conditional VAE, IWAE K={k:<5} {est['nll']}   (negative ELBO {est['neg_elbo']})")

@@ -50,9 +50,12 @@ PLUGINS = EXAMPLES / "plugins"
 RUNS = {  # name -> (--plugin files, --set overrides)
     "standard VAE": ((), ()),
     "laplace prior": (("laplace_prior.py",), ("model.prior=laplace",)),
-    "residual_mlp network": (("residual_mlp.py",), ("model.network=residual_mlp", "model.residual_mlp.width=128",
-                                                     "model.residual_mlp.blocks=1")),
-}  # fmt: skip
+    "residual_mlp network": (
+        ("residual_mlp.py",),
+        ("model.network=residual_mlp", "model.residual_mlp.width=128", "model.residual_mlp.blocks=1"),
+    ),
+}
+
 
 # %%
 def kl_cross_check(n: int, seed: int) -> dict:
@@ -63,8 +66,13 @@ def kl_cross_check(n: int, seed: int) -> dict:
     x = torch.rand(8, 20, dtype=torch.float64).round()
     terms = estimator_particles(elbo_terms(vae, x, n))
     mc = terms["trace_kl_term"]
-    return {"analytic": terms["mean_field_kl_term"][0].tolist(), "monte_carlo": mc.mean(0).tolist(),
-            "se": (mc.std(0) / n**0.5).tolist(), "samples": n}  # fmt: skip
+    return {
+        "analytic": terms["mean_field_kl_term"][0].tolist(),
+        "monte_carlo": mc.mean(0).tolist(),
+        "se": (mc.std(0) / n**0.5).tolist(),
+        "samples": n,
+    }
+
 
 # %%
 args = parse_args("10_plugins")
@@ -96,22 +104,44 @@ save_figure(fig, args.out, "kl_check.png")
 results = {"registered": registered, "kl_check": {**kl, "z": z}, "epochs": epochs, "iwae_k": k, "runs": {}}
 for name, (files, overrides) in RUNS.items():
     run = args.out / name.replace(" ", "_")
-    sets = ["model.latent_dim=20", f"train.epochs={epochs}", f"data.subset={subset}", "eval.iwae_k=10",
-            f"train.seed={args.seed}", f"train.device={args.device}", *overrides]  # fmt: skip
+    sets = [
+        "model.latent_dim=20",
+        f"train.epochs={epochs}",
+        f"data.subset={subset}",
+        "eval.iwae_k=10",
+        f"train.seed={args.seed}",
+        f"train.device={args.device}",
+        *overrides,
+    ]
     plugin_args = [a for f in files for a in ("--plugin", str(PLUGINS / f))]
-    argv = ["train", "--out", str(run), "--overwrite", "--no-progress", "--no-figures", *plugin_args,
-            *(a for s in sets for a in ("--set", s))]  # fmt: skip
+    argv = [
+        "train",
+        "--out",
+        str(run),
+        "--overwrite",
+        "--no-progress",
+        "--no-figures",
+        *plugin_args,
+        *(a for s in sets for a in ("--set", s)),
+    ]
     assert pyro_vae_cli(argv) == 0, argv
     _, vae, data = load_run(run, device=str(args.device))
     x = data.test[evenly_spaced(data.test.shape[0], images)].to(args.device)
     est = evaluate(vae, x, k=k, batch_size=100, seed=args.seed)
-    results["runs"][name] = {"plugins": list(files), "overrides": list(overrides),
-                             "test_nll": [est["nll"].mean, est["nll"].se]}  # fmt: skip
+    results["runs"][name] = {
+        "plugins": list(files),
+        "overrides": list(overrides),
+        "test_nll": [est["nll"].mean, est["nll"].se],
+    }
     print(f"{name:<22} test NLL (K={k}) {est['nll']} nats")
 
 # %%
-nll_bars({n: r["test_nll"] for n, r in results["runs"].items()}, k,
-         f"Built-in and plugin components, {epochs} epoch(s)", args.out)
+nll_bars(
+    {n: r["test_nll"] for n, r in results["runs"].items()},
+    k,
+    f"Built-in and plugin components, {epochs} epoch(s)",
+    args.out,
+)
 save_results(results, args.out)
 
 # %% [markdown]

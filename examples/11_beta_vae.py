@@ -53,22 +53,36 @@ for beta in betas:
     terms = elbo_terms(vae, x, particles)
     recon, kl = float(-terms["log_lik"].mean()), float(terms["kl"].mean())
     units = active_units(vae, x)
-    results["betas"][f"{beta:g}"] = {"reconstruction_nats": recon, "kl_nats": kl, "neg_elbo": recon + kl,
-                                     "active_units": units["active"], "activity": units["activity"]}  # fmt: skip
-    print(f"beta {beta:>4g}: reconstruction {recon:7.2f} + KL {kl:6.2f} = negative ELBO {recon + kl:7.2f} nats, "
-          f"{units['active']} of 10 units active")  # fmt: skip
+    results["betas"][f"{beta:g}"] = {
+        "reconstruction_nats": recon,
+        "kl_nats": kl,
+        "neg_elbo": recon + kl,
+        "active_units": units["active"],
+        "activity": units["activity"],
+    }
+    print(
+        f"beta {beta:>4g}: reconstruction {recon:7.2f} + KL {kl:6.2f} = negative ELBO {recon + kl:7.2f} nats, "
+        f"{units['active']} of 10 units active"
+    )
     if beta in SHOWN:
         dims = units["order"][:5]
-        grids[beta] = (image_grid(traverse(vae, torch.zeros(10, device=args.device), dims, 3.0, 9),
-                                  data.image_shape, len(dims)), dims)  # fmt: skip
+        grids[beta] = (
+            image_grid(traverse(vae, torch.zeros(10, device=args.device), dims, 3.0, 9), data.image_shape, len(dims)),
+            dims,
+        )
 
 # %%
 rows = results["betas"]
 fig, ax = plt.subplots(figsize=(5.5, 3.8))
 ax.plot([r["kl_nats"] for r in rows.values()], [r["reconstruction_nats"] for r in rows.values()], "o-")
 for beta, r in rows.items():
-    ax.annotate(f"β={beta} ({r['active_units']} active)", (r["kl_nats"], r["reconstruction_nats"]),
-                textcoords="offset points", xytext=(6, 4), fontsize=8)  # fmt: skip
+    ax.annotate(
+        f"β={beta} ({r['active_units']} active)",
+        (r["kl_nats"], r["reconstruction_nats"]),
+        textcoords="offset points",
+        xytext=(6, 4),
+        fontsize=8,
+    )
 ax.set_xlabel("KL(q(z|x) ‖ p(z)), nats per image")
 ax.set_ylabel("reconstruction −E_q log p(x|z), nats")
 ax.set_title("The β-VAE trade-off (measured at β = 1 on test images)", fontsize=10)

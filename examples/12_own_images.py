@@ -45,6 +45,7 @@ from pyro_vae.evaluation.plots import show_grid
 
 NETWORKS = {"mlp": (), "conv": ("model.conv.channels=[32,64]", "model.conv.features=256")}
 
+
 # %%
 def write_folder(root, n: int) -> int:
     """``n`` evenly spaced binarized-MNIST test digits as PNG files in one folder per label."""
@@ -55,6 +56,7 @@ def write_folder(root, n: int) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((image.reshape(28, 28).numpy() * 255).astype(np.uint8)).save(folder / f"{i:05d}.png")
     return len(pick)
+
 
 # %%
 args = parse_args("12_own_images")
@@ -68,18 +70,36 @@ small = ("model.conv.channels=[8,16]", "model.conv.features=64")  # the smoke te
 for name, settings in NETWORKS.items():
     settings = small if args.smoke_test and name == "conv" else settings
     run = args.out / name
-    sets = ["data.name=image_folder", f"data.root={folder}", f"model.network={name}", "model.latent_dim=16",
-            f"train.epochs={epochs}", f"train.seed={args.seed}", f"train.device={args.device}", "eval.iwae_k=10",
-            *settings]  # fmt: skip
-    argv = ["train", "--out", str(run), "--overwrite", "--no-progress", "--no-figures",
-            *(a for s in sets for a in ("--set", s))]  # fmt: skip
+    sets = [
+        "data.name=image_folder",
+        f"data.root={folder}",
+        f"model.network={name}",
+        "model.latent_dim=16",
+        f"train.epochs={epochs}",
+        f"train.seed={args.seed}",
+        f"train.device={args.device}",
+        "eval.iwae_k=10",
+        *settings,
+    ]
+    argv = [
+        "train",
+        "--out",
+        str(run),
+        "--overwrite",
+        "--no-progress",
+        "--no-figures",
+        *(a for s in sets for a in ("--set", s)),
+    ]
     assert pyro_vae_cli(argv) == 0, argv
     _, vae, data = load_run(run, device=str(args.device))
     x = data.test.to(args.device)
     est = evaluate(vae, x, k=k, batch_size=50, seed=args.seed)
     params = sum(p.numel() for p in vae.parameters())
-    results["networks"][name] = {"test_nll": [est["nll"].mean, est["nll"].se], "parameters": params,
-                                 "test_neg_elbo": [est["neg_elbo"].mean, est["neg_elbo"].se]}  # fmt: skip
+    results["networks"][name] = {
+        "test_nll": [est["nll"].mean, est["nll"].se],
+        "parameters": params,
+        "test_neg_elbo": [est["neg_elbo"].mean, est["neg_elbo"].se],
+    }
     print(f"{name:<5} {params:>9,} parameters: test NLL (K={k}, {x.shape[0]} images) {est['nll']} nats")
     torch.manual_seed(args.seed)
     shown = x[evenly_spaced(x.shape[0], 10)]
@@ -87,8 +107,9 @@ for name, settings in NETWORKS.items():
 
 # %%
 names = list(results["networks"])
-nll_bars({n: r["test_nll"] for n, r in results["networks"].items()}, k,
-         f"The same folder, {epochs} epochs each", args.out)
+nll_bars(
+    {n: r["test_nll"] for n, r in results["networks"].items()}, k, f"The same folder, {epochs} epochs each", args.out
+)
 
 # %%
 rows = [pictures["mlp"][0], *(pictures[m][1] for m in names), *(pictures[m][2] for m in names)]

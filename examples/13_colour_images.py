@@ -111,27 +111,54 @@ print(f"wrote {written} colour PNG files into {folder}/<digit>/")
 
 # %%
 run = args.out / "run"
-sets = ["data.name=image_folder", f"data.root={folder}", "data.image_folder.channels=3",
-        "data.image_folder.image_size=28", "model.network=conv", "model.likelihood=discretized_logistic",
-        "model.activation=relu", "model.latent_dim=16", f"train.epochs={epochs}", f"train.batch_size={batch}",
-        f"train.seed={args.seed}", f"train.device={args.device}", "eval.iwae_k=10",
-        f"train.kl_warmup_epochs={epochs // 3}", *network]  # fmt: skip
-argv = ["train", "--out", str(run), "--overwrite", "--no-progress", "--no-figures",
-        *(a for s in sets for a in ("--set", s))]  # fmt: skip
+sets = [
+    "data.name=image_folder",
+    f"data.root={folder}",
+    "data.image_folder.channels=3",
+    "data.image_folder.image_size=28",
+    "model.network=conv",
+    "model.likelihood=discretized_logistic",
+    "model.activation=relu",
+    "model.latent_dim=16",
+    f"train.epochs={epochs}",
+    f"train.batch_size={batch}",
+    f"train.seed={args.seed}",
+    f"train.device={args.device}",
+    "eval.iwae_k=10",
+    f"train.kl_warmup_epochs={epochs // 3}",
+    *network,
+]
+argv = [
+    "train",
+    "--out",
+    str(run),
+    "--overwrite",
+    "--no-progress",
+    "--no-figures",
+    *(a for s in sets for a in ("--set", s)),
+]
 assert pyro_vae_cli(argv) == 0, argv
 _, vae, data = load_run(run, device=str(args.device))
 x = data.test.to(args.device)
 est = evaluate(vae, x, k=k, batch_size=50, seed=args.seed)
 dim = x.shape[1]
 bits, elbo_bits = bits_per_dim(est["nll"], dim), bits_per_dim(est["neg_elbo"], dim)
-print(f"{x.shape[0]} test pictures of {dim} dimensions: NLL (K={k}) {est['nll']} nats = {bits} bits/dim "
-      f"(uniform guess 8, floor {FLOOR:.3f})")  # fmt: skip
+print(
+    f"{x.shape[0]} test pictures of {dim} dimensions: NLL (K={k}) {est['nll']} nats = {bits} bits/dim "
+    f"(uniform guess 8, floor {FLOOR:.3f})"
+)
 results = {
-    "images": written, "epochs": epochs, "iwae_k": k, "data_dim": dim, "test_images": x.shape[0],
-    "test_nll_nats": [est["nll"].mean, est["nll"].se], "test_nll_bits_per_dim": [bits.mean, bits.se],
-    "test_neg_elbo_bits_per_dim": [elbo_bits.mean, elbo_bits.se], "floor_bits_per_dim": FLOOR,
+    "images": written,
+    "epochs": epochs,
+    "iwae_k": k,
+    "data_dim": dim,
+    "test_images": x.shape[0],
+    "test_nll_nats": [est["nll"].mean, est["nll"].se],
+    "test_nll_bits_per_dim": [bits.mean, bits.se],
+    "test_neg_elbo_bits_per_dim": [elbo_bits.mean, elbo_bits.se],
+    "floor_bits_per_dim": FLOOR,
     "uniform_bits_per_dim": 8.0,
-}  # fmt: skip
+}
 
 # %% [markdown]
 # Pictures, reconstructions and samples. A reconstruction and a sample show the decoder's mean

@@ -106,10 +106,18 @@ MODELS = {  # name: (decoder sees z2 too, KL warm-up)
     "skip_warmup": (True, True),
     "skip_no_warmup": (True, False),
 }
-LABELS = {"chain_warmup": "z₂→z₁→x, warm-up", "chain_no_warmup": "z₂→z₁→x, no warm-up",
-          "skip_warmup": "skip (T&W), warm-up", "skip_no_warmup": "skip (T&W), no warm-up"}  # fmt: skip
-COLOURS = {"chain_warmup": "tab:blue", "chain_no_warmup": "tab:orange", "skip_warmup": "tab:green",
-           "skip_no_warmup": "tab:red"}  # fmt: skip
+LABELS = {
+    "chain_warmup": "z₂→z₁→x, warm-up",
+    "chain_no_warmup": "z₂→z₁→x, no warm-up",
+    "skip_warmup": "skip (T&W), warm-up",
+    "skip_no_warmup": "skip (T&W), no warm-up",
+}
+COLOURS = {
+    "chain_warmup": "tab:blue",
+    "chain_no_warmup": "tab:orange",
+    "skip_warmup": "tab:green",
+    "skip_no_warmup": "tab:red",
+}
 ROWS, COLS = 20, 20  # z2 draws, and z1 draws for each (the figure shows the first 6 x 8)
 
 
@@ -142,13 +150,24 @@ if args.smoke_test:
 else:
     epochs, warmup, subset, hidden, latent, images, particles = 20, 10, 0, 256, 32, 2000, 16
     stages = (1, 2, 3, 5, 10, 15, 20)
-results = {"epochs": epochs, "warmup_epochs": warmup, "latent_dims": {"z2": latent, "z1": latent},
-           "test_images": images, "particles": particles, "stages": list(stages), "models": {}}  # fmt: skip
+results = {
+    "epochs": epochs,
+    "warmup_epochs": warmup,
+    "latent_dims": {"z2": latent, "z1": latent},
+    "test_images": images,
+    "particles": particles,
+    "stages": list(stages),
+    "models": {},
+}
 models = {}
 for name, (skip, warm) in MODELS.items():
     run = args.out / name
-    overrides = ("model.structure=hierarchical", f"model.hierarchical.skip={str(skip).lower()}",
-                 f"model.hidden=[{hidden}]", f"train.kl_warmup_epochs={warmup if warm else 0}")  # fmt: skip
+    overrides = (
+        "model.structure=hierarchical",
+        f"model.hierarchical.skip={str(skip).lower()}",
+        f"model.hidden=[{hidden}]",
+        f"train.kl_warmup_epochs={warmup if warm else 0}",
+    )
     # The KL after each stage, kept beside the run: run again, the notebook trains and measures only
     # the stages it lacks (the weights of an earlier epoch are gone once the run has gone past it).
     kept = args.out / f"{name}_kl_curve.json"
@@ -165,12 +184,19 @@ for name, (skip, warm) in MODELS.items():
     units = active_units_per_layer(vae, x)
     models[name] = vae
     by_layer = {layer: [curve[str(stage)][layer] for stage in stages] for layer in vae.layers()}
-    results["models"][name] = {"skip": skip, "warmup_epochs": warmup if warm else 0, **terms, "kl_curve": by_layer,
-                               "active_units": {layer: u["active"] for layer, u in units.items()}}  # fmt: skip
+    results["models"][name] = {
+        "skip": skip,
+        "warmup_epochs": warmup if warm else 0,
+        **terms,
+        "kl_curve": by_layer,
+        "active_units": {layer: u["active"] for layer, u in units.items()},
+    }
     kl = terms["kl"]
-    print(f"{LABELS[name]:>24}: reconstruction {terms['reconstruction_nats']:6.2f} + KL(z2) {kl['z2']:5.2f} "
-          f"+ KL(z1) {kl['z1']:5.2f} = {terms['neg_elbo']:6.2f} nats; active units z2 {units['z2']['active']}, "
-          f"z1 {units['z1']['active']} of {latent}")  # fmt: skip
+    print(
+        f"{LABELS[name]:>24}: reconstruction {terms['reconstruction_nats']:6.2f} + KL(z2) {kl['z2']:5.2f} "
+        f"+ KL(z1) {kl['z1']:5.2f} = {terms['neg_elbo']:6.2f} nats; active units z2 {units['z2']['active']}, "
+        f"z1 {units['z1']['active']} of {latent}"
+    )
 
 # %% [markdown]
 # ## What each layer encodes: $z_2$ held, $z_1$ redrawn

@@ -129,7 +129,14 @@ def train_vae(run: Path, latent_dim: int, epochs: int, subset: int, seed: int, d
     (move what you feed the model to ``device``)."""
     from pyro_vae import fit, load_config, load_run
 
-    overrides = [f"model.latent_dim={latent_dim}", f"train.epochs={epochs}", f"data.subset={subset}",
-                 "eval.iwae_k=10", f"train.seed={seed}", f"train.device={device}", *overrides]  # fmt: skip
+    overrides = [
+        f"model.latent_dim={latent_dim}",
+        f"train.epochs={epochs}",
+        f"data.subset={subset}",
+        "eval.iwae_k=10",
+        f"train.seed={seed}",
+        f"train.device={device}",
+        *overrides,
+    ]
     fit(load_config(None, overrides), run, progress=False, figures=False, resume=(run / "checkpoints/last.pt").exists())
     return load_run(run, device=str(device))

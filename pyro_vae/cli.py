@@ -23,18 +23,31 @@ from pyro_vae.files import check_regular, write_atomic
 
 
 def _plugin_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE_OR_MODULE",
-                   help="import a .py file or a module that registers components (repeatable); "
-                   "see docs/plugins.md")  # fmt: skip
-    p.add_argument("--trust-config-plugins", action="store_true",
-                   help="also import the plugins that the config file or run folder names "
-                   "(only for files you trust)")  # fmt: skip
+    p.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="FILE_OR_MODULE",
+        help="import a .py file or a module that registers components (repeatable); see docs/plugins.md",
+    )
+    p.add_argument(
+        "--trust-config-plugins",
+        action="store_true",
+        help="also import the plugins that the config file or run folder names (only for files you trust)",
+    )
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML (or JSON) file with [data], [model], [train], [eval] tables")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value, e.g. --set model.latent_dim=2 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set model.latent_dim=2 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
-    p.add_argument("--tensorboard", action="store_true", help="log to RUN/tensorboard (shorthand for --set "
-                   "train.tensorboard=true; needs pip install 'pyro-vae[tensorboard]')")  # fmt: skip
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="log to RUN/tensorboard (shorthand for --set "
+        "train.tensorboard=true; needs pip install 'pyro-vae[tensorboard]')",
+    )
     _plugin_args(p)
 
     p = sub.add_parser("evaluate", help="test negative ELBO and importance-sampled NLL of a run or exported model")
@@ -63,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _plugin_args(p)
 
-    p = sub.add_parser("compare", help="measure the ELBO estimators on a trained run (values, variance, gradients, "
-                       "encoder SNR against K)")  # fmt: skip
+    p = sub.add_parser(
+        "compare",
+        help="measure the ELBO estimators on a trained run (values, variance, gradients, encoder SNR against K)",
+    )
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--images", type=int, default=100, help="evenly spaced test images (default 100)")
     p.add_argument("--k", default="1,10,100,1000", help="IWAE sample sizes, comma-separated (add 5000 for papers')")
@@ -72,8 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=32, help="P-particle estimates per image for the spread")
     p.add_argument("--grad-images", type=int, default=32, help="images in the batch whose gradient is estimated")
     p.add_argument("--grad-reps", type=int, default=50, help="gradient draws per estimator and P")
-    p.add_argument("--snr-k", default="1,4,16,64,256,1024", help="samples per image K of the encoder SNR panel "
-                   "(iwae, iwae_dreg, piwae)")  # fmt: skip
+    p.add_argument(
+        "--snr-k",
+        default="1,4,16,64,256,1024",
+        help="samples per image K of the encoder SNR panel (iwae, iwae_dreg, piwae)",
+    )
     p.add_argument("--groups", type=int, default=4, help="M of miwae and piwae (M groups of K / M samples)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
@@ -87,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
     _plugin_args(p)
 
-    p = sub.add_parser("export", help="write a run's weights as a portable model (model.safetensors, config.json, "
-                       "a model card)")  # fmt: skip
+    p = sub.add_parser(
+        "export", help="write a run's weights as a portable model (model.safetensors, config.json, a model card)"
+    )
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the model files")
     p.add_argument("--overwrite", action="store_true", help="replace model files already in --out")
@@ -141,20 +164,38 @@ def _latent_commands(sub) -> None:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior's draws (default 1)")
     p = add("interpolate", "decode linear and spherical paths between the codes of two images")
-    p.add_argument("--between", nargs=2, metavar=("A", "B"), required=True,
-                   help="two test image indices, or two image files (the model's size)")  # fmt: skip
+    p.add_argument(
+        "--between",
+        nargs=2,
+        metavar=("A", "B"),
+        required=True,
+        help="two test image indices, or two image files (the model's size)",
+    )
     p.add_argument("--invert", action="store_true", help="image files with dark ink on white paper")
     p.add_argument("--steps", type=int, default=10)
     p = add("traverse", "vary one latent dimension at a time (most active first); report the active units")
-    p.add_argument("--layer", metavar="NAME", help="the latent layer to vary (default the top one; z1 is the "
-                   "bottom layer of a hierarchical model)")  # fmt: skip
+    p.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="the latent layer to vary (default the top one; z1 is the bottom layer of a hierarchical model)",
+    )
     p.add_argument("--dims", type=int, nargs="*", help="dimensions to vary (default the layer's 10 most active)")
-    p.add_argument("--image", type=int, help="start from this test image's codes (default the top layer at 0, the "
-                   "layers below at their conditional means)")  # fmt: skip
+    p.add_argument(
+        "--image",
+        type=int,
+        help="start from this test image's codes (default the top layer at 0, the "
+        "layers below at their conditional means)",
+    )
     p.add_argument("--span", type=float, default=3.0, help="values in [-span, span] (default 3)")
     p = add("encode", "write the latent means and scales of a split (every layer's), with labels, to an .npz file")
-    p.add_argument("--split", "--data", dest="split", choices=("train", "valid", "test"), default="test",
-                   help="the split to encode (default test)")  # fmt: skip
+    p.add_argument(
+        "--split",
+        "--data",
+        dest="split",
+        choices=("train", "valid", "test"),
+        default="test",
+        help="the split to encode (default test)",
+    )
     p.add_argument("--file", metavar="NPZ", help="output file (default OUT/codes_SPLIT.npz)")
     p = add("reconstruct", "reconstruct your own image files (the model's image size, grey or colour)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -203,8 +244,9 @@ def _latent(args) -> int:
         layers = vae.layers()  # latent site -> size, top first
         layer = args.layer if args.layer is not None else next(iter(layers))
         if layer not in layers:
-            raise ValueError(f"--layer {layer} is not a latent layer of this model; its layers (top first): "
-                             f"{', '.join(layers)}")  # fmt: skip
+            raise ValueError(
+                f"--layer {layer} is not a latent layer of this model; its layers (top first): {', '.join(layers)}"
+            )
         bad = [d for d in args.dims or [] if not 0 <= d < layers[layer]]
         if bad:
             where = "the latent space" if len(layers) == 1 else f"layer {layer}"
@@ -226,8 +268,11 @@ def _latent(args) -> int:
     if args.command == "sample":
         images = latent.sample(vae, args.n, args.temperature, args.seed)
         title = f"Samples, temperature {args.temperature:g}"
-        written.append(plot_images(images, shape, max(1, int(args.n**0.5)), title,
-                                   out / f"samples_t{args.temperature:g}.png", inside))  # fmt: skip
+        written.append(
+            plot_images(
+                images, shape, max(1, int(args.n**0.5)), title, out / f"samples_t{args.temperature:g}.png", inside
+            )
+        )
     elif args.command == "interpolate":
         a, b = args.between
         if a.isdigit() != b.isdigit():
@@ -240,8 +285,16 @@ def _latent(args) -> int:
         paths = latent.interpolate(vae, *ends, args.steps)
         rows = torch.cat([paths["linear"], paths["spherical"]])
         stem = "_".join(Path(e).stem for e in (a, b))
-        written.append(plot_images(rows, shape, 2, f"{name[0].upper()}{name[1:]}: linear (top), spherical (bottom)",
-                                   out / f"interpolate_{stem}.png", inside))  # fmt: skip
+        written.append(
+            plot_images(
+                rows,
+                shape,
+                2,
+                f"{name[0].upper()}{name[1:]}: linear (top), spherical (bottom)",
+                out / f"interpolate_{stem}.png",
+                inside,
+            )
+        )
     elif args.command == "traverse":
         per_layer = latent.active_units_per_layer(vae, data.test)
         units = per_layer[layer]
@@ -253,11 +306,21 @@ def _latent(args) -> int:
             codes = vae.complete({top: torch.zeros(1, layers[top], device=device)})
         grid = latent.traverse(vae, {name: z[0] for name, z in codes.items()}, dims, args.span, layer=layer)
         which = "Dimensions" if len(layers) == 1 else f"Layer {layer}, dimensions"
-        written.append(plot_images(grid, shape, len(dims), f"{which} {dims} from {-args.span:g} to "
-                                   f"{args.span:g}", out / "traverse.png", inside))  # fmt: skip
+        written.append(
+            plot_images(
+                grid,
+                shape,
+                len(dims),
+                f"{which} {dims} from {-args.span:g} to {args.span:g}",
+                out / "traverse.png",
+                inside,
+            )
+        )
         numbers = {**units, "dims": dims, "layers": {name: u["active"] for name, u in per_layer.items()}}
-        counts = ", ".join(f"{u['active']} of {layers[name]}" if len(layers) == 1 else
-                           f"{name} {u['active']} of {layers[name]}" for name, u in per_layer.items())  # fmt: skip
+        counts = ", ".join(
+            f"{u['active']} of {layers[name]}" if len(layers) == 1 else f"{name} {u['active']} of {layers[name]}"
+            for name, u in per_layer.items()
+        )
         print(f"active units (Cov_x E[z|x] > {units['threshold']:g}, {units['images']} test images): {counts}")
     elif args.command == "encode":
         x = getattr(data, args.split)
@@ -283,14 +346,19 @@ def _latent(args) -> int:
 def _print_summary(summary: dict, run_dir: Path) -> None:
     final = summary["final"]
     print(f"\nrun folder: {run_dir}")
-    print(f"epochs: {summary['epochs_run']} (best on valid: {summary['best_epoch']}), "
-          f"wall time {summary['wall_time_s']:.0f} s, {summary['images_per_s']:.0f} training images/s "
-          f"on {summary['environment']['device']}")  # fmt: skip
+    print(
+        f"epochs: {summary['epochs_run']} (best on valid: {summary['best_epoch']}), "
+        f"wall time {summary['wall_time_s']:.0f} s, {summary['images_per_s']:.0f} training images/s "
+        f"on {summary['environment']['device']}"
+    )
     if summary["config"]["train"]["kl_weight"] != 1:
         print(f"trained {summary['objective']}")
     print(f"{'nats per image':<42}{'mean':>10}{'± s.e.':>10}")
-    rows = [("train negative ELBO", final["train_neg_elbo"]), ("valid negative ELBO", final["valid_neg_elbo"]),
-            ("test negative ELBO", final["test_neg_elbo"])]  # fmt: skip
+    rows = [
+        ("train negative ELBO", final["train_neg_elbo"]),
+        ("valid negative ELBO", final["valid_neg_elbo"]),
+        ("test negative ELBO", final["test_neg_elbo"]),
+    ]
     if "test_nll" in final:
         rows.append((f"test NLL, IWAE K={final['iwae_k']} ({final['iwae_images']} images)", final["test_nll"]))
     for name, est in rows:
@@ -322,8 +390,14 @@ def _train(args) -> int:
     else:
         run_dir = Path(args.out or "runs/default")
         cfg = load_config(args.config, args.overrides)
-    summary = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
-                  figures=not args.no_figures, overwrite=args.overwrite)  # fmt: skip
+    summary = fit(
+        cfg,
+        run_dir,
+        resume=bool(args.resume),
+        progress=not args.no_progress,
+        figures=not args.no_figures,
+        overwrite=args.overwrite,
+    )
     if summary:  # under torchrun, only rank 0 returns one
         _print_summary(summary, run_dir)
     return 0
@@ -341,13 +415,25 @@ def _evaluate(args) -> int:
     cfg, vae, data = open_model(args.run, args.checkpoint, args.device)
     device = next(vae.parameters()).device
     x = data.test[evenly_spaced(data.test.shape[0], args.images)].to(device)
-    results = evaluate(vae, x, k=args.k, batch_size=max(1, min(100, cfg.train.eval_batch_size)),
-                       seed=cfg.eval.seed, progress=not args.no_progress, desc=f"K={args.k}")  # fmt: skip
+    results = evaluate(
+        vae,
+        x,
+        k=args.k,
+        batch_size=max(1, min(100, cfg.train.eval_batch_size)),
+        seed=cfg.eval.seed,
+        progress=not args.no_progress,
+        desc=f"K={args.k}",
+    )
     results = with_bits_per_dim(results, x)
     out = Path(args.run) / f"evaluation_k{args.k}.json"
     check_regular(out, "results file")  # before the work: a link there is refused, not written through
-    record = {"checkpoint": args.checkpoint, "k": args.k, "images": x.shape[0], "unit": "nats per image",
-              **as_dict(results)}  # fmt: skip
+    record = {
+        "checkpoint": args.checkpoint,
+        "k": args.k,
+        "images": x.shape[0],
+        "unit": "nats per image",
+        **as_dict(results),
+    }
     write_atomic(out, json.dumps(record, indent=2), Path(args.run))
     for name, est in results.items():
         unit = "bits per dimension" if name.endswith("bits_per_dim") else "nats"
@@ -382,10 +468,17 @@ def _compare(args) -> int:
     _check_int("--grad-reps", args.grad_reps, 2, MAX_LAB_REPS, " (gradient draws, at least 2 for a spread)")
     _check_int("--groups", args.groups, 1, MAX_SAMPLES)
     _check_int("--seed", args.seed, 0, MAX_SEED)
-    lab = LabConfig(images=args.images, ks=_int_list(args.k, "--k"),
-                    particles=_int_list(args.particles, "--particles", MAX_LAB_PARTICLES),
-                    reps=args.reps, grad_images=args.grad_images, grad_reps=args.grad_reps, seed=args.seed,
-                    snr_ks=_int_list(args.snr_k, "--snr-k"), groups=args.groups)  # fmt: skip
+    lab = LabConfig(
+        images=args.images,
+        ks=_int_list(args.k, "--k"),
+        particles=_int_list(args.particles, "--particles", MAX_LAB_PARTICLES),
+        reps=args.reps,
+        grad_images=args.grad_images,
+        grad_reps=args.grad_reps,
+        seed=args.seed,
+        snr_ks=_int_list(args.snr_k, "--snr-k"),
+        groups=args.groups,
+    )
     _, vae, data = open_model(args.run, args.checkpoint, args.device)
     device = next(vae.parameters()).device
     x = data.test[evenly_spaced(data.test.shape[0], lab.images)].to(device)
@@ -427,8 +520,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(to_toml(load_config(args.config, args.overrides)), end="")
             return 0
-        commands = {"train": _train, "evaluate": _evaluate, "compare": _compare, "plot": _plot, "export": _export,
-                    **dict.fromkeys(("sample", "interpolate", "traverse", "encode", "reconstruct"), _latent)}
+        commands = {
+            "train": _train,
+            "evaluate": _evaluate,
+            "compare": _compare,
+            "plot": _plot,
+            "export": _export,
+            **dict.fromkeys(("sample", "interpolate", "traverse", "encode", "reconstruct"), _latent),
+        }
         return commands[args.command](args)
     except ValueError as exc:
         print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
@@ -440,8 +539,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyro-vae {args.command}: training stopped: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"pyro-vae {args.command}: interrupted; a train run keeps its last epoch's checkpoint "
-              "(continue it with --resume RUN_DIR)", file=sys.stderr)  # fmt: skip
+        print(
+            f"pyro-vae {args.command}: interrupted; a train run keeps its last epoch's checkpoint "
+            "(continue it with --resume RUN_DIR)",
+            file=sys.stderr,
+        )
         return 130
 
 

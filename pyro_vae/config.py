@@ -221,9 +221,10 @@ def _replace_section(section_obj: Any, section: str, updates: dict[str, Any]) ->
         elif key in hints and key != "settings":
             values[key] = _coerce(raw, hints[key], f"{section}.{key}")
         else:
-            raise ConfigError(f"unknown key {section}.{key}; keys of [{section}] are: {', '.join(known)}"
-                              + (f", and a [{section}.NAME] table of settings for a component" if "settings" in hints
-                                 else ""))  # fmt: skip
+            raise ConfigError(
+                f"unknown key {section}.{key}; keys of [{section}] are: {', '.join(known)}"
+                + (f", and a [{section}.NAME] table of settings for a component" if "settings" in hints else "")
+            )
     if "settings" in hints:
         values["settings"] = settings
     return dataclasses.replace(section_obj, **values)
@@ -280,15 +281,19 @@ def read_config_file(path: str | Path) -> dict:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); TOML and "
-                          "JSON files are UTF-8: save it as UTF-8") from None  # fmt: skip
+        raise ConfigError(
+            f"{where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); TOML and "
+            "JSON files are UTF-8: save it as UTF-8"
+        ) from None
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{where} is not valid {path.suffix[1:] or 'TOML'}: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must hold a table of sections (a JSON object such as {{\"model\": "
-                          f"{{\"latent_dim\": 2}}}}), not a JSON {type(data).__name__}")  # fmt: skip
+        raise ConfigError(
+            f'{where} must hold a table of sections (a JSON object such as {{"model": '
+            f'{{"latent_dim": 2}}}}), not a JSON {type(data).__name__}'
+        )
     return data
 
 
@@ -305,8 +310,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             cfg = from_dict(data, cfg)
         except ConfigError as exc:
-            hint = (f"; the file's [plugins] table names {plugins.get('modules')}: import them first (--plugin on the "
-                    "command line, pyro_vae.load_plugin from Python)" if isinstance(plugins, dict) else "")  # fmt: skip
+            hint = (
+                f"; the file's [plugins] table names {plugins.get('modules')}: import them first (--plugin on the "
+                "command line, pyro_vae.load_plugin from Python)"
+                if isinstance(plugins, dict)
+                else ""
+            )
             raise ConfigError(f"in {str(path)!r}: {exc}{hint}") from None
     return apply_overrides(cfg, overrides)
 
@@ -315,8 +324,14 @@ def to_toml(cfg: ExperimentConfig) -> str:
     """Serialise to TOML (readable back by :func:`load_config`)."""
 
     def table(name: str, values: dict) -> list[str]:
-        return [f"[{name}]", *(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}"
-                               for key, value in values.items()), ""]  # fmt: skip
+        return [
+            f"[{name}]",
+            *(
+                f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}"
+                for key, value in values.items()
+            ),
+            "",
+        ]
 
     lines = []
     for section, values in cfg.to_dict().items():
@@ -348,10 +363,14 @@ def _resolve_settings(cfg: ExperimentConfig, section: str) -> dict[str, dict]:
         if settings_cls is None:
             if name not in given:
                 continue
-            described = ", ".join(f"{n} ({', '.join(f.name for f in dataclasses.fields(owner[n].settings_class(n)))})"
-                                  for n in with_settings)  # fmt: skip
-            raise ConfigError(f"[{section}.{name}]: {name!r} is no {section} component with settings; those with "
-                              f"settings are: {described}")  # fmt: skip
+            described = ", ".join(
+                f"{n} ({', '.join(f.name for f in dataclasses.fields(owner[n].settings_class(n)))})"
+                for n in with_settings
+            )
+            raise ConfigError(
+                f"[{section}.{name}]: {name!r} is no {section} component with settings; those with "
+                f"settings are: {described}"
+            )
         out[name] = dataclasses.asdict(settings_of(settings_cls, given.get(name, {}), f"{section}.{name}"))
     return out
 
@@ -381,37 +400,63 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         value = getattr(getattr(cfg, section), key)
         _require(value in registry, f"{config_key} = {value!r} is not one of: {', '.join(registry.names())}")
     positive = [
-        ("model", "latent_dim"), ("train", "num_particles"), ("train", "epochs"),
-        ("train", "batch_size"), ("train", "eval_batch_size"), ("eval", "iwae_k"), ("train", "iw_groups"),
-    ]  # fmt: skip
+        ("model", "latent_dim"),
+        ("train", "num_particles"),
+        ("train", "epochs"),
+        ("train", "batch_size"),
+        ("train", "eval_batch_size"),
+        ("eval", "iwae_k"),
+        ("train", "iw_groups"),
+    ]
     for section, key in positive:
         value = getattr(getattr(cfg, section), key)
         _require(value >= 1, f"{section}.{key} = {value} must be at least 1")
-    for section, key in [("data", "valid_size"), ("data", "subset"), ("eval", "iwae_images"), ("train", "patience"),
-                         ("train", "sync_every")]:  # fmt: skip
+    for section, key in [
+        ("data", "valid_size"),
+        ("data", "subset"),
+        ("eval", "iwae_images"),
+        ("train", "patience"),
+        ("train", "sync_every"),
+    ]:
         value = getattr(getattr(cfg, section), key)
         _require(value >= 0, f"{section}.{key} = {value} must be 0 or more")
     _require(
         all(h >= 1 for h in cfg.model.hidden), f"model.hidden = {list(cfg.model.hidden)}: widths must be at least 1"
     )
-    limits = {("model", "latent_dim"): "MAX_LATENT_DIM", ("train", "batch_size"): "MAX_BATCH_SIZE",
-              ("train", "eval_batch_size"): "MAX_BATCH_SIZE", ("train", "num_particles"): "MAX_SAMPLES",
-              ("train", "iw_groups"): "MAX_SAMPLES", ("eval", "iwae_k"): "MAX_SAMPLES"}  # fmt: skip
+    limits = {
+        ("model", "latent_dim"): "MAX_LATENT_DIM",
+        ("train", "batch_size"): "MAX_BATCH_SIZE",
+        ("train", "eval_batch_size"): "MAX_BATCH_SIZE",
+        ("train", "num_particles"): "MAX_SAMPLES",
+        ("train", "iw_groups"): "MAX_SAMPLES",
+        ("eval", "iwae_k"): "MAX_SAMPLES",
+    }
     for (section, key), name in limits.items():
         value, limit = getattr(getattr(cfg, section), key), globals()[name]
-        _require(value <= limit, f"{section}.{key} = {value} is above the limit of {limit:,} "
-                 f"(pyro_vae.config.{name}); choose a smaller value")  # fmt: skip
+        _require(
+            value <= limit,
+            f"{section}.{key} = {value} is above the limit of {limit:,} "
+            f"(pyro_vae.config.{name}); choose a smaller value",
+        )
     wide = [h for h in cfg.model.hidden if h > MAX_WIDTH]
-    _require(not wide, f"model.hidden = {list(cfg.model.hidden)}: width {wide[0] if wide else 0} is above the "
-             f"limit of {MAX_WIDTH:,} (pyro_vae.config.MAX_WIDTH); choose smaller widths")  # fmt: skip
+    _require(
+        not wide,
+        f"model.hidden = {list(cfg.model.hidden)}: width {wide[0] if wide else 0} is above the "
+        f"limit of {MAX_WIDTH:,} (pyro_vae.config.MAX_WIDTH); choose smaller widths",
+    )
     samples = cfg.train.num_particles * cfg.train.iw_groups
-    _require(samples <= MAX_SAMPLES, f"train.num_particles x train.iw_groups = {cfg.train.num_particles} x "
-             f"{cfg.train.iw_groups} = {samples:,} samples of z per image, above the limit of {MAX_SAMPLES:,} "
-             "(pyro_vae.config.MAX_SAMPLES); choose fewer")  # fmt: skip
+    _require(
+        samples <= MAX_SAMPLES,
+        f"train.num_particles x train.iw_groups = {cfg.train.num_particles} x "
+        f"{cfg.train.iw_groups} = {samples:,} samples of z per image, above the limit of {MAX_SAMPLES:,} "
+        "(pyro_vae.config.MAX_SAMPLES); choose fewer",
+    )
     for section in ("train", "data", "eval"):
         seed = getattr(cfg, section).seed
-        _require(0 <= seed <= MAX_SEED, f"{section}.seed = {seed} must be in [0, {MAX_SEED}] (2**32 - 1: NumPy "
-                 "takes 32-bit seeds)")  # fmt: skip
+        _require(
+            0 <= seed <= MAX_SEED,
+            f"{section}.seed = {seed} must be in [0, {MAX_SEED}] (2**32 - 1: NumPy takes 32-bit seeds)",
+        )
     for section, key in [("train", "kl_warmup_epochs"), ("train", "lr"), ("train", "kl_weight")]:
         value = getattr(getattr(cfg, section), key)
         _require(math.isfinite(value), f"{section}.{key} = {value} must be a finite number")
@@ -420,12 +465,16 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     )
     _require(cfg.train.time_limit_min >= 0, f"train.time_limit_min = {cfg.train.time_limit_min} must be 0 or more")
     _require(cfg.train.lr > 0, f"train.lr = {cfg.train.lr} must be positive")
-    _require(cfg.train.kl_weight > 0, f"train.kl_weight = {cfg.train.kl_weight} must be positive (beta of a beta-VAE; "
-             "1 trains the ELBO; a zero weight would drop the KL term and its gradient)")  # fmt: skip
+    _require(
+        cfg.train.kl_weight > 0,
+        f"train.kl_weight = {cfg.train.kl_weight} must be positive (beta of a beta-VAE; "
+        "1 trains the ELBO; a zero weight would drop the KL term and its gradient)",
+    )
     _require(0 < cfg.train.lr_decay <= 1, f"train.lr_decay = {cfg.train.lr_decay} must be in (0, 1]")
     _require(is_device_name(cfg.train.device), f"train.device = {cfg.train.device!r} is not one of: {DEVICE_NAMES}")
-    resolved = {s: dataclasses.replace(getattr(cfg, s), settings=_resolve_settings(cfg, s))
-                for s in ("data", "model", "train")}
+    resolved = {
+        s: dataclasses.replace(getattr(cfg, s), settings=_resolve_settings(cfg, s)) for s in ("data", "model", "train")
+    }
     return dataclasses.replace(cfg, **resolved)
 
 

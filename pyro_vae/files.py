@@ -45,8 +45,10 @@ def _refuse(dir_fd: int, name: str, where: Path, want: str) -> UnsafePath:
     except FileNotFoundError:
         return UnsafePath(f"{where} disappeared while it was opened")
     what = "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-    return UnsafePath(f"{where} is {what}; pyro-vae writes only {want} inside the folder it was given and never "
-                      "follows a link out of it: remove or rename it")  # fmt: skip
+    return UnsafePath(
+        f"{where} is {what}; pyro-vae writes only {want} inside the folder it was given and never "
+        "follows a link out of it: remove or rename it"
+    )
 
 
 @contextmanager
@@ -161,5 +163,7 @@ def check_regular(path: str | Path, what: str = "file") -> None:
         return
     if not stat.S_ISREG(mode):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-        raise UnsafePath(f"{path} is {kind}, not a {what}: pyro-vae reads and writes only regular files inside a "
-                         "run or model folder; remove or rename it")  # fmt: skip
+        raise UnsafePath(
+            f"{path} is {kind}, not a {what}: pyro-vae reads and writes only regular files inside a "
+            "run or model folder; remove or rename it"
+        )

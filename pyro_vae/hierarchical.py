@@ -73,8 +73,9 @@ class ConditionalNormal(nn.Module):
         return dist.Normal(loc, scale).to_event(1)
 
 
-def merge(loc_a: torch.Tensor, scale_a: torch.Tensor, loc_b: torch.Tensor,
-          scale_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def merge(
+    loc_a: torch.Tensor, scale_a: torch.Tensor, loc_b: torch.Tensor, scale_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The precision-weighted product of two diagonal Gaussians N(a) N(b), normalised: (loc, scale)."""
     var_a, var_b = scale_a.square(), scale_b.square()
     total = var_a + var_b
@@ -106,16 +107,21 @@ class Hierarchical(Structure):
 
         def __post_init__(self) -> None:
             if isinstance(self.layers, bool) or not 2 <= self.layers <= MAX_LAYERS:
-                raise ValueError(f"layers = {self.layers} must be between 2 and {MAX_LAYERS}: a hierarchical VAE has "
-                                 "at least two stochastic layers (model.structure=vae has one)")  # fmt: skip
+                raise ValueError(
+                    f"layers = {self.layers} must be between 2 and {MAX_LAYERS}: a hierarchical VAE has "
+                    "at least two stochastic layers (model.structure=vae has one)"
+                )
             if self.latent_dims and len(self.latent_dims) != self.layers:
-                raise ValueError(f"latent_dims = {list(self.latent_dims)} gives {len(self.latent_dims)} sizes for "
-                                 f"layers = {self.layers}; give one size per layer, z1 (the bottom) first, or [] for "
-                                 "model.latent_dim in every layer")  # fmt: skip
+                raise ValueError(
+                    f"latent_dims = {list(self.latent_dims)} gives {len(self.latent_dims)} sizes for "
+                    f"layers = {self.layers}; give one size per layer, z1 (the bottom) first, or [] for "
+                    "model.latent_dim in every layer"
+                )
             bad = [d for d in self.latent_dims if not 1 <= d <= MAX_LATENT_DIM]
             if bad:
-                raise ValueError(f"latent_dims = {list(self.latent_dims)}: every size must be between 1 and "
-                                 f"{MAX_LATENT_DIM:,}")  # fmt: skip
+                raise ValueError(
+                    f"latent_dims = {list(self.latent_dims)}: every size must be between 1 and {MAX_LATENT_DIM:,}"
+                )
 
     def __init__(self, cfg, data_dim: int, image_shape=None, settings: Settings | None = None, **_) -> None:
         super().__init__()
@@ -124,19 +130,26 @@ class Hierarchical(Structure):
         self.dims, self.ladder, self.skip, self.data_dim = dims, settings.ladder, settings.skip, data_dim
         self.store_name = f"hierarchical{next(_instances)}"
         if cfg.guide == "iaf":
-            raise ValueError("the hierarchical structure does not build per-layer conditional flows; use "
-                             "model.guide=diag_normal (or model.structure=vae with the iaf guide)")  # fmt: skip
+            raise ValueError(
+                "the hierarchical structure does not build per-layer conditional flows; use "
+                "model.guide=diag_normal (or model.structure=vae with the iaf guide)"
+            )
         if settings.ladder and cfg.guide != "diag_normal":
-            raise ValueError(f"the ladder merges Gaussian parameters by precision, so its guide is a diagonal Gaussian "
-                             f"in every layer, not model.guide={cfg.guide}; use model.guide=diag_normal or "
-                             "model.hierarchical.ladder=false")  # fmt: skip
-        network = NETWORKS.build(cfg.network, cfg.settings, cfg=cfg,
-                                 image_shape=chw(image_shape) if image_shape is not None else None)  # fmt: skip
+            raise ValueError(
+                f"the ladder merges Gaussian parameters by precision, so its guide is a diagonal Gaussian "
+                f"in every layer, not model.guide={cfg.guide}; use model.guide=diag_normal or "
+                "model.hierarchical.ladder=false"
+            )
+        network = NETWORKS.build(
+            cfg.network, cfg.settings, cfg=cfg, image_shape=chw(image_shape) if image_shape is not None else None
+        )
         missing = [m for m in ("encoder", "decoder") if not callable(getattr(network, m, None))]
         if missing:
-            raise ValueError(f"the network {cfg.network} has no {' or '.join(missing)}(...), which the hierarchical "
-                             "structure builds its trunk and decoder with; give it both (see "
-                             "pyro_vae/components/nets.py)")  # fmt: skip
+            raise ValueError(
+                f"the network {cfg.network} has no {' or '.join(missing)}(...), which the hierarchical "
+                "structure builds its trunk and decoder with; give it both (see "
+                "pyro_vae/components/nets.py)"
+            )
 
         def dense(n_in: int, n_out: int) -> nn.Module:
             make = getattr(network, "dense", None)
@@ -145,8 +158,9 @@ class Hierarchical(Structure):
         self.likelihood = LIKELIHOODS.build(cfg.likelihood, cfg.settings, data_dim=data_dim, cfg=cfg)
         self.decoder = network.decoder(sum(dims) if settings.skip else dims[0], self.likelihood.param_dim(data_dim))
         # conditionals[i]: p(z_{i+1} | z_{i+2}) (sites counted from 1), the generative path below the top
-        self.conditionals = nn.ModuleList(ConditionalNormal(dense(dims[i + 1], 2 * dims[i]))
-                                          for i in range(len(dims) - 1))  # fmt: skip
+        self.conditionals = nn.ModuleList(
+            ConditionalNormal(dense(dims[i + 1], 2 * dims[i])) for i in range(len(dims) - 1)
+        )
         self.trunk, features = network.encoder(data_dim)
         if settings.ladder:
             act = ACTIVATIONS[cfg.activation]
@@ -154,14 +168,17 @@ class Hierarchical(Structure):
             self.heads = nn.ModuleList(nn.Linear(features, 2 * d) for d in dims)
             top_encoder = _LadderTop(self)
         else:
-            self.top = GUIDES.build(cfg.guide, cfg.settings, data_dim=data_dim, latent_dim=dims[-1], cfg=cfg,
-                                    network=network)  # fmt: skip
+            self.top = GUIDES.build(
+                cfg.guide, cfg.settings, data_dim=data_dim, latent_dim=dims[-1], cfg=cfg, network=network
+            )
             # lower[i]: q(z_{i+1} | x, z_{i+2}) on the trunk's features and the layer above
-            self.lower = nn.ModuleList(ConditionalNormal(dense(features + dims[i + 1], 2 * dims[i]))
-                                       for i in range(len(dims) - 1))  # fmt: skip
+            self.lower = nn.ModuleList(
+                ConditionalNormal(dense(features + dims[i + 1], 2 * dims[i])) for i in range(len(dims) - 1)
+            )
             top_encoder = self.top
-        self.prior = PRIORS.build(cfg.prior, cfg.settings, latent_dim=dims[-1], data_dim=data_dim,
-                                  encoder=top_encoder, cfg=cfg)  # fmt: skip
+        self.prior = PRIORS.build(
+            cfg.prior, cfg.settings, latent_dim=dims[-1], data_dim=data_dim, encoder=top_encoder, cfg=cfg
+        )
 
     @staticmethod
     def site(i: int) -> str:
@@ -247,8 +264,12 @@ class Hierarchical(Structure):
         with torch.enable_grad():
             p = self.prior(1)
             like = next(self.decoder.parameters(), None)
-            z = torch.zeros(1, self.dims[-1], dtype=like.dtype if like is not None else None,
-                            device=like.device if like is not None else None)  # fmt: skip
+            z = torch.zeros(
+                1,
+                self.dims[-1],
+                dtype=like.dtype if like is not None else None,
+                device=like.device if like is not None else None,
+            )
             log_p = p.log_prob(z).sum()
             if not params or not log_p.requires_grad:
                 return set()

@@ -88,8 +88,12 @@ class LeanEmit:
     :param beta: the KL warm-up weight, the ``scale`` of every latent site (None: 1.0).
     """
 
-    def __init__(self, particles: int = 1, beta: torch.Tensor | float | None = None,
-                 values: dict[str, torch.Tensor] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        particles: int = 1,
+        beta: torch.Tensor | float | None = None,
+        values: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.particles, self.beta, self.values = particles, beta, values
         self.sites: dict[str, Site] = {}
 
@@ -182,8 +186,10 @@ class _AncestralEmit:
             value = self.codes[name]
         elif self.temperature is None:
             if top:
-                raise ValueError(f"the code of the top layer {name!r} is needed: only the layers below the ones "
-                                 "given are filled in (at their conditional means)")  # fmt: skip
+                raise ValueError(
+                    f"the code of the top layer {name!r} is needed: only the layers below the ones "
+                    "given are filled in (at their conditional means)"
+                )
             value = fn.mean
         else:
             value = fn.sample()
@@ -224,20 +230,26 @@ class Structure(nn.Module):
 
     def model_story(self, x: torch.Tensor, emit) -> None:
         """Emit every model site for the images ``x`` (B, D): the top latent first, the observed ``x`` last."""
-        raise NotImplementedError(f"{type(self).__name__} writes no model story; override model_story and "
-                                  "guide_story, or model and guide")  # fmt: skip
+        raise NotImplementedError(
+            f"{type(self).__name__} writes no model story; override model_story and guide_story, or model and guide"
+        )
 
     def guide_story(self, x: torch.Tensor, emit) -> None:
         """Emit every latent site of the guide, in the model's order (top first)."""
-        raise NotImplementedError(f"{type(self).__name__} writes no guide story; override model_story and "
-                                  "guide_story, or model and guide")  # fmt: skip
+        raise NotImplementedError(
+            f"{type(self).__name__} writes no guide story; override model_story and guide_story, or model and guide"
+        )
 
     @property
     def has_stories(self) -> bool:
         """Whether both stories are written (and the Pyro model and guide are theirs)."""
         cls = type(self)
-        return (cls.model_story is not Structure.model_story and cls.guide_story is not Structure.guide_story
-                and cls.model is Structure.model and cls.guide is Structure.guide)  # fmt: skip
+        return (
+            cls.model_story is not Structure.model_story
+            and cls.guide_story is not Structure.guide_story
+            and cls.model is Structure.model
+            and cls.guide is Structure.guide
+        )
 
     # -- Pyro ----------------------------------------------------------------------------------------------------
 
@@ -287,8 +299,9 @@ class Structure(nn.Module):
 
     def layers(self) -> dict[str, int]:
         """Latent site -> its size, top first."""
-        raise NotImplementedError(f"{type(self).__name__} does not list its latent layers: implement layers() -> "
-                                  "{site: size}, top first")  # fmt: skip
+        raise NotImplementedError(
+            f"{type(self).__name__} does not list its latent layers: implement layers() -> {{site: size}}, top first"
+        )
 
     def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """``log p(x, z_k) - log q(z_k | x)`` for ``z_k ~ q(z | x)``, shape (num_samples, B): every
@@ -303,8 +316,9 @@ class Structure(nn.Module):
             self.model_story(x, model)
             model_sites, guide_sites = list(model.sites.values()), list(guide.sites.values())
         else:
-            particles = pyro.plate("num_particles_vectorized", num_samples, dim=-(self.max_plate_nesting + 1),
-                                   device=x.device)  # fmt: skip
+            particles = pyro.plate(
+                "num_particles_vectorized", num_samples, dim=-(self.max_plate_nesting + 1), device=x.device
+            )
             guide_trace = poutine.trace(particles(self.guide)).get_trace(x)
             model_trace = poutine.trace(poutine.replay(particles(self.model), trace=guide_trace)).get_trace(x)
             model_sites, guide_sites = _trace_sites(model_trace), _trace_sites(guide_trace)
@@ -345,8 +359,9 @@ class Structure(nn.Module):
         return emit.likelihood.mean
 
     @torch.no_grad()
-    def sample_latents(self, n: int, temperature: float = 1.0,
-                       fixed: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def sample_latents(
+        self, n: int, temperature: float = 1.0, fixed: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Ancestral draws of every layer for ``n`` images, top first (n, d): the top layer from the
         prior scaled about the origin by ``temperature``, each lower one from p(z_i | z_{i+1}) scaled
         about its conditional mean; the layers in ``fixed`` ((d,) or (n, d)) are held there."""
@@ -384,9 +399,11 @@ class Structure(nn.Module):
         """The model story on a dummy batch of ``n`` images (zeros), for the latent API."""
         data_dim = getattr(self, "data_dim", None)
         if isinstance(data_dim, bool) or not isinstance(data_dim, int):
-            raise NotImplementedError(f"{type(self).__name__} has no integer data_dim, which the generic decode, "
-                                      "complete and sample_latents need (they run the model story); set it, or "
-                                      "implement them")  # fmt: skip
+            raise NotImplementedError(
+                f"{type(self).__name__} has no integer data_dim, which the generic decode, "
+                "complete and sample_latents need (they run the model story); set it, or "
+                "implement them"
+            )
         like = next(itertools.chain(self.parameters(), self.buffers()), None)
         dtype = like.dtype if like is not None and like.is_floating_point() else torch.get_default_dtype()
         x = torch.zeros(n, data_dim, dtype=dtype, device=like.device if like is not None else None)
@@ -405,8 +422,11 @@ def _held(fixed: dict[str, torch.Tensor] | None, n: int) -> dict[str, torch.Tens
 
 def _trace_sites(trace: poutine.Trace) -> list[Site]:
     nodes = trace.nodes.items()
-    return [Site(name, node["fn"], node["value"], bool(node["is_observed"]))
-            for name, node in nodes if node["type"] == "sample" and not site_is_subsample(node)]  # fmt: skip
+    return [
+        Site(name, node["fn"], node["value"], bool(node["is_observed"]))
+        for name, node in nodes
+        if node["type"] == "sample" and not site_is_subsample(node)
+    ]
 
 
 class VAE(Structure):
@@ -473,8 +493,9 @@ class VAE(Structure):
         return self.likelihood.mean(self.decoder(z))
 
     @torch.no_grad()
-    def sample_latents(self, n: int, temperature: float = 1.0,
-                       fixed: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    def sample_latents(
+        self, n: int, temperature: float = 1.0, fixed: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """``{"z": T z}`` for ``n`` draws z ~ p(z) (or ``fixed["z"]``)."""
         held = _held(fixed, n)
         if "z" in held:
@@ -496,21 +517,26 @@ class VAE(Structure):
 
 
 @STRUCTURES.register("vae")
-def vae_structure(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None, settings=None,
-                  **_) -> VAE:  # fmt: skip
+def vae_structure(
+    cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None, settings=None, **_
+) -> VAE:
     """The ``vae`` structure: one latent layer of ``model.latent_dim``, the components by name."""
     try:
         shape = chw(image_shape) if image_shape is not None else None
         network = NETWORKS.build(cfg.network, cfg.settings, cfg=cfg, image_shape=shape)
         likelihood = LIKELIHOODS.build(cfg.likelihood, cfg.settings, data_dim=data_dim, cfg=cfg)
         decoder = network.decoder(cfg.latent_dim, likelihood.param_dim(data_dim))
-        encoder = GUIDES.build(cfg.guide, cfg.settings, data_dim=data_dim, latent_dim=cfg.latent_dim, cfg=cfg,
-                               network=network)  # fmt: skip
-        prior = PRIORS.build(cfg.prior, cfg.settings, latent_dim=cfg.latent_dim, data_dim=data_dim, encoder=encoder,
-                             cfg=cfg)  # fmt: skip
+        encoder = GUIDES.build(
+            cfg.guide, cfg.settings, data_dim=data_dim, latent_dim=cfg.latent_dim, cfg=cfg, network=network
+        )
+        prior = PRIORS.build(
+            cfg.prior, cfg.settings, latent_dim=cfg.latent_dim, data_dim=data_dim, encoder=encoder, cfg=cfg
+        )
     except ValueError as exc:
-        raise ConfigError(f"model.network={cfg.network}, model.prior={cfg.prior}, model.guide={cfg.guide}, "
-                          f"model.likelihood={cfg.likelihood}: {exc}") from None  # fmt: skip
+        raise ConfigError(
+            f"model.network={cfg.network}, model.prior={cfg.prior}, model.guide={cfg.guide}, "
+            f"model.likelihood={cfg.likelihood}: {exc}"
+        ) from None
     return VAE(prior, likelihood, encoder, decoder)
 
 
@@ -545,18 +571,24 @@ def meta_vae(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | Non
     except ConfigError:
         raise
     except Exception as exc:  # (what a component raises on the meta device varies: RuntimeError, NotImplementedError)
-        log.warning("the VAE's size is not checked before it is built: a component does not build on PyTorch's meta "
-                    "device (%s: %s)", type(exc).__name__, exc)  # fmt: skip
+        log.warning(
+            "the VAE's size is not checked before it is built: a component does not build on PyTorch's meta "
+            "device (%s: %s)",
+            type(exc).__name__,
+            exc,
+        )
         return None
     size = sum(t.numel() for t in vae.state_dict().values())
     if size > MAX_MODEL_SIZE:
         shape = f" ({' x '.join(map(str, image_shape))})" if image_shape is not None else ""
         structure = f"model.structure = {cfg.structure}, " if cfg.structure != "vae" else ""
-        raise ConfigError(f"the VAE would hold {size:,} parameters and buffers, above the limit of {MAX_MODEL_SIZE:,} "
-                          f"(pyro_vae.config.MAX_MODEL_SIZE, 2 GiB as float32): {structure}model.latent_dim = "
-                          f"{cfg.latent_dim}, model.hidden = {list(cfg.hidden)}, model.network = {cfg.network}, images "
-                          f"of {data_dim:,} values{shape}; choose a smaller latent_dim, smaller hidden widths or "
-                          "smaller images")  # fmt: skip
+        raise ConfigError(
+            f"the VAE would hold {size:,} parameters and buffers, above the limit of {MAX_MODEL_SIZE:,} "
+            f"(pyro_vae.config.MAX_MODEL_SIZE, 2 GiB as float32): {structure}model.latent_dim = "
+            f"{cfg.latent_dim}, model.hidden = {list(cfg.hidden)}, model.network = {cfg.network}, images "
+            f"of {data_dim:,} values{shape}; choose a smaller latent_dim, smaller hidden widths or "
+            "smaller images"
+        )
     return vae
 
 
@@ -574,16 +606,33 @@ def _build(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None)
     except ConfigError:
         raise
     except ValueError as exc:
-        raise ConfigError(f"model.structure={name}, model.network={cfg.network}, model.prior={cfg.prior}, "
-                          f"model.guide={cfg.guide}, model.likelihood={cfg.likelihood}: {exc}") from None  # fmt: skip
+        raise ConfigError(
+            f"model.structure={name}, model.network={cfg.network}, model.prior={cfg.prior}, "
+            f"model.guide={cfg.guide}, model.likelihood={cfg.likelihood}: {exc}"
+        ) from None
     if not isinstance(model, Structure):
-        raise ConfigError(f"model.structure={name} built a {type(model).__name__}, not a pyro_vae.model.Structure; "
-                          "a structure subclasses Structure (see docs/components.md)")  # fmt: skip
+        raise ConfigError(
+            f"model.structure={name} built a {type(model).__name__}, not a pyro_vae.model.Structure; "
+            "a structure subclasses Structure (see docs/components.md)"
+        )
     return model
 
 
-_SIZED = (torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
-          torch.randperm, torch.arange, torch.eye, torch.linspace, torch.logspace)  # fmt: skip
+_SIZED = (
+    torch.empty,
+    torch.empty_strided,
+    torch.zeros,
+    torch.ones,
+    torch.full,
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.randperm,
+    torch.arange,
+    torch.eye,
+    torch.linspace,
+    torch.logspace,
+)
 
 
 class _OnMeta(TorchFunctionMode):
@@ -622,8 +671,11 @@ def state_dict_problems(vae: nn.Module, tensors: dict, finite: bool = True) -> l
     """What keeps ``tensors`` from loading into ``vae``: tensors missing, extra, not tensors or of
     another shape, and (``finite``) NaN or infinite values, each naming the tensor."""
     expected = {name: tuple(t.shape) for name, t in vae.state_dict().items()}
-    return tensor_problems(expected, {n: tuple(t.shape) if torch.is_tensor(t) else None for n, t in tensors.items()},
-                           tensors if finite else {})  # fmt: skip
+    return tensor_problems(
+        expected,
+        {n: tuple(t.shape) if torch.is_tensor(t) else None for n, t in tensors.items()},
+        tensors if finite else {},
+    )
 
 
 def tensor_problems(expected: dict[str, tuple], got: dict[str, tuple | None], values: dict | None = None) -> list[str]:
@@ -632,8 +684,11 @@ def tensor_problems(expected: dict[str, tuple], got: dict[str, tuple | None], va
     problems = [f"missing tensor {n} {expected[n]}" for n in sorted(set(expected) - set(got))]
     problems += [f"extra tensor {n} {got[n]}" for n in sorted(set(got) - set(expected))]
     problems += [f"{n} is not a tensor" for n in sorted(set(got) & set(expected)) if got[n] is None]
-    problems += [f"tensor {n} has shape {got[n]}, the VAE needs {expected[n]}"
-                 for n in sorted(set(got) & set(expected)) if got[n] is not None and got[n] != expected[n]]  # fmt: skip
+    problems += [
+        f"tensor {n} has shape {got[n]}, the VAE needs {expected[n]}"
+        for n in sorted(set(got) & set(expected))
+        if got[n] is not None and got[n] != expected[n]
+    ]
     for name in sorted(values or {}):
         t = values[name]
         if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):

@@ -62,8 +62,10 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             origin = _ORIGINS[-1] if _ORIGINS else None
             if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is registered twice: {_describe(origin)} registers it, "
-                                 f"and {_describe(self.origin(name))} has already; rename one of them")  # fmt: skip
+                raise ValueError(
+                    f"{self.kind} {name!r} is registered twice: {_describe(origin)} registers it, "
+                    f"and {_describe(self.origin(name))} has already; rename one of them"
+                )
             self._items[name] = obj
             if origin is not None:
                 self._origins[name] = origin

@@ -30,8 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 NOTEBOOKS = ROOT / "docs" / "notebooks"
 WIDGET = "application/vnd.jupyter.widget-view+json"
-WIDGET_NOTE = ("*(In a live notebook, sliders for $z_1$ and $z_2$ appear here and redraw the decoded image; "
-               "the figure below is the static fallback.)*")  # fmt: skip
+WIDGET_NOTE = (
+    "*(In a live notebook, sliders for $z_1$ and $z_2$ appear here and redraw the decoded image; "
+    "the figure below is the static fallback.)*"
+)
 
 
 # Run in the kernel before each notebook: the state a new kernel starts with (no names, no Pyro
@@ -80,8 +82,9 @@ def execute(path: Path, mode: str, runs: Path, timeout: int, manager, client):
     if reply["content"]["status"] != "ok":
         raise RuntimeError(f"the kernel's prelude failed: {reply['content'].get('evalue')}")
     notebook = jupytext.read(path)
-    runner = nbclient.NotebookClient(notebook, km=manager, timeout=timeout,
-                                     resources={"metadata": {"path": str(EXAMPLES)}})  # fmt: skip
+    runner = nbclient.NotebookClient(
+        notebook, km=manager, timeout=timeout, resources={"metadata": {"path": str(EXAMPLES)}}
+    )
     runner.kc = client  # the kernel is ours: nbclient neither starts nor stops it
     runner.execute()
     return notebook
@@ -125,17 +128,24 @@ def render(notebook, name: str, mode: str) -> None:
     nbformat.write(notebook, NOTEBOOKS / f"{name}.ipynb")
     tidy(notebook)
     body, resources = MarkdownExporter().from_notebook_node(
-        notebook, resources={"output_files_dir": f"{name}_files", "unique_key": name})  # fmt: skip
+        notebook, resources={"output_files_dir": f"{name}_files", "unique_key": name}
+    )
     for relative, data in resources.get("outputs", {}).items():
         target = NOTEBOOKS / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     stamp = datetime.date.today().isoformat()
-    header = (f"!!! note \"Executed by `make docs` ({mode} mode, {stamp})\"\n"
-              f"    Source: `examples/{name}.py`, a script and a notebook in one file. "
-              f"[Download the executed notebook]({name}.ipynb).\n"
-              + ("    Smoke mode trains on little data for seconds: its numbers are rough; the last "
-                 "section gives the full run's.\n" if mode == "smoke" else ""))  # fmt: skip
+    header = (
+        f'!!! note "Executed by `make docs` ({mode} mode, {stamp})"\n'
+        f"    Source: `examples/{name}.py`, a script and a notebook in one file. "
+        f"[Download the executed notebook]({name}.ipynb).\n"
+        + (
+            "    Smoke mode trains on little data for seconds: its numbers are rough; the last "
+            "section gives the full run's.\n"
+            if mode == "smoke"
+            else ""
+        )
+    )
     body = body.replace("](../docs/", "](../")  # a notebook's links into docs/, from the site's notebooks/
     title, _, rest = body.partition("\n")
     (NOTEBOOKS / f"{name}.md").write_text(f"{title}\n\n{header}\n{rest}")
@@ -166,8 +176,12 @@ def write_home() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("smoke", "full"), default=os.environ.get("DOCS_MODE", "smoke"),
-                        help="run the notebooks with --smoke-test (default) or in full")  # fmt: skip
+    parser.add_argument(
+        "--mode",
+        choices=("smoke", "full"),
+        default=os.environ.get("DOCS_MODE", "smoke"),
+        help="run the notebooks with --smoke-test (default) or in full",
+    )
     parser.add_argument("--site-dir", type=Path, default=ROOT / "build" / "site")
     parser.add_argument("--runs", type=Path, default=ROOT / "build" / "docs-runs", help="the notebooks' output folders")
     parser.add_argument("--only", nargs="*", help="notebook names to execute (default: all; the others must exist)")
@@ -176,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     NOTEBOOKS.mkdir(parents=True, exist_ok=True)
     paths = sorted(EXAMPLES.glob("[0-9][0-9]_*.py"))
-    todo = [p for p in paths if not ((args.no_execute or (args.only and p.stem not in args.only))
-                                     and (NOTEBOOKS / f"{p.stem}.md").exists())]  # fmt: skip
+    todo = [
+        p
+        for p in paths
+        if not ((args.no_execute or (args.only and p.stem not in args.only)) and (NOTEBOOKS / f"{p.stem}.md").exists())
+    ]
     start = time.perf_counter()
     for i, (path, notebook) in enumerate(execute_all(todo, args.mode, args.runs, args.timeout), 1):
         render(notebook, path.stem, args.mode)

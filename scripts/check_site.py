@@ -26,8 +26,15 @@ PAGES = {  # name -> (path in the site, what must be on it besides the title and
     "notebook": ("notebooks/07_latent_space.html", "img"),
     "api": ("api.html", "doc"),
 }
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]  # fmt: skip
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium() -> str | None:
@@ -73,8 +80,16 @@ def check_site(site: Path, screenshots: Path | None = None) -> dict:
                 docs = page.eval_on_selector_all(".doc-heading", "els => els.length")
                 search = page.eval_on_selector_all("input[type=search], .md-search__input", "els => els.length")
                 math = page.eval_on_selector_all(".arithmatex math", "els => els.length")
-                seen[name] = {"path": path, "title": title, "images": images, "docstrings": docs, "search": search,
-                              "math": math, "console_errors": errors, "outside_requests": outside}  # fmt: skip
+                seen[name] = {
+                    "path": path,
+                    "title": title,
+                    "images": images,
+                    "docstrings": docs,
+                    "search": search,
+                    "math": math,
+                    "console_errors": errors,
+                    "outside_requests": outside,
+                }
                 assert "pyro-vae" in title, f"{name}: title {title!r}"
                 assert search, f"{name}: no search box"
                 what = "figure" if must == "img" else "docstring"
@@ -101,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.site / "index.html").exists():
         parser.error(f"{args.site} holds no built site: run `make docs` first")
     for name, row in check_site(args.site, args.screenshots).items():
-        print(f"{name:9s} {row['path']}: title {row['title']!r}, {row['images']} figures, {row['math']} formulas, "
-              f"{row['docstrings']} docstrings, no console errors, no request outside the site")  # fmt: skip
+        print(
+            f"{name:9s} {row['path']}: title {row['title']!r}, {row['images']} figures, {row['math']} formulas, "
+            f"{row['docstrings']} docstrings, no console errors, no request outside the site"
+        )
     return 0
 
 

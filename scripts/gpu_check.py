@@ -28,16 +28,50 @@ RESULTS = ROOT / "benchmarks" / "results"
 # name -> (command after the interpreter, share of the budget, JSON it writes)
 STEPS = {
     "tests": (["-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "--junitxml", "{junit}"], 0.40, None),
-    "throughput": (["benchmarks/throughput.py", "--device", "cuda", "--batch-sizes", "128,2048,32768",
-                    "--particles", "1", "--precisions", "highest,high", "--repeats", "3",
-                    "--implementations", "pyro-vae,hand-written,hand-written graph,pyro-vae gated_mlp,pyro-vae conv,"
-                    "pyro-vae resnet",
-                    "--out", "{results}/throughput_cuda.json"], 0.25, "throughput_cuda.json"),
-    "time_to_quality": (["benchmarks/time_to_quality.py", "--device", "cuda", "--out",
-                         "{results}/time_to_quality_cuda.json"], 0.20, "time_to_quality_cuda.json"),
-    "iwae_eval": (["benchmarks/iwae_eval.py", "--device", "cuda", "--k", "5000", "--images", "10000", "--repeats", "2",
-                   "--out", "{results}/iwae_eval_cuda.json"], 0.15, "iwae_eval_cuda.json"),
-}  # fmt: skip
+    "throughput": (
+        [
+            "benchmarks/throughput.py",
+            "--device",
+            "cuda",
+            "--batch-sizes",
+            "128,2048,32768",
+            "--particles",
+            "1",
+            "--precisions",
+            "highest,high",
+            "--repeats",
+            "3",
+            "--implementations",
+            "pyro-vae,hand-written,hand-written graph,pyro-vae gated_mlp,pyro-vae conv,pyro-vae resnet",
+            "--out",
+            "{results}/throughput_cuda.json",
+        ],
+        0.25,
+        "throughput_cuda.json",
+    ),
+    "time_to_quality": (
+        ["benchmarks/time_to_quality.py", "--device", "cuda", "--out", "{results}/time_to_quality_cuda.json"],
+        0.20,
+        "time_to_quality_cuda.json",
+    ),
+    "iwae_eval": (
+        [
+            "benchmarks/iwae_eval.py",
+            "--device",
+            "cuda",
+            "--k",
+            "5000",
+            "--images",
+            "10000",
+            "--repeats",
+            "2",
+            "--out",
+            "{results}/iwae_eval_cuda.json",
+        ],
+        0.15,
+        "iwae_eval_cuda.json",
+    ),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,8 +110,13 @@ def run(step: str, argv: list[str], limit: float) -> dict:
         tail = done.stdout + done.stderr
     except subprocess.TimeoutExpired as exc:
         status, tail = f"out of time ({limit:.0f} s)", (exc.stdout or b"").decode(errors="replace")
-    return {"step": step, "status": status, "seconds": time.perf_counter() - start, "command": " ".join(argv[1:]),
-            "output_tail": tail[-3000:]}  # fmt: skip
+    return {
+        "step": step,
+        "status": status,
+        "seconds": time.perf_counter() - start,
+        "command": " ".join(argv[1:]),
+        "output_tail": tail[-3000:],
+    }
 
 
 def test_outcomes(junit: Path) -> dict[str, str]:
@@ -94,9 +133,15 @@ def test_outcomes(junit: Path) -> dict[str, str]:
 
 def summary(machine: dict, steps: list[dict], outcomes: dict[str, str], results: Path) -> str:
     """The one-page Markdown summary."""
-    lines = ["# GPU check", "", f"Machine: {machine.get('gpu', '?')}, torch {machine.get('torch', '?')}, "
-             f"CUDA {machine.get('cuda', '?')}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
-             "| step | outcome | seconds |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        "# GPU check",
+        "",
+        f"Machine: {machine.get('gpu', '?')}, torch {machine.get('torch', '?')}, "
+        f"CUDA {machine.get('cuda', '?')}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        "| step | outcome | seconds |",
+        "|---|---|---|",
+    ]
     lines += [f"| {s['step']} | {s['status']} | {s['seconds']:.0f} |" for s in steps]
     if outcomes:
         counts = {k: sum(v == k for v in outcomes.values()) for k in ("passed", "failed", "error", "skipped")}
@@ -123,9 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu-check needs a CUDA GPU, and torch.cuda.is_available() is False here; run it on a GPU machine "
-              "(`make gpu-check PYTHON=...` with a Python that has torch, pyro-ppl and pytest), or see the plan "
-              "with --dry-run", file=sys.stderr)  # fmt: skip
+        print(
+            "gpu-check needs a CUDA GPU, and torch.cuda.is_available() is False here; run it on a GPU machine "
+            "(`make gpu-check PYTHON=...` with a Python that has torch, pyro-ppl and pytest), or see the plan "
+            "with --dry-run",
+            file=sys.stderr,
+        )
         return 2
     args.results.mkdir(parents=True, exist_ok=True)
     steps = []
@@ -135,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu-check: {step} {steps[-1]['status']} in {steps[-1]['seconds']:.0f} s", file=sys.stderr)
     outcomes = test_outcomes(args.results / "gpu_check_tests.xml")
     facts = machine_facts()
-    (args.results / "gpu_check.json").write_text(json.dumps({"machine": facts, "steps": steps, "tests": outcomes},
-                                                            indent=2) + "\n")  # fmt: skip
+    (args.results / "gpu_check.json").write_text(
+        json.dumps({"machine": facts, "steps": steps, "tests": outcomes}, indent=2) + "\n"
+    )
     text = summary(facts, steps, outcomes, args.results)
     (args.results / "gpu_check.md").write_text(text)
     print(text)

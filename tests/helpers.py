@@ -71,8 +71,16 @@ class LinearGaussian:
         self.marginal = torch.distributions.MultivariateNormal(self.b, cov_x)
 
 
-SMALL = ["data.subset=384", "model.latent_dim=2", "model.hidden=16", "train.batch_size=128",
-         "train.eval_batch_size=200", "eval.iwae_k=20", "train.epochs=2", "train.device=cpu"]  # fmt: skip
+SMALL = [
+    "data.subset=384",
+    "model.latent_dim=2",
+    "model.hidden=16",
+    "train.batch_size=128",
+    "train.eval_batch_size=200",
+    "eval.iwae_k=20",
+    "train.epochs=2",
+    "train.device=cpu",
+]
 
 
 def small_cfg(*extra):
@@ -161,6 +169,10 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-                     + chunk(b"IEND", b""))  # fmt: skip
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
     return path

@@ -41,12 +41,29 @@ def test_throughput(tmp_path, run_script):
     """Every implementation that runs on a CPU (every ELBO and network) except the compiled engine
     (tested in test_engine.py; compiling takes half a minute per shape here)."""
     out = tmp_path / "tp.json"
-    every_elbo = {"hand-written", "pyro-vae", *(f"pyro-vae {n}" for n in ELBOS.names() if n != "trace"),
-                  "Trace_ELBO", "TraceMeanField_ELBO",
-                  *(f"pyro-vae {n}" for n in NETWORKS.names() if n != "mlp")}  # fmt: skip
-    run_script("benchmarks/throughput.py", "--batch-sizes", "32", "--particles", "1,2", "--repeats", "1",
-               "--max-steps", "2", "--out", str(out),
-               "--implementations", ",".join(sorted(every_elbo | {"hand-written graph"})))  # fmt: skip
+    every_elbo = {
+        "hand-written",
+        "pyro-vae",
+        *(f"pyro-vae {n}" for n in ELBOS.names() if n != "trace"),
+        "Trace_ELBO",
+        "TraceMeanField_ELBO",
+        *(f"pyro-vae {n}" for n in NETWORKS.names() if n != "mlp"),
+    }
+    run_script(
+        "benchmarks/throughput.py",
+        "--batch-sizes",
+        "32",
+        "--particles",
+        "1,2",
+        "--repeats",
+        "1",
+        "--max-steps",
+        "2",
+        "--out",
+        str(out),
+        "--implementations",
+        ",".join(sorted(every_elbo | {"hand-written graph"})),
+    )
     record = json.loads(out.read_text())
     names = {p: {r["implementation"] for r in record["results"] if r["particles"] == p} for p in (1, 2)}
     assert names[2] == every_elbo and names[1] == every_elbo - {"pyro-vae iwae", "pyro-vae iwae_dreg"}  # 2 particles
@@ -69,9 +86,17 @@ def test_throughput_tables_for_rows_without_the_cuda_graph_baseline(monkeypatch)
     ratios to the eager hand-written step (they raised a KeyError)."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     throughput = importlib.import_module("throughput")
-    rows = [{"implementation": name, "batch_size": 128, "particles": 1, "matmul_precision": "highest",
-             "images_per_s": rate, "ratio_to_hand_written": ratio}
-            for name, rate, ratio in (("hand-written", 2e6, 1.0), ("pyro-vae", 1.8e6, 0.9))]  # fmt: skip
+    rows = [
+        {
+            "implementation": name,
+            "batch_size": 128,
+            "particles": 1,
+            "matmul_precision": "highest",
+            "images_per_s": rate,
+            "ratio_to_hand_written": ratio,
+        }
+        for name, rate, ratio in (("hand-written", 2e6, 1.0), ("pyro-vae", 1.8e6, 0.9))
+    ]
     tables = throughput.markdown_tables({"machine": {"device": "cuda:0"}, "results": rows})
     assert "relative to hand written)" in tables and "| pyro-vae | 1.80M (x0.90) |" in tables
     bare = [{k: v for k, v in r.items() if not k.startswith("ratio")} for r in rows]
@@ -81,8 +106,21 @@ def test_throughput_tables_for_rows_without_the_cuda_graph_baseline(monkeypatch)
 @pytest.mark.cuda
 def test_throughput_on_cuda_has_the_graph_rows_and_both_precisions(tmp_path, run_script):
     out = tmp_path / "tp.json"
-    run_script("benchmarks/throughput.py", "--device", "cuda", "--batch-sizes", "128", "--particles", "1",
-               "--repeats", "2", "--max-steps", "5", "--out", str(out))  # fmt: skip
+    run_script(
+        "benchmarks/throughput.py",
+        "--device",
+        "cuda",
+        "--batch-sizes",
+        "128",
+        "--particles",
+        "1",
+        "--repeats",
+        "2",
+        "--max-steps",
+        "5",
+        "--out",
+        str(out),
+    )
     rows = json.loads(out.read_text())["results"]
     assert {r["matmul_precision"] for r in rows} == {"highest", "high"}
     engines = {r["implementation"]: r["engine"] for r in rows}
@@ -93,8 +131,19 @@ def test_throughput_on_cuda_has_the_graph_rows_and_both_precisions(tmp_path, run
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_time_to_quality(tmp_path, device, run_script):
     out = tmp_path / "ttq.json"
-    run_script("benchmarks/time_to_quality.py", "--device", device, "--target", "400", "--check-every", "0.05",
-         "--max-epochs", "0.2", "--out", str(out))  # fmt: skip
+    run_script(
+        "benchmarks/time_to_quality.py",
+        "--device",
+        device,
+        "--target",
+        "400",
+        "--check-every",
+        "0.05",
+        "--max-epochs",
+        "0.2",
+        "--out",
+        str(out),
+    )
     record = json.loads(out.read_text())
     expected = ["pyro-vae", "hand-written", *(["hand-written graph"] if device == "cuda" else [])]
     assert [r["implementation"] for r in record["results"]] == expected
@@ -103,9 +152,23 @@ def test_time_to_quality(tmp_path, device, run_script):
 
 
 def test_nll_recipe(tmp_path, run_script):
-    run_script("benchmarks/nll.py", "--name", "tiny", "--runs", str(tmp_path), "--results", str(tmp_path),
-         "--set", "data.subset=200", "--set", "train.epochs=1", "--set", "eval.iwae_k=5",
-         "--set", "train.device=cpu")  # fmt: skip
+    run_script(
+        "benchmarks/nll.py",
+        "--name",
+        "tiny",
+        "--runs",
+        str(tmp_path),
+        "--results",
+        str(tmp_path),
+        "--set",
+        "data.subset=200",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "eval.iwae_k=5",
+        "--set",
+        "train.device=cpu",
+    )
     record = json.loads((tmp_path / "tiny.json").read_text())
     assert record["iwae_k"] == 5 and record["epochs_run"] == 1 and record["test_nll"]["mean"] > 0
     assert "--set data.subset=200" in record["command"]
@@ -113,8 +176,21 @@ def test_nll_recipe(tmp_path, run_script):
 
 def test_ddp_throughput(tmp_path, run_script):
     out = tmp_path / "ddp.json"
-    run_script("benchmarks/ddp_throughput.py", "--device", "cpu", "--procs", "1,2", "--steps", "3", "--repeats", "1",
-         "--batch", "64", "--out", str(out))  # fmt: skip
+    run_script(
+        "benchmarks/ddp_throughput.py",
+        "--device",
+        "cpu",
+        "--procs",
+        "1,2",
+        "--steps",
+        "3",
+        "--repeats",
+        "1",
+        "--batch",
+        "64",
+        "--out",
+        str(out),
+    )
     record = json.loads(out.read_text())
     assert set(record["median_images_per_s"]) == {"1", "2"} and record["speedup_over_1"]["1"] == 1.0
     assert all(v > 0 for v in record["median_images_per_s"].values()) and record["machine"]["cpu_count"] > 0
@@ -123,8 +199,19 @@ def test_ddp_throughput(tmp_path, run_script):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_iwae_eval(tmp_path, device, run_script):
     out = tmp_path / "ev.json"
-    run_script("benchmarks/iwae_eval.py", "--device", device, "--k", "20", "--images", "50", "--repeats", "2", "--out",
-         str(out))  # fmt: skip
+    run_script(
+        "benchmarks/iwae_eval.py",
+        "--device",
+        device,
+        "--k",
+        "20",
+        "--images",
+        "50",
+        "--repeats",
+        "2",
+        "--out",
+        str(out),
+    )
     record = json.loads(out.read_text())
     assert record["k"] == 20 and record["images"] == 50 and len(record["seconds"]) == 2
     assert record["test_nll"] <= record["test_neg_elbo"] and record["chunk_elements"] >= 1 << 20
@@ -132,8 +219,21 @@ def test_iwae_eval(tmp_path, device, run_script):
 
 def test_cpu_levers(tmp_path, run_script):
     out = tmp_path / "levers.json"
-    run_script("benchmarks/cpu_levers.py", "--rounds", "1", "--variants", "eager,one-thread", "--batch-sizes", "64,256",
-         "--stages", "2", "--steps", "10", "--out", str(out))  # fmt: skip
+    run_script(
+        "benchmarks/cpu_levers.py",
+        "--rounds",
+        "1",
+        "--variants",
+        "eager,one-thread",
+        "--batch-sizes",
+        "64,256",
+        "--stages",
+        "2",
+        "--steps",
+        "10",
+        "--out",
+        str(out),
+    )
     record = json.loads(out.read_text())
     assert set(record["median"]) == {"eager", "one-thread"} and record["ratio_to_peer"] is None
     assert all(set(m) == {"64", "256"} and all(v > 0 for v in m.values()) for m in record["median"].values())

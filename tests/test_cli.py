@@ -33,24 +33,60 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
     record = json.loads((run / "evaluation_k10.json").read_text())
     assert record["k"] == 10 and record["images"] == 50 and record["nll"]["mean"] <= record["neg_elbo"]["mean"]
 
-    small_lab = ["--images", "8", "--k", "1,10", "--particles", "1,2", "--reps", "4", "--grad-images", "4",
-                 "--grad-reps", "3", "--snr-k", "1,10", "--no-progress", "--device", "cpu"]  # fmt: skip
+    small_lab = [
+        "--images",
+        "8",
+        "--k",
+        "1,10",
+        "--particles",
+        "1,2",
+        "--reps",
+        "4",
+        "--grad-images",
+        "4",
+        "--grad-reps",
+        "3",
+        "--snr-k",
+        "1,10",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(["compare", str(run), *small_lab]) == 0
     out = capsys.readouterr().out
     assert "TraceMeanField_ELBO" in out and "score function" in out
     lab = json.loads((run / "compare" / "compare.json").read_text())
     assert lab["values"]["nll"]["k"] == 10 and set(lab["spread"]["trace"]) == {"1", "2"}
-    assert set(lab["encoder_snr_vs_k"]) == {"iwae", "iwae_dreg", "piwae"} and set(lab["encoder_snr_vs_k"]["iwae"]) == {
-        "1", "10"} and "DReG (iwae_dreg)" in out  # fmt: skip
+    assert (
+        set(lab["encoder_snr_vs_k"]) == {"iwae", "iwae_dreg", "piwae"}
+        and set(lab["encoder_snr_vs_k"]["iwae"]) == {"1", "10"}
+        and "DReG (iwae_dreg)" in out
+    )
     assert sorted(p.name for p in (run / "compare" / "figures").iterdir()) == [
-        "encoder_snr_vs_k.png", "estimator_spread.png", "gradient_snr.png", "iwae_vs_k.png"]  # fmt: skip
+        "encoder_snr_vs_k.png",
+        "estimator_spread.png",
+        "gradient_snr.png",
+        "iwae_vs_k.png",
+    ]
     assert "| negative ELBO, hand-written closed form |" in (run / "compare" / "report.md").read_text()
 
     assert main(["plot", str(run), "--device", "cpu"]) == 0
     assert "latents.png" in capsys.readouterr().out
 
-    assert main(["train", "--out", str(run), "--overwrite", "--no-progress", "--no-figures",
-                 *_sets(*SMALL, "train.epochs=1")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                "--overwrite",
+                "--no-progress",
+                "--no-figures",
+                *_sets(*SMALL, "train.epochs=1"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 1
 
 
@@ -72,12 +108,18 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
         ),
         (["config", "--set", "model.student_t.df=inf"], "model.student_t: df = inf must be a positive finite number"),
         (["config", "--set", "model.prior_df=-1"], "model.student_t: df = -1.0 must be a positive finite number"),
-        (["config", "--set", "model.student_t.nu=3"], "unknown setting model.student_t.nu; settings of "
-         "model.student_t are: df"),
-        (["config", "--set", "model.bernoulli.p=1"], "'bernoulli' is no model component with settings; those "
-         "with settings are: conv (channels, features), discretized_logistic_mixture (components), gaussian (scale), "
-         "hierarchical (layers, latent_dims, ladder, skip), iaf (steps), mixture_of_gaussians (components), resnet "
-         "(channels, features)"),
+        (
+            ["config", "--set", "model.student_t.nu=3"],
+            "unknown setting model.student_t.nu; settings of model.student_t are: df",
+        ),
+        (
+            ["config", "--set", "model.bernoulli.p=1"],
+            "'bernoulli' is no model component with settings; those "
+            "with settings are: conv (channels, features), discretized_logistic_mixture (components), "
+            "gaussian (scale), "
+            "hierarchical (layers, latent_dims, ladder, skip), iaf (steps), mixture_of_gaussians (components), resnet "
+            "(channels, features)",
+        ),
         (["config", "--set", "train.kl_warmup_epochs=-1"], "train.kl_warmup_epochs = -1.0 must be 0 or more"),
         (["config", "--set", "model.guide=flow"], "model.guide = 'flow' is not one of: diag_normal, iaf"),
         (["config", "--set", "nosuch.key=1"], "unknown config section 'nosuch'"),
@@ -125,12 +167,14 @@ def test_evaluate_rejects_k_below_one(tmp_path, capsys):
 
 
 def test_python_dash_m_entry_point():
-    result = subprocess.run([sys.executable, "-m", "pyro_vae", "config", "--set", "model.latent_dim=7"],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", "config", "--set", "model.latent_dim=7"], capture_output=True, text=True
+    )
     assert result.returncode == 0 and "latent_dim = 7" in result.stdout
     # the entry point leaves through os._exit: buffered output to pipes and exit statuses survive
-    bad = subprocess.run([sys.executable, "-m", "pyro_vae", "config", "--set", "model.latent_dim=0"],
-                         capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", "config", "--set", "model.latent_dim=0"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "model.latent_dim" in bad.stderr and bad.stdout == ""
 
 

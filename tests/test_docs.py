@@ -56,10 +56,23 @@ def _pages(site):
 def test_the_site_builds_strictly_with_every_page_and_nothing_from_elsewhere(built):
     site = built / "site"
     pages = _pages(site)
-    for page in ["index.html", "getting-started.html", "usage.html", "model.html", "components.html",
-                 "configuration.html", "data.html", "plugins.html", "results.html", "laboratory.html",
-                 "performance.html", "learning.html", "architecture.html", "api.html",
-                 *[f"notebooks/{n}.html" for n in NAMES]]:  # fmt: skip
+    for page in [
+        "index.html",
+        "getting-started.html",
+        "usage.html",
+        "model.html",
+        "components.html",
+        "configuration.html",
+        "data.html",
+        "plugins.html",
+        "results.html",
+        "laboratory.html",
+        "performance.html",
+        "learning.html",
+        "architecture.html",
+        "api.html",
+        *[f"notebooks/{n}.html" for n in NAMES],
+    ]:
         assert page in pages, (page, sorted(pages))
     external = re.compile(r"<(?:script|img|iframe|source)[^>]*\ssrc=\"(?:https?:)?//|<link[^>]*href=\"(?:https?:)?//")
     for page, text in pages.items():
@@ -83,8 +96,21 @@ def test_a_broken_internal_link_fails_the_strict_build(built, tmp_path):
     config = config.replace("docs_dir: docs", f"docs_dir: {docs}").replace("- docs/hooks/", f"- {docs}/hooks/")
     config = config.replace("paths: [.]", f"paths: [{ROOT}]")
     (tmp_path / "mkdocs.yml").write_text(config)
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(tmp_path / "mkdocs.yml"),
-                             "--site-dir", str(tmp_path / "site")], capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-f",
+            str(tmp_path / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0 and "missing-page.md" in result.stderr, result.stderr[-2000:]
 
 

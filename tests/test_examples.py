@@ -43,8 +43,6 @@ def test_every_example_is_tested():
     assert EXAMPLES == [name for name in CHECKS], "add the new example's checks to tests/test_examples.py"
 
 
-
-
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_as_a_script(name, device, tmp_path, monkeypatch):

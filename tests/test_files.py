@@ -24,8 +24,10 @@ def test_a_link_to_a_file_outside_is_refused_and_the_victim_kept(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "out.json").symlink_to(victim)
-    for write in (lambda: write_atomic(folder / "out.json", "{}", folder),
-                  lambda: append_line(folder / "out.json", "{}", folder)):  # fmt: skip
+    for write in (
+        lambda: write_atomic(folder / "out.json", "{}", folder),
+        lambda: append_line(folder / "out.json", "{}", folder),
+    ):
         with pytest.raises(UnsafePath, match="out.json is a symbolic link"):
             write()
     assert victim.read_text() == "precious"

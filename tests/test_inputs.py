@@ -22,32 +22,45 @@ from tests.helpers import small_cfg
 TINY = ("data.subset=60", "model.latent_dim=2", "model.hidden=8", "train.epochs=1", "eval.iwae_k=2")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["sample", "RUN", "--n", "0"], "--n = 0 must be between 1 and 10,000 (images drawn in one figure)"),
-    (["sample", "RUN", "--n", "1000000000"], "--n = 1000000000 must be between 1 and 10,000"),
-    (["sample", "RUN", "--temperature", "nan"], "--temperature = nan must be a finite number above 0 and at most 1000"),
-    (["sample", "RUN", "--temperature", "-1"], "--temperature = -1.0 must be a finite number above 0"),
-    (["sample", "RUN", "--temperature", "inf"], "--temperature = inf must be a finite number above 0"),
-    (["sample", "RUN", "--seed", "-1"], "--seed = -1 must be between 0 and 4,294,967,295"),
-    (["interpolate", "RUN", "--between", "0", "1", "--steps", "1"], "--steps = 1 must be between 2 and 10,000"),
-    (["interpolate", "RUN", "--between", "0", "1", "--steps", "100000"], "--steps = 100000 must be between 2 and"),
-    (["traverse", "RUN", "--span", "nan"], "--span = nan must be a finite number above 0 and at most 1000"),
-    (["traverse", "RUN", "--span", "0"], "--span = 0.0 must be a finite number above 0"),
-    (["traverse", "RUN", "--span=-inf"], "--span = -inf must be a finite number above 0"),
-    (["evaluate", "RUN", "--images", "-3"], "--images = -3 must be at least 0 (0: the whole test split; more than it "
-                                            "has: all of them)"),
-    (["evaluate", "RUN", "--k", "10000000"], "--k = 10000000 must be between 1 and 1,000,000 (importance samples"),
-    (["compare", "RUN", "--images", "0"], "--images = 0 must be at least 1"),
-    (["compare", "RUN", "--grad-images", "-1"], "--grad-images = -1 must be at least 1"),
-    (["compare", "RUN", "--reps", "1"], "--reps = 1 must be between 2 and 100,000 (estimates per image, at least 2"),
-    (["compare", "RUN", "--grad-reps", "10000000"], "--grad-reps = 10000000 must be between 2 and 100,000"),
-    (["compare", "RUN", "--groups", "0"], "--groups = 0 must be between 1 and 1,000,000"),
-    (["compare", "RUN", "--seed", "99999999999"], "--seed = 99999999999 must be between 0 and 4,294,967,295"),
-    (["compare", "RUN", "--k", "0,10"], "--k 0,10: 0 is out of range; every value must be between 1 and 1,000,000"),
-    (["compare", "RUN", "--particles", "1,100000"], "--particles 1,100000: 100000 is out of range; every value must "
-                                                    "be between 1 and 16,384"),
-    (["compare", "RUN", "--snr-k", "1,-4"], "--snr-k 1,-4: -4 is out of range"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "RUN", "--n", "0"], "--n = 0 must be between 1 and 10,000 (images drawn in one figure)"),
+        (["sample", "RUN", "--n", "1000000000"], "--n = 1000000000 must be between 1 and 10,000"),
+        (
+            ["sample", "RUN", "--temperature", "nan"],
+            "--temperature = nan must be a finite number above 0 and at most 1000",
+        ),
+        (["sample", "RUN", "--temperature", "-1"], "--temperature = -1.0 must be a finite number above 0"),
+        (["sample", "RUN", "--temperature", "inf"], "--temperature = inf must be a finite number above 0"),
+        (["sample", "RUN", "--seed", "-1"], "--seed = -1 must be between 0 and 4,294,967,295"),
+        (["interpolate", "RUN", "--between", "0", "1", "--steps", "1"], "--steps = 1 must be between 2 and 10,000"),
+        (["interpolate", "RUN", "--between", "0", "1", "--steps", "100000"], "--steps = 100000 must be between 2 and"),
+        (["traverse", "RUN", "--span", "nan"], "--span = nan must be a finite number above 0 and at most 1000"),
+        (["traverse", "RUN", "--span", "0"], "--span = 0.0 must be a finite number above 0"),
+        (["traverse", "RUN", "--span=-inf"], "--span = -inf must be a finite number above 0"),
+        (
+            ["evaluate", "RUN", "--images", "-3"],
+            "--images = -3 must be at least 0 (0: the whole test split; more than it has: all of them)",
+        ),
+        (["evaluate", "RUN", "--k", "10000000"], "--k = 10000000 must be between 1 and 1,000,000 (importance samples"),
+        (["compare", "RUN", "--images", "0"], "--images = 0 must be at least 1"),
+        (["compare", "RUN", "--grad-images", "-1"], "--grad-images = -1 must be at least 1"),
+        (
+            ["compare", "RUN", "--reps", "1"],
+            "--reps = 1 must be between 2 and 100,000 (estimates per image, at least 2",
+        ),
+        (["compare", "RUN", "--grad-reps", "10000000"], "--grad-reps = 10000000 must be between 2 and 100,000"),
+        (["compare", "RUN", "--groups", "0"], "--groups = 0 must be between 1 and 1,000,000"),
+        (["compare", "RUN", "--seed", "99999999999"], "--seed = 99999999999 must be between 0 and 4,294,967,295"),
+        (["compare", "RUN", "--k", "0,10"], "--k 0,10: 0 is out of range; every value must be between 1 and 1,000,000"),
+        (
+            ["compare", "RUN", "--particles", "1,100000"],
+            "--particles 1,100000: 100000 is out of range; every value must be between 1 and 16,384",
+        ),
+        (["compare", "RUN", "--snr-k", "1,-4"], "--snr-k 1,-4: -4 is out of range"),
+    ],
+)
 def test_numeric_options_out_of_range_are_one_message_and_exit_2(tmp_path, argv, message, capsys):
     """Checked before the model is opened: the run folder need not exist, and nothing is written."""
     run = tmp_path / "run"
@@ -88,17 +101,30 @@ def _nan(state):
     state["model"][_first(state)].view(-1)[0] = float("nan")
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s.pop("model"), "best.pt holds no model weights (no 'model' table): it is damaged or not a pyro-vae "
-                               "checkpoint; use the other one (--checkpoint last) or train again"),
-    (lambda s: s.update(model=[1, 2]), "best.pt holds no model weights"),
-    (lambda s: s["model"].pop(_first(s)), "best.pt does not match the VAE that {config} describes: missing tensor "),
-    (_wrong_shape, "best.pt does not match the VAE that {config} describes: tensor {name} has shape (3, 3), the VAE "
-                   "needs"),
-    (lambda s: s["model"].update(intruder=torch.zeros(1)), "best.pt does not match the VAE that {config} describes: "
-                                                           "extra tensor intruder (1,)"),
-    (_nan, "best.pt does not match the VAE that {config} describes: tensor {name} has 1 NaN or infinite value(s)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: s.pop("model"),
+            "best.pt holds no model weights (no 'model' table): it is damaged or not a pyro-vae "
+            "checkpoint; use the other one (--checkpoint last) or train again",
+        ),
+        (lambda s: s.update(model=[1, 2]), "best.pt holds no model weights"),
+        (
+            lambda s: s["model"].pop(_first(s)),
+            "best.pt does not match the VAE that {config} describes: missing tensor ",
+        ),
+        (
+            _wrong_shape,
+            "best.pt does not match the VAE that {config} describes: tensor {name} has shape (3, 3), the VAE needs",
+        ),
+        (
+            lambda s: s["model"].update(intruder=torch.zeros(1)),
+            "best.pt does not match the VAE that {config} describes: extra tensor intruder (1,)",
+        ),
+        (_nan, "best.pt does not match the VAE that {config} describes: tensor {name} has 1 NaN or infinite value(s)"),
+    ],
+)
 def test_a_checkpoint_whose_weights_do_not_fit_is_named(run, tmp_path, capsys, change, message):
     name = _first(load_checkpoint(run / "checkpoints" / "best.pt"))
     copy = _tampered(run, tmp_path, change)

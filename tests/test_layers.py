@@ -86,8 +86,10 @@ def test_imports_point_down(module):
 def test_a_cycle_would_be_caught(tmp_path):
     """The check sees function-level imports (the kind that hid the config <-> registries cycle)."""
     source = tmp_path / "m.py"
-    source.write_text("def f():\n    from pyro_vae import data\n    from pyro_vae.objectives.elbos import ELBOS\n"
-                      "    from pyro_vae.components import priors\n    import pyro_vae.model\n")  # fmt: skip
+    source.write_text(
+        "def f():\n    from pyro_vae import data\n    from pyro_vae.objectives.elbos import ELBOS\n"
+        "    from pyro_vae.components import priors\n    import pyro_vae.model\n"
+    )
     assert imported(source) == {"data.__init__", "objectives.elbos", "components.priors", "model"}
     assert RANK["config"] < RANK["data.__init__"] and RANK["objectives.elbos"] < RANK["training.loop"]
 
@@ -96,8 +98,15 @@ def test_config_checks_every_component_name_through_the_registries():
     import pyro_vae  # noqa: F401  (fills the registries)
     from pyro_vae.registry import by_config_key
 
-    assert set(by_config_key()) == {"data.name", "model.prior", "model.likelihood", "model.guide", "model.network",
-                                   "model.structure", "train.elbo"}
+    assert set(by_config_key()) == {
+        "data.name",
+        "model.prior",
+        "model.likelihood",
+        "model.guide",
+        "model.network",
+        "model.structure",
+        "train.elbo",
+    }
 
 
 def test_every_sub_package_is_installed():
@@ -125,8 +134,10 @@ def test_the_package_and_its_command_line_import_no_plotting_library():
     import subprocess
     import sys
 
-    probe = ("import sys, pyro_vae, pyro_vae.cli; "
-             "print(sorted(m for m in ('matplotlib', 'torch.utils.tensorboard') if m in sys.modules))")  # fmt: skip
+    probe = (
+        "import sys, pyro_vae, pyro_vae.cli; "
+        "print(sorted(m for m in ('matplotlib', 'torch.utils.tensorboard') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]", f"imported by `import pyro_vae` and its CLI: {result.stdout}"

@@ -65,9 +65,19 @@ def test_the_meta_vae_has_the_real_ones_shapes_and_draws_no_random_numbers(netwo
         ("mixture_of_gaussians", "diag_normal", "continuous_bernoulli", 2),
     ]
     for prior, guide, likelihood, latent in combinations:
-        cfg = load_config(None, [f"model.network={network}", f"model.prior={prior}", f"model.guide={guide}",
-                                 f"model.likelihood={likelihood}", f"model.latent_dim={latent}", "model.hidden=8",
-                                 "model.vamp.components=3", "model.mixture_of_gaussians.components=3"])  # fmt: skip
+        cfg = load_config(
+            None,
+            [
+                f"model.network={network}",
+                f"model.prior={prior}",
+                f"model.guide={guide}",
+                f"model.likelihood={likelihood}",
+                f"model.latent_dim={latent}",
+                "model.hidden=8",
+                "model.vamp.components=3",
+                "model.mixture_of_gaussians.components=3",
+            ],
+        )
         cfg = cfg.model
         torch.manual_seed(0)
         meta = meta_vae(cfg, 3 * 8 * 8, (3, 8, 8))

@@ -29,8 +29,16 @@ def _x(b=B, d=D, dtype=torch.float64):
 
 
 def _model(*extra, d=D, image_shape=None):
-    cfg = load_config(None, ["model.hidden=8", "model.latent_dim=3", "model.vamp.components=3",
-                             "model.mixture_of_gaussians.components=3", *extra]).model  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "model.hidden=8",
+            "model.latent_dim=3",
+            "model.vamp.components=3",
+            "model.mixture_of_gaussians.components=3",
+            *extra,
+        ],
+    ).model
     torch.manual_seed(0)
     return build_model(cfg, d, image_shape).double()
 
@@ -40,7 +48,7 @@ HIERARCHICAL = {
     "L3": ["model.structure=hierarchical", "model.hierarchical.layers=3", "model.hierarchical.latent_dims=[2,3,4]"],
     "ladder": ["model.structure=hierarchical", "model.hierarchical.ladder=true", "model.hierarchical.layers=3"],
     "markov": ["model.structure=hierarchical", "model.hierarchical.skip=false", "model.hierarchical.latent_dims=[3,2]"],
-}  # fmt: skip
+}
 
 
 # ---------------------------------------------------------------- vae: unchanged
@@ -51,9 +59,17 @@ def test_the_vaes_state_dict_keys_are_unchanged():
     vae = build_vae(ModelConfig(latent_dim=2, hidden=(8,)), D)
     assert isinstance(vae, VAE) and isinstance(vae, Structure) and STRUCTURES.get("vae") is not None
     assert list(vae.state_dict()) == [
-        "prior.loc", "prior.scale", "encoder.trunk.0.weight", "encoder.trunk.0.bias", "encoder.head.weight",
-        "encoder.head.bias", "decoder.0.weight", "decoder.0.bias", "decoder.2.weight", "decoder.2.bias",
-    ]  # fmt: skip
+        "prior.loc",
+        "prior.scale",
+        "encoder.trunk.0.weight",
+        "encoder.trunk.0.bias",
+        "encoder.head.weight",
+        "encoder.head.bias",
+        "decoder.0.weight",
+        "decoder.0.bias",
+        "decoder.2.weight",
+        "decoder.2.bias",
+    ]
     assert build_model is build_vae and ModelConfig().structure == "vae"
 
 
@@ -67,8 +83,11 @@ def test_the_vae_stories_give_todays_pyro_traces():
     z = vae.encoder(x).rsample()
 
     def sites(trace):
-        return [(n, s["is_observed"], [f.name for f in s["cond_indep_stack"]], s["scale"])
-                for n, s in trace.nodes.items() if s["type"] == "sample" and n != "data"]  # fmt: skip
+        return [
+            (n, s["is_observed"], [f.name for f in s["cond_indep_stack"]], s["scale"])
+            for n, s in trace.nodes.items()
+            if s["type"] == "sample" and n != "data"
+        ]
 
     assert sites(guide_trace) == [("z", False, ["data"], beta)]
     assert sites(model_trace) == [("z", False, ["data"], beta), ("x", True, ["data"], 1.0)]
@@ -206,33 +225,55 @@ def test_every_prior_and_likelihood_on_a_hierarchical_model_builds_and_trains_or
     meta-device twin of the real model's shapes, a finite Pyro Trace_ELBO loss and gradient, or a
     ConfigError up front."""
     priors = ["standard_normal", "student_t", "mixture_of_gaussians", "vamp"]
-    likelihoods = ["bernoulli", "continuous_bernoulli", "gaussian", "discretized_logistic",
-                   "discretized_logistic_mixture"]  # fmt: skip
+    likelihoods = [
+        "bernoulli",
+        "continuous_bernoulli",
+        "gaussian",
+        "discretized_logistic",
+        "discretized_logistic_mixture",
+    ]
     image, x = (1, 4, 4), _x(d=16)  # binary pixels: valid for every likelihood
     built = refused = 0
     for prior in priors:
         for likelihood in likelihoods:
             for guide, ladder in (("diag_normal", "false"), ("diag_normal", "true"), ("iaf", "false")):
-                extra = ["model.structure=hierarchical", f"model.network={network}", f"model.prior={prior}",
-                         f"model.likelihood={likelihood}", f"model.guide={guide}",
-                         f"model.hierarchical.ladder={ladder}", "model.conv.channels=[2]",
-                         "model.conv.features=8"]  # fmt: skip
+                extra = [
+                    "model.structure=hierarchical",
+                    f"model.network={network}",
+                    f"model.prior={prior}",
+                    f"model.likelihood={likelihood}",
+                    f"model.guide={guide}",
+                    f"model.hierarchical.ladder={ladder}",
+                    "model.conv.channels=[2]",
+                    "model.conv.features=8",
+                ]
                 if guide == "iaf":
-                    with pytest.raises(ConfigError, match="does not build per-layer conditional flows; use "
-                                                          "model.guide=diag_normal"):  # fmt: skip
+                    with pytest.raises(
+                        ConfigError, match="does not build per-layer conditional flows; use model.guide=diag_normal"
+                    ):
                         _model(*extra, d=16, image_shape=image)
                     refused += 1
                     continue
-                cfg = load_config(None, ["model.hidden=8", "model.latent_dim=2", "model.vamp.components=3",
-                                         "model.mixture_of_gaussians.components=3", *extra]).model  # fmt: skip
+                cfg = load_config(
+                    None,
+                    [
+                        "model.hidden=8",
+                        "model.latent_dim=2",
+                        "model.vamp.components=3",
+                        "model.mixture_of_gaussians.components=3",
+                        *extra,
+                    ],
+                ).model
                 torch.manual_seed(0)
                 meta = meta_vae(cfg, 16, image)
                 h = build_model(cfg, 16, image).double()
-                assert {n: t.shape for n, t in meta.state_dict().items()} == {n: t.shape for n, t in
-                                                                                h.state_dict().items()}  # fmt: skip
+                assert {n: t.shape for n, t in meta.state_dict().items()} == {
+                    n: t.shape for n, t in h.state_dict().items()
+                }
                 torch.manual_seed(1)
                 loss = Trace_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1).differentiable_loss(
-                    h.model, h.guide, x)  # fmt: skip
+                    h.model, h.guide, x
+                )
                 loss.backward()
                 assert torch.isfinite(loss), (prior, likelihood, ladder)
                 assert all(torch.isfinite(p.grad).all() for p in h.parameters() if p.grad is not None)
@@ -269,8 +310,11 @@ def test_refusals_say_why_and_the_fix():
     with isolated():
         GUIDES.register("plain")(PlainGuide)
         NETWORKS.register("no_decoder")(NoDecoder)
-        with pytest.raises(ConfigError, match="the ladder merges Gaussian parameters by precision.*not "
-                                              "model.guide=plain; use model.guide=diag_normal"):  # fmt: skip
+        with pytest.raises(
+            ConfigError,
+            match="the ladder merges Gaussian parameters by precision.*not "
+            "model.guide=plain; use model.guide=diag_normal",
+        ):
             build_model(load_config(None, [*base, "model.guide=plain", "model.hierarchical.ladder=true"]).model, D)
         h = build_model(load_config(None, [*base, "model.guide=plain"]).model, D)  # without the ladder: its top layer
         assert torch.isfinite(h.double().log_weights(_x(), 2)).all()
@@ -285,9 +329,17 @@ def test_a_hierarchical_model_above_the_size_limit_is_refused_before_it_is_alloc
 
 
 def test_the_meta_model_draws_no_random_numbers():
-    cfg = load_config(None, ["model.structure=hierarchical", "model.hidden=8", "model.latent_dim=2",
-                             "model.hierarchical.ladder=true", "model.prior=vamp",
-                             "model.vamp.components=3"]).model  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "model.structure=hierarchical",
+            "model.hidden=8",
+            "model.latent_dim=2",
+            "model.hierarchical.ladder=true",
+            "model.prior=vamp",
+            "model.vamp.components=3",
+        ],
+    ).model
     torch.manual_seed(0)
     build_model(cfg, D)
     torch.manual_seed(0)
@@ -395,12 +447,38 @@ def test_a_hierarchical_run_trains_evaluates_compares_and_exports(tmp_path, caps
     from tests.helpers import SMALL
 
     run, model = tmp_path / "run", tmp_path / "model"
-    sets = [a for item in (*SMALL, "train.epochs=1", "model.structure=hierarchical", "train.elbo=iwae_dreg",
-                           "train.num_particles=2") for a in ("--set", item)]  # fmt: skip
+    sets = [
+        a
+        for item in (
+            *SMALL,
+            "train.epochs=1",
+            "model.structure=hierarchical",
+            "train.elbo=iwae_dreg",
+            "train.num_particles=2",
+        )
+        for a in ("--set", item)
+    ]
     assert main(["train", "--out", str(run), "--no-progress", "--no-figures", *sets]) == 0
     assert "active units (Cov_x E[z|x] > 0.01): z2 " in capsys.readouterr().out
-    lab = ["--images", "4", "--k", "2,4", "--particles", "1,2", "--reps", "2", "--grad-images", "4", "--grad-reps", "2",
-           "--snr-k", "2", "--no-progress", "--device", "cpu"]  # fmt: skip
+    lab = [
+        "--images",
+        "4",
+        "--k",
+        "2,4",
+        "--particles",
+        "1,2",
+        "--reps",
+        "2",
+        "--grad-images",
+        "4",
+        "--grad-reps",
+        "2",
+        "--snr-k",
+        "2",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(["compare", str(run), *lab]) == 0
     assert main(["evaluate", str(run), "--k", "3", "--images", "8", "--no-progress", "--device", "cpu"]) == 0
     assert main(["export", str(run), "--out", str(model)]) == 0

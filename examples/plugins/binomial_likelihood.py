@@ -34,8 +34,9 @@ class Binomial(nn.Module):
         k = x * LEVELS
         n_bad = int(((k - k.round()).abs() > 1e-4).sum() + ((x < 0) | (x > 1)).sum())
         if n_bad:
-            raise ValueError(f"{source}: the binomial likelihood needs grey levels k/255 in [0, 1]; "
-                             f"{n_bad} values are not")
+            raise ValueError(
+                f"{source}: the binomial likelihood needs grey levels k/255 in [0, 1]; {n_bad} values are not"
+            )
 
 
 class _Levels(dist.TorchDistribution):

@@ -205,16 +205,18 @@ class DiscretizedLogisticMixtureDist(dist.TorchDistribution):
     arg_constraints = {"logits": constraints.real, "loc": constraints.real, "scale": constraints.positive}
     support = constraints.unit_interval
 
-    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, bins: int = 256,
-                 validate_args=None) -> None:  # fmt: skip
+    def __init__(
+        self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, bins: int = 256, validate_args=None
+    ) -> None:
         self.logits, self.loc, self.scale = torch.broadcast_tensors(logits, loc, scale)
         self.bins = bins
         super().__init__(self.loc.shape[:-1], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         shape = (*batch_shape, self.loc.shape[-1])
-        return DiscretizedLogisticMixtureDist(self.logits.expand(shape), self.loc.expand(shape),
-                                              self.scale.expand(shape), self.bins)  # fmt: skip
+        return DiscretizedLogisticMixtureDist(
+            self.logits.expand(shape), self.loc.expand(shape), self.scale.expand(shape), self.bins
+        )
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         components = DiscretizedLogisticDist(self.loc, self.scale, self.bins).log_prob(x.unsqueeze(-1))

@@ -128,8 +128,9 @@ class Residual(nn.Module):
 
     def __init__(self, width: int, activation: str) -> None:
         super().__init__()
-        self.inner = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), ACTIVATIONS[activation](),
-                                   nn.Conv2d(width, width, 3, padding=1))  # fmt: skip
+        self.inner = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1), ACTIVATIONS[activation](), nn.Conv2d(width, width, 3, padding=1)
+        )
         self.act = ACTIVATIONS[activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,13 +152,17 @@ class Conv:
 
         def __post_init__(self) -> None:
             if not self.channels or min(self.channels) < 1 or self.features < 1:
-                raise ValueError(f"channels = {list(self.channels)} needs at least one width >= 1 and features = "
-                                 f"{self.features} must be >= 1")  # fmt: skip
+                raise ValueError(
+                    f"channels = {list(self.channels)} needs at least one width >= 1 and features = "
+                    f"{self.features} must be >= 1"
+                )
 
     def __init__(self, cfg, image_shape=None, settings: Settings | None = None, **_) -> None:
         if image_shape is None:
-            raise ValueError(f"the {type(self).__name__.lower()} network needs the images' shape (C, H, W); build it "
-                             "through build_vae(cfg, data_dim, image_shape)")  # fmt: skip
+            raise ValueError(
+                f"the {type(self).__name__.lower()} network needs the images' shape (C, H, W); build it "
+                "through build_vae(cfg, data_dim, image_shape)"
+            )
         self.shape, self.activation = tuple(image_shape), cfg.activation
         self.settings = settings or self.Settings()
         sizes = [self.shape[1:]]
@@ -183,8 +188,10 @@ class Conv:
     def decoder(self, latent_dim: int, out_dim: int) -> nn.Module:
         act, (c, h, w) = ACTIVATIONS[self.activation], self.shape
         if out_dim % (c * h * w):
-            raise ValueError(f"a convolutional decoder gives whole channels: {out_dim} outputs are not a multiple of "
-                             f"the {c * h * w} pixels of {self.shape}")  # fmt: skip
+            raise ValueError(
+                f"a convolutional decoder gives whole channels: {out_dim} outputs are not a multiple of "
+                f"the {c * h * w} pixels of {self.shape}"
+            )
         widths = list(self.settings.channels)
         last = (widths[-1], *self.sizes[-1])
         layers: list[nn.Module] = [nn.Unflatten(1, last)]
@@ -194,11 +201,17 @@ class Conv:
             small = self.sizes[-1 - stage]
             padding = tuple(t - (2 * s - 1) for t, s in zip(target, small))  # 0 or 1: the exact size
             final = stage == len(widths) - 1
-            layers += [*self._blocks(n_in),
-                       nn.ConvTranspose2d(n_in, n_out, 3, stride=2, padding=1, output_padding=padding),
-                       *([] if final else [act()])]  # fmt: skip
-        dense = nn.Sequential(nn.Linear(latent_dim, self.settings.features), act(),
-                              nn.Linear(self.settings.features, math.prod(last)), act())  # fmt: skip
+            layers += [
+                *self._blocks(n_in),
+                nn.ConvTranspose2d(n_in, n_out, 3, stride=2, padding=1, output_padding=padding),
+                *([] if final else [act()]),
+            ]
+        dense = nn.Sequential(
+            nn.Linear(latent_dim, self.settings.features),
+            act(),
+            nn.Linear(self.settings.features, math.prod(last)),
+            act(),
+        )
         return _Flat((latent_dim,), nn.Sequential(dense, *layers))
 
     def dense(self, in_dim: int, out_dim: int) -> nn.Module:

@@ -89,7 +89,8 @@ class StandardStudentT(dist.TorchDistribution):
         df = self.df
         log_norm = torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi)
         return (log_norm - (df + 1) / 2 * torch.log1p(z * z / df)).expand(
-            torch.broadcast_shapes(z.shape, self.batch_shape))  # fmt: skip
+            torch.broadcast_shapes(z.shape, self.batch_shape)
+        )
 
     def sample(self, sample_shape=()) -> torch.Tensor:
         with torch.no_grad():
@@ -110,8 +111,9 @@ class GaussianMixture(dist.TorchDistribution):
     support = constraints.real_vector
     has_rsample = False
 
-    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, batch_shape=(),
-                 validate_args=None) -> None:  # fmt: skip
+    def __init__(
+        self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, batch_shape=(), validate_args=None
+    ) -> None:
         self.logits, self.loc, self.scale = logits, loc, scale
         super().__init__(torch.Size(batch_shape), loc.shape[-1:], validate_args=validate_args)
 
@@ -131,8 +133,9 @@ class GaussianMixture(dist.TorchDistribution):
         shape = torch.Size(sample_shape) + self.batch_shape
         with torch.no_grad():
             k = torch.distributions.Categorical(logits=self.logits).sample(shape)
-            return self.loc[k] + self.scale[k] * torch.randn(shape + self.event_shape, dtype=self.loc.dtype,
-                                                             device=self.loc.device)  # fmt: skip
+            return self.loc[k] + self.scale[k] * torch.randn(
+                shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device
+            )
 
 
 @PRIORS.register("mixture_of_gaussians")

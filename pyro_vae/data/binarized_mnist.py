@@ -127,14 +127,17 @@ def load_embedded(path: str | Path | None = None) -> dict[str, np.ndarray]:
     """Unpack the shipped binarized MNIST: uint8 arrays ``train``, ``valid``, ``test``, ``test_labels``."""
     path = Path(path) if path is not None else embedded_path()
     if not path.is_file():
-        raise ValueError(f"{path}: the embedded binarized MNIST is missing; rebuild it with "
-                         "scripts/pack_binarized_mnist.py")  # fmt: skip
+        raise ValueError(
+            f"{path}: the embedded binarized MNIST is missing; rebuild it with scripts/pack_binarized_mnist.py"
+        )
     try:
         with np.load(path) as npz:
             packed = {key: npz[key] for key in (*SPLITS, "test_labels")}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: cannot read the embedded binarized MNIST ({exc}); reinstall the "
-                         "package or rebuild it with scripts/pack_binarized_mnist.py") from None  # fmt: skip
+        raise ValueError(
+            f"{path}: cannot read the embedded binarized MNIST ({exc}); reinstall the "
+            "package or rebuild it with scripts/pack_binarized_mnist.py"
+        ) from None
     digest = content_sha256(packed)
     if digest != EMBEDDED_SHA256:
         raise ValueError(

@@ -51,8 +51,10 @@ class ImageFolderSettings:
 
     def __post_init__(self) -> None:
         if not 1 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size = {self.image_size} must be between 1 and {MAX_IMAGE_SIZE} "
-                             "(pyro_vae.config.MAX_IMAGE_SIZE)")  # fmt: skip
+            raise ValueError(
+                f"image_size = {self.image_size} must be between 1 and {MAX_IMAGE_SIZE} "
+                "(pyro_vae.config.MAX_IMAGE_SIZE)"
+            )
         if self.channels not in (1, 3):
             raise ValueError(f"channels = {self.channels} must be 1 (grey) or 3 (colour)")
 
@@ -67,8 +69,10 @@ def _image_folder(cfg: DataConfig) -> Splits:
         raise ValueError(f"{root} has {', '.join(f'{s}/' for s in split_dirs)} but no train/ folder")
     files = {s: _image_files(d) for s, d in split_dirs.items()} if split_dirs else {"all": _image_files(root)}
     if not any(files.values()):
-        raise ValueError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found, recursively; "
-                         "put your pictures there (in class sub-folders for labels)")  # fmt: skip
+        raise ValueError(
+            f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found, recursively; "
+            "put your pictures there (in class sub-folders for labels)"
+        )
     classes = _classes(root, split_dirs, files)
     rng = np.random.default_rng(cfg.seed)
     if not split_dirs:
@@ -77,8 +81,11 @@ def _image_folder(cfg: DataConfig) -> Splits:
         if len(everything) < 3:
             raise ValueError(f"{root}: {len(everything)} image(s); a train/valid/test split needs at least 3")
         n_hold = max(1, len(everything) // 10)
-        files = {"train": everything[: -2 * n_hold], "valid": everything[-2 * n_hold : -n_hold],
-                 "test": everything[-n_hold:]}  # fmt: skip
+        files = {
+            "train": everything[: -2 * n_hold],
+            "valid": everything[-2 * n_hold : -n_hold],
+            "test": everything[-n_hold:],
+        }
     elif "valid" not in files:
         order = rng.permutation(len(files["train"]))
         n_hold = max(1, len(order) // 10)
@@ -89,10 +96,12 @@ def _image_folder(cfg: DataConfig) -> Splits:
             raise ValueError(f"{root}: the {split} split has no images ({split}/ is empty or too few files)")
     n_files, pixels_each = sum(len(files[s]) for s in SPLITS), settings.channels * settings.image_size**2
     if 4 * n_files * pixels_each > MAX_DATA_BYTES:
-        raise ValueError(f"{root}: {n_files:,} images of {settings.channels} x {settings.image_size} x "
-                         f"{settings.image_size} pixels are {4 * n_files * pixels_each:,} bytes as float32, above the "
-                         f"limit of {MAX_DATA_BYTES:,} bytes (pyro_vae.config.MAX_DATA_BYTES); lower "
-                         "data.image_folder.image_size, or use fewer files")  # fmt: skip
+        raise ValueError(
+            f"{root}: {n_files:,} images of {settings.channels} x {settings.image_size} x "
+            f"{settings.image_size} pixels are {4 * n_files * pixels_each:,} bytes as float32, above the "
+            f"limit of {MAX_DATA_BYTES:,} bytes (pyro_vae.config.MAX_DATA_BYTES); lower "
+            "data.image_folder.image_size, or use fewer files"
+        )
     arrays, labels, skipped, transparent = {}, None, [], []
     for split in SPLITS:
         pixels, kept = _read_all(files[split], settings, skipped, transparent)
@@ -100,12 +109,17 @@ def _image_folder(cfg: DataConfig) -> Splits:
         if split == "test" and classes is not None:
             labels = np.array([classes[_class_of(root, split_dirs, path)] for path in kept])
     if skipped:
-        log.warning("image_folder: skipped %d unreadable file(s) under %s, the first %s", len(skipped), root,
-                    skipped[0])  # fmt: skip
+        log.warning(
+            "image_folder: skipped %d unreadable file(s) under %s, the first %s", len(skipped), root, skipped[0]
+        )
     if transparent:
-        log.warning("image_folder: %d image(s) under %s have transparent pixels, composited onto black (the "
-                    "background of MNIST-style data); the first %s", len(transparent), root,
-                    transparent[0])  # fmt: skip
+        log.warning(
+            "image_folder: %d image(s) under %s have transparent pixels, composited onto black (the "
+            "background of MNIST-style data); the first %s",
+            len(transparent),
+            root,
+            transparent[0],
+        )
     shape = (settings.channels, settings.image_size, settings.image_size)
     return make_splits(arrays, f"image folder {root}", shape, labels)
 
@@ -157,9 +171,11 @@ def open_image(path: str | Path, channels: int, background: int = 0):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         declared = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(declared[1]):,} pixels" if declared else "an image"
-        raise ValueError(f"{path} declares {size}, more than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} "
-                         "(Image.MAX_IMAGE_PIXELS, its guard against decompression bombs); it was not decoded: "
-                         "shrink it or remove it") from None  # fmt: skip
+        raise ValueError(
+            f"{path} declares {size}, more than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} "
+            "(Image.MAX_IMAGE_PIXELS, its guard against decompression bombs); it was not decoded: "
+            "shrink it or remove it"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ValueError(f"{path} cannot be read as an image ({exc})") from None
 
@@ -170,8 +186,10 @@ def _as_mode(img, mode: str, background: int, path) -> tuple:
     if img.mode.startswith("I;16") or img.mode == "I":
         levels = np.asarray(img).astype(np.int64)
         if levels.size and (levels.min() < 0 or levels.max() > 65535):
-            raise ValueError(f"{img.mode} values from {levels.min()} to {levels.max()}: only 8- and 16-bit images "
-                             "are read; convert it to 8 bits")  # fmt: skip
+            raise ValueError(
+                f"{img.mode} values from {levels.min()} to {levels.max()}: only 8- and 16-bit images "
+                "are read; convert it to 8 bits"
+            )
         img = Image.fromarray(((levels + 128) // 257).astype(np.uint8), "L")  # round(v / 257): 65535 -> 255
     alpha = img.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in img.info
     if alpha:
@@ -183,8 +201,9 @@ def _as_mode(img, mode: str, background: int, path) -> tuple:
     return img.convert(mode), False
 
 
-def _read_all(paths: list[Path], settings: ImageFolderSettings, skipped: list,
-              transparent: list) -> tuple[np.ndarray, list[Path]]:  # fmt: skip
+def _read_all(
+    paths: list[Path], settings: ImageFolderSettings, skipped: list, transparent: list
+) -> tuple[np.ndarray, list[Path]]:
     from PIL import Image, ImageOps
 
     size = settings.image_size
@@ -196,8 +215,9 @@ def _read_all(paths: list[Path], settings: ImageFolderSettings, skipped: list,
             if settings.skip_unreadable:
                 skipped.append(path)
                 continue
-            raise ValueError(f"{exc}; fix or remove it, or set data.image_folder.skip_unreadable=true to skip such "
-                             "files") from None  # fmt: skip
+            raise ValueError(
+                f"{exc}; fix or remove it, or set data.image_folder.skip_unreadable=true to skip such files"
+            ) from None
         if had_alpha:
             transparent.append(path)
         fitted = ImageOps.fit(img, (size, size), Image.Resampling.LANCZOS)
@@ -215,9 +235,11 @@ def _read_all(paths: list[Path], settings: ImageFolderSettings, skipped: list,
 def read_cifar_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 3072) uint8 in (C, H, W) order and labels (N,) of one binary CIFAR-10 batch."""
     if not raw or len(raw) % CIFAR_RECORD:
-        raise ValueError(f"{source}: {len(raw)} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 "
-                         "records (one label byte, 3,072 pixel bytes): the file is truncated or not a CIFAR-10 "
-                         "binary batch")  # fmt: skip
+        raise ValueError(
+            f"{source}: {len(raw)} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 "
+            "records (one label byte, 3,072 pixel bytes): the file is truncated or not a CIFAR-10 "
+            "binary batch"
+        )
     records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, CIFAR_RECORD)
     labels = records[:, 0].astype(np.int64)
     if labels.max() > 9:
@@ -247,8 +269,10 @@ def _cifar_batches(root: Path) -> dict[str, bytes]:
         if missing:
             raise ValueError(f"{archive} lacks {', '.join(missing)}: not the CIFAR-10 binary release")
         return out
-    raise ValueError(f"{root}: neither {CIFAR_FOLDER}/ nor {CIFAR_ARCHIVE}; set data.download=true to fetch "
-                     f"{CIFAR_URL} (the binary release), or point data.root at the folder holding it")  # fmt: skip
+    raise ValueError(
+        f"{root}: neither {CIFAR_FOLDER}/ nor {CIFAR_ARCHIVE}; set data.download=true to fetch "
+        f"{CIFAR_URL} (the binary release), or point data.root at the folder holding it"
+    )
 
 
 def download_cifar10(root: str | Path, url: str = CIFAR_URL, md5: str = CIFAR_MD5) -> Path:
@@ -282,4 +306,3 @@ def _cifar10(cfg: DataConfig) -> Splits:
     arrays = {"train": x_train[:-n_valid], "valid": x_train[-n_valid:], "test": x_test}
     arrays = {s: a.astype(np.float32) / 255 for s, a in arrays.items()}
     return make_splits(arrays, f"CIFAR-10 in {root}", (3, 32, 32), y_test)
-

@@ -103,8 +103,15 @@ def _array(cfg: DataConfig) -> Splits:
 
 
 NPY_MAX_HEADER = 10_000  # bytes of an .npy header numpy reads without allow_pickle (its max_header_size)
-_KINDS = {"c": "complex numbers", "U": "text", "S": "bytes", "O": "Python objects", "V": "records or raw bytes",
-          "M": "dates", "m": "time spans"}  # fmt: skip
+_KINDS = {
+    "c": "complex numbers",
+    "U": "text",
+    "S": "bytes",
+    "O": "Python objects",
+    "V": "records or raw bytes",
+    "M": "dates",
+    "m": "time spans",
+}
 
 
 def check_array_file(path: Path) -> None:
@@ -123,8 +130,10 @@ def check_array_file(path: Path) -> None:
             with zipfile.ZipFile(path) as archive:
                 for info in archive.infolist():
                     if not info.filename.endswith(".npy"):
-                        raise ValueError(f"{path} holds {info.filename!r}, which is not an .npy array; an .npz for "
-                                         "data.name=array holds arrays only")  # fmt: skip
+                        raise ValueError(
+                            f"{path} holds {info.filename!r}, which is not an .npy array; an .npz for "
+                            "data.name=array holds arrays only"
+                        )
                     with archive.open(info) as member:
                         values += _check_npy_header(member, info.file_size, f"{path} [{info.filename[:-4]}]")
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -133,8 +142,10 @@ def check_array_file(path: Path) -> None:
         with open(path, "rb") as f:
             values = _check_npy_header(f, size, str(path))
     if 4 * values > MAX_DATA_BYTES:
-        raise ValueError(f"{path} holds {values:,} values, {4 * values:,} bytes as float32, above the limit of "
-                         f"{MAX_DATA_BYTES:,} bytes (pyro_vae.config.MAX_DATA_BYTES)")  # fmt: skip
+        raise ValueError(
+            f"{path} holds {values:,} values, {4 * values:,} bytes as float32, above the limit of "
+            f"{MAX_DATA_BYTES:,} bytes (pyro_vae.config.MAX_DATA_BYTES)"
+        )
 
 
 def _check_npy_header(f, size: int, where: str) -> int:
@@ -153,11 +164,15 @@ def _check_npy_header(f, size: int, where: str) -> int:
     except (ValueError, struct.error, EOFError) as exc:
         raise ValueError(f"{where} is not a readable .npy array ({exc})") from None
     if dtype.kind not in "biuf":
-        raise ValueError(f"{where} holds {_KINDS.get(dtype.kind, dtype.kind)} (dtype {dtype}); images must be "
-                         "numbers: bool, integer or floating point values in [0, 1]")  # fmt: skip
+        raise ValueError(
+            f"{where} holds {_KINDS.get(dtype.kind, dtype.kind)} (dtype {dtype}); images must be "
+            "numbers: bool, integer or floating point values in [0, 1]"
+        )
     values, held = math.prod(shape), size - f.tell()
     if values * dtype.itemsize > held:
-        raise ValueError(f"{where}: its header declares shape {tuple(shape)} of {dtype} "
-                         f"({values * dtype.itemsize:,} bytes), but the file holds {held:,} bytes after the header: "
-                         "it is truncated or damaged")  # fmt: skip
+        raise ValueError(
+            f"{where}: its header declares shape {tuple(shape)} of {dtype} "
+            f"({values * dtype.itemsize:,} bytes), but the file holds {held:,} bytes after the header: "
+            "it is truncated or damaged"
+        )
     return values

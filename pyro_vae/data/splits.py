@@ -30,9 +30,16 @@ class Splits:
     :param train, valid, test: float32 images in [0, 1], or uint8 levels (value x 255).
     """
 
-    def __init__(self, train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor, image_shape: tuple[int, int],
-                 test_labels: torch.Tensor | None = None, dynamic_binarization: bool = False,
-                 source: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        train: torch.Tensor,
+        valid: torch.Tensor,
+        test: torch.Tensor,
+        image_shape: tuple[int, int],
+        test_labels: torch.Tensor | None = None,
+        dynamic_binarization: bool = False,
+        source: str = "",
+    ) -> None:
         self._stored = {s: encode(x) for s, x in zip(SPLITS, (train, valid, test))}
         self.image_shape = image_shape
         self.test_labels = test_labels
@@ -66,8 +73,13 @@ class Splits:
             return self
         pick = {s: evenly_spaced(x.shape[0], n) for s, x in self._stored.items()}
         labels = self.test_labels[pick["test"]] if self.test_labels is not None else None
-        return Splits(*(self._stored[s][pick[s]] for s in SPLITS), self.image_shape, labels,
-                      self.dynamic_binarization, self.source)  # fmt: skip
+        return Splits(
+            *(self._stored[s][pick[s]] for s in SPLITS),
+            self.image_shape,
+            labels,
+            self.dynamic_binarization,
+            self.source,
+        )
 
 
 def check_images(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
@@ -77,8 +89,10 @@ def check_images(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
     if not torch.is_tensor(array):
         array = np.asarray(array)
         if array.dtype.kind not in "biuf":
-            raise ValueError(f"{source}: images must be numbers (bool, integer or floating point), got an array of "
-                             f"dtype {array.dtype}")  # fmt: skip
+            raise ValueError(
+                f"{source}: images must be numbers (bool, integer or floating point), got an array of "
+                f"dtype {array.dtype}"
+            )
         if not array.dtype.isnative:
             array = array.astype(array.dtype.newbyteorder("="))
     elif array.is_complex():

@@ -85,9 +85,14 @@ def _activity(means: torch.Tensor, layer: str) -> dict:
     means = means.double()
     activity = means.var(0, unbiased=True) if means.shape[0] > 1 else torch.zeros(means.shape[1])
     order = torch.argsort(activity, descending=True)
-    return {"activity": activity.tolist(), "order": order.tolist(), "threshold": ACTIVE_THRESHOLD,
-            "active": int((activity > ACTIVE_THRESHOLD).sum()), "images": int(means.shape[0]),
-            "layer": layer}  # fmt: skip
+    return {
+        "activity": activity.tolist(),
+        "order": order.tolist(),
+        "threshold": ACTIVE_THRESHOLD,
+        "active": int((activity > ACTIVE_THRESHOLD).sum()),
+        "images": int(means.shape[0]),
+        "layer": layer,
+    }
 
 
 def _layer(vae: Structure, layer: str | None) -> str:
@@ -95,14 +100,21 @@ def _layer(vae: Structure, layer: str | None) -> str:
     if layer is None:
         return next(iter(layers))
     if layer not in layers:
-        raise ValueError(f"--layer {layer} is not a latent layer of this model; its layers (top first): "
-                         f"{', '.join(layers)}")  # fmt: skip
+        raise ValueError(
+            f"--layer {layer} is not a latent layer of this model; its layers (top first): {', '.join(layers)}"
+        )
     return layer
 
 
 @torch.no_grad()
-def traverse(vae: Structure, z0: torch.Tensor | dict[str, torch.Tensor], dims: list[int], span: float = 3.0,
-             steps: int = 9, layer: str | None = None) -> torch.Tensor:  # fmt: skip
+def traverse(
+    vae: Structure,
+    z0: torch.Tensor | dict[str, torch.Tensor],
+    dims: list[int],
+    span: float = 3.0,
+    steps: int = 9,
+    layer: str | None = None,
+) -> torch.Tensor:
     """Decode the codes ``z0`` with one dimension of ``layer`` (default the top) at a time set to
     ``steps`` values in [-span, span]: (len(dims) * steps, D), one row per dimension.
 
@@ -114,8 +126,9 @@ def traverse(vae: Structure, z0: torch.Tensor | dict[str, torch.Tensor], dims: l
     codes = {layer: z0} if isinstance(z0, torch.Tensor) else dict(z0)
     missing = [n for n in names[: names.index(layer) + 1] if n not in codes]
     if missing:
-        raise ValueError(f"traversing {layer} needs the codes of {', '.join(missing)}: its own and those of the layers "
-                         "above it")  # fmt: skip
+        raise ValueError(
+            f"traversing {layer} needs the codes of {', '.join(missing)}: its own and those of the layers above it"
+        )
     codes = {n: codes[n] for n in names[: names.index(layer) + 1]}
     size = codes[layer].shape[0]
     bad = [d for d in dims if not 0 <= d < size]
@@ -171,13 +184,20 @@ def read_images(paths: list[str | Path], image_shape, binarize: bool, invert: bo
             transparent.append(path)
         pixels = np.asarray(img, dtype=np.float32) / 255.0
         if pixels.shape[:2] != (h, w):
-            raise ValueError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels; the model takes {w}x{h} "
-                             f"{'grey' if c == 1 else 'colour'} images: resize it first")  # fmt: skip
+            raise ValueError(
+                f"{path} is {pixels.shape[1]}x{pixels.shape[0]} pixels; the model takes {w}x{h} "
+                f"{'grey' if c == 1 else 'colour'} images: resize it first"
+            )
         pixels = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)  # (C, H, W)
         images.append(torch.from_numpy(np.ascontiguousarray(1.0 - pixels if invert else pixels)).reshape(-1))
     if transparent:
         ground = "white paper (--invert)" if invert else "black"
-        log.warning("%d of the %d image files have transparent pixels, composited onto %s; the first %s",
-                    len(transparent), len(images), ground, transparent[0])  # fmt: skip
+        log.warning(
+            "%d of the %d image files have transparent pixels, composited onto %s; the first %s",
+            len(transparent),
+            len(images),
+            ground,
+            transparent[0],
+        )
     x = torch.stack(images)
     return (x > 0.5).float() if binarize else x

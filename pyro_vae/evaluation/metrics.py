@@ -96,8 +96,15 @@ def iwae_log_likelihood(
 
 
 @torch.no_grad()
-def evaluate(vae: Structure, x: torch.Tensor, k: int = 1, batch_size: int = 1000, seed: int | None = 0,
-             progress: bool = False, desc: str = "evaluate") -> dict[str, Estimate]:  # fmt: skip
+def evaluate(
+    vae: Structure,
+    x: torch.Tensor,
+    k: int = 1,
+    batch_size: int = 1000,
+    seed: int | None = 0,
+    progress: bool = False,
+    desc: str = "evaluate",
+) -> dict[str, Estimate]:
     """Negative ELBO and (for ``k > 1``) negative IWAE log-likelihood of ``x`` (N, D), in nats.
     ``x`` holds float images in [0, 1] or uint8 levels (:func:`pyro_vae.data.pixels.decode`), on any
     device: one batch at a time is moved to the model's device and decoded.

@@ -55,8 +55,9 @@ def plot_curves(rows: list[dict], out: Path, inside: Path | None = None) -> Path
     return save_figure(fig, out, inside)
 
 
-def plot_images(images: torch.Tensor, image_shape, nrow: int, title: str, out: Path,
-                inside: Path | None = None) -> Path:  # fmt: skip
+def plot_images(
+    images: torch.Tensor, image_shape, nrow: int, title: str, out: Path, inside: Path | None = None
+) -> Path:
     grid = image_grid(images, image_shape, nrow)
     fig, ax = plt.subplots(figsize=(grid.shape[1] / 28 * 0.7, grid.shape[0] / 28 * 0.7 + 0.4))
     show_grid(ax, grid)
@@ -81,8 +82,9 @@ def pca_2d(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centred @ v[:2].T, explained[:2]
 
 
-def plot_latents(z: torch.Tensor, labels: torch.Tensor | None, out: Path, inside: Path | None = None,
-                 layer: str | None = None) -> Path:  # fmt: skip
+def plot_latents(
+    z: torch.Tensor, labels: torch.Tensor | None, out: Path, inside: Path | None = None, layer: str | None = None
+) -> Path:
     """The latent means ``z`` (N, d) of the test set coloured by label (PCA to 2-D when d > 2);
     ``layer`` names the layer in the title (a model of several)."""
     z = z.detach().cpu().double()
@@ -126,10 +128,26 @@ def make_figures(run_dir: str | Path, vae: Structure, data: Splits, n: int = 16)
     test = data.stored("test").to(device)  # uint8 levels for 8-bit images: decoded a batch at a time
     x = decode(test[evenly_spaced(test.shape[0], n)])
     pairs = torch.cat([x, vae.reconstruct(x)])
-    paths.append(plot_images(pairs, data.image_shape, 2, "Test images (top) and reconstructions (bottom)",
-                             fig_dir / "reconstructions.png", run_dir))  # fmt: skip
-    paths.append(plot_images(vae.sample(64), data.image_shape, 8, "Samples from the prior (pixel means)",
-                             fig_dir / "samples.png", run_dir))  # fmt: skip
+    paths.append(
+        plot_images(
+            pairs,
+            data.image_shape,
+            2,
+            "Test images (top) and reconstructions (bottom)",
+            fig_dir / "reconstructions.png",
+            run_dir,
+        )
+    )
+    paths.append(
+        plot_images(
+            vae.sample(64),
+            data.image_shape,
+            8,
+            "Samples from the prior (pixel means)",
+            fig_dir / "samples.png",
+            run_dir,
+        )
+    )
     means = layer_means(vae, test)
     for i, (name, z) in enumerate(means.items()):
         several = len(means) > 1

@@ -67,8 +67,9 @@ class LabConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.groups < 1 or not 0 <= self.ciwae_beta <= 1:
-            raise ValueError(f"groups must be at least 1 (got {self.groups}) and ciwae_beta in [0, 1] "
-                             f"(got {self.ciwae_beta})")  # fmt: skip
+            raise ValueError(
+                f"groups must be at least 1 (got {self.groups}) and ciwae_beta in [0, 1] (got {self.ciwae_beta})"
+            )
         if self.reps < 2 or self.grad_reps < 2:
             raise ValueError("reps and grad_reps must be at least 2 to estimate a spread")
         for name in ("ks", "particles", "snr_ks"):
@@ -259,8 +260,13 @@ def _build(elbo_name: str, guide: str):
         cls = ELBOS.get(elbo_name)
         groups = groups if cls.grouped else 1
         options = {"ciwae_beta": ciwae_beta} if "ciwae_beta" in vars(cls) else {}
-        elbo = cls(num_particles=num_particles // groups, groups=groups, vectorize_particles=num_particles > 1,
-                   max_plate_nesting=1, **options)  # fmt: skip
+        elbo = cls(
+            num_particles=num_particles // groups,
+            groups=groups,
+            vectorize_particles=num_particles > 1,
+            max_plate_nesting=1,
+            **options,
+        )
         return elbo, (score_function_guide(vae) if guide == "score_function" else vae.guide)
 
     return build
@@ -291,8 +297,15 @@ def lab_groups(particles: int, groups: int) -> int:
     return groups if particles % groups == 0 else 1
 
 
-def gradient_samples(vae: Structure, x: torch.Tensor, estimator: str, num_particles: int, reps: int, groups: int = 1,
-                     ciwae_beta: float = 0.5) -> dict[str, torch.Tensor]:  # fmt: skip
+def gradient_samples(
+    vae: Structure,
+    x: torch.Tensor,
+    estimator: str,
+    num_particles: int,
+    reps: int,
+    groups: int = 1,
+    ciwae_beta: float = 0.5,
+) -> dict[str, torch.Tensor]:
     """``reps`` independent gradient estimates of the mean negative objective of ``x``, as flat
     vectors (reps, n_params) for each group of the structure's parameters
     (:meth:`~pyro_vae.model.Structure.parameter_groups`: encoder and decoder, and shared ones)."""
@@ -370,8 +383,9 @@ def run_lab(vae: Structure, x: torch.Tensor, cfg: LabConfig = LabConfig(), progr
         for estimator in GRADIENT_ESTIMATORS:
             result.gradients[estimator] = {}
             for p in cfg.particles:
-                draws = gradient_samples(vae, xg, estimator, p, cfg.grad_reps, lab_groups(p, cfg.groups),
-                                         cfg.ciwae_beta)  # fmt: skip
+                draws = gradient_samples(
+                    vae, xg, estimator, p, cfg.grad_reps, lab_groups(p, cfg.groups), cfg.ciwae_beta
+                )
                 result.gradients[estimator][p] = {g: gradient_stats(d) for g, d in draws.items()}
                 bar.update()
         # 4. encoder SNR against the number of samples K (PIWAE: M groups of K / M, the same budget)

@@ -67,12 +67,16 @@ def snr_findings(result: LabResult) -> list[str]:
     for est in SNR_VS_K_ESTIMATORS:
         if est in rows:
             lo, hi = rows[est][k_lo]["snr"], rows[est][k_hi]["snr"]
-            lines.append(f"- {SNR_LABEL[est]}: encoder SNR {lo:.3f} at K={k_lo}, {hi:.3f} at K={k_hi} "
-                         f"(slope of log SNR against log K: {slopes.get(est, float('nan')):+.2f})")  # fmt: skip
+            lines.append(
+                f"- {SNR_LABEL[est]}: encoder SNR {lo:.3f} at K={k_lo}, {hi:.3f} at K={k_hi} "
+                f"(slope of log SNR against log K: {slopes.get(est, float('nan')):+.2f})"
+            )
     if "iwae" in rows and "iwae_dreg" in rows:
         ratio = rows["iwae_dreg"][k_hi]["snr"] / rows["iwae"][k_hi]["snr"]
-        lines.append(f"- At K={k_hi} DReG's encoder SNR is {ratio:.1f} times IWAE's; theory: IWAE's falls like "
-                     "1/sqrt(K) (slope -0.5), DReG's does not fall.")  # fmt: skip
+        lines.append(
+            f"- At K={k_hi} DReG's encoder SNR is {ratio:.1f} times IWAE's; theory: IWAE's falls like "
+            "1/sqrt(K) (slope -0.5), DReG's does not fall."
+        )
     return lines
 
 
@@ -159,8 +163,13 @@ def markdown(result: LabResult, command: str = "") -> str:
             md.append(f"| {LABEL[est]} | {group} | " + " | ".join(cells) + " |")
     if result.snr_vs_k:
         ks = sorted(next(iter(result.snr_vs_k.values())))
-        md += ["", f"## Encoder gradient SNR against K ({cfg.grad_images} images, {cfg.grad_reps} draws per cell)",
-               "", "| estimator | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]  # fmt: skip
+        md += [
+            "",
+            f"## Encoder gradient SNR against K ({cfg.grad_images} images, {cfg.grad_reps} draws per cell)",
+            "",
+            "| estimator | " + " | ".join(f"K={k}" for k in ks) + " |",
+            "|---|" + "---|" * len(ks),
+        ]
         for est, rows in result.snr_vs_k.items():
             md.append(f"| {SNR_LABEL[est]} | " + " | ".join(f"{rows[k]['snr']:.3f}" for k in ks) + " |")
         md += ["", *snr_findings(result)]
@@ -237,30 +246,49 @@ def plot_snr_vs_k(result: LabResult):
     if "iwae" in result.snr_vs_k:
         rows = result.snr_vs_k["iwae"]
         ks = sorted(rows)
-        ax.loglog(ks, [rows[ks[0]]["snr"] * (ks[0] / k) ** 0.5 for k in ks], "k--", alpha=0.5,
-                  label=r"$\propto 1/\sqrt{K}$ (from IWAE at the smallest K)")  # fmt: skip
-    ax.axhline(snr_noise_floor(result.config.grad_reps), color="gray", ls=":", lw=1,
-               label=f"noise floor of {result.config.grad_reps} draws")  # fmt: skip
-    ax.set(xlabel="samples per image K", ylabel="mean encoder SNR |E g| / sd(g)",
-           title="Encoder gradient signal-to-noise against K")  # fmt: skip
+        ax.loglog(
+            ks,
+            [rows[ks[0]]["snr"] * (ks[0] / k) ** 0.5 for k in ks],
+            "k--",
+            alpha=0.5,
+            label=r"$\propto 1/\sqrt{K}$ (from IWAE at the smallest K)",
+        )
+    ax.axhline(
+        snr_noise_floor(result.config.grad_reps),
+        color="gray",
+        ls=":",
+        lw=1,
+        label=f"noise floor of {result.config.grad_reps} draws",
+    )
+    ax.set(
+        xlabel="samples per image K",
+        ylabel="mean encoder SNR |E g| / sd(g)",
+        title="Encoder gradient signal-to-noise against K",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     return fig
 
 
-def write_outputs(result: LabResult, out_dir: str | Path, command: str = "",
-                  inside: str | Path | None = None) -> list[Path]:  # fmt: skip
+def write_outputs(
+    result: LabResult, out_dir: str | Path, command: str = "", inside: str | Path | None = None
+) -> list[Path]:
     """Write ``compare.json``, ``report.md`` and ``figures/*.png`` into ``out_dir``, a folder made
     inside ``inside`` (default: ``out_dir`` itself) without following a link."""
     out_dir = Path(out_dir)
     inside = Path(inside) if inside is not None else out_dir
     figs = out_dir / "figures"
     written = [
-        write_atomic(out_dir / "compare.json", json.dumps({"command": command, **to_dict(result)}, indent=2) + "\n",
-                     inside),
+        write_atomic(
+            out_dir / "compare.json", json.dumps({"command": command, **to_dict(result)}, indent=2) + "\n", inside
+        ),
         write_atomic(out_dir / "report.md", markdown(result, command), inside),
-    ]  # fmt: skip
-    for plot, name in ((plot_spread, "estimator_spread"), (plot_iwae, "iwae_vs_k"), (plot_snr, "gradient_snr"),
-                       *([(plot_snr_vs_k, "encoder_snr_vs_k")] if result.snr_vs_k else [])):  # fmt: skip
+    ]
+    for plot, name in (
+        (plot_spread, "estimator_spread"),
+        (plot_iwae, "iwae_vs_k"),
+        (plot_snr, "gradient_snr"),
+        *([(plot_snr_vs_k, "encoder_snr_vs_k")] if result.snr_vs_k else []),
+    ):
         written.append(save_figure(plot(result), figs / f"{name}.png", inside))
     return written

@@ -91,10 +91,19 @@ class Estimator(ELBOFlags, ELBO):
     #                                 model_fixed (log p at detached samples)
     reparameterized_only = True  # refuses a guide site that is not reparameterised
 
-    def __init__(self, num_particles: int = 1, groups: int = 1, vectorize_particles: bool = False,
-                 max_plate_nesting: int = 1, **options) -> None:  # fmt: skip
-        super().__init__(num_particles=num_particles * groups, vectorize_particles=vectorize_particles,
-                         max_plate_nesting=max_plate_nesting)  # fmt: skip
+    def __init__(
+        self,
+        num_particles: int = 1,
+        groups: int = 1,
+        vectorize_particles: bool = False,
+        max_plate_nesting: int = 1,
+        **options,
+    ) -> None:
+        super().__init__(
+            num_particles=num_particles * groups,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+        )
         self.groups = groups
         for key, value in options.items():
             setattr(self, key, value)
@@ -109,8 +118,11 @@ class Estimator(ELBOFlags, ELBO):
         """What this estimator cannot do with the structure ``info``."""
         if not self.reparameterized_only:
             return []
-        return [f"train.elbo needs a reparameterised guide, but guide site '{s.name}' is not: use train.elbo=trace"
-                for s in info.of("guide") if not s.reparameterized]  # fmt: skip
+        return [
+            f"train.elbo needs a reparameterised guide, but guide site '{s.name}' is not: use train.elbo=trace"
+            for s in info.of("guide")
+            if not s.reparameterized
+        ]
 
     def uses_hooks(self, latent_sites: int) -> bool:
         """Whether the loss reweights gradients with hooks (which ``torch.compile`` drops)."""
@@ -207,9 +219,10 @@ class TraceELBO(Estimator):
     score-function term."""
 
     reparameterized_only = False
-    lab_rows = (LabRow("reparam_mc_kl", "reparameterised, Monte-Carlo KL (trace)"),
-                LabRow("score_function", "score function (trace, guide not reparameterised)",
-                       guide="score_function"))  # fmt: skip
+    lab_rows = (
+        LabRow("reparam_mc_kl", "reparameterised, Monte-Carlo KL (trace)"),
+        LabRow("score_function", "score function (trace, guide not reparameterised)", guide="score_function"),
+    )
 
     def objective(self, t: Traces) -> torch.Tensor:
         log_w, scores = _log_w(t)
@@ -323,8 +336,9 @@ class _Surrogate(Estimator):
             log_p = log_p + weigh(t.model[name].log_prob(), t.model[name])
         log_q = _sum_scaled(t.guide)
         scales = [site.scale for site in t.guide.values()]
-        terms = Terms(log_p, log_q, zs=[(s.value, s.fn.event_dim) for s in t.guide.values()],
-                      beta=scales[0] if scales else 1.0)  # fmt: skip
+        terms = Terms(
+            log_p, log_q, zs=[(s.value, s.fn.event_dim) for s in t.guide.values()], beta=scales[0] if scales else 1.0
+        )
         if "stop" in self.needs:
             terms.log_q_stop = _sum_scaled(t.stopped_guide())
         if "fixed" in self.needs:
@@ -374,8 +388,9 @@ class IWAE_DReG(_Surrogate):
 
     def surrogate(self, terms: Terms) -> torch.Tensor:
         if terms.log_p_fixed_z is not None:
-            return surrogates.iwae_dreg_hookless(terms.log_p, terms.log_q, terms.log_q_stop, terms.log_p_fixed_z,
-                                                 terms.beta)  # fmt: skip
+            return surrogates.iwae_dreg_hookless(
+                terms.log_p, terms.log_q, terms.log_q_stop, terms.log_p_fixed_z, terms.beta
+            )
         return surrogates.iwae_dreg(terms.log_p, terms.log_q, terms.log_q_stop, terms.zs, terms.beta)
 
 
@@ -445,7 +460,8 @@ def build_elbo(cfg: TrainConfig) -> ELBO:
         raise ConfigError(f"train.iw_groups={cfg.iw_groups} applies to miwae and piwae only, not train.elbo={cfg.elbo}")
     total = cfg.num_particles * cfg.iw_groups
     if issubclass(cls, _Surrogate) and total > 1 and not cfg.vectorize_particles:
-        raise ConfigError(f"train.elbo={cfg.elbo} draws its {total} samples as one tensor: set "
-                          "train.vectorize_particles=true")  # fmt: skip
+        raise ConfigError(
+            f"train.elbo={cfg.elbo} draws its {total} samples as one tensor: set train.vectorize_particles=true"
+        )
     vectorize = cfg.vectorize_particles and total > 1
     return cls(num_particles=cfg.num_particles, vectorize_particles=vectorize, max_plate_nesting=1, **cls.options(cfg))

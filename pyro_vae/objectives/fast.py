@@ -123,13 +123,20 @@ def _verify(elbo: Estimator, lean: LeanSource, pyro_source: PyroSource, x: torch
         theirs = draw(pyro_source, x, None, n)
 
         def shapes(t):
-            return [(w, name, s.observed, bool(s.fn.has_rsample), tuple(s.value.shape), tuple(s.log_prob().shape))
-                    for w, sites in (("guide", t.guide), ("model", t.model)) for name, s in sites.items()]  # fmt: skip
+            return [
+                (w, name, s.observed, bool(s.fn.has_rsample), tuple(s.value.shape), tuple(s.log_prob().shape))
+                for w, sites in (("guide", t.guide), ("model", t.model))
+                for name, s in sites.items()
+            ]
 
         if shapes(ours) != shapes(theirs):
-            raise ValueError(f"the structure's stories do not match its Pyro model and guide: {shapes(ours)} against "
-                             f"{shapes(theirs)}")  # fmt: skip
+            raise ValueError(
+                f"the structure's stories do not match its Pyro model and guide: {shapes(ours)} against "
+                f"{shapes(theirs)}"
+            )
         a, b = elbo.objective(ours), elbo.objective(theirs)
     if not torch.allclose(a, b, rtol=1e-5, atol=1e-4):
-        raise ValueError(f"the structure's stories give the loss {a.item():.6g}, its Pyro model and guide "
-                         f"{b.item():.6g} on the same draw")  # fmt: skip
+        raise ValueError(
+            f"the structure's stories give the loss {a.item():.6g}, its Pyro model and guide "
+            f"{b.item():.6g} on the same draw"
+        )

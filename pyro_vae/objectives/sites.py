@@ -50,8 +50,9 @@ class LeanSource:
     def __init__(self, structure: nn.Module) -> None:
         self.structure = structure
 
-    def guide(self, x: torch.Tensor, beta, particles: int, values: dict | None = None,
-              detach_params: bool = False) -> Sites:  # fmt: skip
+    def guide(
+        self, x: torch.Tensor, beta, particles: int, values: dict | None = None, detach_params: bool = False
+    ) -> Sites:
         emit = LeanEmit(particles, beta, values)
         if detach_params:
             _with_detached_parameters(self.structure, lambda s: s.guide_story(x, emit))
@@ -80,15 +81,17 @@ class PyroSource:
         args = (x,) if beta is None else (x, beta)
         return poutine.trace(fn).get_trace(*args)
 
-    def guide(self, x: torch.Tensor, beta, particles: int, values: dict | None = None,
-              detach_params: bool = False) -> Sites:  # fmt: skip
+    def guide(
+        self, x: torch.Tensor, beta, particles: int, values: dict | None = None, detach_params: bool = False
+    ) -> Sites:
         if not detach_params:
             return _sites(self._trace(self.guide_fn, x, beta, particles, values))
         if self.module is None:
             raise NotDetachable("the guide's parameters can be detached only for a structure (an nn.Module)")
         out = {}
-        _with_detached_parameters(self.module, lambda s: out.update(
-            _sites(self._trace(self.guide_fn, x, beta, particles, values))))  # fmt: skip
+        _with_detached_parameters(
+            self.module, lambda s: out.update(_sites(self._trace(self.guide_fn, x, beta, particles, values)))
+        )
         return out
 
     def model(self, x: torch.Tensor, beta, particles: int, values: dict) -> Sites:
@@ -158,7 +161,7 @@ class Traces:
         with detached parameters and the values replayed, so that q(z1 | x, z2) keeps its
         dependence on z2 (detaching q(z1|.)'s parameters would cut it: a biased estimator)."""
         if len(self.guide) == 1:
-            (name, site), = self.guide.items()
+            ((name, site),) = self.guide.items()
             try:
                 return {name: Site(name, detach_distribution(site.fn), site.value, False, site.scale)}
             except NotDetachable:
@@ -168,7 +171,7 @@ class Traces:
     def guide_at_detached(self) -> Sites:
         """The guide's log-densities at the detached samples (the score term alone)."""
         if len(self.guide) == 1:
-            (name, site), = self.guide.items()
+            ((name, site),) = self.guide.items()
             return {name: Site(name, site.fn, site.value.detach(), False, site.scale)}
         return self.source.guide(self.x, self.beta, self.particles, self.values(detach=True))
 
@@ -222,8 +225,10 @@ class StructureInfo:
         model, guide = self.of("model"), self.of("guide")
         for site in self.sites:
             if site.plates != ("data",):
-                out.append(f"{site.trace} site '{site.name}' is in plates {list(site.plates)} (every site must be "
-                           "in pyro.plate('data') alone: per-image weights need it)")  # fmt: skip
+                out.append(
+                    f"{site.trace} site '{site.name}' is in plates {list(site.plates)} (every site must be "
+                    "in pyro.plate('data') alone: per-image weights need it)"
+                )
             if site.masked:
                 out.append(f"{site.trace} site '{site.name}' is masked (masks are not supported yet)")
         observed_in_guide = [s.name for s in guide if s.observed]
@@ -238,8 +243,10 @@ class StructureInfo:
         if warmup:
             unscaled = [s.name for s in model + guide if not s.observed and not s.scaled]
             if unscaled:
-                out.append(f"sites {sorted(set(unscaled))} are not scaled by beta, so KL warm-up "
-                           "(train.kl_warmup_epochs, train.kl_weight) would not reach them")  # fmt: skip
+                out.append(
+                    f"sites {sorted(set(unscaled))} are not scaled by beta, so KL warm-up "
+                    "(train.kl_warmup_epochs, train.kl_weight) would not reach them"
+                )
         if not self.static:
             out.append("its sites change between draws")
         return out
@@ -247,9 +254,17 @@ class StructureInfo:
 
 def _info(trace: poutine.Trace, which: str) -> list[SiteInfo]:
     return [
-        SiteInfo(which, name, bool(node["is_observed"]), tuple(f.name for f in node["cond_indep_stack"]),
-                 tuple(node["fn"].batch_shape), tuple(node["fn"].event_shape), bool(node["fn"].has_rsample),
-                 node["mask"] is not None, torch.is_tensor(node["scale"]))  # fmt: skip
+        SiteInfo(
+            which,
+            name,
+            bool(node["is_observed"]),
+            tuple(f.name for f in node["cond_indep_stack"]),
+            tuple(node["fn"].batch_shape),
+            tuple(node["fn"].event_shape),
+            bool(node["fn"].has_rsample),
+            node["mask"] is not None,
+            torch.is_tensor(node["scale"]),
+        )
         for name, node in trace.nodes.items()
         if node["type"] == "sample" and not site_is_subsample(node)
     ]

@@ -109,8 +109,13 @@ def ciwae(log_w: torch.Tensor, beta: float) -> torch.Tensor:
     return -(beta * log_w.mean(0) + (1 - beta) * log_mean_exp(log_w)).sum()
 
 
-def iwae_dreg(log_p: torch.Tensor, log_q: torch.Tensor, log_q_stop: torch.Tensor,
-              zs: Sequence[tuple[torch.Tensor, int]], beta: torch.Tensor | float = 1.0) -> torch.Tensor:  # fmt: skip
+def iwae_dreg(
+    log_p: torch.Tensor,
+    log_q: torch.Tensor,
+    log_q_stop: torch.Tensor,
+    zs: Sequence[tuple[torch.Tensor, int]],
+    beta: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
     """The negative IWAE bound with the doubly reparameterised gradient. The surrogate
     :math:`\\sum_n \\tilde w_n (\\log p - \\log q_{stop})` gives the decoder its IWAE gradient and
     reaches the encoder only through z, where a hook multiplies each sample's gradient by
@@ -124,8 +129,13 @@ def iwae_dreg(log_p: torch.Tensor, log_q: torch.Tensor, log_q_stop: torch.Tensor
     return -_with_gradient_of(log_mean_exp(log_w), surrogate).sum()
 
 
-def iwae_dreg_hookless(log_p: torch.Tensor, log_q: torch.Tensor, log_q_stop: torch.Tensor, log_p_fixed_z: torch.Tensor,
-                       beta: torch.Tensor | float = 1.0) -> torch.Tensor:  # fmt: skip
+def iwae_dreg_hookless(
+    log_p: torch.Tensor,
+    log_q: torch.Tensor,
+    log_q_stop: torch.Tensor,
+    log_p_fixed_z: torch.Tensor,
+    beta: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
     r""":func:`iwae_dreg`'s estimator without hooks, for guides of several latent sites where one
     depends on another (a hook on each sample would scale the gradient reaching an upper sample
     through a lower one twice). With normalised weights :math:`\tilde w_n` and encoder weights
@@ -141,8 +151,14 @@ def iwae_dreg_hookless(log_p: torch.Tensor, log_q: torch.Tensor, log_q_stop: tor
     return -_with_gradient_of(log_mean_exp(log_w), surrogate).sum()
 
 
-def piwae(log_p: torch.Tensor, log_q: torch.Tensor, log_q_stop: torch.Tensor, log_q_fixed_z: torch.Tensor,
-          log_p_fixed_z: torch.Tensor, groups: int) -> torch.Tensor:  # fmt: skip
+def piwae(
+    log_p: torch.Tensor,
+    log_q: torch.Tensor,
+    log_q_stop: torch.Tensor,
+    log_q_fixed_z: torch.Tensor,
+    log_p_fixed_z: torch.Tensor,
+    groups: int,
+) -> torch.Tensor:
     """The negative IWAE bound of all samples, with the decoder's IWAE gradient and the encoder's
     MIWAE(M = ``groups``) gradient. Both are sums of the gradients of log w_n with different
     normalised weights: b over all samples (the decoder's), a within each group, over M (the
@@ -156,7 +172,8 @@ def piwae(log_p: torch.Tensor, log_q: torch.Tensor, log_q_stop: torch.Tensor, lo
     all_weights = torch.softmax(lw, 0)
     group_weights = (torch.softmax(lw.reshape(groups, n // groups, b), 1) / groups).reshape(n, b)
     surrogate = (group_weights * (log_p - log_q_stop - log_q_fixed_z)).sum(0) + (
-        (all_weights - group_weights) * log_p_fixed_z).sum(0)  # fmt: skip
+        (all_weights - group_weights) * log_p_fixed_z
+    ).sum(0)
     return -_with_gradient_of(log_mean_exp(log_p - log_q), surrogate).sum()
 
 

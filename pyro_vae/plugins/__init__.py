@@ -5,5 +5,14 @@
 from pyro_vae.plugins.contracts import ContractError, check_component
 from pyro_vae.plugins.loader import Plugin, PluginError, isolated, load_entry_points, load_plugin, loaded, require
 
-__all__ = ["ContractError", "Plugin", "PluginError", "check_component", "isolated", "load_entry_points", "load_plugin",
-           "loaded", "require"]  # fmt: skip
+__all__ = [
+    "ContractError",
+    "Plugin",
+    "PluginError",
+    "check_component",
+    "isolated",
+    "load_entry_points",
+    "load_plugin",
+    "loaded",
+    "require",
+]

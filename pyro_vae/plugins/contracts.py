@@ -76,9 +76,11 @@ def _vae(**model) -> VAE:
 
 def _distribution(d, what: str, batch: tuple, event: tuple) -> None:
     _expect(isinstance(d, Distribution), f"{what} must return a torch/Pyro Distribution, got {type(d).__name__}")
-    _expect(tuple(d.batch_shape) == batch and tuple(d.event_shape) == event,
-            f"{what} must return batch shape {batch} and event shape {event}, got batch {tuple(d.batch_shape)} and "
-            f"event {tuple(d.event_shape)} (use .to_event(1) for a vector per image)")  # fmt: skip
+    _expect(
+        tuple(d.batch_shape) == batch and tuple(d.event_shape) == event,
+        f"{what} must return batch shape {batch} and event shape {event}, got batch {tuple(d.batch_shape)} and "
+        f"event {tuple(d.event_shape)} (use .to_event(1) for a vector per image)",
+    )
 
 
 def _finite(t: torch.Tensor, what: str, shape: tuple) -> None:
@@ -88,8 +90,10 @@ def _finite(t: torch.Tensor, what: str, shape: tuple) -> None:
 
 
 def _module(obj, what: str) -> None:
-    _expect(isinstance(obj, nn.Module), f"{what} must be a torch.nn.Module (its parameters train and are saved), "
-            f"got {type(obj).__name__}")  # fmt: skip
+    _expect(
+        isinstance(obj, nn.Module),
+        f"{what} must be a torch.nn.Module (its parameters train and are saved), got {type(obj).__name__}",
+    )
 
 
 def _whole_vae(vae: VAE) -> None:
@@ -102,8 +106,10 @@ def _whole_vae(vae: VAE) -> None:
     log_w.sum().backward()
     for part in ("encoder", "decoder"):
         grads = [p.grad for p in getattr(vae, part).parameters()]
-        _expect(bool(grads) and all(g is not None for g in grads),
-                f"the {part}'s parameters get no gradient through the log weights")  # fmt: skip
+        _expect(
+            bool(grads) and all(g is not None for g in grads),
+            f"the {part}'s parameters get no gradient through the log weights",
+        )
 
 
 def _prior(name: str) -> None:
@@ -118,8 +124,10 @@ def _prior(name: str) -> None:
 
 def _likelihood(name: str) -> None:
     cls = LIKELIHOODS.get(name)
-    _expect(callable(getattr(cls, "param_dim", None)), f"a likelihood needs param_dim(data_dim), the decoder's output "
-            f"size for D pixels; {cls.__name__} has none")  # fmt: skip
+    _expect(
+        callable(getattr(cls, "param_dim", None)),
+        f"a likelihood needs param_dim(data_dim), the decoder's output size for D pixels; {cls.__name__} has none",
+    )
     for method in ("mean", "validate"):
         _expect(callable(getattr(cls, method, None)), f"a likelihood needs {method}(...); {cls.__name__} has none")
     vae = _vae(likelihood=name)
@@ -146,11 +154,15 @@ def _guide(name: str) -> None:
 def _network(name: str) -> None:
     network = NETWORKS.build(name, {}, cfg=ModelConfig(latent_dim=L, hidden=(8,), network=name), image_shape=SHAPE)
     for method in ("encoder", "decoder"):
-        _expect(callable(getattr(network, method, None)), f"a network needs {method}(...); {type(network).__name__} "
-                "has none")  # fmt: skip
+        _expect(
+            callable(getattr(network, method, None)),
+            f"a network needs {method}(...); {type(network).__name__} has none",
+        )
     made = network.encoder(D)
-    _expect(isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], int),
-            f"encoder({D}) must return (module, features: int), got {made!r}")  # fmt: skip
+    _expect(
+        isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], int),
+        f"encoder({D}) must return (module, features: int), got {made!r}",
+    )
     trunk, features = made
     _module(trunk, f"encoder({D})[0]")
     _finite(trunk.double()(torch.rand(B, D, dtype=torch.float64)), "the encoder's features", (B, features))
@@ -159,18 +171,24 @@ def _network(name: str) -> None:
     _module(decoder, f"decoder({L}, {out})")
     decoder.double()
     _finite(decoder(torch.randn(B, L, dtype=torch.float64)), f"the decoder's output for z of shape {(B, L)}", (B, out))
-    _finite(decoder(torch.randn(2, B, L, dtype=torch.float64)), f"the decoder's output for z of shape {(2, B, L)} "
-            "(several particles)", (2, B, out))  # fmt: skip
+    _finite(
+        decoder(torch.randn(2, B, L, dtype=torch.float64)),
+        f"the decoder's output for z of shape {(2, B, L)} (several particles)",
+        (2, B, out),
+    )
     _whole_vae(_vae(network=name))
 
 
 def _elbo(name: str) -> None:
     cls = by_config_key()["train.elbo"].get(name)
     _expect(inspect.isclass(cls) and issubclass(cls, ELBO), f"an ELBO must be a pyro.infer.ELBO subclass, got {cls!r}")
-    _expect(issubclass(cls, ELBOFlags), "an ELBO must subclass pyro_vae.objectives.elbos.Estimator (one method, "
-            "objective(traces): the fast, captured path), or mix in pyro_vae.objectives.elbos.ELBOFlags over a Pyro "
-            "ELBO "
-            f"(class {cls.__name__}(ELBOFlags, Trace_ELBO)), which says what it needs")  # fmt: skip
+    _expect(
+        issubclass(cls, ELBOFlags),
+        "an ELBO must subclass pyro_vae.objectives.elbos.Estimator (one method, "
+        "objective(traces): the fast, captured path), or mix in pyro_vae.objectives.elbos.ELBOFlags over a Pyro "
+        "ELBO "
+        f"(class {cls.__name__}(ELBOFlags, Trace_ELBO)), which says what it needs",
+    )
     particles = max(1, cls.min_particles)
     elbo = build_elbo(TrainConfig(elbo=name, num_particles=particles, iw_groups=2 if cls.grouped else 1))
     vae = _vae()
@@ -187,8 +205,11 @@ def _structure(name: str) -> None:
     latent site), scores data with finite log weights and trains: the ``trace`` loss is finite and
     reaches its parameters; its samples and reconstructions are images."""
     structure = _vae(structure=name)
-    _expect(isinstance(structure, Structure), "a structure must subclass pyro_vae.model.Structure (a Pyro model and "
-            f"guide with the latent API), got {type(structure).__name__}")  # fmt: skip
+    _expect(
+        isinstance(structure, Structure),
+        "a structure must subclass pyro_vae.model.Structure (a Pyro model and "
+        f"guide with the latent API), got {type(structure).__name__}",
+    )
     x = torch.rand(B, D, dtype=torch.float64).round()
     problems = record_structure(structure.model, structure.guide, x, warmup=True).problems(warmup=True)
     _expect(not problems, "its model and guide: " + "; ".join(problems))

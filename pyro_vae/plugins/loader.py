@@ -52,11 +52,18 @@ class Plugin:
     def from_dict(cls, record: dict) -> Plugin:
         try:
             registered = {str(k): [str(n) for n in v] for k, v in dict(record.get("registered", {})).items()}
-            return cls(spec=str(record["spec"]), module=str(record["module"]), path=record.get("path"),
-                       sha256=record.get("sha256"), registered=registered)  # fmt: skip
+            return cls(
+                spec=str(record["spec"]),
+                module=str(record["module"]),
+                path=record.get("path"),
+                sha256=record.get("sha256"),
+                registered=registered,
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise PluginError(f"a plugin record {record!r} is malformed ({exc}); expected the keys spec, module, "
-                              "path, sha256, registered") from None  # fmt: skip
+            raise PluginError(
+                f"a plugin record {record!r} is malformed ({exc}); expected the keys spec, module, "
+                "path, sha256, registered"
+            ) from None
 
     def describe(self) -> str:
         names = ", ".join(f"{key}={name}" for key, names in self.registered.items() for name in names)
@@ -114,8 +121,9 @@ def load_plugin(spec: str, base: str | Path | None = None) -> Plugin:
     if is_path(spec):
         path = (Path(base or ".") / spec).expanduser().resolve()
         if not path.is_file():
-            raise PluginError(f"plugin {spec}: no such file ({path}); give the path of a .py file or an importable "
-                              "module name")  # fmt: skip
+            raise PluginError(
+                f"plugin {spec}: no such file ({path}); give the path of a .py file or an importable module name"
+            )
         identity = str(path)
     else:
         path, identity = None, spec
@@ -128,8 +136,13 @@ def load_plugin(spec: str, base: str | Path | None = None) -> Plugin:
             module = _import_file(path) if path is not None else _import_module(spec)
         registered = {key: sorted(set(r.names()) - set(before[key][0])) for key, r in registries.items()}
         file = str(path) if path else _module_file(module)
-        plugin = Plugin(spec=spec, module=module.__name__, path=file, sha256=file_sha256(file) if file else None,
-                        registered={key: names for key, names in registered.items() if names})  # fmt: skip
+        plugin = Plugin(
+            spec=spec,
+            module=module.__name__,
+            path=file,
+            sha256=file_sha256(file) if file else None,
+            registered={key: names for key, names in registered.items() if names},
+        )
         from pyro_vae.plugins.contracts import ContractError, check_component
 
         for key, names in plugin.registered.items():
@@ -137,8 +150,9 @@ def load_plugin(spec: str, base: str | Path | None = None) -> Plugin:
                 try:
                     check_component(key, name)
                 except ContractError as exc:
-                    raise PluginError(f"plugin {spec}: {key}={name} breaks the contract of its registry: "
-                                      f"{exc}") from None  # fmt: skip
+                    raise PluginError(
+                        f"plugin {spec}: {key}={name} breaks the contract of its registry: {exc}"
+                    ) from None
     except BaseException:
         for key, registry in registries.items():  # nothing of a refused plugin stays registered
             registry.restore(before[key])
@@ -217,14 +231,18 @@ def require(records: list[Plugin], where: str, trust: bool = False) -> list[str]
         if plugin is None:
             missing.append(record)
         elif record.sha256 is not None and plugin.sha256 != record.sha256:
-            warnings.append(f"plugin {plugin.spec} changed since {where} recorded it (sha256 {record.sha256[:12]} "
-                            f"then, {str(plugin.sha256)[:12]} now); results may differ")  # fmt: skip
+            warnings.append(
+                f"plugin {plugin.spec} changed since {where} recorded it (sha256 {record.sha256[:12]} "
+                f"then, {str(plugin.sha256)[:12]} now); results may differ"
+            )
     if missing:
         listed = "; ".join(record.describe() for record in missing)
         given = " ".join(f"--plugin {record.spec}" for record in missing)
-        raise PluginError(f"{where} needs plugins that were not given: {listed}. Importing a plugin runs its code, "
-                          f"so pyro-vae imports only plugins named on the command line: add {given} (the same "
-                          f"file or module), or pass {TRUST_FLAG} if you trust {where}")  # fmt: skip
+        raise PluginError(
+            f"{where} needs plugins that were not given: {listed}. Importing a plugin runs its code, "
+            f"so pyro-vae imports only plugins named on the command line: add {given} (the same "
+            f"file or module), or pass {TRUST_FLAG} if you trust {where}"
+        )
     return warnings
 
 
@@ -233,8 +251,9 @@ def records_in(config_data: dict, where: str, base: str | Path) -> list[Plugin]:
     to ``base``, the file's folder), as records for :func:`require`. Nothing is imported."""
     table = config_data.get("plugins", {})
     if not isinstance(table, dict) or set(table) - {"modules"}:
-        raise PluginError(f"{where}: the [plugins] table takes one key, modules = [\"my_priors\", \"./my_nets.py\"]; "
-                          f"got {table!r}")  # fmt: skip
+        raise PluginError(
+            f'{where}: the [plugins] table takes one key, modules = ["my_priors", "./my_nets.py"]; got {table!r}'
+        )
     modules = table.get("modules", [])
     if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
         raise PluginError(f"{where}: plugins.modules must be a list of module names or .py paths, got {modules!r}")
@@ -264,8 +283,10 @@ def _import_file(path: Path):
 
 def _import_module(name: str):
     if name in sys.modules:
-        raise PluginError(f"plugin {name}: the module was imported before pyro-vae could record what it registers; "
-                          "load plugins before importing them yourself")  # fmt: skip
+        raise PluginError(
+            f"plugin {name}: the module was imported before pyro-vae could record what it registers; "
+            "load plugins before importing them yourself"
+        )
     try:
         return importlib.import_module(name)
     except PluginError:

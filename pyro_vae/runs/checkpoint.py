@@ -44,8 +44,10 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
         for i, value in enumerate(obj):
             check_plain(value, f"{where}[{i}]")
     elif not isinstance(obj, _PLAIN):
-        raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__name__}, which a safe (weights_only) "
-                        "checkpoint cannot hold; convert it to tensors, numbers, strings, lists or dicts")  # fmt: skip
+        raise TypeError(
+            f"{where} is a {type(obj).__module__}.{type(obj).__name__}, which a safe (weights_only) "
+            "checkpoint cannot hold; convert it to tensors, numbers, strings, lists or dicts"
+        )
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, inside: str | Path | None = None) -> None:
@@ -67,8 +69,16 @@ class UnsafeCheckpoint(ValueError):
 
 def _reason(exc: Exception) -> str:
     """The line of torch's weights-only error that says what was refused."""
-    boilerplate = ("Weights only load failed", "In PyTorch", "Re-running", "Please file", "Check the documentation",
-                   "(1)", "(2)", "WeightsUnpickler error: $")  # fmt: skip
+    boilerplate = (
+        "Weights only load failed",
+        "In PyTorch",
+        "Re-running",
+        "Please file",
+        "Check the documentation",
+        "(1)",
+        "(2)",
+        "WeightsUnpickler error: $",
+    )
     for line in str(exc).replace("WeightsUnpickler error: ", "\n").splitlines():
         if line.strip() and not line.strip().startswith(boilerplate):
             return line.strip()
@@ -104,8 +114,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     whose unpickling could run code are refused before they are built)."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file; move it away (a run folder keeps its "
-                         "checkpoints as files in checkpoints/)")  # fmt: skip
+        raise ValueError(
+            f"checkpoint {path} is a folder, not a checkpoint file; move it away (a run folder keeps its "
+            "checkpoints as files in checkpoints/)"
+        )
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     try:
@@ -124,8 +136,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if version == 1:
         state = _from_format_1(state)
     elif version != FORMAT_VERSION:
-        raise ValueError(f"checkpoint {path} is not a pyro-vae checkpoint of format 1 or {FORMAT_VERSION} "
-                         f"(format_version: {version!r})")  # fmt: skip
+        raise ValueError(
+            f"checkpoint {path} is not a pyro-vae checkpoint of format 1 or {FORMAT_VERSION} "
+            f"(format_version: {version!r})"
+        )
     return state
 
 
@@ -143,8 +157,13 @@ def _plain_rng(rng: dict[str, Any]) -> dict[str, Any]:
     numpy_state = rng["numpy"]
     if isinstance(numpy_state, tuple):  # np.random.get_state(): (name, keys, pos, has_gauss, cached)
         name, keys, pos, has_gauss, cached = numpy_state
-        numpy_state = {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                       "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
+        numpy_state = {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
     return dict(rng, numpy=numpy_state)
 
 
@@ -163,8 +182,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))  # fmt: skip
+    np.random.set_state(
+        (
+            numpy_state["name"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"][: torch.cuda.device_count()]

@@ -29,11 +29,17 @@ def resolve_device(name: str) -> torch.device:
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions, platform, threads and device, as a run's ``summary.json`` records them."""
     info = {
-        "python": sys.version.split()[0], "torch": torch.__version__, "pyro": pyro.__version__,
-        "numpy": np.__version__, "pyro_vae": __version__, "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "device": str(device),
-    }  # fmt: skip
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "numpy": np.__version__,
+        "pyro_vae": __version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

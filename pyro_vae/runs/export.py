@@ -42,8 +42,9 @@ class ModelFileError(ValueError):
     """An exported model folder is incomplete, altered, or does not match the VAE it describes."""
 
 
-def export_model(run_dir: str | Path, out: str | Path, which: str = "best", command: str = "",
-                 overwrite: bool = False) -> list[Path]:  # fmt: skip
+def export_model(
+    run_dir: str | Path, out: str | Path, which: str = "best", command: str = "", overwrite: bool = False
+) -> list[Path]:
     """Write the ``best`` (or ``last``) weights of a run folder as a portable model into ``out``.
     Files already in ``out`` under the model's names are replaced only with ``overwrite``; every
     file is written atomically, inside ``out`` (never through a link)."""
@@ -52,8 +53,9 @@ def export_model(run_dir: str | Path, out: str | Path, which: str = "best", comm
         raise ModelFileError(f"--out {out} is a file; give a folder for the model files (it is made if missing)")
     taken = [name for name in (WEIGHTS, CONFIG, CARD) if os.path.lexists(out / name)]
     if taken and not overwrite:
-        raise ModelFileError(f"{out} already holds {', '.join(taken)}; pass --overwrite to replace them, or choose "
-                             "another --out")  # fmt: skip
+        raise ModelFileError(
+            f"{out} already holds {', '.join(taken)}; pass --overwrite to replace them, or choose another --out"
+        )
     for name in taken:
         check_regular(out / name, "model file")
     cfg, vae, data = load_run(run.root, which, device="cpu")
@@ -62,12 +64,18 @@ def export_model(run_dir: str | Path, out: str | Path, which: str = "best", comm
     write_atomic(out / WEIGHTS, weights, out)
     summary = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
     record = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "pyro_vae": __version__,
-        "config": cfg.to_dict(), "data_dim": data.data_dim, "image_shape": list(data.image_shape),
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "pyro_vae": __version__,
+        "config": cfg.to_dict(),
+        "data_dim": data.data_dim,
+        "image_shape": list(data.image_shape),
         "weights": {"file": WEIGHTS, "sha256": hashlib.sha256(weights).hexdigest(), "checkpoint": which},
         "plugins": [p.to_dict() for p in run.plugin_records()],
-        "final": summary.get("final", {}), "objective": summary.get("objective", ""), "layers": _layers(vae),
-    }  # fmt: skip
+        "final": summary.get("final", {}),
+        "objective": summary.get("objective", ""),
+        "layers": _layers(vae),
+    }
     write_atomic(out / CONFIG, json.dumps(record, indent=2) + "\n", out)
     write_atomic(out / CARD, model_card(record, run.root, command), out)
     return [out / WEIGHTS, out / CONFIG, out / CARD]
@@ -77,8 +85,9 @@ def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG).is_file() and not RunDir(Path(path)).config.is_file()
 
 
-def open_model(path: str | Path, which: str = "best",
-               device: str = "auto") -> tuple[ExperimentConfig, Structure, Splits]:  # fmt: skip
+def open_model(
+    path: str | Path, which: str = "best", device: str = "auto"
+) -> tuple[ExperimentConfig, Structure, Splits]:
     """``(config, VAE, data)`` of a run folder (its ``which`` checkpoint) or of an exported model
     folder (its weights; ``which`` does not apply), on ``device``."""
     if is_model_dir(path):
@@ -105,8 +114,10 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig
         if RunDir(folder).config.is_file():
             cfg, vae, _ = load_run(folder, "best", device)
             return cfg, vae
-        raise ModelFileError(f"{folder} is neither an exported model ({CONFIG}, {WEIGHTS}) nor a run folder "
-                             "(config.toml); make one with pyro-vae export RUN --out DIR")  # fmt: skip
+        raise ModelFileError(
+            f"{folder} is neither an exported model ({CONFIG}, {WEIGHTS}) nor a run folder "
+            "(config.toml); make one with pyro-vae export RUN --out DIR"
+        )
     _inside(folder / CONFIG)
     record = _read_record(folder / CONFIG)
     for warning in require([Plugin.from_dict(p) for p in record.get("plugins", [])], f"model {folder}"):
@@ -121,8 +132,10 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig
         raise ModelFileError(f"{weights} is missing; {folder / CONFIG} refers to it")
     actual = file_sha256(weights)
     if actual != record["weights"]["sha256"]:
-        raise ModelFileError(f"{weights} changed since it was exported: its sha256 is {actual}, {CONFIG} records "
-                             f"{record['weights']['sha256']}; export the model again from its run folder")  # fmt: skip
+        raise ModelFileError(
+            f"{weights} changed since it was exported: its sha256 is {actual}, {CONFIG} records "
+            f"{record['weights']['sha256']}; export the model again from its run folder"
+        )
     data_dim, image_shape = _data_shape(record, folder / CONFIG)
     try:
         meta = meta_vae(cfg.model, data_dim, image_shape)
@@ -137,24 +150,41 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig
     except (SafetensorError, OSError) as exc:
         raise ModelFileError(f"{weights} is not a readable safetensors file: {exc}") from None
     _refuse(tensor_problems({n: tuple(t.shape) for n, t in expected.items()}, got), weights)
-    _refuse([f"tensor {n} holds {dtypes[n]}, the VAE needs {t.dtype}" for n, t in expected.items()
-             if dtypes[n] != _SAFETENSORS_DTYPES.get(t.dtype)], weights)  # fmt: skip
+    _refuse(
+        [
+            f"tensor {n} holds {dtypes[n]}, the VAE needs {t.dtype}"
+            for n, t in expected.items()
+            if dtypes[n] != _SAFETENSORS_DTYPES.get(t.dtype)
+        ],
+        weights,
+    )
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise ModelFileError(f"{weights} is not a readable safetensors file: {exc}") from None
     bad = tensor_problems({}, {}, tensors)
     if bad:
-        raise ModelFileError(f"{weights}: {'; '.join(bad)}; a trained VAE has finite weights: the file is damaged, "
-                             "export the model again from its run folder")  # fmt: skip
+        raise ModelFileError(
+            f"{weights}: {'; '.join(bad)}; a trained VAE has finite weights: the file is damaged, "
+            "export the model again from its run folder"
+        )
     vae = build_vae(cfg.model, data_dim, image_shape)
     vae.load_state_dict(tensors)
     return cfg, vae.to(resolve_device(device)).eval()
 
 
-_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
-                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-                       torch.bool: "BOOL"}  # fmt: skip
+_SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
 
 def _data_shape(record: dict, path: Path) -> tuple[int, list[int] | None]:
@@ -166,10 +196,16 @@ def _data_shape(record: dict, path: Path) -> tuple[int, list[int] | None]:
 
     if not positive_int(data_dim):
         raise ModelFileError(f"{path}: data_dim = {data_dim!r} must be a positive integer")
-    if shape is not None and not (isinstance(shape, list) and len(shape) in (2, 3) and all(map(positive_int, shape))
-                                  and math.prod(shape) == data_dim):  # fmt: skip
-        raise ModelFileError(f"{path}: image_shape = {shape!r} must be [H, W] or [C, H, W], positive integers whose "
-                             f"product is data_dim = {data_dim}")  # fmt: skip
+    if shape is not None and not (
+        isinstance(shape, list)
+        and len(shape) in (2, 3)
+        and all(map(positive_int, shape))
+        and math.prod(shape) == data_dim
+    ):
+        raise ModelFileError(
+            f"{path}: image_shape = {shape!r} must be [H, W] or [C, H, W], positive integers whose "
+            f"product is data_dim = {data_dim}"
+        )
     return data_dim, shape
 
 
@@ -181,9 +217,12 @@ def _refuse(problems: list[str], weights: Path) -> None:
 def model_card(record: dict, run_root: Path, command: str) -> str:
     cfg, final = record["config"], record.get("final", {})
     model, train, data = cfg["model"], cfg["train"], cfg["data"]
-    rows = [(f"test NLL, IWAE K={final.get('iwae_k')} ({final.get('iwae_images')} images)", final.get("test_nll")),
-            ("test negative ELBO", final.get("test_neg_elbo")), ("valid negative ELBO", final.get("valid_neg_elbo")),
-            ("train negative ELBO", final.get("train_neg_elbo"))]  # fmt: skip
+    rows = [
+        (f"test NLL, IWAE K={final.get('iwae_k')} ({final.get('iwae_images')} images)", final.get("test_nll")),
+        ("test negative ELBO", final.get("test_neg_elbo")),
+        ("valid negative ELBO", final.get("valid_neg_elbo")),
+        ("train negative ELBO", final.get("train_neg_elbo")),
+    ]
     table = "\n".join(f"| {name} | {v['mean']:.2f} ± {v['se']:.2f} |" for name, v in rows if isinstance(v, dict))
     plugins = ", ".join(p["spec"] for p in record.get("plugins", [])) or "none"
     structure, layers = model.get("structure", "vae"), _card_layers(record)
@@ -192,18 +231,20 @@ def model_card(record: dict, run_root: Path, command: str) -> str:
         what += f"{layers.get('z', model['latent_dim'])}"
     else:
         sizes = ", ".join(f"{name} {size}" for name, size in layers.items()) or f"{model['latent_dim']} per layer"
-        what = (f"A variational autoencoder of structure `{structure}` trained with pyro-vae {record['pyro_vae']}: "
-                f"latent layers (top first)\n{sizes}, the prior on the top layer")  # fmt: skip
-    return f"""# pyro-vae model: {model['prior']} prior, {model['likelihood']} likelihood, {model['guide']} guide
+        what = (
+            f"A variational autoencoder of structure `{structure}` trained with pyro-vae {record['pyro_vae']}: "
+            f"latent layers (top first)\n{sizes}, the prior on the top layer"
+        )
+    return f"""# pyro-vae model: {model["prior"]} prior, {model["likelihood"]} likelihood, {model["guide"]} guide
 
-{what}, network `{model['network']}` (hidden {model['hidden']}), trained with the `{train['elbo']}`
-ELBO for {train['epochs']} epochs on `{data['name']}` (images {record['image_shape']}); weights of the
-{record['weights']['checkpoint']} checkpoint of run folder `{run_root}`.
-{f"Training optimised {record['objective']}." if train['kl_weight'] != 1 else ''}
+{what}, network `{model["network"]}` (hidden {model["hidden"]}), trained with the `{train["elbo"]}`
+ELBO for {train["epochs"]} epochs on `{data["name"]}` (images {record["image_shape"]}); weights of the
+{record["weights"]["checkpoint"]} checkpoint of run folder `{run_root}`.
+{f"Training optimised {record['objective']}." if train["kl_weight"] != 1 else ""}
 
 | nats per image | mean ± s.e. |
 |---|---|
-{table or '| (the run folder had no summary) | |'}
+{table or "| (the run folder had no summary) | |"}
 
 Plugins needed to load it: {plugins}.
 
@@ -211,7 +252,7 @@ Plugins needed to load it: {plugins}.
 
 ```python
 from pyro_vae import load_model
-cfg, vae = load_model("{'THIS_FOLDER'}")   # checks {WEIGHTS} against its sha256 first
+cfg, vae = load_model("{"THIS_FOLDER"}")   # checks {WEIGHTS} against its sha256 first
 x = vae.sample(16)                         # expected pixels of 16 draws from the prior
 ```
 
@@ -219,10 +260,10 @@ or use it from the command line: `pyro-vae evaluate THIS_FOLDER`, `pyro-vae samp
 
 ## Files
 
-- `{WEIGHTS}`: the tensors (safetensors; no pickle), sha256 `{record['weights']['sha256']}`
+- `{WEIGHTS}`: the tensors (safetensors; no pickle), sha256 `{record["weights"]["sha256"]}`
 - `{CONFIG}`: the resolved config that rebuilds the VAE, the data's shape, the plugins, the numbers above
 
-Made by: `{command or 'pyro-vae export'}`
+Made by: `{command or "pyro-vae export"}`
 """
 
 
@@ -263,10 +304,12 @@ def _read_record(path: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is not a pyro-vae model file (its \"format\" is not {FORMAT!r})")
+        raise ModelFileError(f'{path} is not a pyro-vae model file (its "format" is not {FORMAT!r})')
     if record.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path} has format version {record.get('format_version')}; this pyro-vae "
-                             f"{__version__} reads version {FORMAT_VERSION}")  # fmt: skip
+        raise ModelFileError(
+            f"{path} has format version {record.get('format_version')}; this pyro-vae "
+            f"{__version__} reads version {FORMAT_VERSION}"
+        )
     missing = [k for k in ("config", "data_dim", "weights") if k not in record]
     if missing or not isinstance(record["weights"], dict) or {"file", "sha256"} - set(record["weights"]):
         raise ModelFileError(f"{path} lacks {missing or 'weights.file / weights.sha256'}")

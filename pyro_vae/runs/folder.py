@@ -36,11 +36,18 @@ log = logging.getLogger(__name__)
 
 # Keys a resumed run may change; any other difference from the saved config is an error.
 RESUMABLE = {
-    ("train", "epochs"), ("train", "patience"), ("train", "time_limit_min"), ("train", "device"),
-    ("train", "eval_batch_size"), ("train", "fast_path"), ("train", "engine"), ("train", "sync_every"),
+    ("train", "epochs"),
+    ("train", "patience"),
+    ("train", "time_limit_min"),
+    ("train", "device"),
+    ("train", "eval_batch_size"),
+    ("train", "fast_path"),
+    ("train", "engine"),
+    ("train", "sync_every"),
     ("train", "tensorboard"),
-    ("eval", "iwae_k"), ("eval", "iwae_images"),
-}  # fmt: skip
+    ("eval", "iwae_k"),
+    ("eval", "iwae_images"),
+}
 # What a resume restores from last.pt (format 1 and 2 alike).
 RESUME_KEYS = ("model", "optim", "sched", "shuffle_rng", "epoch", "step", "best_valid")
 
@@ -139,8 +146,10 @@ class RunDir:
                 if number == len(lines):  # no newline after it: the append was cut short
                     log.warning("%s: dropped its last line, cut short when the run stopped (%s)", self.metrics, exc)
                     break
-                raise ValueError(f"{self.metrics}, line {number}, is damaged ({exc}): {line[:80]!r}; fix or delete "
-                                 "that line (each line is one epoch's JSON record) and resume again") from None
+                raise ValueError(
+                    f"{self.metrics}, line {number}, is damaged ({exc}): {line[:80]!r}; fix or delete "
+                    "that line (each line is one epoch's JSON record) and resume again"
+                ) from None
             records.append(record)
         return records
 
@@ -202,8 +211,10 @@ def check_resumable(state: dict[str, Any], path: Path, vae: VAE) -> None:
     else:
         problems = state_dict_problems(vae, state["model"])
     if problems:
-        raise ValueError(f"{path} cannot be resumed: " + "; ".join(problems) + ". It is damaged or not a pyro-vae "
-                         "checkpoint; start a new run folder, or restore the file")  # fmt: skip
+        raise ValueError(
+            f"{path} cannot be resumed: " + "; ".join(problems) + ". It is damaged or not a pyro-vae "
+            "checkpoint; start a new run folder, or restore the file"
+        )
 
 
 def offline(data_cfg: DataConfig) -> DataConfig:
@@ -227,13 +238,18 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     # changed the RESUMABLE keys in config.toml since this checkpoint was written.
     changed = config_changes(stored_config(state, getattr(run, which)), cfg)
     if changed:
-        raise ConfigError(f"{run.config} does not match the config stored in {getattr(run, which)} ("
-                          + "; ".join(changed) + "): the run folder was altered; restore its config.toml")
+        raise ConfigError(
+            f"{run.config} does not match the config stored in {getattr(run, which)} ("
+            + "; ".join(changed)
+            + "): the run folder was altered; restore its config.toml"
+        )
     checkpoint, weights = getattr(run, which), state.get("model")
     if not isinstance(weights, dict):
         other = "last" if which == "best" else "best"
-        raise ValueError(f"{checkpoint} holds no model weights (no 'model' table): it is damaged or not a pyro-vae "
-                         f"checkpoint; use the other one (--checkpoint {other}) or train again")  # fmt: skip
+        raise ValueError(
+            f"{checkpoint} holds no model weights (no 'model' table): it is damaged or not a pyro-vae "
+            f"checkpoint; use the other one (--checkpoint {other}) or train again"
+        )
     data = load_data(offline(cfg.data))
     vae = build_vae(cfg.model, data.data_dim, data.image_shape)
     problems = state_dict_problems(vae, weights)

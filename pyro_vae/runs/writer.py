@@ -54,8 +54,10 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise RunFolderBusy(f"{self.run.root} is being written by {holder}: two trainings in one run folder would "
-                                "mix their epochs. Wait for it to end, or choose another --out") from None  # fmt: skip
+            raise RunFolderBusy(
+                f"{self.run.root} is being written by {holder}: two trainings in one run folder would "
+                "mix their epochs. Wait for it to end, or choose another --out"
+            ) from None
         except BaseException:
             os.close(fd)
             raise
@@ -80,14 +82,20 @@ def check_new_run(run: RunDir, overwrite: bool, lock_existed: bool) -> None:
     if overwrite or not present:
         return
     if os.path.lexists(run.replaced):
-        raise ConfigError(f"{run.replaced} holds the run that an interrupted --overwrite was replacing: move its files "
-                          f"back into {run.root} to keep it, or pass --overwrite again to replace it")  # fmt: skip
+        raise ConfigError(
+            f"{run.replaced} holds the run that an interrupted --overwrite was replacing: move its files "
+            f"back into {run.root} to keep it, or pass --overwrite again to replace it"
+        )
     if os.path.lexists(run.last):
-        raise ConfigError(f"{run.root} already holds a run; continue it with --resume {run.root}, pass --overwrite "
-                          "to replace it, or choose another --out")  # fmt: skip
+        raise ConfigError(
+            f"{run.root} already holds a run; continue it with --resume {run.root}, pass --overwrite "
+            "to replace it, or choose another --out"
+        )
     if not lock_existed:
-        raise ConfigError(f"{run.root} holds files that pyro-vae did not write there ({', '.join(present)}); a new run "
-                          "would replace them. Choose another --out, or pass --overwrite to replace them")  # fmt: skip
+        raise ConfigError(
+            f"{run.root} holds files that pyro-vae did not write there ({', '.join(present)}); a new run "
+            "would replace them. Choose another --out, or pass --overwrite to replace them"
+        )
     # A run of ours killed before its first checkpoint: it starts again in place.
 
 

@@ -75,8 +75,10 @@ def _issuer() -> str:
 
 
 def _from_pyros_plate() -> bool:
-    return any(f.filename.endswith("pyro/poutine/subsample_messenger.py") and f.name == "__init__"
-               for f in traceback.extract_stack())  # fmt: skip
+    return any(
+        f.filename.endswith("pyro/poutine/subsample_messenger.py") and f.name == "__init__"
+        for f in traceback.extract_stack()
+    )
 
 
 class _Watch(TorchDispatchMode):

@@ -100,12 +100,16 @@ def diagnose(vae: Structure, x: torch.Tensor) -> str:
     with pyro.validation_enabled(False):
         t = draw(PyroSource(vae.model, vae.guide, vae), x, None, 1)
     terms = [(f"log q({name}|x) (guide)", site) for name, site in t.guide.items()]
-    terms += [(f"log p({name}) (prior)" if not site.observed else f"log p({name}|z) (likelihood)", site)
-              for name, site in t.model.items()]  # fmt: skip
+    terms += [
+        (f"log p({name}) (prior)" if not site.observed else f"log p({name}|z) (likelihood)", site)
+        for name, site in t.model.items()
+    ]
     out = []
     for label, site in terms:
         values = site.log_prob()
         if not torch.isfinite(values).all():
-            out.append(f"{label} at site '{site.name}' is {values[~torch.isfinite(values)][0].item()} "
-                       f"for {int((~torch.isfinite(values)).sum())} of {values.numel()} images")  # fmt: skip
+            out.append(
+                f"{label} at site '{site.name}' is {values[~torch.isfinite(values)][0].item()} "
+                f"for {int((~torch.isfinite(values)).sum())} of {values.numel()} images"
+            )
     return "; ".join(out) or "every term is finite when recomputed (an overflow in the gradient step)"

@@ -88,8 +88,10 @@ def all_sum(values: torch.Tensor, ctx: Context) -> torch.Tensor:
     another device fails there at the first reduction, so it is refused here on every backend."""
     if ctx.active:
         if values.device != device(ctx):
-            raise ValueError(f"a collective on a {values.device} tensor, but this rank's process group works on "
-                             f"{device(ctx)}: create it there (pyro_vae.training.distributed.device(ctx))")  # fmt: skip
+            raise ValueError(
+                f"a collective on a {values.device} tensor, but this rank's process group works on "
+                f"{device(ctx)}: create it there (pyro_vae.training.distributed.device(ctx))"
+            )
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values

@@ -80,8 +80,9 @@ def kl_warmup_weight(step, warmup_steps: float, kl_weight: float = 1.0):
     return min(step / warmup_steps, 1.0) * kl_weight
 
 
-def loss_and_backward(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, beta, denominator: float,
-                      ctx: distributed.Context | None) -> torch.Tensor:  # fmt: skip
+def loss_and_backward(
+    loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, beta, denominator: float, ctx: distributed.Context | None
+) -> torch.Tensor:
     """The per-image loss of the batch ``x`` (its KL term weighted by ``beta`` unless None), its
     gradients (the optimizer's old ones dropped), and the value (detached; under data parallelism
     the mean over ranks, identical on every rank)."""
@@ -94,8 +95,14 @@ def loss_and_backward(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, be
     return value
 
 
-def train_step(loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, beta: float | None = None,
-               denominator: float | None = None, ctx: distributed.Context | None = None) -> torch.Tensor:  # fmt: skip
+def train_step(
+    loss_fn,
+    optim: torch.optim.Optimizer,
+    x: torch.Tensor,
+    beta: float | None = None,
+    denominator: float | None = None,
+    ctx: distributed.Context | None = None,
+) -> torch.Tensor:
     """One SVI step on the batch ``x``, for hand-written loops: the negative ELBO per image (its KL
     term weighted by ``beta`` when given), its gradients, an optimizer step. Returns the loss
     (detached); a non-finite loss is returned without stepping (this reads the loss on the host).
@@ -131,8 +138,9 @@ class Choice:
     reason: str | None = None
 
 
-def choose_engine(requested: str, device: torch.device, static: bool, data_parallel: bool,
-                  compilable: bool = True) -> Choice:  # fmt: skip
+def choose_engine(
+    requested: str, device: torch.device, static: bool, data_parallel: bool, compilable: bool = True
+) -> Choice:
     """What ``train.engine = requested`` runs on ``device``. ``static``: the loss is one of pyro-vae's
     estimators on a structure whose sites are the same every step (``Loss.static``: capture and
     compilation need it); ``data_parallel``: several processes (capture with NCCL's collectives is
@@ -156,10 +164,14 @@ def choose_engine(requested: str, device: torch.device, static: bool, data_paral
         return Choice("eager", False, False, f"train.engine={requested} runs eagerly: {why}")
     if name == "compiled" and not compilable:
         capture = cuda and not data_parallel
-        return Choice("graph" if capture else "eager", capture, False,
-                      f"train.engine=compiled runs {'as graph' if capture else 'eagerly'}: this ELBO reweights "
-                      "gradients with hooks on z, which torch.compile does not keep, or the loss runs through "
-                      "Pyro's effect handlers (train.fast_path=false, or a structure without stories)")  # fmt: skip
+        return Choice(
+            "graph" if capture else "eager",
+            capture,
+            False,
+            f"train.engine=compiled runs {'as graph' if capture else 'eagerly'}: this ELBO reweights "
+            "gradients with hooks on z, which torch.compile does not keep, or the loss runs through "
+            "Pyro's effect handlers (train.fast_path=false, or a structure without stories)",
+        )
     return Choice(name, cuda and not data_parallel, name == "compiled")
 
 
@@ -170,8 +182,10 @@ def capture_choice(choice: Choice, requested: str, problem: CaptureProblem | Non
     if not choice.capture or problem is None:
         return choice
     if requested != "auto":
-        raise ConfigError(f"train.engine={requested} captures the training step in a CUDA graph, which cannot hold "
-                          f"{problem}. Use train.engine=auto (it then runs eagerly) or train.engine=eager")  # fmt: skip
+        raise ConfigError(
+            f"train.engine={requested} captures the training step in a CUDA graph, which cannot hold "
+            f"{problem}. Use train.engine=auto (it then runs eagerly) or train.engine=eager"
+        )
     return Choice("eager", False, False, f"train.engine=auto runs eagerly: a CUDA graph cannot hold {problem}")
 
 
@@ -194,9 +208,20 @@ class StepEngine:
     ``kl_weight * min((step + 1) / warmup_steps, 1)`` at global step ``step`` (0-based), by
     ``kl_weight`` (beta) throughout when ``warmup_steps`` is 0."""
 
-    def __init__(self, loss_fn: Callable, optim: torch.optim.Optimizer, x_train: torch.Tensor, batch_size: int,
-                 choice: Choice, *, binarize: bool = False, warmup_steps: float = 0.0, kl_weight: float = 1.0,
-                 ctx: distributed.Context | None = None, fallback: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        loss_fn: Callable,
+        optim: torch.optim.Optimizer,
+        x_train: torch.Tensor,
+        batch_size: int,
+        choice: Choice,
+        *,
+        binarize: bool = False,
+        warmup_steps: float = 0.0,
+        kl_weight: float = 1.0,
+        ctx: distributed.Context | None = None,
+        fallback: bool = False,
+    ) -> None:
         device = x_train.device
         self.optim, self.x, self.bs, self.choice, self.fallback = optim, x_train, batch_size, choice, fallback
         self.binarize, self.warmup_steps, self.ctx = binarize, float(warmup_steps), ctx or distributed.Context()
@@ -329,8 +354,12 @@ class StepEngine:
                     t.copy_(value)
             _set_rng_state(device, rng)
         if graph is None:
-            log.warning("capturing the training step in a CUDA graph failed (%s: %s); the run continues eagerly "
-                        "from the same state", type(failure).__name__, failure)  # fmt: skip
+            log.warning(
+                "capturing the training step in a CUDA graph failed (%s: %s); the run continues eagerly "
+                "from the same state",
+                type(failure).__name__,
+                failure,
+            )
             self.choice = Choice("eager", False, False, f"the capture failed: {failure}")
             _prepare_optimizer(self.optim, device, False)
             return None

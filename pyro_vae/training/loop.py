@@ -46,8 +46,14 @@ from pyro_vae.training.tensorboard import TensorBoard, require_tensorboard
 log = logging.getLogger(__name__)
 
 
-def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True,
-        figures: bool = True, overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
+def fit(
+    cfg: ExperimentConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    figures: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Train ``cfg`` into run folder ``out`` (or continue it with ``resume``); return the summary.
 
     Every epoch: one pass over the shuffled training split with the configured ELBO and Adam (run
@@ -92,9 +98,13 @@ def fit(cfg: ExperimentConfig, out: str | Path, resume: bool = False, progress: 
             if trainer.board is not None:
                 trainer.board.close(cfg, summary["final"])
         n = trainer.x_train.shape[0]
-        summary.update(wall_time_s=time.perf_counter() - t_start, train_time_s=trainer.train_time,
-                       images_per_s=trainer.epoch * n / trainer.train_time if trainer.train_time else None,
-                       engine=trainer.engine.choice.name, matmul_precision=cfg.train.matmul_precision)  # fmt: skip
+        summary.update(
+            wall_time_s=time.perf_counter() - t_start,
+            train_time_s=trainer.train_time,
+            images_per_s=trainer.epoch * n / trainer.train_time if trainer.train_time else None,
+            engine=trainer.engine.choice.name,
+            matmul_precision=cfg.train.matmul_precision,
+        )
         run.write_summary(summary)
         summary = json.loads(json.dumps(summary))  # what the file says (tuples become lists)
         if figures:
@@ -122,15 +132,19 @@ class _Claim:
         self.lock = writer.RunLock(run).acquire()
         if self.resume:
             if os.path.lexists(run.replaced) and not os.path.lexists(run.last):
-                raise ConfigError(f"{run.root} was being replaced (--overwrite) and stopped before the new run's first "
-                                  f"checkpoint; the previous run is in {run.replaced}: move its files back to resume "
-                                  "it, or start a new run with --overwrite")  # fmt: skip
+                raise ConfigError(
+                    f"{run.root} was being replaced (--overwrite) and stopped before the new run's first "
+                    f"checkpoint; the previous run is in {run.replaced}: move its files back to resume "
+                    "it, or start a new run with --overwrite"
+                )
             for path in (run.last, run.best):
                 check_regular(path, "checkpoint file")
             if not run.last.exists():
-                raise ConfigError(f"{run.root} has no checkpoint to resume from: the run stopped before its first "
-                                  f"epoch ended. Start it again: pyro-vae train --config {run.config} --out "
-                                  f"{run.root}")  # fmt: skip
+                raise ConfigError(
+                    f"{run.root} has no checkpoint to resume from: the run stopped before its first "
+                    f"epoch ended. Start it again: pyro-vae train --config {run.config} --out "
+                    f"{run.root}"
+                )
         else:
             writer.check_new_run(run, self.overwrite, lock_existed)
 
@@ -201,13 +215,22 @@ def _resume_state(run: RunDir, cfg: ExperimentConfig, ctx: distributed.Context) 
     state = load_checkpoint(run.last)
     check_resume_config(stored_config(state, run.last), cfg)
     if state.get("world_size", 1) != ctx.world_size:
-        raise ConfigError(f"{run.last} was written by {state.get('world_size', 1)} processes; resume it with as "
-                          f"many (this is {ctx.world_size})")  # fmt: skip
+        raise ConfigError(
+            f"{run.last} was written by {state.get('world_size', 1)} processes; resume it with as "
+            f"many (this is {ctx.world_size})"
+        )
     return state
 
 
-def finish(run: RunDir, cfg: ExperimentConfig, vae: VAE, data: Splits, device: torch.device,
-           epochs_run: int, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def finish(
+    run: RunDir,
+    cfg: ExperimentConfig,
+    vae: VAE,
+    data: Splits,
+    device: torch.device,
+    epochs_run: int,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Load the best-on-valid weights into ``vae`` and evaluate them (ELBO, and IWAE on test)."""
     best = load_checkpoint(run.best, map_location=device)
     vae.load_state_dict(best["model"])
@@ -218,11 +241,23 @@ def finish(run: RunDir, cfg: ExperimentConfig, vae: VAE, data: Splits, device: t
     n_iw = x_test.shape[0]
     k = cfg.eval.iwae_k
     # IWAE batches are smaller: K samples per image are in flight.
-    test = evaluate(vae, x_test, k=k, progress=progress, desc=f"test log p(x), K={k}",
-                    batch_size=max(1, min(cfg.train.eval_batch_size, 100)), seed=cfg.eval.seed)  # fmt: skip
+    test = evaluate(
+        vae,
+        x_test,
+        k=k,
+        progress=progress,
+        desc=f"test log p(x), K={k}",
+        batch_size=max(1, min(cfg.train.eval_batch_size, 100)),
+        seed=cfg.eval.seed,
+    )
     test = with_bits_per_dim(test, x_test)
-    log.info("best epoch %d: test negative ELBO %s, test NLL (K=%d) %s nats", best["epoch"],
-             test["neg_elbo"], k, test.get("nll", test["neg_elbo"]))  # fmt: skip
+    log.info(
+        "best epoch %d: test negative ELBO %s, test NLL (K=%d) %s nats",
+        best["epoch"],
+        test["neg_elbo"],
+        k,
+        test.get("nll", test["neg_elbo"]),
+    )
     with torch.no_grad():
         units = active_units_per_layer(vae, data.stored("test").to(device))
     return {
@@ -240,8 +275,10 @@ def finish(run: RunDir, cfg: ExperimentConfig, vae: VAE, data: Splits, device: t
             "iwae_images": n_iw,
         },
         # Burda et al.'s active units per latent layer (top first): Cov_x(E_q[z_u|x]) > 0.01 on the test split
-        "active_units": {layer: {"active": u["active"], "of": len(u["activity"]), "threshold": u["threshold"]}
-                         for layer, u in units.items()},  # fmt: skip
+        "active_units": {
+            layer: {"active": u["active"], "of": len(u["activity"]), "threshold": u["threshold"]}
+            for layer, u in units.items()
+        },
     }
 
 
@@ -250,8 +287,10 @@ def objective(cfg: ExperimentConfig) -> str:
     uses beta = 1 (the ELBO and IWAE bounds, in nats)."""
     if cfg.train.kl_weight == 1.0:
         return f"the {cfg.train.elbo} ELBO"
-    return (f"a beta-weighted {cfg.train.elbo} objective (beta = train.kl_weight = {cfg.train.kl_weight:g}): "
-            "metrics.jsonl's train_neg_elbo is that objective; valid, test and NLL are evaluated at beta = 1")
+    return (
+        f"a beta-weighted {cfg.train.elbo} objective (beta = train.kl_weight = {cfg.train.kl_weight:g}): "
+        "metrics.jsonl's train_neg_elbo is that objective; valid, test and NLL are evaluated at beta = 1"
+    )
 
 
 class Trainer:
@@ -259,8 +298,15 @@ class Trainer:
     stands (epoch, step, best valid, patience count, training time, a part-done epoch), set up for
     a new run or restored from the checkpoint ``state``. :func:`fit` drives it."""
 
-    def __init__(self, cfg: ExperimentConfig, run: RunDir, device: torch.device, ctx: distributed.Context,
-                 state: dict[str, Any] | None, progress: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        run: RunDir,
+        device: torch.device,
+        ctx: distributed.Context,
+        state: dict[str, Any] | None,
+        progress: bool,
+    ) -> None:
         self.cfg, self.run, self.device, self.ctx, self.progress = cfg, run, device, ctx, progress
         pyro.set_rng_seed(cfg.train.seed)
         self.data = data = load_data(cfg.data)
@@ -290,10 +336,18 @@ class Trainer:
         step_loss = distributed.wrap_loss(vae, loss.fn, ctx)  # DDP broadcasts rank 0's weights here
 
         def engine(choice):
-            return StepEngine(step_loss, self.optim, self.x_train, cfg.train.batch_size, choice,
-                              binarize=data.dynamic_binarization, warmup_steps=self.warmup_steps,
-                              kl_weight=cfg.train.kl_weight, ctx=ctx,
-                              fallback=cfg.train.engine == "auto")  # a failed capture continues eagerly
+            return StepEngine(
+                step_loss,
+                self.optim,
+                self.x_train,
+                cfg.train.batch_size,
+                choice,
+                binarize=data.dynamic_binarization,
+                warmup_steps=self.warmup_steps,
+                kl_weight=cfg.train.kl_weight,
+                ctx=ctx,
+                fallback=cfg.train.engine == "auto",
+            )  # a failed capture continues eagerly
 
         choice = choose_engine(cfg.train.engine, device, loss.static, ctx.active, loss.compilable)
         choice = checked_choice(choice, cfg.train.engine, engine)  # what a CUDA graph cannot hold runs eagerly
@@ -322,9 +376,13 @@ class Trainer:
         self.train_time = state.get("train_time", 0.0) - (self.partial["epoch_time"] if self.partial else 0.0)
         log.info("resumed %s at epoch %d (step %d)", self.run.root, self.epoch, self.step)
         if saved_device(state) != self.device.type and self.ctx.main:
-            log.warning("this run was trained on %s and continues on %s: the weights, optimiser, schedule and data "
-                        "order carry over, but the random draws differ, so the result is not bit-exact with an "
-                        "uninterrupted run", saved_device(state), self.device.type)  # fmt: skip
+            log.warning(
+                "this run was trained on %s and continues on %s: the weights, optimiser, schedule and data "
+                "order carry over, but the random draws differ, so the result is not bit-exact with an "
+                "uninterrupted run",
+                saved_device(state),
+                self.device.type,
+            )
 
     def should_stop(self) -> bool:
         """A stop rule of :func:`~pyro_vae.training.stopping.stop_reason` applies (logged once)."""
@@ -338,12 +396,22 @@ class Trainer:
         rngs = distributed.gather(get_rng_state(), self.ctx)
         if self.ctx.main:
             ckpt = {
-                "model": self.vae.state_dict(), "optim": self.optim.state_dict(), "sched": self.sched.state_dict(),
-                "epoch": epoch_done, "step": self.step, "best_valid": self.best,
-                "shuffle_rng": self.shuffle.get_state(), "rng": get_rng_state(), "config": self.cfg.to_dict(),
-                "device": self.device.type, "world_size": self.ctx.world_size, "rng_ranks": rngs,
-                "train_time": self.train_time, "stale": self.stale, **extra,
-            }  # fmt: skip
+                "model": self.vae.state_dict(),
+                "optim": self.optim.state_dict(),
+                "sched": self.sched.state_dict(),
+                "epoch": epoch_done,
+                "step": self.step,
+                "best_valid": self.best,
+                "shuffle_rng": self.shuffle.get_state(),
+                "rng": get_rng_state(),
+                "config": self.cfg.to_dict(),
+                "device": self.device.type,
+                "world_size": self.ctx.world_size,
+                "rng_ranks": rngs,
+                "train_time": self.train_time,
+                "stale": self.stale,
+                **extra,
+            }
             for path in paths:
                 save_checkpoint(ckpt, path, self.run.root)
 
@@ -361,9 +429,15 @@ class Trainer:
             perm, start, total, time_before = torch.randperm(n, generator=self.shuffle).to(self.device), 0, 0.0, 0.0
         engine.start_epoch(perm, start, total, self.step)
         first_step, seen, read_at, t0 = self.step, total, start, time.perf_counter()
-        bar = tqdm(range(start, self.steps_per_epoch), desc=f"epoch {self.epoch}/{self.cfg.train.epochs}",
-                   unit="step", initial=start, total=self.steps_per_epoch, disable=not self.progress or None,
-                   leave=False)  # fmt: skip
+        bar = tqdm(
+            range(start, self.steps_per_epoch),
+            desc=f"epoch {self.epoch}/{self.cfg.train.epochs}",
+            unit="step",
+            initial=start,
+            total=self.steps_per_epoch,
+            disable=not self.progress or None,
+            leave=False,
+        )
         with pyro.validation_enabled(False):  # data were validated up front: keep the hot loop lean
             for i in bar:
                 engine.step()
@@ -382,11 +456,18 @@ class Trainer:
                 seen, read_at = reading.total, i + 1
                 if not last and any_rank(stop.received is not None, self.ctx):
                     elapsed = time_before + time.perf_counter() - t0
-                    self.checkpoint([self.run.last], self.epoch - 1, train_time=self.train_time + elapsed,
-                                    partial={"perm": perm.cpu(), "batch": i + 1, "total": reading.total,
-                                             "epoch_time": elapsed})  # fmt: skip
-                    raise interrupted(stop.received, f"step {self.step} (epoch {self.epoch}, batch {i + 1} of "
-                                      f"{self.steps_per_epoch})", self.run.last, self.run.root)  # fmt: skip
+                    self.checkpoint(
+                        [self.run.last],
+                        self.epoch - 1,
+                        train_time=self.train_time + elapsed,
+                        partial={"perm": perm.cpu(), "batch": i + 1, "total": reading.total, "epoch_time": elapsed},
+                    )
+                    raise interrupted(
+                        stop.received,
+                        f"step {self.step} (epoch {self.epoch}, batch {i + 1} of {self.steps_per_epoch})",
+                        self.run.last,
+                        self.run.root,
+                    )
         epoch_time = time_before + time.perf_counter() - t0
         self.train_time += epoch_time
         self.sched.step()
@@ -406,17 +487,28 @@ class Trainer:
         test = evaluate(self.vae, self.x_test, **kw)["neg_elbo"]
         n = self.x_train.shape[0]
         record = {
-            "epoch": self.epoch, "step": self.step, "train_neg_elbo": train_loss, "valid_neg_elbo": valid.mean,
-            "test_neg_elbo": test.mean, "lr": float(self.optim.param_groups[0]["lr"]), "epoch_time_s": epoch_time,
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_neg_elbo": train_loss,
+            "valid_neg_elbo": valid.mean,
+            "test_neg_elbo": test.mean,
+            "lr": float(self.optim.param_groups[0]["lr"]),
+            "epoch_time_s": epoch_time,
             "kl_weight": kl_warmup_weight(self.step, self.warmup_steps, self.cfg.train.kl_weight),
             "images_per_s": n / epoch_time,
-        }  # fmt: skip
+        }
         if self.ctx.main:
             self.run.append_metrics(record)
             if self.board is not None:
                 self.board.epoch(record, self.vae)
-            log.info("epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)", self.epoch, train_loss,
-                     valid.mean, test.mean, record["images_per_s"])  # fmt: skip
+            log.info(
+                "epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)",
+                self.epoch,
+                train_loss,
+                valid.mean,
+                test.mean,
+                record["images_per_s"],
+            )
         improved = valid.mean < self.best
         self.best, self.stale = (valid.mean, 0) if improved else (self.best, self.stale + 1)
         self.checkpoint([self.run.best, self.run.last] if improved else [self.run.last], self.epoch)

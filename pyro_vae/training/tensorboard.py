@@ -34,8 +34,10 @@ def require_tensorboard() -> None:
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError as exc:
-        raise ConfigError(f"train.tensorboard = true needs the tensorboard package ({exc}); {INSTALL}, "
-                          "or set train.tensorboard = false") from None  # fmt: skip
+        raise ConfigError(
+            f"train.tensorboard = true needs the tensorboard package ({exc}); {INSTALL}, "
+            "or set train.tensorboard = false"
+        ) from None
 
 
 class TensorBoard:
@@ -77,9 +79,12 @@ class TensorBoard:
 
     def close(self, cfg: ExperimentConfig, final: dict) -> None:
         """Record the config and the final numbers as hparams, and close the files."""
-        hparams = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
-                   for section, values in cfg.to_dict().items() for key, value in values.items()
-                   if not isinstance(value, dict)}  # fmt: skip
+        hparams = {
+            f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+            for section, values in cfg.to_dict().items()
+            for key, value in values.items()
+            if not isinstance(value, dict)
+        }
         metrics = {f"final/{name}": v["mean"] for name, v in final.items() if isinstance(v, dict) and "mean" in v}
         self.writer.add_hparams(hparams, metrics, run_name="hparams")
         self.writer.close()

@@ -121,8 +121,9 @@ def test_prior_sampler_matches_density(name):
     prior = PRIORS.build(name, cfg.settings, latent_dim=2, data_dim=D, encoder=encoder, cfg=cfg).double()
     p = prior(1)
     with torch.no_grad():
-        _check_sampler_density(lambda k: p.sample((k,))[:, 0], lambda z: p.log_prob(z[:, None])[:, 0],
-                               f"prior {name}", n, seed)  # fmt: skip
+        _check_sampler_density(
+            lambda k: p.sample((k,))[:, 0], lambda z: p.log_prob(z[:, None])[:, 0], f"prior {name}", n, seed
+        )
 
 
 @pytest.mark.parametrize("name", GUIDES.names())
@@ -133,8 +134,9 @@ def test_guide_sampler_matches_density(name):
     guide = _encoder(name, cfg=cfg).double()
     with torch.no_grad():
         q = guide(torch.rand(1, D, dtype=torch.float64))
-        _check_sampler_density(lambda k: q.rsample((k,))[:, 0], lambda z: q.log_prob(z[:, None])[:, 0],
-                               f"guide {name}", n, seed)  # fmt: skip
+        _check_sampler_density(
+            lambda k: q.rsample((k,))[:, 0], lambda z: q.log_prob(z[:, None])[:, 0], f"guide {name}", n, seed
+        )
 
 
 @pytest.mark.parametrize("name", LIKELIHOODS.names())
@@ -170,8 +172,10 @@ def test_gaussian_mixture_equals_torch_mixture_same_family():
     logits, loc = torch.randn(5, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     scale = torch.rand(5, 3, dtype=torch.float64) + 0.2
     ours = GaussianMixture(logits, loc, scale, [4])
-    theirs = MixtureSameFamily(torch.distributions.Categorical(logits=logits),
-                               torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1))  # fmt: skip
+    theirs = MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits),
+        torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1),
+    )
     z = torch.randn(6, 4, 3, dtype=torch.float64)
     assert torch.allclose(ours.log_prob(z), theirs.log_prob(z), atol=1e-12, rtol=0)
 
@@ -192,10 +196,20 @@ def test_discretized_logistic_equals_cdf_differences():
 # ---------------------------------------------------------------- every combination, one step
 
 ELBO_CHOICES = [  # (elbo, particles, kl_fallback)
-    ("trace", 1, True), ("mean_field", 2, True), ("mean_field", 1, False), ("jit_trace", 2, True),
-    ("jit_mean_field", 1, True), ("iwae", 3, True), ("iwae", 1, True), ("stl", 2, True), ("iwae_dreg", 3, True),
-    ("iwae_dreg", 1, True), ("miwae", 2, True), ("ciwae", 2, True), ("piwae", 2, True),
-]  # fmt: skip
+    ("trace", 1, True),
+    ("mean_field", 2, True),
+    ("mean_field", 1, False),
+    ("jit_trace", 2, True),
+    ("jit_mean_field", 1, True),
+    ("iwae", 3, True),
+    ("iwae", 1, True),
+    ("stl", 2, True),
+    ("iwae_dreg", 3, True),
+    ("iwae_dreg", 1, True),
+    ("miwae", 2, True),
+    ("ciwae", 2, True),
+    ("piwae", 2, True),
+]
 COMBINATIONS = list(itertools.product(PRIORS.names(), LIKELIHOODS.names(), GUIDES.names(), ELBO_CHOICES))
 
 
@@ -217,17 +231,20 @@ def test_every_component_and_rule_is_exercised():
         assert {c[i] for c in accepted} == set(registry.names())
     assert {c[3][0] for c in accepted} == set(ELBOS.names())
     assert {expected_rejection(*c[:3], *c[3]) for c in rejected} == {
-        "Use model.guide=diag_normal with model.prior=vamp", "needs train.num_particles >= 2",
+        "Use model.guide=diag_normal with model.prior=vamp",
+        "needs train.num_particles >= 2",
         "set train.kl_fallback=true",
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("prior,likelihood,guide,elbo_choice", COMBINATIONS)
 def test_one_svi_step_or_the_documented_error(prior, likelihood, guide, elbo_choice):
     elbo, particles, kl_fallback = elbo_choice
     pyro.set_rng_seed(0)
-    cfg = ExperimentConfig(model=_cfg(prior=prior, likelihood=likelihood, guide=guide),
-                           train=TrainConfig(elbo=elbo, num_particles=particles, kl_fallback=kl_fallback))  # fmt: skip
+    cfg = ExperimentConfig(
+        model=_cfg(prior=prior, likelihood=likelihood, guide=guide),
+        train=TrainConfig(elbo=elbo, num_particles=particles, kl_fallback=kl_fallback),
+    )
     x = torch.bernoulli(torch.full((B, D), 0.3))
     expected = expected_rejection(prior, likelihood, guide, elbo, particles, kl_fallback)
 
@@ -315,8 +332,11 @@ def test_kl_warmup_weights_exactly_the_kl_term(elbo, fast):
         torch.manual_seed(7)
         z = q.rsample((particles,))
         log_lik = vae.likelihood(vae.decoder(z)).log_prob(x)
-        kl = torch.distributions.kl_divergence(q, p).expand(log_lik.shape) if ELBOS.get(elbo).analytic_kl else (
-            q.log_prob(z) - p.log_prob(z))  # fmt: skip
+        kl = (
+            torch.distributions.kl_divergence(q, p).expand(log_lik.shape)
+            if ELBOS.get(elbo).analytic_kl
+            else (q.log_prob(z) - p.log_prob(z))
+        )
         log_w = log_lik - beta * kl
         expected = -(torch.logsumexp(log_w, 0) - math.log(particles)).sum() if bound else -log_w.sum()
         torch.manual_seed(7)
@@ -366,7 +386,6 @@ def test_the_student_t_density_written_out_equals_torchs():
         torch.testing.assert_close(ours, torch.distributions.StudentT(nu).log_prob(z), rtol=1e-12, atol=1e-12)
 
 
-
 def test_the_logistic_mixture_sums_to_one_and_is_the_logistic_at_k_1():
     """Over the 256 levels the mixture's probabilities sum to 1 per pixel (float64); with one
     component it is the discretized logistic exactly (its blocks: logits, locations, log-scales)."""
@@ -383,5 +402,6 @@ def test_the_logistic_mixture_sums_to_one_and_is_the_logistic_at_k_1():
     x = torch.randint(0, 256, (5, D), dtype=torch.float64) / 255
     torch.testing.assert_close(one(h1).log_prob(x), DiscretizedLogistic()(h1[:, D:]).log_prob(x), rtol=0, atol=0)
     with pytest.raises(ConfigError, match="components = 0 must be at least 1"):
-        load_config(None, ["model.likelihood=discretized_logistic_mixture",
-                           "model.discretized_logistic_mixture.components=0"])  # fmt: skip
+        load_config(
+            None, ["model.likelihood=discretized_logistic_mixture", "model.discretized_logistic_mixture.components=0"]
+        )

@@ -36,8 +36,9 @@ def test_embedded_set_has_the_canonical_shapes_means_and_labels(embedded):
 
 def test_embedded_set_equals_the_amat_files(embedded, shared_data):
     for split in D.SPLITS:
-        assert np.array_equal(D.read_amat(shared_data / "binarized_mnist" / f"binarized_mnist_{split}.amat.gz"),
-                              embedded[split]), split  # fmt: skip
+        assert np.array_equal(
+            D.read_amat(shared_data / "binarized_mnist" / f"binarized_mnist_{split}.amat.gz"), embedded[split]
+        ), split
 
 
 def test_test_labels_match_the_grey_images(embedded, shared_data):
@@ -56,8 +57,16 @@ def test_test_labels_match_the_grey_images(embedded, shared_data):
 
 def test_pack_script_rebuilds_the_embedded_file(tmp_path, shared_data, monkeypatch, capsys):
     out, script = tmp_path / "packed.npz", ROOT / "scripts" / "pack_binarized_mnist.py"
-    code = run_as_script(monkeypatch, script, "--out", str(out), "--amat-dir", str(shared_data / "binarized_mnist"),
-                         "--labels", str(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz"))  # fmt: skip
+    code = run_as_script(
+        monkeypatch,
+        script,
+        "--out",
+        str(out),
+        "--amat-dir",
+        str(shared_data / "binarized_mnist"),
+        "--labels",
+        str(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz"),
+    )
     printed = capsys.readouterr()
     assert code == 0, printed.out + printed.err
     assert D.EMBEDDED_SHA256 in printed.out
@@ -166,8 +175,13 @@ def test_user_arrays(tmp_path):
     splits = D.load_data(DataConfig(name="array", root=str(tmp_path / "a.npy")))
     assert splits.image_shape == (8, 8) and splits.data_dim == 64
     assert splits.train.shape[0] + splits.valid.shape[0] + splits.test.shape[0] == 50
-    np.savez(tmp_path / "b.npz", train=images[:30].reshape(30, -1), valid=images[30:40].reshape(10, -1),
-             test=images[40:].reshape(10, -1), test_labels=np.arange(10))  # fmt: skip
+    np.savez(
+        tmp_path / "b.npz",
+        train=images[:30].reshape(30, -1),
+        valid=images[30:40].reshape(10, -1),
+        test=images[40:].reshape(10, -1),
+        test_labels=np.arange(10),
+    )
     splits = D.load_data(DataConfig(name="array", root=str(tmp_path / "b.npz")))
     assert splits.train.shape == (30, 64) and splits.test_labels.tolist() == list(range(10))
 
@@ -261,23 +275,37 @@ def _text_member_npz(path):
     return path
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: np.save(p, np.zeros((10, 5), np.complex64)), r"holds complex numbers \(dtype complex64\); images must "
-                                                            "be numbers: bool, integer or floating point"),
-    (lambda p: np.save(p, np.array([["0.5"] * 5] * 10)), r"holds text \(dtype <U3\)"),
-    (lambda p: np.save(p, np.array([[None] * 5] * 10, dtype=object), allow_pickle=True), "holds Python objects"),
-    (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\); data.root must be an .npy or .npz file"),
-    (lambda p: _npy_with_header(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (10, 5), }" + " " * 60_000,
-                                bytes(200), version=2),
-     r"is not a readable .npy array \(a header of 60,\d+ bytes, more than numpy reads safely \(10,000\)\)"),
-    (lambda p: _npy_with_header(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (10000000000, 784), }",
-                                bytes(200)),
-     r"its header declares shape \(10000000000, 784\) of float32 \(31,360,000,000,000 bytes\), but the file holds "
-     "200 bytes after the header: it is truncated or damaged"),
-    (lambda p: np.savez(p, train=np.zeros((3, 4)), valid=np.array([["x"] * 4] * 3), test=np.zeros((3, 4))),
-     r"bad.npz \[valid\] holds text \(dtype <U1\)"),
-    (_text_member_npz, "holds 'notes.txt', which is not an .npy array"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda p: np.save(p, np.zeros((10, 5), np.complex64)),
+            r"holds complex numbers \(dtype complex64\); images must "
+            "be numbers: bool, integer or floating point",
+        ),
+        (lambda p: np.save(p, np.array([["0.5"] * 5] * 10)), r"holds text \(dtype <U3\)"),
+        (lambda p: np.save(p, np.array([[None] * 5] * 10, dtype=object), allow_pickle=True), "holds Python objects"),
+        (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\); data.root must be an .npy or .npz file"),
+        (
+            lambda p: _npy_with_header(
+                p, "{'descr': '<f4', 'fortran_order': False, 'shape': (10, 5), }" + " " * 60_000, bytes(200), version=2
+            ),
+            r"is not a readable .npy array \(a header of 60,\d+ bytes, more than numpy reads safely \(10,000\)\)",
+        ),
+        (
+            lambda p: _npy_with_header(
+                p, "{'descr': '<f4', 'fortran_order': False, 'shape': (10000000000, 784), }", bytes(200)
+            ),
+            r"its header declares shape \(10000000000, 784\) of float32 \(31,360,000,000,000 bytes\), "
+            "but the file holds 200 bytes after the header: it is truncated or damaged",
+        ),
+        (
+            lambda p: np.savez(p, train=np.zeros((3, 4)), valid=np.array([["x"] * 4] * 3), test=np.zeros((3, 4))),
+            r"bad.npz \[valid\] holds text \(dtype <U1\)",
+        ),
+        (_text_member_npz, "holds 'notes.txt', which is not an .npy array"),
+    ],
+)
 def test_array_files_are_checked_before_numpy_reads_them(tmp_path, monkeypatch, make, message):
     """Text, objects, complex numbers, an empty file, a huge header, a header declaring more than the
     file holds: each refused with the file named, before numpy allocates or parses anything."""
@@ -294,8 +322,11 @@ def test_arrays_of_another_byte_order_load_and_non_numbers_are_refused_from_pyth
     np.save(tmp_path / "be.npy", images)
     splits = D.load_data(DataConfig(name="array", root=str(tmp_path / "be.npy")))
     assert splits.data_dim == 6 and splits.train.dtype == torch.float32
-    with pytest.raises(ValueError, match=r"mine: images must be numbers \(bool, integer or floating point\), got an "
-                                         "array of dtype <U1"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"mine: images must be numbers \(bool, integer or floating point\), got an "
+        "array of dtype <U1",
+    ):
         D.check_images(np.array([["a", "b"]]), "mine")
     with pytest.raises(ValueError, match="mine: images must be real numbers, got a tensor of dtype torch.complex64"):
         D.check_images(torch.zeros(2, 3, dtype=torch.complex64), "mine")
@@ -305,6 +336,9 @@ def test_arrays_above_the_data_limit_are_refused_from_their_headers(tmp_path, mo
     np.save(tmp_path / "a.npy", np.zeros((100, 10), np.uint8))  # 1,000 values: 4,000 bytes as float32
     monkeypatch.setattr(D.sets, "MAX_DATA_BYTES", 3999)
     monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("numpy read a file the checks should have refused"))
-    with pytest.raises(ValueError, match=r"a.npy holds 1,000 values, 4,000 bytes as float32, above the limit of 3,999 "
-                                         r"bytes \(pyro_vae.config.MAX_DATA_BYTES\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"a.npy holds 1,000 values, 4,000 bytes as float32, above the limit of 3,999 "
+        r"bytes \(pyro_vae.config.MAX_DATA_BYTES\)",
+    ):
         D.load_data(DataConfig(name="array", root=str(tmp_path / "a.npy")))

@@ -129,8 +129,9 @@ def test_cifar_archive_truncation_and_download(tmp_path):
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     target = download_cifar10(tmp_path / "fetched", url=archive.as_uri(), md5=md5)
     assert target.read_bytes() == archive.read_bytes()
-    data = load_data(load_config(None, ["data.name=cifar10", f"data.root={tmp_path / 'fetched'}",
-                                        "data.valid_size=2"]).data)  # fmt: skip
+    data = load_data(
+        load_config(None, ["data.name=cifar10", f"data.root={tmp_path / 'fetched'}", "data.valid_size=2"]).data
+    )
     assert data.stored("test").shape == (4, 3072)
     with pytest.raises(ValueError, match="does not match the published"):
         download_cifar10(tmp_path / "wrong", url=archive.as_uri(), md5="0" * 32)
@@ -154,11 +155,24 @@ def test_a_colour_folder_trains_with_a_conv_net_reports_bits_per_dim_and_draws_i
     for label, cls in enumerate(("a", "b")):
         for i in range(12):
             _png(tmp_path / "images" / cls / f"{i}.png", colour=True, seed=10 * label + i)
-    cfg = load_config(None, ["data.name=image_folder", f"data.root={tmp_path / 'images'}",
-                             "data.image_folder.channels=3", "data.image_folder.image_size=8",
-                             "model.network=conv", "model.conv.channels=[4,8]", "model.conv.features=16",
-                             "model.likelihood=discretized_logistic", "model.latent_dim=2", "train.epochs=1",
-                             "train.batch_size=8", "eval.iwae_k=3", "train.device=cpu"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "data.name=image_folder",
+            f"data.root={tmp_path / 'images'}",
+            "data.image_folder.channels=3",
+            "data.image_folder.image_size=8",
+            "model.network=conv",
+            "model.conv.channels=[4,8]",
+            "model.conv.features=16",
+            "model.likelihood=discretized_logistic",
+            "model.latent_dim=2",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "eval.iwae_k=3",
+            "train.device=cpu",
+        ],
+    )
     summary = fit(cfg, tmp_path / "run", progress=False)
     final = summary["final"]
     assert final["test_nll_bits_per_dim"]["mean"] == pytest.approx(final["test_nll"]["mean"] / (192 * math.log(2)))
@@ -231,13 +245,19 @@ def test_a_decompression_bomb_is_refused_by_name_or_skipped_and_counted(tmp_path
 
 
 def test_image_sizes_are_checked_before_anything_is_read(tmp_path, monkeypatch):
-    with pytest.raises(ConfigError, match=r"data.image_folder: image_size = 20000 must be between 1 and 1024 "
-                                          r"\(pyro_vae.config.MAX_IMAGE_SIZE\)"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"data.image_folder: image_size = 20000 must be between 1 and 1024 "
+        r"\(pyro_vae.config.MAX_IMAGE_SIZE\)",
+    ):
         _folder_cfg(tmp_path, "data.image_folder.image_size=20000")
     for i in range(3):
         _png(tmp_path / f"{i}.png", seed=i)
     monkeypatch.setattr(images, "MAX_DATA_BYTES", 4 * 3 * 3 * 1000**2 - 1)  # three 1000 x 1000 colour images: too many
     monkeypatch.setattr(images, "_read_all", None)  # nothing may be read
-    with pytest.raises(ValueError, match=r"3 images of 3 x 1000 x 1000 pixels are 36,000,000 bytes as float32, "
-                                         r"above the limit of 35,999,999 bytes"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"3 images of 3 x 1000 x 1000 pixels are 36,000,000 bytes as float32, "
+        r"above the limit of 35,999,999 bytes",
+    ):
         load_data(_folder_cfg(tmp_path, "data.image_folder.image_size=1000", "data.image_folder.channels=3"))

@@ -72,12 +72,6 @@ def test_stored_uint8_levels_evaluate_exactly_like_the_float_images(tiny_vae64):
     assert a["nll"].mean == b["nll"].mean and a["neg_elbo"].mean == b["neg_elbo"].mean
 
 
-
-
-
-
-
-
 def test_elbo_below_iwae_below_exact_log_likelihood_and_convergence():
     vae, x, log_px = linear_gaussian_vae()
     reps, seed = 30, 21

@@ -129,14 +129,18 @@ def test_every_latent_command_on_a_run_and_a_model(trained, source, tmp_path, ca
     codes = np.load(out / "codes_test.npz")
     assert codes["loc"].shape == codes["scale"].shape == (codes["labels"].shape[0], 3)
     assert "active units (Cov_x E[z|x] > 0.01" in capsys.readouterr().out
-    bad = [(["interpolate", where, "--between", "0", "100000"], "test image 100000 is out of range"),
-           (["traverse", where, "--dims", "7"], "--dims [7] out of range"),
-           (["reconstruct", where, str(trained / "big.png")], "big.png is 32x32 pixels"),
-           (["interpolate", where, "--between", str(trained / "big.png"), str(trained / "mine.png")],
-            "big.png is 32x32 pixels"),
-           (["interpolate", where, "--between", "0", str(trained / "mine.png")], "not one of each"),
-           (["reconstruct", where, str(trained / "absent.png")], "absent.png does not exist"),
-           (["sample", str(tmp_path / "nothing")], "does not exist")]  # fmt: skip
+    bad = [
+        (["interpolate", where, "--between", "0", "100000"], "test image 100000 is out of range"),
+        (["traverse", where, "--dims", "7"], "--dims [7] out of range"),
+        (["reconstruct", where, str(trained / "big.png")], "big.png is 32x32 pixels"),
+        (
+            ["interpolate", where, "--between", str(trained / "big.png"), str(trained / "mine.png")],
+            "big.png is 32x32 pixels",
+        ),
+        (["interpolate", where, "--between", "0", str(trained / "mine.png")], "not one of each"),
+        (["reconstruct", where, str(trained / "absent.png")], "absent.png does not exist"),
+        (["sample", str(tmp_path / "nothing")], "does not exist"),
+    ]
     for argv, message in bad:
         assert main([*argv, *common]) == 2, argv
         assert message in capsys.readouterr().err, argv
@@ -152,8 +156,9 @@ def test_read_images_scales_16_bit_composites_alpha_and_refuses_a_bomb(tmp_path,
     ink[:, 2:, 1] = 255
     Image.fromarray(ink, "LA").save(tmp_path / "ink.png")
     with caplog.at_level("WARNING"):
-        inverted = latent.read_images([tmp_path / "ink.png", tmp_path / "deep.png"], (4, 4), binarize=False,
-                                      invert=True)[0].reshape(4, 4)  # fmt: skip
+        inverted = latent.read_images(
+            [tmp_path / "ink.png", tmp_path / "deep.png"], (4, 4), binarize=False, invert=True
+        )[0].reshape(4, 4)
     assert inverted[:, :2].max() == 0 and inverted[:, 2:].min() == 1  # transparent = white paper: no ink once inverted
     assert "1 of the 2 image files have transparent pixels, composited onto white paper (--invert)" in caplog.text
     assert latent.read_images([tmp_path / "ink.png"], (4, 4), binarize=False).max() == 0  # onto black
@@ -222,11 +227,19 @@ def _export_by_hand(cfg, folder):
     weights = save({n: t.contiguous() for n, t in model.state_dict().items()})
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(weights)
-    record = {"format": "pyro-vae-model", "format_version": 1, "pyro_vae": "test", "config": cfg.to_dict(),
-              "data_dim": data.data_dim, "image_shape": list(data.image_shape),
-              "weights": {"file": "model.safetensors", "sha256": hashlib.sha256(weights).hexdigest(),
-                          "checkpoint": "best"},
-              "plugins": [], "final": {}, "objective": "", "layers": model.layers()}  # fmt: skip
+    record = {
+        "format": "pyro-vae-model",
+        "format_version": 1,
+        "pyro_vae": "test",
+        "config": cfg.to_dict(),
+        "data_dim": data.data_dim,
+        "image_shape": list(data.image_shape),
+        "weights": {"file": "model.safetensors", "sha256": hashlib.sha256(weights).hexdigest(), "checkpoint": "best"},
+        "plugins": [],
+        "final": {},
+        "objective": "",
+        "layers": model.layers(),
+    }
     (folder / "config.json").write_text(json.dumps(record))
     return record, model, data
 
@@ -252,16 +265,20 @@ def test_every_latent_command_on_a_hierarchical_model(tmp_path, capsys):
     assert main(["reconstruct", where, str(tmp_path / "mine.png"), *common]) == 0
     for figure in ("samples_t0.8.png", "interpolate_0_7.png", "traverse.png", "reconstruct.png"):
         assert (out / figure).stat().st_size > 0, figure
-    for argv, message in [(["traverse", where, "--layer", "z3"], "--layer z3 is not a latent layer of this model; "
-                           "its layers (top first): z2, z1"),
-                          (["traverse", where, "--layer", "z2", "--dims", "2"], "--dims [2] out of range: layer z2 "
-                           "has dimensions 0..1")]:  # fmt: skip
+    for argv, message in [
+        (
+            ["traverse", where, "--layer", "z3"],
+            "--layer z3 is not a latent layer of this model; its layers (top first): z2, z1",
+        ),
+        (["traverse", where, "--layer", "z2", "--dims", "2"], "--dims [2] out of range: layer z2 has dimensions 0..1"),
+    ]:
         assert main([*argv, *common]) == 2, argv
         assert message in capsys.readouterr().err, argv
     card = model_card(record, tmp_path / "run", "pyro-vae export")
     assert "structure `hierarchical`" in card and "latent layers (top first)\nz2 2, z1 3" in card
-    assert "(structure `vae`)" in model_card({**record, "config": small_cfg().to_dict(), "layers": {"z": 2}},
-                                             tmp_path / "run", "")  # fmt: skip
+    assert "(structure `vae`)" in model_card(
+        {**record, "config": small_cfg().to_dict(), "layers": {"z": 2}}, tmp_path / "run", ""
+    )
     paths = make_figures(tmp_path / "model", model, data)
     assert sorted(p.name for p in paths) == ["latents.png", "latents_z1.png", "reconstructions.png", "samples.png"]
 

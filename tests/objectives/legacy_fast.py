@@ -23,8 +23,14 @@ class FastELBO:
     negative ELBO summed over the batch and averaged over particles (the negative bound summed over
     the batch)."""
 
-    def __init__(self, vae: VAE, analytic_kl: bool = False, num_particles: int = 1,
-                 importance_weighted: bool = False, weighted=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        vae: VAE,
+        analytic_kl: bool = False,
+        num_particles: int = 1,
+        importance_weighted: bool = False,
+        weighted=None,
+    ) -> None:
         self.vae = vae
         self.analytic_kl = analytic_kl
         self.num_particles = weighted.num_particles if weighted is not None else num_particles

@@ -65,8 +65,10 @@ def test_trace_elbo_mean_and_gradients_agree_with_closed_form(tiny_vae64):
     vae, x = tiny_vae64
     n, seed = 1500, 7
     params = dict(vae.named_parameters())
-    groups = {"encoder": [p for k, p in params.items() if k.startswith("encoder")],
-              "decoder": [p for k, p in params.items() if k.startswith("decoder")]}  # fmt: skip
+    groups = {
+        "encoder": [p for k, p in params.items() if k.startswith("encoder")],
+        "decoder": [p for k, p in params.items() if k.startswith("decoder")],
+    }
     gen = torch.Generator().manual_seed(99)
     directions = {g: [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in ps] for g, ps in groups.items()}
 

@@ -65,8 +65,6 @@ def test_iwae_bound_tightens_with_k(tiny_vae64):
         )
 
 
-
-
 # (particles, steps, loc tolerance, relative scale tolerance) per ELBO. The importance-weighted
 # bound's gradient for the guide carries less signal the more particles it has (Rainforth et al.,
 # "Tighter variational bounds are not necessarily better", 2018): with 8 particles and 3,000 steps
@@ -74,8 +72,12 @@ def test_iwae_bound_tightens_with_k(tiny_vae64):
 # The multi-sample bounds of the same paper trade tightness for encoder signal: MIWAE and PIWAE as
 # 16 groups of 2, CIWAE with K=8 (half ELBO; its IWAE half needs IWAE's smaller learning rate), with
 # more steps.
-RECOVERY = {"iwae": (2, 6000, 0.03, 0.06), "miwae": (2, 3000, 0.01, 0.02), "piwae": (2, 3000, 0.01, 0.02),
-            "ciwae": (8, 6000, 0.01, 0.02)}  # fmt: skip
+RECOVERY = {
+    "iwae": (2, 6000, 0.03, 0.06),
+    "miwae": (2, 3000, 0.01, 0.02),
+    "piwae": (2, 3000, 0.01, 0.02),
+    "ciwae": (8, 6000, 0.01, 0.02),
+}
 EXTRA = {"miwae": {"iw_groups": 16}, "piwae": {"iw_groups": 16}}
 DEFAULT_RECOVERY = (32, 1500, 0.01, 0.02)
 

@@ -70,8 +70,12 @@ def test_build_loss_leaves_the_rng_alone(tiny_vae64):
 @pytest.mark.parametrize("elbo", ["trace", "mean_field"])
 def test_training_with_and_without_the_fast_path_agrees(tmp_path, elbo):
     for fast in (True, False):
-        T.fit(small_cfg("train.epochs=1", f"train.elbo={elbo}", f"train.fast_path={fast}"), tmp_path / str(fast),
-              progress=False, figures=False)  # fmt: skip
+        T.fit(
+            small_cfg("train.epochs=1", f"train.elbo={elbo}", f"train.fast_path={fast}"),
+            tmp_path / str(fast),
+            progress=False,
+            figures=False,
+        )
     a = load_checkpoint(tmp_path / "True" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "False" / "checkpoints" / "last.pt")["model"]
     for name in a:

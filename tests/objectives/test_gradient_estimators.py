@@ -121,8 +121,9 @@ def test_decoder_gradients_are_identical_to_the_estimator_they_share_them_with(t
     pyro.set_rng_seed(7)
     a = torch.autograd.grad(build_elbo(TrainConfig(**cfg)).differentiable_loss(vae.model, vae.guide, x), decoder)
     pyro.set_rng_seed(7)
-    b = torch.autograd.grad(build_elbo(TrainConfig(**shares_decoder_with)).differentiable_loss(vae.model, vae.guide,
-                                                                                               x), decoder)  # fmt: skip
+    b = torch.autograd.grad(
+        build_elbo(TrainConfig(**shares_decoder_with)).differentiable_loss(vae.model, vae.guide, x), decoder
+    )
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
 
@@ -141,8 +142,10 @@ def _offset_conjugate(offset: float = 0.3, scale_factor: float = 1.3):
 def _gradient_draws(name, k, reps, seed, model, guide, x, params, m=1):
     elbo = build_elbo(TrainConfig(elbo=name, num_particles=k, iw_groups=m))
     pyro.set_rng_seed(seed)
-    rows = [torch.cat([g.flatten() for g in torch.autograd.grad(elbo.differentiable_loss(model, guide, x), params)])
-            for _ in range(reps)]  # fmt: skip
+    rows = [
+        torch.cat([g.flatten() for g in torch.autograd.grad(elbo.differentiable_loss(model, guide, x), params)])
+        for _ in range(reps)
+    ]
     return torch.stack(rows)
 
 

@@ -19,9 +19,19 @@ from pyro_vae.objectives.fast import build_loss
 from pyro_vae.objectives.sites import LeanSource, PyroSource, draw
 from tests.objectives.legacy_fast import FastELBO
 
-ESTIMATORS = [("trace", 1, 1), ("trace", 4, 1), ("mean_field", 1, 1), ("mean_field", 3, 1), ("iwae", 4, 1),
-              ("stl", 1, 1), ("stl", 3, 1), ("iwae_dreg", 4, 1), ("miwae", 2, 2), ("ciwae", 3, 1),
-              ("piwae", 2, 2)]  # fmt: skip
+ESTIMATORS = [
+    ("trace", 1, 1),
+    ("trace", 4, 1),
+    ("mean_field", 1, 1),
+    ("mean_field", 3, 1),
+    ("iwae", 4, 1),
+    ("stl", 1, 1),
+    ("stl", 3, 1),
+    ("iwae_dreg", 4, 1),
+    ("miwae", 2, 2),
+    ("ciwae", 3, 1),
+    ("piwae", 2, 2),
+]
 
 
 def _train_cfg(name: str, k: int, m: int, **kw) -> TrainConfig:
@@ -109,9 +119,13 @@ def test_the_surrogate_estimators_have_their_bounds_value(tiny_vae64, name, k, m
         log_w = sum(s.log_prob() for s in t.model.values()) - sum(s.log_prob() for s in t.guide.values())
         log_w = log_w if log_w.dim() == 2 else log_w[None]
         iwae = torch.logsumexp(log_w, 0) - math.log(k * m)
-        expected = {"stl": log_w.mean(0), "iwae_dreg": iwae, "piwae": iwae,
-                    "miwae": (torch.logsumexp(log_w.reshape(m, k, -1), 1) - math.log(k)).mean(0),
-                    "ciwae": 0.5 * log_w.mean(0) + 0.5 * iwae}[name]  # fmt: skip
+        expected = {
+            "stl": log_w.mean(0),
+            "iwae_dreg": iwae,
+            "piwae": iwae,
+            "miwae": (torch.logsumexp(log_w.reshape(m, k, -1), 1) - math.log(k)).mean(0),
+            "ciwae": 0.5 * log_w.mean(0) + 0.5 * iwae,
+        }[name]
         assert abs(elbo.objective(t).item() + expected.sum().item()) < 1e-9, which
 
 
@@ -175,7 +189,8 @@ def test_trace_with_a_score_function_site_equals_pyros_trace_elbo(tiny_vae64):
 
     pyro.set_rng_seed(2)
     ref = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1).differentiable_loss(
-        vae.model, guide, x)  # fmt: skip
+        vae.model, guide, x
+    )
     ref_grads = _grads(ref, vae)
     pyro.set_rng_seed(2)
     ours = build_elbo(_train_cfg("trace", 3, 1)).loss_fn(PyroSource(vae.model, guide))(x)

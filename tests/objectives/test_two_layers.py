@@ -143,11 +143,27 @@ def test_mean_field_is_the_likelihood_minus_the_hand_written_kls(source):
 # ---------------------------------------------------------------- expected gradients, paired draws
 
 
-ESTIMATORS = {"trace": (1, 1), "stl": (3, 1), "iwae": (4, 1), "iwae_dreg": (4, 1), "miwae": (2, 2),
-              "ciwae": (3, 1), "piwae": (2, 2)}  # fmt: skip
+ESTIMATORS = {
+    "trace": (1, 1),
+    "stl": (3, 1),
+    "iwae": (4, 1),
+    "iwae_dreg": (4, 1),
+    "miwae": (2, 2),
+    "ciwae": (3, 1),
+    "piwae": (2, 2),
+}
 # The guide's parameters are the only ones here (the model's are fixed): PIWAE's encoder gradient is MIWAE's.
-REFERENCE = {"trace": "elbo", "stl": "elbo", "iwae": "iwae", "iwae_dreg": "iwae", "piwae": "miwae", "miwae": "miwae",
-             "ciwae": "ciwae", "hooked_dreg": "iwae", "detached_dreg": "iwae"}  # fmt: skip
+REFERENCE = {
+    "trace": "elbo",
+    "stl": "elbo",
+    "iwae": "iwae",
+    "iwae_dreg": "iwae",
+    "piwae": "miwae",
+    "miwae": "miwae",
+    "ciwae": "ciwae",
+    "hooked_dreg": "iwae",
+    "detached_dreg": "iwae",
+}
 DRAWS, FAMILY_ERROR = 400, 1e-4
 
 
@@ -175,8 +191,9 @@ class _DetachedDReG(_Surrogate):
         return terms
 
     def surrogate(self, terms):
-        return surrogates.iwae_dreg_hookless(terms.log_p, terms.log_q, terms.log_q_stop, terms.log_p_fixed_z,
-                                             terms.beta)  # fmt: skip
+        return surrogates.iwae_dreg_hookless(
+            terms.log_p, terms.log_q, terms.log_q_stop, terms.log_p_fixed_z, terms.beta
+        )
 
 
 def _objective_value(kind: str, log_w: torch.Tensor, k: int, m: int) -> torch.Tensor:
@@ -217,8 +234,10 @@ def _z_scores(name: str, seed: int = 0) -> tuple[torch.Tensor, str]:
     diffs = torch.stack(diffs)
     z = diffs.mean(0) / (diffs.std(0) / math.sqrt(DRAWS)).clamp_min(1e-300)
     z = torch.where(diffs.abs().amax(0) < 1e-12, torch.zeros_like(z), z)  # identical on every draw
-    where = (f"{name} vs the reparameterised gradient of its objective on two latent layers: N = {DRAWS} paired "
-             f"draws, seeds {seed}..{seed + DRAWS - 1}, max |z| = {z.abs().max():.2f}")  # fmt: skip
+    where = (
+        f"{name} vs the reparameterised gradient of its objective on two latent layers: N = {DRAWS} paired "
+        f"draws, seeds {seed}..{seed + DRAWS - 1}, max |z| = {z.abs().max():.2f}"
+    )
     return z, where
 
 

@@ -83,9 +83,18 @@ def _objective(name: str, log_w: torch.Tensor) -> torch.Tensor:
     k = log_w.shape[0]
     lme = torch.logsumexp(log_w, 0) - math.log(k)
     grouped = torch.logsumexp(log_w.reshape(M, k // M, -1), 1).sub(math.log(k // M)).mean(0) if k % M == 0 else None
-    return {"trace": log_w.mean(0), "jit_trace": log_w.mean(0), "mean_field": log_w.mean(0),
-            "jit_mean_field": log_w.mean(0), "stl": log_w.mean(0), "iwae": lme, "iwae_dreg": lme,
-            "miwae": grouped, "piwae": grouped, "ciwae": 0.5 * log_w.mean(0) + 0.5 * lme}[name]  # fmt: skip
+    return {
+        "trace": log_w.mean(0),
+        "jit_trace": log_w.mean(0),
+        "mean_field": log_w.mean(0),
+        "jit_mean_field": log_w.mean(0),
+        "stl": log_w.mean(0),
+        "iwae": lme,
+        "iwae_dreg": lme,
+        "miwae": grouped,
+        "piwae": grouped,
+        "ciwae": 0.5 * log_w.mean(0) + 0.5 * lme,
+    }[name]
 
 
 def _particles(name: str) -> tuple[int, int]:
@@ -154,9 +163,11 @@ def _paired_z(name: str, reference: str, path: str, beta: float, seed: int = 0) 
     diffs = torch.stack(diffs)
     z = diffs.mean(0) / (diffs.std(0) / math.sqrt(GROUPS)).clamp_min(1e-300)
     z = torch.where(diffs.abs().amax(0) < 1e-13, torch.zeros_like(z), z)  # identical on every draw
-    where = (f"{name} ({path}) vs the reparameterised gradient of {reference}'s objective at beta={beta}: "
-             f"N = {GROUPS} draws x {COPIES} copies, seeds {seed}..{seed + GROUPS - 1}, z = "
-             f"{[round(v, 2) for v in z.tolist()]}")  # fmt: skip
+    where = (
+        f"{name} ({path}) vs the reparameterised gradient of {reference}'s objective at beta={beta}: "
+        f"N = {GROUPS} draws x {COPIES} copies, seeds {seed}..{seed + GROUPS - 1}, z = "
+        f"{[round(v, 2) for v in z.tolist()]}"
+    )
     return z, where
 
 
@@ -175,8 +186,9 @@ def test_every_estimator_has_the_expected_gradient_of_its_objective(name, path, 
     assert z.abs().max() < _bound(z.numel()), f"{where}; bound {_bound(z.numel()):.2f}"
 
 
-@pytest.mark.parametrize("control, beta", [("old_dreg", 0.5), ("old_dreg", 0.1), ("path_only_iwae", 0.5),
-                                           ("path_only_iwae", 1.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    "control, beta", [("old_dreg", 0.5), ("old_dreg", 0.1), ("path_only_iwae", 0.5), ("path_only_iwae", 1.0)]
+)
 def test_the_test_rejects_a_biased_estimator(control, beta):
     z, where = _paired_z(control, "iwae", "pyro", beta)
     assert z.abs().max() > _bound(z.numel()), f"a known-biased estimator passed: {where}"
@@ -197,8 +209,9 @@ def test_dreg_encoder_gradient_equals_the_hand_written_formula_draw_by_draw(path
         q = vae.encoder(x)
         z = q.rsample((K,))
         loc, scale = (t.detach() for t in vae.encoder.loc_scale(x))
-        log_w = (vae.likelihood(vae.decoder(z)).log_prob(x)
-                 + beta * (vae.prior(x.shape[0]).log_prob(z) - dist.Normal(loc, scale).to_event(1).log_prob(z)))
+        log_w = vae.likelihood(vae.decoder(z)).log_prob(x) + beta * (
+            vae.prior(x.shape[0]).log_prob(z) - dist.Normal(loc, scale).to_event(1).log_prob(z)
+        )
         w = torch.softmax(log_w.detach(), 0)
         hand = torch.autograd.grad(-(((1 - beta) * w + beta * w**2) * log_w).sum(), params)
         for a, b in zip(ours, hand):

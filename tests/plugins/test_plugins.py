@@ -68,22 +68,29 @@ from pyro_vae.components.nets import MLP
 """
 
 MALFORMED = {  # kind -> (plugin code, what the message must say)
-    "prior": ("""
+    "prior": (
+        """
         @PRIORS.register("flat_event")
         class P(nn.Module):
             def __init__(self, latent_dim, **_):
                 super().__init__(); self.l = latent_dim
             def forward(self, n):
                 return dist.Normal(torch.zeros(n, self.l), 1.0)   # no .to_event(1)
-        """, r"model.prior=flat_event .*batch shape \(4,\) and event shape \(3,\), got batch \(4, 3\) and event \(\)"),
-    "likelihood": ("""
+        """,
+        r"model.prior=flat_event .*batch shape \(4,\) and event shape \(3,\), got batch \(4, 3\) and event \(\)",
+    ),
+    "likelihood": (
+        """
         @LIKELIHOODS.register("no_param_dim")
         class Q(nn.Module):
             def forward(self, h): return dist.Bernoulli(logits=h).to_event(1)
             def mean(self, h): return h.sigmoid()
             def validate(self, x, source): pass
-        """, "model.likelihood=no_param_dim .*needs param_dim"),
-    "guide": ("""
+        """,
+        "model.likelihood=no_param_dim .*needs param_dim",
+    ),
+    "guide": (
+        """
         @GUIDES.register("not_reparameterised")
         class G(nn.Module):
             def __init__(self, data_dim, latent_dim, **_):
@@ -91,20 +98,31 @@ MALFORMED = {  # kind -> (plugin code, what the message must say)
             def forward(self, x): return dist.Laplace(self.lin(x), 1.0).to_event(1).__class__(
                     dist.Poisson(self.lin(x).exp()), 1)
             def point(self, x): return self.lin(x)
-        """, "model.guide=not_reparameterised .*reparameterised"),
-    "network": ("""
+        """,
+        "model.guide=not_reparameterised .*reparameterised",
+    ),
+    "network": (
+        """
         @NETWORKS.register("bad_trunk")
         class N(MLP):
             def encoder(self, data_dim): return super().encoder(data_dim)[0]   # forgot the width
-        """, r"model.network=bad_trunk .*must return \(module, features: int\)"),
-    "elbo": ("""
+        """,
+        r"model.network=bad_trunk .*must return \(module, features: int\)",
+    ),
+    "elbo": (
+        """
         @ELBOS.register("bare")
         class E(Trace_ELBO): pass
-        """, "train.elbo=bare .*ELBOFlags"),
-    "data set": ("""
+        """,
+        "train.elbo=bare .*ELBOFlags",
+    ),
+    "data set": (
+        """
         @DATASETS.register("no_args")
         def load(): return None
-        """, "data.name=no_args .*one argument"),
+        """,
+        "data.name=no_args .*one argument",
+    ),
 }
 
 
@@ -115,8 +133,11 @@ def test_a_malformed_plugin_of_each_kind_is_named_and_leaves_nothing(kind, tmp_p
     with pytest.raises(PluginError, match=message) as info:
         load_plugin(path)
     assert path in str(info.value) and "breaks the contract" in str(info.value)
-    assert not any(n in r for r in by_config_key().values() for n in
-                   ("flat_event", "no_param_dim", "not_reparameterised", "bad_trunk", "bare", "no_args"))  # fmt: skip
+    assert not any(
+        n in r
+        for r in by_config_key().values()
+        for n in ("flat_event", "no_param_dim", "not_reparameterised", "bad_trunk", "bare", "no_args")
+    )
 
 
 def test_check_component_names_unknown_things():
@@ -127,14 +148,25 @@ def test_check_component_names_unknown_things():
 
 
 def test_clashes_name_both_sides(tmp_path):
-    with pytest.raises(PluginError, match=r"prior 'standard_normal' is registered twice: plugin .*a\.py registers "
-                       r"it, and pyro-vae \(built-in\) has already"):  # fmt: skip
+    with pytest.raises(
+        PluginError,
+        match=r"prior 'standard_normal' is registered twice: plugin .*a\.py registers "
+        r"it, and pyro-vae \(built-in\) has already",
+    ):
         load_plugin(_write(tmp_path, "a.py", HEADER + "PRIORS.register('standard_normal')(type('P', (), {}))\n"))
-    first = _write(tmp_path, "b.py", "from pyro_vae import PRIORS\nfrom pyro_vae.components.priors import "
-                   "StandardNormal\nPRIORS.register('mine')(StandardNormal)\n")  # fmt: skip
+    first = _write(
+        tmp_path,
+        "b.py",
+        "from pyro_vae import PRIORS\nfrom pyro_vae.components.priors import "
+        "StandardNormal\nPRIORS.register('mine')(StandardNormal)\n",
+    )
     load_plugin(first)
-    second = _write(tmp_path, "c.py", "from pyro_vae import PRIORS\nfrom pyro_vae.components.priors import "
-                    "StandardNormal\nPRIORS.register('mine')(StandardNormal)\n")  # fmt: skip
+    second = _write(
+        tmp_path,
+        "c.py",
+        "from pyro_vae import PRIORS\nfrom pyro_vae.components.priors import "
+        "StandardNormal\nPRIORS.register('mine')(StandardNormal)\n",
+    )
     with pytest.raises(PluginError, match=rf"registered twice: plugin {second} registers it, and plugin {first} has"):
         load_plugin(second)
     assert PRIORS.origin("mine") == first
@@ -153,8 +185,12 @@ def test_import_failures_and_missing_files(tmp_path):
 
 
 def test_a_plugin_loads_once(tmp_path):
-    path = _write(tmp_path, "once.py", "from pyro_vae import PRIORS\nfrom pyro_vae.components.priors import "
-                  "StandardNormal\nPRIORS.register('once')(StandardNormal)\n")  # fmt: skip
+    path = _write(
+        tmp_path,
+        "once.py",
+        "from pyro_vae import PRIORS\nfrom pyro_vae.components.priors import "
+        "StandardNormal\nPRIORS.register('once')(StandardNormal)\n",
+    )
     assert load_plugin(path) is load_plugin(str(tmp_path / "." / "once.py"))
 
 
@@ -171,8 +207,12 @@ def _entry_point_folder(folder, module: str, body: str):
 def test_entry_points_register_installed_packages(tmp_path, monkeypatch):
     from pyro_vae.plugins import loader
 
-    _entry_point_folder(tmp_path, "ep_prior_pkg", "from pyro_vae import PRIORS\nfrom pyro_vae.components.priors "
-                        "import StandardNormal\nPRIORS.register('from_entry_point')(StandardNormal)\n")  # fmt: skip
+    _entry_point_folder(
+        tmp_path,
+        "ep_prior_pkg",
+        "from pyro_vae import PRIORS\nfrom pyro_vae.components.priors "
+        "import StandardNormal\nPRIORS.register('from_entry_point')(StandardNormal)\n",
+    )
     monkeypatch.setattr(loader, "site_folders", lambda: [str(tmp_path)])  # as if installed there
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
@@ -205,8 +245,10 @@ def test_python_m_runs_nothing_from_the_working_folder(tmp_path):
     marker = tmp_path / "ran.txt"
     _entry_point_folder(tmp_path, "evil_ep_mod", MARKER_MODULE.format(marker=str(marker)))
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    for argv in ([sys.executable, "-m", "pyro_vae", "evaluate", ".", "--k", "2"],
-                 [str(Path(sys.executable).parent / "pyro-vae"), "evaluate", str(tmp_path), "--k", "2"]):
+    for argv in (
+        [sys.executable, "-m", "pyro_vae", "evaluate", ".", "--k", "2"],
+        [str(Path(sys.executable).parent / "pyro-vae"), "evaluate", str(tmp_path), "--k", "2"],
+    ):
         proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert not marker.exists(), f"{argv[1:3]} imported the folder's entry point"
@@ -216,8 +258,17 @@ def test_python_m_runs_nothing_from_the_working_folder(tmp_path):
 
 
 def _train(run, *extra):
-    argv = ["train", "--out", str(run), "--no-progress", "--no-figures", "--plugin", LAPLACE,
-            *_sets(*SMALL, "train.epochs=1", "model.prior=laplace"), *extra]  # fmt: skip
+    argv = [
+        "train",
+        "--out",
+        str(run),
+        "--no-progress",
+        "--no-figures",
+        "--plugin",
+        LAPLACE,
+        *_sets(*SMALL, "train.epochs=1", "model.prior=laplace"),
+        *extra,
+    ]
     assert main(argv) == 0
 
 
@@ -228,11 +279,15 @@ def test_train_with_a_plugin_records_it_and_every_command_needs_it(tmp_path, cap
     assert record["path"] == LAPLACE and record["registered"] == {"model.prior": ["laplace"]}
     assert len(record["sha256"]) == 64
     with_plugin = ["--plugin", LAPLACE]
-    assert main(["evaluate", str(run), "--k", "5", "--images", "20", "--no-progress", "--device", "cpu",
-                 *with_plugin]) == 0  # fmt: skip
+    assert (
+        main(["evaluate", str(run), "--k", "5", "--images", "20", "--no-progress", "--device", "cpu", *with_plugin])
+        == 0
+    )
     assert main(["plot", str(run), "--device", "cpu", *with_plugin]) == 0
-    assert main(["train", "--resume", str(run), "--no-progress", "--no-figures", *_sets("train.epochs=2"),
-                 *with_plugin]) == 0  # fmt: skip
+    assert (
+        main(["train", "--resume", str(run), "--no-progress", "--no-figures", *_sets("train.epochs=2"), *with_plugin])
+        == 0
+    )
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     capsys.readouterr()
     with isolated(fresh=True):  # a new session: the plugin is not loaded
@@ -250,13 +305,37 @@ def test_a_changed_plugin_is_reported(tmp_path, caplog):
     copy = tmp_path / "laplace_copy.py"
     copy.write_text((EXAMPLE_PLUGINS / "laplace_prior.py").read_text())
     run = tmp_path / "run"
-    assert main(["train", "--out", str(run), "--no-progress", "--no-figures", "--plugin", str(copy),
-                 *_sets(*SMALL, "train.epochs=1", "model.prior=laplace")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                "--no-progress",
+                "--no-figures",
+                "--plugin",
+                str(copy),
+                *_sets(*SMALL, "train.epochs=1", "model.prior=laplace"),
+            ]
+        )
+        == 0
+    )
     with isolated(fresh=True):
         copy.write_text(copy.read_text() + "\n# edited after the run\n")
         with caplog.at_level(logging.WARNING):
-            argv = ["evaluate", str(run), "--k", "2", "--images", "5", "--no-progress", "--device", "cpu",
-                    "--plugin", str(copy)]  # fmt: skip
+            argv = [
+                "evaluate",
+                str(run),
+                "--k",
+                "2",
+                "--images",
+                "5",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--plugin",
+                str(copy),
+            ]
             assert main(argv) == 0
     assert f"plugin {copy} changed since run folder {run} recorded it" in caplog.text
 
@@ -276,20 +355,59 @@ def test_no_file_imports_a_plugin_without_consent(tmp_path, capsys):
     plugin = _write(tmp_path, "marker_plugin.py", MARKER_PLUGIN)
     marker = tmp_path / "MARKER"
     run = tmp_path / "run"
-    argv = ["train", "--out", str(run), "--no-progress", "--no-figures", "--plugin", plugin,
-            *_sets(*SMALL, "train.epochs=1", "model.prior=marker_prior")]  # fmt: skip
+    argv = [
+        "train",
+        "--out",
+        str(run),
+        "--no-progress",
+        "--no-figures",
+        "--plugin",
+        plugin,
+        *_sets(*SMALL, "train.epochs=1", "model.prior=marker_prior"),
+    ]
     assert main(argv) == 0
     toml = tmp_path / "experiment.toml"
     toml.write_text('[plugins]\nmodules = ["./marker_plugin.py"]\n\n[model]\nprior = "marker_prior"\n')
-    commands = [["evaluate", str(run), "--k", "2", "--images", "5", "--no-progress", "--device", "cpu"],
-                ["plot", str(run), "--device", "cpu"],
-                ["compare", str(run), "--images", "4", "--k", "2", "--particles", "1", "--reps", "2", "--grad-images",
-                 "2", "--grad-reps", "2", "--snr-k", "2", "--no-progress", "--out", str(tmp_path / "cmp"), "--device",
-                 "cpu"],
-                ["train", "--resume", str(run), "--no-progress", "--no-figures", "--set", "train.epochs=2"],
-                ["train", "--config", str(toml), "--out", str(tmp_path / "new"), "--no-progress", "--no-figures",
-                 "--overwrite", *_sets(*SMALL, "train.epochs=1")],
-                ["config", "--config", str(toml)]]  # fmt: skip
+    commands = [
+        ["evaluate", str(run), "--k", "2", "--images", "5", "--no-progress", "--device", "cpu"],
+        ["plot", str(run), "--device", "cpu"],
+        [
+            "compare",
+            str(run),
+            "--images",
+            "4",
+            "--k",
+            "2",
+            "--particles",
+            "1",
+            "--reps",
+            "2",
+            "--grad-images",
+            "2",
+            "--grad-reps",
+            "2",
+            "--snr-k",
+            "2",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "cmp"),
+            "--device",
+            "cpu",
+        ],
+        ["train", "--resume", str(run), "--no-progress", "--no-figures", "--set", "train.epochs=2"],
+        [
+            "train",
+            "--config",
+            str(toml),
+            "--out",
+            str(tmp_path / "new"),
+            "--no-progress",
+            "--no-figures",
+            "--overwrite",
+            *_sets(*SMALL, "train.epochs=1"),
+        ],
+        ["config", "--config", str(toml)],
+    ]
     for command in commands:
         with isolated(fresh=True):
             marker.unlink()
@@ -323,8 +441,9 @@ def test_laplace_kl_closed_form_matches_monte_carlo():
     load_plugin(LAPLACE)
     seed, n = 3, 20000
     torch.manual_seed(seed)
-    vae = build_vae(ModelConfig(latent_dim=3, hidden=(8,), prior="laplace", settings={"laplace": {"scale": 0.7}}),
-                    6).double()  # fmt: skip
+    vae = build_vae(
+        ModelConfig(latent_dim=3, hidden=(8,), prior="laplace", settings={"laplace": {"scale": 0.7}}), 6
+    ).double()
     x = torch.rand(4, 6, dtype=torch.float64).round()
     terms = estimator_particles(elbo_terms(vae, x, n))
     for image in range(x.shape[0]):

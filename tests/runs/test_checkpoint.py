@@ -23,8 +23,21 @@ from pyro_vae.training import loop as T
 from tests.helpers import ROOT, small_cfg
 
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "h100_run_format1"
-SMALL_LAB = ["--images", "8", "--k", "1,10", "--particles", "1,2", "--reps", "4", "--grad-images", "4",
-             "--grad-reps", "3", "--no-progress"]  # fmt: skip
+SMALL_LAB = [
+    "--images",
+    "8",
+    "--k",
+    "1,10",
+    "--particles",
+    "1,2",
+    "--reps",
+    "4",
+    "--grad-images",
+    "4",
+    "--grad-reps",
+    "3",
+    "--no-progress",
+]
 
 
 class _RunsCode:
@@ -75,9 +88,12 @@ def test_every_loading_path_refuses_a_checkpoint_that_would_run_code(small_run, 
         with pytest.raises(ValueError, match=message):
             load_run(run, device="cpu")
     else:
-        argv = {"evaluate": ["evaluate", str(run), "--k", "2", "--device", "cpu", "--no-progress"],
-                "plot": ["plot", str(run)], "compare": ["compare", str(run), "--device", "cpu", *SMALL_LAB],
-                "resume": ["train", "--resume", str(run), "--device", "cpu", "--no-progress"]}[path]  # fmt: skip
+        argv = {
+            "evaluate": ["evaluate", str(run), "--k", "2", "--device", "cpu", "--no-progress"],
+            "plot": ["plot", str(run)],
+            "compare": ["compare", str(run), "--device", "cpu", *SMALL_LAB],
+            "resume": ["train", "--resume", str(run), "--device", "cpu", "--no-progress"],
+        }[path]
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and "nothing in it was run" in err and "Traceback" not in err, err
@@ -169,8 +185,19 @@ def test_a_gpu_run_evaluates_on_the_cpu_like_on_the_gpu(gpu_run):
 
 
 def test_a_gpu_run_resumes_plots_and_compares_on_the_cpu(gpu_run, capsys, caplog):
-    argv = ["train", "--resume", str(gpu_run), "--device", "cpu", "--no-progress", "--no-figures",
-            "--set", "train.epochs=3", "--set", "eval.iwae_images=200"]  # fmt: skip
+    argv = [
+        "train",
+        "--resume",
+        str(gpu_run),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-figures",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "eval.iwae_images=200",
+    ]
     assert main(argv) == 0
     assert "trained on cuda and continues on cpu" in caplog.text and "not bit-exact" in caplog.text
     metrics = [json.loads(line) for line in (gpu_run / "metrics.jsonl").read_text().splitlines()]
@@ -179,8 +206,23 @@ def test_a_gpu_run_resumes_plots_and_compares_on_the_cpu(gpu_run, capsys, caplog
     assert last["format_version"] == 2 and last["device"] == "cpu" and "cuda" not in last["rng"]
     assert main(["plot", str(gpu_run)]) == 0
     # the laboratory itself is tests/lab's; here, that it runs on a run moved from a GPU
-    tiny_lab = ["--images", "4", "--k", "1,2", "--particles", "2", "--reps", "2", "--grad-images", "2", "--grad-reps",
-                "2", "--snr-k", "2", "--no-progress"]  # fmt: skip
+    tiny_lab = [
+        "--images",
+        "4",
+        "--k",
+        "1,2",
+        "--particles",
+        "2",
+        "--reps",
+        "2",
+        "--grad-images",
+        "2",
+        "--grad-reps",
+        "2",
+        "--snr-k",
+        "2",
+        "--no-progress",
+    ]
     assert main(["compare", str(gpu_run), "--device", "cpu", *tiny_lab]) == 0
     assert (gpu_run / "compare" / "report.md").is_file()
 
@@ -204,8 +246,7 @@ def test_a_run_trained_on_cuda_evaluates_and_resumes_on_the_cpu(tmp_path):
 def test_a_run_trained_on_the_cpu_resumes_on_cuda_and_cuda_resume_is_exact(tmp_path):
     run = tmp_path / "run"
     T.fit(small_cfg("train.device=cpu", "train.epochs=1"), run, progress=False, figures=False)
-    summary = T.fit(small_cfg("train.device=cuda", "train.epochs=2"), run, resume=True, progress=False,
-                    figures=False)  # fmt: skip
+    summary = T.fit(small_cfg("train.device=cuda", "train.epochs=2"), run, resume=True, progress=False, figures=False)
     assert summary["environment"]["device"].startswith("cuda")
     straight, split = tmp_path / "straight", tmp_path / "split"
     T.fit(small_cfg("train.device=cuda", "train.epochs=2"), straight, progress=False, figures=False)
@@ -214,4 +255,3 @@ def test_a_run_trained_on_the_cpu_resumes_on_cuda_and_cuda_resume_is_exact(tmp_p
     a = C.load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
     b = C.load_checkpoint(split / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-

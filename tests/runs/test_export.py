@@ -43,8 +43,9 @@ def test_export_then_load_reproduces_the_runs_test_elbo(run, model):
     cfg, vae = load_model(model, device="cpu")
     from pyro_vae.data import load_data
 
-    assert _test_neg_elbo(cfg, vae, load_data(cfg.data)) == pytest.approx(summary["final"]["test_neg_elbo"]["mean"],
-                                                                         rel=1e-12)  # fmt: skip
+    assert _test_neg_elbo(cfg, vae, load_data(cfg.data)) == pytest.approx(
+        summary["final"]["test_neg_elbo"]["mean"], rel=1e-12
+    )
     record = json.loads((model / "config.json").read_text())
     assert record["format"] == "pyro-vae-model" and len(record["weights"]["sha256"]) == 64
     card = (model / "README.md").read_text()
@@ -100,9 +101,12 @@ def test_a_malformed_config_json_is_refused(model):
     record = json.loads(path.read_text())
     outside = {**record, "weights": {**record["weights"], "file": "../x"}}
     no_dim = {k: v for k, v in record.items() if k != "data_dim"}
-    for broken, message in [({**record, "format": "x"}, "is not a pyro-vae model file"),
-                            ({**record, "format_version": 9}, "has format version 9"),
-                            (outside, "must name a file beside it"), (no_dim, r"lacks \['data_dim'\]")]:  # fmt: skip
+    for broken, message in [
+        ({**record, "format": "x"}, "is not a pyro-vae model file"),
+        ({**record, "format_version": 9}, "has format version 9"),
+        (outside, "must name a file beside it"),
+        (no_dim, r"lacks \['data_dim'\]"),
+    ]:
         path.write_text(json.dumps(broken))
         with pytest.raises(ModelFileError, match=message):
             load_model(model, device="cpu")
@@ -130,17 +134,42 @@ def test_commands_take_a_model_or_a_run(run, model, tmp_path, capsys):
 def test_a_model_made_with_a_plugin_needs_it(tmp_path, capsys):
     laplace = str(ROOT / "examples" / "plugins" / "laplace_prior.py")
     with isolated():
-        values = ("data.subset=256", "model.latent_dim=2", "model.hidden=8", "train.epochs=1", "eval.iwae_k=2",
-                  "train.device=cpu", "model.prior=laplace")  # fmt: skip
+        values = (
+            "data.subset=256",
+            "model.latent_dim=2",
+            "model.hidden=8",
+            "train.epochs=1",
+            "eval.iwae_k=2",
+            "train.device=cpu",
+            "model.prior=laplace",
+        )
         sets = [a for s in values for a in ("--set", s)]
-        assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", "--no-figures", "--plugin", laplace,
-                     *sets]) == 0  # fmt: skip
+        assert (
+            main(["train", "--out", str(tmp_path / "run"), "--no-progress", "--no-figures", "--plugin", laplace, *sets])
+            == 0
+        )
         assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model"), "--plugin", laplace]) == 0
     with isolated(fresh=True):
         assert main(["evaluate", str(tmp_path / "model"), "--k", "2", "--images", "5"]) == 2
         assert f"model {tmp_path / 'model'} needs plugins that were not given: {laplace}" in capsys.readouterr().err
-        assert main(["evaluate", str(tmp_path / "model"), "--k", "2", "--images", "5", "--no-progress",
-                     "--device", "cpu", "--plugin", laplace]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(tmp_path / "model"),
+                    "--k",
+                    "2",
+                    "--images",
+                    "5",
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                    "--plugin",
+                    laplace,
+                ]
+            )
+            == 0
+        )
 
 
 def test_a_gpu_run_exports_and_loads_on_the_cpu(tmp_path):
@@ -160,8 +189,10 @@ def test_a_gpu_run_exports_and_loads_on_the_cpu(tmp_path):
     for (name, a), (_, b) in zip(from_run.state_dict().items(), from_model.state_dict().items()):
         assert torch.equal(a, b), name
     x = data.test[evenly_spaced(data.test.shape[0], 500)]
-    same = [evaluate(vae, x, k=cfg.eval.iwae_k, batch_size=100, seed=cfg.eval.seed)["neg_elbo"].mean
-            for vae in (from_model, from_run)]  # fmt: skip
+    same = [
+        evaluate(vae, x, k=cfg.eval.iwae_k, batch_size=100, seed=cfg.eval.seed)["neg_elbo"].mean
+        for vae in (from_model, from_run)
+    ]
     assert same[0] == same[1], same
 
 
@@ -193,20 +224,32 @@ def _no_loading(monkeypatch):
     monkeypatch.setattr(export, "build_vae", lambda *a, **k: pytest.fail("the VAE was built before the refusal"))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda r: r["config"]["model"].update(latent_dim=10**6),
-     r"its config does not load: model.latent_dim = 1000000 is above the limit of 65,536 "
-     r"\(pyro_vae.config.MAX_LATENT_DIM\)"),
-    (lambda r: r["config"]["model"].update(hidden=[60000, 60000, 60000]),
-     r"config.json: the VAE would hold [\d,]+ parameters and buffers, above the limit of 536,870,912 "
-     r"\(pyro_vae.config.MAX_MODEL_SIZE, 2 GiB as float32\): model.latent_dim = 2, model.hidden = \[60000, 60000, "
-     r"60000\]"),
-    (lambda r: r.update(data_dim=10**12, image_shape=[10**6, 10**6]),
-     r"the VAE would hold [\d,]+ parameters and buffers, above the limit .* images of 1,000,000,000,000 values"),
-    (lambda r: r.update(data_dim="784"), r"config.json: data_dim = '784' must be a positive integer"),
-    (lambda r: r.update(image_shape=[28, 29]), r"image_shape = \[28, 29\] must be \[H, W\] or \[C, H, W\], positive "
-                                               "integers whose product is data_dim = 784"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda r: r["config"]["model"].update(latent_dim=10**6),
+            r"its config does not load: model.latent_dim = 1000000 is above the limit of 65,536 "
+            r"\(pyro_vae.config.MAX_LATENT_DIM\)",
+        ),
+        (
+            lambda r: r["config"]["model"].update(hidden=[60000, 60000, 60000]),
+            r"config.json: the VAE would hold [\d,]+ parameters and buffers, above the limit of 536,870,912 "
+            r"\(pyro_vae.config.MAX_MODEL_SIZE, 2 GiB as float32\): model.latent_dim = 2, "
+            r"model.hidden = \[60000, 60000, 60000\]",
+        ),
+        (
+            lambda r: r.update(data_dim=10**12, image_shape=[10**6, 10**6]),
+            r"the VAE would hold [\d,]+ parameters and buffers, above the limit .* images of 1,000,000,000,000 values",
+        ),
+        (lambda r: r.update(data_dim="784"), r"config.json: data_dim = '784' must be a positive integer"),
+        (
+            lambda r: r.update(image_shape=[28, 29]),
+            r"image_shape = \[28, 29\] must be \[H, W\] or \[C, H, W\], positive "
+            "integers whose product is data_dim = 784",
+        ),
+    ],
+)
 def test_sizes_in_a_model_file_are_checked_before_anything_is_allocated(model, monkeypatch, edit, message):
     _edit_record(model, edit)
     _no_loading(monkeypatch)

@@ -39,8 +39,11 @@ def run(trained, tmp_path) -> Path:
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
     """Every file's bytes (the lock file's text, who held it last, aside)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".pyro-vae.lock"}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".pyro-vae.lock"
+    }
 
 
 def _epochs(run: Path) -> list[int]:
@@ -89,8 +92,22 @@ def test_plot_and_compare_refuse_linked_folders(run, tmp_path, capsys):
     (run / "figures").symlink_to(elsewhere)
     assert main(["plot", str(run), "--device", "cpu"]) == 2
     (run / "compare").symlink_to(elsewhere)
-    lab = ["--images", "2", "--k", "2", "--particles", "1,2", "--reps", "2", "--grad-images", "2", "--grad-reps", "2",
-           "--snr-k", "2"]  # fmt: skip
+    lab = [
+        "--images",
+        "2",
+        "--k",
+        "2",
+        "--particles",
+        "1,2",
+        "--reps",
+        "2",
+        "--grad-images",
+        "2",
+        "--grad-reps",
+        "2",
+        "--snr-k",
+        "2",
+    ]
     assert main(["compare", str(run), *QUIET, *lab]) == 2
     assert capsys.readouterr().err.count("is a symbolic link") == 2
     assert list(elsewhere.iterdir()) == []
@@ -128,8 +145,12 @@ def test_an_exported_model_never_downloads(run, tmp_path, capsys, monkeypatch):
 
 
 def test_a_resumed_run_opens_with_every_command(run, tmp_path):
-    assert main(["train", "--resume", str(run), "--no-progress", "--no-figures", *_sets("train.epochs=3",
-                 "eval.iwae_k=5")]) == 0  # fmt: skip
+    assert (
+        main(
+            ["train", "--resume", str(run), "--no-progress", "--no-figures", *_sets("train.epochs=3", "eval.iwae_k=5")]
+        )
+        == 0
+    )
     assert main(["evaluate", str(run), "--k", "2", "--images", "4", *QUIET]) == 0
     assert main(["sample", str(run), "--n", "4", "--device", "cpu"]) == 0
     assert main(["plot", str(run), "--device", "cpu"]) == 0
@@ -189,8 +210,14 @@ def test_a_full_disk_keeps_the_old_summary(run, monkeypatch):
 
 def test_overwrite_with_a_bad_setting_touches_nothing(run, capsys):
     before = _snapshot(run)
-    bad = ["train", "--out", str(run), "--overwrite", "--no-progress", *_sets(*SMALL, "data.name=array",
-           "data.root=/nonexistent/x.npy")]  # fmt: skip
+    bad = [
+        "train",
+        "--out",
+        str(run),
+        "--overwrite",
+        "--no-progress",
+        *_sets(*SMALL, "data.name=array", "data.root=/nonexistent/x.npy"),
+    ]
     assert main(bad) == 2
     assert "data.root" in capsys.readouterr().err
     assert _snapshot(run) == before
@@ -243,8 +270,18 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path, monkeyp
 
 def test_a_bad_new_run_leaves_no_folder(tmp_path, capsys):
     folder = tmp_path / "new"
-    assert main(["train", "--out", str(folder), "--no-progress", *_sets(*SMALL, "data.name=array",
-                 "data.root=/nonexistent/x.npy")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(folder),
+                "--no-progress",
+                *_sets(*SMALL, "data.name=array", "data.root=/nonexistent/x.npy"),
+            ]
+        )
+        == 2
+    )
     assert not folder.exists()
 
 
@@ -272,10 +309,17 @@ def test_export_replaces_files_only_with_overwrite(run, tmp_path, capsys):
 
 def test_a_second_training_in_the_same_folder_is_refused(run, capsys):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from pyro_vae.runs.folder import RunDir; "
-         "from pyro_vae.runs.writer import RunLock; RunLock(RunDir(Path(sys.argv[1]))).acquire(); print('held', "
-         "flush=True); time.sleep(60)", str(run)],
-        stdout=subprocess.PIPE, text=True)  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from pyro_vae.runs.folder import RunDir; "
+            "from pyro_vae.runs.writer import RunLock; RunLock(RunDir(Path(sys.argv[1]))).acquire(); print('held', "
+            "flush=True); time.sleep(60)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         before = _snapshot(run)

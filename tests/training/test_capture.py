@@ -24,8 +24,14 @@ from pyro_vae.training.capture import SYNC
 from pyro_vae.training.engine import Choice, StepEngine, capture_choice, checked_choice, make_optimizer
 
 B, N = 16, 48
-BASE = ["model.hidden=8", "model.latent_dim=3", "train.device=cpu", f"train.batch_size={B}",
-        "model.vamp.components=4", "model.mixture_of_gaussians.components=4"]  # fmt: skip
+BASE = [
+    "model.hidden=8",
+    "model.latent_dim=3",
+    "train.device=cpu",
+    f"train.batch_size={B}",
+    "model.vamp.components=4",
+    "model.mixture_of_gaussians.components=4",
+]
 
 
 def _engine(*overrides: str, data=None, verified: bool = True):
@@ -43,22 +49,39 @@ def _engine(*overrides: str, data=None, verified: bool = True):
         fn = loss.fn
     else:
         fn = build_elbo(cfg.train).loss_fn(LeanSource(vae))
-    engine = StepEngine(fn, make_optimizer(vae, 1e-3), x, B, Choice("graph", True, False),
-                        binarize=cfg.data.binarize == "dynamic", warmup_steps=cfg.train.kl_warmup_epochs * 3)
+    engine = StepEngine(
+        fn,
+        make_optimizer(vae, 1e-3),
+        x,
+        B,
+        Choice("graph", True, False),
+        binarize=cfg.data.binarize == "dynamic",
+        warmup_steps=cfg.train.kl_warmup_epochs * 3,
+    )
     engine.start_epoch(torch.randperm(N, generator=torch.Generator().manual_seed(0)))
     return engine, vae
 
 
-FAST_ELBOS = [("train.elbo=trace",), ("train.elbo=mean_field",), ("train.elbo=iwae", "train.num_particles=3"),
-              ("train.elbo=stl",), ("train.elbo=stl", "train.num_particles=2"),
-              ("train.elbo=iwae_dreg", "train.num_particles=3"),
-              ("train.elbo=miwae", "train.num_particles=2", "train.iw_groups=2"),
-              ("train.elbo=ciwae", "train.num_particles=3"),
-              ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=2")]  # fmt: skip
+FAST_ELBOS = [
+    ("train.elbo=trace",),
+    ("train.elbo=mean_field",),
+    ("train.elbo=iwae", "train.num_particles=3"),
+    ("train.elbo=stl",),
+    ("train.elbo=stl", "train.num_particles=2"),
+    ("train.elbo=iwae_dreg", "train.num_particles=3"),
+    ("train.elbo=miwae", "train.num_particles=2", "train.iw_groups=2"),
+    ("train.elbo=ciwae", "train.num_particles=3"),
+    ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=2"),
+]
 STOPPED = {"train.elbo=stl", "train.elbo=iwae_dreg", "train.elbo=piwae"}  # need log q at stopped parameters
-EVERY = [(f"model.prior={p}", f"model.likelihood={lik}", f"model.guide={g}", *e)
-         for p in PRIORS.names() for lik in LIKELIHOODS.names() for g in GUIDES.names() for e in FAST_ELBOS
-         if not (p == "vamp" and g == "iaf")]  # (build_vae refuses vamp with iaf)  # fmt: skip
+EVERY = [
+    (f"model.prior={p}", f"model.likelihood={lik}", f"model.guide={g}", *e)
+    for p in PRIORS.names()
+    for lik in LIKELIHOODS.names()
+    for g in GUIDES.names()
+    for e in FAST_ELBOS
+    if not (p == "vamp" and g == "iaf")
+]  # (build_vae refuses vamp with iaf)
 WARMUP = [("train.kl_warmup_epochs=2", *e) for e in FAST_ELBOS]
 
 
@@ -73,8 +96,11 @@ def test_every_fast_path_configuration_is_checked(overrides):
         assert problem is None, (overrides, str(problem))
 
 
-NETS = [("model.network=gated_mlp",), ("model.network=conv", "model.conv.channels=[4,8]", "model.conv.features=8"),
-        ("model.network=resnet", "model.resnet.channels=[4]", "model.resnet.features=8")]  # fmt: skip
+NETS = [
+    ("model.network=gated_mlp",),
+    ("model.network=conv", "model.conv.channels=[4,8]", "model.conv.features=8"),
+    ("model.network=resnet", "model.resnet.channels=[4]", "model.resnet.features=8"),
+]
 
 
 @pytest.mark.parametrize("network", NETS, ids=lambda o: o[0].split("=")[1])
@@ -85,9 +111,14 @@ def test_every_network_passes_the_check_with_every_fast_elbo(network, elbo):
     assert _engine(*network, *elbo, verified=False)[0].check_capture() is None
 
 
-@pytest.mark.parametrize("overrides", [("train.elbo=trace",), ("model.prior=vamp", "train.elbo=iwae_dreg",
-                                       "train.num_particles=3"), ("model.likelihood=discretized_logistic",
-                                       "train.elbo=piwae", "train.num_particles=2", "train.iw_groups=2")])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("train.elbo=trace",),
+        ("model.prior=vamp", "train.elbo=iwae_dreg", "train.num_particles=3"),
+        ("model.likelihood=discretized_logistic", "train.elbo=piwae", "train.num_particles=2", "train.iw_groups=2"),
+    ],
+)
 def test_the_loss_fit_builds_passes_the_check_too(overrides):
     assert _engine(*overrides)[0].check_capture() is None
 
@@ -98,8 +129,14 @@ def test_dynamic_binarization_and_grey_data_pass_the_check():
     assert engine.check_capture() is None
 
 
-@pytest.mark.parametrize("elbo", [("train.elbo=stl",), ("train.elbo=iwae_dreg", "train.num_particles=3"),
-                                  ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=2")])  # fmt: skip
+@pytest.mark.parametrize(
+    "elbo",
+    [
+        ("train.elbo=stl",),
+        ("train.elbo=iwae_dreg", "train.num_particles=3"),
+        ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=2"),
+    ],
+)
 def test_the_iaf_guide_with_a_stopped_log_q_is_found_and_runs_eagerly(elbo):
     """The flow's inverse (log q at the stopped parameters) indexes with elements of a permutation
     buffer: host syncs in Pyro's AffineAutoregressive."""
@@ -240,15 +277,19 @@ def test_an_engine_built_for_the_check_leaves_the_learning_rate_exact():
 # ---------------------------------------------------------------- every structure, and a user's own
 
 
-HIERARCHICAL = [("model.structure=hierarchical",),
-                ("model.structure=hierarchical", "model.hierarchical.ladder=true"),
-                ("model.structure=hierarchical", "model.hierarchical.layers=3", "model.hierarchical.skip=false")]
+HIERARCHICAL = [
+    ("model.structure=hierarchical",),
+    ("model.structure=hierarchical", "model.hierarchical.ladder=true"),
+    ("model.structure=hierarchical", "model.hierarchical.layers=3", "model.hierarchical.skip=false"),
+]
 
 
 @pytest.mark.parametrize("structure", HIERARCHICAL, ids=lambda o: ",".join(s.split("=", 1)[1] for s in o))
-@pytest.mark.parametrize("elbo", [*FAST_ELBOS, ("train.kl_warmup_epochs=2", "train.elbo=iwae_dreg",
-                                                "train.num_particles=3")],  # fmt: skip
-                         ids=lambda o: ",".join(s.split("=", 1)[1] for s in o))
+@pytest.mark.parametrize(
+    "elbo",
+    [*FAST_ELBOS, ("train.kl_warmup_epochs=2", "train.elbo=iwae_dreg", "train.num_particles=3")],
+    ids=lambda o: ",".join(s.split("=", 1)[1] for s in o),
+)
 def test_every_structure_with_every_estimator_passes_the_check(structure, elbo):
     """The loss fit builds (on the lean path, verified against Pyro's traces) for every structure
     and estimator: capturable."""
@@ -305,9 +346,15 @@ def _plain_engine(name: str, *overrides: str):
     return lambda choice: StepEngine(loss.fn, make_optimizer(vae, 1e-3), x, B, choice, warmup_steps=3), loss
 
 
-@pytest.mark.parametrize("elbo", [("train.elbo=trace",), ("train.elbo=iwae_dreg", "train.num_particles=3"),
-                                  ("train.kl_warmup_epochs=1", "train.elbo=piwae", "train.num_particles=2",
-                                   "train.iw_groups=2")], ids=lambda o: o[-1])  # fmt: skip
+@pytest.mark.parametrize(
+    "elbo",
+    [
+        ("train.elbo=trace",),
+        ("train.elbo=iwae_dreg", "train.num_particles=3"),
+        ("train.kl_warmup_epochs=1", "train.elbo=piwae", "train.num_particles=2", "train.iw_groups=2"),
+    ],
+    ids=lambda o: o[-1],
+)
 def test_a_users_own_pyro_model_and_guide_passes_the_check(plain_structures, elbo):
     make, _ = _plain_engine("test_plain_pyro", *elbo)
     engine = make(Choice("graph", True, False))

@@ -48,17 +48,21 @@ def _setup():
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     ctx = distributed.from_environment(use_cuda=False)
     vae, optim, loss_fn, x, batches = _setup()
     pyro.set_rng_seed(100 + ctx.rank)  # every rank draws its own z
     step_loss = distributed.wrap_loss(vae, loss_fn, ctx)
-    losses = [train_step(step_loss, optim, x[distributed.shard(b, ctx)], None, len(b) / WORLD, ctx).item()
-              for b in batches]  # fmt: skip
-    torch.save({"params": {k: v.detach() for k, v in vae.named_parameters()}, "losses": losses},
-               os.path.join(out, f"rank{rank}.pt"))  # fmt: skip
+    losses = [
+        train_step(step_loss, optim, x[distributed.shard(b, ctx)], None, len(b) / WORLD, ctx).item() for b in batches
+    ]
+    torch.save(
+        {"params": {k: v.detach() for k, v in vae.named_parameters()}, "losses": losses},
+        os.path.join(out, f"rank{rank}.pt"),
+    )
     distributed.shutdown(ctx)  # a barrier first: a rank tearing gloo down while the other still talks aborts
 
 
@@ -96,26 +100,66 @@ def test_two_gloo_ranks_equal_one_process_on_the_same_global_batches(tmp_path):
 
 def test_torchrun_trains_writes_once_and_resumes_exactly(tmp_path, capsys):
     run = tmp_path / "run"
-    common = ["--set", "data.subset=256", "--set", "model.latent_dim=2", "--set", "model.hidden=16", "--set",
-              "train.batch_size=64", "--set", "eval.iwae_k=5", "--no-progress", "--no-figures",
-              "--set", "train.device=cpu"]  # gloo, on any machine  # fmt: skip
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                str(_free_port()), "-m", "pyro_vae", "train"]  # fmt: skip
+    common = [
+        "--set",
+        "data.subset=256",
+        "--set",
+        "model.latent_dim=2",
+        "--set",
+        "model.hidden=16",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "eval.iwae_k=5",
+        "--no-progress",
+        "--no-figures",
+        "--set",
+        "train.device=cpu",
+    ]  # gloo, on any machine
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "pyro_vae",
+        "train",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run([*torchrun, "--out", str(run), "--set", "train.epochs=1", "--tensorboard", *common],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    first = subprocess.run(
+        [*torchrun, "--out", str(run), "--set", "train.epochs=1", "--tensorboard", *common],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("run folder:") == 1  # rank 0 alone prints (and writes)
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1  # and logs to TensorBoard
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2 and ckpt["step"] == 4
-    again = subprocess.run([*torchrun, "--resume", str(run), "--set", "train.epochs=2", *common[8:]], cwd=ROOT,
-                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    again = subprocess.run(
+        [*torchrun, "--resume", str(run), "--set", "train.epochs=2", *common[8:]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["step"] == 8
-    straight = subprocess.run([*torchrun, "--out", str(tmp_path / "straight"), "--set", "train.epochs=2", *common],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    straight = subprocess.run(
+        [*torchrun, "--out", str(tmp_path / "straight"), "--set", "train.epochs=2", *common],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
@@ -130,9 +174,12 @@ def test_more_processes_per_node_than_gpus_is_a_clear_error_before_any_process_g
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: pytest.fail("a group was started"))
-    with pytest.raises(ValueError, match=r"2 processes per node .* this machine has 1 GPU: NCCL needs one GPU per "
-                                         r"process\. Start at most 1 \(torchrun --nproc_per_node=1\), or train on "
-                                         r"the CPU with gloo \(--set train\.device=cpu\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"2 processes per node .* this machine has 1 GPU: NCCL needs one GPU per "
+        r"process\. Start at most 1 \(torchrun --nproc_per_node=1\), or train on "
+        r"the CPU with gloo \(--set train\.device=cpu\)",
+    ):
         distributed.from_environment(use_cuda=True)
     distributed.check_gpus_per_node(2, 2)  # one process per GPU is fine
 
@@ -158,16 +205,37 @@ def test_every_reduction_the_loop_issues_is_on_the_groups_device(monkeypatch):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (NCCL data parallelism)")
 def test_torchrun_on_two_gpus_trains_and_resumes(tmp_path):
     run = tmp_path / "run"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                str(_free_port()), "-m", "pyro_vae", "train", "--no-progress", "--no-figures"]  # fmt: skip
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "pyro_vae",
+        "train",
+        "--no-progress",
+        "--no-figures",
+    ]
     common = ["--set", "data.subset=512", "--set", "train.device=cuda", "--set", "eval.iwae_k=5"]
-    first = subprocess.run([*torchrun, "--out", str(run), *common, "--set", "train.epochs=1"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    first = subprocess.run(
+        [*torchrun, "--out", str(run), *common, "--set", "train.epochs=1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["world_size"] == 2 and ckpt["device"] == "cuda"
-    again = subprocess.run([*torchrun, "--resume", str(run), *common, "--set", "train.epochs=2"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    again = subprocess.run(
+        [*torchrun, "--resume", str(run), *common, "--set", "train.epochs=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
 
@@ -175,9 +243,25 @@ def test_torchrun_on_two_gpus_trains_and_resumes(tmp_path):
 @pytest.mark.cuda
 def test_torchrun_with_more_processes_than_gpus_fails_with_the_clear_error(tmp_path):
     procs = torch.cuda.device_count() + 1
-    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--master_port",
-            str(_free_port()), "-m", "pyro_vae", "train", "--out", str(tmp_path / "run"), "--device", "cuda",
-            "--no-progress", "--no-figures", "--set", "data.subset=256"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={procs}",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "pyro_vae",
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cuda",
+        "--no-progress",
+        "--no-figures",
+        "--set",
+        "data.subset=256",
+    ]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert f"{procs} processes per node were started on CUDA" in result.stderr, result.stderr[-3000:]

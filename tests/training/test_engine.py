@@ -69,8 +69,9 @@ def test_an_unknown_engine_is_refused():
 
 
 def _setup(seed=0, n=300, particles=1, elbo="trace", dim=12):
-    cfg = load_config(None, [f"train.elbo={elbo}", f"train.num_particles={particles}", "model.latent_dim=3",
-                             "model.hidden=8"])  # fmt: skip
+    cfg = load_config(
+        None, [f"train.elbo={elbo}", f"train.num_particles={particles}", "model.latent_dim=3", "model.hidden=8"]
+    )
     gen = torch.Generator().manual_seed(seed)
     x = (torch.rand(n, dim, generator=gen) * 255).to(torch.uint8)  # stored levels, decoded per batch
     torch.manual_seed(seed)
@@ -84,8 +85,9 @@ def _params(vae):
     return [p.detach().clone() for p in vae.parameters()]
 
 
-@pytest.mark.parametrize("binarize, warmup, kl_weight", [(False, 0.0, 1.0), (True, 7.0, 1.0), (False, 0.0, 4.0),
-                                                         (False, 7.0, 4.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    "binarize, warmup, kl_weight", [(False, 0.0, 1.0), (True, 7.0, 1.0), (False, 0.0, 4.0), (False, 7.0, 4.0)]
+)
 def test_the_engine_step_equals_a_hand_written_loop(binarize, warmup, kl_weight):
     """Same permutation, seed and steps: the engine's device-side gather, decoding, binarization,
     warm-up weight and accumulators give the parameters and loss sum of ``train_step`` in a loop."""
@@ -162,8 +164,9 @@ def test_host_reads_follow_sync_every_and_do_not_change_the_result(tmp_path, mon
     every_step, sparse = tmp_path / "every", tmp_path / "sparse"
     T.fit(small_cfg("train.epochs=2", "train.batch_size=50"), every_step, progress=False, figures=False)
     monkeypatch.setattr(StepEngine, "read", counted)
-    T.fit(small_cfg("train.epochs=2", "train.batch_size=50", "train.sync_every=3"), sparse, progress=False,
-          figures=False)  # fmt: skip
+    T.fit(
+        small_cfg("train.epochs=2", "train.batch_size=50", "train.sync_every=3"), sparse, progress=False, figures=False
+    )
     assert reads == [3, 6, 8] * 2  # every third step and the epoch's last (8 batches of 384 images)
     assert_same_last_weights(every_step, sparse)
     assert metrics(every_step) == metrics(sparse)
@@ -195,8 +198,9 @@ def test_a_signal_between_sparse_reads_stops_at_the_next_read_and_resumes_exactl
 
 def test_an_engine_that_cannot_run_here_falls_back_with_one_warning(tmp_path, caplog):
     with caplog.at_level("INFO", logger="pyro_vae.training.loop"):
-        summary = T.fit(small_cfg("train.epochs=1", "train.engine=graph"), tmp_path / "r", progress=False,
-                        figures=False)  # fmt: skip
+        summary = T.fit(
+            small_cfg("train.epochs=1", "train.engine=graph"), tmp_path / "r", progress=False, figures=False
+        )
     lines = [r for r in caplog.records if "runs eagerly" in r.getMessage()]
     assert summary["engine"] == "eager" and len(lines) == 1 and lines[0].levelname == "WARNING"
     assert lines[0].getMessage() == "train.engine=graph runs eagerly: CUDA graphs need a CUDA device"
@@ -204,16 +208,18 @@ def test_an_engine_that_cannot_run_here_falls_back_with_one_warning(tmp_path, ca
 
 def test_matmul_precision_is_recorded_and_restored(tmp_path):
     before = torch.get_float32_matmul_precision()
-    summary = T.fit(small_cfg("train.epochs=1", "train.matmul_precision=high"), tmp_path / "r", progress=False,
-                    figures=False)  # fmt: skip
+    summary = T.fit(
+        small_cfg("train.epochs=1", "train.matmul_precision=high"), tmp_path / "r", progress=False, figures=False
+    )
     assert summary["matmul_precision"] == "high" and summary["engine"] == "eager"
     assert torch.get_float32_matmul_precision() == before
 
 
 def test_the_compiled_engine_trains_like_the_eager_one_on_the_cpu(tmp_path):
     eager = T.fit(small_cfg("train.epochs=2"), tmp_path / "eager", progress=False, figures=False)
-    compiled = T.fit(small_cfg("train.epochs=2", "train.engine=compiled"), tmp_path / "compiled", progress=False,
-                     figures=False)  # fmt: skip
+    compiled = T.fit(
+        small_cfg("train.epochs=2", "train.engine=compiled"), tmp_path / "compiled", progress=False, figures=False
+    )
     assert compiled["engine"] == "compiled"
     a = json.loads((tmp_path / "eager" / "metrics.jsonl").read_text().splitlines()[-1])
     b = json.loads((tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -258,8 +264,9 @@ def test_the_captured_step_equals_the_eager_step(elbo, particles):
         torch.manual_seed(0)
         total = 0.0
         for epoch in range(20):
-            engine.start_epoch(torch.randperm(300, generator=torch.Generator().manual_seed(epoch)).cuda(),
-                               step=5 * epoch)  # fmt: skip
+            engine.start_epoch(
+                torch.randperm(300, generator=torch.Generator().manual_seed(epoch)).cuda(), step=5 * epoch
+            )
             for _ in range(5):
                 engine.step()
             reading = engine.read()
@@ -305,18 +312,28 @@ def test_a_graph_run_resumes_bit_for_bit(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.parametrize(
     "extra",
-    [("model.prior=mixture_of_gaussians", "model.mixture_of_gaussians.components=4"),
-     ("model.prior=vamp", "model.vamp.components=4"),
-     ("model.prior=student_t",), ("model.guide=iaf",), ("model.likelihood=continuous_bernoulli",),
-     ("train.elbo=mean_field", "train.kl_warmup_epochs=1"), ("train.elbo=iwae", "train.num_particles=3"),
-     ("train.elbo=stl",), ("train.elbo=iwae_dreg", "train.num_particles=4"), ("train.elbo=miwae", "train.iw_groups=2"),
-     ("train.elbo=ciwae", "train.num_particles=3"), ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=3"),
-     ("model.network=gated_mlp",), ("model.network=conv", "model.conv.channels=[8,16]"),
-     ("model.network=resnet", "model.resnet.channels=[8,16]", "model.prior=vamp", "model.vamp.components=4")],
-)  # fmt: skip
+    [
+        ("model.prior=mixture_of_gaussians", "model.mixture_of_gaussians.components=4"),
+        ("model.prior=vamp", "model.vamp.components=4"),
+        ("model.prior=student_t",),
+        ("model.guide=iaf",),
+        ("model.likelihood=continuous_bernoulli",),
+        ("train.elbo=mean_field", "train.kl_warmup_epochs=1"),
+        ("train.elbo=iwae", "train.num_particles=3"),
+        ("train.elbo=stl",),
+        ("train.elbo=iwae_dreg", "train.num_particles=4"),
+        ("train.elbo=miwae", "train.iw_groups=2"),
+        ("train.elbo=ciwae", "train.num_particles=3"),
+        ("train.elbo=piwae", "train.num_particles=2", "train.iw_groups=3"),
+        ("model.network=gated_mlp",),
+        ("model.network=conv", "model.conv.channels=[8,16]"),
+        ("model.network=resnet", "model.resnet.channels=[8,16]", "model.prior=vamp", "model.vamp.components=4"),
+    ],
+)
 def test_components_train_under_capture(tmp_path, extra):
-    summary = T.fit(small_cfg("train.device=cuda", "train.engine=graph", *extra), tmp_path / "r", progress=False,
-                    figures=False)  # fmt: skip
+    summary = T.fit(
+        small_cfg("train.device=cuda", "train.engine=graph", *extra), tmp_path / "r", progress=False, figures=False
+    )
     assert summary["engine"] == "graph" and math.isfinite(summary["final"]["test_neg_elbo"]["mean"])
 
 
@@ -360,8 +377,18 @@ def test_a_step_a_graph_cannot_hold_is_refused_by_name_and_runs_eagerly_under_au
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("elbo, k, m", [("trace", 2, 1), ("mean_field", 1, 1), ("iwae", 3, 1), ("stl", 2, 1),
-                                        ("miwae", 2, 2), ("ciwae", 3, 1), ("piwae", 2, 2)])  # fmt: skip
+@pytest.mark.parametrize(
+    "elbo, k, m",
+    [
+        ("trace", 2, 1),
+        ("mean_field", 1, 1),
+        ("iwae", 3, 1),
+        ("stl", 2, 1),
+        ("miwae", 2, 2),
+        ("ciwae", 3, 1),
+        ("piwae", 2, 2),
+    ],
+)
 def test_compiled_losses_give_the_eager_gradients(elbo, k, m):
     """torch.compile of every compilable fast loss: the same draws (inductor's own RNG switched to
     torch's) give the eager gradients. (iwae_dreg's gradient hook is lost in compilation, which is

@@ -18,9 +18,26 @@ from pyro_vae.runs.checkpoint import load_checkpoint
 from tests.helpers import ROOT
 
 EPOCHS = 5
-ARGS = ["--no-progress", "--no-figures", "--set", "data.subset=1200", "--set", "model.latent_dim=2", "--set",
-        "model.hidden=16", "--set", "train.batch_size=100", "--set", "eval.iwae_k=5", "--set",
-        "train.eval_batch_size=600", "--set", f"train.epochs={EPOCHS}", "--set", "train.device=cpu"]  # fmt: skip
+ARGS = [
+    "--no-progress",
+    "--no-figures",
+    "--set",
+    "data.subset=1200",
+    "--set",
+    "model.latent_dim=2",
+    "--set",
+    "model.hidden=16",
+    "--set",
+    "train.batch_size=100",
+    "--set",
+    "eval.iwae_k=5",
+    "--set",
+    "train.eval_batch_size=600",
+    "--set",
+    f"train.epochs={EPOCHS}",
+    "--set",
+    "train.device=cpu",
+]
 
 # Runs the CLI with torch.save slowed down: it announces (marker file) that a checkpoint of the
 # given epoch is half written, then sleeps, so the test can kill it mid-write.
@@ -43,8 +60,14 @@ sys.exit(main(sys.argv[3:]))
 
 def _train(*argv, **kwargs):
     """The command in a new process (to be killed)."""
-    return subprocess.Popen([sys.executable, "-m", "pyro_vae", "train", *argv, *ARGS], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae", "train", *argv, *ARGS],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def _train_here(*argv) -> None:

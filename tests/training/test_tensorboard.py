@@ -72,7 +72,10 @@ def test_a_missing_tensorboard_is_named_before_anything_is_written(tmp_path, mon
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
-    with pytest.raises(ConfigError, match=r"train.tensorboard = true needs the tensorboard package .*"
-                       r"pip install 'pyro-vae\[tensorboard\]'"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"train.tensorboard = true needs the tensorboard package .*"
+        r"pip install 'pyro-vae\[tensorboard\]'",
+    ):
         fit(small_cfg("train.tensorboard=true"), tmp_path / "run", progress=False, figures=False)
     assert not (tmp_path / "run").exists()

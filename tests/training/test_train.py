@@ -94,8 +94,11 @@ def _patch_loss_at_call(monkeypatch, n: int, action):
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     _patch_loss_at_call(monkeypatch, 4, lambda loss: loss * float("nan"))
     run = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"became nan at step 4 \(epoch 2\): every term is finite when "
-                       r"recomputed .* is kept; try a smaller train.lr"):  # fmt: skip
+    with pytest.raises(
+        TrainingError,
+        match=r"became nan at step 4 \(epoch 2\): every term is finite when "
+        r"recomputed .* is kept; try a smaller train.lr",
+    ):
         T.fit(small_cfg(), run, progress=False)
     kept = load_checkpoint(run / "checkpoints" / "last.pt")
     assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
@@ -175,8 +178,9 @@ def test_the_default_model_learns_on_the_full_data(tmp_path):
 
 
 def test_dynamic_binarization_trains_on_grey_images(tmp_path, mnist_root):
-    cfg = small_cfg("data.name=mnist", f"data.root={mnist_root}", "data.binarize=dynamic", "data.valid_size=100",
-                    "train.epochs=1")  # fmt: skip
+    cfg = small_cfg(
+        "data.name=mnist", f"data.root={mnist_root}", "data.binarize=dynamic", "data.valid_size=100", "train.epochs=1"
+    )
     summary = T.fit(cfg, tmp_path / "run", progress=False, figures=False)
     assert summary["final"]["train_neg_elbo"]["mean"] > 0
 
@@ -207,8 +211,19 @@ def test_a_signal_mid_epoch_checkpoints_the_step_and_resume_is_exact(tmp_path, m
 
 def test_sigterm_to_the_command_checkpoints_and_resumes(tmp_path):
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "pyro_vae", "train", "--out", str(run), "--no-progress", "--no-figures",
-            *[a for item in SMALL for a in ("--set", item)], "--set", "train.epochs=1000"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "pyro_vae",
+        "train",
+        "--out",
+        str(run),
+        "--no-progress",
+        "--no-figures",
+        *[a for item in SMALL for a in ("--set", item)],
+        "--set",
+        "train.epochs=1000",
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:
@@ -296,8 +311,9 @@ def test_kl_warmup_schedule_and_exact_resume(tmp_path):
 def test_a_beta_vae_reports_its_objective_and_evaluates_at_beta_one(tmp_path):
     """train.kl_weight = 4: the train column is the beta-weighted objective (so above the ELBO's
     negative), every evaluation the plain ELBO and NLL, and the summary says which is which."""
-    summary = T.fit(small_cfg("train.kl_weight=4", "train.kl_warmup_epochs=1"), tmp_path / "b4", progress=False,
-                    figures=False)  # fmt: skip
+    summary = T.fit(
+        small_cfg("train.kl_weight=4", "train.kl_warmup_epochs=1"), tmp_path / "b4", progress=False, figures=False
+    )
     rows = metrics(tmp_path / "b4")
     assert [r["kl_weight"] for r in rows] == [4.0, 4.0]  # warm-up over the first epoch reaches beta at its end
     assert "beta-weighted trace objective (beta = train.kl_weight = 4)" in summary["objective"]
@@ -320,8 +336,13 @@ def test_vamp_pseudo_inputs_start_at_training_images(tmp_path):
 
 @pytest.mark.parametrize("likelihood", ["discretized_logistic", "continuous_bernoulli", "gaussian"])
 def test_grey_level_likelihoods_train_on_grey_mnist(tmp_path, mnist_root, likelihood):
-    cfg = small_cfg("data.name=mnist", f"data.root={mnist_root}", "data.valid_size=100", "train.epochs=1",
-                    f"model.likelihood={likelihood}")  # fmt: skip
+    cfg = small_cfg(
+        "data.name=mnist",
+        f"data.root={mnist_root}",
+        "data.valid_size=100",
+        "train.epochs=1",
+        f"model.likelihood={likelihood}",
+    )
     summary = T.fit(cfg, tmp_path / "run", progress=False, figures=False)
     assert torch.isfinite(torch.tensor(summary["final"]["test_nll"]["mean"]))
     bernoulli = small_cfg("data.name=mnist", f"data.root={mnist_root}", "data.valid_size=100")
