@@ -39,14 +39,18 @@ def _parts(path: Path, inside: Path) -> tuple[str, ...]:
     return parts
 
 
+def _kind(mode: int) -> str:
+    """What a directory entry of ``mode`` is, for a refusal."""
+    return "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+
+
 def _refuse(dir_fd: int, name: str, where: Path, want: str) -> UnsafePath:
     try:
         mode = os.lstat(name, dir_fd=dir_fd).st_mode
     except FileNotFoundError:
         return UnsafePath(f"{where} disappeared while it was opened")
-    what = "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
     return UnsafePath(
-        f"{where} is {what}; pyro-vae writes only {want} inside the folder it was given and never "
+        f"{where} is {_kind(mode)}; pyro-vae writes only {want} inside the folder it was given and never "
         "follows a link out of it: remove or rename it"
     )
 
@@ -162,8 +166,7 @@ def check_regular(path: str | Path, what: str = "file") -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISREG(mode):
-        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
         raise UnsafePath(
-            f"{path} is {kind}, not a {what}: pyro-vae reads and writes only regular files inside a "
+            f"{path} is {_kind(mode)}, not a {what}: pyro-vae reads and writes only regular files inside a "
             "run or model folder; remove or rename it"
         )

@@ -321,7 +321,7 @@ class Structure(nn.Module):
             )
             guide_trace = poutine.trace(particles(self.guide)).get_trace(x)
             model_trace = poutine.trace(poutine.replay(particles(self.model), trace=guide_trace)).get_trace(x)
-            model_sites, guide_sites = _trace_sites(model_trace), _trace_sites(guide_trace)
+            model_sites, guide_sites = trace_sites(model_trace).values(), trace_sites(guide_trace).values()
         log_w = sum(s.log_prob() for s in model_sites) - sum(s.log_prob() for s in guide_sites)
         return log_w.unsqueeze(0) if log_w.dim() == 1 else log_w
 
@@ -420,13 +420,13 @@ def _held(fixed: dict[str, torch.Tensor] | None, n: int) -> dict[str, torch.Tens
     return {name: z.expand(n, z.shape[-1]) if z.dim() == 1 else z for name, z in (fixed or {}).items()}
 
 
-def _trace_sites(trace: poutine.Trace) -> list[Site]:
-    nodes = trace.nodes.items()
-    return [
-        Site(name, node["fn"], node["value"], bool(node["is_observed"]))
-        for name, node in nodes
+def trace_sites(trace: poutine.Trace) -> dict[str, Site]:
+    """The sample sites of a Pyro trace (subsample sites left out) as :class:`Site` records, in order."""
+    return {
+        name: Site(name, node["fn"], node["value"], bool(node["is_observed"]), node["scale"])
+        for name, node in trace.nodes.items()
         if node["type"] == "sample" and not site_is_subsample(node)
-    ]
+    }
 
 
 class VAE(Structure):

@@ -30,7 +30,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pyro
 import torch
 from pyro.distributions import TorchDistribution
 from pyro.poutine.messenger import Messenger
@@ -45,7 +44,7 @@ from pyro_vae.evaluation.metrics import iwae_log_likelihood, mean_se, samples_pe
 from pyro_vae.model import VAE, Structure
 from pyro_vae.objectives import closed_form
 from pyro_vae.objectives.elbos import ELBOS
-from pyro_vae.objectives.sites import PyroSource, draw
+from pyro_vae.objectives.sites import PyroSource, draw, without_analytic_kl
 from pyro_vae.seeding import fork_rng
 
 
@@ -96,20 +95,16 @@ def _describe(d) -> str:
 
 def check_analytic_kl(vae: Structure, x: torch.Tensor) -> None:
     """Raise ``ValueError`` if the KL of some latent site, KL(q || p), has no closed form."""
-    with torch.no_grad(), pyro.validation_enabled(False):
-        t = draw(PyroSource(vae.model, vae.guide, vae), x[:1], None, 1)
-    for name in t.latent:
-        q, p = t.guide[name].fn, t.model[name].fn
-        try:
-            kl_divergence(q, p)
-        except NotImplementedError:
-            where = f" at site '{name}'" if len(t.latent) > 1 else ""
-            raise ValueError(
-                f"no analytic KL is registered{where} between the guide's {_describe(q)} and the prior's "
-                f"{_describe(p)}; the analytic-versus-Monte-Carlo comparison needs one "
-                "(register it with torch.distributions.kl.register_kl, or compare a model with "
-                "model.prior=standard_normal and model.guide=diag_normal)"
-            ) from None
+    missing = without_analytic_kl(vae, x[:1])
+    if missing is not None:
+        name, q, p, several = missing
+        where = f" at site '{name}'" if several else ""
+        raise ValueError(
+            f"no analytic KL is registered{where} between the guide's {_describe(q)} and the prior's "
+            f"{_describe(p)}; the analytic-versus-Monte-Carlo comparison needs one "
+            "(register it with torch.distributions.kl.register_kl, or compare a model with "
+            "model.prior=standard_normal and model.guide=diag_normal)"
+        )
 
 
 def _mean_se(values: torch.Tensor) -> dict[str, float]:

@@ -331,9 +331,7 @@ class _Surrogate(Estimator):
         for name, site in t.guide.items():
             if not site.fn.has_rsample:
                 raise ValueError(f"{type(self).__name__} needs a reparameterised guide, but site {name!r} is not")
-        log_p = _log_obs(t.model)
-        for name in t.latent:
-            log_p = log_p + weigh(t.model[name].log_prob(), t.model[name])
+        log_p = _log_joint(t.model, t.latent)
         log_q = _sum_scaled(t.guide)
         scales = [site.scale for site in t.guide.values()]
         terms = Terms(
@@ -344,12 +342,17 @@ class _Surrogate(Estimator):
         if "fixed" in self.needs:
             terms.log_q_fixed_z = _sum_scaled(t.guide_at_detached())
         if "model_fixed" in self.needs or (self.gradient_hooks and len(t.latent) > 1):
-            fixed = t.model_at_detached()
-            log_p_fixed = _log_obs(fixed)
-            for name in t.latent:
-                log_p_fixed = log_p_fixed + weigh(fixed[name].log_prob(), fixed[name])
-            terms.log_p_fixed_z = log_p_fixed
+            terms.log_p_fixed_z = _log_joint(t.model_at_detached(), t.latent)
         return terms
+
+
+def _log_joint(model: Sites, latent: list[str]) -> torch.Tensor:
+    """log p(x, z) per draw and image: the observed sites first, then the latent ones in order
+    (each weighed by its scale; the order keeps the default run's arithmetic)."""
+    log_p = _log_obs(model)
+    for name in latent:
+        log_p = log_p + weigh(model[name].log_prob(), model[name])
+    return log_p
 
 
 def _sum_scaled(sites: Sites) -> torch.Tensor:

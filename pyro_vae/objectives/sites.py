@@ -28,8 +28,9 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import nn
+from torch.distributions import kl_divergence
 
-from pyro_vae.model import LeanEmit, Site
+from pyro_vae.model import LeanEmit, Site, trace_sites
 from pyro_vae.objectives.surrogates import NotDetachable, detach_distribution
 from pyro_vae.seeding import fork_rng
 
@@ -85,17 +86,17 @@ class PyroSource:
         self, x: torch.Tensor, beta, particles: int, values: dict | None = None, detach_params: bool = False
     ) -> Sites:
         if not detach_params:
-            return _sites(self._trace(self.guide_fn, x, beta, particles, values))
+            return trace_sites(self._trace(self.guide_fn, x, beta, particles, values))
         if self.module is None:
             raise NotDetachable("the guide's parameters can be detached only for a structure (an nn.Module)")
         out = {}
         _with_detached_parameters(
-            self.module, lambda s: out.update(_sites(self._trace(self.guide_fn, x, beta, particles, values)))
+            self.module, lambda s: out.update(trace_sites(self._trace(self.guide_fn, x, beta, particles, values)))
         )
         return out
 
     def model(self, x: torch.Tensor, beta, particles: int, values: dict) -> Sites:
-        return _sites(self._trace(self.model_fn, x, beta, particles, values))
+        return trace_sites(self._trace(self.model_fn, x, beta, particles, values))
 
 
 def _values_trace(values: dict[str, torch.Tensor]) -> poutine.Trace:
@@ -104,14 +105,6 @@ def _values_trace(values: dict[str, torch.Tensor]) -> poutine.Trace:
     for name, value in values.items():
         trace.add_node(name, type="sample", value=value, is_observed=False, infer={})
     return trace
-
-
-def _sites(trace: poutine.Trace) -> Sites:
-    return {
-        name: Site(name, node["fn"], node["value"], bool(node["is_observed"]), node["scale"])
-        for name, node in trace.nodes.items()
-        if node["type"] == "sample" and not site_is_subsample(node)
-    }
 
 
 def _with_detached_parameters(module: nn.Module, run: Callable[[nn.Module], None]) -> None:
@@ -178,6 +171,21 @@ class Traces:
     def model_at_detached(self) -> Sites:
         """The model's sites at the detached samples (log p(x, z) with z fixed)."""
         return self.source.model(self.x, self.beta, self.particles, self.values(detach=True))
+
+
+def without_analytic_kl(structure: nn.Module, x: torch.Tensor) -> tuple[str, object, object, bool] | None:
+    """The first latent site whose KL(q || p) torch has no closed form for, on one draw of
+    ``structure`` on ``x`` through Pyro's traces: ``(site, q, p, several_sites)``; None if every
+    site has one."""
+    with torch.no_grad(), pyro.validation_enabled(False):
+        t = draw(PyroSource(structure.model, structure.guide, structure), x, None, 1)
+    for name in t.latent:
+        q, p = t.guide[name].fn, t.model[name].fn
+        try:
+            kl_divergence(q, p)
+        except NotImplementedError:
+            return name, q, p, len(t.latent) > 1
+    return None
 
 
 def draw(source: LeanSource | PyroSource, x: torch.Tensor, beta, particles: int) -> Traces:

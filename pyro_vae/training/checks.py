@@ -27,12 +27,11 @@ import pyro
 import torch
 from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import kl_divergence
 
 from pyro_vae.config import ConfigError, ExperimentConfig
 from pyro_vae.data import Splits
 from pyro_vae.model import Structure
-from pyro_vae.objectives.sites import PyroSource, draw
+from pyro_vae.objectives.sites import PyroSource, draw, without_analytic_kl
 from pyro_vae.seeding import fork_rng
 
 
@@ -62,20 +61,16 @@ def check_compatible(vae: Structure, cfg: ExperimentConfig, elbo: ELBO, x: torch
     ``x`` of training data (RNG left alone)."""
     with fork_rng(x.device), torch.no_grad():
         if elbo.analytic_kl and not cfg.train.kl_fallback:
-            with pyro.validation_enabled(False):
-                t = draw(PyroSource(vae.model, vae.guide, vae), x, None, 1)
-            for name in t.latent:
-                q, p = t.guide[name].fn, t.model[name].fn
-                try:
-                    kl_divergence(q, p)
-                except NotImplementedError:
-                    where = f" at site '{name}'" if len(t.latent) > 1 else ""
-                    raise ConfigError(
-                        f"train.elbo={cfg.train.elbo} with train.kl_fallback=false needs a closed-form KL{where}, but "
-                        f"none is registered between the {cfg.model.guide} guide ({type(q).__name__}) and the "
-                        f"{cfg.model.prior} prior ({type(p).__name__}); set train.kl_fallback=true (Monte-Carlo KL "
-                        "for this pair) or train.elbo=trace"
-                    ) from None
+            missing = without_analytic_kl(vae, x)
+            if missing is not None:
+                name, q, p, several = missing
+                where = f" at site '{name}'" if several else ""
+                raise ConfigError(
+                    f"train.elbo={cfg.train.elbo} with train.kl_fallback=false needs a closed-form KL{where}, but "
+                    f"none is registered between the {cfg.model.guide} guide ({type(q).__name__}) and the "
+                    f"{cfg.model.prior} prior ({type(p).__name__}); set train.kl_fallback=true (Monte-Carlo KL "
+                    "for this pair) or train.elbo=trace"
+                )
         if elbo.jit:
             with pyro.validation_enabled(False):
                 torch.manual_seed(0)
