@@ -40,9 +40,10 @@ def main() -> None:
     no_validation()
     device = torch.device(args.device)
     if args.run:
-        from pyro_vae.runs.folder import load_run
+        from pyro_vae import open_model
 
-        cfg, vae, data = load_run(args.run, device=args.device)
+        model = open_model(args.run, device=args.device)
+        cfg, vae, data = model.config, model.vae, model.data
     else:
         cfg = config(*args.overrides)
         data = load_data(cfg.data)

@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt
 import torch
 from _common import EXAMPLES, nll_bars, parse_args, save_figure, save_results
 
-from pyro_vae import build_vae, check_component, load_plugin, load_run
+from pyro_vae import build_vae, check_component, load_plugin, open_model
 from pyro_vae.cli import main as pyro_vae_cli
 from pyro_vae.config import ModelConfig
 from pyro_vae.data.pixels import evenly_spaced
@@ -125,7 +125,8 @@ for name, (files, overrides) in RUNS.items():
         *(a for s in sets for a in ("--set", s)),
     ]
     assert pyro_vae_cli(argv) == 0, argv
-    _, vae, data = load_run(run, device=str(args.device))
+    trained = open_model(run, device=str(args.device))
+    vae, data = trained.vae, trained.data
     x = data.test[evenly_spaced(data.test.shape[0], images)].to(args.device)
     est = evaluate(vae, x, k=k, batch_size=100, seed=args.seed)
     results["runs"][name] = {

@@ -37,7 +37,7 @@ import torch
 from _common import nll_bars, parse_args, save_figure, save_results
 from PIL import Image
 
-from pyro_vae import load_config, load_data, load_run
+from pyro_vae import load_config, load_data, open_model
 from pyro_vae.cli import main as pyro_vae_cli
 from pyro_vae.data.pixels import evenly_spaced, image_grid
 from pyro_vae.evaluation.metrics import evaluate
@@ -91,7 +91,8 @@ for name, settings in NETWORKS.items():
         *(a for s in sets for a in ("--set", s)),
     ]
     assert pyro_vae_cli(argv) == 0, argv
-    _, vae, data = load_run(run, device=str(args.device))
+    trained = open_model(run, device=str(args.device))
+    vae, data = trained.vae, trained.data
     x = data.test.to(args.device)
     est = evaluate(vae, x, k=k, batch_size=50, seed=args.seed)
     params = sum(p.numel() for p in vae.parameters())

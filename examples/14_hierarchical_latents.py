@@ -95,7 +95,7 @@ import matplotlib.pyplot as plt
 import torch
 from _common import parse_args, save_figure, save_results, train_vae
 
-from pyro_vae import load_run
+from pyro_vae import open_model
 from pyro_vae.data.pixels import evenly_spaced, image_grid
 from pyro_vae.evaluation.latent import active_units_per_layer
 from pyro_vae.objectives.sites import LeanSource, draw
@@ -139,7 +139,7 @@ def layer_terms(vae, x: torch.Tensor, particles: int, seed: int) -> dict:
 # ## Training, with KL warm-up and without
 #
 # Each model is trained epoch by epoch (`train_vae` continues the run left in its folder), and after
-# the epochs listed its weights of that moment are opened (`load_run(run, "last")`) and each layer's
+# the epochs listed its weights of that moment are opened (`open_model(run, "last")`) and each layer's
 # KL measured on test images: how the code of each layer forms, or dies, during training.
 
 # %%
@@ -176,7 +176,8 @@ for name, (skip, warm) in MODELS.items():
         if str(stage) in curve and stage != stages[-1]:
             continue
         train_vae(run, latent, stage, subset, args.seed, args.device, overrides)
-        _, vae, data = load_run(run, "last", device=str(args.device))  # the weights after epoch `stage`
+        trained = open_model(run, "last", device=str(args.device))  # the weights after epoch `stage`
+        vae, data = trained.vae, trained.data
         x = data.test[evenly_spaced(data.test.shape[0], images)].to(args.device)
         terms = layer_terms(vae, x, particles, args.seed)
         curve[str(stage)] = terms["kl"]

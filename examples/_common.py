@@ -127,7 +127,7 @@ def train_vae(run: Path, latent_dim: int, epochs: int, subset: int, seed: int, d
     ``overrides``) on ``device`` into ``run`` via ``pyro_vae.fit``, continuing a run left there,
     and return ``(config, vae with the best weights on device, data)``; the data stay on the CPU
     (move what you feed the model to ``device``)."""
-    from pyro_vae import fit, load_config, load_run
+    from pyro_vae import fit, load_config, open_model
 
     overrides = [
         f"model.latent_dim={latent_dim}",
@@ -139,4 +139,5 @@ def train_vae(run: Path, latent_dim: int, epochs: int, subset: int, seed: int, d
         *overrides,
     ]
     fit(load_config(None, overrides), run, progress=False, figures=False, resume=(run / "checkpoints/last.pt").exists())
-    return load_run(run, device=str(device))
+    model = open_model(run, device=str(device))
+    return model.config, model.vae, model.data

@@ -12,8 +12,8 @@ from pyro_vae.evaluation.metrics import evaluate, iwae_log_likelihood  # noqa: E
 from pyro_vae.model import STRUCTURES, VAE, Structure, build_model, build_vae  # noqa: E402
 from pyro_vae.objectives.elbos import ELBOS, build_elbo  # noqa: E402
 from pyro_vae.plugins import check_component, load_plugin  # noqa: E402
-from pyro_vae.runs.export import export_model, load_model  # noqa: E402
-from pyro_vae.runs.folder import load_run  # noqa: E402
+from pyro_vae.runs.export import export_model  # noqa: E402
+from pyro_vae.runs.trained import TrainedModel, open_model  # noqa: E402
 from pyro_vae.training.loop import fit  # noqa: E402
 
 __all__ = [
@@ -38,9 +38,9 @@ __all__ = [
     "PRIORS",
     "NETWORKS",
     "fit",
-    "load_run",
+    "open_model",
+    "TrainedModel",
     "export_model",
-    "load_model",
     "check_component",
     "load_plugin",
 ]

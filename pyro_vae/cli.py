@@ -229,7 +229,7 @@ def _latent(args) -> int:
 
     from pyro_vae.evaluation import latent
     from pyro_vae.evaluation.plots import plot_images
-    from pyro_vae.runs.export import open_model
+    from pyro_vae.runs.trained import open_model
 
     _check_int("--seed", args.seed, 0, MAX_SEED)
     if args.command == "sample":
@@ -239,7 +239,8 @@ def _latent(args) -> int:
         _check_int("--steps", args.steps, 2, MAX_DRAWN, " (the two ends and the images between them)")
     elif args.command == "traverse":
         _check_float("--span", args.span, MAX_SPAN)
-    cfg, vae, data = open_model(args.run, device=args.device)
+    model = open_model(args.run, device=args.device)
+    cfg, vae, data = model.config, model.vae, model.data
     if args.command == "traverse":
         layers = vae.layers()  # latent site -> size, top first
         layer = args.layer if args.layer is not None else next(iter(layers))
@@ -406,13 +407,14 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from pyro_vae.data.pixels import evenly_spaced
     from pyro_vae.evaluation.metrics import as_dict, evaluate, with_bits_per_dim
-    from pyro_vae.runs.export import open_model
+    from pyro_vae.runs.trained import open_model
 
     if args.k < 1:
         raise ValueError(f"--k must be at least 1, got {args.k}")
     _check_int("--k", args.k, 1, MAX_SAMPLES, " (importance samples per image)")
     _check_int("--images", args.images, 0, None, " (0: the whole test split; more than it has: all of them)")
-    cfg, vae, data = open_model(args.run, args.checkpoint, args.device)
+    model = open_model(args.run, args.checkpoint, args.device)
+    cfg, vae, data = model.config, model.vae, model.data
     device = next(vae.parameters()).device
     x = data.test[evenly_spaced(data.test.shape[0], args.images)].to(device)
     results = evaluate(
@@ -460,7 +462,7 @@ def _compare(args) -> int:
     from pyro_vae.data.pixels import evenly_spaced
     from pyro_vae.lab.estimators import LabConfig, run_lab
     from pyro_vae.lab.report import format_table, write_outputs
-    from pyro_vae.runs.export import open_model
+    from pyro_vae.runs.trained import open_model
 
     _check_int("--images", args.images, 1, None, " (more than the test split has: all of them)")
     _check_int("--grad-images", args.grad_images, 1)
@@ -479,7 +481,8 @@ def _compare(args) -> int:
         snr_ks=_int_list(args.snr_k, "--snr-k"),
         groups=args.groups,
     )
-    _, vae, data = open_model(args.run, args.checkpoint, args.device)
+    model = open_model(args.run, args.checkpoint, args.device)
+    vae, data = model.vae, model.data
     device = next(vae.parameters()).device
     x = data.test[evenly_spaced(data.test.shape[0], lab.images)].to(device)
     result = run_lab(vae, x, lab, progress=not args.no_progress)
@@ -493,10 +496,10 @@ def _compare(args) -> int:
 
 def _plot(args) -> int:
     from pyro_vae.evaluation.plots import make_figures
-    from pyro_vae.runs.export import open_model
+    from pyro_vae.runs.trained import open_model
 
-    _, vae, data = open_model(args.run, device=args.device)
-    for path in make_figures(args.run, vae, data):
+    model = open_model(args.run, device=args.device)
+    for path in make_figures(args.run, model.vae, model.data):
         print(path)
     return 0
 

@@ -14,7 +14,7 @@ from pyro_vae.cli import main
 from pyro_vae.model import build_vae
 from pyro_vae.objectives.fast import build_loss
 from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint
-from pyro_vae.runs.folder import load_run
+from pyro_vae.runs.trained import open_model
 from pyro_vae.training.engine import Choice, StepEngine, make_optimizer
 from pyro_vae.training.loop import fit
 from tests.helpers import small_cfg
@@ -130,13 +130,13 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_named(run, tmp_path, capsys, c
     copy = _tampered(run, tmp_path, change)
     message = message.format(config=copy / "config.toml", name=name)
     with pytest.raises(ValueError) as info:
-        load_run(copy, device="cpu")
+        open_model(copy, device="cpu")
     assert str(copy / "checkpoints" / "best.pt") in str(info.value) and message in str(info.value)
     assert main(["evaluate", str(copy), "--k", "2", "--device", "cpu", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not list(copy.glob("evaluation_*.json"))
-    load_run(copy, "last", device="cpu")  # the other checkpoint still opens
+    open_model(copy, "last", device="cpu")  # the other checkpoint still opens
 
 
 def test_a_batch_larger_than_the_split_allocates_only_the_split():

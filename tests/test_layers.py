@@ -26,7 +26,7 @@ LAYERS = [
     ("hierarchical", ["hierarchical"]),
     ("objectives", ["closed_form", "surrogates", "sites", "elbos", "fast", "__init__"]),
     ("plugins", ["contracts", "loader", "__init__"]),
-    ("runs", ["checkpoint", "device", "folder", "writer", "export", "__init__"]),
+    ("runs", ["checkpoint", "device", "folder", "writer", "export", "trained", "__init__"]),
     ("evaluation", ["metrics", "plots", "latent", "__init__"]),
     ("training", ["distributed", "stopping", "checks", "capture", "engine", "tensorboard", "loop", "__init__"]),
     ("lab", ["estimators", "report", "__init__"]),

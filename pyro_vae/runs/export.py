@@ -5,8 +5,8 @@ model card. Nothing here pickles or unpickles::
     DIR/config.json         the run's resolved config, the data's shape, the weights' sha256, the plugins
     DIR/README.md           the model card: what it is, its numbers, how it was made, how to load it
 
-:func:`open_model` opens either an exported folder or a run folder, so every command that takes a
-model accepts both.
+:func:`pyro_vae.open_model` (:mod:`pyro_vae.runs.trained`) opens either an exported folder or a run
+folder, so every command that takes a model accepts both.
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ from safetensors.torch import load_file, save
 
 from pyro_vae._version import __version__
 from pyro_vae.config import ConfigError, ExperimentConfig, from_dict
-from pyro_vae.data import Splits, load_data
 from pyro_vae.files import UnsafePath, check_regular, write_atomic
 from pyro_vae.model import Structure, build_vae, meta_vae, tensor_problems
 from pyro_vae.plugins.loader import Plugin, file_sha256, require
 from pyro_vae.runs.device import resolve_device
-from pyro_vae.runs.folder import RunDir, load_run, offline
+from pyro_vae.runs.folder import RunDir, _read_run
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ def export_model(
         )
     for name in taken:
         check_regular(out / name, "model file")
-    cfg, vae, data = load_run(run.root, which, device="cpu")
+    cfg, vae, data = _read_run(run.root, which, device="cpu")
     tensors = {name: t.detach().cpu().contiguous().clone() for name, t in vae.state_dict().items()}
     weights = save(tensors, metadata={"format": FORMAT, "pyro_vae": __version__})
     write_atomic(out / WEIGHTS, weights, out)
@@ -85,24 +84,14 @@ def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG).is_file() and not RunDir(Path(path)).config.is_file()
 
 
-def open_model(
-    path: str | Path, which: str = "best", device: str = "auto"
-) -> tuple[ExperimentConfig, Structure, Splits]:
-    """``(config, VAE, data)`` of a run folder (its ``which`` checkpoint) or of an exported model
-    folder (its weights; ``which`` does not apply), on ``device``."""
-    if is_model_dir(path):
-        cfg, vae = load_model(path, device)
-        return cfg, vae, load_data(offline(cfg.data))
-    return load_run(path, which, device)
-
-
 def plugin_records(folder: str | Path) -> list[Plugin]:
     """The plugins an exported model needs (from its ``config.json``)."""
     return [Plugin.from_dict(p) for p in _read_record(Path(folder) / CONFIG).get("plugins", [])]
 
 
-def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig, Structure]:
-    """Rebuild the VAE of an exported model folder (or a run folder's best weights) for inference.
+def _read_export(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig, Structure]:
+    """Rebuild the VAE of an exported model folder for inference (the public way in is
+    :func:`pyro_vae.open_model`, which sends a run folder to :func:`~pyro_vae.runs.folder._read_run`).
 
     :raises ModelFileError: naming the file and what differs, for a missing file, changed bytes
         (the sha256 in ``config.json``), a VAE above :data:`~pyro_vae.config.MAX_MODEL_SIZE`, a tensor
@@ -110,14 +99,6 @@ def load_model(path: str | Path, device: str = "auto") -> tuple[ExperimentConfig
         or the VAE built), NaN or infinite weights.
     """
     folder = Path(path)
-    if not is_model_dir(folder):
-        if RunDir(folder).config.is_file():
-            cfg, vae, _ = load_run(folder, "best", device)
-            return cfg, vae
-        raise ModelFileError(
-            f"{folder} is neither an exported model ({CONFIG}, {WEIGHTS}) nor a run folder "
-            "(config.toml); make one with pyro-vae export RUN --out DIR"
-        )
     _inside(folder / CONFIG)
     record = _read_record(folder / CONFIG)
     for warning in require([Plugin.from_dict(p) for p in record.get("plugins", [])], f"model {folder}"):
@@ -251,9 +232,9 @@ Plugins needed to load it: {plugins}.
 ## Load it
 
 ```python
-from pyro_vae import load_model
-cfg, vae = load_model("{"THIS_FOLDER"}")   # checks {WEIGHTS} against its sha256 first
-x = vae.sample(16)                         # expected pixels of 16 draws from the prior
+from pyro_vae import open_model
+model = open_model("{"THIS_FOLDER"}")  # checks {WEIGHTS} against its sha256 first
+x = model.vae.sample(16)               # expected pixels of 16 draws from the prior
 ```
 
 or use it from the command line: `pyro-vae evaluate THIS_FOLDER`, `pyro-vae sample THIS_FOLDER`.

@@ -11,8 +11,8 @@
     RUN/figures/*.png          pictures (see :mod:`pyro_vae.evaluation.plots`)
     RUN/tensorboard/           TensorBoard event files, when train.tensorboard is set
 
-:func:`load_run` reopens one for evaluation, plots and the laboratory; training writes it
-(:func:`pyro_vae.training.loop.fit`).
+:func:`pyro_vae.open_model` (:mod:`pyro_vae.runs.trained`) reopens one for evaluation, plots and
+the laboratory; training writes it (:func:`pyro_vae.training.loop.fit`).
 """
 
 from __future__ import annotations
@@ -223,13 +223,22 @@ def offline(data_cfg: DataConfig) -> DataConfig:
     return dataclasses.replace(data_cfg, download=False)
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> tuple[ExperimentConfig, VAE, Splits]:
-    """Rebuild a trained run: its config, the VAE with the ``best`` or ``last`` weights, its data."""
+CHECKPOINTS = ("best", "last")
+
+
+def check_checkpoint(which: str) -> None:
+    """``ValueError`` unless ``which`` names one of a run's checkpoints (:data:`CHECKPOINTS`)."""
+    if which not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {which!r}")
+
+
+def _read_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> tuple[ExperimentConfig, VAE, Splits]:
+    """Rebuild a trained run: its config, the VAE with the ``best`` or ``last`` weights, its data.
+    (The public way in is :func:`pyro_vae.open_model`.)"""
     run = RunDir(Path(run_dir))
     if not run.root.is_dir():
         raise ValueError(f"run folder {run.root} does not exist")
-    if which not in ("best", "last"):
-        raise ValueError(f"checkpoint must be 'best' or 'last', got {which!r}")
+    check_checkpoint(which)
     for warning in run.require_plugins():
         log.warning(warning)
     cfg = load_config(run.config)

@@ -20,7 +20,7 @@ from pyro_vae.config import ConfigError, ModelConfig, load_config
 from pyro_vae.model import build_vae
 from pyro_vae.plugins import ContractError, PluginError, check_component, isolated, load_entry_points, load_plugin
 from pyro_vae.registry import by_config_key
-from pyro_vae.runs.folder import load_run
+from pyro_vae.runs.trained import open_model
 from tests.helpers import ROOT, SMALL
 
 EXAMPLE_PLUGINS = ROOT / "examples" / "plugins"
@@ -298,7 +298,7 @@ def test_train_with_a_plugin_records_it_and_every_command_needs_it(tmp_path, cap
             assert f"run folder {run} needs plugins that were not given: {LAPLACE} (model.prior=laplace)" in err, err
             assert f"--plugin {LAPLACE}" in err and "--trust-config-plugins" in err
         with pytest.raises(PluginError, match="needs plugins that were not given"):
-            load_run(run, device="cpu")  # from Python too
+            open_model(run, device="cpu")  # from Python too
 
 
 def test_a_changed_plugin_is_reported(tmp_path, caplog):

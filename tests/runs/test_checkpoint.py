@@ -18,7 +18,8 @@ import torch
 
 from pyro_vae.cli import main
 from pyro_vae.runs import checkpoint as C
-from pyro_vae.runs.folder import load_run, saved_device
+from pyro_vae.runs.folder import saved_device
+from pyro_vae.runs.trained import open_model
 from pyro_vae.training import loop as T
 from tests.helpers import ROOT, small_cfg
 
@@ -74,7 +75,7 @@ def small_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("as_zip", [True, False], ids=["torch.save", "plain-pickle"])
-@pytest.mark.parametrize("path", ["load_checkpoint", "load_run", "evaluate", "plot", "compare", "resume"])
+@pytest.mark.parametrize("path", ["load_checkpoint", "open_model", "evaluate", "plot", "compare", "resume"])
 def test_every_loading_path_refuses_a_checkpoint_that_would_run_code(small_run, tmp_path, capsys, path, as_zip):
     run, marker = tmp_path / "run", tmp_path / "ran"
     shutil.copytree(small_run, run)
@@ -84,9 +85,9 @@ def test_every_loading_path_refuses_a_checkpoint_that_would_run_code(small_run, 
     if path == "load_checkpoint":
         with pytest.raises(ValueError, match=message):
             C.load_checkpoint(run / "checkpoints" / "last.pt")
-    elif path == "load_run":
+    elif path == "open_model":
         with pytest.raises(ValueError, match=message):
-            load_run(run, device="cpu")
+            open_model(run, device="cpu")
     else:
         argv = {
             "evaluate": ["evaluate", str(run), "--k", "2", "--device", "cpu", "--no-progress"],
@@ -123,17 +124,17 @@ def test_rng_states_round_trip_through_a_safe_checkpoint(tmp_path):
     assert (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()) == before
 
 
-def test_load_run_accepts_a_checkpoint_from_before_a_config_key_existed_but_not_a_different_config(small_run, tmp_path):
+def test_a_run_opens_from_a_checkpoint_made_before_a_config_key_existed_but_not_a_different_config(small_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(small_run, run)
     state = C.load_checkpoint(run / "checkpoints" / "best.pt")
     del state["config"]["train"]["patience"]  # as a run written before the key was added stores it
     C.save_checkpoint(state, run / "checkpoints" / "best.pt")
-    assert load_run(run, device="cpu")[0].train.patience == 0
+    assert open_model(run, device="cpu").config.train.patience == 0
     state["config"]["model"]["latent_dim"] = 3
     C.save_checkpoint(state, run / "checkpoints" / "best.pt")
     with pytest.raises(ValueError, match="does not match the config stored in"):
-        load_run(run, device="cpu")
+        open_model(run, device="cpu")
 
 
 def test_a_checkpoint_of_another_format_is_a_clear_error(tmp_path):
@@ -171,7 +172,8 @@ def test_a_gpu_run_evaluates_on_the_cpu_like_on_the_gpu(gpu_run):
     independent estimates (measured here from two seeds), at |z| < 5."""
     from pyro_vae.evaluation.metrics import iwae_log_likelihood
 
-    cfg, vae, data = load_run(gpu_run, device="cpu")
+    model = open_model(gpu_run, device="cpu")
+    vae, data = model.vae, model.data
     reported = json.loads((gpu_run / "summary.json").read_text())["final"]["test_nll"]["mean"]
     x = data.test
     draws = []
@@ -236,7 +238,7 @@ def test_a_run_trained_on_cuda_evaluates_and_resumes_on_the_cpu(tmp_path):
     T.fit(small_cfg("train.device=cuda", "train.epochs=1"), run, progress=False, figures=False)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
     assert state["device"] == "cuda" and "cuda" in state["rng"]
-    _, vae, _ = load_run(run, device="cpu")
+    vae = open_model(run, device="cpu").vae
     assert next(vae.parameters()).device.type == "cpu"
     summary = T.fit(small_cfg("train.device=cpu", "train.epochs=2"), run, resume=True, progress=False, figures=False)
     assert summary["epochs_run"] == 2 and summary["environment"]["device"] == "cpu"

@@ -3,6 +3,7 @@ tensor, no pickle anywhere, and every command that takes a run also taking a mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -15,7 +16,8 @@ from pyro_vae.data.pixels import evenly_spaced
 from pyro_vae.evaluation.metrics import evaluate
 from pyro_vae.plugins import isolated
 from pyro_vae.runs import export
-from pyro_vae.runs.export import ModelFileError, export_model, load_model
+from pyro_vae.runs.export import ModelFileError, export_model
+from pyro_vae.runs.trained import TrainedModel, open_model
 from pyro_vae.training.loop import fit
 from tests.helpers import ROOT, small_cfg
 
@@ -40,17 +42,15 @@ def _test_neg_elbo(cfg, vae, data):
 
 def test_export_then_load_reproduces_the_runs_test_elbo(run, model):
     summary = json.loads((run / "summary.json").read_text())
-    cfg, vae = load_model(model, device="cpu")
-    from pyro_vae.data import load_data
-
-    assert _test_neg_elbo(cfg, vae, load_data(cfg.data)) == pytest.approx(
+    opened = open_model(model, device="cpu")
+    assert _test_neg_elbo(opened.config, opened.vae, opened.data) == pytest.approx(
         summary["final"]["test_neg_elbo"]["mean"], rel=1e-12
     )
     record = json.loads((model / "config.json").read_text())
     assert record["format"] == "pyro-vae-model" and len(record["weights"]["sha256"]) == 64
     card = (model / "README.md").read_text()
     assert f"{summary['final']['test_nll']['mean']:.2f} ± {summary['final']['test_nll']['se']:.2f}" in card
-    assert "load_model" in card
+    assert "open_model" in card
 
 
 def test_loading_never_unpickles(model, monkeypatch):
@@ -59,8 +59,49 @@ def test_loading_never_unpickles(model, monkeypatch):
 
     for module, name in [(pickle, "load"), (pickle, "loads"), (torch, "load"), (pickle, "Unpickler")]:
         monkeypatch.setattr(module, name, refuse)
-    _, vae = load_model(model, device="cpu")
+    vae = open_model(model, device="cpu").vae
     assert vae.sample(2).shape == (2, 784)
+
+
+def test_open_model_gives_a_trained_model_of_a_run_or_an_export(run, model):
+    best = open_model(run, device="cpu")
+    assert isinstance(best, TrainedModel)
+    assert (best.kind, best.which, best.source) == ("run", "best", run)
+    assert open_model(str(run), "last", device="cpu").which == "last"
+    exported = open_model(str(model), device="cpu")
+    assert (exported.kind, exported.which, exported.source) == ("export", None, model)
+    assert exported.config == best.config and exported.config.model.latent_dim == 2
+    for opened in (best, exported):
+        assert not opened.vae.training and next(opened.vae.parameters()).device.type == "cpu"
+        assert opened.data is opened.data and opened.data.data_dim == 784  # read once, then kept
+    for (name, a), (_, b) in zip(best.vae.state_dict().items(), exported.vae.state_dict().items()):
+        assert torch.equal(a, b), name  # the export holds the run's best weights
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        exported.vae = best.vae
+
+
+def test_an_exported_model_opens_without_its_data_and_data_then_names_the_problem(model, tmp_path):
+    nowhere = tmp_path / "nowhere.npz"
+    _edit_record(model, lambda r: r["config"]["data"].update(name="array", root=str(nowhere)))
+    opened = open_model(model, device="cpu")  # the weights need no data
+    assert opened.vae.sample(2).shape == (2, 784)
+    for _ in range(2):  # a failure is not kept: each use says so again
+        with pytest.raises(ValueError) as info:
+            _ = opened.data
+        message = str(info.value)
+        assert message.startswith(f"the data of the export folder {model} does not load: ") and str(nowhere) in message
+
+
+def test_a_checkpoint_applies_to_a_run_only(run, model, capsys):
+    with pytest.raises(ValueError, match="exported models hold one set of weights") as info:
+        open_model(model, "last", device="cpu")
+    assert str(model) in str(info.value) and "--checkpoint last" in str(info.value)
+    for source in (run, model):
+        with pytest.raises(ValueError, match="checkpoint must be 'best' or 'last', got 'middle'"):
+            open_model(source, "middle", device="cpu")
+    assert main(["evaluate", str(model), "--checkpoint", "last", "--k", "2", "--device", "cpu"]) == 2
+    assert "exported models hold one set of weights" in capsys.readouterr().err
+    assert not list(model.glob("evaluation_*.json"))
 
 
 def _rewrite(model, tensors):
@@ -78,22 +119,22 @@ def test_changed_bytes_and_mismatched_tensors_are_refused(model):
     original = weights.read_bytes()
     weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     with pytest.raises(ModelFileError, match="changed since it was exported: its sha256 is"):
-        load_model(model, device="cpu")
+        open_model(model, device="cpu")
     weights.write_bytes(original)
     tensors = load_file(str(weights))
     name = sorted(tensors)[0]
     _rewrite(model, {**tensors, name: torch.zeros(3, 3)})
     with pytest.raises(ModelFileError, match=rf"tensor {name} has shape \(3, 3\), the VAE needs"):
-        load_model(model, device="cpu")
+        open_model(model, device="cpu")
     _rewrite(model, {k: v for k, v in tensors.items() if k != name})
     with pytest.raises(ModelFileError, match=rf"missing tensor {name}"):
-        load_model(model, device="cpu")
+        open_model(model, device="cpu")
     _rewrite(model, {**tensors, "intruder": torch.zeros(1)})
     with pytest.raises(ModelFileError, match=r"extra tensor intruder \(1,\)"):
-        load_model(model, device="cpu")
+        open_model(model, device="cpu")
     weights.unlink()
     with pytest.raises(ModelFileError, match="model.safetensors is missing"):
-        load_model(model, device="cpu")
+        open_model(model, device="cpu")
 
 
 def test_a_malformed_config_json_is_refused(model):
@@ -109,10 +150,10 @@ def test_a_malformed_config_json_is_refused(model):
     ]:
         path.write_text(json.dumps(broken))
         with pytest.raises(ModelFileError, match=message):
-            load_model(model, device="cpu")
+            open_model(model, device="cpu")
     path.write_text("{not json")
     with pytest.raises(ModelFileError, match="is not valid JSON"):
-        load_model(model, device="cpu")
+        open_model(model, device="cpu")
 
 
 def test_commands_take_a_model_or_a_run(run, model, tmp_path, capsys):
@@ -128,7 +169,7 @@ def test_commands_take_a_model_or_a_run(run, model, tmp_path, capsys):
     assert main(["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m2")]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(ModelFileError, match="is neither an exported model"):
-        load_model(tmp_path)
+        open_model(tmp_path)
 
 
 def test_a_model_made_with_a_plugin_needs_it(tmp_path, capsys):
@@ -182,10 +223,9 @@ def test_a_gpu_run_exports_and_loads_on_the_cpu(tmp_path):
         pytest.skip(f"{fixture} (the project's shared fixtures) is not beside the checkout")
     shutil.copytree(fixture, tmp_path / "h100")
     export_model(tmp_path / "h100", tmp_path / "model")
-    from pyro_vae.runs.folder import load_run
-
-    cfg, from_run, data = load_run(tmp_path / "h100", device="cpu")
-    _, from_model = load_model(tmp_path / "model", device="cpu")
+    opened = open_model(tmp_path / "h100", device="cpu")
+    cfg, from_run, data = opened.config, opened.vae, opened.data
+    from_model = open_model(tmp_path / "model", device="cpu").vae
     for (name, a), (_, b) in zip(from_run.state_dict().items(), from_model.state_dict().items()):
         assert torch.equal(a, b), name
     x = data.test[evenly_spaced(data.test.shape[0], 500)]
@@ -198,12 +238,10 @@ def test_a_gpu_run_exports_and_loads_on_the_cpu(tmp_path):
 
 @pytest.mark.cuda
 def test_a_model_exported_on_the_cpu_evaluates_on_cuda_like_on_the_cpu(run, model):
-    from pyro_vae.data import load_data
-
-    cfg, cpu = load_model(model, device="cpu")
-    _, gpu = load_model(model, device="cuda")
+    opened = open_model(model, device="cpu")
+    cfg, cpu, data = opened.config, opened.vae, opened.data
+    gpu = open_model(model, device="cuda").vae
     assert next(gpu.parameters()).device.type == "cuda"
-    data = load_data(cfg.data)
     x = data.test[:200]
     a = evaluate(cpu, x, batch_size=100, seed=cfg.eval.seed)["neg_elbo"]
     b = evaluate(gpu, x.cuda(), batch_size=100, seed=cfg.eval.seed)["neg_elbo"]
@@ -254,7 +292,7 @@ def test_sizes_in_a_model_file_are_checked_before_anything_is_allocated(model, m
     _edit_record(model, edit)
     _no_loading(monkeypatch)
     with pytest.raises(ModelFileError, match=message):
-        load_model(model, device="cpu")
+        open_model(model, device="cpu")
 
 
 def test_tensor_shapes_are_compared_from_the_header_before_loading(model, monkeypatch):
@@ -263,11 +301,11 @@ def test_tensor_shapes_are_compared_from_the_header_before_loading(model, monkey
     _rewrite(model, {**tensors, name: torch.zeros(3, 3)})
     _no_loading(monkeypatch)
     with pytest.raises(ModelFileError, match=rf"tensor {name} has shape \(3, 3\), the VAE needs"):
-        load_model(model, device="cpu")
+        open_model(model, device="cpu")
     monkeypatch.undo()
     _rewrite(model, {**tensors, name: tensors[name].double()})
     with pytest.raises(ModelFileError, match=rf"tensor {name} holds F64, the VAE needs torch.float32"):
-        load_model(model, device="cpu")
+        open_model(model, device="cpu")
 
 
 def test_nan_weights_are_refused_by_name_not_by_a_tensor_dump(model, capsys):
@@ -277,7 +315,7 @@ def test_nan_weights_are_refused_by_name_not_by_a_tensor_dump(model, capsys):
     poisoned.view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
     _rewrite(model, {**tensors, name: poisoned})
     with pytest.raises(ModelFileError) as info:
-        load_model(model, device="cpu")
+        open_model(model, device="cpu")
     message = str(info.value)
     assert f"tensor {name} has 3 NaN or infinite value(s) of {poisoned.numel():,}" in message
     assert "tensor([" not in message and len(message) < 400 and "export the model again" in message

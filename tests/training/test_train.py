@@ -22,7 +22,8 @@ from pyro_vae.evaluation.metrics import evaluate
 from pyro_vae.model import build_vae
 from pyro_vae.runs.checkpoint import load_checkpoint
 from pyro_vae.runs.device import resolve_device
-from pyro_vae.runs.folder import check_resume_config, load_run
+from pyro_vae.runs.folder import check_resume_config
+from pyro_vae.runs.trained import open_model
 from pyro_vae.training import loop as T
 from pyro_vae.training.checks import diagnose
 from pyro_vae.training.engine import kl_warmup_weight
@@ -317,7 +318,8 @@ def test_a_beta_vae_reports_its_objective_and_evaluates_at_beta_one(tmp_path):
     rows = metrics(tmp_path / "b4")
     assert [r["kl_weight"] for r in rows] == [4.0, 4.0]  # warm-up over the first epoch reaches beta at its end
     assert "beta-weighted trace objective (beta = train.kl_weight = 4)" in summary["objective"]
-    cfg, vae, data = load_run(tmp_path / "b4", device="cpu")
+    model = open_model(tmp_path / "b4", device="cpu")
+    cfg, vae, data = model.config, model.vae, model.data
     test = evaluate(vae, data.test, k=cfg.eval.iwae_k, batch_size=100, seed=cfg.eval.seed)["neg_elbo"]
     assert test.mean == pytest.approx(summary["final"]["test_neg_elbo"]["mean"], rel=1e-12)  # beta = 1
     beta_objective = rows[-1]["train_neg_elbo"]
