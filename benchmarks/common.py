@@ -14,9 +14,11 @@ import torch
 
 from pyro_vae import build_vae, load_config
 from pyro_vae.config import ExperimentConfig
-from pyro_vae.objectives.closed_form import neg_elbo_analytic
+from pyro_vae.objectives.closed_form import iwae_bound, log_weights, neg_elbo_analytic, neg_elbo_monte_carlo
 from pyro_vae.objectives.fast import build_loss
 from pyro_vae.training.engine import StepEngine, choose_engine, make_optimizer
+
+TRAIN_IMAGES = 50_000  # binarized MNIST's training split: what `pyro-vae train` would choose the engine for
 
 
 def no_validation() -> None:
@@ -133,16 +135,102 @@ def hand_written_step(cfg: ExperimentConfig, device: torch.device, particles: in
     return replay, vae, optim
 
 
+def plain_loss(kind: str, particles: int = 1):
+    """``loss(encoder, decoder, x) -> mean negative objective`` of plain PyTorch for ``kind``:
+    ``trace`` (Monte-Carlo KL), ``mean_field`` (analytic KL), ``iwae`` (the IWAE bound over
+    ``particles`` samples) or ``iwae_dreg`` (its value, with DReG gradients: a hook on z squares the
+    encoder's normalised weights, as in Tucker et al.'s code; eager only)."""
+
+    def loss(encoder, decoder, x: torch.Tensor) -> torch.Tensor:
+        loc, scale = encoder.loc_scale(x)
+        if kind == "mean_field":
+            z = loc + scale * torch.randn_like(loc)
+            return neg_elbo_analytic(x, decoder(z), loc, scale).mean()
+        z = loc + scale * torch.randn((particles, *loc.shape), dtype=x.dtype)
+        if kind == "trace":
+            return neg_elbo_monte_carlo(x, decoder(z), z, loc, scale).mean()
+        if kind == "iwae":
+            return -iwae_bound(log_weights(x, decoder(z), z, loc, scale)).mean()
+        log_w = log_weights(x, decoder(z), z, loc.detach(), scale.detach())  # log q at stopped parameters
+        weights = torch.softmax(log_w.detach(), 0)
+        if z.requires_grad:
+            z.register_hook(lambda g: g * weights.unsqueeze(-1))
+        surrogate = (weights * log_w).sum(0)
+        value = iwae_bound(log_w)
+        return -(value.detach() + surrogate - surrogate.detach()).mean()
+
+    return loss
+
+
+def plain_step(cfg: ExperimentConfig, kind: str, particles: int = 1, compiled: bool = False):
+    """The fastest plain-PyTorch training step we can write for ``kind`` (:func:`plain_loss`) on
+    ``cfg``'s networks, ``step(x)``: eager (``loss.backward()``, ``Adam(fused=True)``) or, with
+    ``compiled``, the whole step (forward, backward and Adam written out) in one
+    ``torch.compile(fullgraph=True)`` of a functional step (``torch.func.grad_and_value``)."""
+    torch.manual_seed(0)
+    vae = build_vae(cfg.model, 784)
+    loss = plain_loss(kind, particles)
+    if not compiled:
+        optim = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr, fused=True)
+
+        def step(x: torch.Tensor) -> None:
+            value = loss(vae.encoder, vae.decoder, x)
+            optim.zero_grad(set_to_none=True)
+            value.backward()
+            optim.step()
+
+        return step
+    names = [n for n, _ in vae.named_parameters()]
+    params = [p.detach() for _, p in vae.named_parameters()]
+    m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    lr, b1, b2, eps = cfg.train.lr, 0.9, 0.999, 1e-8
+    scalars, count = torch.zeros(2), [0]  # this step's lr / (1 - b1^t) and sqrt(1 - b2^t), from the host
+
+    class Objective(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return loss(self.vae.encoder, self.vae.decoder, x)
+
+    objective = Objective()
+
+    def forward(values, x):
+        return torch.func.functional_call(objective, {f"vae.{n}": v for n, v in zip(names, values)}, (x,))
+
+    # Guards on tensors only (the modules never change here), as pyro-vae's compiled step has them.
+    options = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
+
+    @torch.compile(fullgraph=True, dynamic=False, options=options)
+    def whole(params, m, v, scalars, x):
+        grads, value = torch.func.grad_and_value(forward)(tuple(params), x)
+        for p, g, mi, vi in zip(params, grads, m, v):
+            mi.mul_(b1).add_(g, alpha=1 - b1)
+            vi.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.sub_(scalars[0] * mi / (vi.sqrt() / scalars[1] + eps))
+        return value
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        count[0] += 1
+        scalars[0], scalars[1] = lr / (1 - b1 ** count[0]), math.sqrt(1 - b2 ** count[0])
+        return whole(params, m, v, scalars, x)
+
+    return step
+
+
 def project_step(cfg: ExperimentConfig, device: torch.device, pool: torch.Tensor):
     """The training step of :func:`pyro_vae.fit` for ``cfg`` (its loss builder, optimizer and step
-    engine, ``train.engine``) over the device-resident images ``pool``, in shuffled passes as
-    ``fit`` runs them. Returns ``(step, vae, optim)``: ``step()`` trains on the next batch."""
+    engine, ``train.engine``, chosen for a run of ``cfg`` on binarized MNIST) over the
+    device-resident images ``pool``, in shuffled passes as ``fit`` runs them. Returns
+    ``(step, vae, optim)``: ``step()`` trains on the next batch."""
     torch.manual_seed(0)
     vae = build_vae(cfg.model, 784, (28, 28)).to(device)
     optim = make_optimizer(vae, cfg.train.lr)
     loss = build_loss(vae, cfg.train, pool[: cfg.train.batch_size])
-    choice = choose_engine(cfg.train.engine, device, loss.static, False, loss.compilable)
-    engine = StepEngine(loss.fn, optim, pool, cfg.train.batch_size, choice)
+    steps = cfg.train.epochs * math.ceil(TRAIN_IMAGES / cfg.train.batch_size)  # a run of cfg on MNIST
+    choice = choose_engine(cfg.train.engine, device, loss.static, False, loss.compilable, steps)
+    engine = StepEngine(loss.fn, optim, pool, cfg.train.batch_size, choice, module=vae)
     steps_per_pass = math.ceil(pool.shape[0] / cfg.train.batch_size)
     order = torch.Generator().manual_seed(0)
     done = {"steps": steps_per_pass}

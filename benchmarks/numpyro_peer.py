@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -58,26 +59,45 @@ def guide(x):
         numpyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
 
-def images_per_s(batch: int, repeats: int) -> list[float]:
+def compiled_stage(batch: int, steps: int):
+    """``stage()``: ``steps`` SVI updates of ``batch`` images in one jitted ``lax.scan`` (compiled
+    here), returning images/s."""
     key = jax.random.PRNGKey(0)
     svi = SVI(model, guide, numpyro.optim.Adam(1e-3), Trace_ELBO())
-    steps = max(10, min(400, 200_000 // batch))
     xs = (jax.random.uniform(key, (steps, batch, D)) < 0.13).astype(jnp.float32)
-    state = svi.init(key, xs[0])
+    holder = {"state": svi.init(key, xs[0])}
 
     @jax.jit
     def run(state, xs):
         return jax.lax.scan(lambda s, xb: svi.update(s, xb), state, xs)
 
-    state, losses = run(state, xs)  # compile
-    losses.block_until_ready()
-    rates = []
-    for _ in range(repeats):
+    def stage() -> float:
         t = time.perf_counter()
-        state, losses = run(state, xs)
+        holder["state"], losses = run(holder["state"], xs)
         losses.block_until_ready()
-        rates.append(steps * batch / (time.perf_counter() - t))
-    return rates
+        return steps * batch / (time.perf_counter() - t)
+
+    stage()  # compile
+    return stage
+
+
+def images_per_s(batch: int, repeats: int) -> list[float]:
+    stage = compiled_stage(batch, max(10, min(400, 200_000 // batch)))
+    return [stage() for _ in range(repeats)]
+
+
+def serve(batches: list[int], images: int) -> None:
+    """Serve timed stages for benchmarks/cpu_step.py: after compiling every batch size, one
+    ``lax.scan`` over about ``images`` images per ``run BATCH`` line on stdin (images/s on stdout),
+    until ``stop``; then the peak RSS."""
+    stages = {b: compiled_stage(b, max(10, images // b)) for b in batches}
+    print(json.dumps({"ready": True, "versions": {"jax": jax.__version__, "numpyro": numpyro.__version__}}), flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        if command[0] == "stop":
+            break
+        print(json.dumps({"images_per_s": stages[int(command[1])]()}), flush=True)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
 
 
 def main() -> None:
@@ -85,7 +105,12 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="128,2048")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/numpyro_peer_DEVICE.json)")
+    parser.add_argument("--serve", action="store_true", help="serve timed stages to benchmarks/cpu_step.py")
+    parser.add_argument("--images", type=int, default=20_000, help="images per stage (--serve)")
     args = parser.parse_args()
+    if args.serve:
+        serve([int(b) for b in args.batch_sizes.split(",")], args.images)
+        return
     device = jax.devices()[0]
     results = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
@@ -100,6 +125,7 @@ def main() -> None:
         "numpyro": numpyro.__version__,
         "matmul_precision": os.environ.get("JAX_DEFAULT_MATMUL_PRECISION", "default"),
         "results": results,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     out = Path(args.out or Path(__file__).parent / "results" / f"numpyro_peer_{device.platform}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -344,13 +344,23 @@ def _latent(args) -> int:
     return 0
 
 
+def _engine_note(summary: dict) -> str:
+    """How the steps ran, for the summary line: the engine, and a compilation's seconds (part of the
+    training time)."""
+    engine = summary.get("engine")
+    if not engine:
+        return ""
+    compiled = summary.get("compile_time_s") or 0.0
+    return f" ({engine} step" + (f"; {compiled:.0f} s of it compiling)" if compiled else ")")
+
+
 def _print_summary(summary: dict, run_dir: Path) -> None:
     final = summary["final"]
     print(f"\nrun folder: {run_dir}")
     print(
         f"epochs: {summary['epochs_run']} (best on valid: {summary['best_epoch']}), "
         f"wall time {summary['wall_time_s']:.0f} s, {summary['images_per_s']:.0f} training images/s "
-        f"on {summary['environment']['device']}"
+        f"on {summary['environment']['device']}" + _engine_note(summary)
     )
     if summary["config"]["train"]["kl_weight"] != 1:
         print(f"trained {summary['objective']}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -325,6 +326,12 @@ class Structure(nn.Module):
         log_w = sum(s.log_prob() for s in model_sites) - sum(s.log_prob() for s in guide_sites)
         return log_w.unsqueeze(0) if log_w.dim() == 1 else log_w
 
+    def weigher(self, x: torch.Tensor) -> Callable[[int], torch.Tensor]:
+        """:meth:`log_weights` of ``x`` as a function of the number of samples (an evaluation draws
+        K samples per image in chunks); a structure may build what does not depend on the draws
+        once (the one-layer VAE encodes once)."""
+        return lambda num_samples: self.log_weights(x, num_samples)
+
     def point(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """A representative code per layer for the images ``x`` (B, D), top first: each layer's guide
         mean given the layers above at theirs (B, d) (from the guide story; a guide distribution
@@ -453,11 +460,21 @@ class VAE(Structure):
 
         Their mean is an ELBO estimate, their log-mean-exp the IWAE bound on log p(x).
         """
-        q = self.encoder(x)
-        z = q.rsample((num_samples,))
-        log_pz = self.prior(x.shape[0]).log_prob(z)
-        log_px_z = self.likelihood(self.decoder(z)).log_prob(x)
-        return log_px_z + log_pz - q.log_prob(z)
+        return self.weigher(x)(num_samples)
+
+    def weigher(self, x: torch.Tensor) -> Callable[[int], torch.Tensor]:
+        """:meth:`log_weights` of ``x`` as a function of the number of samples, with q(z | x) and
+        the prior built once: an evaluation that draws K samples in chunks encodes each batch once
+        (the draws are the same as one call per chunk would make)."""
+        q, prior = self.encoder(x), self.prior(x.shape[0])
+
+        def log_weights(num_samples: int) -> torch.Tensor:
+            z = q.rsample((num_samples,))
+            log_pz = prior.log_prob(z)
+            log_px_z = self.likelihood(self.decoder(z)).log_prob(x)
+            return log_px_z + log_pz - q.log_prob(z)
+
+        return log_weights
 
     def layers(self) -> dict[str, int]:
         with torch.no_grad():

@@ -12,6 +12,7 @@ from pyro.infer.util import is_validation_enabled
 
 from pyro_vae.components.nets import NETWORKS
 from pyro_vae.objectives.elbos import ELBOS
+from pyro_vae.training import engine as engine_module
 from tests.helpers import ROOT, run_as_script
 
 
@@ -37,9 +38,10 @@ def run_script(monkeypatch):
     return run
 
 
-def test_throughput(tmp_path, run_script):
-    """Every implementation that runs on a CPU (every ELBO and network) except the compiled engine
-    (tested in test_engine.py; compiling takes half a minute per shape here)."""
+def test_throughput(tmp_path, run_script, monkeypatch):
+    """Every implementation that runs on a CPU (every ELBO and network) on the eager engine (the
+    compiled one is tested in test_whole_step.py; compiling takes seconds per row here)."""
+    monkeypatch.setattr(engine_module, "COMPILE_MIN_STEPS", 10**12)  # a default run: eager
     out = tmp_path / "tp.json"
     every_elbo = {
         "hand-written",
@@ -217,23 +219,47 @@ def test_iwae_eval(tmp_path, device, run_script):
     assert record["test_nll"] <= record["test_neg_elbo"] and record["chunk_elements"] >= 1 << 20
 
 
-def test_cpu_levers(tmp_path, run_script):
-    out = tmp_path / "levers.json"
+def test_cpu_step_times_every_variant_side_by_side(tmp_path, run_script):
+    """Two variants served by their own processes, alternated for two rounds: medians, ratios
+    and peak RSS in the JSON (the peer needs JAX, not installed here)."""
+    out = tmp_path / "step.json"
+    variants = "plain eager,pyro-vae eager"
     run_script(
-        "benchmarks/cpu_levers.py",
+        "benchmarks/cpu_step.py",
         "--rounds",
-        "1",
-        "--variants",
-        "eager,one-thread",
-        "--batch-sizes",
-        "64,256",
-        "--stages",
         "2",
-        "--steps",
-        "10",
+        "--variants",
+        variants,
+        "--batch-sizes",
+        "32,64",
+        "--images",
+        "320",
         "--out",
         str(out),
     )
     record = json.loads(out.read_text())
-    assert set(record["median"]) == {"eager", "one-thread"} and record["ratio_to_peer"] is None
-    assert all(set(m) == {"64", "256"} and all(v > 0 for v in m.values()) for m in record["median"].values())
+    assert set(record["median"]) == {"plain eager", "pyro-vae eager"} and len(record["rounds"]) == 2
+    for m in record["median"].values():
+        assert set(m["images_per_s"]) == {"32", "64"} and all(v > 0 for v in m["images_per_s"].values())
+        assert m["peak_rss_mb"] > 100
+    assert record["median"]["pyro-vae eager"]["engine"] == {"32": "eager", "64": "eager"}
+    assert set(record["ratios"]) == {"pyro-vae eager / plain eager"}
+
+
+def test_cpu_profile_groups_the_time_of_a_step(tmp_path, run_script):
+    out = tmp_path / "profile.json"
+    run_script(
+        "benchmarks/cpu_profile.py",
+        "--variants",
+        "plain eager,pyro-vae eager",
+        "--batch-size",
+        "32",
+        "--steps",
+        "5",
+        "--out",
+        str(out),
+    )
+    rows = json.loads(out.read_text())["variants"]
+    for row in rows.values():
+        groups = row["profiled_self_ms_per_step"]
+        assert row["ms_per_step"] > 0 and groups["matrix products"] > 0 and groups["Adam"] > 0

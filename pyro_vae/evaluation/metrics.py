@@ -86,10 +86,11 @@ def iwae_log_likelihood(
     if k < 1:
         raise ValueError(f"the number of importance samples K must be at least 1, got {k}")
     chunk = chunk or samples_per_chunk(x, k)
+    log_weights = vae.weigher(x)  # the batch encoded once for all its chunks
     running_lse = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=x.dtype)
     running_sum = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
     for start in range(0, k, chunk):
-        log_w = vae.log_weights(x, min(chunk, k - start))
+        log_w = log_weights(min(chunk, k - start))
         running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=0))
         running_sum += log_w.sum(0)
     return running_lse - math.log(k), running_sum / k

@@ -29,6 +29,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import kl_divergence
+from torch.nn.utils.stateless import _reparametrize_module
 
 from pyro_vae.model import LeanEmit, Site, trace_sites
 from pyro_vae.objectives.surrogates import NotDetachable, detach_distribution
@@ -109,19 +110,12 @@ def _values_trace(values: dict[str, torch.Tensor]) -> poutine.Trace:
 
 def _with_detached_parameters(module: nn.Module, run: Callable[[nn.Module], None]) -> None:
     """``run(module)`` with every parameter and buffer of ``module`` detached (the values the same):
-    gradients then reach them only through the samples (the path derivative)."""
+    gradients then reach them only through the samples (the path derivative). (The context
+    :func:`torch.func.functional_call` is built on, used directly: a wrapper module made here
+    would be a class definition inside the step, which ``torch.compile`` cannot trace.)"""
     detached = {name: t.detach() for name, t in (*module.named_parameters(), *module.named_buffers())}
-
-    class _Call(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = module
-
-        def forward(self) -> None:
-            run(self.inner)
-
-    caller = _Call()
-    torch.func.functional_call(caller, {f"inner.{k}": v for k, v in detached.items()}, ())
+    with _reparametrize_module(module, detached):
+        run(module)
 
 
 @dataclass

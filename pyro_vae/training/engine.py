@@ -32,11 +32,13 @@ from dataclasses import dataclass
 import pyro
 import torch
 
+from pyro_vae.compiling import compiler_problem
 from pyro_vae.config import TRAIN_ENGINES as ENGINES
 from pyro_vae.config import ConfigError
 from pyro_vae.data.pixels import decode
 from pyro_vae.training import distributed
 from pyro_vae.training.capture import CaptureProblem, watched
+from pyro_vae.training.whole_step import WholeStep
 
 log = logging.getLogger(__name__)
 
@@ -136,22 +138,43 @@ class Choice:
     capture: bool
     compile_loss: bool
     reason: str | None = None
+    whole: bool = False  # the whole step (forward, backward, Adam) in one compiled graph (the CPU's compiled)
+
+
+# The CPU's auto engine compiles the whole step for runs of at least this many steps. Measured on the
+# 2-core host at batch 128 (benchmarks/cpu_step.py, docs/performance.md): a compiled step saves about
+# 2 ms; compiling takes about 27 s in a fresh process with an empty inductor cache and a few seconds
+# from the cache, so a cold compilation pays for itself after about 12,000 steps (the default run
+# has 11,730) and a cached one after a few thousand. Shorter runs (tests, smoke runs) stay eager.
+COMPILE_MIN_STEPS = 10_000
 
 
 def choose_engine(
-    requested: str, device: torch.device, static: bool, data_parallel: bool, compilable: bool = True
+    requested: str,
+    device: torch.device,
+    static: bool,
+    data_parallel: bool,
+    compilable: bool = True,
+    steps: int | None = None,
 ) -> Choice:
     """What ``train.engine = requested`` runs on ``device``. ``static``: the loss is one of pyro-vae's
     estimators on a structure whose sites are the same every step (``Loss.static``: capture and
     compilation need it); ``data_parallel``: several processes (capture with NCCL's collectives is
     not made safe here, so DDP runs uncaptured); ``compilable``: the loss survives ``torch.compile``
     (``Loss.compilable``: the lean path without gradient hooks on z, which the compiled backward
-    drops: ``iwae_dreg``'s gradients came out wrong in a side-by-side check)."""
+    drops: ``iwae_dreg``'s gradients came out wrong in a side-by-side check); ``steps``: the steps
+    the run will take (on a CPU, ``auto`` compiles only runs of :data:`COMPILE_MIN_STEPS` or more).
+
+    On CUDA, ``auto`` captures the step in a CUDA graph and ``compiled`` compiles the loss (and
+    captures the step). On a CPU, ``compiled`` (and ``auto`` where it pays) compiles the whole step
+    into one graph (:mod:`pyro_vae.training.whole_step`); under data parallelism the loss only."""
     if requested not in ENGINES:
         raise ValueError(f"train.engine must be one of {ENGINES}, got {requested!r}")
     cuda = device.type == "cuda"
-    if requested == "eager" or (requested == "auto" and not cuda):
+    if requested == "eager":
         return Choice("eager", False, False)
+    if requested == "auto" and not cuda:
+        return _cpu_auto(static, data_parallel, compilable, steps)
     name = "graph" if requested == "auto" else requested
     why = None
     if not static:
@@ -160,6 +183,8 @@ def choose_engine(
         why = "CUDA graphs need a CUDA device"
     elif name == "graph" and data_parallel:
         why = "capture under data parallelism (NCCL collectives inside a graph) is not supported"
+    elif name == "compiled" and not cuda and compilable and not data_parallel:
+        why = compiler_problem()
     if why:
         return Choice("eager", False, False, f"train.engine={requested} runs eagerly: {why}")
     if name == "compiled" and not compilable:
@@ -172,7 +197,26 @@ def choose_engine(
             "gradients with hooks on z, which torch.compile does not keep, or the loss runs through "
             "Pyro's effect handlers (train.fast_path=false, or a structure without stories)",
         )
+    if name == "compiled" and not cuda and not data_parallel:
+        return Choice("compiled", False, False, whole=True)
     return Choice(name, cuda and not data_parallel, name == "compiled")
+
+
+def _cpu_auto(static: bool, data_parallel: bool, compilable: bool, steps: int | None) -> Choice:
+    """``train.engine=auto`` on a CPU: the whole step compiled where it pays, else eager (with the
+    reason, which ``fit`` logs as one line)."""
+    why = None
+    if not (static and compilable):
+        why = "this loss cannot be compiled (Pyro's own ELBO, gradient hooks on z, or Pyro's effect handlers)"
+    elif data_parallel:
+        why = "the whole-step compilation does not cover data parallelism"
+    elif steps is not None and steps < COMPILE_MIN_STEPS:
+        why = f"a run of {steps} steps is shorter than compiling pays for ({COMPILE_MIN_STEPS} steps or more)"
+    else:
+        why = compiler_problem()
+    if why:
+        return Choice("eager", False, False, f"train.engine=auto runs eagerly: {why}")
+    return Choice("compiled", False, False, whole=True)
 
 
 def capture_choice(choice: Choice, requested: str, problem: CaptureProblem | None) -> Choice:
@@ -221,6 +265,7 @@ class StepEngine:
         kl_weight: float = 1.0,
         ctx: distributed.Context | None = None,
         fallback: bool = False,
+        module: torch.nn.Module | None = None,
     ) -> None:
         device = x_train.device
         self.optim, self.x, self.bs, self.choice, self.fallback = optim, x_train, batch_size, choice, fallback
@@ -240,6 +285,11 @@ class StepEngine:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._next = 0  # host copy of the batch index
         _prepare_optimizer(optim, device, choice.capture)
+        self.whole = None
+        if choice.whole:
+            if module is None:
+                raise ValueError("the compiled whole step needs the module whose parameters it trains")
+            self.whole = WholeStep(self, module, loss_fn)
 
     # -- host side ----------------------------------------------------------------------------------
     def start_epoch(self, perm: torch.Tensor, start: int = 0, total: float = 0.0, step: int = 0) -> None:
@@ -251,6 +301,8 @@ class StepEngine:
         self.step_count.fill_(step)
         self.bad_step.fill_(-1)
         self._next = start
+        if self.whole is not None:
+            _init_optimizer_state(self.optim)  # (the compiled step reads and writes Adam's state)
 
     def size(self, i: int) -> int:
         """Images in batch ``i`` of an epoch."""
@@ -265,9 +317,30 @@ class StepEngine:
             graph = (self.graphs.get(size) or self._capture(size)) if self.choice.capture else None
             if graph is not None:
                 graph.replay()
+            elif self.whole is not None and size == self.bs:  # (an epoch's last, smaller batch: eager,
+                self._whole_step(size)  # rather than a second compilation for one step an epoch)
             else:
                 self._body(size)
         self._next += 1
+
+    def _whole_step(self, size: int) -> None:
+        """The compiled whole step; under ``fallback``, a compilation that fails (before anything
+        ran) is logged once and the run continues eagerly from the same state."""
+        try:
+            self.whole(size)
+        except Exception as exc:
+            if not self.fallback or size in self.whole.compile_seconds:
+                raise
+            log.warning(
+                "compiling the training step failed (%s: %s); the run continues eagerly", type(exc).__name__, exc
+            )
+            self.whole, self.choice = None, Choice("eager", False, False, f"the compilation failed: {exc}")
+            self._body(size)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling the whole step (0 when it is not compiled)."""
+        return sum(self.whole.compile_seconds.values()) if self.whole is not None else 0.0
 
     def read(self) -> Reading:
         """What the device has accumulated this epoch (waits for it)."""

@@ -103,6 +103,7 @@ def fit(
             train_time_s=trainer.train_time,
             images_per_s=trainer.epoch * n / trainer.train_time if trainer.train_time else None,
             engine=trainer.engine.choice.name,
+            compile_time_s=trainer.engine.compile_seconds,
             matmul_precision=cfg.train.matmul_precision,
         )
         run.write_summary(summary)
@@ -347,9 +348,11 @@ class Trainer:
                 kl_weight=cfg.train.kl_weight,
                 ctx=ctx,
                 fallback=cfg.train.engine == "auto",
-            )  # a failed capture continues eagerly
+                module=vae,
+            )  # a failed capture or compilation continues eagerly
 
-        choice = choose_engine(cfg.train.engine, device, loss.static, ctx.active, loss.compilable)
+        steps_left = max(cfg.train.epochs - self.epoch, 0) * self.steps_per_epoch
+        choice = choose_engine(cfg.train.engine, device, loss.static, ctx.active, loss.compilable, steps_left)
         choice = checked_choice(choice, cfg.train.engine, engine)  # what a CUDA graph cannot hold runs eagerly
         if choice.reason and ctx.main:  # a fallback: a warning where an engine was asked for by name
             log.log(logging.INFO if cfg.train.engine == "auto" else logging.WARNING, "%s", choice.reason)

@@ -40,11 +40,27 @@ def test_streaming_over_chunks_is_exact(tiny_vae64, monkeypatch):
         offset["i"] += n
         return out
 
-    monkeypatch.setattr(vae, "log_weights", fake_log_weights)
+    monkeypatch.setattr(vae, "weigher", lambda x_: lambda n: fake_log_weights(x_, n))
     bound, elbo = iwae_log_likelihood(vae, x, k, chunk=5)
     assert offset["i"] == k
     assert torch.allclose(bound, torch.logsumexp(table, 0) - math.log(k), atol=1e-10, rtol=0)
     assert torch.allclose(elbo, table.mean(0), atol=1e-10, rtol=0)
+
+
+def test_a_batch_is_encoded_once_for_all_its_chunks_and_the_draws_are_unchanged(tiny_vae64):
+    """The weigher builds q(z | x) once per batch; its chunks draw what separate log_weights
+    calls would (bit for bit), so chunking changes neither the numbers nor the work per sample."""
+    vae, x = tiny_vae64
+    calls = []
+    hook = vae.encoder.register_forward_hook(lambda *args: calls.append(1))
+    torch.manual_seed(2)
+    bound, elbo = iwae_log_likelihood(vae, x, 12, chunk=5)  # chunks of 5, 5, 2
+    hook.remove()
+    assert len(calls) == 1
+    torch.manual_seed(2)
+    log_w = torch.cat([vae.log_weights(x, n) for n in (5, 5, 2)])
+    assert torch.allclose(bound, torch.logsumexp(log_w, 0) - math.log(12), atol=1e-12, rtol=0)
+    assert torch.allclose(elbo, log_w.mean(0), atol=1e-12, rtol=0)
 
 
 def test_k_below_one_is_rejected(tiny_vae64):

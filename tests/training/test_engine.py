@@ -37,13 +37,16 @@ CPU, GPU = torch.device("cpu"), torch.device("cuda")
 @pytest.mark.parametrize(
     "requested, device, fast, ddp, expected",
     [
-        ("auto", CPU, True, False, ("eager", False, False, False)),
+        ("auto", CPU, True, False, ("compiled", False, False, False)),
+        ("auto", CPU, False, False, ("eager", False, False, True)),
+        ("auto", CPU, True, True, ("eager", False, False, True)),
         ("auto", GPU, True, False, ("graph", True, False, False)),
         ("auto", GPU, False, False, ("eager", False, False, True)),
         ("auto", GPU, True, True, ("eager", False, False, True)),
         ("graph", CPU, True, False, ("eager", False, False, True)),
         ("eager", GPU, True, False, ("eager", False, False, False)),
-        ("compiled", CPU, True, False, ("compiled", False, True, False)),
+        ("compiled", CPU, True, False, ("compiled", False, False, False)),
+        ("compiled", CPU, True, True, ("compiled", False, True, False)),
         ("compiled", GPU, True, False, ("compiled", True, True, False)),
         ("compiled", GPU, True, True, ("compiled", False, True, False)),
         ("compiled", CPU, False, False, ("eager", False, False, True)),
@@ -52,6 +55,7 @@ CPU, GPU = torch.device("cpu"), torch.device("cuda")
 def test_engine_choice_and_the_reason_for_a_fallback(requested, device, fast, ddp, expected):
     choice = choose_engine(requested, device, fast, ddp)
     assert (choice.name, choice.capture, choice.compile_loss, choice.reason is not None) == expected
+    assert choice.whole == (choice.name == "compiled" and device == CPU and not ddp)  # the whole step, on a CPU
     if choice.reason:
         assert choice.reason.startswith(f"train.engine={requested} runs eagerly: ")
 
