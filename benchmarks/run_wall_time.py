@@ -1,0 +1,92 @@
+"""`make run`'s wall time and peak memory, this tree against another one, back to back.
+
+    python benchmarks/run_wall_time.py --other-tree DIR [--rounds 1] [--out FILE]
+
+Runs the default training (`python -m pyro_vae train --out TMP`, what `make run` runs) with this
+checkout's package and with the package of ``--other-tree`` (a `git worktree` of an earlier commit,
+imported through ``PYTHONPATH``), alternately, each in its own process, and records each run's
+wall time, peak RSS (the process's ``ru_maxrss``), the summary line it printed and its final table,
+and the median ratio of this tree's wall time to the other's. Run it with the machine otherwise
+idle. Writes benchmarks/results/run_wall_time.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _git(tree: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def one_run(tree: Path) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        t = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyro_vae", "train", "--out", str(Path(tmp) / "run")],
+            cwd=tmp,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
+    if status:
+        raise RuntimeError(f"the run with {tree} failed (status {status}):\n{out[-2000:]}")
+    table = out[out.index("run folder:") :].splitlines()[1:] if "run folder:" in out else []
+    return {"tree": str(tree), "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "table": table}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--other-tree", required=True, help="a checkout of the commit to compare with")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--out", default=str(HERE / "results" / "run_wall_time.json"))
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
+    import torch
+
+    from common import machine
+
+    trees = {"this": ROOT, "other": Path(args.other_tree).resolve()}
+    rounds = []
+    for r in range(args.rounds):
+        order = ["this", "other"] if r % 2 == 0 else ["other", "this"]
+        row = {name: one_run(trees[name]) for name in order}
+        rounds.append(row)
+        print(
+            f"round {r + 1}: "
+            + "; ".join(f"{n} {v['wall_s']:.0f} s, {v['peak_rss_mb']:.0f} MB" for n, v in row.items()),
+            file=sys.stderr,
+        )
+    record = {
+        "command": "python benchmarks/run_wall_time.py " + " ".join(sys.argv[1:]),
+        "machine": machine(torch.device("cpu")),
+        "commits": {name: _git(tree, "rev-parse", "--short", "HEAD") for name, tree in trees.items()},
+        "rounds": rounds,
+        "wall_ratio_this_to_other": statistics.median(r["this"]["wall_s"] / r["other"]["wall_s"] for r in rounds),
+        "peak_rss_ratio_this_to_other": statistics.median(
+            r["this"]["peak_rss_mb"] / r["other"]["peak_rss_mb"] for r in rounds
+        ),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: record[k] for k in ("commits", "wall_ratio_this_to_other", "peak_rss_ratio_this_to_other")}))
+
+
+if __name__ == "__main__":
+    main()
