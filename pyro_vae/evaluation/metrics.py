@@ -86,7 +86,9 @@ def iwae_log_likelihood(
     if k < 1:
         raise ValueError(f"the number of importance samples K must be at least 1, got {k}")
     chunk = chunk or samples_per_chunk(x, k)
-    log_weights = vae.weigher(x)  # the batch encoded once for all its chunks
+    # The batch encoded once for all its chunks (Structure.weigher); any model with log_weights evaluates.
+    weigher = getattr(vae, "weigher", None)
+    log_weights = weigher(x) if weigher is not None else lambda n: vae.log_weights(x, n)
     running_lse = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=x.dtype)
     running_sum = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
     for start in range(0, k, chunk):

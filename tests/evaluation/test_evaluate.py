@@ -128,3 +128,18 @@ def test_gpu_chunks_are_larger_within_the_cap():
     from pyro_vae.evaluation.metrics import MAX_ELEMENTS_CPU, MAX_ELEMENTS_GPU, max_elements
 
     assert MAX_ELEMENTS_CPU <= max_elements(torch.device("cuda")) <= MAX_ELEMENTS_GPU
+
+
+def test_any_model_with_log_weights_evaluates(tiny_vae64):
+    """A model of one's own (a notebook's CVAE) needs only ``log_weights(x, n)``."""
+    vae, x = tiny_vae64
+
+    class Own(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = vae
+
+        def log_weights(self, x_, n):
+            return self.inner.log_weights(x_, n)
+
+    assert evaluate(Own(), x, k=8, seed=5)["nll"].mean == evaluate(vae, x, k=8, seed=5)["nll"].mean
