@@ -104,7 +104,7 @@ class TrainConfig:
     eval_batch_size: int = 1000  # images per batch when evaluating
     patience: int = 0  # stop after this many epochs without a better valid ELBO (0 = never)
     time_limit_min: float = 0.0  # stop after the epoch that takes training past this many minutes (0 = none)
-    engine: str = "auto"  # auto (graph on CUDA, eager on the CPU) | eager | graph | compiled: pyro_vae.training.engine
+    engine: str = "auto"  # auto (CUDA: graph; CPU: compiled for long runs, else eager) | eager | graph | compiled
     sync_every: int = 0  # steps between host reads of the loss (progress, signals); 0 = 1 on the CPU, 100 on CUDA
     tensorboard: bool = False  # log curves, images and hparams to RUN/tensorboard (pip install 'pyro-vae[tensorboard]')
     matmul_precision: str = "highest"  # highest (fp32 matrix products) | high (TF32 on GPUs that have it)

@@ -1,5 +1,5 @@
-"""The training step and the engines that run it: eagerly, captured in one CUDA graph, or with a
-compiled loss.
+"""The training step and the engines that run it: eagerly, captured in one CUDA graph, or compiled
+(on CUDA the loss, on a CPU the whole step: :mod:`pyro_vae.training.whole_step`).
 
 Every engine runs the same step body (:meth:`StepEngine._body`), written so that it never waits for
 the host: the batch is gathered from the device-resident training split through a device-side
@@ -12,11 +12,12 @@ a loss is not finite, Adam's ``found_inf`` flag skips every later update, so the
 exactly those of the last good step. The host reads the accumulators (:meth:`StepEngine.read`)
 every few steps and at the end of an epoch, never every step on a GPU.
 
-- ``eager``: the body as Python calls it (the CPU default; Pyro's own ELBOs run only this way).
+- ``eager``: the body as Python calls it (short CPU runs; Pyro's own ELBOs run only this way).
 - ``graph``: the body captured once per batch shape in a :class:`torch.cuda.CUDAGraph` and
   replayed (the CUDA default whenever the fast ELBO applies): one launch per step.
-- ``compiled``: the fast loss wrapped in :func:`torch.compile` (default mode); on CUDA the body is
-  then captured as well.
+- ``compiled``: on CUDA the fast loss wrapped in :func:`torch.compile` (default mode), the body
+  then captured as well; on a CPU the whole step, Adam included, in one compiled graph (the CPU
+  default for runs of :data:`COMPILE_MIN_STEPS` steps or more).
 
 :func:`choose_engine` turns ``train.engine`` (``auto`` by default) into the engine that will run,
 with the reason whenever it falls back to eager.
