@@ -8,6 +8,7 @@ import os
 import platform
 import statistics
 import time
+import types
 
 import pyro
 import torch
@@ -199,10 +200,6 @@ def plain_step(cfg: ExperimentConfig, kind: str, particles: int = 1, compiled: b
     def forward(values, x):
         return torch.func.functional_call(objective, {f"vae.{n}": v for n, v in zip(names, values)}, (x,))
 
-    # Guards on tensors only (the modules never change here), as pyro-vae's compiled step has them.
-    options = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
-
-    @torch.compile(fullgraph=True, dynamic=False, options=options)
     def whole(params, m, v, scalars, x):
         grads, value = torch.func.grad_and_value(forward)(tuple(params), x)
         for p, g, mi, vi in zip(params, grads, m, v):
@@ -211,10 +208,16 @@ def plain_step(cfg: ExperimentConfig, kind: str, particles: int = 1, compiled: b
             p.sub_(scalars[0] * mi / (vi.sqrt() / scalars[1] + eps))
         return value
 
+    # Guards on tensors only (the modules never change here), as pyro-vae's compiled step has them;
+    # so each step compiles its own copy of the code (Dynamo keeps graphs per code object).
+    options = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
+    own = types.FunctionType(whole.__code__.replace(), whole.__globals__, "whole", None, whole.__closure__)
+    compiled_whole = torch.compile(own, fullgraph=True, dynamic=False, options=options)
+
     def step(x: torch.Tensor) -> torch.Tensor:
         count[0] += 1
         scalars[0], scalars[1] = lr / (1 - b1 ** count[0]), math.sqrt(1 - b2 ** count[0])
-        return whole(params, m, v, scalars, x)
+        return compiled_whole(params, m, v, scalars, x)
 
     return step
 

@@ -220,10 +220,10 @@ def test_iwae_eval(tmp_path, device, run_script):
 
 
 def test_cpu_step_times_every_variant_side_by_side(tmp_path, run_script):
-    """Two variants served by their own processes, alternated for two rounds: medians, ratios
-    and peak RSS in the JSON (the peer needs JAX, not installed here)."""
+    """Three variants (one compiled) served by their own processes, alternated for two rounds:
+    medians, ratios and peak RSS in the JSON (the peer needs JAX, not installed here)."""
     out = tmp_path / "step.json"
-    variants = "plain eager,pyro-vae eager"
+    variants = "plain eager,plain compiled,pyro-vae eager"
     run_script(
         "benchmarks/cpu_step.py",
         "--rounds",
@@ -238,12 +238,12 @@ def test_cpu_step_times_every_variant_side_by_side(tmp_path, run_script):
         str(out),
     )
     record = json.loads(out.read_text())
-    assert set(record["median"]) == {"plain eager", "pyro-vae eager"} and len(record["rounds"]) == 2
+    assert set(record["median"]) == {"plain eager", "plain compiled", "pyro-vae eager"} and len(record["rounds"]) == 2
     for m in record["median"].values():
         assert set(m["images_per_s"]) == {"32", "64"} and all(v > 0 for v in m["images_per_s"].values())
         assert m["peak_rss_mb"] > 100
     assert record["median"]["pyro-vae eager"]["engine"] == {"32": "eager", "64": "eager"}
-    assert set(record["ratios"]) == {"pyro-vae eager / plain eager"}
+    assert set(record["ratios"]) == {"pyro-vae eager / plain eager"}  # (the default and the peer did not run)
 
 
 def test_cpu_profile_groups_the_time_of_a_step(tmp_path, run_script):
