@@ -17,9 +17,10 @@ Implementations (default model 784-400-50, softplus, Adam):
   hand-written         plain PyTorch: fused encoder head, closed-form loss, Adam(fused=True)
   hand-written graph   the same step captured in one CUDA graph (CUDA only): the fair fast baseline
   pyro-vae             the step `pyro-vae train` runs (Trace_ELBO semantics, fast path on, the
-                       default engine: a CUDA graph on CUDA, eager on a CPU), batches gathered on
-                       the device from the image pool as `fit` does
-  pyro-vae eager       the same with train.engine=eager (CUDA only: on a CPU that is the default)
+                       default engine for a 30-epoch run at that batch size: a CUDA graph on CUDA;
+                       on a CPU the compiled whole step for runs of 10,000 steps or more, else
+                       eager), batches gathered on the device from the image pool as `fit` does
+  pyro-vae eager       the same with train.engine=eager (CUDA only)
   pyro-vae compiled    the same with train.engine=compiled (torch.compile of the loss; captured on CUDA)
   pyro-vae NAME        the same step for every other ELBO in the registry (train.elbo=NAME; the
                        JIT ones run Pyro's compiled estimator, iwae only with >= 2 particles)
