@@ -362,22 +362,32 @@ class StepEngine:
         xb = decode(self.x.index_select(0, distributed.shard(idx, self.ctx)))
         if self.binarize:
             xb = torch.bernoulli(xb)
-        beta = None
-        if self.warmup_steps or self.kl_weight != 1.0:
-            beta = kl_warmup_weight((self.step_count + 1).to(xb.dtype), self.warmup_steps, self.kl_weight)
-        value = loss_and_backward(self.loss_fn, self.optim, xb, beta, size / self.world, self.ctx)
+        value = loss_and_backward(self.loss_fn, self.optim, xb, self._beta(xb), size / self.world, self.ctx)
+        ok = self._account(value, size)
+        self.found_inf.copy_((~ok).to(self.found_inf.dtype))
+        self.optim.found_inf = self.found_inf
+        self.optim.step()
+        if self.choice.capture:
+            self.batch.add_(1)
+
+    def _beta(self, xb: torch.Tensor):
+        """The KL term's weight at the coming step (from the device step counter), or None."""
+        if not (self.warmup_steps or self.kl_weight != 1.0):
+            return None
+        return kl_warmup_weight((self.step_count + 1).to(xb.dtype), self.warmup_steps, self.kl_weight)
+
+    def _account(self, value: torch.Tensor, size: int) -> torch.Tensor:
+        """Book the step's loss ``value`` (per image, ``size`` images) on the device: added to the
+        epoch's sum when finite and no earlier step was not, else the first bad step and its value
+        recorded; the step counter advanced. Returns whether the step may update (a device bool)."""
         clean = self.bad_step < 0  # no bad step yet this epoch
         ok = torch.isfinite(value) & clean
         first_bad = ~ok & clean
         self.bad_step.copy_(torch.where(first_bad, self.step_count, self.bad_step))
         self.bad_value.copy_(torch.where(first_bad, value.double(), self.bad_value))
-        self.found_inf.copy_((~ok).to(self.found_inf.dtype))
-        self.optim.found_inf = self.found_inf
-        self.optim.step()
         self.loss_sum.add_(torch.where(ok, value.double() * size, 0.0))
         self.step_count.add_(1)
-        if self.choice.capture:
-            self.batch.add_(1)
+        return ok
 
     def check_capture(self, size: int | None = None, validation: bool = False) -> CaptureProblem | None:
         """Run one step body (batches of ``size`` images, default the batch size) as a capture

@@ -120,32 +120,16 @@ class WholeStep:
         xb = decode(e.x.index_select(0, idx))
         if e.binarize:
             xb = torch.bernoulli(xb)
-        beta = None
-        if e.warmup_steps or e.kl_weight != 1.0:
-            beta = _warmup(e.step_count + 1, e.warmup_steps, e.kl_weight).to(xb.dtype)
-        denominator = size / e.world
+        beta, denominator = e._beta(xb), size / e.world
 
         def loss(values):
             swapped = {f"structure.{name}": value for name, value in zip(self.names, values)}
             return torch.func.functional_call(self.objective, swapped, (xb, beta)) / denominator
 
         grads, value = torch.func.grad_and_value(loss)(tuple(params))
-        value = value.detach()
-        clean = e.bad_step < 0
-        ok = torch.isfinite(value) & clean
-        first_bad = ~ok & clean
-        e.bad_step.copy_(torch.where(first_bad, e.step_count, e.bad_step))
-        e.bad_value.copy_(torch.where(first_bad, value.double(), e.bad_value))
-        e.loss_sum.add_(torch.where(ok, value.double() * size, 0.0))
-        e.step_count.add_(1)
+        ok = e._account(value.detach(), size)  # the engine's bookkeeping, as its eager step keeps it
         e.batch.add_(1)
         _adam(params, grads, exp_avgs, exp_avg_sqs, steps, scalars, ok, **self.adam)
-
-
-def _warmup(step: torch.Tensor, warmup_steps: float, kl_weight: float) -> torch.Tensor:
-    if not warmup_steps:
-        return torch.full_like(step, kl_weight, dtype=torch.float32)
-    return torch.clamp(step / warmup_steps, max=1.0) * kl_weight
 
 
 def _adam(params, grads, exp_avgs, exp_avg_sqs, steps, scalars, ok, *, beta1, beta2, eps) -> None:
