@@ -381,6 +381,13 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     if units:
         counts = ", ".join(f"{layer} {u['active']} of {u['of']}" for layer, u in units.items())
         print(f"active units (Cov_x E[z|x] > {next(iter(units.values()))['threshold']:g}): {counts}")
+    clustering = summary.get("clustering")
+    if clustering:
+        print(
+            f"test clustering: accuracy {clustering['accuracy']:.1%}, NMI {clustering['nmi']:.3f} "
+            f"({clustering['clusters_used']} of {clustering['components']} components used, "
+            f"{clustering['images']:,} images)"
+        )
 
 
 def _train(args) -> int:

@@ -68,7 +68,8 @@ class DataConfig:
     binarize: str = "none"  # grey-level sets only: none | static (once, seeded) | dynamic (every batch)
     valid_size: int = 10000  # images held out of the training split when a set has no validation split
     subset: int = 0  # use N evenly spaced images of every split (0 = all); for quick runs and tests
-    seed: int = 0  # seed of static binarization and of random splits
+    labels: int = 0  # keep N training labels, balanced and seeded, hide the rest (0 = no labels); pyro_vae.data.labels
+    seed: int = 0  # seed of static binarization, of random splits and of the labels data.labels keeps
     settings: dict = field(default_factory=dict)  # data set name -> its settings ([data.NAME] tables)
 
 
@@ -414,6 +415,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for section, key in [
         ("data", "valid_size"),
         ("data", "subset"),
+        ("data", "labels"),
         ("eval", "iwae_images"),
         ("train", "patience"),
         ("train", "sync_every"),

@@ -30,6 +30,7 @@ import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import pyro
 import torch
@@ -61,13 +62,16 @@ _instances = itertools.count()
 class Site:
     """One sample site of one run of a story (or of a Pyro trace): its distribution ``fn`` as the
     story passed it, its ``value`` (drawn, replayed or observed) and its ``scale``, the KL warm-up
-    weight beta on latent sites (1.0 without warm-up, and on observed sites)."""
+    weight beta on latent sites (1.0 without warm-up, and on observed sites). ``enumerated``: a
+    discrete guide site whose value is its whole support, in a dimension of its own left of the
+    plates (parallel enumeration, as Pyro's ``poutine.enum`` lays it out)."""
 
     name: str
     fn: Distribution
     value: torch.Tensor
     observed: bool
     scale: torch.Tensor | float = 1.0
+    enumerated: bool = False
     _lp: torch.Tensor | None = field(default=None, repr=False)
 
     def log_prob(self) -> torch.Tensor:
@@ -77,14 +81,33 @@ class Site:
         return self._lp
 
 
+class EnumeratedWeights(NamedTuple):
+    """The log weights of a guide whose discrete sites are enumerated: ``log_w`` = log p(x, z, c) -
+    log q(z, c | x) of shape (*E, N, B), E the enumerated sites' supports (one dimension each), N
+    draws of the continuous sites for every value c; ``log_q`` = log q(c | x), of a shape that
+    broadcasts to ``log_w``'s. The ELBO is Σ_c q(c | x) log_w averaged over the N draws;
+    ``log_w + log_q`` = log p(x, z, c) - log q(z | x, c), whose log-sum-exp over c and the draws,
+    less log N, is the IWAE bound with c summed out exactly (stratified: N draws per value)."""
+
+    log_w: torch.Tensor
+    log_q: torch.Tensor
+
+
 class LeanEmit:
     """Runs a story with no Pyro effect handler, recording its :class:`Site` s in order (``sites``).
 
     A latent site takes its value from ``values`` when given (a replay), else a draw: ``N =
     particles`` draws ``fn.rsample((N,))`` when ``fn``'s batch is the data batch (B,) alone, one
     ``fn.rsample()`` when N = 1 or when ``fn`` already has batch (N, B) (conditioned on a drawn
-    latent); ``fn.sample`` the same way for a distribution without ``rsample``. That is what Pyro
-    draws inside its vectorised particle plate.
+    latent), and ``fn`` expanded to (..., N, B) first when its batch is (..., 1, B) (conditioned
+    on an enumerated site); ``fn.sample`` the same way for a distribution without ``rsample``.
+    That is what Pyro draws inside its vectorised particle plate.
+
+    With ``enumerate``, a discrete site (``has_enumerate_support`` and no ``rsample``) takes its
+    whole support instead, in a new dimension left of the plates (data, and the particles when
+    N > 1) and of the sites enumerated before it: Pyro's parallel enumeration
+    (``config_enumerate`` and ``poutine.enum``), so everything downstream is computed once for
+    every value.
 
     :param beta: the KL warm-up weight, the ``scale`` of every latent site (None: 1.0).
     """
@@ -94,26 +117,52 @@ class LeanEmit:
         particles: int = 1,
         beta: torch.Tensor | float | None = None,
         values: dict[str, torch.Tensor] | None = None,
+        enumerate: bool = False,
     ) -> None:
-        self.particles, self.beta, self.values = particles, beta, values
+        self.particles, self.beta, self.values, self.enumerate = particles, beta, values, enumerate
         self.sites: dict[str, Site] = {}
+        self._enum_dim = -2 if particles > 1 else -1  # the leftmost dimension in use (the plates')
 
     def latent(self, name: str, fn: Distribution) -> torch.Tensor:
         if name in self.sites:
             raise ValueError(f"sample site {name!r} is emitted twice; every site needs its own name")
+        enumerated = False
         if self.values is not None and name in self.values:
             value = self.values[name]
+            if self.particles > 1 and len(fn.batch_shape) == 1 and _particle_size(value, fn) == 1:
+                fn = fn.expand((self.particles, *fn.batch_shape))  # (an enumerated value: as Pyro's plate expands it)
+        elif self.enumerate and fn.has_enumerate_support and not fn.has_rsample:
+            if self.particles > 1 and len(fn.batch_shape) == 1:  # (Pyro's particle plate expands it so)
+                fn = fn.expand((self.particles, *fn.batch_shape))
+            self._enum_dim -= 1
+            support = fn.enumerate_support(expand=False)
+            value = support.reshape((support.shape[0],) + (1,) * (-self._enum_dim - 1) + fn.event_shape)
+            enumerated = True
         else:
-            shape = torch.Size((self.particles,)) if self.particles > 1 and len(fn.batch_shape) == 1 else torch.Size()
-            value = fn.rsample(shape) if fn.has_rsample else fn.sample(shape)
-        self.sites[name] = Site(name, fn, value, False, 1.0 if self.beta is None else self.beta)
+            value = self._draw(fn)
+        self.sites[name] = Site(name, fn, value, False, 1.0 if self.beta is None else self.beta, enumerated)
         return value
+
+    def _draw(self, fn: Distribution) -> torch.Tensor:
+        batch, n = fn.batch_shape, self.particles
+        shape = torch.Size()
+        if n > 1 and len(batch) == 1:
+            shape = torch.Size((n,))
+        elif n > 1 and len(batch) > 2 and batch[-2] == 1:
+            fn = fn.expand(batch[:-2] + (n, batch[-1]))
+        return fn.rsample(shape) if fn.has_rsample else fn.sample(shape)
 
     def observed(self, name: str, fn: Distribution, value: torch.Tensor) -> torch.Tensor:
         if name in self.sites:
             raise ValueError(f"sample site {name!r} is emitted twice; every site needs its own name")
         self.sites[name] = Site(name, fn, value, True)
         return value
+
+
+def _particle_size(value: torch.Tensor, fn: Distribution) -> int | None:
+    """The size of ``value``'s particle dimension (left of the data's), None if it has none."""
+    dim = value.dim() - fn.event_dim - 2
+    return value.shape[dim] if dim >= 0 else None
 
 
 class PyroEmit:
@@ -304,18 +353,28 @@ class Structure(nn.Module):
             f"{type(self).__name__} does not list its latent layers: implement layers() -> {{site: size}}, top first"
         )
 
-    def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+    def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor | EnumeratedWeights:
         """``log p(x, z_k) - log q(z_k | x)`` for ``z_k ~ q(z | x)``, shape (num_samples, B): every
         model site's log-density minus every guide site's, unscaled.
 
-        Their mean is an ELBO estimate, their log-mean-exp the IWAE bound on log p(x).
+        Their mean is an ELBO estimate, their log-mean-exp the IWAE bound on log p(x). A structure
+        whose guide has discrete sites (written as stories) enumerates them: the draws are
+        :class:`EnumeratedWeights`, ``num_samples`` draws of the continuous sites for every value
+        of the discrete ones.
         """
         if self.has_stories:
-            guide = LeanEmit(num_samples)
+            guide = LeanEmit(num_samples, enumerate=True)
             self.guide_story(x, guide)
             model = LeanEmit(num_samples, values={name: s.value for name, s in guide.sites.items()})
             self.model_story(x, model)
             model_sites, guide_sites = list(model.sites.values()), list(guide.sites.values())
+            enumerated = [s.log_prob() for s in guide_sites if s.enumerated]
+            if enumerated:
+                log_w = sum(s.log_prob() for s in model_sites) - sum(s.log_prob() for s in guide_sites)
+                log_q = sum(enumerated[1:], enumerated[0])
+                if num_samples == 1:  # (no particle dimension was made: add it)
+                    log_w, log_q = log_w.unsqueeze(-2), log_q.unsqueeze(-2)
+                return EnumeratedWeights(log_w, log_q)
         else:
             particles = pyro.plate(
                 "num_particles_vectorized", num_samples, dim=-(self.max_plate_nesting + 1), device=x.device
@@ -392,6 +451,15 @@ class Structure(nn.Module):
         tell them apart: everything is in ``all``."""
         return {"all": list(self.parameters())}
 
+    def components(self) -> int:
+        """How many clusters (mixture components) :meth:`clusters` assigns images to; 0 for a
+        structure that does not cluster (this generic version)."""
+        return 0
+
+    def clusters(self, x: torch.Tensor) -> torch.Tensor:
+        """Each image's cluster (B,), integers in 0 .. :meth:`components` - 1."""
+        raise NotImplementedError(f"{type(self).__name__} does not cluster images (components() is 0)")
+
     # -- helpers ------------------------------------------------------------------------------------------------
 
     def _codes(self, codes: dict[str, torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor]:
@@ -430,7 +498,14 @@ def _held(fixed: dict[str, torch.Tensor] | None, n: int) -> dict[str, torch.Tens
 def trace_sites(trace: poutine.Trace) -> dict[str, Site]:
     """The sample sites of a Pyro trace (subsample sites left out) as :class:`Site` records, in order."""
     return {
-        name: Site(name, node["fn"], node["value"], bool(node["is_observed"]), node["scale"])
+        name: Site(
+            name,
+            node["fn"],
+            node["value"],
+            bool(node["is_observed"]),
+            node["scale"],
+            node["infer"].get("_enumerate_dim") is not None,
+        )
         for name, node in trace.nodes.items()
         if node["type"] == "sample" and not site_is_subsample(node)
     }

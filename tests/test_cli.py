@@ -99,7 +99,7 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
         (["config", "--set", "model.hidden=400,x"], "model.hidden: expected an integer"),
         (
             ["config", "--set", "train.elbo=nope"],
-            "train.elbo = 'nope' is not one of: ciwae, iwae, iwae_dreg, jit_mean_field, jit_trace, mean_field, miwae, "
+            "train.elbo = 'nope' is not one of: ciwae, enum, iwae, iwae_dreg, jit_mean_field, jit_trace, mean_field, miwae, "
             "piwae, stl, trace",
         ),
         (
@@ -117,7 +117,8 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
             "'bernoulli' is no model component with settings; those "
             "with settings are: conv (channels, features), discretized_logistic_mixture (components), "
             "gaussian (scale), "
-            "hierarchical (layers, latent_dims, ladder, skip), iaf (steps), mixture_of_gaussians (components), resnet "
+            "hierarchical (layers, latent_dims, ladder, skip), iaf (steps), mixture (components), "
+            "mixture_of_gaussians (components), resnet "
             "(channels, features)",
         ),
         (["config", "--set", "train.kl_warmup_epochs=-1"], "train.kl_warmup_epochs = -1.0 must be 0 or more"),

@@ -288,7 +288,7 @@ def test_refusals_say_why_and_the_fix():
         load_config(None, [*base, "model.hierarchical.layers=1"])
     with pytest.raises(ConfigError, match=r"latent_dims = \[2, 3, 4\] gives 3 sizes for layers = 2; give one size "):
         load_config(None, [*base, "model.hierarchical.latent_dims=[2,3,4]"])
-    with pytest.raises(ConfigError, match="model.structure = 'tree' is not one of: hierarchical, vae"):
+    with pytest.raises(ConfigError, match="model.structure = 'tree' is not one of: hierarchical, mixture, vae"):
         load_config(None, ["model.structure=tree"])
     with pytest.raises(ConfigError, match="model.structure=tree: unknown model structure 'tree'"):
         build_model(ModelConfig(structure="tree"), D)
@@ -485,3 +485,99 @@ def test_a_hierarchical_run_trains_evaluates_compares_and_exports(tmp_path, caps
     assert main(["evaluate", str(model), "--k", "3", "--images", "8", "--no-progress", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "wrote" in out and "DReG gradients (iwae_dreg)" in (run / "compare" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- mixture: a discrete c above z
+
+
+def _mixture(*extra, d=D, image_shape=None):
+    return _model("model.structure=mixture", "model.mixture.components=4", *extra, d=d, image_shape=image_shape)
+
+
+def test_the_mixture_stories_emit_a_discrete_c_above_z_in_pyro_and_lean_alike():
+    vae, x = _mixture(), _x()
+    torch.manual_seed(3)
+    guide_trace, model_trace = vae.traces(x)
+    torch.manual_seed(3)
+    lean = LeanEmit()
+    vae.guide_story(x, lean)
+    assert [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and n != "data"] == ["c", "z"]
+    assert [n for n, s in model_trace.nodes.items() if s["type"] == "sample" and n != "data"] == ["c", "z", "x"]
+    for name in ("c", "z"):
+        assert torch.equal(guide_trace.nodes[name]["value"], lean.sites[name].value), name
+    c = lean.sites["c"].value
+    assert c.shape == (B, 4) and torch.equal(c.sum(-1), torch.ones(B, dtype=c.dtype))  # one-hot draws
+    enumerated = LeanEmit(enumerate=True)
+    vae.guide_story(x, enumerated)
+    assert enumerated.sites["c"].enumerated and enumerated.sites["c"].value.shape == (4, 1, 4)
+    assert enumerated.sites["z"].value.shape == (4, B, 3)
+
+
+def test_the_mixtures_gumbel_max_draws_follow_the_categorical():
+    from pyro_vae.mixture import OneHotCategorical
+
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    n, seed = 200_000, 0
+    torch.manual_seed(seed)
+    freq = OneHotCategorical(probs=probs).sample((n,)).mean(0)
+    z = (freq - probs) / (probs * (1 - probs) / n).sqrt()
+    assert z.abs().max() < 4.5, f"N = {n}, seed {seed}: z-scores {z.tolist()}"
+
+
+def test_the_mixtures_latent_api_and_clusters():
+    vae, x = _mixture(), _x()
+    assert vae.layers() == {"z": 3} and vae.components() == 4 and vae.has_stories
+    assert vae.point(x)["z"].shape == (B, 3) and vae.encode(x)["z"][1].shape == (B, 3)
+    clusters = vae.clusters(x)
+    assert (
+        clusters.shape == (B,) and clusters.dtype == torch.long and 0 <= int(clusters.min()) <= int(clusters.max()) < 4
+    )
+    assert torch.equal(clusters, vae.responsibilities(x).argmax(-1))
+    assert vae.sample(5).shape == (5, D) and vae.reconstruct(x).shape == (B, D)
+    n, seed = 4000, 0
+    torch.manual_seed(seed)
+    z = vae.sample_latents(n, component=2)["z"]
+    p = vae.prior_z(torch.nn.functional.one_hot(torch.tensor(2), 4).double())
+    score = (z.mean(0) - p.mean) / (p.stddev / math.sqrt(n))
+    assert score.abs().max() < 4.5, f"N = {n}, seed {seed}: z-scores {score.tolist()}"
+    assert torch.equal(vae.sample_latents(3, temperature=0.0, component=2)["z"], p.mean.expand(3, 3))
+    with pytest.raises(ValueError, match="component 4 does not exist: this mixture has components 0..3"):
+        vae.sample_latents(1, component=4)
+    assert VAE.components(build_vae(ModelConfig(latent_dim=2, hidden=(8,)), D)) == 0
+
+
+def test_the_mixture_refuses_what_it_cannot_use():
+    with pytest.raises(
+        ConfigError, match="has its own prior, the mixture of K learned Gaussians p.z . c., so model.prior=vamp"
+    ):
+        _mixture("model.prior=vamp")
+    with pytest.raises(
+        ConfigError, match="guide q.z . x, c. is a diagonal Gaussian conditioned on the component, not model.guide=iaf"
+    ):
+        _mixture("model.guide=iaf")
+    with pytest.raises(ConfigError, match="components = 1 must be between 2 and 10,000"):
+        load_config(None, ["model.structure=mixture", "model.mixture.components=1"])
+
+
+@pytest.mark.parametrize("network", ["mlp", "gated_mlp", "conv"])
+@pytest.mark.parametrize(
+    "likelihood",
+    ["bernoulli", "continuous_bernoulli", "gaussian", "discretized_logistic", "discretized_logistic_mixture"],
+)
+def test_every_likelihood_and_network_trains_the_mixture_by_enumeration(network, likelihood):
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
+
+    vae = _mixture(
+        f"model.network={network}",
+        f"model.likelihood={likelihood}",
+        "model.conv.channels=[2]",
+        "model.conv.features=8",
+        d=16,
+        image_shape=(1, 4, 4),
+    )
+    x = _x(d=16)
+    torch.manual_seed(1)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(vae.model, config_enumerate(vae.guide), x)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in vae.parameters() if p.grad is not None)
+    assert vae.sample(2).shape == (2, 16) and torch.isfinite(vae.log_weights(x, 3).log_w).all()

@@ -1,6 +1,7 @@
 """Data: pixels in their stored form (:mod:`~pyro_vae.data.pixels`), the :class:`Splits` contract
 and the registry of sets (:mod:`~pyro_vae.data.splits`), binarized MNIST's files
-(:mod:`~pyro_vae.data.binarized_mnist`) and the other sets (:mod:`~pyro_vae.data.sets`).
+(:mod:`~pyro_vae.data.binarized_mnist`), the other sets (:mod:`~pyro_vae.data.sets`) and labels as
+data (:mod:`~pyro_vae.data.labels`).
 Importing this package registers every set."""
 
 from pyro_vae.data import images, sets  # noqa: F401  (register mnist, fashion_mnist, array, image_folder, cifar10)
@@ -20,4 +21,6 @@ from pyro_vae.data.binarized_mnist import (  # noqa: F401
     pack_binarized_mnist,
     read_amat,
 )
-from pyro_vae.data.splits import DATASETS, SPLITS, Splits, check_images, load_data, make_splits  # noqa: F401
+from pyro_vae.data.labels import apply_labels  # noqa: F401
+from pyro_vae.data.load import load_data  # noqa: F401
+from pyro_vae.data.splits import DATASETS, SPLITS, Splits, check_images, make_splits  # noqa: F401

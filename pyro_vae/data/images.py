@@ -5,14 +5,14 @@
   (``data.image_folder.channels`` = 1 or 3). Sub-folders ``train/``, ``valid/``, ``test/`` are the
   splits when present (without ``valid/``, a seeded tenth of ``train/`` is held out); otherwise a
   seeded 80/10/10 split. When every file sits in a class sub-folder, the folder names, sorted, are
-  the labels. Held in memory as uint8 levels like every set. Every file is opened by
+  the labels (of every split). Held in memory as uint8 levels like every set. Every file is opened by
   :func:`open_image` (PIL's decompression-bomb limit, 16-bit grey scaled to 8 bits, transparent
   pixels composited onto black), as are the files the latent commands read.
 - ``cifar10``: 32 x 32 colour, read from the **binary** release (``cifar-10-binary.tar.gz``, or its
   unpacked ``cifar-10-batches-bin/``), records of one label byte and 3,072 pixel bytes. Never the
   pickled "python version": unpickling a downloaded file can run code. ``data.download = true``
   fetches the archive (md5 checked) into ``data.root``. The last ``data.valid_size`` training images
-  are the validation split.
+  are the validation split. The labels of the training and test splits are kept.
 """
 
 from __future__ import annotations
@@ -102,12 +102,12 @@ def _image_folder(cfg: DataConfig) -> Splits:
             f"limit of {MAX_DATA_BYTES:,} bytes (pyro_vae.config.MAX_DATA_BYTES); lower "
             "data.image_folder.image_size, or use fewer files"
         )
-    arrays, labels, skipped, transparent = {}, None, [], []
+    arrays, labels, skipped, transparent = {}, {}, [], []
     for split in SPLITS:
         pixels, kept = _read_all(files[split], settings, skipped, transparent)
         arrays[split] = pixels.reshape(len(pixels), -1).astype(np.float32) / 255
-        if split == "test" and classes is not None:
-            labels = np.array([classes[_class_of(root, split_dirs, path)] for path in kept])
+        if classes is not None and split != "valid":
+            labels[split] = np.array([classes[_class_of(root, split_dirs, path)] for path in kept])
     if skipped:
         log.warning(
             "image_folder: skipped %d unreadable file(s) under %s, the first %s", len(skipped), root, skipped[0]
@@ -121,7 +121,7 @@ def _image_folder(cfg: DataConfig) -> Splits:
             transparent[0],
         )
     shape = (settings.channels, settings.image_size, settings.image_size)
-    return make_splits(arrays, f"image folder {root}", shape, labels)
+    return make_splits(arrays, f"image folder {root}", shape, labels.get("test"), train_labels=labels.get("train"))
 
 
 _image_folder.Settings = ImageFolderSettings
@@ -298,11 +298,11 @@ def _cifar10(cfg: DataConfig) -> Splits:
         download_cifar10(root)
     batches = _cifar_batches(root)
     train = [read_cifar_batch(batches[n], f"{root}/{n}") for n in CIFAR_TRAIN]
-    x_train = np.concatenate([x for x, _ in train])
+    x_train, y_train = (np.concatenate(parts) for parts in zip(*train))
     x_test, y_test = read_cifar_batch(batches[CIFAR_TEST], f"{root}/{CIFAR_TEST}")
     n_valid = cfg.valid_size
     if not 0 < n_valid < len(x_train):
         raise ValueError(f"data.valid_size = {n_valid} must be between 1 and {len(x_train) - 1} for cifar10")
     arrays = {"train": x_train[:-n_valid], "valid": x_train[-n_valid:], "test": x_test}
     arrays = {s: a.astype(np.float32) / 255 for s, a in arrays.items()}
-    return make_splits(arrays, f"CIFAR-10 in {root}", (3, 32, 32), y_test)
+    return make_splits(arrays, f"CIFAR-10 in {root}", (3, 32, 32), y_test, train_labels=y_train[:-n_valid])

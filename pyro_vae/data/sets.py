@@ -1,7 +1,7 @@
 """Grey-level sets and a user's own arrays.
 
-- ``mnist`` and ``fashion_mnist``: grey-level images through :mod:`torchvision.datasets`,
-  with ``data.binarize`` = ``none`` | ``static`` | ``dynamic``.
+- ``mnist`` and ``fashion_mnist``: grey-level images and their labels (training and test) through
+  :mod:`torchvision.datasets`, with ``data.binarize`` = ``none`` | ``static`` | ``dynamic``.
 - ``array``: a user's ``.npy`` / ``.npz`` file (``data.root`` is its path) of shape (N, D) or
   (N, H, W); an ``.npz`` may hold ``train`` / ``valid`` / ``test`` (and ``test_labels``) arrays,
   anything else is split 80/10/10 with a seeded permutation. The headers are checked before
@@ -51,7 +51,8 @@ def _torchvision_set(cls_name: str, cfg: DataConfig) -> Splits:
         "valid": _binarize(full[-n_valid:], fixed, cfg.seed + 1),
         "test": _binarize(x_test, fixed, cfg.seed + 2),
     }
-    return make_splits(arrays, f"{cls_name} in {root}", (28, 28), test.targets, cfg.binarize == "dynamic")
+    source = f"{cls_name} in {root}"
+    return make_splits(arrays, source, (28, 28), test.targets, cfg.binarize == "dynamic", train.targets[:-n_valid])
 
 
 @DATASETS.register("mnist")

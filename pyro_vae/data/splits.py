@@ -1,7 +1,8 @@
 """The contract every data set is delivered under, and the registry of sets by name.
 
 Every loader returns :class:`Splits`: float32 tensors of shape ``(N, D)`` with values in
-``[0, 1]`` for ``train``, ``valid`` and ``test`` (plus test labels where the set has them).
+``[0, 1]`` for ``train``, ``valid`` and ``test`` (plus training and test labels where the set has
+them; ``data.labels`` decides which training labels a run sees, :mod:`pyro_vae.data.labels`).
 Images whose values are all multiples of 1/255 (binary ones included) are held as uint8 levels,
 a quarter of float32's memory, and decoded on access (:mod:`pyro_vae.data.pixels`).
 Bad data raises ``ValueError`` naming the file and the problem. A loader is one function
@@ -13,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pyro_vae.config import DataConfig
 from pyro_vae.data.pixels import decode, encode, evenly_spaced
 from pyro_vae.registry import Registry
 
@@ -28,6 +28,11 @@ class Splits:
     the training loop takes :meth:`stored` tensors and decodes one batch at a time.
 
     :param train, valid, test: float32 images in [0, 1], or uint8 levels (value x 255).
+    :param train_labels: long (N_train,): the class of each training image where known, -1 where
+        hidden, or None. A loader gives every training label its set has; :func:`load_data` keeps
+        ``data.labels`` of them, or none (None) when ``data.labels = 0``.
+    :param label_protocol: how the training labels were chosen, one line for reports ("" = no labels
+        used), set by :func:`pyro_vae.data.labels.apply_labels`.
     """
 
     def __init__(
@@ -39,12 +44,16 @@ class Splits:
         test_labels: torch.Tensor | None = None,
         dynamic_binarization: bool = False,
         source: str = "",
+        train_labels: torch.Tensor | None = None,
+        label_protocol: str = "",
     ) -> None:
         self._stored = {s: encode(x) for s, x in zip(SPLITS, (train, valid, test))}
         self.image_shape = image_shape
         self.test_labels = test_labels
         self.dynamic_binarization = dynamic_binarization  # resample x ~ Bernoulli(pixels) for every training batch
         self.source = source
+        self.train_labels = train_labels
+        self.label_protocol = label_protocol
 
     def stored(self, split: str) -> torch.Tensor:
         """The split as held in memory: uint8 levels or float32 (pass batches through :func:`decode`)."""
@@ -67,19 +76,26 @@ class Splits:
         return self._stored["train"].shape[1]
 
     def subset(self, n: int) -> Splits:
-        """``n`` evenly spaced images of every split (``n = 0``: all). Evenly spaced rather than
-        the first ``n``, because the binarized-MNIST test split is sorted by digit."""
+        """``n`` evenly spaced images of every split (``n = 0``: all), with their labels. Evenly
+        spaced rather than the first ``n``, because the binarized-MNIST test split is sorted by
+        digit. :func:`load_data` takes the subset before it applies ``data.labels``, so that every
+        labelled image stays."""
         if n <= 0:
             return self
         pick = {s: evenly_spaced(x.shape[0], n) for s, x in self._stored.items()}
-        labels = self.test_labels[pick["test"]] if self.test_labels is not None else None
         return Splits(
             *(self._stored[s][pick[s]] for s in SPLITS),
             self.image_shape,
-            labels,
+            _pick(self.test_labels, pick["test"]),
             self.dynamic_binarization,
             self.source,
+            _pick(self.train_labels, pick["train"]),
+            self.label_protocol,
         )
+
+
+def _pick(labels: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    return labels[index] if labels is not None else None
 
 
 def check_images(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
@@ -117,19 +133,35 @@ def check_images(array: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
     return encode(x) if x.is_floating_point() else x.to(torch.uint8) * 255  # 0/1 integers as levels
 
 
-def make_splits(arrays: dict[str, np.ndarray], source: str, image_shape, labels=None, dynamic=False) -> Splits:
-    """Check every split of ``arrays`` (:func:`check_images`) and the labels; hold them as :class:`Splits`."""
+def make_splits(
+    arrays: dict[str, np.ndarray], source: str, image_shape, labels=None, dynamic=False, train_labels=None
+) -> Splits:
+    """Check every split of ``arrays`` (:func:`check_images`) and the test (``labels``) and training
+    labels; hold them as :class:`Splits`."""
     tensors = {s: check_images(arrays[s], f"{source} [{s}]") for s in SPLITS}
     dims = {s: t.shape[1] for s, t in tensors.items()}
     if len(set(dims.values())) != 1:
         raise ValueError(f"{source}: the splits have different image sizes {dims}")
-    if labels is not None:
-        labels = torch.as_tensor(np.asarray(labels)).long()
-        if labels.shape != (tensors["test"].shape[0],):
-            raise ValueError(f"{source}: {labels.shape[0]} test labels for {tensors['test'].shape[0]} test images")
-    return Splits(tensors["train"], tensors["valid"], tensors["test"], tuple(image_shape), labels, dynamic, source)
+    return Splits(
+        tensors["train"],
+        tensors["valid"],
+        tensors["test"],
+        tuple(image_shape),
+        _labels(labels, tensors["test"], source, "test"),
+        dynamic,
+        source,
+        _labels(train_labels, tensors["train"], source, "training"),
+    )
 
 
-def load_data(cfg: DataConfig) -> Splits:
-    """Load the data set named ``cfg.name`` (see :data:`DATASETS`) and apply ``cfg.subset``."""
-    return DATASETS.get(cfg.name)(cfg).subset(cfg.subset)
+def _labels(labels, images: torch.Tensor, source: str, split: str) -> torch.Tensor | None:
+    """``labels`` as a long tensor, one per image of ``images``; ``ValueError`` otherwise."""
+    if labels is None:
+        return None
+    labels = torch.as_tensor(np.asarray(labels)).long()
+    if labels.shape != (images.shape[0],):
+        raise ValueError(
+            f"{source}: {split} labels of shape {tuple(labels.shape)} for {images.shape[0]} {split} images; "
+            "it needs one label per image"
+        )
+    return labels

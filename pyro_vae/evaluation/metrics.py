@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.data.pixels import decode, is_binary
-from pyro_vae.model import Structure
+from pyro_vae.model import EnumeratedWeights, Structure
 from pyro_vae.seeding import fork_rng
 
 # Most floats held at once by the likelihood's parameters (chunk_K x batch x D). On a CPU 4 MB in fp32,
@@ -92,9 +92,14 @@ def iwae_log_likelihood(
     running_lse = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=x.dtype)
     running_sum = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
     for start in range(0, k, chunk):
-        log_w = log_weights(min(chunk, k - start))
-        running_lse = torch.logaddexp(running_lse, torch.logsumexp(log_w, dim=0))
-        running_sum += log_w.sum(0)
+        draws = log_weights(min(chunk, k - start))
+        if isinstance(draws, EnumeratedWeights):  # discrete sites summed out: every value, weighed by q
+            stratified = (draws.log_w + draws.log_q).reshape(-1, x.shape[0])
+            running_lse = torch.logaddexp(running_lse, torch.logsumexp(stratified, dim=0))
+            running_sum += (draws.log_q.exp() * draws.log_w).reshape(-1, x.shape[0]).sum(0)
+        else:
+            running_lse = torch.logaddexp(running_lse, torch.logsumexp(draws, dim=0))
+            running_sum += draws.sum(0)
     return running_lse - math.log(k), running_sum / k
 
 

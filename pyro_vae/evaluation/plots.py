@@ -155,4 +155,21 @@ def make_figures(run_dir: str | Path, vae: Structure, data: Splits, n: int = 16)
         paths.append(plot_latents(z, data.test_labels, out, run_dir, layer=name if several else None))
     if len(means) == 1 and next(iter(means.values())).shape[1] == 2:
         paths.append(plot_manifold(vae, data.image_shape, fig_dir / "manifold.png", inside=run_dir))
+    if vae.components() > 0:
+        paths.append(plot_components(vae, data.image_shape, fig_dir / "components.png", inside=run_dir))
     return paths
+
+
+@torch.no_grad()
+def plot_components(
+    vae: Structure, image_shape, out: Path, n: int = 10, inside: Path | None = None, seed: int = 0
+) -> Path:
+    """Samples per mixture component: row c holds ``n`` draws of z ~ p(z | c), decoded (at most 20 rows)."""
+    rows = min(vae.components(), 20)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        images = torch.cat([vae.decode(vae.sample_latents(n, component=c)) for c in range(rows)])
+    title = "Samples per component (row c: z ~ p(z | c))"
+    if rows < vae.components():
+        title += f", the first {rows} of {vae.components()}"
+    return plot_images(images, image_shape, n, title, out, inside)

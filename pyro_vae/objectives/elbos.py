@@ -71,6 +71,7 @@ class ELBOFlags:
     min_particles = 1
     grouped = False  # draws train.iw_groups groups of train.num_particles samples
     gradient_hooks = False  # reweights gradients with hooks on z (torch.compile drops them)
+    enumerates = False  # sums the guide's discrete sites out by parallel enumeration
     lab_rows: tuple[LabRow, ...] = ()
 
     @classmethod
@@ -119,7 +120,10 @@ class Estimator(ELBOFlags, ELBO):
         if not self.reparameterized_only:
             return []
         return [
-            f"train.elbo needs a reparameterised guide, but guide site '{s.name}' is not: use train.elbo=trace"
+            f"train.elbo needs a reparameterised guide, but guide site '{s.name}' is discrete: use "
+            "train.elbo=enum (sums it out exactly) or train.elbo=trace (its score function)"
+            if s.discrete
+            else f"train.elbo needs a reparameterised guide, but guide site '{s.name}' is not: use train.elbo=trace"
             for s in info.of("guide")
             if not s.reparameterized
         ]
@@ -135,8 +139,8 @@ class Estimator(ELBOFlags, ELBO):
 
         def loss(x: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
             if loop:
-                return sum(self.objective(draw(source, x, beta, 1)) for _ in range(n)) / n
-            return self.objective(draw(source, x, beta, n))
+                return sum(self.objective(draw(source, x, beta, 1, self.enumerates)) for _ in range(n)) / n
+            return self.objective(draw(source, x, beta, n, self.enumerates))
 
         return loss
 
@@ -192,7 +196,9 @@ def _log_w(t: Traces, analytic_kl: bool = False) -> tuple[torch.Tensor, list[tor
     kl, scores = None, []
     for name in t.latent:
         q, p = t.guide[name], t.model[name]
-        if not q.fn.has_rsample:
+        if q.enumerated:  # (weighed by q's probabilities in the enumerated expectation, not differentiated by score)
+            term = _kl_term(q, p, False)
+        elif not q.fn.has_rsample:
             term = weigh(q.log_prob(), q).detach() - weigh(p.log_prob(), p)
             scores.append(weigh(q.log_prob(), q))
         else:
@@ -239,6 +245,37 @@ class MeanFieldELBO(Estimator):
 
     def objective(self, t: Traces) -> torch.Tensor:
         log_w, _ = _log_w(t, analytic_kl=True)
+        return -log_w.sum() / t.particles
+
+
+@ELBOS.register("enum")
+class TraceEnumELBO(Estimator):
+    r""":class:`pyro.infer.TraceEnum_ELBO` with every discrete guide site enumerated in parallel
+    (``config_enumerate``): the expectation over the discrete sites is a sum over their supports,
+
+    .. math:: \mathcal L = \sum_c q(c \mid x)\, \mathbb E_{q(z \mid x, c)}
+              \big[\log p(x, z, c) - \log q(z \mid x, c) - \log q(c \mid x)\big],
+
+    exact in c (no score-function variance), by Monte Carlo in the continuous sites, whose
+    gradients are reparameterised. Without a discrete site it is ``trace``."""
+
+    enumerates = True
+    reparameterized_only = False
+    lab_rows = (LabRow("enumerated", "discrete sites summed out, exact (enum)"),)
+
+    def check(self, info: StructureInfo) -> list[str]:
+        return [
+            f"train.elbo=enum sums discrete sites out and reparameterises the rest, but guide site '{s.name}' "
+            "is neither discrete nor reparameterised: use train.elbo=trace (its score function)"
+            for s in info.of("guide")
+            if not s.reparameterized and not s.discrete
+        ]
+
+    def objective(self, t: Traces) -> torch.Tensor:
+        log_w, _ = _log_w(t)
+        log_q = t.log_q_enumerated()
+        if log_q is not None:
+            log_w = log_q.exp() * log_w
         return -log_w.sum() / t.particles
 
 
@@ -304,7 +341,7 @@ class IWAE_ELBO(Estimator):
             return super().loss_fn(source)
 
         def loss(x: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
-            log_w = torch.stack([_log_w(draw(source, x, beta, 1))[0] for _ in range(n)])
+            log_w = torch.stack([_log_w(draw(source, x, beta, 1, self.enumerates))[0] for _ in range(n)])
             return -(torch.logsumexp(log_w, dim=0) - math.log(n)).sum()
 
         return loss

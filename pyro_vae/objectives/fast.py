@@ -118,9 +118,9 @@ def _verify(elbo: Estimator, lean: LeanSource, pyro_source: PyroSource, x: torch
     n = elbo.num_particles if elbo.vectorize_particles else 1
     with fork_rng(x.device), pyro.validation_enabled(True), torch.no_grad():
         torch.manual_seed(0)
-        ours = draw(lean, x, None, n)
+        ours = draw(lean, x, None, n, elbo.enumerates)
         torch.manual_seed(0)
-        theirs = draw(pyro_source, x, None, n)
+        theirs = draw(pyro_source, x, None, n, elbo.enumerates)
 
         def shapes(t):
             return [

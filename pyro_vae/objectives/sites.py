@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer import config_enumerate
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import kl_divergence
@@ -53,9 +54,15 @@ class LeanSource:
         self.structure = structure
 
     def guide(
-        self, x: torch.Tensor, beta, particles: int, values: dict | None = None, detach_params: bool = False
+        self,
+        x: torch.Tensor,
+        beta,
+        particles: int,
+        values: dict | None = None,
+        detach_params: bool = False,
+        enumerate: bool = False,
     ) -> Sites:
-        emit = LeanEmit(particles, beta, values)
+        emit = LeanEmit(particles, beta, values, enumerate)
         if detach_params:
             _with_detached_parameters(self.structure, lambda s: s.guide_story(x, emit))
         else:
@@ -75,24 +82,35 @@ class PyroSource:
     def __init__(self, model: Callable, guide: Callable, module: nn.Module | None = None) -> None:
         self.model_fn, self.guide_fn, self.module = model, guide, module
 
-    def _trace(self, fn: Callable, x, beta, particles: int, values: dict | None) -> poutine.Trace:
+    def _trace(
+        self, fn: Callable, x, beta, particles: int, values: dict | None, enumerate: bool = False
+    ) -> poutine.Trace:
         if particles > 1:
             fn = pyro.plate(PARTICLES, particles, dim=-2, device=x.device)(fn)
+        if enumerate:  # TraceEnum_ELBO's guide: its discrete sites in parallel, left of the plates
+            fn = poutine.enum(config_enumerate(fn, "parallel"), first_available_dim=-3 if particles > 1 else -2)
         if values:
             fn = poutine.replay(fn, trace=_values_trace(values))
         args = (x,) if beta is None else (x, beta)
         return poutine.trace(fn).get_trace(*args)
 
     def guide(
-        self, x: torch.Tensor, beta, particles: int, values: dict | None = None, detach_params: bool = False
+        self,
+        x: torch.Tensor,
+        beta,
+        particles: int,
+        values: dict | None = None,
+        detach_params: bool = False,
+        enumerate: bool = False,
     ) -> Sites:
         if not detach_params:
-            return trace_sites(self._trace(self.guide_fn, x, beta, particles, values))
+            return trace_sites(self._trace(self.guide_fn, x, beta, particles, values, enumerate))
         if self.module is None:
             raise NotDetachable("the guide's parameters can be detached only for a structure (an nn.Module)")
         out = {}
         _with_detached_parameters(
-            self.module, lambda s: out.update(trace_sites(self._trace(self.guide_fn, x, beta, particles, values)))
+            self.module,
+            lambda s: out.update(trace_sites(self._trace(self.guide_fn, x, beta, particles, values, enumerate))),
         )
         return out
 
@@ -138,6 +156,13 @@ class Traces:
     def observed(self) -> list[str]:
         return [name for name, site in self.model.items() if site.observed]
 
+    def log_q_enumerated(self) -> torch.Tensor | None:
+        """log q of the enumerated guide sites' values, summed (the joint of their supports, each
+        in its own dimension), unscaled: the weights ``exp(.)`` of an enumerated expectation; None
+        when no site is enumerated."""
+        terms = [site.log_prob() for site in self.guide.values() if site.enumerated]
+        return sum(terms[1:], terms[0]) if terms else None
+
     def values(self, detach: bool = False) -> dict[str, torch.Tensor]:
         return {name: (s.value.detach() if detach else s.value) for name, s in self.guide.items()}
 
@@ -182,9 +207,10 @@ def without_analytic_kl(structure: nn.Module, x: torch.Tensor) -> tuple[str, obj
     return None
 
 
-def draw(source: LeanSource | PyroSource, x: torch.Tensor, beta, particles: int) -> Traces:
-    """One draw: the guide run on ``x``, then the model against the guide's values."""
-    guide = source.guide(x, beta, particles)
+def draw(source: LeanSource | PyroSource, x: torch.Tensor, beta, particles: int, enumerate: bool = False) -> Traces:
+    """One draw: the guide run on ``x`` (its discrete sites enumerated in parallel with
+    ``enumerate``), then the model against the guide's values."""
+    guide = source.guide(x, beta, particles, enumerate=enumerate)
     model = source.model(x, beta, particles, {name: site.value for name, site in guide.items()})
     return Traces(x, beta, particles, guide, model, source)
 
@@ -201,6 +227,7 @@ class SiteInfo:
     batch_shape: tuple[int, ...]
     event_shape: tuple[int, ...]
     reparameterized: bool
+    discrete: bool  # has an enumerable support (a discrete distribution)
     masked: bool
     scaled: bool  # carries the warm-up weight
 
@@ -264,6 +291,7 @@ def _info(trace: poutine.Trace, which: str) -> list[SiteInfo]:
             tuple(node["fn"].batch_shape),
             tuple(node["fn"].event_shape),
             bool(node["fn"].has_rsample),
+            bool(getattr(node["fn"], "has_enumerate_support", False)),
             node["mask"] is not None,
             torch.is_tensor(node["scale"]),
         )

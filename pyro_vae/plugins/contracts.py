@@ -24,7 +24,7 @@ from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.nets import NETWORKS
 from pyro_vae.config import ConfigError, ModelConfig, TrainConfig
 from pyro_vae.data.splits import DATASETS
-from pyro_vae.model import VAE, Structure, build_vae
+from pyro_vae.model import VAE, EnumeratedWeights, Structure, build_vae
 from pyro_vae.objectives.elbos import ELBOFlags, build_elbo
 from pyro_vae.objectives.fast import build_loss
 from pyro_vae.objectives.sites import record_structure
@@ -213,7 +213,11 @@ def _structure(name: str) -> None:
     x = torch.rand(B, D, dtype=torch.float64).round()
     problems = record_structure(structure.model, structure.guide, x, warmup=True).problems(warmup=True)
     _expect(not problems, "its model and guide: " + "; ".join(problems))
-    _finite(structure.log_weights(x, 2), "log p(x, z) - log q(z | x) (log_weights)", (2, B))
+    draws = structure.log_weights(x, 2)
+    if isinstance(draws, EnumeratedWeights):  # discrete guide sites, enumerated: (values..., 2, B)
+        _finite(draws.log_w, "log p(x, z) - log q(z | x) (log_weights)", (*draws.log_w.shape[:-2], 2, B))
+    else:
+        _finite(draws, "log p(x, z) - log q(z | x) (log_weights)", (2, B))
     loss = build_loss(structure, TrainConfig(), x)(x)
     _finite(loss, "the trace loss of a batch", ())
     loss.backward()

@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 from pyro_vae.config import ConfigError, ExperimentConfig
 from pyro_vae.data import Splits, load_data
 from pyro_vae.data.pixels import decode, evenly_spaced
+from pyro_vae.evaluation.clustering import cluster_accuracy, nmi
 from pyro_vae.evaluation.latent import active_units_per_layer
 from pyro_vae.evaluation.metrics import as_dict, evaluate, with_bits_per_dim
 from pyro_vae.files import check_regular
-from pyro_vae.model import VAE, build_vae
+from pyro_vae.model import VAE, Structure, build_vae
 from pyro_vae.objectives.elbos import build_elbo
 from pyro_vae.objectives.fast import build_loss
 from pyro_vae.runs import writer
@@ -261,6 +262,7 @@ def finish(
     )
     with torch.no_grad():
         units = active_units_per_layer(vae, data.stored("test").to(device))
+    clustering = clustering_report(vae, data, device, cfg.train.eval_batch_size)
     return {
         "config": cfg.to_dict(),
         "environment": environment(device),
@@ -280,6 +282,28 @@ def finish(
             layer: {"active": u["active"], "of": len(u["activity"]), "threshold": u["threshold"]}
             for layer, u in units.items()
         },
+        **({"clustering": clustering} if clustering else {}),
+    }
+
+
+@torch.no_grad()
+def clustering_report(vae: Structure, data: Splits, device: torch.device, batch_size: int) -> dict | None:
+    """For a structure that clusters images (:meth:`~pyro_vae.model.Structure.components`), its
+    clusters of the whole test split scored against the test labels: accuracy under the best
+    one-to-one map of clusters to classes, and normalised mutual information; None for a structure
+    that does not cluster or a data set without test labels."""
+    if vae.components() == 0 or data.test_labels is None:
+        return None
+    x = data.stored("test")
+    pred = torch.cat(
+        [vae.clusters(decode(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)]
+    )
+    return {
+        "accuracy": cluster_accuracy(pred, data.test_labels),
+        "nmi": nmi(pred, data.test_labels),
+        "components": vae.components(),
+        "clusters_used": int(pred.unique().numel()),
+        "images": int(pred.numel()),
     }
 
 

@@ -3,6 +3,7 @@ per dimension; colour figures."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -53,10 +54,17 @@ def test_colour_class_folders_with_split_folders_give_labels(tmp_path):
         for label, cls in enumerate(("cats", "dogs")):
             for i in range(n):
                 _png(tmp_path / split / cls / f"{i}.jpg", colour=True, seed=100 * label + i)
-    data = load_data(_folder_cfg(tmp_path, "data.image_folder.channels=3", "data.image_folder.image_size=8"))
+    cfg = _folder_cfg(tmp_path, "data.image_folder.channels=3", "data.image_folder.image_size=8")
+    data = load_data(cfg)
     assert data.image_shape == (3, 8, 8) and data.data_dim == 192
     assert [data.stored(s).shape[0] for s in ("train", "valid", "test")] == [18, 2, 6]  # a tenth of train/ held out
-    assert data.test_labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.test_labels.tolist() == [0, 0, 0, 1, 1, 1] and data.train_labels is None  # data.labels = 0
+    raw = images._image_folder(cfg)  # the loader keeps the training labels for data.labels
+    assert raw.train_labels.bincount().sum() == 18 and set(raw.train_labels.tolist()) == {0, 1}
+    labelled = load_data(dataclasses.replace(cfg, labels=4))
+    shown = labelled.train_labels >= 0
+    assert labelled.train_labels[shown].tolist() == raw.train_labels[shown].tolist() and shown.sum() == 4
+    assert labelled.train_labels[shown].bincount().tolist() == [2, 2] and labelled.label_protocol.startswith("standard")
 
 
 def test_a_resized_pixel_lands_where_it_should(tmp_path):
@@ -109,13 +117,16 @@ def _cifar_files(root, n=4):
 
 def test_cifar_binary_batches_read_in_channel_row_column_order(tmp_path):
     files = _cifar_files(tmp_path)
-    data = load_data(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}", "data.valid_size=3"]).data)
+    cfg = load_config(None, ["data.name=cifar10", f"data.root={tmp_path}", "data.valid_size=3"]).data
+    data = load_data(cfg)
     assert data.image_shape == (3, 32, 32) and data.data_dim == 3072
     assert [data.stored(s).shape[0] for s in ("train", "valid", "test")] == [17, 3, 4]
     _, labels, pixels = files["test_batch.bin"]
     assert torch.equal(data.stored("test"), torch.from_numpy(pixels)) and data.test_labels.tolist() == labels.tolist()
     _, _, first = files["data_batch_1.bin"]
     assert torch.equal(data.stored("train")[0], torch.from_numpy(first[0]))
+    train_labels = np.concatenate([files[f"data_batch_{i}.bin"][1] for i in range(1, 6)])[:-3]
+    assert images._cifar10(cfg).train_labels.tolist() == train_labels.tolist()  # kept for data.labels
 
 
 def test_cifar_archive_truncation_and_download(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save
 
-from pyro_vae.cli import main
+from pyro_vae.cli import _print_summary, main
 from pyro_vae.config import ModelConfig, load_config
 from pyro_vae.data import load_data
 from pyro_vae.evaluation import latent
@@ -294,3 +294,25 @@ def test_a_hierarchical_run_trains_and_opens(tmp_path, capsys):
     for where in (tmp_path / "run", tmp_path / "model"):
         assert main(["traverse", str(where), "--layer", "z1", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
         assert main(["encode", str(where), "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+
+
+def test_a_mixture_run_trains_clusters_and_opens(tmp_path, capsys):
+    """fit by enumeration reports the test clusters against the labels, draws samples per
+    component, exports, and the latent commands work on its continuous layer."""
+    run, model = tmp_path / "run", tmp_path / "model"
+    cfg = small_cfg("model.structure=mixture", "model.mixture.components=3", "train.elbo=enum", "train.epochs=1")
+    summary = fit(cfg, run, progress=False, figures=True)
+    clustering = summary["clustering"]
+    assert 0 < clustering["accuracy"] <= 1 and 0 <= clustering["nmi"] <= 1
+    assert clustering["components"] == 3 and 1 <= clustering["clusters_used"] <= 3
+    assert clustering["images"] == load_data(cfg.data).test.shape[0]
+    _print_summary({**summary, "wall_time_s": 1.0, "images_per_s": 1.0}, run)
+    printed = capsys.readouterr().out
+    assert f"test clustering: accuracy {clustering['accuracy']:.1%}, NMI {clustering['nmi']:.3f} (" in printed
+    assert (run / "figures" / "components.png").stat().st_size > 0
+    assert main(["evaluate", str(run), "--device", "cpu", "--k", "3"]) == 0
+    export_model(run, model)
+    assert "structure `mixture`" in (model / "README.md").read_text()
+    for where in (run, model):
+        assert main(["traverse", str(where), "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+        assert main(["sample", str(where), "--n", "4", "--device", "cpu", "--out", str(tmp_path / "o")]) == 0

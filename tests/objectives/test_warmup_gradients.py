@@ -85,6 +85,7 @@ def _objective(name: str, log_w: torch.Tensor) -> torch.Tensor:
     grouped = torch.logsumexp(log_w.reshape(M, k // M, -1), 1).sub(math.log(k // M)).mean(0) if k % M == 0 else None
     return {
         "trace": log_w.mean(0),
+        "enum": log_w.mean(0),  # (no discrete site: trace's)
         "jit_trace": log_w.mean(0),
         "mean_field": log_w.mean(0),
         "jit_mean_field": log_w.mean(0),

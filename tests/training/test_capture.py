@@ -296,6 +296,24 @@ def test_every_structure_with_every_estimator_passes_the_check(structure, elbo):
     assert _engine(*structure, *elbo)[0].check_capture() is None
 
 
+@pytest.mark.parametrize(
+    "elbo",
+    [
+        ("train.elbo=enum",),
+        ("train.elbo=enum", "train.num_particles=2"),
+        ("train.elbo=trace",),
+        ("train.elbo=trace", "train.num_particles=2"),
+        ("train.kl_warmup_epochs=2", "train.elbo=enum"),
+    ],
+    ids=lambda o: ",".join(s.split("=", 1)[1] for s in o),
+)
+def test_the_mixture_with_each_of_its_estimators_passes_the_check(elbo):
+    """Parallel enumeration has static shapes (the support is a tensor made on the device, no host
+    data), and so does the score function of the sampled discrete site: capturable."""
+    engine = _engine("model.structure=mixture", "model.mixture.components=3", *elbo)[0]
+    assert engine.check_capture() is None
+
+
 class _PlainPyro(VAE):
     """A user's own model and guide written as plain Pyro (its stories unused): the loss runs on
     Pyro's traces, the same estimators; ``sync`` puts a host sync in the guide."""

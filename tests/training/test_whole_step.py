@@ -24,6 +24,7 @@ EAGER, WHOLE = Choice("eager", False, False), Choice("compiled", False, False, w
 STRUCTURES = {
     "vae": [],
     "hierarchical": ["model.structure=hierarchical", "model.hierarchical.latent_dims=[2,3]"],
+    "mixture": ["model.structure=mixture", "model.mixture.components=3"],
 }
 
 
@@ -89,6 +90,8 @@ def _assert_same_training(structure, elbo, particles, groups=1, **engine_kw):
         ("vae", "trace", 1, {"binarize": True, "warmup_steps": 7.0, "kl_weight": 2.0}),
         ("vae", "iwae", 3, {}),
         ("hierarchical", "iwae_dreg", 3, {}),  # two latent sites: DReG without hooks, so it compiles
+        ("mixture", "enum", 1, {}),  # a discrete site enumerated: static shapes, one graph
+        ("mixture", "trace", 1, {"warmup_steps": 7.0}),  # the discrete site sampled: the score function
     ],
 )
 def test_the_compiled_whole_step_trains_as_the_eager_engine(structure, elbo, particles, engine_kw):
@@ -97,7 +100,7 @@ def test_the_compiled_whole_step_trains_as_the_eager_engine(structure, elbo, par
 
 GRID = [
     (structure, elbo, k, m)
-    for structure in STRUCTURES
+    for structure in ("vae", "hierarchical")
     for elbo, k, m in [
         ("trace", 1, 1),
         ("trace", 2, 1),
@@ -109,7 +112,7 @@ GRID = [
         ("piwae", 2, 2),
         ("iwae_dreg", 3, 1),
     ]
-]
+] + [("mixture", elbo, k, 1) for elbo, k in [("enum", 1), ("enum", 2), ("trace", 1), ("trace", 2)]]
 
 
 @pytest.mark.slow
