@@ -2,7 +2,8 @@
 (``model.structure``, the :data:`STRUCTURES` registry), and the factory that builds one from a config.
 
 A structure writes its generative story once, against a two-method ``emit`` interface
-(``emit.latent(name, fn)``, ``emit.observed(name, fn, value)``): :meth:`Structure.model_story` and
+(``emit.latent(name, fn, mask=None)``, ``emit.observed(name, fn, value, mask=None, scale=1.0)``;
+``mask`` as ``poutine.mask``, ``scale`` as ``poutine.scale``): :meth:`Structure.model_story` and
 :meth:`Structure.guide_story`. Emitted with :class:`PyroEmit` they are the Pyro ``model`` and
 ``guide`` (``pyro.sample`` inside ``pyro.plate("data", B)``); emitted with :class:`LeanEmit` they
 are the same sites with no effect handler at all (the training step's fast path). The default
@@ -64,7 +65,8 @@ class Site:
     story passed it, its ``value`` (drawn, replayed or observed) and its ``scale``, the KL warm-up
     weight beta on latent sites (1.0 without warm-up, and on observed sites). ``enumerated``: a
     discrete guide site whose value is its whole support, in a dimension of its own left of the
-    plates (parallel enumeration, as Pyro's ``poutine.enum`` lays it out)."""
+    plates (parallel enumeration, as Pyro's ``poutine.enum`` lays it out). ``mask``: where the
+    site counts (a bool tensor over the images, as ``poutine.mask``), its log-density 0 elsewhere."""
 
     name: str
     fn: Distribution
@@ -72,12 +74,15 @@ class Site:
     observed: bool
     scale: torch.Tensor | float = 1.0
     enumerated: bool = False
+    mask: torch.Tensor | None = None
     _lp: torch.Tensor | None = field(default=None, repr=False)
 
     def log_prob(self) -> torch.Tensor:
-        """``fn.log_prob(value)``, unscaled, computed on the first call and kept."""
+        """``fn.log_prob(value)``, unscaled, 0 where masked out (Pyro's ``scale_and_mask``),
+        computed on the first call and kept."""
         if self._lp is None:
-            self._lp = self.fn.log_prob(self.value)
+            lp = self.fn.log_prob(self.value)
+            self._lp = lp if self.mask is None else torch.where(self.mask, lp, lp.new_zeros(()))
         return self._lp
 
 
@@ -123,7 +128,7 @@ class LeanEmit:
         self.sites: dict[str, Site] = {}
         self._enum_dim = -2 if particles > 1 else -1  # the leftmost dimension in use (the plates')
 
-    def latent(self, name: str, fn: Distribution) -> torch.Tensor:
+    def latent(self, name: str, fn: Distribution, mask: torch.Tensor | None = None) -> torch.Tensor:
         if name in self.sites:
             raise ValueError(f"sample site {name!r} is emitted twice; every site needs its own name")
         enumerated = False
@@ -140,22 +145,29 @@ class LeanEmit:
             enumerated = True
         else:
             value = self._draw(fn)
-        self.sites[name] = Site(name, fn, value, False, 1.0 if self.beta is None else self.beta, enumerated)
+        self.sites[name] = Site(name, fn, value, False, 1.0 if self.beta is None else self.beta, enumerated, mask)
         return value
 
     def _draw(self, fn: Distribution) -> torch.Tensor:
         batch, n = fn.batch_shape, self.particles
-        shape = torch.Size()
-        if n > 1 and len(batch) == 1:
-            shape = torch.Size((n,))
+        if n > 1 and len(batch) == 1 and fn.has_rsample:
+            return fn.rsample((n,))
+        if n > 1 and len(batch) == 1:  # (expanded first: torch.multinomial draws in another order for (N,))
+            fn = fn.expand((n, *batch))
         elif n > 1 and len(batch) > 2 and batch[-2] == 1:
             fn = fn.expand(batch[:-2] + (n, batch[-1]))
-        return fn.rsample(shape) if fn.has_rsample else fn.sample(shape)
+        return fn.rsample() if fn.has_rsample else fn.sample()
 
-    def observed(self, name: str, fn: Distribution, value: torch.Tensor) -> torch.Tensor:
+    def observed(
+        self, name: str, fn: Distribution, value: torch.Tensor, mask: torch.Tensor | None = None, scale: float = 1.0
+    ) -> torch.Tensor:
         if name in self.sites:
             raise ValueError(f"sample site {name!r} is emitted twice; every site needs its own name")
-        self.sites[name] = Site(name, fn, value, True)
+        if (
+            self.particles > 1 and len(fn.batch_shape) == 1
+        ):  # (a site that depends on no draw: as Pyro's plate expands it)
+            fn = fn.expand((self.particles, *fn.batch_shape))
+        self.sites[name] = Site(name, fn, value, True, scale, mask=mask)
         return value
 
 
@@ -171,16 +183,23 @@ class PyroEmit:
     def __init__(self, beta: torch.Tensor | float | None = None) -> None:
         self.beta = beta
 
-    def latent(self, name: str, fn: Distribution) -> torch.Tensor:
-        with _scaled(self.beta):
+    def latent(self, name: str, fn: Distribution, mask: torch.Tensor | None = None) -> torch.Tensor:
+        with _scaled(self.beta), _masked(mask):
             return pyro.sample(name, fn)
 
-    def observed(self, name: str, fn: Distribution, value: torch.Tensor) -> torch.Tensor:
-        return pyro.sample(name, fn, obs=value)
+    def observed(
+        self, name: str, fn: Distribution, value: torch.Tensor, mask: torch.Tensor | None = None, scale: float = 1.0
+    ) -> torch.Tensor:
+        with _scaled(None if scale == 1.0 else scale), _masked(mask):
+            return pyro.sample(name, fn, obs=value)
 
 
 def _scaled(beta: torch.Tensor | float | None):
     return nullcontext() if beta is None else poutine.scale(scale=beta)
+
+
+def _masked(mask: torch.Tensor | None):
+    return nullcontext() if mask is None else poutine.mask(mask=mask)
 
 
 def _moments(fn: Distribution, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +221,7 @@ class _PointEmit:
         self.codes: dict[str, torch.Tensor] = {}
         self.loc_scale: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def latent(self, name: str, fn: Distribution) -> torch.Tensor:
+    def latent(self, name: str, fn: Distribution, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.scales:
             loc, scale = _moments(fn, self.draws)
             self.loc_scale[name] = (loc, scale)
@@ -214,7 +233,7 @@ class _PointEmit:
         self.codes[name] = loc
         return loc
 
-    def observed(self, name: str, fn: Distribution, value: torch.Tensor) -> torch.Tensor:
+    def observed(self, name: str, fn: Distribution, value: torch.Tensor, mask=None, scale: float = 1.0) -> torch.Tensor:
         return value
 
 
@@ -230,7 +249,7 @@ class _AncestralEmit:
         self.values: dict[str, torch.Tensor] = {}
         self.likelihood: Distribution | None = None
 
-    def latent(self, name: str, fn: Distribution) -> torch.Tensor:
+    def latent(self, name: str, fn: Distribution, mask: torch.Tensor | None = None) -> torch.Tensor:
         top = not self.values
         if name in self.codes:
             value = self.codes[name]
@@ -248,7 +267,7 @@ class _AncestralEmit:
         self.values[name] = value
         return value
 
-    def observed(self, name: str, fn: Distribution, value: torch.Tensor) -> torch.Tensor:
+    def observed(self, name: str, fn: Distribution, value: torch.Tensor, mask=None, scale: float = 1.0) -> torch.Tensor:
         self.likelihood = fn
         return value
 
@@ -505,6 +524,7 @@ def trace_sites(trace: poutine.Trace) -> dict[str, Site]:
             bool(node["is_observed"]),
             node["scale"],
             node["infer"].get("_enumerate_dim") is not None,
+            node["mask"] if torch.is_tensor(node["mask"]) else None,
         )
         for name, node in trace.nodes.items()
         if node["type"] == "sample" and not site_is_subsample(node)

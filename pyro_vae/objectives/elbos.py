@@ -191,16 +191,16 @@ def _log_w(t: Traces, analytic_kl: bool = False) -> tuple[torch.Tensor, list[tor
     """Per draw and image: log p(x|z) - Σ_sites (log q - log p) (or the analytic KLs), computed in a
     fixed order (the likelihood first, then each latent site's log q before its log p); and the
     score-function terms of the guide's sites that are not reparameterised (their log q, whose
-    gradient Pyro's Trace_ELBO weighs by the detached log weight)."""
+    gradient Pyro's Trace_ELBO weighs by the detached log weight: neither scaled by the warm-up
+    weight, which the log weight already carries, nor masked, since a masked-out draw may still
+    shape the sites after it)."""
     log_obs = _log_obs(t.model)
     kl, scores = None, []
     for name in t.latent:
         q, p = t.guide[name], t.model[name]
-        if q.enumerated:  # (weighed by q's probabilities in the enumerated expectation, not differentiated by score)
-            term = _kl_term(q, p, False)
-        elif not q.fn.has_rsample:
+        if not q.fn.has_rsample:
             term = weigh(q.log_prob(), q).detach() - weigh(p.log_prob(), p)
-            scores.append(weigh(q.log_prob(), q))
+            scores.append(q.fn.log_prob(q.value))  # unscaled and unmasked, as Pyro's score_parts keep it
         else:
             term = _kl_term(q, p, analytic_kl)
             if term is None:
@@ -257,11 +257,13 @@ class TraceEnumELBO(Estimator):
               \big[\log p(x, z, c) - \log q(z \mid x, c) - \log q(c \mid x)\big],
 
     exact in c (no score-function variance), by Monte Carlo in the continuous sites, whose
-    gradients are reparameterised. Without a discrete site it is ``trace``."""
+    gradients are reparameterised. Each site's term is weighed by the enumerated sites'
+    probabilities only where it depends on them (has their dimensions), as Pyro's dice factors
+    do: a term outside the enumerated branch (a masked-out image's, or a site that does not depend
+    on c) counts once. Without a discrete site it is ``trace``."""
 
     enumerates = True
     reparameterized_only = False
-    lab_rows = (LabRow("enumerated", "discrete sites summed out, exact (enum)"),)
 
     def check(self, info: StructureInfo) -> list[str]:
         return [
@@ -272,11 +274,28 @@ class TraceEnumELBO(Estimator):
         ]
 
     def objective(self, t: Traces) -> torch.Tensor:
-        log_w, _ = _log_w(t)
         log_q = t.log_q_enumerated()
-        if log_q is not None:
-            log_w = log_q.exp() * log_w
-        return -log_w.sum() / t.particles
+        weights = None if log_q is None else log_q.exp()
+        plates = 1 if t.particles == 1 else 2  # (data, and particles): dimensions left of them are enumerated
+        total = None
+        for name, site in t.model.items():
+            terms = [weigh(site.log_prob(), site)]
+            if not site.observed:
+                q = t.guide[name]
+                terms.append(-weigh(q.log_prob(), q))
+            for term in terms:
+                if weights is not None and term.dim() > plates:
+                    term = weights * term
+                total = _particle_sum(term, t.particles) if total is None else total + _particle_sum(term, t.particles)
+        return -total / t.particles
+
+
+def _particle_sum(term: torch.Tensor, particles: int) -> torch.Tensor:
+    """The sum of ``term`` over all N particles: a term without a particle dimension (a site that
+    depends on no draw) counts N times, as it does expanded in Pyro's particle plate."""
+    if particles > 1 and (term.dim() < 2 or term.shape[-2] == 1):
+        return term.sum() * particles
+    return term.sum()
 
 
 @ELBOS.register("jit_trace")

@@ -247,8 +247,8 @@ class StructureInfo:
         return [s.name for s in self.of("model") if not s.observed]
 
     def problems(self, warmup: bool = False) -> list[str]:
-        """What the estimators do not handle: every site in ``plate("data")`` alone, no mask, the
-        guide's sites exactly the model's latent sites, no observed site in the guide, at least one
+        """What the estimators do not handle: every site in ``plate("data")`` alone (a mask over its
+        images allowed), the guide's sites exactly the model's latent sites, no observed site in the guide, at least one
         observed site in the model; with KL warm-up (``warmup``), every latent site scaled."""
         out = []
         model, guide = self.of("model"), self.of("guide")
@@ -258,8 +258,6 @@ class StructureInfo:
                     f"{site.trace} site '{site.name}' is in plates {list(site.plates)} (every site must be "
                     "in pyro.plate('data') alone: per-image weights need it)"
                 )
-            if site.masked:
-                out.append(f"{site.trace} site '{site.name}' is masked (masks are not supported yet)")
         observed_in_guide = [s.name for s in guide if s.observed]
         if observed_in_guide:
             out.append(f"the guide observes {observed_in_guide} (a guide draws latent sites only)")
