@@ -194,6 +194,12 @@ class PyroEmit:
             return pyro.sample(name, fn, obs=value)
 
 
+def labelled(labels: torch.Tensor | None) -> dict:
+    """The keyword arguments that give a story the batch's labels (none without: a story that does
+    not learn from labels takes none)."""
+    return {} if labels is None else {"labels": labels}
+
+
 def _scaled(beta: torch.Tensor | float | None):
     return nullcontext() if beta is None else poutine.scale(scale=beta)
 
@@ -293,6 +299,7 @@ class Structure(nn.Module):
     """
 
     max_plate_nesting = 1
+    uses_labels = False  # its stories take the batch's labels (labels=, -1 where unknown) in training
     likelihood: nn.Module  # .validate(x, source), .mean(h): a likelihood component (annotation only: see nn.Module)
 
     # -- the generative story, written once --------------------------------------------------------------------
@@ -322,19 +329,21 @@ class Structure(nn.Module):
 
     # -- Pyro ----------------------------------------------------------------------------------------------------
 
-    def model(self, x: torch.Tensor, beta: torch.Tensor | None = None) -> None:
+    def model(self, x: torch.Tensor, beta: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
         """p(x, z) for a batch ``x`` of shape (B, D).
 
         :param beta: KL warm-up weight in (0, 1]: scales every latent site here and in the guide, so
             every ELBO sees ``log p(x|z) + beta (log p(z) - log q(z|x))`` (its analytic KL too).
+        :param labels: the batch's labels (B,), -1 where unknown, for a structure that learns from
+            them (:attr:`uses_labels`); passed on to the story.
         """
         with pyro.plate("data", x.shape[0], device=x.device):
-            self.model_story(x, PyroEmit(beta))
+            self.model_story(x, PyroEmit(beta), **labelled(labels))
 
-    def guide(self, x: torch.Tensor, beta: torch.Tensor | None = None) -> None:
-        """q(z | x) for a batch ``x`` of shape (B, D); ``beta`` as in :meth:`model`."""
+    def guide(self, x: torch.Tensor, beta: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
+        """q(z | x) for a batch ``x`` of shape (B, D); ``beta`` and ``labels`` as in :meth:`model`."""
         with pyro.plate("data", x.shape[0], device=x.device):
-            self.guide_story(x, PyroEmit(beta))
+            self.guide_story(x, PyroEmit(beta), **labelled(labels))
 
     def traces(self, x: torch.Tensor, *args) -> tuple[poutine.Trace, poutine.Trace]:
         """``(guide_trace, model_trace)``: the guide run on ``x``, then the model replayed against

@@ -133,14 +133,15 @@ class Estimator(ELBOFlags, ELBO):
         return self.gradient_hooks and latent_sites == 1
 
     def loss_fn(self, source) -> Callable[..., torch.Tensor]:
-        """``(x, beta=None) -> loss`` on draws of ``source``: particles as one tensor dimension, or
+        """``(x, beta=None, labels=None) -> loss`` on draws of ``source`` (``labels``: the batch's, for a
+        structure that learns from them): particles as one tensor dimension, or
         (``vectorize_particles`` off, several particles) a Python loop averaging single draws."""
         n, loop = self.num_particles, self.num_particles > 1 and not self.vectorize_particles
 
-        def loss(x: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
+        def loss(x: torch.Tensor, beta: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
             if loop:
-                return sum(self.objective(draw(source, x, beta, 1, self.enumerates)) for _ in range(n)) / n
-            return self.objective(draw(source, x, beta, n, self.enumerates))
+                return sum(self.objective(draw(source, x, beta, 1, self.enumerates, labels)) for _ in range(n)) / n
+            return self.objective(draw(source, x, beta, n, self.enumerates, labels))
 
         return loss
 
@@ -359,8 +360,8 @@ class IWAE_ELBO(Estimator):
         if n == 1 or self.vectorize_particles:
             return super().loss_fn(source)
 
-        def loss(x: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
-            log_w = torch.stack([_log_w(draw(source, x, beta, 1, self.enumerates))[0] for _ in range(n)])
+        def loss(x: torch.Tensor, beta: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+            log_w = torch.stack([_log_w(draw(source, x, beta, 1, self.enumerates, labels))[0] for _ in range(n)])
             return -(torch.logsumexp(log_w, dim=0) - math.log(n)).sum()
 
         return loss

@@ -60,8 +60,8 @@ class Loss:
         gradient hooks (the compiled backward drops them)."""
         return self.fast and not self.hooks
 
-    def __call__(self, x: torch.Tensor, beta: torch.Tensor | float | None = None) -> torch.Tensor:
-        return self.fn(x) if beta is None else self.fn(x, beta)
+    def __call__(self, x: torch.Tensor, beta: torch.Tensor | float | None = None, **labels) -> torch.Tensor:
+        return self.fn(x, **labels) if beta is None else self.fn(x, beta, **labels)
 
 
 def _pyro_loss(vae: Structure, elbo) -> Callable[..., torch.Tensor]:
@@ -76,26 +76,34 @@ def _pyro_loss(vae: Structure, elbo) -> Callable[..., torch.Tensor]:
             del store[name]
         model, guide = vae.registered()
 
-    def loss(x: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(x: torch.Tensor, beta: torch.Tensor | None = None, **labels) -> torch.Tensor:
         args = (x,) if beta is None else (x, torch.as_tensor(beta, dtype=x.dtype, device=x.device))
         with warnings.catch_warnings():  # torch deprecates jit.trace in favour of torch.compile; Pyro still uses it
             warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated", category=FutureWarning)
-            return elbo.differentiable_loss(model, guide, *args)
+            return elbo.differentiable_loss(model, guide, *args, **labels)
 
     return loss
 
 
-def build_loss(structure: Structure, cfg: TrainConfig, x: torch.Tensor, elbo: ELBO | None = None) -> Loss:
+def build_loss(
+    structure: Structure,
+    cfg: TrainConfig,
+    x: torch.Tensor,
+    elbo: ELBO | None = None,
+    labels: torch.Tensor | None = None,
+) -> Loss:
     """The :class:`Loss` of ``elbo`` (built from ``cfg`` when not given) for ``structure`` (a VAE),
     ``(batch, beta=None) -> summed negative objective``: refused with a ``ConfigError`` naming the
     site when the structure is one the estimators do not handle (seen on the batch ``x``); on the
     lean path when ``cfg.fast_path`` is set, the structure writes stories and their loss equals the
-    Pyro-traced one on ``x`` for one seed; else on Pyro's traces. The checks leave the RNG alone."""
+    Pyro-traced one on ``x`` for one seed; else on Pyro's traces. A structure that learns from
+    labels is checked on ``labels`` for the batch (-1 where unknown; give some of each). The checks
+    leave the RNG alone."""
     elbo = build_elbo(cfg) if elbo is None else elbo
     if not isinstance(elbo, Estimator):  # JIT ELBOs, a plugin's Pyro ELBO class
         return Loss(_pyro_loss(structure, elbo), elbo, fast=False)
     warmup = cfg.kl_warmup_epochs > 0 or cfg.kl_weight != 1.0
-    info = record_structure(structure.model, structure.guide, x, warmup)
+    info = record_structure(structure.model, structure.guide, x, warmup, labels)
     problems = info.problems(warmup) + elbo.check(info)
     if problems:
         name = getattr(structure, "structure_name", type(structure).__name__)
@@ -105,22 +113,24 @@ def build_loss(structure: Structure, cfg: TrainConfig, x: torch.Tensor, elbo: EL
     if cfg.fast_path and structure.has_stories:  # (false where a subclass overrides model or guide)
         lean = LeanSource(structure)
         try:
-            _verify(elbo, lean, pyro_source, x)
+            _verify(elbo, lean, pyro_source, x, labels)
             return Loss(elbo.loss_fn(lean), elbo, fast=True, static=info.static, hooks=hooks)
         except ValueError as exc:
             log.warning("%s; using Pyro's traces", exc)
     return Loss(elbo.loss_fn(pyro_source), elbo, fast=False, static=info.static, hooks=hooks)
 
 
-def _verify(elbo: Estimator, lean: LeanSource, pyro_source: PyroSource, x: torch.Tensor) -> None:
+def _verify(
+    elbo: Estimator, lean: LeanSource, pyro_source: PyroSource, x: torch.Tensor, labels: torch.Tensor | None = None
+) -> None:
     """``ValueError`` unless the lean draw has the Pyro-traced one's sites (names, observed, shapes)
     and the estimator's loss on both agrees for one seed (RNG left alone)."""
     n = elbo.num_particles if elbo.vectorize_particles else 1
     with fork_rng(x.device), pyro.validation_enabled(True), torch.no_grad():
         torch.manual_seed(0)
-        ours = draw(lean, x, None, n, elbo.enumerates)
+        ours = draw(lean, x, None, n, elbo.enumerates, labels)
         torch.manual_seed(0)
-        theirs = draw(pyro_source, x, None, n, elbo.enumerates)
+        theirs = draw(pyro_source, x, None, n, elbo.enumerates, labels)
 
         def shapes(t):
             return [

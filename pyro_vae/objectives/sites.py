@@ -32,7 +32,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 from torch.nn.utils.stateless import _reparametrize_module
 
-from pyro_vae.model import LeanEmit, Site, trace_sites
+from pyro_vae.model import LeanEmit, Site, labelled, trace_sites
 from pyro_vae.objectives.surrogates import NotDetachable, detach_distribution
 from pyro_vae.seeding import fork_rng
 
@@ -61,17 +61,18 @@ class LeanSource:
         values: dict | None = None,
         detach_params: bool = False,
         enumerate: bool = False,
+        labels: torch.Tensor | None = None,
     ) -> Sites:
         emit = LeanEmit(particles, beta, values, enumerate)
         if detach_params:
-            _with_detached_parameters(self.structure, lambda s: s.guide_story(x, emit))
+            _with_detached_parameters(self.structure, lambda s: s.guide_story(x, emit, **labelled(labels)))
         else:
-            self.structure.guide_story(x, emit)
+            self.structure.guide_story(x, emit, **labelled(labels))
         return emit.sites
 
-    def model(self, x: torch.Tensor, beta, particles: int, values: dict) -> Sites:
+    def model(self, x: torch.Tensor, beta, particles: int, values: dict, labels: torch.Tensor | None = None) -> Sites:
         emit = LeanEmit(particles, beta, values)
-        self.structure.model_story(x, emit)
+        self.structure.model_story(x, emit, **labelled(labels))
         return emit.sites
 
 
@@ -83,7 +84,7 @@ class PyroSource:
         self.model_fn, self.guide_fn, self.module = model, guide, module
 
     def _trace(
-        self, fn: Callable, x, beta, particles: int, values: dict | None, enumerate: bool = False
+        self, fn: Callable, x, beta, particles: int, values: dict | None, enumerate: bool = False, labels=None
     ) -> poutine.Trace:
         if particles > 1:
             fn = pyro.plate(PARTICLES, particles, dim=-2, device=x.device)(fn)
@@ -92,7 +93,7 @@ class PyroSource:
         if values:
             fn = poutine.replay(fn, trace=_values_trace(values))
         args = (x,) if beta is None else (x, beta)
-        return poutine.trace(fn).get_trace(*args)
+        return poutine.trace(fn).get_trace(*args, **labelled(labels))
 
     def guide(
         self,
@@ -102,20 +103,21 @@ class PyroSource:
         values: dict | None = None,
         detach_params: bool = False,
         enumerate: bool = False,
+        labels: torch.Tensor | None = None,
     ) -> Sites:
+        def run() -> Sites:
+            return trace_sites(self._trace(self.guide_fn, x, beta, particles, values, enumerate, labels))
+
         if not detach_params:
-            return trace_sites(self._trace(self.guide_fn, x, beta, particles, values, enumerate))
+            return run()
         if self.module is None:
             raise NotDetachable("the guide's parameters can be detached only for a structure (an nn.Module)")
         out = {}
-        _with_detached_parameters(
-            self.module,
-            lambda s: out.update(trace_sites(self._trace(self.guide_fn, x, beta, particles, values, enumerate))),
-        )
+        _with_detached_parameters(self.module, lambda s: out.update(run()))
         return out
 
-    def model(self, x: torch.Tensor, beta, particles: int, values: dict) -> Sites:
-        return trace_sites(self._trace(self.model_fn, x, beta, particles, values))
+    def model(self, x: torch.Tensor, beta, particles: int, values: dict, labels: torch.Tensor | None = None) -> Sites:
+        return trace_sites(self._trace(self.model_fn, x, beta, particles, values, labels=labels))
 
 
 def _values_trace(values: dict[str, torch.Tensor]) -> poutine.Trace:
@@ -139,7 +141,8 @@ def _with_detached_parameters(module: nn.Module, run: Callable[[nn.Module], None
 @dataclass
 class Traces:
     """One draw of the guide and the model: ``guide`` and ``model`` map site names to sites in
-    the order they ran; ``latent`` and ``observed`` name the model's sites."""
+    the order they ran; ``latent`` and ``observed`` name the model's sites; ``labels``: the batch's
+    labels (-1 where unknown) for a structure that learns from them, else None."""
 
     x: torch.Tensor
     beta: torch.Tensor | float | None
@@ -147,6 +150,7 @@ class Traces:
     guide: Sites
     model: Sites
     source: LeanSource | PyroSource
+    labels: torch.Tensor | None = None
 
     @property
     def latent(self) -> list[str]:
@@ -178,18 +182,20 @@ class Traces:
                 return {name: Site(name, detach_distribution(site.fn), site.value, False, site.scale)}
             except NotDetachable:
                 pass
-        return self.source.guide(self.x, self.beta, self.particles, self.values(), detach_params=True)
+        return self.source.guide(
+            self.x, self.beta, self.particles, self.values(), detach_params=True, labels=self.labels
+        )
 
     def guide_at_detached(self) -> Sites:
         """The guide's log-densities at the detached samples (the score term alone)."""
         if len(self.guide) == 1:
             ((name, site),) = self.guide.items()
             return {name: Site(name, site.fn, site.value.detach(), False, site.scale)}
-        return self.source.guide(self.x, self.beta, self.particles, self.values(detach=True))
+        return self.source.guide(self.x, self.beta, self.particles, self.values(detach=True), labels=self.labels)
 
     def model_at_detached(self) -> Sites:
         """The model's sites at the detached samples (log p(x, z) with z fixed)."""
-        return self.source.model(self.x, self.beta, self.particles, self.values(detach=True))
+        return self.source.model(self.x, self.beta, self.particles, self.values(detach=True), self.labels)
 
 
 def without_analytic_kl(structure: nn.Module, x: torch.Tensor) -> tuple[str, object, object, bool] | None:
@@ -207,12 +213,20 @@ def without_analytic_kl(structure: nn.Module, x: torch.Tensor) -> tuple[str, obj
     return None
 
 
-def draw(source: LeanSource | PyroSource, x: torch.Tensor, beta, particles: int, enumerate: bool = False) -> Traces:
-    """One draw: the guide run on ``x`` (its discrete sites enumerated in parallel with
-    ``enumerate``), then the model against the guide's values."""
-    guide = source.guide(x, beta, particles, enumerate=enumerate)
-    model = source.model(x, beta, particles, {name: site.value for name, site in guide.items()})
-    return Traces(x, beta, particles, guide, model, source)
+def draw(
+    source: LeanSource | PyroSource,
+    x: torch.Tensor,
+    beta,
+    particles: int,
+    enumerate: bool = False,
+    labels: torch.Tensor | None = None,
+) -> Traces:
+    """One draw: the guide run on ``x`` (and the batch's ``labels``, for a structure that learns
+    from them; its discrete sites enumerated in parallel with ``enumerate``), then the model
+    against the guide's values."""
+    guide = source.guide(x, beta, particles, enumerate=enumerate, labels=labels)
+    model = source.model(x, beta, particles, {name: site.value for name, site in guide.items()}, labels)
+    return Traces(x, beta, particles, guide, model, source, labels)
 
 
 # ---------------------------------------------------------------- the structure, read once
@@ -298,16 +312,20 @@ def _info(trace: poutine.Trace, which: str) -> list[SiteInfo]:
     ]
 
 
-def record_structure(model: Callable, guide: Callable, x: torch.Tensor, warmup: bool = False) -> StructureInfo:
-    """The sites of ``model`` and ``guide`` on the batch ``x`` from real Pyro traces (Pyro's own
-    checks on; with ``warmup``, the KL warm-up weight given as a tensor to see which sites it
-    scales), twice to see whether the structure is static; the random state is left alone."""
+def record_structure(
+    model: Callable, guide: Callable, x: torch.Tensor, warmup: bool = False, labels: torch.Tensor | None = None
+) -> StructureInfo:
+    """The sites of ``model`` and ``guide`` on the batch ``x`` (and its ``labels``, for a structure
+    that learns from them) from real Pyro traces (Pyro's own checks on; with ``warmup``, the KL
+    warm-up weight given as a tensor to see which sites it scales), twice to see whether the
+    structure is static; the random state is left alone."""
     args = (x, torch.tensor(0.5, dtype=x.dtype, device=x.device)) if warmup else (x,)
+    kwargs = labelled(labels)
     seen = []
     with fork_rng(x.device), torch.no_grad(), pyro.validation_enabled(True):
         for seed in (0, 1):
             torch.manual_seed(seed)
-            guide_trace = poutine.trace(guide).get_trace(*args)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
             seen.append((*_info(guide_trace, "guide"), *_info(model_trace, "model")))
     return StructureInfo(seen[0], static=seen[0] == seen[1])

@@ -126,8 +126,9 @@ class _Loss(nn.Module):
         self.vae = vae
         self.loss_fn = loss_fn
 
-    def forward(self, x: torch.Tensor, beta: float | None = None) -> torch.Tensor:
-        return self.loss_fn(x) if beta is None else self.loss_fn(x, beta)
+    def forward(self, x: torch.Tensor, beta: float | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        kw = {} if labels is None else {"labels": labels}
+        return self.loss_fn(x, **kw) if beta is None else self.loss_fn(x, beta, **kw)
 
 
 def wrap_loss(vae: nn.Module, loss_fn, ctx: Context):

@@ -84,12 +84,20 @@ def kl_warmup_weight(step, warmup_steps: float, kl_weight: float = 1.0):
 
 
 def loss_and_backward(
-    loss_fn, optim: torch.optim.Optimizer, x: torch.Tensor, beta, denominator: float, ctx: distributed.Context | None
+    loss_fn,
+    optim: torch.optim.Optimizer,
+    x: torch.Tensor,
+    beta,
+    denominator: float,
+    ctx: distributed.Context | None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The per-image loss of the batch ``x`` (its KL term weighted by ``beta`` unless None), its
-    gradients (the optimizer's old ones dropped), and the value (detached; under data parallelism
-    the mean over ranks, identical on every rank)."""
-    loss = (loss_fn(x) if beta is None else loss_fn(x, beta)) / denominator
+    """The per-image loss of the batch ``x`` (its KL term weighted by ``beta`` unless None; its
+    ``labels`` given to a structure that learns from them), its gradients (the optimizer's old
+    ones dropped), and the value (detached; under data parallelism the mean over ranks, identical
+    on every rank)."""
+    kw = {} if labels is None else {"labels": labels}
+    loss = (loss_fn(x, **kw) if beta is None else loss_fn(x, beta, **kw)) / denominator
     optim.zero_grad(set_to_none=True)
     loss.backward()
     value = loss.detach()
@@ -267,12 +275,14 @@ class StepEngine:
         ctx: distributed.Context | None = None,
         fallback: bool = False,
         module: torch.nn.Module | None = None,
+        labels: torch.Tensor | None = None,
+        epoch_length: int | None = None,
     ) -> None:
         device = x_train.device
         self.optim, self.x, self.bs, self.choice, self.fallback = optim, x_train, batch_size, choice, fallback
         self.binarize, self.warmup_steps, self.ctx = binarize, float(warmup_steps), ctx or distributed.Context()
-        self.kl_weight = float(kl_weight)
-        self.n = x_train.shape[0]
+        self.kl_weight, self.labels = float(kl_weight), labels
+        self.n = epoch_length or x_train.shape[0]  # rows of an epoch's order (labelled images may repeat)
         self.loss_fn = torch.compile(loss_fn) if choice.compile_loss else loss_fn
         self.world = self.ctx.world_size
         self.perm = torch.zeros(self.n, dtype=torch.long, device=device)
@@ -359,10 +369,12 @@ class StepEngine:
             idx = self.perm.index_select(0, self.batch * self.bs + self.offsets[:size])
         else:  # the same rows by a view, without kernels (a few percent of a small CPU step)
             idx = self.perm.narrow(0, self._next * self.bs, size)
-        xb = decode(self.x.index_select(0, distributed.shard(idx, self.ctx)))
+        rows = distributed.shard(idx, self.ctx)
+        xb = decode(self.x.index_select(0, rows))
         if self.binarize:
             xb = torch.bernoulli(xb)
-        value = loss_and_backward(self.loss_fn, self.optim, xb, self._beta(xb), size / self.world, self.ctx)
+        yb = None if self.labels is None else self.labels.index_select(0, rows)
+        value = loss_and_backward(self.loss_fn, self.optim, xb, self._beta(xb), size / self.world, self.ctx, yb)
         ok = self._account(value, size)
         self.found_inf.copy_((~ok).to(self.found_inf.dtype))
         self.optim.found_inf = self.found_inf

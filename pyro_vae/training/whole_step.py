@@ -46,8 +46,9 @@ class _Objective(nn.Module):
         super().__init__()
         self.structure, self.loss_fn = structure, loss_fn
 
-    def forward(self, x: torch.Tensor, beta) -> torch.Tensor:
-        return self.loss_fn(x) if beta is None else self.loss_fn(x, beta)
+    def forward(self, x: torch.Tensor, beta, labels: torch.Tensor | None) -> torch.Tensor:
+        kw = {} if labels is None else {"labels": labels}
+        return self.loss_fn(x, **kw) if beta is None else self.loss_fn(x, beta, **kw)
 
 
 def adam_settings(optim: torch.optim.Optimizer, params: list[torch.Tensor]) -> dict:
@@ -120,11 +121,12 @@ class WholeStep:
         xb = decode(e.x.index_select(0, idx))
         if e.binarize:
             xb = torch.bernoulli(xb)
+        yb = None if e.labels is None else e.labels.index_select(0, idx)
         beta, denominator = e._beta(xb), size / e.world
 
         def loss(values):
             swapped = {f"structure.{name}": value for name, value in zip(self.names, values)}
-            return torch.func.functional_call(self.objective, swapped, (xb, beta)) / denominator
+            return torch.func.functional_call(self.objective, swapped, (xb, beta, yb)) / denominator
 
         grads, value = torch.func.grad_and_value(loss)(tuple(params))
         ok = e._account(value.detach(), size)  # the engine's bookkeeping, as its eager step keeps it
