@@ -1,6 +1,6 @@
 """pyro-vae: a variational autoencoder written the probabilistic-programming way, in Pyro."""
 
-from pyro_vae import hierarchical, mixture  # noqa: E402, F401  (register model.structure=hierarchical, mixture)
+from pyro_vae import hierarchical, mixture, semi_supervised  # noqa: E402, F401  (register model.structure=...)
 from pyro_vae._version import __version__  # noqa: F401
 from pyro_vae.components.guides import GUIDES  # noqa: E402
 from pyro_vae.components.likelihoods import LIKELIHOODS  # noqa: E402

@@ -362,7 +362,7 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         f"wall time {summary['wall_time_s']:.0f} s, {summary['images_per_s']:.0f} training images/s "
         f"on {summary['environment']['device']}" + _engine_note(summary)
     )
-    if summary["config"]["train"]["kl_weight"] != 1:
+    if summary["config"]["train"]["kl_weight"] != 1 or summary["config"]["model"]["structure"] == "semi_supervised":
         print(f"trained {summary['objective']}")
     print(f"{'nats per image':<42}{'mean':>10}{'± s.e.':>10}")
     rows = [
@@ -381,6 +381,11 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     if units:
         counts = ", ".join(f"{layer} {u['active']} of {u['of']}" for layer, u in units.items())
         print(f"active units (Cov_x E[z|x] > {next(iter(units.values()))['threshold']:g}): {counts}")
+    classification = summary.get("classification")
+    if classification:
+        print(f"test classification error: {classification['test_error']:.2%} ({classification['images']:,} images)")
+    if "labels" in summary:
+        print(f"labels: {summary['labels']['protocol']}")
     clustering = summary.get("clustering")
     if clustering:
         print(

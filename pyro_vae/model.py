@@ -2,7 +2,7 @@
 (``model.structure``, the :data:`STRUCTURES` registry), and the factory that builds one from a config.
 
 A structure writes its generative story once, against a two-method ``emit`` interface
-(``emit.latent(name, fn, mask=None)``, ``emit.observed(name, fn, value, mask=None, scale=1.0)``;
+(``emit.latent(name, fn, mask=None, scale=1.0)``, ``emit.observed(name, fn, value, mask=None, scale=1.0)``;
 ``mask`` as ``poutine.mask``, ``scale`` as ``poutine.scale``): :meth:`Structure.model_story` and
 :meth:`Structure.guide_story`. Emitted with :class:`PyroEmit` they are the Pyro ``model`` and
 ``guide`` (``pyro.sample`` inside ``pyro.plate("data", B)``); emitted with :class:`LeanEmit` they
@@ -128,7 +128,7 @@ class LeanEmit:
         self.sites: dict[str, Site] = {}
         self._enum_dim = -2 if particles > 1 else -1  # the leftmost dimension in use (the plates')
 
-    def latent(self, name: str, fn: Distribution, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def latent(self, name: str, fn: Distribution, mask: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
         if name in self.sites:
             raise ValueError(f"sample site {name!r} is emitted twice; every site needs its own name")
         enumerated = False
@@ -145,7 +145,8 @@ class LeanEmit:
             enumerated = True
         else:
             value = self._draw(fn)
-        self.sites[name] = Site(name, fn, value, False, 1.0 if self.beta is None else self.beta, enumerated, mask)
+        weight = scale if self.beta is None else (self.beta if scale == 1.0 else self.beta * scale)
+        self.sites[name] = Site(name, fn, value, False, weight, enumerated, mask)
         return value
 
     def _draw(self, fn: Distribution) -> torch.Tensor:
@@ -183,8 +184,8 @@ class PyroEmit:
     def __init__(self, beta: torch.Tensor | float | None = None) -> None:
         self.beta = beta
 
-    def latent(self, name: str, fn: Distribution, mask: torch.Tensor | None = None) -> torch.Tensor:
-        with _scaled(self.beta), _masked(mask):
+    def latent(self, name: str, fn: Distribution, mask: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+        with _scaled(self.beta), _scaled(None if scale == 1.0 else scale), _masked(mask):
             return pyro.sample(name, fn)
 
     def observed(
@@ -227,7 +228,7 @@ class _PointEmit:
         self.codes: dict[str, torch.Tensor] = {}
         self.loc_scale: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def latent(self, name: str, fn: Distribution, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def latent(self, name: str, fn: Distribution, mask=None, scale: float = 1.0) -> torch.Tensor:
         if self.scales:
             loc, scale = _moments(fn, self.draws)
             self.loc_scale[name] = (loc, scale)
@@ -255,7 +256,7 @@ class _AncestralEmit:
         self.values: dict[str, torch.Tensor] = {}
         self.likelihood: Distribution | None = None
 
-    def latent(self, name: str, fn: Distribution, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def latent(self, name: str, fn: Distribution, mask=None, scale: float = 1.0) -> torch.Tensor:
         top = not self.values
         if name in self.codes:
             value = self.codes[name]
@@ -487,6 +488,15 @@ class Structure(nn.Module):
     def clusters(self, x: torch.Tensor) -> torch.Tensor:
         """Each image's cluster (B,), integers in 0 .. :meth:`components` - 1."""
         raise NotImplementedError(f"{type(self).__name__} does not cluster images (components() is 0)")
+
+    def classes(self) -> int:
+        """How many classes :meth:`classify` tells apart (a structure that learns from labels,
+        :attr:`uses_labels`); 0 for one that does not classify (this generic version)."""
+        return 0
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Each image's most probable class (B,), integers in 0 .. :meth:`classes` - 1."""
+        raise NotImplementedError(f"{type(self).__name__} does not classify images (classes() is 0)")
 
     # -- helpers ------------------------------------------------------------------------------------------------
 

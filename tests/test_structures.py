@@ -288,7 +288,9 @@ def test_refusals_say_why_and_the_fix():
         load_config(None, [*base, "model.hierarchical.layers=1"])
     with pytest.raises(ConfigError, match=r"latent_dims = \[2, 3, 4\] gives 3 sizes for layers = 2; give one size "):
         load_config(None, [*base, "model.hierarchical.latent_dims=[2,3,4]"])
-    with pytest.raises(ConfigError, match="model.structure = 'tree' is not one of: hierarchical, mixture, vae"):
+    with pytest.raises(
+        ConfigError, match="model.structure = 'tree' is not one of: hierarchical, mixture, semi_supervised, vae"
+    ):
         load_config(None, ["model.structure=tree"])
     with pytest.raises(ConfigError, match="model.structure=tree: unknown model structure 'tree'"):
         build_model(ModelConfig(structure="tree"), D)
@@ -581,3 +583,89 @@ def test_every_likelihood_and_network_trains_the_mixture_by_enumeration(network,
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in vae.parameters() if p.grad is not None)
     assert vae.sample(2).shape == (2, 16) and torch.isfinite(vae.log_weights(x, 3).log_w).all()
+
+
+# ---------------------------------------------------------------- semi_supervised: M2, labels as data
+
+
+def _m2(*extra, d=D):
+    return _model("model.structure=semi_supervised", "model.semi_supervised.classes=3", *extra, d=d)
+
+
+LABELS = torch.tensor([-1, 2, -1, 0])
+
+
+@pytest.mark.parametrize("elbo", ["enum", "trace"])
+@pytest.mark.parametrize("particles", [1, 3])
+@pytest.mark.parametrize("beta", [None, 0.3])
+def test_m2_with_labels_gives_pyros_own_estimators_value_and_gradient(elbo, particles, beta):
+    """Masks, the labelled branch and the scaled classification term: TraceEnum_ELBO (c summed
+    out) and Trace_ELBO (its score function) on the structure's Pyro model and guide, to 1e-10."""
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
+
+    from pyro_vae.objectives.elbos import ELBOS
+    from pyro_vae.objectives.sites import LeanSource, PyroSource
+
+    vae, x = _m2(), _x()
+    vae.weigh_labels(images=1000, labelled=20, repeats=4.0)
+    kw = dict(num_particles=particles, vectorize_particles=particles > 1)
+    theirs, guide = (
+        (TraceEnum_ELBO(max_plate_nesting=1, **kw), config_enumerate(vae.guide, "parallel"))
+        if elbo == "enum"
+        else (Trace_ELBO(max_plate_nesting=1, **kw), vae.guide)
+    )
+    args = (x,) if beta is None else (x, torch.tensor(beta, dtype=torch.float64))
+    params = list(vae.parameters())
+    torch.manual_seed(1)
+    reference = theirs.differentiable_loss(vae.model, guide, *args, labels=LABELS)
+    expected = torch.autograd.grad(reference, params)
+    for source in (LeanSource(vae), PyroSource(vae.model, vae.guide, vae)):
+        torch.manual_seed(1)
+        loss = ELBOS.get(elbo)(**kw).loss_fn(source)(*args, labels=LABELS)
+        where = f"{elbo}, {type(source).__name__}, particles {particles}, beta {beta}"
+        assert torch.allclose(loss, reference, rtol=0, atol=1e-10), (where, loss.item(), reference.item())
+        for (name, _), g, e in zip(vae.named_parameters(), torch.autograd.grad(loss, params), expected):
+            assert torch.allclose(g, e, rtol=0, atol=1e-10), (where, name, (g - e).abs().max().item())
+
+
+def test_m2s_sites_with_and_without_labels():
+    vae, x = _m2(), _x()
+    vae.weigh_labels(images=1000, labelled=20, repeats=4.0)
+    assert vae.labelled_scale == 0.25 and vae.class_scale == pytest.approx(0.1 * 1000 / 20 / 4)
+    guide_trace, model_trace = vae.traces(x, None, LABELS)
+
+    def sites(trace):
+        return {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and n != "data"}
+
+    assert list(sites(guide_trace)) == ["y", "z", "z_l"]
+    assert list(sites(model_trace)) == ["y", "z", "x", "y_l", "z_l", "x_l", "y_class"]
+    model = sites(model_trace)
+    assert torch.equal(model["x"]["mask"], LABELS < 0) and torch.equal(model["x_l"]["mask"], LABELS >= 0)
+    assert model["x_l"]["scale"] == 0.25 and model["y_class"]["scale"] == vae.class_scale
+    assert torch.equal(model["y_l"]["value"].argmax(-1)[LABELS >= 0], LABELS[LABELS >= 0])
+    guide_trace, model_trace = vae.traces(x)  # no labels (evaluation): the unknown-label branch alone
+    assert list(sites(guide_trace)) == ["y", "z"] and list(sites(model_trace)) == ["y", "z", "x"]
+    assert all(s["mask"] is None for s in sites(model_trace).values())
+
+
+def test_m2s_latent_api_classes_and_refusals():
+    vae, x = _m2(), _x()
+    assert vae.uses_labels and vae.classes() == 3 and vae.layers() == {"z": 3, "y": 3}
+    assert vae.classify(x).shape == (B,) and torch.equal(vae.point(x)["y"].argmax(-1), vae.classify(x))
+    assert vae.sample(4).shape == (4, D) and vae.reconstruct(x).shape == (B, D)
+    codes = vae.complete({"z": torch.zeros(2, 3, dtype=torch.float64)})
+    assert torch.allclose(codes["y"], torch.full((2, 3), 1 / 3, dtype=torch.float64))
+    torch.manual_seed(0)
+    y = vae.sample_latents(3000)["y"]
+    assert y.shape == (3000, 3) and (y.mean(0) - 1 / 3).abs().max() < 4.5 * math.sqrt(2 / 9 / 3000)
+    assert not VAE.uses_labels and build_vae(ModelConfig(latent_dim=2, hidden=(8,)), D).classes() == 0
+    with pytest.raises(ConfigError, match="the VampPrior is a mixture of q.z . u. at pseudo-inputs u"):
+        _m2("model.prior=vamp")
+    with pytest.raises(
+        ConfigError, match="q.z . x, y. is a diagonal Gaussian conditioned on the class, not model.guide=iaf"
+    ):
+        _m2("model.guide=iaf")
+    with pytest.raises(ConfigError, match="labelled_per_batch = 0 must be at least 1"):
+        load_config(None, ["model.structure=semi_supervised", "model.semi_supervised.labelled_per_batch=0"])
+    with pytest.raises(ConfigError, match="alpha = -1.0 must be 0 or more"):
+        load_config(None, ["model.structure=semi_supervised", "model.semi_supervised.alpha=-1"])

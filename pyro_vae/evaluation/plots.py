@@ -157,7 +157,23 @@ def make_figures(run_dir: str | Path, vae: Structure, data: Splits, n: int = 16)
         paths.append(plot_manifold(vae, data.image_shape, fig_dir / "manifold.png", inside=run_dir))
     if vae.components() > 0:
         paths.append(plot_components(vae, data.image_shape, fig_dir / "components.png", inside=run_dir))
+    if vae.uses_labels:
+        paths.append(plot_styles(vae, data.image_shape, fig_dir / "styles.png", inside=run_dir))
     return paths
+
+
+@torch.no_grad()
+def plot_styles(vae: Structure, image_shape, out: Path, n: int = 8, inside: Path | None = None, seed: int = 0) -> Path:
+    """Fixed style, varied class (Kingma et al.'s figure): row r decodes one draw z_r ~ p(z) with
+    every class y = 0 .. K-1 in turn (at most 20 classes)."""
+    classes = min(vae.classes(), 20)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        z = vae.sample_latents(n)["z"]
+    eye = torch.eye(vae.classes(), dtype=z.dtype, device=z.device)[:classes]
+    codes = {"z": z.repeat_interleave(classes, 0), "y": eye.repeat(n, 1)}
+    title = "Fixed style, varied class (row: z ~ p(z); column: y = 0, 1, ...)"
+    return plot_images(vae.decode(codes), image_shape, classes, title, out, inside)
 
 
 @torch.no_grad()

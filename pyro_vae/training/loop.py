@@ -41,6 +41,7 @@ from pyro_vae.runs.folder import RunDir, check_resumable, check_resume_config, s
 from pyro_vae.training import distributed
 from pyro_vae.training.checks import check_compatible, check_data, diagnose
 from pyro_vae.training.engine import StepEngine, checked_choice, choose_engine, kl_warmup_weight, make_optimizer
+from pyro_vae.training.labelled import labelled_order, labelled_plan
 from pyro_vae.training.stopping import StopRequests, TrainingError, any_rank, interrupted, stop_reason
 from pyro_vae.training.tensorboard import TensorBoard, require_tensorboard
 
@@ -263,6 +264,7 @@ def finish(
     with torch.no_grad():
         units = active_units_per_layer(vae, data.stored("test").to(device))
     clustering = clustering_report(vae, data, device, cfg.train.eval_batch_size)
+    classification = classification_report(vae, data, device, cfg.train.eval_batch_size)
     return {
         "config": cfg.to_dict(),
         "environment": environment(device),
@@ -283,6 +285,8 @@ def finish(
             for layer, u in units.items()
         },
         **({"clustering": clustering} if clustering else {}),
+        **({"classification": classification} if classification else {}),
+        **({"labels": {"count": cfg.data.labels, "protocol": data.label_protocol}} if data.label_protocol else {}),
     }
 
 
@@ -307,9 +311,29 @@ def clustering_report(vae: Structure, data: Splits, device: torch.device, batch_
     }
 
 
+@torch.no_grad()
+def classification_report(vae: Structure, data: Splits, device: torch.device, batch_size: int) -> dict | None:
+    """For a structure that learns from labels (:attr:`~pyro_vae.model.Structure.uses_labels`), its
+    classifier's error on the whole test split (never seen in training); None otherwise or without
+    test labels."""
+    if not vae.uses_labels or data.test_labels is None:
+        return None
+    x = data.stored("test")
+    pred = torch.cat(
+        [vae.classify(decode(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)]
+    )
+    return {"test_error": float((pred != data.test_labels).double().mean()), "images": int(pred.numel())}
+
+
 def objective(cfg: ExperimentConfig) -> str:
     """What training optimised, for reports: the ELBO, or a beta-weighted one. Evaluation always
     uses beta = 1 (the ELBO and IWAE bounds, in nats)."""
+    if cfg.model.structure == "semi_supervised":
+        return (
+            f"the {cfg.train.elbo} ELBO of labelled and unlabelled images plus Kingma's classification term "
+            "(alpha log q(y | x) on the labelled ones): metrics.jsonl's train_neg_elbo includes that term; valid, "
+            "test and NLL are the ELBO and bound of log p(x) with y summed out"
+        )
     if cfg.train.kl_weight == 1.0:
         return f"the {cfg.train.elbo} ELBO"
     return (
@@ -340,14 +364,20 @@ class Trainer:
         vae.to(device)
         # The splits stay in their stored form (uint8 levels for 8-bit images); batches are decoded.
         self.x_train, self.x_valid, self.x_test = (data.stored(s).to(device) for s in ("train", "valid", "test"))
-        first = decode(self.x_train[: cfg.train.batch_size])
+        self.plan, self.labels, first_labels = self._labels(cfg, data, vae)
+        rows = torch.arange(min(cfg.train.batch_size, self.x_train.shape[0]))
+        if self.plan is not None:  # a batch as training makes them, labelled images among the others
+            rows = labelled_order(data.train_labels, self.plan, torch.Generator().manual_seed(cfg.train.seed))
+            rows = rows[: cfg.train.batch_size]
+            first_labels = self.labels[rows.to(device)]
+        first = decode(self.x_train[rows.to(device)])
         first = (first > 0.5).to(first.dtype) if data.dynamic_binarization else first
         elbo = build_elbo(cfg.train)  # resolved once: the checks and the loss take the object
         check_compatible(vae, cfg, elbo, first)
         init_from_data(vae, self.x_train, cfg.train.seed)
         self.optim = make_optimizer(vae, cfg.train.lr)
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.optim, gamma=cfg.train.lr_decay)
-        loss = build_loss(vae, cfg.train, first, elbo)
+        loss = build_loss(vae, cfg.train, first, elbo, labels=first_labels)
         self.shuffle = torch.Generator().manual_seed(cfg.train.seed)
         if ctx.active:
             pyro.set_rng_seed((cfg.train.seed + ctx.rank) % 2**32)  # every rank draws its own z (NumPy takes < 2**32)
@@ -356,7 +386,8 @@ class Trainer:
         if state is not None:
             self._restore(state)
         self.board = None  # TensorBoard, on rank 0 when train.tensorboard is set (open_board)
-        self.steps_per_epoch = math.ceil(self.x_train.shape[0] / cfg.train.batch_size)
+        self.epoch_rows = self.plan.length if self.plan is not None else self.x_train.shape[0]
+        self.steps_per_epoch = math.ceil(self.epoch_rows / cfg.train.batch_size)
         self.warmup_steps = cfg.train.kl_warmup_epochs * self.steps_per_epoch
         step_loss = distributed.wrap_loss(vae, loss.fn, ctx)  # DDP broadcasts rank 0's weights here
 
@@ -373,6 +404,8 @@ class Trainer:
                 ctx=ctx,
                 fallback=cfg.train.engine == "auto",
                 module=vae,
+                labels=self.labels,
+                epoch_length=self.epoch_rows,
             )  # a failed capture or compilation continues eagerly
 
         steps_left = max(cfg.train.epochs - self.epoch, 0) * self.steps_per_epoch
@@ -382,6 +415,22 @@ class Trainer:
             log.log(logging.INFO if cfg.train.engine == "auto" else logging.WARNING, "%s", choice.reason)
         self.engine = engine(choice)
         self.sync_every = cfg.train.sync_every or (100 if device.type == "cuda" else 1)
+
+    @staticmethod
+    def _labels(cfg: ExperimentConfig, data: Splits, vae: Structure):
+        """For a structure that learns from labels: the plan of an epoch, the training labels on the
+        device (-1 where unknown), and the structure's labelled terms weighed for this split; else
+        Nones. ``ConfigError`` when it has no labels to learn from."""
+        if not vae.uses_labels:
+            return None, None, None
+        if data.train_labels is None:
+            raise ConfigError(
+                f"model.structure={cfg.model.structure} learns from labels, but data.labels = {cfg.data.labels}: "
+                "set data.labels to the labels it may see (data.labels=100: 10 of each digit)"
+            )
+        plan = labelled_plan(data.train_labels, cfg.train.batch_size, vae.labelled_per_batch)
+        vae.weigh_labels(data.train_labels.numel(), plan.labelled, plan.repeats)
+        return plan, data.train_labels.to(next(vae.parameters()).device), None
 
     def open_board(self, state: dict[str, Any] | None) -> None:
         """Start TensorBoard logging into the run folder (rank 0, when ``train.tensorboard`` is set)."""
@@ -453,7 +502,12 @@ class Trainer:
             perm, start, total, time_before = p["perm"].to(self.device), p["batch"], p["total"], p["epoch_time"]
             self.partial = None
         else:
-            perm, start, total, time_before = torch.randperm(n, generator=self.shuffle).to(self.device), 0, 0.0, 0.0
+            order = (
+                labelled_order(self.data.train_labels, self.plan, self.shuffle)
+                if self.plan is not None
+                else torch.randperm(n, generator=self.shuffle)
+            )
+            perm, start, total, time_before = order.to(self.device), 0, 0.0, 0.0
         engine.start_epoch(perm, start, total, self.step)
         first_step, seen, read_at, t0 = self.step, total, start, time.perf_counter()
         bar = tqdm(
@@ -475,7 +529,7 @@ class Trainer:
                 reading = engine.read()
                 if reading.bad_step is not None:
                     raise self._non_finite(reading, start + reading.bad_step - first_step)
-                images = min((i + 1) * bs, n) - read_at * bs  # trained on since the previous read
+                images = min((i + 1) * bs, self.epoch_rows) - read_at * bs  # trained on since the previous read
                 running = (reading.total - seen) / images
                 bar.set_postfix(loss=f"{running:.2f}", refresh=False)
                 if self.board is not None:
@@ -512,7 +566,6 @@ class Trainer:
         kw = dict(batch_size=self.cfg.train.eval_batch_size, seed=self.cfg.eval.seed)
         valid = evaluate(self.vae, self.x_valid, **kw)["neg_elbo"]
         test = evaluate(self.vae, self.x_test, **kw)["neg_elbo"]
-        n = self.x_train.shape[0]
         record = {
             "epoch": self.epoch,
             "step": self.step,
@@ -522,7 +575,7 @@ class Trainer:
             "lr": float(self.optim.param_groups[0]["lr"]),
             "epoch_time_s": epoch_time,
             "kl_weight": kl_warmup_weight(self.step, self.warmup_steps, self.cfg.train.kl_weight),
-            "images_per_s": n / epoch_time,
+            "images_per_s": self.epoch_rows / epoch_time,
         }
         if self.ctx.main:
             self.run.append_metrics(record)

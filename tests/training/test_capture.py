@@ -34,7 +34,7 @@ BASE = [
 ]
 
 
-def _engine(*overrides: str, data=None, verified: bool = True):
+def _engine(*overrides: str, data=None, verified: bool = True, labels: torch.Tensor | None = None):
     """A capturing engine for the config; ``verified``: its loss from ``build_loss`` (the structure
     checked and compared with Pyro's on a batch), else the estimator on the structure's stories
     built directly (quicker)."""
@@ -44,7 +44,8 @@ def _engine(*overrides: str, data=None, verified: bool = True):
     vae = build_vae(cfg.model, x.shape[1], (1, 3, 4))  # 12 pixels as 3 x 4 images, for the conv networks
     first = decode(x[:B])  # the batch fit checks the loss on
     if verified:
-        loss = build_loss(vae, cfg.train, (first > 0.5).to(first.dtype) if cfg.data.binarize == "dynamic" else first)
+        first = (first > 0.5).to(first.dtype) if cfg.data.binarize == "dynamic" else first
+        loss = build_loss(vae, cfg.train, first, labels=None if labels is None else labels[:B])
         assert loss.fast, overrides
         fn = loss.fn
     else:
@@ -57,6 +58,7 @@ def _engine(*overrides: str, data=None, verified: bool = True):
         Choice("graph", True, False),
         binarize=cfg.data.binarize == "dynamic",
         warmup_steps=cfg.train.kl_warmup_epochs * 3,
+        labels=labels,
     )
     engine.start_epoch(torch.randperm(N, generator=torch.Generator().manual_seed(0)))
     return engine, vae
@@ -296,17 +298,25 @@ def test_every_structure_with_every_estimator_passes_the_check(structure, elbo):
     assert _engine(*structure, *elbo)[0].check_capture() is None
 
 
-@pytest.mark.parametrize(
-    "elbo",
-    [
-        ("train.elbo=enum",),
-        ("train.elbo=enum", "train.num_particles=2"),
-        ("train.elbo=trace",),
-        ("train.elbo=trace", "train.num_particles=2"),
-        ("train.kl_warmup_epochs=2", "train.elbo=enum"),
-    ],
-    ids=lambda o: ",".join(s.split("=", 1)[1] for s in o),
-)
+DISCRETE_ELBOS = [
+    ("train.elbo=enum",),
+    ("train.elbo=enum", "train.num_particles=2"),
+    ("train.elbo=trace",),
+    ("train.elbo=trace", "train.num_particles=2"),
+    ("train.kl_warmup_epochs=2", "train.elbo=enum"),
+]
+
+
+@pytest.mark.parametrize("elbo", DISCRETE_ELBOS, ids=lambda o: ",".join(s.split("=", 1)[1] for s in o))
+def test_the_semi_supervised_structure_with_each_of_its_estimators_passes_the_check(elbo):
+    """Labels gathered with the batch, masks, the one-hot labels made on the device, the labelled
+    branch and the classification term: nothing a CUDA graph cannot hold."""
+    labels = torch.where(torch.arange(N) % 4 == 0, torch.arange(N) % 3, -1)
+    engine = _engine("model.structure=semi_supervised", "model.semi_supervised.classes=3", *elbo, labels=labels)[0]
+    assert engine.check_capture() is None
+
+
+@pytest.mark.parametrize("elbo", DISCRETE_ELBOS, ids=lambda o: ",".join(s.split("=", 1)[1] for s in o))
 def test_the_mixture_with_each_of_its_estimators_passes_the_check(elbo):
     """Parallel enumeration has static shapes (the support is a tensor made on the device, no host
     data), and so does the score function of the sampled discrete site: capturable."""

@@ -79,8 +79,8 @@ def _patch_loss_at_call(monkeypatch, n: int, action):
     """Make fit's loss call ``action(loss)`` on its ``n``-th call (1-based) and return the result."""
     real_build = T.build_loss
 
-    def build(*args):
-        loss, calls = real_build(*args), {"n": 0}
+    def build(*args, **kwargs):
+        loss, calls = real_build(*args, **kwargs), {"n": 0}
 
         def wrapped(x):
             calls["n"] += 1

@@ -25,7 +25,9 @@ STRUCTURES = {
     "vae": [],
     "hierarchical": ["model.structure=hierarchical", "model.hierarchical.latent_dims=[2,3]"],
     "mixture": ["model.structure=mixture", "model.mixture.components=3"],
+    "semi_supervised": ["model.structure=semi_supervised", "model.semi_supervised.classes=3"],
 }
+LABELS = torch.where(torch.arange(300) % 5 == 0, torch.arange(300) % 3, -1)  # every fifth image labelled
 
 
 def _setup(structure: str, elbo: str, particles: int, groups: int = 1, lr: float = 1e-2, dim: int = 12):
@@ -92,6 +94,8 @@ def _assert_same_training(structure, elbo, particles, groups=1, **engine_kw):
         ("hierarchical", "iwae_dreg", 3, {}),  # two latent sites: DReG without hooks, so it compiles
         ("mixture", "enum", 1, {}),  # a discrete site enumerated: static shapes, one graph
         ("mixture", "trace", 1, {"warmup_steps": 7.0}),  # the discrete site sampled: the score function
+        ("semi_supervised", "enum", 1, {"labels": LABELS}),  # labels gathered with the batch, masks
+        ("semi_supervised", "trace", 2, {"labels": LABELS, "warmup_steps": 7.0}),
     ],
 )
 def test_the_compiled_whole_step_trains_as_the_eager_engine(structure, elbo, particles, engine_kw):
