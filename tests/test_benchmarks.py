@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 
 import pyro
 import pytest
@@ -263,3 +264,29 @@ def test_cpu_profile_groups_the_time_of_a_step(tmp_path, run_script):
     for row in rows.values():
         groups = row["profiled_self_ms_per_step"]
         assert row["ms_per_step"] > 0 and groups["matrix products"] > 0 and groups["Adam"] > 0
+
+
+def test_the_kmeans_baseline_writes_scores_per_seed_and_their_spread(tmp_path, run_script):
+    out = tmp_path / "kmeans.json"
+    run_script("benchmarks/kmeans_baseline.py", "--subset", "300", "--seeds", "0", "1", "--out", str(out))
+    record = json.loads(out.read_text())
+    assert [r["seed"] for r in record["results"]] == [0, 1] and record["k"] == 10
+    assert record["train_images"] == record["test_images"] == 300
+    assert all(0.1 < r["accuracy"] <= 1 and 0 < r["nmi"] <= 1 and r["seconds"] > 0 for r in record["results"])
+    accuracies = [r["accuracy"] for r in record["results"]]
+    assert record["accuracy"]["mean"] == pytest.approx(sum(accuracies) / 2)
+    assert record["accuracy"]["std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / math.sqrt(2))
+    assert record["command"].endswith(f"--seeds 0 1 --out {out}") and record["machine"]["cpu_count"] > 0
+
+
+def test_the_classifier_baseline_trains_on_the_labels_alone(tmp_path, run_script):
+    out = tmp_path / "classifier.json"
+    run_script(
+        "benchmarks/classifier_baseline.py",
+        *("--set", "data.subset=400", "--set", "data.labels=20", "--set", "model.hidden=[16]"),
+        *("--seeds", "0", "1", "--steps", "30", "--out", str(out)),
+    )
+    record = json.loads(out.read_text())
+    assert record["labels"]["count"] == 20 and "offline" in record["labels"]["protocol"]
+    assert record["test_images"] == 200 and list(record["per_seed"]) == ["0", "1"]
+    assert all(0 <= e <= 1 for e in record["per_seed"].values()) and record["test_error"]["std"] is not None

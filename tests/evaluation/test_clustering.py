@@ -4,7 +4,6 @@ answer, bad input ending in a ValueError that says what was wrong, and the k-mea
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections import Counter
 
@@ -22,7 +21,6 @@ from pyro_vae.evaluation.clustering import (
     kmeans,
     nmi,
 )
-from tests.helpers import ROOT, run_as_script
 
 
 def _random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -244,32 +242,3 @@ def test_kmeans_bad_input_raises_a_value_error(x, k, message):
 def test_assign_rejects_centres_that_do_not_fit():
     with pytest.raises(ValueError, match=r"centres \(2, 3\) torch.float32 do not fit x \(4, 2\) torch.float32"):
         assign(torch.zeros(4, 2), torch.zeros(2, 3))
-
-
-def test_the_kmeans_baseline_script_writes_scores_per_seed_and_their_spread(tmp_path, monkeypatch):
-    out = tmp_path / "kmeans.json"
-    threads = torch.get_num_threads()
-    monkeypatch.chdir(ROOT)
-    try:
-        code = run_as_script(
-            monkeypatch,
-            ROOT / "benchmarks" / "kmeans_baseline.py",
-            "--subset",
-            "300",
-            "--seeds",
-            "0",
-            "1",
-            "--out",
-            str(out),
-        )
-    finally:
-        torch.set_num_threads(threads)
-    assert code in (None, 0)
-    record = json.loads(out.read_text())
-    assert [r["seed"] for r in record["results"]] == [0, 1] and record["k"] == 10
-    assert record["train_images"] == record["test_images"] == 300
-    assert all(0.1 < r["accuracy"] <= 1 and 0 < r["nmi"] <= 1 and r["seconds"] > 0 for r in record["results"])
-    accuracies = [r["accuracy"] for r in record["results"]]
-    assert record["accuracy"]["mean"] == pytest.approx(sum(accuracies) / 2)
-    assert record["accuracy"]["std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / math.sqrt(2))
-    assert record["command"].endswith(f"--seeds 0 1 --out {out}") and record["machine"]["cpu_count"] > 0
