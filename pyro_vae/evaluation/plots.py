@@ -173,7 +173,7 @@ def plot_styles(vae: Structure, image_shape, out: Path, n: int = 8, inside: Path
     eye = torch.eye(vae.classes(), dtype=z.dtype, device=z.device)[:classes]
     codes = {"z": z.repeat_interleave(classes, 0), "y": eye.repeat(n, 1)}
     title = "Fixed style, varied class (row: z ~ p(z); column: y = 0, 1, ...)"
-    return plot_images(vae.decode(codes), image_shape, classes, title, out, inside)
+    return plot_images(vae.decode(codes), image_shape, n, title, out, inside)
 
 
 @torch.no_grad()
@@ -188,4 +188,4 @@ def plot_components(
     title = "Samples per component (row c: z ~ p(z | c))"
     if rows < vae.components():
         title += f", the first {rows} of {vae.components()}"
-    return plot_images(images, image_shape, n, title, out, inside)
+    return plot_images(images, image_shape, rows, title, out, inside)
