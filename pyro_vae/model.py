@@ -66,7 +66,9 @@ class Site:
     weight beta on latent sites (1.0 without warm-up, and on observed sites). ``enumerated``: a
     discrete guide site whose value is its whole support, in a dimension of its own left of the
     plates (parallel enumeration, as Pyro's ``poutine.enum`` lays it out). ``mask``: where the
-    site counts (a bool tensor over the images, as ``poutine.mask``), its log-density 0 elsewhere."""
+    site counts (a bool tensor over the images, as ``poutine.mask``), its log-density 0 elsewhere.
+    ``relaxed``: a discrete guide site whose value is a Gumbel-softmax draw (:class:`Relaxation`),
+    ``fn`` still the categorical it relaxes."""
 
     name: str
     fn: Distribution
@@ -75,6 +77,7 @@ class Site:
     scale: torch.Tensor | float = 1.0
     enumerated: bool = False
     mask: torch.Tensor | None = None
+    relaxed: bool = False
     _lp: torch.Tensor | None = field(default=None, repr=False)
 
     def log_prob(self) -> torch.Tensor:
@@ -84,6 +87,34 @@ class Site:
             lp = self.fn.log_prob(self.value)
             self._lp = lp if self.mask is None else torch.where(self.mask, lp, lp.new_zeros(()))
         return self._lp
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """How a one-hot categorical guide site is drawn under the Gumbel-softmax relaxation (Jang et
+    al., 2017; Maddison et al., 2017): softmax((logits + G) / temperature), G standard Gumbel noise
+    (as ``RelaxedOneHotCategorical.rsample`` draws it), reparameterised; ``straight_through``: the one-hot of
+    its argmax forward, the relaxed draw's gradient backward."""
+
+    temperature: float
+    straight_through: bool = False
+
+    def draw(self, fn: Distribution) -> torch.Tensor:
+        """One relaxed draw of the categorical ``fn`` (its batch shape), from ``torch.rand`` (the
+        temperature a Python number: no tensor made from host data in the step)."""
+        logits = fn.logits
+        u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device)
+        u = u.clamp(torch.finfo(logits.dtype).tiny, 1 - torch.finfo(logits.dtype).eps)
+        soft = torch.softmax((logits - (-u.log()).log()) / self.temperature, -1)
+        if not self.straight_through:
+            return soft
+        hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
+        return hard + (soft - soft.detach())
+
+    @staticmethod
+    def applies(fn: Distribution) -> bool:
+        """Whether ``fn`` is a one-hot categorical (what the relaxation replaces)."""
+        return isinstance(fn, torch.distributions.OneHotCategorical)
 
 
 class EnumeratedWeights(NamedTuple):
@@ -123,15 +154,17 @@ class LeanEmit:
         beta: torch.Tensor | float | None = None,
         values: dict[str, torch.Tensor] | None = None,
         enumerate: bool = False,
+        relax: Relaxation | None = None,
     ) -> None:
         self.particles, self.beta, self.values, self.enumerate = particles, beta, values, enumerate
+        self.relax = relax
         self.sites: dict[str, Site] = {}
         self._enum_dim = -2 if particles > 1 else -1  # the leftmost dimension in use (the plates')
 
     def latent(self, name: str, fn: Distribution, mask: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
         if name in self.sites:
             raise ValueError(f"sample site {name!r} is emitted twice; every site needs its own name")
-        enumerated = False
+        enumerated = relaxed = False
         if self.values is not None and name in self.values:
             value = self.values[name]
             if self.particles > 1 and len(fn.batch_shape) == 1 and _particle_size(value, fn) == 1:
@@ -143,13 +176,15 @@ class LeanEmit:
             support = fn.enumerate_support(expand=False)
             value = support.reshape((support.shape[0],) + (1,) * (-self._enum_dim - 1) + fn.event_shape)
             enumerated = True
+        elif self.relax is not None and Relaxation.applies(fn):
+            value, relaxed = self._draw(fn, self.relax), True
         else:
             value = self._draw(fn)
         weight = scale if self.beta is None else (self.beta if scale == 1.0 else self.beta * scale)
-        self.sites[name] = Site(name, fn, value, False, weight, enumerated, mask)
+        self.sites[name] = Site(name, fn, value, False, weight, enumerated, mask, relaxed)
         return value
 
-    def _draw(self, fn: Distribution) -> torch.Tensor:
+    def _draw(self, fn: Distribution, relax: Relaxation | None = None) -> torch.Tensor:
         batch, n = fn.batch_shape, self.particles
         if n > 1 and len(batch) == 1 and fn.has_rsample:
             return fn.rsample((n,))
@@ -157,6 +192,8 @@ class LeanEmit:
             fn = fn.expand((n, *batch))
         elif n > 1 and len(batch) > 2 and batch[-2] == 1:
             fn = fn.expand(batch[:-2] + (n, batch[-1]))
+        if relax is not None:
+            return relax.draw(fn)
         return fn.rsample() if fn.has_rsample else fn.sample()
 
     def observed(
@@ -544,6 +581,7 @@ def trace_sites(trace: poutine.Trace) -> dict[str, Site]:
             node["scale"],
             node["infer"].get("_enumerate_dim") is not None,
             node["mask"] if torch.is_tensor(node["mask"]) else None,
+            bool(node["infer"].get("relaxed", False)),
         )
         for name, node in trace.nodes.items()
         if node["type"] == "sample" and not site_is_subsample(node)

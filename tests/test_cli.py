@@ -99,8 +99,8 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
         (["config", "--set", "model.hidden=400,x"], "model.hidden: expected an integer"),
         (
             ["config", "--set", "train.elbo=nope"],
-            "train.elbo = 'nope' is not one of: ciwae, enum, iwae, iwae_dreg, jit_mean_field, jit_trace, mean_field, "
-            "miwae, piwae, stl, trace",
+            "train.elbo = 'nope' is not one of: ciwae, enum, gumbel, gumbel_st, iwae, iwae_dreg, jit_mean_field, "
+            "jit_trace, mean_field, miwae, piwae, stl, trace",
         ),
         (
             ["config", "--set", "model.prior=vampire"],

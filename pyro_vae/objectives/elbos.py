@@ -38,7 +38,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from pyro_vae.config import ConfigError, TrainConfig
-from pyro_vae.model import Site
+from pyro_vae.model import Relaxation, Site
 from pyro_vae.objectives import surrogates
 from pyro_vae.objectives.sites import PyroSource, Sites, StructureInfo, Traces, draw, weigh
 from pyro_vae.objectives.surrogates import Terms
@@ -72,6 +72,11 @@ class ELBOFlags:
     grouped = False  # draws train.iw_groups groups of train.num_particles samples
     gradient_hooks = False  # reweights gradients with hooks on z (torch.compile drops them)
     enumerates = False  # sums the guide's discrete sites out by parallel enumeration
+
+    def relaxation(self) -> Relaxation | None:
+        """How the guide's one-hot categorical sites are relaxed (None: drawn as they are)."""
+        return None
+
     lab_rows: tuple[LabRow, ...] = ()
 
     @classmethod
@@ -139,9 +144,12 @@ class Estimator(ELBOFlags, ELBO):
         n, loop = self.num_particles, self.num_particles > 1 and not self.vectorize_particles
 
         def loss(x: torch.Tensor, beta: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+            relax = self.relaxation()
             if loop:
-                return sum(self.objective(draw(source, x, beta, 1, self.enumerates, labels)) for _ in range(n)) / n
-            return self.objective(draw(source, x, beta, n, self.enumerates, labels))
+                return (
+                    sum(self.objective(draw(source, x, beta, 1, self.enumerates, labels, relax)) for _ in range(n)) / n
+                )
+            return self.objective(draw(source, x, beta, n, self.enumerates, labels, relax))
 
         return loss
 
@@ -199,7 +207,9 @@ def _log_w(t: Traces, analytic_kl: bool = False) -> tuple[torch.Tensor, list[tor
     kl, scores = None, []
     for name in t.latent:
         q, p = t.guide[name], t.model[name]
-        if not q.fn.has_rsample:
+        if q.relaxed:  # (Jang et al.: the categorical KL in closed form, the relaxed draw downstream)
+            term = weigh(_categorical_kl(q.fn, p.fn), q)
+        elif not q.fn.has_rsample:
             term = weigh(q.log_prob(), q).detach() - weigh(p.log_prob(), p)
             scores.append(q.fn.log_prob(q.value))  # unscaled and unmasked, as Pyro's score_parts keep it
         else:
@@ -209,6 +219,14 @@ def _log_w(t: Traces, analytic_kl: bool = False) -> tuple[torch.Tensor, list[tor
         term = term.expand(log_obs.shape) if term.shape != log_obs.shape else term
         kl = term if kl is None else kl + term
     return (log_obs if kl is None else log_obs - kl), scores
+
+
+def _categorical_kl(q, p) -> torch.Tensor:
+    """KL(q || p) of two (one-hot) categoricals over their last dimension, 0 where q is: torch's
+    version writes infinities and zeros by boolean indexing, a host sync and tensors from Python
+    data inside the step."""
+    term = q.probs * (q.logits - p.logits)
+    return torch.where(q.probs > 0, term, term.new_zeros(())).sum(-1)
 
 
 def _mean_over_particles(log_w: torch.Tensor, scores: list[torch.Tensor], n: int) -> torch.Tensor:
@@ -297,6 +315,56 @@ def _particle_sum(term: torch.Tensor, particles: int) -> torch.Tensor:
     if particles > 1 and (term.dim() < 2 or term.shape[-2] == 1):
         return term.sum() * particles
     return term.sum()
+
+
+@ELBOS.register("gumbel")
+class GumbelSoftmaxELBO(Estimator):
+    r"""The Gumbel-softmax (concrete) relaxation of every one-hot categorical guide site (Jang et
+    al., 2017; Maddison et al., 2017): c̃ = softmax((logits + G) / τ), G standard Gumbel noise,
+    reparameterised, passed on to the sites after it; the site's own term the categorical KL(q(c |
+    x) ‖ p(c)) in closed form. Low variance, biased for τ > 0 (the bias shrinks with τ, the
+    variance grows). ``[train.gumbel] temperature`` τ (0.5)."""
+
+    reparameterized_only = False
+    straight_through = False
+    temperature = 0.5
+
+    @dataclass(frozen=True)
+    class Settings:
+        temperature: float = 0.5  # tau of the relaxation: towards 0, less bias and more variance
+
+        def __post_init__(self) -> None:
+            if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
+                raise ValueError(f"temperature = {self.temperature} must be a positive finite number")
+
+    @classmethod
+    def options(cls, cfg: TrainConfig) -> dict:
+        return {"temperature": ELBOS.settings(cfg.elbo, cfg.settings).temperature}
+
+    def relaxation(self) -> Relaxation:
+        return Relaxation(self.temperature, self.straight_through)
+
+    def check(self, info: StructureInfo) -> list[str]:
+        return [
+            f"train.elbo={'gumbel_st' if self.straight_through else 'gumbel'} relaxes one-hot categorical sites, "
+            f"but guide site '{s.name}' is neither one nor reparameterised: use train.elbo=trace (its score "
+            "function)" + (" or enum" if s.discrete else "")
+            for s in info.of("guide")
+            if not s.reparameterized and not s.one_hot
+        ]
+
+    def objective(self, t: Traces) -> torch.Tensor:
+        log_w, _ = _log_w(t)
+        return -log_w.sum() / t.particles
+
+
+@ELBOS.register("gumbel_st")
+class StraightThroughGumbelELBO(GumbelSoftmaxELBO):
+    """``gumbel`` with the straight-through estimator: the one-hot of the relaxed draw's argmax
+    forward (the sites after it see a class), the relaxed draw's gradient backward.
+    ``[train.gumbel_st] temperature`` (0.5)."""
+
+    straight_through = True
 
 
 @ELBOS.register("jit_trace")

@@ -128,13 +128,15 @@ def _verify(
     n = elbo.num_particles if elbo.vectorize_particles else 1
     with fork_rng(x.device), pyro.validation_enabled(True), torch.no_grad():
         torch.manual_seed(0)
-        ours = draw(lean, x, None, n, elbo.enumerates, labels)
+        ours = draw(lean, x, None, n, elbo.enumerates, labels, elbo.relaxation())
         torch.manual_seed(0)
-        theirs = draw(pyro_source, x, None, n, elbo.enumerates, labels)
+        theirs = draw(pyro_source, x, None, n, elbo.enumerates, labels, elbo.relaxation())
 
         def shapes(t):
+            relaxed = {name for name, s in t.guide.items() if s.relaxed}  # (scored by their closed-form KL)
             return [
-                (w, name, s.observed, bool(s.fn.has_rsample), tuple(s.value.shape), tuple(s.log_prob().shape))
+                (w, name, s.observed, bool(s.fn.has_rsample), tuple(s.value.shape))
+                + (() if name in relaxed else (tuple(s.log_prob().shape),))
                 for w, sites in (("guide", t.guide), ("model", t.model))
                 for name, s in sites.items()
             ]

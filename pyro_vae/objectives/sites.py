@@ -27,12 +27,13 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import kl_divergence
 from torch.nn.utils.stateless import _reparametrize_module
 
-from pyro_vae.model import LeanEmit, Site, labelled, trace_sites
+from pyro_vae.model import LeanEmit, Relaxation, Site, labelled, trace_sites
 from pyro_vae.objectives.surrogates import NotDetachable, detach_distribution
 from pyro_vae.seeding import fork_rng
 
@@ -62,8 +63,9 @@ class LeanSource:
         detach_params: bool = False,
         enumerate: bool = False,
         labels: torch.Tensor | None = None,
+        relax: Relaxation | None = None,
     ) -> Sites:
-        emit = LeanEmit(particles, beta, values, enumerate)
+        emit = LeanEmit(particles, beta, values, enumerate, relax)
         if detach_params:
             _with_detached_parameters(self.structure, lambda s: s.guide_story(x, emit, **labelled(labels)))
         else:
@@ -84,10 +86,20 @@ class PyroSource:
         self.model_fn, self.guide_fn, self.module = model, guide, module
 
     def _trace(
-        self, fn: Callable, x, beta, particles: int, values: dict | None, enumerate: bool = False, labels=None
+        self,
+        fn: Callable,
+        x,
+        beta,
+        particles: int,
+        values: dict | None,
+        enumerate: bool = False,
+        labels=None,
+        relax: Relaxation | None = None,
     ) -> poutine.Trace:
         if particles > 1:
             fn = pyro.plate(PARTICLES, particles, dim=-2, device=x.device)(fn)
+        if relax is not None:
+            fn = _Relax(relax)(fn)
         if enumerate:  # TraceEnum_ELBO's guide: its discrete sites in parallel, left of the plates
             fn = poutine.enum(config_enumerate(fn, "parallel"), first_available_dim=-3 if particles > 1 else -2)
         if values:
@@ -104,9 +116,10 @@ class PyroSource:
         detach_params: bool = False,
         enumerate: bool = False,
         labels: torch.Tensor | None = None,
+        relax: Relaxation | None = None,
     ) -> Sites:
         def run() -> Sites:
-            return trace_sites(self._trace(self.guide_fn, x, beta, particles, values, enumerate, labels))
+            return trace_sites(self._trace(self.guide_fn, x, beta, particles, values, enumerate, labels, relax))
 
         if not detach_params:
             return run()
@@ -118,6 +131,22 @@ class PyroSource:
 
     def model(self, x: torch.Tensor, beta, particles: int, values: dict, labels: torch.Tensor | None = None) -> Sites:
         return trace_sites(self._trace(self.model_fn, x, beta, particles, values, labels=labels))
+
+
+class _Relax(Messenger):
+    """Draws every one-hot categorical latent site by ``relax`` (the Gumbel-softmax relaxation;
+    the site's distribution unchanged, its ``infer`` marked ``relaxed``): :class:`LeanEmit`'s
+    draw, inside Pyro's handlers (plates expand the distribution first)."""
+
+    def __init__(self, relax: Relaxation) -> None:
+        super().__init__()
+        self.relax = relax
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["is_observed"] or msg["value"] is not None or not Relaxation.applies(msg["fn"]):
+            return
+        msg["value"] = self.relax.draw(msg["fn"])
+        msg["infer"] = {**msg["infer"], "relaxed": True}
 
 
 def _values_trace(values: dict[str, torch.Tensor]) -> poutine.Trace:
@@ -220,11 +249,12 @@ def draw(
     particles: int,
     enumerate: bool = False,
     labels: torch.Tensor | None = None,
+    relax: Relaxation | None = None,
 ) -> Traces:
     """One draw: the guide run on ``x`` (and the batch's ``labels``, for a structure that learns
-    from them; its discrete sites enumerated in parallel with ``enumerate``), then the model
-    against the guide's values."""
-    guide = source.guide(x, beta, particles, enumerate=enumerate, labels=labels)
+    from them; its discrete sites enumerated in parallel with ``enumerate``, or its one-hot ones
+    relaxed with ``relax``), then the model against the guide's values."""
+    guide = source.guide(x, beta, particles, enumerate=enumerate, labels=labels, relax=relax)
     model = source.model(x, beta, particles, {name: site.value for name, site in guide.items()}, labels)
     return Traces(x, beta, particles, guide, model, source, labels)
 
@@ -242,6 +272,7 @@ class SiteInfo:
     event_shape: tuple[int, ...]
     reparameterized: bool
     discrete: bool  # has an enumerable support (a discrete distribution)
+    one_hot: bool  # a one-hot categorical (what the Gumbel-softmax relaxation relaxes)
     masked: bool
     scaled: bool  # carries the warm-up weight
 
@@ -304,6 +335,7 @@ def _info(trace: poutine.Trace, which: str) -> list[SiteInfo]:
             tuple(node["fn"].event_shape),
             bool(node["fn"].has_rsample),
             bool(getattr(node["fn"], "has_enumerate_support", False)),
+            Relaxation.applies(node["fn"]),
             node["mask"] is not None,
             torch.is_tensor(node["scale"]),
         )

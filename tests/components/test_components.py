@@ -198,6 +198,8 @@ def test_discretized_logistic_equals_cdf_differences():
 ELBO_CHOICES = [  # (elbo, particles, kl_fallback)
     ("trace", 1, True),
     ("enum", 1, True),  # (no discrete site: trace's)
+    ("gumbel", 1, True),
+    ("gumbel_st", 1, True),
     ("mean_field", 2, True),
     ("mean_field", 1, False),
     ("jit_trace", 2, True),

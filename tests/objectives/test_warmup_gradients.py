@@ -86,6 +86,8 @@ def _objective(name: str, log_w: torch.Tensor) -> torch.Tensor:
     return {
         "trace": log_w.mean(0),
         "enum": log_w.mean(0),  # (no discrete site: trace's)
+        "gumbel": log_w.mean(0),
+        "gumbel_st": log_w.mean(0),
         "jit_trace": log_w.mean(0),
         "mean_field": log_w.mean(0),
         "jit_mean_field": log_w.mean(0),

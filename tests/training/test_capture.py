@@ -304,6 +304,8 @@ DISCRETE_ELBOS = [
     ("train.elbo=trace",),
     ("train.elbo=trace", "train.num_particles=2"),
     ("train.kl_warmup_epochs=2", "train.elbo=enum"),
+    ("train.elbo=gumbel",),
+    ("train.elbo=gumbel_st", "train.num_particles=2"),
 ]
 
 

@@ -94,6 +94,7 @@ def _assert_same_training(structure, elbo, particles, groups=1, **engine_kw):
         ("hierarchical", "iwae_dreg", 3, {}),  # two latent sites: DReG without hooks, so it compiles
         ("mixture", "enum", 1, {}),  # a discrete site enumerated: static shapes, one graph
         ("mixture", "trace", 1, {"warmup_steps": 7.0}),  # the discrete site sampled: the score function
+        ("mixture", "gumbel_st", 1, {}),  # the relaxed draw, straight through
         ("semi_supervised", "enum", 1, {"labels": LABELS}),  # labels gathered with the batch, masks
         ("semi_supervised", "trace", 2, {"labels": LABELS, "warmup_steps": 7.0}),
     ],
