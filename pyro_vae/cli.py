@@ -481,7 +481,8 @@ def _int_list(text: str, option: str, high: int = MAX_SAMPLES) -> tuple[int, ...
 
 
 def _compare(args) -> int:
-    from pyro_vae.data.pixels import evenly_spaced
+    from pyro_vae.data.pixels import decode, evenly_spaced
+    from pyro_vae.lab import discrete
     from pyro_vae.lab.estimators import LabConfig, run_lab
     from pyro_vae.lab.report import format_table, write_outputs
     from pyro_vae.runs.trained import open_model
@@ -506,12 +507,30 @@ def _compare(args) -> int:
     model = open_model(args.run, args.checkpoint, args.device)
     vae, data = model.vae, model.data
     device = next(vae.parameters()).device
+    command = "pyro-vae compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else ""
+    out = Path(args.out) if args.out else Path(args.run) / "compare"
+    if discrete.has_discrete_site(vae, decode(data.stored("test")[:2]).to(device)):
+        return _compare_discrete(vae, data, args, lab, command, out)
     x = data.test[evenly_spaced(data.test.shape[0], lab.images)].to(device)
     result = run_lab(vae, x, lab, progress=not args.no_progress)
     print(format_table(result))
-    command = "pyro-vae compare " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["compare"] else ""
-    out = Path(args.out) if args.out else Path(args.run) / "compare"
     for path in write_outputs(result, out, command, inside=args.out or args.run):
+        print(f"wrote {path}")
+    return 0
+
+
+def _compare_discrete(vae, data, args, lab, command: str, out: Path) -> int:
+    """``compare`` on a structure with a discrete guide site: the discrete-site laboratory
+    (:mod:`pyro_vae.lab.discrete`), ``--grad-images`` images, ``--grad-reps`` estimates."""
+    from pyro_vae.data.pixels import evenly_spaced
+    from pyro_vae.lab import discrete
+
+    cfg = discrete.DiscreteLabConfig(images=lab.grad_images, groups=lab.grad_reps, seed=lab.seed)
+    device = next(vae.parameters()).device
+    x = data.test[evenly_spaced(data.test.shape[0], cfg.images)].to(device)
+    result = discrete.run_discrete_lab(vae, x, cfg)
+    print(discrete.format_table(result))
+    for path in discrete.write_outputs(result, out, command, inside=args.out or args.run):
         print(f"wrote {path}")
     return 0
 

@@ -46,7 +46,7 @@ LAYERS = [
             "__init__",
         ],
     ),
-    ("lab", ["estimators", "report", "__init__"]),
+    ("lab", ["estimators", "discrete", "report", "__init__"]),
     ("cli", ["cli"]),
     ("__init__", ["__init__", "__main__"]),
 ]

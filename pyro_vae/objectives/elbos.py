@@ -72,6 +72,8 @@ class ELBOFlags:
     grouped = False  # draws train.iw_groups groups of train.num_particles samples
     gradient_hooks = False  # reweights gradients with hooks on z (torch.compile drops them)
     enumerates = False  # sums the guide's discrete sites out by parallel enumeration
+    relaxes = False  # draws the guide's one-hot sites by the Gumbel-softmax relaxation (a temperature)
+    discrete_label: str | None = None  # its row in the discrete-site laboratory (pyro_vae.lab.discrete)
 
     def relaxation(self) -> Relaxation | None:
         """How the guide's one-hot categorical sites are relaxed (None: drawn as they are)."""
@@ -244,6 +246,7 @@ class TraceELBO(Estimator):
     score-function term."""
 
     reparameterized_only = False
+    discrete_label = "score function (trace)"
     lab_rows = (
         LabRow("reparam_mc_kl", "reparameterised, Monte-Carlo KL (trace)"),
         LabRow("score_function", "score function (trace, guide not reparameterised)", guide="score_function"),
@@ -283,6 +286,7 @@ class TraceEnumELBO(Estimator):
 
     enumerates = True
     reparameterized_only = False
+    discrete_label = "enumerated, exact in c (enum)"
 
     def check(self, info: StructureInfo) -> list[str]:
         return [
@@ -326,6 +330,8 @@ class GumbelSoftmaxELBO(Estimator):
     variance grows). ``[train.gumbel] temperature`` τ (0.5)."""
 
     reparameterized_only = False
+    relaxes = True
+    discrete_label = "Gumbel-softmax (gumbel)"
     straight_through = False
     temperature = 0.5
 
@@ -365,6 +371,7 @@ class StraightThroughGumbelELBO(GumbelSoftmaxELBO):
     ``[train.gumbel_st] temperature`` (0.5)."""
 
     straight_through = True
+    discrete_label = "straight-through Gumbel (gumbel_st)"
 
 
 @ELBOS.register("jit_trace")

@@ -311,6 +311,9 @@ def test_a_mixture_run_trains_clusters_and_opens(tmp_path, capsys):
     assert f"test clustering: accuracy {clustering['accuracy']:.1%}, NMI {clustering['nmi']:.3f} (" in printed
     assert (run / "figures" / "components.png").stat().st_size > 0
     assert main(["evaluate", str(run), "--device", "cpu", "--k", "3"]) == 0
+    assert main(["compare", str(run), "--grad-images", "4", "--grad-reps", "3", "--device", "cpu"]) == 0
+    assert "enumerated, exact in c (enum)" in capsys.readouterr().out
+    assert (run / "compare" / "figures" / "discrete_lab.png").stat().st_size > 0
     export_model(run, model)
     assert "structure `mixture`" in (model / "README.md").read_text()
     for where in (run, model):
