@@ -81,6 +81,7 @@ class Mixture(Structure):
     @dataclass(frozen=True)
     class Settings:
         components: int = 10  # K, the mixture's components (clusters)
+        baseline: bool = False  # learn b(x), the score function's baseline of train.elbo=tracegraph
 
         def __post_init__(self) -> None:
             if isinstance(self.components, bool) or not 2 <= self.components <= MAX_COMPONENTS:
@@ -115,6 +116,8 @@ class Mixture(Structure):
         self.trunk, features = network.encoder(data_dim)
         self.classifier = nn.Linear(features, k)
         self.lower = ConditionalNormal(dense(features + k, 2 * dim))
+        # b(x) for train.elbo=tracegraph (its score function's baseline), on the trunk's detached features
+        self.baseline = nn.Linear(features, 1) if settings.baseline else None
         # p(z | c): component means spread as draws of N(0, I) (fixed by the run's seed), unit scales
         self.loc = nn.Parameter(torch.randn(k, dim))
         self.raw_scale = nn.Parameter(torch.full((k, dim), math.log(math.e - 1)))
@@ -137,6 +140,15 @@ class Mixture(Structure):
         h = self.trunk(x)
         c = emit.latent("c", OneHotCategorical(logits=self.classifier(h)))
         emit.latent("z", self.lower(broadcast_cat(h, c)))
+
+    @property
+    def has_score_baseline(self) -> bool:
+        return self.baseline is not None
+
+    def score_baseline(self, x: torch.Tensor) -> torch.Tensor | None:
+        """b(x) (B,): a linear head on the trunk's features, detached (the baseline learns to
+        predict the log weight; it does not shape the trunk)."""
+        return None if self.baseline is None else self.baseline(self.trunk(x).detach()).squeeze(-1)
 
     # -- clusters ------------------------------------------------------------------------------------------------
 

@@ -526,6 +526,17 @@ class Structure(nn.Module):
         """Each image's cluster (B,), integers in 0 .. :meth:`components` - 1."""
         raise NotImplementedError(f"{type(self).__name__} does not cluster images (components() is 0)")
 
+    @property
+    def has_score_baseline(self) -> bool:
+        """Whether :meth:`score_baseline` gives a learned baseline (this generic version: no)."""
+        return False
+
+    def score_baseline(self, x: torch.Tensor) -> torch.Tensor | None:
+        """A learned baseline b(x) (B,) of the log weight, for score-function gradients of discrete
+        guide sites (``train.elbo=tracegraph``); None for a structure without one (this generic
+        version)."""
+        return None
+
     def classes(self) -> int:
         """How many classes :meth:`classify` tells apart (a structure that learns from labels,
         :attr:`uses_labels`); 0 for one that does not classify (this generic version)."""

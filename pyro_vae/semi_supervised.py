@@ -75,6 +75,7 @@ class SemiSupervised(Structure):
         classes: int = 10  # K, the classes of y
         alpha: float = 0.1  # Kingma's alpha over N: the classification term weighs alpha N / N_L per label
         labelled_per_batch: int = 10  # labelled images in every training batch (they repeat over an epoch)
+        baseline: bool = False  # learn b(x), the score function's baseline of train.elbo=tracegraph
 
         def __post_init__(self) -> None:
             if isinstance(self.classes, bool) or not 2 <= self.classes <= MAX_CLASSES:
@@ -118,6 +119,8 @@ class SemiSupervised(Structure):
         self.classifier = nn.Linear(features, k)
         self.trunk, features = network.encoder(data_dim)
         self.lower = ConditionalNormal(dense(features + k, 2 * dim))
+        # b(x) for train.elbo=tracegraph (its score function's baseline), on the trunk's detached features
+        self.baseline = nn.Linear(features, 1) if settings.baseline else None
 
     def weigh_labels(self, images: int, labelled: int, repeats: float) -> None:
         """Scale the labelled branch for a training split of ``images`` images, ``labelled`` of them
@@ -155,6 +158,14 @@ class SemiSupervised(Structure):
         if labels is not None:
             y_l = one_hot(labels, self.k, x.dtype)
             emit.latent("z_l", self.lower(torch.cat([h, y_l], -1)), mask=labels >= 0, scale=self.labelled_scale)
+
+    @property
+    def has_score_baseline(self) -> bool:
+        return self.baseline is not None
+
+    def score_baseline(self, x: torch.Tensor) -> torch.Tensor | None:
+        """b(x) (B,): a linear head on the trunk's features, detached."""
+        return None if self.baseline is None else self.baseline(self.trunk(x).detach()).squeeze(-1)
 
     # -- classes -------------------------------------------------------------------------------------------------
 

@@ -100,7 +100,7 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
         (
             ["config", "--set", "train.elbo=nope"],
             "train.elbo = 'nope' is not one of: ciwae, enum, gumbel, gumbel_st, iwae, iwae_dreg, jit_mean_field, "
-            "jit_trace, mean_field, miwae, piwae, stl, trace",
+            "jit_trace, mean_field, miwae, piwae, stl, trace, tracegraph",
         ),
         (
             ["config", "--set", "model.prior=vampire"],
@@ -117,7 +117,7 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
             "'bernoulli' is no model component with settings; those "
             "with settings are: conv (channels, features), discretized_logistic_mixture (components), "
             "gaussian (scale), "
-            "hierarchical (layers, latent_dims, ladder, skip), iaf (steps), mixture (components), "
+            "hierarchical (layers, latent_dims, ladder, skip), iaf (steps), mixture (components, baseline), "
             "mixture_of_gaussians (components), resnet "
             "(channels, features)",
         ),

@@ -3,8 +3,9 @@ each estimator's gradient for the parameters of the discrete site, measured agai
 
 On fixed images and a (trained) structure with a discrete guide site (``mixture``,
 ``semi_supervised``), every registered estimator that handles discrete sites (those with a
-``discrete_label``: ``enum``, exact in c by enumeration; ``trace``, the score function; ``gumbel``
-and ``gumbel_st``, the relaxation, at each temperature) gives ``groups`` independent gradient
+``discrete_label``: ``enum``, exact in c by enumeration; ``trace``, the score function;
+``tracegraph``, with its learned baseline, where the structure builds one; ``gumbel`` and
+``gumbel_st``, the relaxation, at each temperature) gives ``groups`` independent gradient
 estimates, each the mean of ``copies`` single draws per image, of the parameters q(c | x) depends
 on (found by differentiating the enumerated log q(c | x)). With g the estimates and g* those of
 ``enum`` (exact in c; Monte Carlo only in the continuous sites):
@@ -124,11 +125,13 @@ def run_discrete_lab(vae: Structure, x: torch.Tensor, cfg: DiscreteLabConfig) ->
     docstring); the caller's random state is left alone."""
     was_training = vae.training
     vae.eval()
-    params = discrete_parameters(vae, x)
+    params, info = discrete_parameters(vae, x), record_structure(vae.model, vae.guide, x)
     result = DiscreteLabResult(cfg, sum(p.numel() for p in params))
     exact = _estimates(vae, x, ELBOS.get("enum")(), params, cfg, cfg.seed)
     for i, name in enumerate(n for n in ELBOS.names() if getattr(ELBOS.get(n), "discrete_label", None)):
         cls = ELBOS.get(name)
+        if cls().check_structure(vae, info):  # (tracegraph on a structure built without its baseline)
+            continue
         seed = cfg.seed + (i + 1) * 100_003
         if name == "enum":
             result.rows.append(_row(cls.discrete_label, name, None, exact, None))

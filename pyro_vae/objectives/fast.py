@@ -104,7 +104,7 @@ def build_loss(
         return Loss(_pyro_loss(structure, elbo), elbo, fast=False)
     warmup = cfg.kl_warmup_epochs > 0 or cfg.kl_weight != 1.0
     info = record_structure(structure.model, structure.guide, x, warmup, labels)
-    problems = info.problems(warmup) + elbo.check(info)
+    problems = info.problems(warmup) + elbo.check(info) + elbo.check_structure(structure, info)
     if problems:
         name = getattr(structure, "structure_name", type(structure).__name__)
         raise ConfigError(f"train.elbo={cfg.elbo} cannot train this model ({name}): " + "; ".join(problems))

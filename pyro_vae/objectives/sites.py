@@ -189,6 +189,11 @@ class Traces:
     def observed(self) -> list[str]:
         return [name for name, site in self.model.items() if site.observed]
 
+    @property
+    def structure(self) -> nn.Module | None:
+        """The structure the sites come from (None for plain Pyro functions)."""
+        return self.source.structure if isinstance(self.source, LeanSource) else self.source.module
+
     def log_q_enumerated(self) -> torch.Tensor | None:
         """log q of the enumerated guide sites' values, summed (the joint of their supports, each
         in its own dimension), unscaled: the weights ``exp(.)`` of an enumerated expectation; None

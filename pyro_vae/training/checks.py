@@ -59,6 +59,11 @@ def _structure(vae: Structure, x: torch.Tensor) -> list[tuple]:
 def check_compatible(vae: Structure, cfg: ExperimentConfig, elbo: ELBO, x: torch.Tensor) -> None:
     """Checks that need the built structure (a VAE), the built ELBO (``cfg.train.elbo``) and a batch
     ``x`` of training data (RNG left alone)."""
+    if vae.has_score_baseline and not getattr(elbo, "uses_baseline", False):
+        raise ConfigError(
+            f"model.{cfg.model.structure}.baseline=true learns b(x) for train.elbo=tracegraph; with "
+            f"train.elbo={cfg.train.elbo} it would get no gradient: set model.{cfg.model.structure}.baseline=false"
+        )
     with fork_rng(x.device), torch.no_grad():
         if elbo.analytic_kl and not cfg.train.kl_fallback:
             missing = without_analytic_kl(vae, x)

@@ -198,6 +198,7 @@ def test_discretized_logistic_equals_cdf_differences():
 ELBO_CHOICES = [  # (elbo, particles, kl_fallback)
     ("trace", 1, True),
     ("enum", 1, True),  # (no discrete site: trace's)
+    ("tracegraph", 1, True),
     ("gumbel", 1, True),
     ("gumbel_st", 1, True),
     ("mean_field", 2, True),

@@ -27,7 +27,7 @@ from pyro_vae.config import load_config
 from pyro_vae.evaluation.metrics import iwae_log_likelihood
 from pyro_vae.mixture import broadcast_cat
 from pyro_vae.model import EnumeratedWeights, Structure, build_vae
-from pyro_vae.objectives.elbos import ELBOS
+from pyro_vae.objectives.elbos import ELBOS, _log_w
 from pyro_vae.objectives.fast import build_loss
 from pyro_vae.objectives.sites import LeanSource, PyroSource, draw
 
@@ -375,3 +375,44 @@ def test_the_relaxation_refuses_a_discrete_site_it_cannot_relax():
     with pytest.raises(Exception, match="relaxes one-hot categorical sites, but guide site 'k' is neither"):
         build_loss(counts, load_config(None, ["train.elbo=gumbel"]).train, x)
     assert build_loss(counts, load_config(None, ["train.elbo=enum"]).train, x).fast
+
+
+def test_the_score_function_with_a_learned_baseline_is_unbiased_and_fits_its_baseline():
+    """tracegraph: trace's value; its gradient agrees with the enumerated one in expectation (the
+    baseline depends on x alone); the baseline's own gradient is the least-squares fit to log w."""
+    cfg = load_config(
+        None,
+        [
+            "model.structure=mixture",
+            "model.mixture.components=3",
+            "model.mixture.baseline=true",
+            "model.latent_dim=2",
+            "model.hidden=8",
+        ],
+    )
+    torch.manual_seed(0)
+    vae = build_vae(cfg.model, 6).double()
+    x = torch.bernoulli(torch.full((3, 6), 0.4, dtype=torch.float64))
+    graph, trace, enum = ELBOS.get("tracegraph")(), ELBOS.get("trace")(), ELBOS.get("enum")()
+    torch.manual_seed(2)
+    a = graph.loss_fn(LeanSource(vae))(x)
+    torch.manual_seed(2)
+    assert torch.allclose(a, trace.loss_fn(LeanSource(vae))(x), rtol=0, atol=1e-10)
+    groups, copies, params, xs = 100, 50, [vae.classifier.weight, vae.classifier.bias], x.repeat(50, 1)
+
+    def estimates(estimator, seed):
+        out = []
+        for i in range(groups):
+            torch.manual_seed(seed + i)
+            g = torch.autograd.grad(estimator.loss_fn(LeanSource(vae))(xs) / copies, params)
+            out.append(torch.cat([t.flatten() for t in g]))
+        return torch.stack(out)
+
+    exact, scored = estimates(enum, 0), estimates(graph, 10_000)
+    z = (scored.mean(0) - exact.mean(0)) / ((scored.var(0) + exact.var(0)) / groups).sqrt().clamp_min(1e-12)
+    assert z.abs().max() < 4.5, f"N = {groups * copies} draws, seeds 0.., 10000..: max |z| = {z.abs().max():.2f}"
+    torch.manual_seed(5)  # the baseline's gradient: d/db sum (log w - b)^2 = -2 sum (log w - b)
+    t = draw(LeanSource(vae), x, None, 1)
+    grad = torch.autograd.grad(graph.objective(t), vae.baseline.bias)[0]
+    log_w = _log_w(t)[0].detach()
+    assert torch.allclose(grad, -2 * (log_w - vae.score_baseline(x).detach()).sum().reshape(1), atol=1e-10)

@@ -86,6 +86,7 @@ def _objective(name: str, log_w: torch.Tensor) -> torch.Tensor:
     return {
         "trace": log_w.mean(0),
         "enum": log_w.mean(0),  # (no discrete site: trace's)
+        "tracegraph": log_w.mean(0),  # (nothing to score: trace's)
         "gumbel": log_w.mean(0),
         "gumbel_st": log_w.mean(0),
         "jit_trace": log_w.mean(0),

@@ -306,6 +306,7 @@ DISCRETE_ELBOS = [
     ("train.kl_warmup_epochs=2", "train.elbo=enum"),
     ("train.elbo=gumbel",),
     ("train.elbo=gumbel_st", "train.num_particles=2"),
+    ("train.elbo=tracegraph", "model.mixture.baseline=true", "model.semi_supervised.baseline=true"),
 ]
 
 

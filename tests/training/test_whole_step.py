@@ -25,6 +25,7 @@ STRUCTURES = {
     "vae": [],
     "hierarchical": ["model.structure=hierarchical", "model.hierarchical.latent_dims=[2,3]"],
     "mixture": ["model.structure=mixture", "model.mixture.components=3"],
+    "mixture_baseline": ["model.structure=mixture", "model.mixture.components=3", "model.mixture.baseline=true"],
     "semi_supervised": ["model.structure=semi_supervised", "model.semi_supervised.classes=3"],
 }
 LABELS = torch.where(torch.arange(300) % 5 == 0, torch.arange(300) % 3, -1)  # every fifth image labelled
@@ -95,6 +96,7 @@ def _assert_same_training(structure, elbo, particles, groups=1, **engine_kw):
         ("mixture", "enum", 1, {}),  # a discrete site enumerated: static shapes, one graph
         ("mixture", "trace", 1, {"warmup_steps": 7.0}),  # the discrete site sampled: the score function
         ("mixture", "gumbel_st", 1, {}),  # the relaxed draw, straight through
+        ("mixture_baseline", "tracegraph", 1, {}),  # the score function and its learned baseline
         ("semi_supervised", "enum", 1, {"labels": LABELS}),  # labels gathered with the batch, masks
         ("semi_supervised", "trace", 2, {"labels": LABELS, "warmup_steps": 7.0}),
     ],
