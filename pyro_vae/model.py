@@ -143,7 +143,9 @@ class LeanEmit:
     whole support instead, in a new dimension left of the plates (data, and the particles when
     N > 1) and of the sites enumerated before it: Pyro's parallel enumeration
     (``config_enumerate`` and ``poutine.enum``), so everything downstream is computed once for
-    every value.
+    every value. With ``relax``, a one-hot categorical site takes a Gumbel-softmax draw
+    (:class:`Relaxation`). ``mask`` and ``scale`` are recorded on the site (``poutine.mask``,
+    ``poutine.scale``; a latent site's scale multiplies ``beta``).
 
     :param beta: the KL warm-up weight, the ``scale`` of every latent site (None: 1.0).
     """
@@ -201,9 +203,7 @@ class LeanEmit:
     ) -> torch.Tensor:
         if name in self.sites:
             raise ValueError(f"sample site {name!r} is emitted twice; every site needs its own name")
-        if (
-            self.particles > 1 and len(fn.batch_shape) == 1
-        ):  # (a site that depends on no draw: as Pyro's plate expands it)
+        if self.particles > 1 and len(fn.batch_shape) == 1:  # (no draw before it: expanded as Pyro's plate does)
             fn = fn.expand((self.particles, *fn.batch_shape))
         self.sites[name] = Site(name, fn, value, True, scale, mask=mask)
         return value
