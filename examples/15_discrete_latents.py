@@ -130,11 +130,12 @@ class Toy(Structure):
 
 args = parse_args("15_discrete_latents")
 torch.manual_seed(args.seed)
-toy = Toy().double().to(args.device)
+toy = Toy().double()  # made, and its images drawn, on the CPU: the same toy on every device
 with torch.no_grad():  # eight images drawn from the model itself
-    classes = torch.randint(K, (B,), device=args.device)
-    x = toy.decoder(toy.means[classes] + torch.randn(B, L, dtype=torch.float64, device=args.device))
+    classes = torch.randint(K, (B,))
+    x = toy.decoder(toy.means[classes] + torch.randn(B, L, dtype=torch.float64))
     x = x + SIGMA * torch.randn_like(x)
+toy, x = toy.to(args.device), x.to(args.device)
 params = [toy.classifier.weight, toy.classifier.bias]  # phi: A (K x D) and a (K), what q(c | x) learns
 names = [f"A[{k},{d}]" for k in range(K) for d in range(D)] + [f"a[{k}]" for k in range(K)]
 eye = torch.eye(K, dtype=x.dtype, device=x.device)  # row c: the one-hot c
@@ -271,7 +272,8 @@ print("exact gradient of the ELBO per image:", ", ".join(f"{n} {g:+.3f}" for n, 
 # since its gradient averages to 0). For the classifier's parameters the first term is 0 in this
 # toy, and $\hat g$ is REINFORCE's $\log w \, \nabla_\phi \log q_\phi(c \mid x)$. Unbiased,
 # because $\mathbb{E}_{q}[f(c)\, \nabla \log q_\phi(c)] = \sum_c \nabla q_\phi(c)\, f(c)$, but every
-# draw multiplies $\nabla \log q$ by the whole $\log w$, here tens of nats per image, most of which
+# draw multiplies $\nabla \log q$ by the whole $\log w$ (here about the exact ELBO above over the
+# 8 images: tens of nats per image), most of which
 # is the same for every $c$ and cancels only on average.
 #
 # **The Gumbel-softmax relaxation** (`gumbel`; Jang et al. 2017, Maddison et al. 2017): with

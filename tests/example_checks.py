@@ -154,8 +154,10 @@ def check_15(r, out):
         assert rows[0]["max_abs_z"] > 10 and rows[0]["bias"] > 10 * rows[0]["bias_se"], rows[0]  # biased at tau = 1
         assert rows[-1]["bias"] < rows[0]["bias"] and rows[-1]["variance"] > 3 * rows[0]["variance"], rows
         assert all(row["variance"] < est["trace"]["variance"] for row in rows)
-    # the plain relaxation's bias shrinks at every step of tau (smoke, seed 0: 3.9, 2.9, 1.7, 0.3)
-    assert all(a["bias"] > b["bias"] for a, b in zip(relaxed, relaxed[1:])), [row["bias"] for row in relaxed]
+    # the plain relaxation's bias shrinks at every step of tau until the noise of the mean hides it (smoke, seed 0:
+    # 3.9, 2.9, 1.7, 0.3 against noise floors 0.16, 0.24, 0.36, 0.41)
+    biases = [(row["bias"], row["noise_floor"]) for row in relaxed]
+    assert all(b[0] < a[0] or b[0] < 2 * b[1] for a, b in zip(biases, biases[1:])), biases
     m = r["mixture"]
     assert 0 < m["accuracy"] <= 1 and 0 <= m["nmi"] <= 1 and 1 <= m["clusters_used"] <= m["components"], m
     assert 0.3 < m["kmeans_accuracy"] < 0.7, m  # k-means on the pixels (benchmarks/results/kmeans_baseline.json)

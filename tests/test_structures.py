@@ -588,8 +588,10 @@ def test_every_likelihood_and_network_trains_the_mixture_by_enumeration(network,
 # ---------------------------------------------------------------- semi_supervised: M2, labels as data
 
 
-def _m2(*extra, d=D):
-    return _model("model.structure=semi_supervised", "model.semi_supervised.classes=3", *extra, d=d)
+def _m2(*extra, d=D, image_shape=None):
+    return _model(
+        "model.structure=semi_supervised", "model.semi_supervised.classes=3", *extra, d=d, image_shape=image_shape
+    )
 
 
 LABELS = torch.tensor([-1, 2, -1, 0])
@@ -669,3 +671,31 @@ def test_m2s_latent_api_classes_and_refusals():
         load_config(None, ["model.structure=semi_supervised", "model.semi_supervised.labelled_per_batch=0"])
     with pytest.raises(ConfigError, match="alpha = -1.0 must be 0 or more"):
         load_config(None, ["model.structure=semi_supervised", "model.semi_supervised.alpha=-1"])
+
+
+@pytest.mark.parametrize("network", ["mlp", "gated_mlp", "conv"])
+@pytest.mark.parametrize("prior", ["standard_normal", "student_t", "mixture_of_gaussians"])
+@pytest.mark.parametrize(
+    "likelihood",
+    ["bernoulli", "continuous_bernoulli", "gaussian", "discretized_logistic", "discretized_logistic_mixture"],
+)
+def test_every_prior_likelihood_and_network_trains_m2_by_enumeration_with_labels(network, prior, likelihood):
+    from pyro.infer import TraceEnum_ELBO, config_enumerate
+
+    vae = _m2(
+        f"model.network={network}",
+        f"model.prior={prior}",
+        f"model.likelihood={likelihood}",
+        "model.conv.channels=[2]",
+        "model.conv.features=8",
+        d=16,
+        image_shape=(1, 4, 4),
+    )
+    x = _x(d=16)
+    torch.manual_seed(1)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
+        vae.model, config_enumerate(vae.guide), x, labels=LABELS
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in vae.parameters() if p.grad is not None)
+    assert vae.sample(2).shape == (2, 16) and torch.isfinite(vae.log_weights(x, 3).log_w).all()
