@@ -125,7 +125,8 @@ class SemiSupervised(Structure):
     def weigh_labels(self, images: int, labelled: int, repeats: float) -> None:
         """Scale the labelled branch for a training split of ``images`` images, ``labelled`` of them
         labelled, each seen ``repeats`` times an epoch: 1/repeats, and the classification term
-        alpha images / labelled / repeats."""
+        alpha images / labelled / repeats. The training loop sets them from its data (they are not
+        saved: a reopened model's labelled stories use 1 and alpha until set again)."""
         self.labelled_scale = 1.0 / repeats
         self.class_scale = self.alpha * images / labelled / repeats
 
@@ -168,6 +169,11 @@ class SemiSupervised(Structure):
         return None if self.baseline is None else self.baseline(self.trunk(x).detach()).squeeze(-1)
 
     # -- classes -------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def class_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """q(y | x) for the images ``x`` (B, D): (B, K)."""
+        return torch.softmax(self.classifier(self.class_trunk(x)), -1)
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:

@@ -113,6 +113,12 @@ class Estimator(ELBOFlags, ELBO):
             max_plate_nesting=max_plate_nesting,
         )
         self.groups = groups
+        unknown = sorted(key for key in options if not hasattr(type(self), key))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} takes no option {', '.join(unknown)} (its options are its class "
+                "attributes; see its [train.NAME] settings)"
+            )
         for key, value in options.items():
             setattr(self, key, value)
 
@@ -357,7 +363,12 @@ class TraceGraphELBO(Estimator):
         if not scores:
             return loss
         target = log_w.detach()
-        b = t.structure.score_baseline(t.x)
+        b = None if t.structure is None else t.structure.score_baseline(t.x)
+        if b is None:
+            raise ValueError(
+                "train.elbo=tracegraph needs the structure's learned baseline b(x) (score_baseline), and this one "
+                "has none: build it with model.mixture.baseline=true (or model.semi_supervised.baseline=true)"
+            )
         advantage = target - b.detach()
         surrogate = sum((advantage * score).sum() for score in scores) / t.particles
         fit = (target - b).square().sum() / t.particles  # (value 0 in the loss: it only trains b)
@@ -391,6 +402,8 @@ class GumbelSoftmaxELBO(Estimator):
         return {"temperature": ELBOS.settings(cfg.elbo, cfg.settings).temperature}
 
     def relaxation(self) -> Relaxation:
+        if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
+            raise ValueError(f"temperature = {self.temperature} must be a positive finite number")
         return Relaxation(self.temperature, self.straight_through)
 
     def check(self, info: StructureInfo) -> list[str]:

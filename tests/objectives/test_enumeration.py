@@ -416,3 +416,15 @@ def test_the_score_function_with_a_learned_baseline_is_unbiased_and_fits_its_bas
     grad = torch.autograd.grad(graph.objective(t), vae.baseline.bias)[0]
     log_w = _log_w(t)[0].detach()
     assert torch.allclose(grad, -2 * (log_w - vae.score_baseline(x).detach()).sum().reshape(1), atol=1e-10)
+
+
+def test_estimator_options_are_checked_when_built_by_hand():
+    with pytest.raises(TypeError, match="GumbelSoftmaxELBO takes no option temprature"):
+        ELBOS.get("gumbel")(temprature=0.1)
+    with pytest.raises(TypeError, match="TraceEnumELBO takes no option temperature"):
+        ELBOS.get("enum")(temperature=0.1)
+    toy, x = _toy()
+    with pytest.raises(ValueError, match="temperature = -1 must be a positive finite number"):
+        ELBOS.get("gumbel")(temperature=-1).loss_fn(LeanSource(toy))(x)
+    with pytest.raises(ValueError, match="needs the structure's learned baseline b.x. .score_baseline., and this one"):
+        ELBOS.get("tracegraph")().loss_fn(LeanSource(toy))(x)
