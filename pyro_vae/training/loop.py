@@ -99,11 +99,10 @@ def fit(
             summary = finish(run, cfg, trainer.vae, trainer.data, device, trainer.epoch, progress)
             if trainer.board is not None:
                 trainer.board.close(cfg, summary["final"])
-        n = trainer.x_train.shape[0]
         summary.update(
             wall_time_s=time.perf_counter() - t_start,
             train_time_s=trainer.train_time,
-            images_per_s=trainer.epoch * n / trainer.train_time if trainer.train_time else None,
+            images_per_s=trainer.epoch * trainer.epoch_rows / trainer.train_time if trainer.train_time else None,
             engine=trainer.engine.choice.name,
             compile_time_s=trainer.engine.compile_seconds,
             matmul_precision=cfg.train.matmul_precision,
