@@ -36,6 +36,7 @@ References:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro.distributions as dist
@@ -55,6 +56,28 @@ MIN_SCALE = 1e-5
 MAX_LAYERS = 64  # far above what is trained; a slip (layers = 1e6) is refused before anything is built
 
 _instances = itertools.count()
+
+
+def build_network(cfg, image_shape, structure: str) -> tuple[object, Callable[[int, int], nn.Module]]:
+    """The network ``cfg.network`` for images of ``image_shape``, checked to give an encoder trunk
+    and a decoder, and its ``dense(in, out)`` (``mlp([in, *model.hidden, out])`` for a network
+    without one): what the structures beyond ``vae`` build their parts with."""
+    network = NETWORKS.build(
+        cfg.network, cfg.settings, cfg=cfg, image_shape=chw(image_shape) if image_shape is not None else None
+    )
+    missing = [m for m in ("encoder", "decoder") if not callable(getattr(network, m, None))]
+    if missing:
+        raise ValueError(
+            f"the network {cfg.network} has no {' or '.join(missing)}(...), which the {structure} "
+            "structure builds its trunk and decoder with; give it both (see "
+            "pyro_vae/components/nets.py)"
+        )
+    make = getattr(network, "dense", None)
+
+    def dense(n_in: int, n_out: int) -> nn.Module:
+        return make(n_in, n_out) if callable(make) else mlp([n_in, *cfg.hidden, n_out], cfg.activation)
+
+    return network, dense
 
 
 class ConditionalNormal(nn.Module):
@@ -140,20 +163,7 @@ class Hierarchical(Structure):
                 f"in every layer, not model.guide={cfg.guide}; use model.guide=diag_normal or "
                 "model.hierarchical.ladder=false"
             )
-        network = NETWORKS.build(
-            cfg.network, cfg.settings, cfg=cfg, image_shape=chw(image_shape) if image_shape is not None else None
-        )
-        missing = [m for m in ("encoder", "decoder") if not callable(getattr(network, m, None))]
-        if missing:
-            raise ValueError(
-                f"the network {cfg.network} has no {' or '.join(missing)}(...), which the hierarchical "
-                "structure builds its trunk and decoder with; give it both (see "
-                "pyro_vae/components/nets.py)"
-            )
-
-        def dense(n_in: int, n_out: int) -> nn.Module:
-            make = getattr(network, "dense", None)
-            return make(n_in, n_out) if callable(make) else mlp([n_in, *cfg.hidden, n_out], cfg.activation)
+        network, dense = build_network(cfg, image_shape, "hierarchical")
 
         self.likelihood = LIKELIHOODS.build(cfg.likelihood, cfg.settings, data_dim=data_dim, cfg=cfg)
         self.decoder = network.decoder(sum(dims) if settings.skip else dims[0], self.likelihood.param_dim(data_dim))

@@ -42,10 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vae.components.likelihoods import LIKELIHOODS
-from pyro_vae.components.nets import NETWORKS, mlp
 from pyro_vae.config import ConfigError
-from pyro_vae.data.pixels import chw
-from pyro_vae.hierarchical import MIN_SCALE, ConditionalNormal
+from pyro_vae.hierarchical import MIN_SCALE, ConditionalNormal, build_network
 from pyro_vae.model import STRUCTURES, Structure, _held
 
 MAX_COMPONENTS = 10_000
@@ -106,11 +104,7 @@ class Mixture(Structure):
         k, dim = settings.components, cfg.latent_dim
         self.k, self.latent_dim, self.data_dim = k, dim, data_dim
         self.store_name = f"mixture{next(_instances)}"
-        network = NETWORKS.build(
-            cfg.network, cfg.settings, cfg=cfg, image_shape=chw(image_shape) if image_shape is not None else None
-        )
-        make = getattr(network, "dense", None)
-        dense = make if callable(make) else (lambda n_in, n_out: mlp([n_in, *cfg.hidden, n_out], cfg.activation))
+        network, dense = build_network(cfg, image_shape, "mixture")
         self.likelihood = LIKELIHOODS.build(cfg.likelihood, cfg.settings, data_dim=data_dim, cfg=cfg)
         self.decoder = network.decoder(dim, self.likelihood.param_dim(data_dim))
         self.trunk, features = network.encoder(data_dim)

@@ -117,6 +117,14 @@ class Relaxation:
         return isinstance(fn, torch.distributions.OneHotCategorical)
 
 
+def enumerated_log_q(guide_sites) -> torch.Tensor | None:
+    """log q of the enumerated guide sites' values, summed (the joint of their supports, each in
+    its own dimension), unscaled: the weights ``exp(.)`` of an enumerated expectation; None when no
+    site is enumerated."""
+    terms = [site.log_prob() for site in guide_sites if site.enumerated]
+    return sum(terms[1:], terms[0]) if terms else None
+
+
 class EnumeratedWeights(NamedTuple):
     """The log weights of a guide whose discrete sites are enumerated: ``log_w`` = log p(x, z, c) -
     log q(z, c | x) of shape (*E, N, B), E the enumerated sites' supports (one dimension each), N
@@ -434,13 +442,6 @@ class Structure(nn.Module):
             model = LeanEmit(num_samples, values={name: s.value for name, s in guide.sites.items()})
             self.model_story(x, model)
             model_sites, guide_sites = list(model.sites.values()), list(guide.sites.values())
-            enumerated = [s.log_prob() for s in guide_sites if s.enumerated]
-            if enumerated:
-                log_w = sum(s.log_prob() for s in model_sites) - sum(s.log_prob() for s in guide_sites)
-                log_q = sum(enumerated[1:], enumerated[0])
-                if num_samples == 1:  # (no particle dimension was made: add it)
-                    log_w, log_q = log_w.unsqueeze(-2), log_q.unsqueeze(-2)
-                return EnumeratedWeights(log_w, log_q)
         else:
             particles = pyro.plate(
                 "num_particles_vectorized", num_samples, dim=-(self.max_plate_nesting + 1), device=x.device
@@ -449,7 +450,12 @@ class Structure(nn.Module):
             model_trace = poutine.trace(poutine.replay(particles(self.model), trace=guide_trace)).get_trace(x)
             model_sites, guide_sites = trace_sites(model_trace).values(), trace_sites(guide_trace).values()
         log_w = sum(s.log_prob() for s in model_sites) - sum(s.log_prob() for s in guide_sites)
-        return log_w.unsqueeze(0) if log_w.dim() == 1 else log_w
+        log_q = enumerated_log_q(guide_sites)
+        if log_q is None:
+            return log_w.unsqueeze(0) if log_w.dim() == 1 else log_w
+        if num_samples == 1:  # (no particle dimension was made: add it)
+            log_w, log_q = log_w.unsqueeze(-2), log_q.unsqueeze(-2)
+        return EnumeratedWeights(log_w, log_q)
 
     def weigher(self, x: torch.Tensor) -> Callable[[int], torch.Tensor]:
         """:meth:`log_weights` of ``x`` as a function of the number of samples (an evaluation draws

@@ -44,11 +44,9 @@ import torch
 from torch import nn
 
 from pyro_vae.components.likelihoods import LIKELIHOODS
-from pyro_vae.components.nets import NETWORKS, mlp
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.config import ConfigError
-from pyro_vae.data.pixels import chw
-from pyro_vae.hierarchical import ConditionalNormal
+from pyro_vae.hierarchical import ConditionalNormal, build_network
 from pyro_vae.mixture import OneHotCategorical, broadcast_cat
 from pyro_vae.model import STRUCTURES, Structure, _held
 
@@ -107,11 +105,7 @@ class SemiSupervised(Structure):
         self.alpha, self.labelled_per_batch = settings.alpha, settings.labelled_per_batch
         self.labelled_scale, self.class_scale = 1.0, settings.alpha  # (weigh_labels sets them for a data set)
         self.store_name = f"semi_supervised{next(_instances)}"
-        network = NETWORKS.build(
-            cfg.network, cfg.settings, cfg=cfg, image_shape=chw(image_shape) if image_shape is not None else None
-        )
-        make = getattr(network, "dense", None)
-        dense = make if callable(make) else (lambda n_in, n_out: mlp([n_in, *cfg.hidden, n_out], cfg.activation))
+        network, dense = build_network(cfg, image_shape, "semi_supervised")
         self.likelihood = LIKELIHOODS.build(cfg.likelihood, cfg.settings, data_dim=data_dim, cfg=cfg)
         self.decoder = network.decoder(dim + k, self.likelihood.param_dim(data_dim))
         self.prior = PRIORS.build(cfg.prior, cfg.settings, latent_dim=dim, data_dim=data_dim, encoder=None, cfg=cfg)

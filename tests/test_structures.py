@@ -11,7 +11,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
 from pyro_vae.components.guides import GUIDES
@@ -567,8 +567,6 @@ def test_the_mixture_refuses_what_it_cannot_use():
     ["bernoulli", "continuous_bernoulli", "gaussian", "discretized_logistic", "discretized_logistic_mixture"],
 )
 def test_every_likelihood_and_network_trains_the_mixture_by_enumeration(network, likelihood):
-    from pyro.infer import TraceEnum_ELBO, config_enumerate
-
     vae = _mixture(
         f"model.network={network}",
         f"model.likelihood={likelihood}",
@@ -577,9 +575,15 @@ def test_every_likelihood_and_network_trains_the_mixture_by_enumeration(network,
         d=16,
         image_shape=(1, 4, 4),
     )
+    _trains_by_enumeration(vae)
+
+
+def _trains_by_enumeration(vae, **labels):
+    """Pyro's TraceEnum_ELBO on the structure (16 pixels; ``labels=`` for one that learns from
+    them): a finite loss and finite gradients, samples, finite enumerated log weights."""
     x = _x(d=16)
     torch.manual_seed(1)
-    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(vae.model, config_enumerate(vae.guide), x)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(vae.model, config_enumerate(vae.guide), x, **labels)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in vae.parameters() if p.grad is not None)
     assert vae.sample(2).shape == (2, 16) and torch.isfinite(vae.log_weights(x, 3).log_w).all()
@@ -603,8 +607,6 @@ LABELS = torch.tensor([-1, 2, -1, 0])
 def test_m2_with_labels_gives_pyros_own_estimators_value_and_gradient(elbo, particles, beta):
     """Masks, the labelled branch and the scaled classification term: TraceEnum_ELBO (c summed
     out) and Trace_ELBO (its score function) on the structure's Pyro model and guide, to 1e-10."""
-    from pyro.infer import TraceEnum_ELBO, config_enumerate
-
     from pyro_vae.objectives.elbos import ELBOS
     from pyro_vae.objectives.sites import LeanSource, PyroSource
 
@@ -680,8 +682,6 @@ def test_m2s_latent_api_classes_and_refusals():
     ["bernoulli", "continuous_bernoulli", "gaussian", "discretized_logistic", "discretized_logistic_mixture"],
 )
 def test_every_prior_likelihood_and_network_trains_m2_by_enumeration_with_labels(network, prior, likelihood):
-    from pyro.infer import TraceEnum_ELBO, config_enumerate
-
     vae = _m2(
         f"model.network={network}",
         f"model.prior={prior}",
@@ -691,11 +691,4 @@ def test_every_prior_likelihood_and_network_trains_m2_by_enumeration_with_labels
         d=16,
         image_shape=(1, 4, 4),
     )
-    x = _x(d=16)
-    torch.manual_seed(1)
-    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
-        vae.model, config_enumerate(vae.guide), x, labels=LABELS
-    )
-    loss.backward()
-    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in vae.parameters() if p.grad is not None)
-    assert vae.sample(2).shape == (2, 16) and torch.isfinite(vae.log_weights(x, 3).log_w).all()
+    _trains_by_enumeration(vae, labels=LABELS)

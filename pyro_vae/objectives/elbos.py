@@ -154,9 +154,9 @@ class Estimator(ELBOFlags, ELBO):
         structure that learns from them): particles as one tensor dimension, or
         (``vectorize_particles`` off, several particles) a Python loop averaging single draws."""
         n, loop = self.num_particles, self.num_particles > 1 and not self.vectorize_particles
+        relax = self.relaxation()  # (resolved once, not every step)
 
         def loss(x: torch.Tensor, beta: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-            relax = self.relaxation()
             if loop:
                 return (
                     sum(self.objective(draw(source, x, beta, 1, self.enumerates, labels, relax)) for _ in range(n)) / n

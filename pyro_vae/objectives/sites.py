@@ -33,7 +33,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 from torch.nn.utils.stateless import _reparametrize_module
 
-from pyro_vae.model import LeanEmit, Relaxation, Site, labelled, trace_sites
+from pyro_vae.model import LeanEmit, Relaxation, Site, enumerated_log_q, labelled, trace_sites
 from pyro_vae.objectives.surrogates import NotDetachable, detach_distribution
 from pyro_vae.seeding import fork_rng
 
@@ -195,11 +195,8 @@ class Traces:
         return self.source.structure if isinstance(self.source, LeanSource) else self.source.module
 
     def log_q_enumerated(self) -> torch.Tensor | None:
-        """log q of the enumerated guide sites' values, summed (the joint of their supports, each
-        in its own dimension), unscaled: the weights ``exp(.)`` of an enumerated expectation; None
-        when no site is enumerated."""
-        terms = [site.log_prob() for site in self.guide.values() if site.enumerated]
-        return sum(terms[1:], terms[0]) if terms else None
+        """:func:`~pyro_vae.model.enumerated_log_q` of the guide's sites."""
+        return enumerated_log_q(self.guide.values())
 
     def values(self, detach: bool = False) -> dict[str, torch.Tensor]:
         return {name: (s.value.detach() if detach else s.value) for name, s in self.guide.items()}
