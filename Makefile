@@ -2,6 +2,7 @@
 #   make run    set up, train the default VAE, write runs/default (summary.json, figures/)
 #   make test   set up, run the test suite
 #   make docs   set up, build the documentation site into build/site
+#   make lab    set up with JupyterLab, open the learning path's notebooks (examples/*.py) in it
 #   make gpu-check [PYTHON=...]   on a GPU machine, first: the cuda tests and short CUDA benchmarks
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ RUN_DIR ?= runs/default
 # pytest-xdist workers for `make test`, one torch thread each (tests/conftest.py)
 TEST_WORKERS ?= auto
 
-.PHONY: run test test-all docs screenshots lint gpu-check clean
+.PHONY: run test test-all docs lab screenshots lint gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,12 @@ gpu-check:
 # The documentation site into build/site (offline; DOCS_MODE=full runs the notebooks in full)
 docs: $(STAMP)
 	$(BIN)/python scripts/build_docs.py
+
+# JupyterLab on examples/: jupytext opens each .py as a notebook and pairs it with an .ipynb
+# (git-ignored; the .py stays the source). Installs the [jupyter] extra into the venv once.
+lab: $(STAMP)
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[jupyter]'
+	cd examples && ../$(BIN)/jupyter lab
 
 # Headless Chromium on the built site: the pages render, offline; screenshots into docs/screenshots
 screenshots: docs

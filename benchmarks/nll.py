@@ -8,7 +8,9 @@ classification error and the labels protocol.
 Trains the config with :func:`pyro_vae.fit` into ``runs/NAME`` (resumable: rerun the command to
 continue an interrupted run), then writes ``benchmarks/results/NAME.json`` with the test NLL, its
 standard error, epochs, wall time, the machine and the published reference points of the
-model class (:data:`REFERENCES`, chosen by the config's prior, guide and ELBO).
+model class (:data:`REFERENCES`, chosen by the config's prior, guide and ELBO), atomically; then
+draws the run's figures (a failure there is logged and leaves the JSON as written: redraw them with
+``pyro-vae plot runs/NAME``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from pathlib import Path
 import torch
 
 from pyro_vae import fit, load_config
+from pyro_vae.evaluation.plots import make_figures
+from pyro_vae.files import write_atomic
 from pyro_vae.runs.folder import RunDir
+from pyro_vae.runs.trained import open_model
 
 HERE = Path(__file__).resolve().parent
 # Published test NLLs (nats, static binarized MNIST) per model class, as cited in this project's issues.
@@ -77,7 +82,8 @@ def main() -> None:
     args.out = Path(args.runs) / args.name
     args.result = Path(args.results) / f"{args.name}.json"
     t0 = time.perf_counter()
-    summary = fit(cfg, args.out, resume=RunDir(Path(args.out)).last.exists(), progress=False)
+    # The figures come after the result is written: a failure drawing them cannot lose the numbers.
+    summary = fit(cfg, args.out, resume=RunDir(Path(args.out)).last.exists(), progress=False, figures=False)
     final = summary["final"]
     result = {
         "recipe": str(Path(args.config).relative_to(HERE.parent))
@@ -117,8 +123,15 @@ def main() -> None:
         "config": summary["config"],
     }
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(Path(args.result), json.dumps(result, indent=2) + "\n", Path(args.result).parent)
     print(json.dumps({k: result[k] for k in ("test_nll", "epochs_run", "best_epoch", "train_time_s")}, indent=2))
+    try:
+        model = open_model(args.out, device=summary["environment"]["device"])
+        make_figures(args.out, model.vae, model.data)
+    except Exception as exc:  # noqa: BLE001 (the result is written; the figures can be redrawn with pyro-vae plot)
+        logging.warning(
+            "the figures failed (%s: %s); redraw them with: pyro-vae plot %s", type(exc).__name__, exc, args.out
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import matplotlib
 
 ARGS_ENV = "PYRO_VAE_EXAMPLE_ARGS"
 EXAMPLES = Path(__file__).resolve().parent  # (a notebook has no __file__ of its own)
+_OUT: Path | None = None  # the output folder parse_args made: messages name files relative to it
 
 
 def _kernel_shell():
@@ -48,14 +49,29 @@ def parse_args(name: str) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--smoke-test", action="store_true", help="a few-second run with small sizes")
-    parser.add_argument("--out", default=str(Path("runs") / "examples" / name), help="folder for figures and results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"folder for figures and results (default {default_out(name, False)}, or "
+        f"{default_out(name, True)} with --smoke-test: a smoke run and a full run do not share their trained models)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto: CUDA when available)")
     args = parser.parse_args(shlex.split(os.environ.get(ARGS_ENV, "")) if IN_NOTEBOOK else None)
     args.device = _device(parser, args.device)
-    args.out = Path(args.out)
+    args.out = Path(args.out) if args.out is not None else default_out(name, args.smoke_test)
     args.out.mkdir(parents=True, exist_ok=True)
+    global _OUT
+    _OUT = args.out
+    if not IN_NOTEBOOK:  # (a notebook's reader set the folder; a script's is told where its files go)
+        print(f"output folder: {args.out}")
     return args
+
+
+def default_out(name: str, smoke_test: bool) -> Path:
+    """The output folder of a run given no ``--out``: ``runs/examples/NAME``, and for a smoke run
+    ``runs/examples/NAME-smoke`` (its small models are not continued by a full run, nor the reverse)."""
+    return Path("runs") / "examples" / (f"{name}-smoke" if smoke_test else name)
 
 
 def _device(parser: argparse.ArgumentParser, name: str):
@@ -76,16 +92,41 @@ def _title(name: str) -> str:
     return name
 
 
+class _Written(type(Path())):
+    """The path of a file an example wrote: a ``Path`` that a notebook does not echo when a cell
+    ends with the call that returned it (the cell has already said ``wrote NAME``)."""
+
+    def _ipython_display_(self) -> None:  # IPython shows nothing for the cell's result
+        pass
+
+    def __repr__(self) -> str:  # elsewhere (a plain Python prompt) it looks like any path
+        return repr(Path(self))
+
+
+def _named(path: Path) -> str:
+    """``path`` as the messages name it: relative to the output folder (``--out``) when inside it,
+    so no machine's absolute path is printed, else as given."""
+    path = Path(path)
+    if _OUT is not None:
+        for base in (_OUT, _OUT.resolve()):
+            for candidate in (path, path.resolve()):
+                try:
+                    return candidate.relative_to(base).as_posix()
+                except ValueError:
+                    continue
+    return str(path)
+
+
 def save_figure(fig, out: Path, name: str) -> Path:
-    """Write ``fig`` to ``out/name`` (and show it first, in a notebook)."""
+    """Write ``fig`` to ``out/name`` (and show it first, in a notebook); returns the file's path."""
     from pyro_vae.evaluation.plots import save_figure as save
 
     if IN_NOTEBOOK:
         from IPython.display import display
 
         display(fig)
-    path = save(fig, out / name)
-    print(f"wrote {path}")
+    path = _Written(save(fig, out / name))
+    print(f"wrote {_named(path)}")
     return path
 
 
@@ -96,7 +137,7 @@ def show(*paths: Path) -> None:
             from IPython.display import Image, display
 
             display(Image(filename=str(path)))
-        print(f"wrote {path}")
+        print(f"wrote {_named(path)}")
 
 
 def nll_bars(estimates: dict[str, list[float]], k: int, title: str, out: Path, name: str = "nll.png") -> Path:
@@ -119,14 +160,18 @@ def nll_bars(estimates: dict[str, list[float]], k: int, title: str, out: Path, n
 def save_results(results: dict, out: Path) -> None:
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {path}")
+    print(f"wrote {_named(path)}")
 
 
 def train_vae(run: Path, latent_dim: int, epochs: int, subset: int, seed: int, device, overrides: tuple[str, ...] = ()):
     """Train the default VAE with ``latent_dim`` (and any further ``section.key=value``
     ``overrides``) on ``device`` into ``run`` via ``pyro_vae.fit``, continuing a run left there,
     and return ``(config, vae with the best weights on device, data)``; the data stay on the CPU
-    (move what you feed the model to ``device``)."""
+    (move what you feed the model to ``device``).
+
+    A run left in ``run`` is continued only if it is this one, stopped early or trained for fewer
+    epochs (``fit`` may resume it: same config but for the epochs); one of another config (a smoke
+    run's data subset, say) or trained for more epochs is replaced, with a note, and trained anew."""
     from pyro_vae import fit, load_config, open_model
 
     overrides = [
@@ -138,6 +183,31 @@ def train_vae(run: Path, latent_dim: int, epochs: int, subset: int, seed: int, d
         f"train.device={device}",
         *overrides,
     ]
-    fit(load_config(None, overrides), run, progress=False, figures=False, resume=(run / "checkpoints/last.pt").exists())
+    cfg = load_config(None, overrides)
+    resume = (run / "checkpoints" / "last.pt").exists()
+    changes = _changes(run, cfg) if resume else []
+    if changes:
+        print(f"{_named(run)} holds a run of another config ({'; '.join(changes)}): it is replaced by a new run")
+    fit(cfg, run, progress=False, figures=False, resume=resume and not changes, overwrite=bool(changes))
     model = open_model(run, device=str(device))
     return model.config, model.vae, model.data
+
+
+def _changes(run: Path, cfg) -> list[str]:
+    """Why the run left in ``run`` cannot be continued as ``cfg``: the config keys a resumed run must
+    keep that differ (``pyro_vae.fit`` would refuse to resume it), more epochs trained than ``cfg``
+    asks for, or a checkpoint that does not load; ``[]`` when it can."""
+    from pyro_vae.config import ConfigError
+    from pyro_vae.runs.checkpoint import load_checkpoint
+    from pyro_vae.runs.folder import config_changes, stored_config
+
+    last = run / "checkpoints" / "last.pt"
+    try:
+        state = load_checkpoint(last)
+        saved = stored_config(state, last)
+    except (ValueError, ConfigError) as exc:
+        return [f"its checkpoint does not load: {exc}"]
+    changes = config_changes(saved, cfg)
+    if state.get("epoch", 0) > cfg.train.epochs:
+        changes.append(f"{state['epoch']} epochs trained, {cfg.train.epochs} asked for")
+    return changes

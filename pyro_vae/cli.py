@@ -21,6 +21,8 @@ from typing import NoReturn
 from pyro_vae.config import MAX_SAMPLES, MAX_SEED, load_config, to_toml
 from pyro_vae.files import check_regular, write_atomic
 
+CHECKPOINT_HELP = "the run's best-on-valid weights (default) or those of its last epoch"
+
 
 def _plugin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -72,19 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     _plugin_args(p)
 
     p = sub.add_parser("evaluate", help="test negative ELBO and importance-sampled NLL of a run or exported model")
-    p.add_argument("run", metavar="RUN_OR_MODEL")
+    p.add_argument("run", metavar="RUN_OR_MODEL", help="a run folder (pyro-vae train) or an exported model folder")
     p.add_argument("--k", type=int, default=5000, help="importance samples per image (default 5000)")
     p.add_argument("--images", type=int, default=0, help="evenly spaced test images to use (default all)")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help=CHECKPOINT_HELP)
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _plugin_args(p)
 
     p = sub.add_parser(
         "compare",
         help="measure the ELBO estimators on a trained run (values, variance, gradients, encoder SNR against K)",
     )
-    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder (pyro-vae train)")
     p.add_argument("--images", type=int, default=100, help="evenly spaced test images (default 100)")
     p.add_argument("--k", default="1,10,100,1000", help="IWAE sample sizes, comma-separated (add 5000 for papers')")
     p.add_argument("--particles", default="1,4,16,64", help="particles per estimate, comma-separated")
@@ -97,25 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples per image K of the encoder SNR panel (iwae, iwae_dreg, piwae)",
     )
     p.add_argument("--groups", type=int, default=4, help="M of miwae and piwae (M groups of K / M samples)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help=CHECKPOINT_HELP)
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/compare)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _plugin_args(p)
 
     p = sub.add_parser("plot", help="(re)draw the figures of a run or exported model")
-    p.add_argument("run", metavar="RUN_OR_MODEL")
+    p.add_argument("run", metavar="RUN_OR_MODEL", help="a run folder or an exported model folder")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
     _plugin_args(p)
 
     p = sub.add_parser(
         "export", help="write a run's weights as a portable model (model.safetensors, config.json, a model card)"
     )
-    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder (pyro-vae train)")
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the model files")
     p.add_argument("--overwrite", action="store_true", help="replace model files already in --out")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help=CHECKPOINT_HELP)
     _plugin_args(p)
 
     _latent_commands(sub)
@@ -153,15 +155,15 @@ def _load_plugins(args) -> None:
 def _latent_commands(sub) -> None:
     def add(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
-        p.add_argument("run", metavar="RUN_OR_MODEL")
+        p.add_argument("run", metavar="RUN_OR_MODEL", help="a run folder or an exported model folder")
         p.add_argument("--out", metavar="DIR", help="output folder (default RUN_OR_MODEL/latent)")
         p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default auto)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
         _plugin_args(p)
         return p
 
     p = add("sample", "decode draws from the prior, at a temperature")
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--n", type=int, default=64, help="how many images to draw (default 64, in a square grid)")
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior's draws (default 1)")
     p = add("interpolate", "decode linear and spherical paths between the codes of two images")
     p.add_argument(
@@ -172,7 +174,9 @@ def _latent_commands(sub) -> None:
         help="two test image indices, or two image files (the model's size)",
     )
     p.add_argument("--invert", action="store_true", help="image files with dark ink on white paper")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument(
+        "--steps", type=int, default=10, help="decoded images along each path, its two ends included (default 10)"
+    )
     p = add("traverse", "vary one latent dimension at a time (most active first); report the active units")
     p.add_argument(
         "--layer",
@@ -198,7 +202,7 @@ def _latent_commands(sub) -> None:
     )
     p.add_argument("--file", metavar="NPZ", help="output file (default OUT/codes_SPLIT.npz)")
     p = add("reconstruct", "reconstruct your own image files (the model's image size, grey or colour)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files of the model's image size (PNG, JPEG, ...)")
     p.add_argument("--invert", action="store_true", help="dark ink on white paper (MNIST stores white ink)")
 
 
@@ -271,7 +275,12 @@ def _latent(args) -> int:
         title = f"Samples, temperature {args.temperature:g}"
         written.append(
             plot_images(
-                images, shape, max(1, int(args.n**0.5)), title, out / f"samples_t{args.temperature:g}.png", inside
+                images,
+                shape,
+                max(1, int(args.n**0.5)),
+                title,
+                out / f"samples_t{args.temperature:g}_n{args.n}_seed{args.seed}.png",
+                inside,
             )
         )
     elif args.command == "interpolate":
@@ -283,16 +292,21 @@ def _latent(args) -> int:
         else:
             ends = tuple(user_images([a, b]))
             name = f"{Path(a).name} to {Path(b).name}"
+            hint = latent.background_hint(torch.stack(ends), data.stored("train"))
+            if hint:
+                print(f"note: {hint}{'; if so, leave out --invert' if args.invert else '; if so, add --invert'}")
         paths = latent.interpolate(vae, *ends, args.steps)
-        rows = torch.cat([paths["linear"], paths["spherical"]])
+        first, last = (e.reshape(1, -1).to(paths["linear"].dtype) for e in ends)  # the inputs, at both ends
+        rows = torch.cat([first, paths["linear"], last, first, paths["spherical"], last])
         stem = "_".join(Path(e).stem for e in (a, b))
         written.append(
             plot_images(
                 rows,
                 shape,
                 2,
-                f"{name[0].upper()}{name[1:]}: linear (top), spherical (bottom)",
-                out / f"interpolate_{stem}.png",
+                f"{name[0].upper()}{name[1:]}: the two inputs at the ends; decoded paths between their codes, "
+                "linear (top), spherical (bottom)",
+                out / f"interpolate_{stem}_steps{args.steps}.png",
                 inside,
             )
         )
@@ -307,13 +321,16 @@ def _latent(args) -> int:
             codes = vae.complete({top: torch.zeros(1, layers[top], device=device)})
         grid = latent.traverse(vae, {name: z[0] for name, z in codes.items()}, dims, args.span, layer=layer)
         which = "Dimensions" if len(layers) == 1 else f"Layer {layer}, dimensions"
+        start = f"image{args.image}" if args.image is not None else "origin"
+        picked = "dims" + "-".join(map(str, args.dims)) if args.dims else "top10"
+        stem = f"traverse_{layer}_{start}_{picked}_span{args.span:g}"
         written.append(
             plot_images(
                 grid,
                 shape,
                 len(dims),
                 f"{which} {dims} from {-args.span:g} to {args.span:g}",
-                out / "traverse.png",
+                out / f"{stem}.png",
                 inside,
             )
         )
@@ -336,9 +353,15 @@ def _latent(args) -> int:
         x = user_images(args.images)
         rows = torch.cat([x, vae.reconstruct(x)])
         title = "Your images (top) and their reconstructions"
-        written.append(plot_images(rows, shape, 2, title, out / "reconstruct.png", inside))
+        more = f"_and{len(args.images) - 1}" if len(args.images) > 1 else ""
+        written.append(
+            plot_images(rows, shape, 2, title, out / f"reconstruct_{Path(args.images[0]).stem}{more}.png", inside)
+        )
+        hint = latent.background_hint(x, data.stored("train"))
+        if hint:
+            print(f"note: {hint}{'; if so, leave out --invert' if args.invert else '; if so, add --invert'}")
     if numbers:
-        written.append(write_atomic(out / f"{args.command}.json", json.dumps(numbers, indent=2) + "\n", inside))
+        written.append(write_atomic(out / f"{stem}.json", json.dumps(numbers, indent=2) + "\n", inside))
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -364,6 +387,12 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     )
     if summary["config"]["train"]["kl_weight"] != 1 or summary["config"]["model"]["structure"] == "semi_supervised":
         print(f"trained {summary['objective']}")
+    bound = summary.get("train_bound", "-ELBO")
+    if bound != "-ELBO":
+        print(
+            f"each epoch's train number was the training objective ({bound}); below, every split is "
+            "evaluated by the ELBO at beta = 1, and the test NLL by the IWAE bound"
+        )
     print(f"{'nats per image':<42}{'mean':>10}{'± s.e.':>10}")
     rows = [
         ("train negative ELBO", final["train_neg_elbo"]),
@@ -377,6 +406,8 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     if "test_nll_bits_per_dim" in final:
         est = final["test_nll_bits_per_dim"]
         print(f"{'test NLL in bits per dimension':<42}{est['mean']:>10.4f}{est['se']:>10.4f}")
+    if summary.get("likelihood_note"):
+        print(f"note: {summary['likelihood_note']}")
     units = summary.get("active_units", {})
     if units:
         counts = ", ".join(f"{layer} {u['active']} of {u['of']}" for layer, u in units.items())
@@ -427,7 +458,8 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from pyro_vae.data.pixels import evenly_spaced
+    from pyro_vae.components.likelihoods import density_note
+    from pyro_vae.data.pixels import evenly_spaced, is_binary
     from pyro_vae.evaluation.metrics import as_dict, evaluate, with_bits_per_dim
     from pyro_vae.runs.trained import open_model
 
@@ -458,7 +490,12 @@ def _evaluate(args) -> int:
         "unit": "nats per image",
         **as_dict(results),
     }
+    note = density_note(vae.likelihood, cfg.model.likelihood, is_binary(x))
+    if note:
+        record["likelihood_note"] = note
     write_atomic(out, json.dumps(record, indent=2), Path(args.run))
+    if note:
+        print(f"note: {note}")
     for name, est in results.items():
         unit = "bits per dimension" if name.endswith("bits_per_dim") else "nats"
         text = f"{est.mean:.4f} ± {est.se:.4f}" if unit != "nats" else str(est)

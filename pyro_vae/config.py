@@ -115,7 +115,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     iwae_k: int = 1000  # importance samples per test image for log p(x); papers use 5000
-    iwae_images: int = 0  # evenly spaced test images used for log p(x) (0 = all)
+    iwae_images: int = 0  # evenly spaced test images used for log p(x) (0 = auto: all, fewer after a short run)
     seed: int = 1234  # seed of every evaluation (common random numbers across epochs)
 
 

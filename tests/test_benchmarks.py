@@ -175,6 +175,19 @@ def test_nll_recipe(tmp_path, run_script):
     record = json.loads((tmp_path / "tiny.json").read_text())
     assert record["iwae_k"] == 5 and record["epochs_run"] == 1 and record["test_nll"]["mean"] > 0
     assert "--set data.subset=200" in record["command"]
+    assert (tmp_path / "tiny" / "figures" / "samples.png").stat().st_size > 0
+
+
+def test_nll_recipe_keeps_its_result_when_the_figures_fail(tmp_path, run_script, monkeypatch, caplog):
+    def fail(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr("pyro_vae.evaluation.plots.make_figures", fail)
+    overrides = ("data.subset=200", "train.epochs=1", "eval.iwae_k=5", "train.device=cpu")
+    args = [a for o in overrides for a in ("--set", o)]
+    run_script("benchmarks/nll.py", "--name", "tiny", "--runs", str(tmp_path), "--results", str(tmp_path), *args)
+    assert json.loads((tmp_path / "tiny.json").read_text())["epochs_run"] == 1
+    assert "the figures failed (RuntimeError: drawing failed); redraw them with: pyro-vae plot" in caplog.text
 
 
 def test_ddp_throughput(tmp_path, run_script):
@@ -290,3 +303,27 @@ def test_the_classifier_baseline_trains_on_the_labels_alone(tmp_path, run_script
     assert record["labels"]["count"] == 20 and "offline" in record["labels"]["protocol"]
     assert record["test_images"] == 200 and list(record["per_seed"]) == ["0", "1"]
     assert all(0 <= e <= 1 for e in record["per_seed"].values()) and record["test_error"]["std"] is not None
+
+
+def test_notebook_times_records_each_run_and_keeps_earlier_entries(tmp_path, run_script):
+    out = tmp_path / "times.json"
+    out.write_text(json.dumps({"notebooks": {"99_earlier": {"wall_s": 1.0}}}))
+    run_script("benchmarks/notebook_times.py", "--mode", "smoke", "--only", "05_monte_carlo", "--out", str(out))
+    record = json.loads(out.read_text())
+    entry = record["notebooks"]["05_monte_carlo"]
+    assert entry["exit_status"] == 0 and not entry["timed_out"] and entry["wall_s"] > 0 and entry["peak_rss_mb"] > 50
+    assert "99_earlier" in record["notebooks"] and record["machine"]["torch_threads"] == 1
+    # a run past its timeout is stopped and recorded as such
+    run_script(
+        "benchmarks/notebook_times.py",
+        "--mode",
+        "full",
+        "--only",
+        "05_monte_carlo",
+        "--timeout",
+        "0.5",
+        "--out",
+        str(out),
+    )
+    stopped = json.loads(out.read_text())["notebooks"]["05_monte_carlo"]
+    assert stopped["timed_out"] and stopped["exit_status"] != 0 and stopped["wall_s"] < 30

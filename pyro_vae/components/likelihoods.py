@@ -33,6 +33,27 @@ def _check_range(x: torch.Tensor, source: str, name: str, fix: str) -> None:
         raise ValueError(f"{source}: the {name} likelihood needs pixels in [0, 1], but {n_bad} values are not; {fix}")
 
 
+def density_note(likelihood: nn.Module, name: str, binary: bool) -> str | None:
+    """What a report must say of a likelihood that is a density on continuous pixel values
+    (``density = True``): its log-likelihoods are log densities, not the log probability of the
+    image, so they can be negative in nats (positive log density) and do not compare with a
+    probability's; on binary pixels, where such a density can grow without bound, say that too.
+    None for a likelihood of discrete values (bernoulli, the discretized logistics)."""
+    if not getattr(likelihood, "density", False):
+        return None
+    note = (
+        f"model.likelihood = {name} is a density on continuous pixel values: its nats are a log "
+        "density, not the log probability of the image, and do not compare with those of bernoulli "
+        "or discretized_logistic"
+    )
+    if binary:
+        note += (
+            "; on these binary pixels a density can grow without bound (a negative NLL is no sign "
+            "of a good model): model.likelihood = bernoulli gives the probability of binary images"
+        )
+    return note
+
+
 @LIKELIHOODS.register("bernoulli")
 class Bernoulli(nn.Module):
     """x_d ~ Bernoulli(sigmoid(h_d)), parameterised by logits; needs binary pixels (0 or 1)."""
@@ -64,6 +85,8 @@ class ContinuousBernoulli(nn.Module):
     """x_d ~ ContinuousBernoulli(sigmoid(h_d)) on [0, 1] (Loaiza-Ganem & Cunningham, 2019): the
     Bernoulli's form with the normalising constant that makes it a density on grey levels."""
 
+    density = True  # a density on pixel values: reports say so (density_note)
+
     def __init__(self, **_) -> None:
         super().__init__()
 
@@ -85,6 +108,8 @@ class Gaussian(nn.Module):
     """x_d ~ N(h_d, sigma_d^2): ``model.gaussian.scale`` > 0 fixes sigma; 0 learns one sigma
     per pixel (a parameter, floored at ``min_scale`` so a pixel that never varies cannot make
     the density infinite)."""
+
+    density = True  # a density on pixel values: reports say so (density_note)
 
     min_scale = 1e-2
 

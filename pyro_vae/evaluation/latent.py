@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pyro_vae.data.images import open_image
-from pyro_vae.data.pixels import chw, decode
+from pyro_vae.data.pixels import blocks, chw, decode
 from pyro_vae.evaluation.metrics import layer_means
 from pyro_vae.model import Structure
 
@@ -52,6 +52,25 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def background_hint(x: torch.Tensor, train: torch.Tensor) -> str | None:
+    """A hint when images ``x`` (N, D) in [0, 1] look inverted relative to the training images
+    (float, or uint8 levels): one set mostly dark and the other mostly light (mean pixels on either
+    side of 0.5 and more than 0.4 apart), as when dark ink on white paper meets MNIST's white ink on
+    black. None when they agree."""
+    yours = float(x.float().mean())
+    total, count = 0.0, 0
+    for block in blocks(train):
+        total, count = total + float(block.sum()), count + block.numel()
+    theirs = total / max(count, 1)
+    if (yours < 0.5) == (theirs < 0.5) or abs(yours - theirs) <= 0.4:
+        return None
+    tone = {True: "dark", False: "light"}
+    return (
+        f"your images are mostly {tone[yours < 0.5]} (mean pixel {yours:.2f}) and the training images mostly "
+        f"{tone[theirs < 0.5]} (mean {theirs:.2f}): the background may be inverted relative to the training data"
+    )
+
+
 def interpolate(vae: Structure, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10) -> dict[str, torch.Tensor]:
     """Decoded paths between the codes of two images (D,), every layer's code interpolated
     together: ``linear`` and ``spherical``, (steps, D) each."""

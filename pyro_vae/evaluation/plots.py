@@ -40,16 +40,24 @@ def save_figure(fig, path: Path, inside: Path | None = None) -> Path:
 
 
 def plot_curves(rows: list[dict], out: Path, inside: Path | None = None) -> Path:
-    """The train / valid / test curves of a run's ``metrics.jsonl`` lines (:meth:`RunDir.read_metrics`)."""
+    """The train / valid / test curves of a run's ``metrics.jsonl`` lines (:meth:`RunDir.read_metrics`),
+    each labelled with its bound: train with the training objective (``train_bound``: an IWAE
+    bound in an IWAE run), valid and test with the negative ELBO."""
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [r["epoch"] for r in rows]
-    for key, label in (("train_neg_elbo", "train"), ("valid_neg_elbo", "valid"), ("test_neg_elbo", "test")):
+    bound = rows[-1].get("train_bound")  # what training minimised (a file's text: shown only if short)
+    train = f"train ({bound})" if isinstance(bound, str) and len(bound) <= 60 else "train"
+    for key, label in (
+        ("train_neg_elbo", train),
+        ("valid_neg_elbo", "valid (-ELBO)"),
+        ("test_neg_elbo", "test (-ELBO)"),
+    ):
         ax.plot(epochs, [r[key] for r in rows], marker="o" if len(rows) < 30 else None, label=label)
     if len(rows) > 3:  # the first epoch's loss would flatten everything after it
         later = [r[k] for r in rows[max(1, len(rows) // 10) :] for k in ("train_neg_elbo", "valid_neg_elbo")]
         low, high = min(later), max(later)
         ax.set_ylim(low - 0.1 * (high - low), high + 0.1 * (high - low))
-    ax.set(xlabel="epoch", ylabel="negative ELBO (nats per image)", title="Training curves")
+    ax.set(xlabel="epoch", ylabel="negative bound (nats per image)", title="Training curves")
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, out, inside)

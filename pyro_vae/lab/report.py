@@ -106,7 +106,7 @@ def format_table(result: LabResult) -> str:
     ]
     lines.append(f"{'estimator':<52}{'group':<9}" + "".join(f"{'P=' + str(p):>10}" for p in ps))
     for est in GRADIENT_ESTIMATORS:
-        for group in ("encoder", "decoder"):
+        for group in gradient_groups(result):
             snr = "".join(f"{result.gradients[est][p][group]['snr']:>10.3f}" for p in ps)
             var = "".join(f"{result.gradients[est][p][group]['variance']:>10.2e}" for p in ps)
             lines.append(f"{LABEL[est]:<52}{group:<9}{snr}")
@@ -155,7 +155,7 @@ def markdown(result: LabResult, command: str = "") -> str:
         "|---|---|" + "---|" * len(ps),
     ]
     for est in GRADIENT_ESTIMATORS:
-        for group in ("encoder", "decoder"):
+        for group in gradient_groups(result):
             cells = [
                 f"{result.gradients[est][p][group]['snr']:.3f} ({result.gradients[est][p][group]['variance']:.1e})"
                 for p in ps
@@ -222,10 +222,20 @@ def plot_iwae(result: LabResult):
     return fig
 
 
+def gradient_groups(result: LabResult) -> list[str]:
+    """The parameter groups the gradient table measured (the structure's
+    :meth:`~pyro_vae.model.Structure.parameter_groups`: encoder and decoder, and any others), in
+    the order measured."""
+    first = next(iter(result.gradients.values()))
+    return list(next(iter(first.values())))
+
+
 def plot_snr(result: LabResult):
     ps = list(result.config.particles)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, group in zip(axes, ("encoder", "decoder")):
+    groups = gradient_groups(result)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, group in zip(axes, groups):
         for est in GRADIENT_ESTIMATORS:
             ax.loglog(ps, [result.gradients[est][p][group]["snr"] for p in ps], "o-", label=LABEL[est])
         ax.set(xlabel="particles P", title=f"{group} gradients")

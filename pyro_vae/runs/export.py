@@ -73,6 +73,7 @@ def export_model(
         "plugins": [p.to_dict() for p in run.plugin_records()],
         "final": summary.get("final", {}),
         "objective": summary.get("objective", ""),
+        "likelihood_note": summary.get("likelihood_note", ""),
         "layers": _layers(vae),
     }
     write_atomic(out / CONFIG, json.dumps(record, indent=2) + "\n", out)
@@ -222,6 +223,7 @@ def model_card(record: dict, run_root: Path, command: str) -> str:
 ELBO for {train["epochs"]} epochs on `{data["name"]}` (images {record["image_shape"]}); weights of the
 {record["weights"]["checkpoint"]} checkpoint of run folder `{run_root}`.
 {f"Training optimised {record['objective']}." if train["kl_weight"] != 1 else ""}
+{f"Note: {record['likelihood_note']}." if record.get("likelihood_note") else ""}
 
 | nats per image | mean ± s.e. |
 |---|---|

@@ -24,9 +24,10 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from pyro_vae.components.likelihoods import density_note
 from pyro_vae.config import ConfigError, ExperimentConfig
 from pyro_vae.data import Splits, load_data
-from pyro_vae.data.pixels import decode, evenly_spaced
+from pyro_vae.data.pixels import decode, evenly_spaced, is_binary
 from pyro_vae.evaluation.clustering import cluster_accuracy, nmi
 from pyro_vae.evaluation.latent import active_units_per_layer
 from pyro_vae.evaluation.metrics import as_dict, evaluate, with_bits_per_dim
@@ -224,6 +225,25 @@ def _resume_state(run: RunDir, cfg: ExperimentConfig, ctx: distributed.Context) 
     return state
 
 
+# The auto size of the final IWAE evaluation (eval.iwae_images = 0): all test images unless that
+# would cost more than EVAL_BUDGET times the training's image passes (K decoder passes per image),
+# and never fewer than MIN_IWAE_IMAGES. make run (30 epochs of 50,000 images, K = 1000) gets all
+# 10,000; a 3-epoch run gets 1,500; a 3-epoch run on a 2,000-image subset gets 250.
+EVAL_BUDGET = 10
+MIN_IWAE_IMAGES = 250
+
+
+def iwae_images(cfg: ExperimentConfig, epochs_run: int, train_images: int, test_images: int) -> tuple[int, bool]:
+    """How many evenly spaced test images the final log p(x) estimate uses, and whether that was
+    sized down to a short run (``eval.iwae_images = 0``, the default: see :data:`EVAL_BUDGET`);
+    a positive ``eval.iwae_images`` is used as given (all images at or above the split's size)."""
+    if cfg.eval.iwae_images > 0:
+        return min(cfg.eval.iwae_images, test_images), False
+    budget = EVAL_BUDGET * max(epochs_run, 1) * train_images // max(cfg.eval.iwae_k, 1)
+    images = min(test_images, max(MIN_IWAE_IMAGES, budget))
+    return images, images < test_images
+
+
 def finish(
     run: RunDir,
     cfg: ExperimentConfig,
@@ -239,9 +259,18 @@ def finish(
     kw = dict(batch_size=cfg.train.eval_batch_size, seed=cfg.eval.seed)
     results = {s: evaluate(vae, data.stored(s).to(device), **kw)["neg_elbo"] for s in ("train", "valid")}
     x_test = data.stored("test")
-    x_test = x_test[evenly_spaced(x_test.shape[0], cfg.eval.iwae_images)].to(device)
-    n_iw = x_test.shape[0]
     k = cfg.eval.iwae_k
+    images, sized = iwae_images(cfg, epochs_run, data.stored("train").shape[0], x_test.shape[0])
+    if sized:
+        log.info(
+            "the test log p(x) uses %d evenly spaced test images of %d, sized to this short run "
+            "(eval.iwae_images = 0 is auto; set it to %d for all)",
+            images,
+            x_test.shape[0],
+            x_test.shape[0],
+        )
+    x_test = x_test[evenly_spaced(x_test.shape[0], images)].to(device)
+    n_iw = x_test.shape[0]
     # IWAE batches are smaller: K samples per image are in flight.
     test = evaluate(
         vae,
@@ -260,6 +289,9 @@ def finish(
         k,
         test.get("nll", test["neg_elbo"]),
     )
+    note = density_note(vae.likelihood, cfg.model.likelihood, is_binary(data.stored("test")))
+    if note:
+        log.warning("%s", note)
     with torch.no_grad():
         units = active_units_per_layer(vae, data.stored("test").to(device))
     clustering = clustering_report(vae, data, device, cfg.train.eval_batch_size)
@@ -270,6 +302,8 @@ def finish(
         "epochs_run": epochs_run,
         "best_epoch": best["epoch"],
         "objective": objective(cfg),
+        "train_bound": training_bound(cfg),
+        **({"likelihood_note": note} if note else {}),
         "final": {
             "unit": "nats per image",
             "train_neg_elbo": dataclasses.asdict(results["train"]),
@@ -341,6 +375,26 @@ def objective(cfg: ExperimentConfig) -> str:
     )
 
 
+def training_bound(cfg: ExperimentConfig) -> str:
+    """What the "train" number of each epoch is, for the logs and the curves: the training
+    objective as minimised (a negative bound), which is the ELBO only for an ELBO estimator at
+    beta = 1; "valid" and "test" are always the negative ELBO at beta = 1."""
+    from pyro_vae.objectives.elbos import ELBOS
+
+    name, k = cfg.train.elbo, cfg.train.num_particles
+    flags = ELBOS.get(name)
+    if cfg.model.structure == "semi_supervised":
+        bound = "-ELBO + classification term"
+    elif getattr(flags, "importance_weighted", False):
+        groups = f", M={cfg.train.iw_groups}" if getattr(flags, "grouped", False) else ""
+        bound = f"-{name} bound (K={k}{groups})"
+    elif getattr(flags, "relaxes", False):
+        bound = "-relaxed ELBO"
+    else:
+        bound = "-ELBO"
+    return bound if cfg.train.kl_weight == 1.0 else f"{bound}, beta-weighted"
+
+
 class Trainer:
     """The objects of one training run (data, VAE, optimiser, schedule, step engine) and where it
     stands (epoch, step, best valid, patience count, training time, a part-done epoch), set up for
@@ -388,6 +442,7 @@ class Trainer:
         self.epoch_rows = self.plan.length if self.plan is not None else self.x_train.shape[0]
         self.steps_per_epoch = math.ceil(self.epoch_rows / cfg.train.batch_size)
         self.warmup_steps = cfg.train.kl_warmup_epochs * self.steps_per_epoch
+        self.bound = training_bound(cfg)
         step_loss = distributed.wrap_loss(vae, loss.fn, ctx)  # DDP broadcasts rank 0's weights here
 
         def engine(choice):
@@ -569,6 +624,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "train_neg_elbo": train_loss,
+            "train_bound": self.bound,
             "valid_neg_elbo": valid.mean,
             "test_neg_elbo": test.mean,
             "lr": float(self.optim.param_groups[0]["lr"]),
@@ -581,8 +637,9 @@ class Trainer:
             if self.board is not None:
                 self.board.epoch(record, self.vae)
             log.info(
-                "epoch %d: train %.2f, valid %.2f, test %.2f nats (%.0f images/s)",
+                "epoch %d: train %s %.2f, valid -ELBO %.2f, test -ELBO %.2f nats (%.0f images/s)",
                 self.epoch,
+                self.bound,
                 train_loss,
                 valid.mean,
                 test.mean,

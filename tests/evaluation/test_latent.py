@@ -81,6 +81,20 @@ def test_encode_gives_the_guides_means_and_scales():
     np.testing.assert_allclose(codes["scale"], scale.detach().numpy())
 
 
+def test_background_hint_names_both_tones_and_stays_quiet_when_they_agree():
+    train = torch.zeros(100, 16)
+    train[:, :2] = 1  # MNIST-like: white ink on black, mean pixel 0.125
+    hint = latent.background_hint(torch.ones(2, 16), train)
+    assert hint == (
+        "your images are mostly light (mean pixel 1.00) and the training images mostly dark (mean 0.12): "
+        "the background may be inverted relative to the training data"
+    )
+    assert latent.background_hint(torch.zeros(2, 16), train) is None
+    assert latent.background_hint(torch.full((2, 16), 0.52), train) is None  # light-ish, but not 0.4 apart
+    levels = (train * 255).to(torch.uint8)  # 8-bit levels are read as levels / 255
+    assert latent.background_hint(torch.ones(2, 16), levels) == hint
+
+
 def test_read_images(tmp_path):
     levels = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
     Image.fromarray(levels).save(tmp_path / "a.png")
@@ -124,11 +138,27 @@ def test_every_latent_command_on_a_run_and_a_model(trained, source, tmp_path, ca
     assert main(["interpolate", where, "--between", str(trained / "mine.png"), str(trained / "mine.png"), *common]) == 0
     assert main(["encode", where, "--data", "valid", "--file", str(out / "v.npz"), *common]) == 0
     assert np.load(out / "v.npz")["loc"].shape[1] == 3
-    for figure in ("samples_t0.8.png", "interpolate_0_7.png", "traverse.png", "reconstruct.png"):
+    figures = (
+        "samples_t0.8_n9_seed0.png",
+        "interpolate_0_7_steps5.png",
+        "traverse_z_origin_top10_span3.png",
+        "traverse_z_image3_dims2-0_span3.png",  # a second traverse does not overwrite the first
+        "reconstruct_mine.png",
+        "interpolate_mine_mine_steps10.png",
+    )
+    for figure in figures:
         assert (out / figure).stat().st_size > 0, figure
+    assert {"traverse_z_origin_top10_span3.json", "traverse_z_image3_dims2-0_span3.json"} <= {
+        f.name for f in out.iterdir()
+    }
+    printed = capsys.readouterr().out
+    # a black image given --invert becomes white paper, against the training data's black: a hint
+    # to leave --invert out; the same image as it is (interpolate) agrees with the data: no hint
+    assert printed.count("background may be inverted relative to the training data; if so, leave out --invert") == 1
+    assert "add --invert" not in printed
     codes = np.load(out / "codes_test.npz")
     assert codes["loc"].shape == codes["scale"].shape == (codes["labels"].shape[0], 3)
-    assert "active units (Cov_x E[z|x] > 0.01" in capsys.readouterr().out
+    assert "active units (Cov_x E[z|x] > 0.01" in printed
     bad = [
         (["interpolate", where, "--between", "0", "100000"], "test image 100000 is out of range"),
         (["traverse", where, "--dims", "7"], "--dims [7] out of range"),
@@ -255,15 +285,22 @@ def test_every_latent_command_on_a_hierarchical_model(tmp_path, capsys):
     assert main(["traverse", where, *common]) == 0
     printed = capsys.readouterr().out
     assert "active units (Cov_x E[z|x] > 0.01, 384 test images): z2 " in printed and " of 2, z1 " in printed
-    assert json.loads((out / "traverse.json").read_text())["layer"] == "z2"
+    assert json.loads((out / "traverse_z2_origin_top10_span3.json").read_text())["layer"] == "z2"
     assert main(["traverse", where, "--layer", "z1", "--dims", "2", "0", "--image", "3", *common]) == 0
-    numbers = json.loads((out / "traverse.json").read_text())
+    numbers = json.loads((out / "traverse_z1_image3_dims2-0_span3.json").read_text())
     assert numbers["layer"] == "z1" and numbers["dims"] == [2, 0] and sorted(numbers["layers"]) == ["z1", "z2"]
     assert main(["encode", where, *common]) == 0
     codes = np.load(out / "codes_test.npz")
     assert codes["z2_loc"].shape == (384, 2) and codes["z1_scale"].shape == (384, 3) and "labels" in codes
     assert main(["reconstruct", where, str(tmp_path / "mine.png"), *common]) == 0
-    for figure in ("samples_t0.8.png", "interpolate_0_7.png", "traverse.png", "reconstruct.png"):
+    figures = (
+        "samples_t0.8_n4_seed0.png",
+        "interpolate_0_7_steps4.png",
+        "traverse_z2_origin_top10_span3.png",
+        "traverse_z1_image3_dims2-0_span3.png",
+        "reconstruct_mine.png",
+    )
+    for figure in figures:
         assert (out / figure).stat().st_size > 0, figure
     for argv, message in [
         (

@@ -148,3 +148,25 @@ def test_bad_input_errors(tiny_vae64):
     no_kl = VAE(StudentTPrior(), vae.likelihood, vae.encoder, vae.decoder)
     with pytest.raises(ValueError, match="no analytic KL is registered .* StudentT"):
         E.run_lab(no_kl, x, E.LabConfig(images=2, ks=(1,), particles=(1,), reps=2, grad_images=2, grad_reps=2))
+
+
+def test_the_report_and_figures_follow_the_structures_parameter_groups(tiny_vae64, tmp_path):
+    """A structure of its own may group its parameters otherwise than encoder and decoder (the
+    generic ``Structure.parameter_groups`` gives one group, ``all``): the tables and the SNR figure
+    show the groups measured."""
+    from pyro_vae.lab.report import format_table, gradient_groups, markdown, write_outputs
+
+    vae, x = tiny_vae64
+    cfg = E.LabConfig(images=4, ks=(1, 10), particles=(1, 2), reps=4, grad_images=4, grad_reps=4, snr_ks=(1, 2))
+    result = E.run_lab(vae, x, cfg)
+    assert gradient_groups(result) == ["encoder", "decoder"]
+    result.gradients = {
+        est: {p: {"all": g["encoder"]} for p, g in rows.items()} for est, rows in result.gradients.items()
+    }
+    assert gradient_groups(result) == ["all"]
+    table, md = format_table(result), markdown(result)
+    gradient_table = table.split("Gradients")[1].split("Encoder gradient SNR against K")[0]
+    assert " all " in gradient_table and "encoder" not in gradient_table and "decoder" not in gradient_table
+    assert "| all |" in md
+    paths = write_outputs(result, tmp_path / "out")
+    assert (tmp_path / "out" / "figures" / "gradient_snr.png") in paths

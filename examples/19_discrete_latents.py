@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 15 — Discrete latents three ways: sum them out, score them, or relax them.
+# # 19 — Discrete latents three ways
+#
+# A discrete latent can be summed out, scored, or relaxed.
 #
 # A latent variable that takes one of K values, a cluster or a class, has no reparameterisation:
 # $c = g(\phi, \varepsilon)$ would be a step function of $\phi$, whose derivative is zero wherever
@@ -35,8 +37,8 @@
 #
 # Writes estimates.png, temperature.png, components.png and results.json.
 #
-# Run it as a script, `python examples/15_discrete_latents.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/15_discrete_latents.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/19_discrete_latents.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/19_discrete_latents.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %% [markdown]
@@ -128,7 +130,7 @@ class Toy(Structure):
         return {"z": L}
 
 
-args = parse_args("15_discrete_latents")
+args = parse_args("19_discrete_latents")
 torch.manual_seed(args.seed)
 toy = Toy().double()  # made, and its images drawn, on the CPU: the same toy on every device
 with torch.no_grad():  # eight images drawn from the model itself
@@ -519,7 +521,7 @@ save_results(results, args.out)
 # and temperature, adds $\tau = 0.05$, and trains the mixture for ten epochs on all 50,000
 # training images with the recipe's network (one 400-unit layer, batches of 128, learning rate
 # $10^{-3}$). It prints the same lines as above, and its numbers are in its `results.json`
-# (`runs/examples/15_discrete_latents/` by default): the three values of the batch's ELBO that must
+# (`runs/examples/19_discrete_latents/` by default): the three values of the batch's ELBO that must
 # agree to $10^{-10}$, the exact gradient, each estimator's mean, standard deviation and z-scores
 # per coordinate, the relaxation's bias, noise floor and variance per temperature, and the
 # mixture's clustering accuracy and NMI beside k-means'. With 20 times as many estimates, the

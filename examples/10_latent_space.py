@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 07 — The latent space: what a 2-D VAE has learned, and what more dimensions buy.
+# # 10 — The latent space
+#
+# The notebook shows what a 2-D VAE has learned, and what more latent dimensions buy.
 #
 # Trains VAEs with latent sizes 2, 5, 10 and 20 (``pyro_vae.fit``). For the 2-D one it draws the
 # decoded manifold (a grid of z at standard-normal quantiles) and the test set's latent means
@@ -22,8 +24,8 @@
 #
 # Writes manifold.png, latents.png, reconstructions.png and results.json.
 #
-# Run it as a script, `python examples/07_latent_space.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/07_latent_space.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/10_latent_space.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/10_latent_space.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %%
@@ -38,7 +40,7 @@ from pyro_vae.evaluation.plots import latent_means, plot_latents, plot_manifold
 SIZES = (2, 5, 10, 20)
 
 # %%
-args = parse_args("07_latent_space")
+args = parse_args("10_latent_space")
 epochs, subset = (3, 2000) if args.smoke_test else (15, 0)
 results, recon_rows, data = {}, [], None
 for latent in SIZES:
@@ -141,6 +143,6 @@ save_figure(fig, args.out, "explorer_path.png")
 #
 # The full run's figures:
 #
-# ![manifold (full run)](../docs/figures/examples/07_latent_space_manifold.png)
-# ![codes (full run)](../docs/figures/examples/07_latent_space_latents.png)
-# ![reconstructions (full run)](../docs/figures/examples/07_latent_space_reconstructions.png)
+# ![manifold (full run)](../docs/figures/examples/10_latent_space_manifold.png)
+# ![codes (full run)](../docs/figures/examples/10_latent_space_latents.png)
+# ![reconstructions (full run)](../docs/figures/examples/10_latent_space_reconstructions.png)

@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 16 — Learning digits from 100 labels: Kingma et al.'s M2 against the classifier alone.
+# # 20 — Learning digits from 100 labels
+#
+# Kingma et al.'s M2 is compared with the classifier trained alone.
 #
 # Labels are dear and images cheap. Kingma, Rezende, Mohamed & Welling (2014) put the class $y$
 # into a VAE as a second latent variable beside the style $z$: where an image's label is known, $y$
@@ -30,8 +32,8 @@
 #
 # Writes errors.png, styles.png and results.json.
 #
-# Run it as a script, `python examples/16_semi_supervised.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/16_semi_supervised.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/20_semi_supervised.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/20_semi_supervised.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %% [markdown]
@@ -125,7 +127,7 @@ from pyro_vae.model import build_vae
 from pyro_vae.training.labelled import labelled_order, labelled_plan
 
 LABELS, CLASSES = 100, 10
-args = parse_args("16_semi_supervised")
+args = parse_args("20_semi_supervised")
 if args.smoke_test:
     epochs, subset, hidden, latent, batch, lr, steps = 3, 2000, 128, 16, 64, 3e-3, 300
 else:
@@ -319,7 +321,7 @@ save_figure(fig, args.out, "styles.png")
 # %% [markdown]
 # ## When the decoder ignores $y$
 #
-# How much the class decides is measured as notebook 14 measures a layer: of the pixel variance of
+# How much the class decides is measured as notebook 18 measures a layer: of the pixel variance of
 # decoded images $\bar x = \mathbb{E}[x \mid y, z]$ over 100 styles $z \sim p(z)$ times the 10
 # classes, the part within a style, $\mathbb{E}_z[\operatorname{Var}_y(\bar x \mid z)] /
 # \operatorname{Var}(\bar x)$, is $y$'s share (0: every column of a row the same image).
@@ -364,7 +366,7 @@ save_results(results, args.out)
 # `benchmarks/classifier_baseline.py` does; both are scored on the 5,000 test images of the second
 # half. It prints the same lines as above (the protocol, the plan of an epoch, each model's test
 # error, how much $y$ decides and how sure the classifier is), and its numbers are in its
-# `results.json` (`runs/examples/16_semi_supervised/` by default): both test errors and the error
+# `results.json` (`runs/examples/20_semi_supervised/` by default): both test errors and the error
 # per digit, the run's own report of M2's error beside the one computed here, $y$'s share of the
 # samples' variance, the entropy of $q_\phi(y \mid x)$, and the protocol.
 #

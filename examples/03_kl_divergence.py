@@ -12,9 +12,10 @@
 # ---
 
 # %% [markdown]
-# # 02 — KL divergence: asymmetric, a difference of cross-entropy and entropy, and what
+# # 03 — KL divergence
 #
-# minimising it in each direction does.
+# The KL divergence is asymmetric and a difference of cross-entropy and entropy, and minimising it in
+# each direction does something different:
 #
 # 1. For p = N(0, 1) and q = N(1, 0.6^2), KL(p || q) != KL(q || p): closed form
 #    (``torch.distributions.kl_divergence``) against Monte Carlo estimates.
@@ -25,8 +26,8 @@
 #
 # Writes asymmetry.png, fits.png and results.json.
 #
-# Run it as a script, `python examples/02_kl_divergence.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/02_kl_divergence.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/03_kl_divergence.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/03_kl_divergence.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %%
@@ -70,7 +71,7 @@ def fit_reverse_kl(p, steps: int, n: int, init_loc: float) -> Normal:
 
 
 # %%
-args = parse_args("02_kl_divergence")
+args = parse_args("03_kl_divergence")
 torch.manual_seed(args.seed)
 torch.set_default_device(args.device)  # every tensor below is made there
 n = 100_000 if args.smoke_test else 1_000_000
@@ -142,5 +143,5 @@ save_results(
 #
 # The full run's figures:
 #
-# ![asymmetry (full run)](../docs/figures/examples/02_kl_divergence_asymmetry.png)
-# ![fits (full run)](../docs/figures/examples/02_kl_divergence_fits.png)
+# ![asymmetry (full run)](../docs/figures/examples/03_kl_divergence_asymmetry.png)
+# ![fits (full run)](../docs/figures/examples/03_kl_divergence_fits.png)

@@ -12,7 +12,10 @@
 # ---
 
 # %% [markdown]
-# # 13 — Colour pictures, and bits per dimension: a likelihood for 8-bit levels and a floor no model can pass.
+# # 17 — Colour pictures and bits per dimension
+#
+# Colour pictures need a likelihood for 8-bit levels, and bits per dimension have a floor no model can
+# pass.
 #
 # A colour image is $D = C \times H \times W$ numbers, each one of 256 levels; here $3 \times 28
 # \times 28 = 2352$. A Bernoulli likelihood is for binary pixels; for levels, the **discretized
@@ -45,8 +48,8 @@
 #
 # Writes pictures.png (test pictures, reconstructions, samples), bits.png and results.json.
 #
-# Run it as a script, `python examples/13_colour_images.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/13_colour_images.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/17_colour_images.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/17_colour_images.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %%
@@ -93,7 +96,7 @@ def write_folder(root, n: int, seed: int) -> int:
 
 
 # %%
-args = parse_args("13_colour_images")
+args = parse_args("17_colour_images")
 if args.smoke_test:
     n, epochs, k, batch = 600, 10, 10, 32  # (and a 3x learning rate: 150 steps in all)
     network = ("model.conv.channels=[8,16]", "model.conv.features=64", "train.lr=0.003")
@@ -209,5 +212,5 @@ save_results(results, args.out)
 #
 # The full run's figures:
 #
-# ![pictures (full run)](../docs/figures/examples/13_colour_images_pictures.png)
-# ![bits (full run)](../docs/figures/examples/13_colour_images_bits.png)
+# ![pictures (full run)](../docs/figures/examples/17_colour_images_pictures.png)
+# ![bits (full run)](../docs/figures/examples/17_colour_images_bits.png)

@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 05 — Why sampling from the prior fails to estimate log p(x).
+# # 08 — Why sampling from the prior fails
+#
+# Sampling z from the prior is a poor way to estimate log p(x); this notebook shows why.
 #
 # log p(x) = log E_{p(z)}[p(x | z)], so one could average p(x | z_k) over z_k drawn from the prior.
 # But almost every z from the prior decodes to an image unlike x: the average is dominated by rare
@@ -27,8 +29,8 @@
 # Writes estimates.png (negative log-likelihood against K, both estimators, both models) and
 # results.json.
 #
-# Run it as a script, `python examples/05_prior_sampling_fails.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/05_prior_sampling_fails.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/08_prior_sampling_fails.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/08_prior_sampling_fails.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %%
@@ -54,7 +56,7 @@ def prior_estimate(vae, x: torch.Tensor, k: int, chunk: int = 500) -> torch.Tens
 
 
 # %%
-args = parse_args("05_prior_sampling_fails")
+args = parse_args("08_prior_sampling_fails")
 epochs, subset, images = (2, 2000, 20) if args.smoke_test else (10, 0, 100)
 ks = [1, 10, 100, 1000] if args.smoke_test else [1, 10, 100, 1000, 10000]
 reps = 5
@@ -103,7 +105,7 @@ save_results(results, args.out)
 #
 # The example trains two VAEs for 10 epochs (latent dimension 2 and 20) with `pyro_vae.fit` and
 # estimates the negative log-likelihood of 100 test images both ways (mean and spread over 5
-# repeats; `runs/examples/05_prior_sampling_fails/results.json`):
+# repeats; `runs/examples/08_prior_sampling_fails/results.json`):
 #
 # | K | L=2, prior | L=2, encoder | L=20, prior | L=20, encoder |
 # |---|---|---|---|---|
@@ -117,4 +119,4 @@ save_results(results, args.out)
 #
 # The full run's figures:
 #
-# ![estimates (full run)](../docs/figures/examples/05_prior_sampling_fails_estimates.png)
+# ![estimates (full run)](../docs/figures/examples/08_prior_sampling_fails_estimates.png)

@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 10 — Your own components as plugins: a prior, a likelihood and a network, without editing pyro-vae.
+# # 15 — Your own components as plugins
+#
+# Three plugins add a prior, a likelihood and a network without editing pyro-vae.
 #
 # ``examples/plugins/`` holds three files of a few lines each: ``laplace_prior.py`` (a Laplace prior
 # with its closed-form KL against the Gaussian guide), ``binomial_likelihood.py`` (256 grey levels
@@ -29,8 +31,8 @@
 #
 # Writes kl_check.png (analytic vs Monte-Carlo KL per image), nll.png and results.json.
 #
-# Run it as a script, `python examples/10_plugins.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/10_plugins.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/15_plugins.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/15_plugins.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %%
@@ -75,7 +77,7 @@ def kl_cross_check(n: int, seed: int) -> dict:
 
 
 # %%
-args = parse_args("10_plugins")
+args = parse_args("15_plugins")
 epochs, subset, k, images, n_kl = (1, 1000, 20, 200, 4000) if args.smoke_test else (10, 0, 200, 1000, 100000)
 registered = {}
 for file in sorted(PLUGINS.glob("*.py")):
@@ -171,5 +173,5 @@ save_results(results, args.out)
 #
 # The full run's figures:
 #
-# ![kl check (full run)](../docs/figures/examples/10_plugins_kl_check.png)
-# ![nll (full run)](../docs/figures/examples/10_plugins_nll.png)
+# ![kl check (full run)](../docs/figures/examples/15_plugins_kl_check.png)
+# ![nll (full run)](../docs/figures/examples/15_plugins_nll.png)

@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 01 — Monte Carlo estimation: pi from random points in the unit square.
+# # 05 — Monte Carlo estimation
+#
+# The example estimates pi from random points in the unit square.
 #
 # A point (u, v) drawn uniformly from [0, 1]^2 lands inside the quarter disc u^2 + v^2 <= 1 with
 # probability pi/4, so pi ~= 4 * (fraction of N points inside). The estimate is unbiased and its
@@ -22,8 +24,8 @@
 # Writes points.png (the darts), error.png (error against N on log-log axes, with the 1/sqrt(N)
 # law) and results.json (the fitted slope of log error on log N, which should be about -0.5).
 #
-# Run it as a script, `python examples/01_monte_carlo.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/01_monte_carlo.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/05_monte_carlo.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/05_monte_carlo.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %%
@@ -49,7 +51,7 @@ def estimate_pi(n: int, reps: int, generator: torch.Generator) -> torch.Tensor:
 
 
 # %%
-args = parse_args("01_monte_carlo")
+args = parse_args("05_monte_carlo")
 gen = torch.Generator(device=args.device).manual_seed(args.seed)
 ns = [10, 100, 1000, 10_000] if args.smoke_test else [10, 100, 1000, 10_000, 100_000]
 reps = 50 if args.smoke_test else 200
@@ -103,5 +105,5 @@ save_results({"n": ns, "rms_error": rms, "theory": theory, "slope": slope, "reps
 #
 # The full run's figures:
 #
-# ![darts (full run)](../docs/figures/examples/01_monte_carlo_points.png)
-# ![error (full run)](../docs/figures/examples/01_monte_carlo_error.png)
+# ![darts (full run)](../docs/figures/examples/05_monte_carlo_points.png)
+# ![error (full run)](../docs/figures/examples/05_monte_carlo_error.png)

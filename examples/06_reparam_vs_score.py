@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 04 — Reparameterisation versus score function: two unbiased gradients, very different noise.
+# # 06 — Reparameterisation versus score function
+#
+# Both estimators give unbiased gradients, with very different noise.
 #
 # Objective: L(mu) = E_{z ~ N(mu, 1)}[(z - 3)^2] = (mu - 3)^2 + 1, whose gradient 2 (mu - 3) is known.
 #
@@ -28,8 +30,8 @@
 #
 # Writes variance.png and results.json.
 #
-# Run it as a script, `python examples/04_reparam_vs_score.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/04_reparam_vs_score.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/06_reparam_vs_score.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/06_reparam_vs_score.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %%
@@ -62,7 +64,7 @@ def gradients(kind: str, n: int, reps: int) -> torch.Tensor:
 
 
 # %%
-args = parse_args("04_reparam_vs_score")
+args = parse_args("06_reparam_vs_score")
 torch.manual_seed(args.seed)
 torch.set_default_device(args.device)  # every tensor below is made there
 ns = [1, 4, 16, 64, 256] if args.smoke_test else [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024]
@@ -109,9 +111,10 @@ save_results(results, args.out)
 #
 #
 # On a trained VAE the gap is far wider: `pyro-vae compare` measures encoder-gradient variances
-# about 10⁴ times larger for the score-function estimator (see the README's laboratory section).
+# about 10⁴ times larger for the score-function estimator (see the findings of
+# [the estimator laboratory](../docs/laboratory.md)).
 
 #
 # The full run's figures:
 #
-# ![variance (full run)](../docs/figures/examples/04_reparam_vs_score_variance.png)
+# ![variance (full run)](../docs/figures/examples/06_reparam_vs_score_variance.png)

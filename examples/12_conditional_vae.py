@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 09 — A conditional VAE: completing the missing quadrants of a digit from the given one.
+# # 12 — A conditional VAE
+#
+# The model completes the missing quadrants of a digit from the given one.
 #
 # Given the top-left quadrant x of a binarized digit, predict the other three, y. A deterministic
 # network can only give one answer per pixel, p(y_d | x), so where the given quadrant leaves
@@ -36,8 +38,8 @@
 #
 # Writes completions.png, curves.png and results.json.
 #
-# Run it as a script, `python examples/09_conditional_vae.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/09_conditional_vae.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/12_conditional_vae.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/12_conditional_vae.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %%
@@ -151,7 +153,7 @@ def paint(images: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
 
 
 # %%
-args = parse_args("09_conditional_vae")
+args = parse_args("12_conditional_vae")
 epochs, subset, k, images = (2, 2000, 20, 200) if args.smoke_test else (15, 0, 200, 2000)
 pyro.set_rng_seed(args.seed)
 data = load_data(DataConfig(subset=subset))
@@ -263,5 +265,5 @@ save_results(results, args.out)
 #
 # The full run's figures:
 #
-# ![completions (full run)](../docs/figures/examples/09_conditional_vae_completions.png)
-# ![curves (full run)](../docs/figures/examples/09_conditional_vae_curves.png)
+# ![completions (full run)](../docs/figures/examples/12_conditional_vae_completions.png)
+# ![curves (full run)](../docs/figures/examples/12_conditional_vae_curves.png)

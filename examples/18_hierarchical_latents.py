@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 14 — Hierarchical latents: what each layer encodes, and why the top one collapses without KL warm-up.
+# # 18 — Hierarchical latents
+#
+# The notebook shows what each layer encodes, and why the top one collapses without KL warm-up.
 #
 # A hierarchical VAE stacks latent layers: a top layer $z_2$ drawn from a fixed prior, a bottom
 # layer $z_1$ drawn given $z_2$, and the image drawn given the codes (`model.structure =
@@ -26,8 +28,8 @@
 #
 # Writes samples.png, active_units.png, kl.png, kl_curves.png and results.json.
 #
-# Run it as a script, `python examples/14_hierarchical_latents.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/14_hierarchical_latents.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/18_hierarchical_latents.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/18_hierarchical_latents.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %% [markdown]
@@ -143,7 +145,7 @@ def layer_terms(vae, x: torch.Tensor, particles: int, seed: int) -> dict:
 # KL measured on test images: how the code of each layer forms, or dies, during training.
 
 # %%
-args = parse_args("14_hierarchical_latents")
+args = parse_args("18_hierarchical_latents")
 if args.smoke_test:
     epochs, warmup, subset, hidden, latent, images, particles = 3, 2, 2000, 64, 8, 500, 4
     stages = (1, 3)  # the epochs after which each layer's KL is measured
@@ -328,7 +330,7 @@ save_results(results, args.out)
 # then the bottom layer carries little (4.6 nats against 11.3): the decoder leans on z₂, and z₁'s
 # rows in the samples hardly vary.
 #
-# ![samples with z2 held (full run)](../docs/figures/examples/14_hierarchical_latents_samples.png)
-# ![active units (full run)](../docs/figures/examples/14_hierarchical_latents_active_units.png)
-# ![each layer's KL (full run)](../docs/figures/examples/14_hierarchical_latents_kl.png)
-# ![each layer's KL during training (full run)](../docs/figures/examples/14_hierarchical_latents_kl_curves.png)
+# ![samples with z2 held (full run)](../docs/figures/examples/18_hierarchical_latents_samples.png)
+# ![active units (full run)](../docs/figures/examples/18_hierarchical_latents_active_units.png)
+# ![each layer's KL (full run)](../docs/figures/examples/18_hierarchical_latents_kl.png)
+# ![each layer's KL during training (full run)](../docs/figures/examples/18_hierarchical_latents_kl_curves.png)

@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 06 — Autoencoder versus VAE: the same networks, trained deterministically and variationally.
+# # 09 — Autoencoder versus VAE
+#
+# The same networks are trained deterministically (the autoencoder) and variationally (the VAE).
 #
 # The autoencoder maps x to the code mu(x) (the encoder's mean head) and is trained to reconstruct
 # x through the same decoder and Bernoulli likelihood; nothing ties its codes to any distribution.
@@ -26,8 +28,8 @@
 # Writes latents.png (the 2-D codes of the test set, coloured by digit), samples.png (decoded
 # N(0, I) draws for both) and results.json.
 #
-# Run it as a script, `python examples/06_autoencoder_vs_vae.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/06_autoencoder_vs_vae.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/09_autoencoder_vs_vae.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/09_autoencoder_vs_vae.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %%
@@ -81,7 +83,7 @@ def reconstruction_nats(model, codes: torch.Tensor, x: torch.Tensor) -> float:
 
 
 # %%
-args = parse_args("06_autoencoder_vs_vae")
+args = parse_args("09_autoencoder_vs_vae")
 epochs, subset = (2, 2000) if args.smoke_test else (15, 0)
 cfg, vae, data = train_vae(args.out / "vae", 2, epochs, subset, args.seed, args.device)
 ae = train_autoencoder(cfg, data.train, epochs, args.seed, args.device)
@@ -143,5 +145,5 @@ save_results(results, args.out)
 #
 # The full run's figures:
 #
-# ![codes (full run)](../docs/figures/examples/06_autoencoder_vs_vae_latents.png)
-# ![samples (full run)](../docs/figures/examples/06_autoencoder_vs_vae_samples.png)
+# ![codes (full run)](../docs/figures/examples/09_autoencoder_vs_vae_latents.png)
+# ![samples (full run)](../docs/figures/examples/09_autoencoder_vs_vae_samples.png)

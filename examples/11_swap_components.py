@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 08 — Swapping the prior and the likelihood with config overrides only, compared in nats.
+# # 11 — Swapping the prior and the likelihood
+#
+# Each is swapped with a config override only, and the models are compared in nats.
 #
 # Trains the same encoder and decoder six times, changing one line of configuration each time
 # (``--set model.prior=...`` or ``--set model.likelihood=...``, here the same strings passed to
@@ -29,8 +31,8 @@
 #
 # Writes nll.png (the comparison), samples.png (decoded prior samples of each prior) and results.json.
 #
-# Run it as a script, `python examples/08_swap_components.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/08_swap_components.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/11_swap_components.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/11_swap_components.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %%
@@ -55,7 +57,7 @@ VARIANTS = {  # name -> (overrides, kind of likelihood)
 PRIORS = ("standard_normal", "mixture_of_gaussians", "vamp", "student_t")
 
 # %%
-args = parse_args("08_swap_components")
+args = parse_args("11_swap_components")
 epochs, subset, k, images = (2, 2000, 20, 200) if args.smoke_test else (10, 0, 200, 1000)
 results, samples = {}, []
 for name, (overrides, kind) in VARIANTS.items():
@@ -138,5 +140,5 @@ save_results({"epochs": epochs, "iwae_k": k, "test_images": images, **results}, 
 #
 # The full run's figures:
 #
-# ![comparison (full run)](../docs/figures/examples/08_swap_components_nll.png)
-# ![samples (full run)](../docs/figures/examples/08_swap_components_samples.png)
+# ![comparison (full run)](../docs/figures/examples/11_swap_components_nll.png)
+# ![samples (full run)](../docs/figures/examples/11_swap_components_samples.png)

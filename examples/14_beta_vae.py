@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 11 — The β-VAE: trading reconstruction for a simpler code, one config key (``train.kl_weight``).
+# # 14 — The β-VAE
+#
+# Reconstruction is traded for a simpler code with one config key, ``train.kl_weight``.
 #
 # A β-VAE (Higgins et al., 2017) trains E_q[log p(x|z)] − β KL(q(z|x) ‖ p(z)). β = 1 is the ELBO;
 # β > 1 pays more for every nat of information the code carries, so the encoder keeps fewer
@@ -24,8 +26,8 @@
 # Writes tradeoff.png (KL against reconstruction, one point per β), traversals.png (the five most
 # active dimensions at β = 1 and β = 4) and results.json.
 #
-# Run it as a script, `python examples/11_beta_vae.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/11_beta_vae.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/14_beta_vae.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/14_beta_vae.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %%
@@ -41,7 +43,7 @@ BETAS = (0.5, 1.0, 2.0, 4.0, 8.0)
 SHOWN = (1.0, 4.0)
 
 # %%
-args = parse_args("11_beta_vae")
+args = parse_args("14_beta_vae")
 epochs, subset, images, particles = (2, 2000, 200, 4) if args.smoke_test else (15, 0, 2000, 16)
 betas = SHOWN if args.smoke_test else BETAS
 results, grids = {"epochs": epochs, "test_images": images, "betas": {}}, {}
@@ -125,5 +127,5 @@ save_results(results, args.out)
 #
 # The full run's figures:
 #
-# ![trade-off (full run)](../docs/figures/examples/11_beta_vae_tradeoff.png)
-# ![traversals (full run)](../docs/figures/examples/11_beta_vae_traversals.png)
+# ![trade-off (full run)](../docs/figures/examples/14_beta_vae_tradeoff.png)
+# ![traversals (full run)](../docs/figures/examples/14_beta_vae_traversals.png)

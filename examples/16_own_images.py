@@ -12,7 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 12 — Your own pictures: a folder of image files in, a trained VAE out, MLP against convolutions.
+# # 16 — Your own pictures
+#
+# A folder of image files goes in, a trained VAE comes out, and an MLP is compared with convolutions.
 #
 # Any folder of PNG or JPEG files is a data set (``data.name=image_folder``): class sub-folders
 # become labels, ``train/`` / ``valid/`` / ``test/`` sub-folders the splits (else a seeded split),
@@ -26,8 +28,8 @@
 #
 # Writes nll.png, pictures.png (test images, both reconstructions, both models' samples) and results.json.
 #
-# Run it as a script, `python examples/12_own_images.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
-# or as a notebook (`jupytext --to ipynb examples/12_own_images.py`); in a kernel the arguments come from
+# Run it as a script, `python examples/16_own_images.py [--smoke-test] [--out DIR] [--device cpu|cuda]`,
+# or as a notebook (`jupytext --to ipynb examples/16_own_images.py`); in a kernel the arguments come from
 # `PYRO_VAE_EXAMPLE_ARGS`, for example `--smoke-test`.
 
 # %%
@@ -59,7 +61,7 @@ def write_folder(root, n: int) -> int:
 
 
 # %%
-args = parse_args("12_own_images")
+args = parse_args("16_own_images")
 n, epochs, k = (600, 2, 20) if args.smoke_test else (10000, 20, 500)
 folder = args.out / "my_images"
 written = write_folder(folder, n)
@@ -148,5 +150,5 @@ save_results(results, args.out)
 #
 # The full run's figures:
 #
-# ![nll (full run)](../docs/figures/examples/12_own_images_nll.png)
-# ![pictures (full run)](../docs/figures/examples/12_own_images_pictures.png)
+# ![nll (full run)](../docs/figures/examples/16_own_images_nll.png)
+# ![pictures (full run)](../docs/figures/examples/16_own_images_pictures.png)

@@ -1,0 +1,119 @@
+"""How long each notebook of the learning path takes, for teachers planning a lab.
+
+    python benchmarks/notebook_times.py --mode smoke|full [--only 01_autoencoders ...] [--threads 1]
+        [--jobs 1] [--timeout 3600] [--out FILE]
+
+Runs each ``examples/NN_*.py`` as a script in its own process (``--device cpu``, with
+``--smoke-test`` in smoke mode), ``--jobs`` at a time (default one after another; on a machine
+with at least ``jobs x threads`` cores they do not share one), each into a fresh temporary
+folder, with ``--threads`` torch threads, and records its wall time, peak resident memory and
+exit status. The
+JSON (default ``benchmarks/results/notebook_times_MODE.json``) is rewritten after every notebook,
+so a stopped run keeps what it measured; a second run with ``--only`` updates those entries and
+keeps the others. A notebook that runs past ``--timeout`` seconds is stopped and recorded as such.
+The times are those of a plain script: a notebook kernel adds its start (a few seconds) once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from common import machine
+from pyro_vae.files import write_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_one(script: Path, mode: str, threads: int, timeout: float) -> dict:
+    """Run one notebook script; its wall time, peak RSS (this child's, via wait4) and status."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with tempfile.TemporaryDirectory(prefix="pyro-vae-notebook-") as out:
+        args = [sys.executable, str(script), "--device", "cpu", "--out", out]
+        args += ["--smoke-test"] if mode == "smoke" else []
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, cwd=ROOT / "examples", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        status, timed_out = None, False
+        while status is None:
+            pid, code, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                status = os.waitstatus_to_exitcode(code)
+                break
+            if time.perf_counter() - start > timeout:
+                proc.kill()
+                _, code, usage = os.wait4(proc.pid, 0)
+                status, timed_out = os.waitstatus_to_exitcode(code), True
+                break
+            time.sleep(0.2)
+        wall = time.perf_counter() - start
+        proc.returncode = status  # reaped here, not by Popen
+        err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+    record = {
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "exit_status": status,
+        "timed_out": timed_out,
+    }
+    if status != 0 and not timed_out:
+        record["stderr_tail"] = err
+    return record
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("smoke", "full"), required=True, help="--smoke-test runs or full runs")
+    parser.add_argument("--only", nargs="*", default=None, help="notebook names (default: all of examples/)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks run at once (default 1)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run is stopped")
+    parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/notebook_times_MODE.json)")
+    args = parser.parse_args()
+    out = args.out or ROOT / "benchmarks" / "results" / f"notebook_times_{args.mode}.json"
+    scripts = sorted((ROOT / "examples").glob("[0-9][0-9]_*.py"))
+    if args.only:
+        unknown = sorted(set(args.only) - {s.stem for s in scripts})
+        if unknown:
+            parser.error(f"--only: no notebook named {', '.join(unknown)} in examples/")
+        scripts = [s for s in scripts if s.stem in args.only]
+    record = json.loads(out.read_text()) if out.is_file() else {}
+    record.update(
+        {
+            "what": f"each examples/NN_*.py run as a script ({args.mode} mode, --device cpu), {args.jobs} at a time",
+            "command": "python benchmarks/notebook_times.py " + " ".join(sys.argv[1:]),
+            "machine": machine(torch.device("cpu")) | {"torch_threads": args.threads},
+            "jobs_at_once": args.jobs,
+            "date": time.strftime("%Y-%m-%d"),
+        }
+    )
+    notebooks = record.setdefault("notebooks", {})
+    lock = threading.Lock()
+
+    def measure(script: Path) -> None:
+        result = run_one(script, args.mode, args.threads, args.timeout)
+        with lock:
+            notebooks[script.stem] = result | {"jobs_at_once": args.jobs, "date": time.strftime("%Y-%m-%d %H:%M")}
+            record["notebooks"] = dict(sorted(notebooks.items()))
+            write_atomic(out, json.dumps(record, indent=2) + "\n", out.parent)
+            print(
+                f"{script.stem}: {result['wall_s']:.0f} s, peak {result['peak_rss_mb']:.0f} MB, "
+                f"exit {result['exit_status']}",
+                flush=True,
+            )
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        list(pool.map(measure, scripts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
