@@ -33,7 +33,7 @@ from pyro_vae.evaluation.latent import active_units_per_layer
 from pyro_vae.evaluation.metrics import as_dict, evaluate, with_bits_per_dim
 from pyro_vae.files import check_regular
 from pyro_vae.model import VAE, Structure, build_vae
-from pyro_vae.objectives.elbos import build_elbo
+from pyro_vae.objectives.elbos import ELBOS, build_elbo
 from pyro_vae.objectives.fast import build_loss
 from pyro_vae.runs import writer
 from pyro_vae.runs.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
@@ -378,9 +378,7 @@ def objective(cfg: ExperimentConfig) -> str:
 def training_bound(cfg: ExperimentConfig) -> str:
     """What the "train" number of each epoch is, for the logs and the curves: the training
     objective as minimised (a negative bound), which is the ELBO only for an ELBO estimator at
-    beta = 1; "valid" and "test" are always the negative ELBO at beta = 1."""
-    from pyro_vae.objectives.elbos import ELBOS
-
+    beta = 1 without warm-up; "valid" and "test" are always the negative ELBO at beta = 1."""
     name, k = cfg.train.elbo, cfg.train.num_particles
     flags = ELBOS.get(name)
     if cfg.model.structure == "semi_supervised":
@@ -392,7 +390,9 @@ def training_bound(cfg: ExperimentConfig) -> str:
         bound = "-relaxed ELBO"
     else:
         bound = "-ELBO"
-    return bound if cfg.train.kl_weight == 1.0 else f"{bound}, beta-weighted"
+    if cfg.train.kl_weight != 1.0:
+        bound += ", beta-weighted"
+    return bound + (", KL warm-up" if cfg.train.kl_warmup_epochs > 0 else "")
 
 
 class Trainer:

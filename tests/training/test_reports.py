@@ -38,6 +38,7 @@ def test_the_auto_evaluation_is_sized_to_the_run_and_a_given_size_is_kept():
         (["train.elbo=iwae", "train.num_particles=5"], "-iwae bound (K=5)"),
         (["train.elbo=miwae", "train.num_particles=4", "train.iw_groups=2"], "-miwae bound (K=4, M=2)"),
         (["train.kl_weight=4"], "-ELBO, beta-weighted"),
+        (["train.kl_warmup_epochs=10"], "-ELBO, KL warm-up"),
         (["model.structure=semi_supervised", "train.elbo=enum", "data.labels=100"], "-ELBO + classification term"),
         (["model.structure=mixture", "train.elbo=gumbel"], "-relaxed ELBO"),
     ],
