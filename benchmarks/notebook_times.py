@@ -38,26 +38,27 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_one(script: Path, mode: str, threads: int, timeout: float) -> dict:
     """Run one notebook script; its wall time, peak RSS (this child's, via wait4) and status."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with tempfile.TemporaryDirectory(prefix="pyro-vae-notebook-") as out:
+    with tempfile.TemporaryDirectory(prefix="pyro-vae-notebook-") as out, tempfile.TemporaryFile() as err:
         args = [sys.executable, str(script), "--device", "cpu", "--out", out]
         args += ["--smoke-test"] if mode == "smoke" else []
         start = time.perf_counter()
-        proc = subprocess.Popen(args, cwd=ROOT / "examples", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        status, timed_out = None, False
-        while status is None:
+        # stderr to a file, not a pipe: a pipe nobody reads while we wait would stall a chatty run
+        proc = subprocess.Popen(args, cwd=ROOT / "examples", env=env, stdout=subprocess.DEVNULL, stderr=err)
+        timed_out = False
+        while True:
             pid, code, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
-                status = os.waitstatus_to_exitcode(code)
                 break
             if time.perf_counter() - start > timeout:
                 proc.kill()
                 _, code, usage = os.wait4(proc.pid, 0)
-                status, timed_out = os.waitstatus_to_exitcode(code), True
+                timed_out = True
                 break
             time.sleep(0.2)
         wall = time.perf_counter() - start
-        proc.returncode = status  # reaped here, not by Popen
-        err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+        status = proc.returncode = os.waitstatus_to_exitcode(code)  # reaped here, not by Popen
+        err.seek(0)
+        tail = err.read().decode(errors="replace")[-2000:]
     record = {
         "wall_s": round(wall, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
@@ -65,7 +66,7 @@ def run_one(script: Path, mode: str, threads: int, timeout: float) -> dict:
         "timed_out": timed_out,
     }
     if status != 0 and not timed_out:
-        record["stderr_tail"] = err
+        record["stderr_tail"] = tail
     return record
 
 

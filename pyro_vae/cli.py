@@ -267,7 +267,11 @@ def _latent(args) -> int:
 
     def user_images(paths: list[str]) -> torch.Tensor:  # binarized at 0.5 for a model of binary pixels
         binary = cfg.model.likelihood == "bernoulli"
-        return latent.read_images(paths, shape, binarize=binary, invert=args.invert).to(device)
+        x = latent.read_images(paths, shape, binarize=binary, invert=args.invert)
+        hint = latent.background_hint(x, data.stored("train"))
+        if hint:
+            print(f"note: {hint}{'; if so, leave out --invert' if args.invert else '; if so, add --invert'}")
+        return x.to(device)
 
     written, numbers = [], {}
     if args.command == "sample":
@@ -292,9 +296,6 @@ def _latent(args) -> int:
         else:
             ends = tuple(user_images([a, b]))
             name = f"{Path(a).name} to {Path(b).name}"
-            hint = latent.background_hint(torch.stack(ends), data.stored("train"))
-            if hint:
-                print(f"note: {hint}{'; if so, leave out --invert' if args.invert else '; if so, add --invert'}")
         paths = latent.interpolate(vae, *ends, args.steps)
         first, last = (e.reshape(1, -1).to(paths["linear"].dtype) for e in ends)  # the inputs, at both ends
         rows = torch.cat([first, paths["linear"], last, first, paths["spherical"], last])
@@ -357,9 +358,6 @@ def _latent(args) -> int:
         written.append(
             plot_images(rows, shape, 2, title, out / f"reconstruct_{Path(args.images[0]).stem}{more}.png", inside)
         )
-        hint = latent.background_hint(x, data.stored("train"))
-        if hint:
-            print(f"note: {hint}{'; if so, leave out --invert' if args.invert else '; if so, add --invert'}")
     if numbers:
         written.append(write_atomic(out / f"{stem}.json", json.dumps(numbers, indent=2) + "\n", inside))
     for path in written:
@@ -459,7 +457,7 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     from pyro_vae.components.likelihoods import density_note
-    from pyro_vae.data.pixels import evenly_spaced, is_binary
+    from pyro_vae.data.pixels import evenly_spaced
     from pyro_vae.evaluation.metrics import as_dict, evaluate, with_bits_per_dim
     from pyro_vae.runs.trained import open_model
 
@@ -490,7 +488,7 @@ def _evaluate(args) -> int:
         "unit": "nats per image",
         **as_dict(results),
     }
-    note = density_note(vae.likelihood, cfg.model.likelihood, is_binary(x))
+    note = density_note(vae.likelihood, cfg.model.likelihood, x)
     if note:
         record["likelihood_note"] = note
     write_atomic(out, json.dumps(record, indent=2), Path(args.run))

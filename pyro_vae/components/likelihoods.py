@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
 
-from pyro_vae.data.pixels import blocks, count_non_binary
+from pyro_vae.data.pixels import blocks, count_non_binary, is_binary
 from pyro_vae.registry import Registry
 
 LIKELIHOODS: Registry = Registry("likelihood", config_key="model.likelihood")
@@ -33,11 +33,12 @@ def _check_range(x: torch.Tensor, source: str, name: str, fix: str) -> None:
         raise ValueError(f"{source}: the {name} likelihood needs pixels in [0, 1], but {n_bad} values are not; {fix}")
 
 
-def density_note(likelihood: nn.Module, name: str, binary: bool) -> str | None:
+def density_note(likelihood: nn.Module, name: str, x: torch.Tensor) -> str | None:
     """What a report must say of a likelihood that is a density on continuous pixel values
     (``density = True``): its log-likelihoods are log densities, not the log probability of the
     image, so they can be negative in nats (positive log density) and do not compare with a
-    probability's; on binary pixels, where such a density can grow without bound, say that too.
+    probability's; on binary pixels ``x`` (the images scored), where such a density can grow
+    without bound, say that too.
     None for a likelihood of discrete values (bernoulli, the discretized logistics)."""
     if not getattr(likelihood, "density", False):
         return None
@@ -46,7 +47,7 @@ def density_note(likelihood: nn.Module, name: str, binary: bool) -> str | None:
         "density, not the log probability of the image, and do not compare with those of bernoulli "
         "or discretized_logistic"
     )
-    if binary:
+    if is_binary(x):
         note += (
             "; on these binary pixels a density can grow without bound (a negative NLL is no sign "
             "of a good model): model.likelihood = bernoulli gives the probability of binary images"

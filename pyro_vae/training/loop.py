@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from pyro_vae.components.likelihoods import density_note
 from pyro_vae.config import ConfigError, ExperimentConfig
 from pyro_vae.data import Splits, load_data
-from pyro_vae.data.pixels import decode, evenly_spaced, is_binary
+from pyro_vae.data.pixels import decode, evenly_spaced
 from pyro_vae.evaluation.clustering import cluster_accuracy, nmi
 from pyro_vae.evaluation.latent import active_units_per_layer
 from pyro_vae.evaluation.metrics import as_dict, evaluate, with_bits_per_dim
@@ -289,7 +289,7 @@ def finish(
         k,
         test.get("nll", test["neg_elbo"]),
     )
-    note = density_note(vae.likelihood, cfg.model.likelihood, is_binary(data.stored("test")))
+    note = density_note(vae.likelihood, cfg.model.likelihood, data.stored("test"))
     if note:
         log.warning("%s", note)
     with torch.no_grad():
