@@ -131,7 +131,8 @@ save_results(
 #
 # zero only when $q = p$. It is not symmetric: for
 # p = N(0, 1) and q = N(1, 0.6²), KL(p ‖ q) = 1.767 but KL(q ‖ p) = 0.691 (closed form, matched by
-# Monte Carlo estimates). It is the gap between a cross-entropy and an entropy:
+# Monte Carlo estimates; `docs/figures/examples/03_kl_divergence_results.json`). It is the gap
+# between a cross-entropy and an entropy:
 # $H(p, q) = \mathbb{E}_{p}[-\log q] = H(p) + \mathrm{KL}(p \,\|\, q)$.
 #
 #

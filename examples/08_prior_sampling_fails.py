@@ -105,12 +105,12 @@ save_results(results, args.out)
 #
 # The example trains two VAEs for 10 epochs (latent dimension 2 and 20) with `pyro_vae.fit` and
 # estimates the negative log-likelihood of 100 test images both ways (mean and spread over 5
-# repeats; `runs/examples/08_prior_sampling_fails/results.json`):
+# repeats; `docs/figures/examples/08_prior_sampling_fails_results.json`):
 #
 # | K | L=2, prior | L=2, encoder | L=20, prior | L=20, encoder |
 # |---|---|---|---|---|
 # | 1 | 314.1 (sd 12.0) | 167.3 (0.2) | 494.6 (18.7) | 105.1 (0.3) |
-# | 100 | 172.1 (0.3) | 166.4 (0.04) | 223.3 (2.9) | 101.0 (0.1) |
+# | 100 | 172.1 (0.3) | 166.4 (0.05) | 223.3 (2.9) | 101.0 (0.1) |
 # | 10,000 | 166.5 (0.1) | 166.2 (0.02) | 152.9 (2.0) | 100.0 (0.05) |
 #
 # In two dimensions the prior is small enough to cover with ten thousand draws; in twenty, even

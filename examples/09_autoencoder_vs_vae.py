@@ -133,7 +133,7 @@ save_results(results, args.out)
 # (x → the encoder's mean → decoder, maximising the Bernoulli log-likelihood of x) and as a VAE
 # (`pyro_vae.fit`). Nothing ties the autoencoder's codes to any distribution: they spread over
 # tens of units (sd 7.4 and 11.3), and a Gaussian fitted to them is 104.8 nats from N(0, I). The
-# VAE pays KL(q(z | x) ‖ N(0, I)) for every image, and its codes fill the prior (sd 1.4 and 1.4,
+# VAE pays KL(q(z | x) ‖ N(0, I)) for every image, and its codes fill the prior (sd 1.4 and 1.3,
 # 0.28 nats from N(0, I)); it reconstructs slightly worse (157.0 against 150.0 nats per test image)
 # because it has to keep its codes where the prior is.
 #

@@ -145,4 +145,5 @@ save_figure(fig, args.out, "explorer_path.png")
 #
 # ![manifold (full run)](../docs/figures/examples/10_latent_space_manifold.png)
 # ![codes (full run)](../docs/figures/examples/10_latent_space_latents.png)
+# ![decoded along z1 (full run)](../docs/figures/examples/10_latent_space_explorer_path.png)
 # ![reconstructions (full run)](../docs/figures/examples/10_latent_space_reconstructions.png)

@@ -313,8 +313,9 @@ save_results(results, args.out)
 #
 # The full run (this script without `--smoke-test`: 20 epochs on all 50,000 training images, two
 # latent layers of 32 units, hidden width 256, warm-up over the first 10 epochs; measured on 2,000
-# test images with 16 draws each; about 26 minutes on one CPU core beside other work, 2026-12-05; its
-# numbers are in `benchmarks/results/notebook14_full.json`), nats per image:
+# test images with 16 draws each; 11.5 minutes on one CPU thread beside a training run on the other
+# core, 2026-12-05; its numbers are in `docs/figures/examples/18_hierarchical_latents_results.json`),
+# nats per image:
 #
 # | model | reconstruction | KL(z₂) | KL(z₁) | negative ELBO | active z₂ / z₁ (of 32) | z₂'s share of variance |
 # |---|---|---|---|---|---|---|

@@ -327,3 +327,29 @@ def test_notebook_times_records_each_run_and_keeps_earlier_entries(tmp_path, run
     )
     stopped = json.loads(out.read_text())["notebooks"]["05_monte_carlo"]
     assert stopped["timed_out"] and stopped["exit_status"] != 0 and stopped["wall_s"] < 30
+
+
+def test_notebook_times_keeps_a_full_runs_results_and_figures(tmp_path, run_script, monkeypatch, capsys):
+    """--keep: what a finished full run wrote at the top of its folder, named by the notebook, with
+    the note of what else ran; a smoke run or a missing folder is refused."""
+    out, kept = tmp_path / "times.json", tmp_path / "kept"
+    kept.mkdir()
+    args = ["--mode", "full", "--only", "05_monte_carlo", "--out", str(out), "--keep", str(kept), "--note", "idle"]
+    run_script("benchmarks/notebook_times.py", *args)
+    entry = json.loads(out.read_text())["notebooks"]["05_monte_carlo"]
+    names = ["05_monte_carlo_error.png", "05_monte_carlo_points.png", "05_monte_carlo_results.json"]
+    assert entry["kept"] == names and entry["note"] == "idle" and sorted(p.name for p in kept.iterdir()) == names
+    assert -0.7 < json.loads((kept / "05_monte_carlo_results.json").read_text())["slope"] < -0.3
+    refused = [("smoke", kept, "use it with --mode full"), ("full", tmp_path / "none", "no such folder")]
+    for mode, folder, message in refused:
+        argv = ["--mode", mode, "--keep", str(folder), "--out", str(out)]
+        assert run_as_script(monkeypatch, ROOT / "benchmarks" / "notebook_times.py", *argv) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_the_timing_table_of_the_learning_page_is_the_records(run_script, capsys):
+    """docs/learning.md's table is what `notebook_times.py --mode table` prints from the committed
+    records (rerun it after a new timing and paste its output)."""
+    run_script("benchmarks/notebook_times.py", "--mode", "table")
+    printed = capsys.readouterr().out.strip()
+    assert printed.count("\n") == 21 and printed in (ROOT / "docs" / "learning.md").read_text()

@@ -632,6 +632,53 @@ def test_m2_with_labels_gives_pyros_own_estimators_value_and_gradient(elbo, part
             assert torch.allclose(g, e, rtol=0, atol=1e-10), (where, name, (g - e).abs().max().item())
 
 
+def test_m2_equals_pyros_ss_vae_written_as_its_three_losses(monkeypatch):
+    """Our one masked program against M2 as Pyro's ``examples/vae/ss_vae_M2.py`` writes it, by hand:
+    ``TraceEnum_ELBO`` on the unlabelled images (y summed out), ``Trace_ELBO`` on the labelled ones
+    with y observed (times 1/r) and the auxiliary term α N / N_L / r · (−log q(y | x)) on them, all
+    on the structure's own networks. The draws of z are made deterministic (z = loc + scale / 2) since
+    the two compute them in different batch shapes. Value and every gradient, float64, to 1e-10."""
+    from pyro_vae.mixture import broadcast_cat
+    from pyro_vae.objectives.fast import build_loss
+
+    monkeypatch.setattr(
+        torch.distributions.Normal,
+        "rsample",
+        lambda self, sample_shape=(): (self.loc + 0.5 * self.scale).expand(torch.Size(sample_shape) + self.loc.shape),
+    )
+    vae, x, k = _m2(), _x(b=9), 3
+    labels = torch.tensor([-1, 2, -1, -1, 0, -1, 1, -1, -1])
+    vae.weigh_labels(images=1000, labelled=10, repeats=4.0)
+    cfg = load_config(None, ["train.elbo=enum"]).train
+
+    def model(xs, ys=None):
+        with pyro.plate("data", xs.shape[0]):
+            y = pyro.sample("y", dist.OneHotCategorical(logits=xs.new_zeros(xs.shape[0], k)), obs=ys)
+            z = pyro.sample("z", dist.Normal(xs.new_zeros(xs.shape[0], 3), 1.0).to_event(1))
+            pyro.sample("x", vae.likelihood(vae.decoder(broadcast_cat(z, y))), obs=xs)
+
+    def guide(xs, ys=None):
+        with pyro.plate("data", xs.shape[0]):
+            if ys is None:
+                ys = pyro.sample("y", dist.OneHotCategorical(logits=vae.classifier(vae.class_trunk(xs))))
+            pyro.sample("z", vae.lower(broadcast_cat(vae.trunk(xs), ys)))
+
+    unknown, known = labels < 0, labels >= 0
+    y_known = nn.functional.one_hot(labels[known], k).to(x.dtype)
+    unlabelled = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
+        model, config_enumerate(guide, "parallel"), x[unknown]
+    )
+    labelled = Trace_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, x[known], y_known)
+    q_y = dist.OneHotCategorical(logits=vae.classifier(vae.class_trunk(x[known])))
+    reference = unlabelled + vae.labelled_scale * labelled - vae.class_scale * q_y.log_prob(y_known).sum()
+    params = list(vae.parameters())
+    expected = torch.autograd.grad(reference, params)
+    ours = build_loss(vae, cfg, x, labels=labels).fn(x, labels=labels)
+    assert torch.allclose(ours, reference, rtol=0, atol=1e-10), (ours.item(), reference.item())
+    for (name, _), g, e in zip(vae.named_parameters(), torch.autograd.grad(ours, params), expected):
+        assert torch.allclose(g, e, rtol=0, atol=1e-10), (name, (g - e).abs().max().item())
+
+
 def test_m2s_sites_with_and_without_labels():
     vae, x = _m2(), _x()
     vae.weigh_labels(images=1000, labelled=20, repeats=4.0)

@@ -410,27 +410,26 @@ class Trainer:
         progress: bool,
     ) -> None:
         self.cfg, self.run, self.device, self.ctx, self.progress = cfg, run, device, ctx, progress
+        # 1. The data and the model, checked against each other (the seed first: it draws the weights).
         pyro.set_rng_seed(cfg.train.seed)
-        self.data = data = load_data(cfg.data)
-        self.vae = vae = build_vae(cfg.model, data.data_dim, data.image_shape)
-        check_data(vae, data)
-        vae.to(device)
-        # The splits stay in their stored form (uint8 levels for 8-bit images); batches are decoded.
-        self.x_train, self.x_valid, self.x_test = (data.stored(s).to(device) for s in ("train", "valid", "test"))
-        self.plan, self.labels, first_labels = self._labels(cfg, data, vae)
-        rows = torch.arange(min(cfg.train.batch_size, self.x_train.shape[0]))
-        if self.plan is not None:  # a batch as training makes them, labelled images among the others
-            rows = labelled_order(data.train_labels, self.plan, torch.Generator().manual_seed(cfg.train.seed))
-            rows = rows[: cfg.train.batch_size]
-            first_labels = self.labels[rows.to(device)]
-        first = decode(self.x_train[rows.to(device)])
-        first = (first > 0.5).to(first.dtype) if data.dynamic_binarization else first
+        self.data = load_data(cfg.data)
+        self.vae = build_vae(cfg.model, self.data.data_dim, self.data.image_shape)
+        check_data(self.vae, self.data)
+        self.vae.to(device)
+        # 2. The splits on the device in their stored form (uint8 levels for 8-bit images; batches are
+        #    decoded), and for a structure that learns from labels, the labels and an epoch's plan.
+        self.x_train, self.x_valid, self.x_test = (self.data.stored(s).to(device) for s in ("train", "valid", "test"))
+        self.plan, self.labels = self._labels(cfg, self.data, self.vae)
+        # 3. The ELBO, checked on a first batch as training makes it; then the data-dependent
+        #    initialisation, the optimiser, its schedule and the loss.
         elbo = build_elbo(cfg.train)  # resolved once: the checks and the loss take the object
-        check_compatible(vae, cfg, elbo, first)
-        init_from_data(vae, self.x_train, cfg.train.seed)
-        self.optim = make_optimizer(vae, cfg.train.lr)
+        first, first_labels = self._first_batch()
+        check_compatible(self.vae, cfg, elbo, first)
+        init_from_data(self.vae, self.x_train, cfg.train.seed)
+        self.optim = make_optimizer(self.vae, cfg.train.lr)
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.optim, gamma=cfg.train.lr_decay)
-        loss = build_loss(vae, cfg.train, first, elbo, labels=first_labels)
+        loss = build_loss(self.vae, cfg.train, first, elbo, labels=first_labels)
+        # 4. Where the run stands: new, or restored from its checkpoint.
         self.shuffle = torch.Generator().manual_seed(cfg.train.seed)
         if ctx.active:
             pyro.set_rng_seed((cfg.train.seed + ctx.rank) % 2**32)  # every rank draws its own z (NumPy takes < 2**32)
@@ -439,11 +438,33 @@ class Trainer:
         if state is not None:
             self._restore(state)
         self.board = None  # TensorBoard, on rank 0 when train.tensorboard is set (open_board)
+        # 5. An epoch's shape, and the engine that runs its steps.
         self.epoch_rows = self.plan.length if self.plan is not None else self.x_train.shape[0]
         self.steps_per_epoch = math.ceil(self.epoch_rows / cfg.train.batch_size)
         self.warmup_steps = cfg.train.kl_warmup_epochs * self.steps_per_epoch
         self.bound = training_bound(cfg)
-        step_loss = distributed.wrap_loss(vae, loss.fn, ctx)  # DDP broadcasts rank 0's weights here
+        self.engine = self._engine(loss)
+        self.sync_every = cfg.train.sync_every or (100 if device.type == "cuda" else 1)
+
+    def _first_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first training batch as training makes it (labelled images among the others for a
+        structure that learns from labels), decoded, and its labels (None without)."""
+        cfg = self.cfg
+        rows = torch.arange(min(cfg.train.batch_size, self.x_train.shape[0]))
+        labels = None
+        if self.plan is not None:
+            order = labelled_order(self.data.train_labels, self.plan, torch.Generator().manual_seed(cfg.train.seed))
+            rows = order[: cfg.train.batch_size]
+            labels = self.labels[rows.to(self.device)]
+        first = decode(self.x_train[rows.to(self.device)])
+        return ((first > 0.5).to(first.dtype) if self.data.dynamic_binarization else first), labels
+
+    def _engine(self, loss) -> StepEngine:
+        """The step engine for ``loss``: the one train.engine names, or where that cannot run the
+        step (a CUDA graph that cannot hold it, a loss that does not compile), the eager one, with
+        one log line saying why (a warning where an engine was asked for by name)."""
+        cfg, ctx = self.cfg, self.ctx
+        step_loss = distributed.wrap_loss(self.vae, loss.fn, ctx)  # DDP broadcasts rank 0's weights here
 
         def engine(choice):
             return StepEngine(
@@ -452,31 +473,30 @@ class Trainer:
                 self.x_train,
                 cfg.train.batch_size,
                 choice,
-                binarize=data.dynamic_binarization,
+                binarize=self.data.dynamic_binarization,
                 warmup_steps=self.warmup_steps,
                 kl_weight=cfg.train.kl_weight,
                 ctx=ctx,
                 fallback=cfg.train.engine == "auto",
-                module=vae,
+                module=self.vae,
                 labels=self.labels,
                 epoch_length=self.epoch_rows,
             )  # a failed capture or compilation continues eagerly
 
         steps_left = max(cfg.train.epochs - self.epoch, 0) * self.steps_per_epoch
-        choice = choose_engine(cfg.train.engine, device, loss.static, ctx.active, loss.compilable, steps_left)
-        choice = checked_choice(choice, cfg.train.engine, engine)  # what a CUDA graph cannot hold runs eagerly
-        if choice.reason and ctx.main:  # a fallback: a warning where an engine was asked for by name
+        choice = choose_engine(cfg.train.engine, self.device, loss.static, ctx.active, loss.compilable, steps_left)
+        choice = checked_choice(choice, cfg.train.engine, engine)
+        if choice.reason and ctx.main:
             log.log(logging.INFO if cfg.train.engine == "auto" else logging.WARNING, "%s", choice.reason)
-        self.engine = engine(choice)
-        self.sync_every = cfg.train.sync_every or (100 if device.type == "cuda" else 1)
+        return engine(choice)
 
     @staticmethod
     def _labels(cfg: ExperimentConfig, data: Splits, vae: Structure):
-        """For a structure that learns from labels: the plan of an epoch, the training labels on the
-        device (-1 where unknown), and the structure's labelled terms weighed for this split; else
+        """For a structure that learns from labels: the plan of an epoch and the training labels on
+        the device (-1 where unknown), the structure's labelled terms weighed for this split; else
         Nones. ``ConfigError`` when it has no labels to learn from."""
         if not vae.uses_labels:
-            return None, None, None
+            return None, None
         if data.train_labels is None:
             raise ConfigError(
                 f"model.structure={cfg.model.structure} learns from labels, but data.labels = {cfg.data.labels}: "
@@ -484,7 +504,7 @@ class Trainer:
             )
         plan = labelled_plan(data.train_labels, cfg.train.batch_size, vae.labelled_per_batch)
         vae.weigh_labels(data.train_labels.numel(), plan.labelled, plan.repeats)
-        return plan, data.train_labels.to(next(vae.parameters()).device), None
+        return plan, data.train_labels.to(next(vae.parameters()).device)
 
     def open_board(self, state: dict[str, Any] | None) -> None:
         """Start TensorBoard logging into the run folder (rank 0, when ``train.tensorboard`` is set)."""

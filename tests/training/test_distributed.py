@@ -266,3 +266,34 @@ def test_torchrun_with_more_processes_than_gpus_fails_with_the_clear_error(tmp_p
     assert result.returncode != 0
     assert f"{procs} processes per node were started on CUDA" in result.stderr, result.stderr[-3000:]
     assert "Duplicate GPU" not in result.stderr and not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "structure, report",
+    [
+        (["model.structure=hierarchical", "model.hierarchical.latent_dims=[2,2]"], "active_units"),
+        (["model.structure=mixture", "model.mixture.components=3", "train.elbo=enum"], "clustering"),
+        (["model.structure=semi_supervised", "train.elbo=enum", "data.labels=20"], "classification"),
+    ],
+    ids=["hierarchical", "mixture", "semi_supervised"],
+)
+def test_torchrun_trains_the_structures_beyond_one_latent(tmp_path, structure, report):
+    """Two gloo processes train each structure (several layers; a class summed out; labelled
+    images in every batch, sharded with their labels) and rank 0 alone writes its report."""
+    run = tmp_path / "run"
+    small = ["data.subset=256", "model.hidden=16", "train.batch_size=64", "eval.iwae_k=5", "train.epochs=1"]
+    sets = [arg for s in [*small, "train.device=cpu", *structure] for arg in ("--set", s)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port())]
+    done = subprocess.run(
+        [*torchrun, "-m", "pyro_vae", "train", "--out", str(run), "--no-progress", "--no-figures", *sets],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run folder:") == 1
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["world_size"] == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert report in summary or report in summary["final"], sorted(summary)

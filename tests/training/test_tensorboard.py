@@ -79,3 +79,24 @@ def test_a_missing_tensorboard_is_named_before_anything_is_written(tmp_path, mon
     ):
         fit(small_cfg("train.tensorboard=true"), tmp_path / "run", progress=False, figures=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "structure",
+    [
+        ("model.structure=hierarchical", "model.hierarchical.latent_dims=[3,2]"),
+        ("model.structure=hierarchical", "model.hierarchical.latent_dims=[3,2]", "model.hierarchical.ladder=true"),
+        ("model.structure=mixture", "model.mixture.components=3", "train.elbo=enum"),
+        ("model.structure=semi_supervised", "train.elbo=enum", "data.labels=20"),
+    ],
+    ids=["hierarchical", "ladder", "mixture", "semi_supervised"],
+)
+def test_every_structure_logs_its_curves_and_images(tmp_path, structure):
+    """The same curves as metrics.jsonl and the same images for the structures beyond one latent
+    (several layers; a class summed out; labels in the batches)."""
+    run = tmp_path / "run"
+    fit(small_cfg("train.tensorboard=true", *structure), run, progress=False, figures=False)
+    acc = _assert_matches_metrics(run)
+    ends = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(ends) == 2 and [e.step for e in acc.Images("images/samples")] == ends
+    assert [e.step for e in acc.Images("images/reconstructions")] == ends
