@@ -16,6 +16,7 @@ from tests.helpers import ROOT
 
 FIGURES = ROOT / "docs" / "figures" / "examples"
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("[0-9][0-9]_*.py"))
+KEEP = "python benchmarks/notebook_times.py --mode full --keep docs/figures/examples"
 
 
 def check_record(name: str) -> None:
@@ -25,9 +26,6 @@ def check_record(name: str) -> None:
     figures = CHECKS[name](json.loads(record.read_text()), FIGURES)
     missing = [f for f in figures if not (FIGURES / f"{stem}_{f}").is_file()]
     assert not missing, f"{name}: the full run's figures {missing} are not in {FIGURES}"
-
-
-KEEP = "python benchmarks/notebook_times.py --mode full --keep docs/figures/examples"
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

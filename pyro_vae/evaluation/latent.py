@@ -46,7 +46,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     linear where the two are (anti)parallel."""
     cos = torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12)
     omega = torch.arccos(cos.clamp(-1, 1))
-    if float(torch.sin(omega).abs()) < 1e-6:
+    if float(torch.sin(omega).detach().abs()) < 1e-6:  # (which formula, not a gradient path)
         return (1 - t)[:, None] * a + t[:, None] * b
     return (torch.sin((1 - t) * omega)[:, None] * a + torch.sin(t * omega)[:, None] * b) / torch.sin(omega)
 
