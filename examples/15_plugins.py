@@ -39,10 +39,9 @@
 
 import matplotlib.pyplot as plt
 import torch
-from _common import EXAMPLES, nll_bars, parse_args, save_figure, save_results
+from _common import EXAMPLES, nll_bars, parse_args, save_figure, save_results, train_by_cli
 
 from pyro_vae import build_vae, check_component, load_plugin, open_model
-from pyro_vae.cli import main as pyro_vae_cli
 from pyro_vae.config import ModelConfig
 from pyro_vae.data.pixels import evenly_spaced
 from pyro_vae.evaluation.metrics import evaluate
@@ -115,18 +114,7 @@ for name, (files, overrides) in RUNS.items():
         f"train.device={args.device}",
         *overrides,
     ]
-    plugin_args = [a for f in files for a in ("--plugin", str(PLUGINS / f))]
-    argv = [
-        "train",
-        "--out",
-        str(run),
-        "--overwrite",
-        "--no-progress",
-        "--no-figures",
-        *plugin_args,
-        *(a for s in sets for a in ("--set", s)),
-    ]
-    assert pyro_vae_cli(argv) == 0, argv
+    train_by_cli(run, sets, plugins=tuple(PLUGINS / f for f in files))
     trained = open_model(run, device=str(args.device))
     vae, data = trained.vae, trained.data
     x = data.test[evenly_spaced(data.test.shape[0], images)].to(args.device)

@@ -59,11 +59,10 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from _common import parse_args, save_figure, save_results
+from _common import parse_args, save_figure, save_results, train_by_cli
 from PIL import Image
 
 from pyro_vae import load_config, load_data, open_model
-from pyro_vae.cli import main as pyro_vae_cli
 from pyro_vae.data.pixels import evenly_spaced, image_grid
 from pyro_vae.evaluation.metrics import bits_per_dim, evaluate
 from pyro_vae.evaluation.plots import show_grid
@@ -132,16 +131,7 @@ sets = [
     f"train.kl_warmup_epochs={epochs // 3}",
     *network,
 ]
-argv = [
-    "train",
-    "--out",
-    str(run),
-    "--overwrite",
-    "--no-progress",
-    "--no-figures",
-    *(a for s in sets for a in ("--set", s)),
-]
-assert pyro_vae_cli(argv) == 0, argv
+train_by_cli(run, sets)
 trained = open_model(run, device=str(args.device))
 vae, data = trained.vae, trained.data
 x = data.test.to(args.device)

@@ -163,6 +163,29 @@ def save_results(results: dict, out: Path) -> None:
     print(f"wrote {_named(path)}")
 
 
+def _shown(arg: str) -> str:
+    """A command-line word as a page shows it: a path (or a ``key=path`` setting) inside the output
+    folder relative to it, one below the working folder relative to that (no machine's paths)."""
+    key, sep, value = arg.rpartition("=")
+    if not value.startswith("/"):
+        return arg
+    named = _named(Path(value))
+    if named == value and Path(value).is_relative_to(Path.cwd()):
+        named = Path(value).relative_to(Path.cwd()).as_posix()
+    return key + sep + named
+
+
+def train_by_cli(run: Path, sets: list[str], plugins: tuple[Path, ...] = ()) -> None:
+    """Train into ``run`` as ``pyro-vae train`` on the command line would (the same entry point,
+    in this process): the command is printed, so it can be run from a shell as it stands."""
+    from pyro_vae.cli import main
+
+    argv = ["train", "--out", str(run), "--overwrite", "--no-progress", "--no-figures"]
+    argv += [a for f in plugins for a in ("--plugin", str(f))] + [a for s in sets for a in ("--set", s)]
+    print("pyro-vae " + shlex.join(_shown(a) for a in argv))
+    assert main(argv) == 0, argv
+
+
 def train_vae(run: Path, latent_dim: int, epochs: int, subset: int, seed: int, device, overrides: tuple[str, ...] = ()):
     """Train the default VAE with ``latent_dim`` (and any further ``section.key=value``
     ``overrides``) on ``device`` into ``run`` via ``pyro_vae.fit``, continuing a run left there,
