@@ -39,6 +39,7 @@ def machine(device: torch.device) -> dict:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # ATen's build (pyro_vae.cpu_kernels)
         "torch": torch.__version__,
         "pyro": pyro.__version__,
         "device": str(device),

@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from pyro_vae import cpu_kernels
+
 HERE = Path(__file__).resolve().parent
 PARTICLES = 5
 # name: (kind, ELBO, particles, extra overrides or "compiled" for a plain step)
@@ -162,6 +164,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "cpu_step.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    cpu_kernels.choose()  # first: the CPU kernels `pyro-vae` runs, for every variant here
     batches = [int(b) for b in args.batch_sizes.split(",") if b]
     if args.child:
         sys.path.insert(0, str(HERE))

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from pyro_vae import cpu_kernels
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--out", help="default: benchmarks/results/ddp_throughput_DEVICE.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    cpu_kernels.choose()  # first: the CPU kernels `pyro-vae` runs, for every variant here
     if args.worker:
         return worker(args)
     procs = [int(p) for p in args.procs.split(",")]

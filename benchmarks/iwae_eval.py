@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from common import config, machine, no_validation, sync
-from pyro_vae import build_vae, load_data
+from pyro_vae import build_vae, cpu_kernels, load_data
 from pyro_vae.evaluation.metrics import evaluate, max_elements
 
 
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", help="default: benchmarks/results/iwae_eval_DEVICE.json")
     args = parser.parse_args()
+    cpu_kernels.choose()  # first: the CPU kernels `pyro-vae` runs, for every variant here
     no_validation()
     device = torch.device(args.device)
     if args.run:

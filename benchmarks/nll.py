@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae import fit, load_config
+from pyro_vae import cpu_kernels, fit, load_config
 from pyro_vae.evaluation.plots import make_figures
 from pyro_vae.files import write_atomic
 from pyro_vae.runs.folder import RunDir
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--runs", default="runs", help="folder of the run folder")
     parser.add_argument("--results", default=HERE / "results", help="folder of the result JSON")
     args = parser.parse_args()
+    cpu_kernels.choose()  # first: the CPU kernels `pyro-vae train` runs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

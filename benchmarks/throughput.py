@@ -53,6 +53,7 @@ from common import (
     project_step,
     sync,
 )
+from pyro_vae import cpu_kernels
 from pyro_vae.components.nets import NETWORKS
 from pyro_vae.objectives.elbos import ELBOS
 
@@ -239,6 +240,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=200, help="most steps in one timed stage")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/throughput_DEVICE.json)")
     args = parser.parse_args()
+    cpu_kernels.choose()  # first: the CPU kernels `pyro-vae` runs, for every variant here
     no_validation()
     device = torch.device(args.device)
     out = Path(args.out or Path(__file__).parent / "results" / f"throughput_{device.type}.json")

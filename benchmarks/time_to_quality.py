@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from common import config, hand_written_step, machine, no_validation, project_step, sync
-from pyro_vae import load_data
+from pyro_vae import cpu_kernels, load_data
 from pyro_vae.evaluation.metrics import evaluate
 from pyro_vae.model import VAE
 
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", help="default: benchmarks/results/time_to_quality.json (cpu), _cuda.json (cuda)")
     args = parser.parse_args()
+    cpu_kernels.choose()  # first: the CPU kernels `pyro-vae` runs, for every variant here
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
     suffix = "" if args.device == "cpu" else f"_{args.device}"

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from pyro_vae import cpu_kernels
 from pyro_vae.config import MAX_SAMPLES, MAX_SEED, load_config, to_toml
 from pyro_vae.files import check_regular, write_atomic
 
@@ -592,6 +593,8 @@ def _export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command != "config":
+        cpu_kernels.choose()  # before the command's first tensor operation (a process-wide choice)
     from pyro_vae.training.stopping import TrainingError, TrainingInterrupted
 
     try:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from pyro.infer.util import is_validation_enabled
 
+from pyro_vae import cpu_kernels
 from pyro_vae.components.nets import NETWORKS
 from pyro_vae.objectives.elbos import ELBOS
 from pyro_vae.training import engine as engine_module
@@ -353,3 +354,16 @@ def test_the_timing_table_of_the_learning_page_is_the_records(run_script, capsys
     run_script("benchmarks/notebook_times.py", "--mode", "table")
     printed = capsys.readouterr().out.strip()
     assert printed.count("\n") == 21 and printed in (ROOT / "docs" / "learning.md").read_text()
+
+
+@pytest.mark.skipif(not cpu_kernels._has_avx512(), reason="needs an x86 CPU with AVX-512: two builds")
+def test_cpu_kernels_compares_the_two_builds_on_the_evaluation(tmp_path, run_script):
+    out = tmp_path / "kernels.json"
+    run_script("benchmarks/cpu_kernels.py", "--rounds", "2", "--k", "4", "--images", "30", "--out", str(out))
+    record = json.loads(out.read_text())
+    assert set(record["probe_seconds_per_call"]) == {"avx512", "avx2"}
+    assert record["probe_choice"] in ("avx512", "avx2") and record["probe_ratio_avx2_to_avx512"] > 0
+    ev = record["evaluation"]
+    assert ev["k"] == 4 and ev["images"] == 30 and all(len(s) == 2 for s in ev["seconds"].values())
+    # the same draws through either build's kernels: equal to float32 rounding, not bit for bit
+    assert ev["nll_difference"] < 1e-3 * abs(ev["test_nll"]["avx2"]), ev

@@ -20,6 +20,7 @@ LAYERS = [
     ("seeding", ["seeding"]),
     ("compiling", ["compiling"]),
     ("files", ["files"]),
+    ("cpu_kernels", ["cpu_kernels"]),
     ("config", ["config"]),
     ("data", ["pixels", "download", "splits", "labels", "binarized_mnist", "sets", "images", "load", "__init__"]),
     ("components", ["nets", "priors", "likelihoods", "guides", "__init__"]),

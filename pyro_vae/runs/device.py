@@ -38,6 +38,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # ATen's build (pyro_vae.cpu_kernels)
         "device": str(device),
     }
     if device.type == "cuda":
