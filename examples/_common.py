@@ -18,6 +18,11 @@ from pathlib import Path
 
 import matplotlib
 
+from pyro_vae import cpu_kernels
+
+# On import, before the example's first tensor operation: the CPU kernels the pyro-vae command runs.
+cpu_kernels.choose()
+
 ARGS_ENV = "PYRO_VAE_EXAMPLE_ARGS"
 EXAMPLES = Path(__file__).resolve().parent  # (a notebook has no __file__ of its own)
 _OUT: Path | None = None  # the output folder parse_args made: messages name files relative to it

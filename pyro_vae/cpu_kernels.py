@@ -18,6 +18,10 @@ first by the ``pyro-vae`` command and the benchmarks, makes it:
   ``~/.cache/pyro_vae/cpu_kernels.json`` for this CPU model and torch version; AVX2 is chosen
   where it takes at most :data:`SWITCH_BELOW` of AVX-512's time.
 
+With AVX2 chosen, ``torch.compile``'s code is cached in a folder of its own (its default folder's
+name with ``_avx2``, unless ``TORCHINDUCTOR_CACHE_DIR`` is set): inductor's cache does not tell the
+two builds apart, and a process of one build running code compiled by the other can crash.
+
 In your own Python program, call :func:`choose` before the first tensor operation, or set
 ``ATEN_CPU_CAPABILITY`` (``avx2``, ``avx512``, ``default``) before starting Python.
 """
@@ -36,6 +40,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 VARIABLE = "ATEN_CPU_CAPABILITY"
+# Inductor's cache is keyed without the build: a process of one build that loads code compiled by a
+# process of the other can crash (torch 2.14 here: "malloc(): unaligned tcache chunk detected" in an
+# AVX-512 process after an AVX2 one had compiled the same step). With AVX2 chosen, and no cache
+# folder named by the user, inductor caches beside its default folder, in one of AVX2's own.
+INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
 # AVX2 is chosen where the timed kernels take at most this fraction of AVX-512's time.
 SWITCH_BELOW = 0.8
 CACHE_BYTES = 64 * 1024  # a cache file larger than this is not read (it holds a few hundred bytes)
@@ -198,6 +207,8 @@ def choose(path: Path | None = None) -> str | None:
             VARIABLE,
         )
         return None
+    if not os.environ.get(INDUCTOR_CACHE):
+        os.environ[INDUCTOR_CACHE] = _default_inductor_cache() + "_avx2"
     log.info(
         "CPU kernels: AVX2, which takes %.0f%% of AVX-512's time on this CPU (measured once, cached in "
         "%s; set %s=avx512 to keep AVX-512)",
@@ -206,6 +217,12 @@ def choose(path: Path | None = None) -> str | None:
         VARIABLE,
     )
     return "avx2"
+
+
+def _default_inductor_cache() -> str:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return default_cache_dir()
 
 
 def capability() -> str:

@@ -17,8 +17,8 @@ FAST = {"softplus": 1.0, "log_sigmoid": 1.0, "log1p": 1.0, "exp": 1.0, "tanh": 1
 
 @pytest.fixture
 def avx512_cpu(monkeypatch):
-    """A CPU with AVX-512, the variable unset, ATen's answer and the probe under the test's control."""
-    monkeypatch.delenv(cpu_kernels.VARIABLE, raising=False)
+    """A CPU with AVX-512, the variables unset, ATen's answer and the probe under the test's control."""
+    saved = {name: os.environ.pop(name, None) for name in (cpu_kernels.VARIABLE, cpu_kernels.INDUCTOR_CACHE)}
     monkeypatch.setattr(cpu_kernels, "_has_avx512", lambda: True)
     monkeypatch.setattr(cpu_kernels, "capability", lambda: os.environ.get(cpu_kernels.VARIABLE, "avx512").upper())
     probes = []
@@ -29,7 +29,10 @@ def avx512_cpu(monkeypatch):
 
     monkeypatch.setattr(cpu_kernels, "probe", probe)
     yield probes
-    os.environ.pop(cpu_kernels.VARIABLE, None)  # whatever choose() set
+    for name, value in saved.items():  # whatever choose() set, undone
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
 
 
 def test_decide_switches_only_where_avx2_is_clearly_faster():
@@ -58,12 +61,20 @@ def test_measured_once_then_read_from_the_cache(avx512_cpu, tmp_path):
     assert cpu_kernels.choose(path) == "avx2"
     assert avx512_cpu == ["avx512", "avx2"]  # not measured again
     assert os.environ[cpu_kernels.VARIABLE] == "avx2"
+    # inductor's code for AVX2 cached apart from the default folder's (code of the other build)
+    assert os.environ[cpu_kernels.INDUCTOR_CACHE].endswith("_avx2")
+
+
+def test_a_cache_folder_the_user_named_is_kept(avx512_cpu, monkeypatch, tmp_path):
+    monkeypatch.setenv(cpu_kernels.INDUCTOR_CACHE, str(tmp_path / "mine"))
+    assert cpu_kernels.choose(tmp_path / "c.json") == "avx2"
+    assert os.environ[cpu_kernels.INDUCTOR_CACHE] == str(tmp_path / "mine")
 
 
 def test_avx512_kept_where_it_is_as_fast(avx512_cpu, monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_kernels, "probe", lambda capability: dict(FAST))
     assert cpu_kernels.choose(tmp_path / "c.json") is None
-    assert cpu_kernels.VARIABLE not in os.environ
+    assert cpu_kernels.VARIABLE not in os.environ and cpu_kernels.INDUCTOR_CACHE not in os.environ
     assert json.loads((tmp_path / "c.json").read_text())["choice"] == "avx512"
 
 
@@ -113,6 +124,7 @@ def test_too_late_in_a_process_that_already_chose(avx512_cpu, monkeypatch, tmp_p
     monkeypatch.setattr(cpu_kernels, "capability", lambda: "AVX512")  # ATen fixed its choice earlier
     assert cpu_kernels.choose(tmp_path / "c.json") is None
     assert cpu_kernels.VARIABLE not in os.environ  # inductor keeps to ATen's choice
+    assert cpu_kernels.INDUCTOR_CACHE not in os.environ
     assert "already run a tensor operation" in caplog.text
 
 
@@ -144,3 +156,28 @@ def test_the_command_chooses_before_its_first_tensor_operation(tmp_path):
     assert "CPU kernels: AVX2, which takes 40%" in done.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["environment"]["cpu_kernels"] == "AVX2"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _x86_with_avx512(), reason="needs an x86 CPU with AVX-512 (Linux)")
+def test_a_compiled_step_of_either_build_does_not_run_the_others_code(tmp_path):
+    """The whole step compiled by an AVX2 `pyro-vae` process, then by an AVX-512 process on the same
+    machine (inductor's default cache under the same TMPDIR): the second runs its own code. Before
+    the AVX2 process cached apart, the second loaded the first's code and crashed (torch 2.14)."""
+    home = tmp_path / "home"
+    (home / ".cache" / "pyro_vae").mkdir(parents=True)
+    entry = {"key": cpu_kernels.cache_key(), "choice": "avx2", "ratio_avx2_to_avx512": 0.4}
+    (home / ".cache" / "pyro_vae" / "cpu_kernels.json").write_text(json.dumps(entry))
+    (tmp_path / "tmp").mkdir()
+    base = {k: v for k, v in os.environ.items() if k not in (cpu_kernels.VARIABLE, cpu_kernels.INDUCTOR_CACHE)}
+    base.update(HOME=str(home), TMPDIR=str(tmp_path / "tmp"), OMP_NUM_THREADS="1")
+    args = ["--no-progress", "--set", "train.epochs=1", "--set", "train.engine=compiled", "--set", "data.subset=300"]
+    args += ["--set", "eval.iwae_k=2", "--set", "model.hidden=[16]", "--set", "train.batch_size=32"]
+    for name, extra in (("avx2", {}), ("avx512", {cpu_kernels.VARIABLE: "avx512"})):
+        cmd = [sys.executable, "-m", "pyro_vae", "train", "--out", str(tmp_path / name), *args]
+        done = subprocess.run(cmd, env={**base, **extra}, capture_output=True, text=True)
+        assert done.returncode == 0, (name, done.returncode, done.stderr[-2000:])
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["environment"]["cpu_kernels"] == name.upper() and summary["engine"] == "compiled"
+    caches = sorted(p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("torchinductor"))
+    assert len(caches) == 2 and caches[1] == caches[0] + "_avx2", caches
