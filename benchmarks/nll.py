@@ -75,8 +75,8 @@ def main() -> None:
     parser.add_argument("--runs", default="runs", help="folder of the run folder")
     parser.add_argument("--results", default=HERE / "results", help="folder of the result JSON")
     args = parser.parse_args()
-    cpu_kernels.choose()  # first: the CPU kernels `pyro-vae train` runs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cpu_kernels.choose()  # before the first tensor operation: the CPU kernels `pyro-vae train` runs
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)

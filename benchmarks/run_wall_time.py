@@ -1,6 +1,6 @@
 """`make run`'s wall time and peak memory, this tree against another one, back to back.
 
-    python benchmarks/run_wall_time.py --other-tree DIR [--rounds 1] [--out FILE]
+    python benchmarks/run_wall_time.py --other-tree DIR [--rounds 1] [--set KEY=VALUE ...] [--out FILE]
 
 Runs the default training (`python -m pyro_vae train --out TMP`, what `make run` runs) with this
 checkout's package and with the package of ``--other-tree`` (a `git worktree` of an earlier commit,
@@ -30,31 +30,43 @@ def _git(tree: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def one_run(tree: Path) -> dict:
+def one_run(tree: Path, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(tree)}
         t = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pyro_vae", "train", "--out", str(Path(tmp) / "run")],
-            cwd=tmp,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+        with open(Path(tmp) / "stderr.txt", "w") as err:  # a file: a pipe nobody reads could stall the run
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pyro_vae", "train", "--out", str(Path(tmp) / "run")]
+                + [arg for o in overrides for arg in ("--set", o)],
+                cwd=tmp,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+            out = proc.stdout.read()
+            _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
-    if status:
-        raise RuntimeError(f"the run with {tree} failed (status {status}):\n{out[-2000:]}")
+        if status:
+            stderr = (Path(tmp) / "stderr.txt").read_text()[-2000:]
+            raise RuntimeError(f"the run with {tree} failed (wait status {status}):\n{out[-2000:]}\n{stderr}")
+        environment = json.loads((Path(tmp) / "run" / "summary.json").read_text())["environment"]
     table = out[out.index("run folder:") :].splitlines()[1:] if "run folder:" in out else []
-    return {"tree": str(tree), "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "table": table}
+    return {
+        "tree": str(tree),
+        "wall_s": wall,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        # ATen's kernels the run used (pyro_vae.cpu_kernels; a tree before it recorded none and ran torch's default)
+        "cpu_kernels": environment.get("cpu_kernels", "not recorded"),
+        "table": table,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--other-tree", required=True, help="a checkout of the commit to compare with")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="passed to both runs")
     parser.add_argument("--out", default=str(HERE / "results" / "run_wall_time.json"))
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
@@ -66,7 +78,7 @@ def main() -> None:
     rounds = []
     for r in range(args.rounds):
         order = ["this", "other"] if r % 2 == 0 else ["other", "this"]
-        row = {name: one_run(trees[name]) for name in order}
+        row = {name: one_run(trees[name], args.overrides) for name in order}
         rounds.append(row)
         print(
             f"round {r + 1}: "
@@ -75,7 +87,7 @@ def main() -> None:
         )
     record = {
         "command": "python benchmarks/run_wall_time.py " + " ".join(sys.argv[1:]),
-        "machine": machine(torch.device("cpu")),
+        "machine": {k: v for k, v in machine(torch.device("cpu")).items() if k != "cpu_kernels"},  # (each run's own)
         "commits": {name: _git(tree, "rev-parse", "--short", "HEAD") for name, tree in trees.items()},
         "rounds": rounds,
         "wall_ratio_this_to_other": statistics.median(r["this"]["wall_s"] / r["other"]["wall_s"] for r in rounds),

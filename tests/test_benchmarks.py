@@ -367,3 +367,18 @@ def test_cpu_kernels_compares_the_two_builds_on_the_evaluation(tmp_path, run_scr
     assert ev["k"] == 4 and ev["images"] == 30 and all(len(s) == 2 for s in ev["seconds"].values())
     # the same draws through either build's kernels: equal to float32 rounding, not bit for bit
     assert ev["nll_difference"] < 1e-3 * abs(ev["test_nll"]["avx2"]), ev
+
+
+def test_run_wall_time_runs_both_trees_alternately(tmp_path, run_script):
+    """This tree against itself as the "other" one, two rounds of a tiny run: each run's wall time,
+    peak RSS, kernels and final table, and the median ratios."""
+    out = tmp_path / "wall.json"
+    tiny = ["train.epochs=1", "data.subset=300", "eval.iwae_k=2", "model.hidden=[16]"]
+    argv = ["--other-tree", str(ROOT), "--rounds", "2", "--out", str(out)]
+    run_script("benchmarks/run_wall_time.py", *argv, *[a for o in tiny for a in ("--set", o)])
+    record = json.loads(out.read_text())
+    assert [list(r) for r in record["rounds"]] == [["this", "other"], ["other", "this"]]
+    runs = [run for r in record["rounds"] for run in r.values()]
+    assert all(run["wall_s"] > 0 and run["peak_rss_mb"] > 100 and run["cpu_kernels"] for run in runs)
+    assert all(run["table"][1:] == runs[0]["table"][1:] and len(run["table"]) >= 5 for run in runs)  # the same numbers
+    assert record["wall_ratio_this_to_other"] > 0 and record["peak_rss_ratio_this_to_other"] > 0
