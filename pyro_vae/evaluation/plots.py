@@ -59,7 +59,14 @@ def plot_curves(rows: list[dict], out: Path, inside: Path | None = None) -> Path
         ax.set_ylim(low - 0.1 * (high - low), high + 0.1 * (high - low))
     ax.set(xlabel="epoch", ylabel="negative bound (nats per image)", title="Training curves")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    errors = [r.get("test_error") for r in rows]
+    if all(isinstance(e, (int, float)) for e in errors):  # a structure that learns from labels
+        right = ax.twinx()
+        (line,) = right.plot(epochs, [100 * e for e in errors], color="black", linestyle="--")
+        right.set_ylabel("test classification error (%)")
+        handles, labels = handles + [line], labels + ["test error (right)"]
+    ax.legend(handles, labels)
     return save_figure(fig, out, inside)
 
 

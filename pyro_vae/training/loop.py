@@ -652,17 +652,21 @@ class Trainer:
             "kl_weight": kl_warmup_weight(self.step, self.warmup_steps, self.cfg.train.kl_weight),
             "images_per_s": self.epoch_rows / epoch_time,
         }
+        classified = classification_report(self.vae, self.data, self.device, self.cfg.train.eval_batch_size)
+        if classified is not None:  # watched, never used to choose the best epoch (that is valid's ELBO)
+            record["test_error"] = classified["test_error"]
         if self.ctx.main:
             self.run.append_metrics(record)
             if self.board is not None:
                 self.board.epoch(record, self.vae)
             log.info(
-                "epoch %d: train %s %.2f, valid -ELBO %.2f, test -ELBO %.2f nats (%.0f images/s)",
+                "epoch %d: train %s %.2f, valid -ELBO %.2f, test -ELBO %.2f nats%s (%.0f images/s)",
                 self.epoch,
                 self.bound,
                 train_loss,
                 valid.mean,
                 test.mean,
+                f", test error {record['test_error']:.2%}" if "test_error" in record else "",
                 record["images_per_s"],
             )
         improved = valid.mean < self.best

@@ -73,6 +73,12 @@ def test_an_m2_run_learns_reports_its_error_and_protocol(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"test classification error: {summary['classification']['test_error']:.2%} (192 images)" in printed
     assert f"labels: {data.label_protocol}" in printed
+    # every epoch's line watches the test error too (never used to pick the best epoch)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(0 <= r["test_error"] <= 1 for r in rows)
+    best = next(r for r in rows if r["epoch"] == summary["best_epoch"])
+    assert best["test_error"] == pytest.approx(summary["classification"]["test_error"])
+    assert (run / "figures" / "curves.png").stat().st_size > 0
 
 
 def test_the_labels_training_does_not_see_never_reach_it(tmp_path, monkeypatch):

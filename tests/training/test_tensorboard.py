@@ -28,7 +28,9 @@ def _events(run):
 def _assert_matches_metrics(run):
     acc = _events(run)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for key in EPOCH_KEYS:
+    labelled = "test_error" in rows[0]  # a structure that learns from labels watches its test error
+    assert ("epoch/test_error" in acc.Tags()["scalars"]) == labelled
+    for key in EPOCH_KEYS + (("test_error",) if labelled else ()):
         events = acc.Scalars(f"epoch/{key}")
         assert [e.step for e in events] == [r["step"] for r in rows], key
         for e, r in zip(events, rows):  # (TensorBoard stores float32)
