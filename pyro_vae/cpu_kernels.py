@@ -2,7 +2,7 @@
 
 PyTorch's x86 wheels carry each elementwise kernel built twice, for AVX2 and for AVX-512, and use
 the widest the CPU has. The widest is not always the fastest: on this project's AMD EPYC host
-(Zen 4, torch 2.14) the AVX-512 build of ``log1p`` is about ten times slower than the AVX2 one,
+(Zen 4, torch 2.14) the AVX-512 build of ``log1p`` is about twelve times slower than the AVX2 one,
 and ``softplus`` (the default activation), ``log_sigmoid`` and the Bernoulli log-probability are
 built on it; the IWAE evaluation spends most of its time there (``docs/performance.md``).
 
@@ -18,9 +18,10 @@ first by the ``pyro-vae`` command and the benchmarks, makes it:
   ``~/.cache/pyro_vae/cpu_kernels.json`` for this CPU model and torch version; AVX2 is chosen
   where it takes at most :data:`SWITCH_BELOW` of AVX-512's time.
 
-With AVX2 chosen, ``torch.compile``'s code is cached in a folder of its own (its default folder's
-name with ``_avx2``, unless ``TORCHINDUCTOR_CACHE_DIR`` is set): inductor's cache does not tell the
-two builds apart, and a process of one build running code compiled by the other can crash.
+With a build other than AVX-512 running on an AVX-512 CPU (chosen here or by the variable),
+``torch.compile``'s code is cached in a folder of its own (its default folder's name with
+``_avx2``, say, unless ``TORCHINDUCTOR_CACHE_DIR`` is set): inductor's cache does not tell the
+builds apart, and a process of one build running code compiled by the other can crash.
 
 In your own Python program, call :func:`choose` before the first tensor operation, or set
 ``ATEN_CPU_CAPABILITY`` (``avx2``, ``avx512``, ``default``) before starting Python.
@@ -156,6 +157,9 @@ def _read_cache(path: Path, key: str) -> dict | None:
         return None
     if not isinstance(entry, dict) or entry.get("key") != key or entry.get("choice") not in ("avx2", "avx512"):
         return None
+    ratio = entry.get("ratio_avx2_to_avx512")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1e6:
+        return None
     return entry
 
 
@@ -185,7 +189,10 @@ def choose(path: Path | None = None) -> str | None:
     """Set ``ATEN_CPU_CAPABILITY`` for this process where AVX2 is measurably faster here (see the
     module's docstring). Call it before the first tensor operation. Returns the capability set, or
     None where the choice was left to torch or to the variable already set."""
-    if os.environ.get(VARIABLE) or not _has_avx512():
+    if not _has_avx512():
+        return None
+    if os.environ.get(VARIABLE):  # the user's choice
+        _own_inductor_cache(os.environ[VARIABLE])
         return None
     path = path or cache_path()
     entry = _read_cache(path, cache_key())
@@ -207,22 +214,24 @@ def choose(path: Path | None = None) -> str | None:
             VARIABLE,
         )
         return None
-    if not os.environ.get(INDUCTOR_CACHE):
-        os.environ[INDUCTOR_CACHE] = _default_inductor_cache() + "_avx2"
+    _own_inductor_cache("avx2")
     log.info(
         "CPU kernels: AVX2, which takes %.0f%% of AVX-512's time on this CPU (measured once, cached in "
         "%s; set %s=avx512 to keep AVX-512)",
-        100 * float(entry.get("ratio_avx2_to_avx512", float("nan"))),
+        100 * entry["ratio_avx2_to_avx512"],
         path,
         VARIABLE,
     )
     return "avx2"
 
 
-def _default_inductor_cache() -> str:
+def _own_inductor_cache(build: str) -> None:
+    """Inductor's cache in a folder for ``build`` (not AVX-512's default one), unless one is named."""
+    if os.environ.get(INDUCTOR_CACHE) or build.lower() == "avx512":
+        return
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    return default_cache_dir()
+    os.environ[INDUCTOR_CACHE] = f"{default_cache_dir()}_{build.lower()}"
 
 
 def capability() -> str:

@@ -47,7 +47,11 @@ def test_a_variable_already_set_is_the_choice(avx512_cpu, monkeypatch, tmp_path)
     monkeypatch.setenv(cpu_kernels.VARIABLE, "avx512")
     assert cpu_kernels.choose(tmp_path / "c.json") is None
     assert avx512_cpu == [] and not (tmp_path / "c.json").exists()
-    assert os.environ[cpu_kernels.VARIABLE] == "avx512"
+    assert os.environ[cpu_kernels.VARIABLE] == "avx512" and cpu_kernels.INDUCTOR_CACHE not in os.environ
+    # the user's AVX2 on an AVX-512 CPU: kept, and inductor's code cached apart from AVX-512's
+    monkeypatch.setenv(cpu_kernels.VARIABLE, "avx2")
+    assert cpu_kernels.choose(tmp_path / "c.json") is None and avx512_cpu == []
+    assert os.environ[cpu_kernels.INDUCTOR_CACHE].endswith("_avx2")
 
 
 def test_measured_once_then_read_from_the_cache(avx512_cpu, tmp_path):
@@ -82,12 +86,13 @@ def test_avx512_kept_where_it_is_as_fast(avx512_cpu, monkeypatch, tmp_path):
     "content",
     [
         "{not json",
-        json.dumps({"key": "another CPU | torch 0.1", "choice": "avx512"}),
-        json.dumps({"key": "KEY", "choice": "sse2"}),
+        json.dumps({"key": "another CPU | torch 0.1", "choice": "avx512", "ratio_avx2_to_avx512": 0.5}),
+        json.dumps({"key": "KEY", "choice": "sse2", "ratio_avx2_to_avx512": 0.5}),
+        json.dumps({"key": "KEY", "choice": "avx2", "ratio_avx2_to_avx512": "fast"}),
         json.dumps(["a", "list"]),
         " " * (cpu_kernels.CACHE_BYTES + 1),
     ],
-    ids=["malformed", "another-machine", "unknown-choice", "not-an-object", "oversized"],
+    ids=["malformed", "another-machine", "unknown-choice", "ratio-not-a-number", "not-an-object", "oversized"],
 )
 def test_a_bad_cache_file_is_measured_again_and_replaced(avx512_cpu, tmp_path, content):
     path = tmp_path / "c.json"
@@ -99,7 +104,7 @@ def test_a_bad_cache_file_is_measured_again_and_replaced(avx512_cpu, tmp_path, c
 
 def test_a_linked_cache_file_is_neither_trusted_nor_written_through(avx512_cpu, tmp_path):
     target = tmp_path / "elsewhere.json"
-    target.write_text(json.dumps({"key": cpu_kernels.cache_key(), "choice": "avx512"}))
+    target.write_text(json.dumps({"key": cpu_kernels.cache_key(), "choice": "avx512", "ratio_avx2_to_avx512": 1.0}))
     (tmp_path / "cache").mkdir()
     link = tmp_path / "cache" / "c.json"
     link.symlink_to(target)
