@@ -60,12 +60,15 @@ def plot_curves(rows: list[dict], out: Path, inside: Path | None = None) -> Path
     ax.set(xlabel="epoch", ylabel="negative bound (nats per image)", title="Training curves")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    errors = [r.get("test_error") for r in rows]
-    if all(isinstance(e, (int, float)) for e in errors):  # a structure that learns from labels
-        right = ax.twinx()
-        (line,) = right.plot(epochs, [100 * e for e in errors], color="black", linestyle="--")
-        right.set_ylabel("test classification error (%)")
-        handles, labels = handles + [line], labels + ["test error (right)"]
+    watched = (("test_error", "test classification error"), ("test_cluster_accuracy", "test clustering accuracy"))
+    for key, label in watched:
+        scores = [r.get(key) for r in rows]  # watched against the test labels, by the structures that can
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores):
+            right = ax.twinx()
+            (line,) = right.plot(epochs, [100 * v for v in scores], color="black", linestyle="--")
+            right.set_ylabel(f"{label} (%)")
+            handles, labels = handles + [line], labels + [f"{label} (right)"]
+            break
     ax.legend(handles, labels)
     return save_figure(fig, out, inside)
 

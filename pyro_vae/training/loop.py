@@ -652,9 +652,15 @@ class Trainer:
             "kl_weight": kl_warmup_weight(self.step, self.warmup_steps, self.cfg.train.kl_weight),
             "images_per_s": self.epoch_rows / epoch_time,
         }
-        classified = classification_report(self.vae, self.data, self.device, self.cfg.train.eval_batch_size)
-        if classified is not None:  # watched, never used to choose the best epoch (that is valid's ELBO)
+        # Watched against the test labels, never used to choose the best epoch (valid's ELBO does):
+        # a classifier's error, a clustering's accuracy and NMI.
+        size = self.cfg.train.eval_batch_size
+        classified = classification_report(self.vae, self.data, self.device, size)
+        if classified is not None:
             record["test_error"] = classified["test_error"]
+        clustered = clustering_report(self.vae, self.data, self.device, size)
+        if clustered is not None:
+            record["test_cluster_accuracy"], record["test_nmi"] = clustered["accuracy"], clustered["nmi"]
         if self.ctx.main:
             self.run.append_metrics(record)
             if self.board is not None:
@@ -666,12 +672,21 @@ class Trainer:
                 train_loss,
                 valid.mean,
                 test.mean,
-                f", test error {record['test_error']:.2%}" if "test_error" in record else "",
+                _watched(record),
                 record["images_per_s"],
             )
         improved = valid.mean < self.best
         self.best, self.stale = (valid.mean, 0) if improved else (self.best, self.stale + 1)
         self.checkpoint([self.run.best, self.run.last] if improved else [self.run.last], self.epoch)
+
+
+def _watched(record: dict) -> str:
+    """The epoch's log line's label scores: a classifier's test error, a clustering's accuracy."""
+    if "test_error" in record:
+        return f", test error {record['test_error']:.2%}"
+    if "test_cluster_accuracy" in record:
+        return f", test clusters {record['test_cluster_accuracy']:.1%} accurate (NMI {record['test_nmi']:.3f})"
+    return ""
 
 
 def init_from_data(vae: VAE, x: torch.Tensor, seed: int) -> None:

@@ -6,9 +6,9 @@ into ``RUN/tensorboard``; needs the optional ``tensorboard`` package (``pip inst
   loss since the previous read;
 - every epoch, at the epoch's last step: the ``metrics.jsonl`` line (``epoch/train_neg_elbo``,
   ``epoch/valid_neg_elbo``, ``epoch/test_neg_elbo``, ``epoch/lr``, ``epoch/kl_weight``,
-  ``epoch/images_per_s``, and ``epoch/test_error`` for a structure that learns from labels) and
-  two image grids, reconstructions of 8 fixed test images and 8 decoded prior samples at a fixed
-  seed;
+  ``epoch/images_per_s``; ``epoch/test_error`` for a structure that learns from labels,
+  ``epoch/test_cluster_accuracy`` and ``epoch/test_nmi`` for one that clusters) and two image
+  grids, reconstructions of 8 fixed test images and 8 decoded prior samples at a fixed seed;
 - at the end: the run's config and final numbers as hparams.
 
 A resumed run continues the same curves: events at or after the checkpoint's step, written by the
@@ -27,6 +27,7 @@ from pyro_vae.files import open_folder
 from pyro_vae.model import VAE
 
 FOLDER = "tensorboard"
+WATCHED = ("test_error", "test_cluster_accuracy", "test_nmi")  # metrics.jsonl's scores against test labels
 INSTALL = "pip install 'pyro-vae[tensorboard]' (or pip install tensorboard)"
 
 
@@ -63,8 +64,9 @@ class TensorBoard:
         step = record["step"]
         for key in ("train_neg_elbo", "valid_neg_elbo", "test_neg_elbo", "lr", "kl_weight", "images_per_s"):
             self.writer.add_scalar(f"epoch/{key}", record[key], step)
-        if "test_error" in record:  # a structure that learns from labels
-            self.writer.add_scalar("epoch/test_error", record["test_error"], step)
+        for key in WATCHED:  # scored against the test labels, for the structures that have them
+            if key in record:
+                self.writer.add_scalar(f"epoch/{key}", record[key], step)
         device = next(vae.parameters()).device
         was_training = vae.training
         vae.eval()

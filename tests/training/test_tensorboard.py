@@ -16,6 +16,7 @@ from tests.helpers import small_cfg
 pytest.importorskip("tensorboard", reason="the optional tensorboard package (pip install 'pyro-vae[tensorboard]')")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+WATCHED = ("test_error", "test_cluster_accuracy", "test_nmi")
 EPOCH_KEYS = ("train_neg_elbo", "valid_neg_elbo", "test_neg_elbo", "lr", "kl_weight", "images_per_s")
 
 
@@ -28,9 +29,9 @@ def _events(run):
 def _assert_matches_metrics(run):
     acc = _events(run)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    labelled = "test_error" in rows[0]  # a structure that learns from labels watches its test error
-    assert ("epoch/test_error" in acc.Tags()["scalars"]) == labelled
-    for key in EPOCH_KEYS + (("test_error",) if labelled else ()):
+    watched = tuple(k for k in WATCHED if k in rows[0])  # scores against the test labels, where there are
+    assert {t for t in acc.Tags()["scalars"] if t.removeprefix("epoch/") in WATCHED} == {f"epoch/{k}" for k in watched}
+    for key in EPOCH_KEYS + watched:
         events = acc.Scalars(f"epoch/{key}")
         assert [e.step for e in events] == [r["step"] for r in rows], key
         for e, r in zip(events, rows):  # (TensorBoard stores float32)
@@ -99,6 +100,10 @@ def test_every_structure_logs_its_curves_and_images(tmp_path, structure):
     run = tmp_path / "run"
     fit(small_cfg("train.tensorboard=true", *structure), run, progress=False, figures=False)
     acc = _assert_matches_metrics(run)
-    ends = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    watched = {"mixture": {"test_cluster_accuracy", "test_nmi"}, "semi_supervised": {"test_error"}}
+    kind = structure[0].removeprefix("model.structure=")
+    assert all(set(r) & set(WATCHED) == watched.get(kind, set()) for r in rows), rows
+    ends = [r["step"] for r in rows]
     assert len(ends) == 2 and [e.step for e in acc.Images("images/samples")] == ends
     assert [e.step for e in acc.Images("images/reconstructions")] == ends
