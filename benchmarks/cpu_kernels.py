@@ -35,7 +35,9 @@ def evaluation(build: str, args: argparse.Namespace) -> dict:
         cmd += ["--images", str(args.images), "--repeats", "1", "--out", str(out)]
         cmd += ["--run", args.run] if args.run else []
         env = {**os.environ, "ATEN_CPU_CAPABILITY": build}
-        subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"the {build} evaluation failed (status {done.returncode}):\n{done.stderr[-2000:]}")
         record = json.loads(out.read_text())
     if record["machine"]["cpu_kernels"].lower() != build:
         raise RuntimeError(f"asked for {build}, the evaluation ran {record['machine']['cpu_kernels']}")

@@ -2,7 +2,7 @@
 
 PyTorch's x86 wheels carry each elementwise kernel built twice, for AVX2 and for AVX-512, and use
 the widest the CPU has. The widest is not always the fastest: on this project's AMD EPYC host
-(Zen 4, torch 2.14) the AVX-512 build of ``log1p`` is about twelve times slower than the AVX2 one,
+(Zen 4, torch 2.14) the AVX-512 build of ``log1p`` took 4 to 12 times the AVX2 one's time in our probes,
 and ``softplus`` (the default activation), ``log_sigmoid`` and the Bernoulli log-probability are
 built on it; the IWAE evaluation spends most of its time there (``docs/performance.md``).
 
@@ -14,9 +14,11 @@ first by the ``pyro-vae`` command and the benchmarks, makes it:
 - ``ATEN_CPU_CAPABILITY`` already set: that is the choice, nothing is measured;
 - a CPU without AVX-512 (or not Linux on x86): nothing to choose;
 - otherwise the two builds of the kernels pyro-vae's models use are timed once on this machine,
-  each in its own short process (one thread), and the result is cached in
-  ``~/.cache/pyro_vae/cpu_kernels.json`` for this CPU model and torch version; AVX2 is chosen
-  where it takes at most :data:`SWITCH_BELOW` of AVX-512's time.
+  each in its own short process (one thread; A, B, B, A, the faster of each build's two), under a
+  lock so that processes starting together measure once, and the result is cached in
+  ``~/.cache/pyro_vae/cpu_kernels.json`` for this CPU model, torch version and probe; AVX2 is
+  chosen where it takes at most :data:`SWITCH_BELOW` of AVX-512's time. A measurement that fails is
+  cached too (torch's default kept), so that it is not retried on every command.
 
 With a build other than AVX-512 running on an AVX-512 CPU (chosen here or by the variable),
 ``torch.compile``'s code is cached in a folder of its own (its default folder's name with
@@ -29,13 +31,18 @@ In your own Python program, call :func:`choose` before the first tensor operatio
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
 import platform
+import re
+import stat
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -49,11 +56,14 @@ INDUCTOR_CACHE = "TORCHINDUCTOR_CACHE_DIR"
 # AVX2 is chosen where the timed kernels take at most this fraction of AVX-512's time.
 SWITCH_BELOW = 0.8
 CACHE_BYTES = 64 * 1024  # a cache file larger than this is not read (it holds a few hundred bytes)
-PROBE_TIMEOUT_S = 120
+PROBE_TIMEOUT_S = 60
+PROBE_VERSION = 2  # in the cache key: a changed probe or rule measures again
 
 # Timed in a fresh process per build: the elementwise kernels of the default model's step and of
 # its evaluation (activation, likelihood, reparameterised draw), on one thread, best of 5.
 PROBE = """
+import sys
+del sys.path[0]  # the working folder: nothing in it is imported (the command's own rule)
 import json, time, torch, torch.nn.functional as F
 torch.set_num_threads(1)
 x = torch.linspace(-8.0, 8.0, 256 * 784).reshape(256, 784)
@@ -122,7 +132,7 @@ def _torch_version() -> str:
 
 def cache_key() -> str:
     """What a cached measurement holds for: this CPU model and this torch."""
-    return f"{_cpu_model()} | torch {_torch_version()}"
+    return f"{_cpu_model()} | torch {_torch_version()} | probe {PROBE_VERSION}, switch below {SWITCH_BELOW}"
 
 
 def probe(capability: str) -> dict[str, float]:
@@ -135,10 +145,14 @@ def probe(capability: str) -> dict[str, float]:
     )
     if done.returncode != 0:
         raise RuntimeError(f"the {capability} probe failed: {done.stderr.strip()[-500:]}")
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    if out["capability"].lower() != capability:
-        raise RuntimeError(f"asked for {capability}, the probe ran {out['capability']}")
-    return {name: float(s) for name, s in out["seconds"].items()}
+    try:
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        ran, seconds = str(out["capability"]), {str(k): float(v) for k, v in out["seconds"].items()}
+    except (IndexError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RuntimeError(f"the {capability} probe printed no timings ({done.stdout.strip()[-200:]!r})") from exc
+    if ran.lower() != capability:
+        raise RuntimeError(f"asked for {capability}, the probe ran {ran}")
+    return seconds
 
 
 def decide(avx512: dict[str, float], avx2: dict[str, float]) -> str:
@@ -147,62 +161,117 @@ def decide(avx512: dict[str, float], avx2: dict[str, float]) -> str:
 
 
 def _read_cache(path: Path, key: str) -> dict | None:
-    """The cached measurement for ``key``, or None (missing, unreadable, oversized, malformed or
-    for another CPU or torch: the file is data, checked before use)."""
+    """The cached measurement for ``key``, or None (missing, unreadable, oversized, malformed, for
+    another CPU, torch or probe, or reached through a link: the file is data, checked before use).
+    The choice is worked out again from the cached ratio, not taken from the file."""
+    from pyro_vae.files import open_folder
+
     try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > CACHE_BYTES:
+        with open_folder(path.parent, path.parent.parent, create=False) as folder:
+            fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return None
+                raw = os.read(fd, CACHE_BYTES + 1)
+            finally:
+                os.close(fd)
+        if len(raw) > CACHE_BYTES:
             return None
-        entry = json.loads(path.read_text())
+        entry = json.loads(raw)
     except (OSError, ValueError):
         return None
-    if not isinstance(entry, dict) or entry.get("key") != key or entry.get("choice") not in ("avx2", "avx512"):
+    if not isinstance(entry, dict) or entry.get("key") != key:
         return None
     ratio = entry.get("ratio_avx2_to_avx512")
+    if ratio is None and isinstance(entry.get("failed"), str):  # a measurement that failed here
+        return {**entry, "choice": "avx512"}
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1e6:
         return None
-    return entry
+    return {**entry, "choice": "avx2" if ratio <= SWITCH_BELOW else "avx512"}
 
 
 def measure(path: Path | None = None) -> dict:
-    """Time both builds here and cache the result (atomically); returns the cache entry."""
-    from pyro_vae.files import write_atomic
-
+    """Time both builds here (A, B, B, A: each build's faster run) and cache the result atomically;
+    a measurement that fails is cached as such. Returns the cache entry."""
     path = path or cache_path()
     t0 = time.perf_counter()
-    avx512, avx2 = probe("avx512"), probe("avx2")
-    entry = {
-        "key": cache_key(),
-        "choice": decide(avx512, avx2),
-        "ratio_avx2_to_avx512": sum(avx2.values()) / sum(avx512.values()),
-        "seconds": {"avx512": avx512, "avx2": avx2},
-        "measured_in_s": time.perf_counter() - t0,
-    }
+    try:
+        runs = [probe(build) for build in ("avx512", "avx2", "avx2", "avx512")]
+        avx512 = {k: min(runs[0][k], runs[3][k]) for k in runs[0]}
+        avx2 = {k: min(runs[1][k], runs[2][k]) for k in runs[1]}
+        entry = {
+            "key": cache_key(),
+            "choice": decide(avx512, avx2),
+            "ratio_avx2_to_avx512": sum(avx2.values()) / sum(avx512.values()),
+            "seconds": {"avx512": avx512, "avx2": avx2},
+        }
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not time the CPU kernels (%s); torch's default kernels are used", exc)
+        entry = {"key": cache_key(), "choice": "avx512", "ratio_avx2_to_avx512": None, "failed": str(exc)[:500]}
+    entry["measured_in_s"] = time.perf_counter() - t0
+    _write_cache(path, entry)
+    return entry
+
+
+def _write_cache(path: Path, entry: dict) -> None:
+    from pyro_vae.files import write_atomic
+
     try:
         path.parent.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(entry, indent=2) + "\n", path.parent.parent)
     except (OSError, ValueError) as exc:  # read-only, or a link on the way: the choice still holds here
         log.warning("could not cache the CPU kernel measurement in %s (%s)", path, exc)
-    return entry
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive lock beside the cache file while one process measures (others wait, then read
+    its result); no lock where the folder cannot hold one."""
+    from pyro_vae.files import open_folder
+
+    try:
+        with open_folder(path.parent, path.parent.parent) as folder:
+            fd = os.open(f".{path.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644, dir_fd=folder)
+    except (OSError, ValueError):
+        yield
+        return
+    import fcntl  # (POSIX; only reached on Linux, see _has_avx512)
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def choose(path: Path | None = None) -> str | None:
     """Set ``ATEN_CPU_CAPABILITY`` for this process where AVX2 is measurably faster here (see the
     module's docstring). Call it before the first tensor operation. Returns the capability set, or
-    None where the choice was left to torch or to the variable already set."""
+    None where the choice was left to torch or to the variable already set. Never raises: the
+    choice is only a matter of speed."""
+    try:
+        return _choose(path or cache_path())
+    except Exception as exc:  # noqa: BLE001 (whatever went wrong, the command runs on torch's default)
+        log.warning(
+            "could not choose the CPU kernels (%s: %s); torch's default kernels are used", type(exc).__name__, exc
+        )
+        return None
+
+
+def _choose(path: Path) -> str | None:
     if not _has_avx512():
         return None
-    if os.environ.get(VARIABLE):  # the user's choice
-        _own_inductor_cache(os.environ[VARIABLE])
+    if os.environ.get(VARIABLE):  # the user's choice: inductor's cache kept apart if it is not AVX-512
+        _own_inductor_cache(capability())
         return None
-    path = path or cache_path()
-    entry = _read_cache(path, cache_key())
+    key = cache_key()
+    entry = _read_cache(path, key)
     if entry is None:
-        log.info("timing ATen's AVX-512 and AVX2 CPU kernels once on this CPU (cached in %s)", path)
-        try:
-            entry = measure(path)
-        except (OSError, RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
-            log.warning("could not time the CPU kernels (%s); torch's default kernels are used", exc)
-            return None
+        with _locked(path):
+            entry = _read_cache(path, key)  # (measured by another process while this one waited)
+            if entry is None:
+                log.info("timing ATen's AVX-512 and AVX2 CPU kernels once on this CPU (cached in %s)", path)
+                entry = measure(path)
     if entry["choice"] != "avx2":
         return None
     os.environ[VARIABLE] = "avx2"
@@ -214,7 +283,7 @@ def choose(path: Path | None = None) -> str | None:
             VARIABLE,
         )
         return None
-    _own_inductor_cache("avx2")
+    _own_inductor_cache("AVX2")
     log.info(
         "CPU kernels: AVX2, which takes %.0f%% of AVX-512's time on this CPU (measured once, cached in "
         "%s; set %s=avx512 to keep AVX-512)",
@@ -226,12 +295,17 @@ def choose(path: Path | None = None) -> str | None:
 
 
 def _own_inductor_cache(build: str) -> None:
-    """Inductor's cache in a folder for ``build`` (not AVX-512's default one), unless one is named."""
-    if os.environ.get(INDUCTOR_CACHE) or build.lower() == "avx512":
+    """Inductor's cache in a folder for ``build`` (what ATen runs: ``AVX2``, ``DEFAULT``, ...), beside
+    its default folder, unless the build is AVX-512 or a folder is named. (Torch's default folder's
+    name, made here without importing inductor: ``tempfile.gettempdir()/torchinductor_USER``.)"""
+    if os.environ.get(INDUCTOR_CACHE) or build.upper() == "AVX512":
         return
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    os.environ[INDUCTOR_CACHE] = f"{default_cache_dir()}_{build.lower()}"
+    try:
+        user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError):
+        user = f"uid_{os.getuid()}"
+    user = re.sub(r'[\\/:*?"<>|]', "_", user)
+    os.environ[INDUCTOR_CACHE] = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}_{build.lower()}")
 
 
 def capability() -> str:

@@ -51,6 +51,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _cpu_kernel_choice_stays_in_its_test():
+    """The command and the benchmarks, run in this process by some tests, choose the CPU kernels
+    (:func:`pyro_vae.cpu_kernels.choose`) through process-wide variables: undone after each test, so
+    that no later test's processes inherit them."""
+    names = ("ATEN_CPU_CAPABILITY", "TORCHINDUCTOR_CACHE_DIR")
+    saved = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

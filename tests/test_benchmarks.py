@@ -379,6 +379,7 @@ def test_run_wall_time_runs_both_trees_alternately(tmp_path, run_script):
     record = json.loads(out.read_text())
     assert [list(r) for r in record["rounds"]] == [["this", "other"], ["other", "this"]]
     runs = [run for r in record["rounds"] for run in r.values()]
-    assert all(run["wall_s"] > 0 and run["peak_rss_mb"] > 100 and run["cpu_kernels"] for run in runs)
+    assert all(run["wall_s"] > 0 and run["peak_rss_mb"] > 100 for run in runs)
+    assert {run["cpu_kernels"] for run in runs} in ({"AVX2"}, {"AVX512"}), runs  # the same tree twice
     assert all(run["table"][1:] == runs[0]["table"][1:] and len(run["table"]) >= 5 for run in runs)  # the same numbers
     assert record["wall_ratio_this_to_other"] > 0 and record["peak_rss_ratio_this_to_other"] > 0

@@ -54,16 +54,24 @@ def test_a_variable_already_set_is_the_choice(avx512_cpu, monkeypatch, tmp_path)
     assert os.environ[cpu_kernels.INDUCTOR_CACHE].endswith("_avx2")
 
 
+def test_the_cache_folder_follows_the_build_aten_runs_not_the_variables_text(avx512_cpu, monkeypatch, tmp_path):
+    """ATen ignores "AVX2" (capitals) and runs AVX-512: inductor's code then stays in AVX-512's folder."""
+    monkeypatch.setenv(cpu_kernels.VARIABLE, "AVX2")
+    monkeypatch.setattr(cpu_kernels, "capability", lambda: "AVX512")
+    assert cpu_kernels.choose(tmp_path / "c.json") is None
+    assert cpu_kernels.INDUCTOR_CACHE not in os.environ
+
+
 def test_measured_once_then_read_from_the_cache(avx512_cpu, tmp_path):
     path = tmp_path / "cache" / "pyro_vae" / "cpu_kernels.json"
     assert cpu_kernels.choose(path) == "avx2"
-    assert avx512_cpu == ["avx512", "avx2"]
+    assert avx512_cpu == ["avx512", "avx2", "avx2", "avx512"]  # alternated: each build's faster run
     entry = json.loads(path.read_text())
     assert entry["key"] == cpu_kernels.cache_key() and entry["choice"] == "avx2"
     assert entry["ratio_avx2_to_avx512"] == pytest.approx(0.3)
     os.environ.pop(cpu_kernels.VARIABLE)
     assert cpu_kernels.choose(path) == "avx2"
-    assert avx512_cpu == ["avx512", "avx2"]  # not measured again
+    assert len(avx512_cpu) == 4  # not measured again
     assert os.environ[cpu_kernels.VARIABLE] == "avx2"
     # inductor's code for AVX2 cached apart from the default folder's (code of the other build)
     assert os.environ[cpu_kernels.INDUCTOR_CACHE].endswith("_avx2")
@@ -82,23 +90,29 @@ def test_avx512_kept_where_it_is_as_fast(avx512_cpu, monkeypatch, tmp_path):
     assert json.loads((tmp_path / "c.json").read_text())["choice"] == "avx512"
 
 
+def test_the_choice_is_worked_out_from_the_cached_ratio(avx512_cpu, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"key": cpu_kernels.cache_key(), "choice": "avx512", "ratio_avx2_to_avx512": 0.1}))
+    assert cpu_kernels.choose(path) == "avx2" and avx512_cpu == []
+
+
 @pytest.mark.parametrize(
     "content",
     [
         "{not json",
-        json.dumps({"key": "another CPU | torch 0.1", "choice": "avx512", "ratio_avx2_to_avx512": 0.5}),
-        json.dumps({"key": "KEY", "choice": "sse2", "ratio_avx2_to_avx512": 0.5}),
+        json.dumps({"key": "another CPU | torch 0.1", "choice": "avx2", "ratio_avx2_to_avx512": 0.5}),
         json.dumps({"key": "KEY", "choice": "avx2", "ratio_avx2_to_avx512": "fast"}),
+        json.dumps({"key": "KEY", "choice": "avx2", "ratio_avx2_to_avx512": None}),  # (no failure named)
         json.dumps(["a", "list"]),
         " " * (cpu_kernels.CACHE_BYTES + 1),
     ],
-    ids=["malformed", "another-machine", "unknown-choice", "ratio-not-a-number", "not-an-object", "oversized"],
+    ids=["malformed", "another-machine", "ratio-not-a-number", "no-ratio", "not-an-object", "oversized"],
 )
 def test_a_bad_cache_file_is_measured_again_and_replaced(avx512_cpu, tmp_path, content):
     path = tmp_path / "c.json"
     path.write_text(content.replace("KEY", cpu_kernels.cache_key()))
     assert cpu_kernels.choose(path) == "avx2"
-    assert avx512_cpu == ["avx512", "avx2"]
+    assert len(avx512_cpu) == 4
     assert json.loads(path.read_text())["key"] == cpu_kernels.cache_key()
 
 
@@ -110,18 +124,50 @@ def test_a_linked_cache_file_is_neither_trusted_nor_written_through(avx512_cpu, 
     link.symlink_to(target)
     before = target.read_text()
     assert cpu_kernels.choose(link) == "avx2"  # measured, used for this process
-    assert avx512_cpu == ["avx512", "avx2"]
+    assert len(avx512_cpu) == 4
     assert target.read_text() == before and link.is_symlink()
 
 
-def test_a_failed_measurement_leaves_torchs_default(avx512_cpu, monkeypatch, tmp_path, caplog):
+def test_a_linked_cache_folder_is_neither_read_nor_written_through(avx512_cpu, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    entry = {"key": cpu_kernels.cache_key(), "choice": "avx512", "ratio_avx2_to_avx512": 1.0}
+    (elsewhere / "c.json").write_text(json.dumps(entry))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "pyro_vae").symlink_to(elsewhere)
+    assert cpu_kernels.choose(tmp_path / "cache" / "pyro_vae" / "c.json") == "avx2"  # its entry not read
+    assert len(avx512_cpu) == 4 and json.loads((elsewhere / "c.json").read_text()) == entry
+
+
+def test_a_failed_measurement_is_cached_and_leaves_torchs_default(avx512_cpu, monkeypatch, tmp_path, caplog):
+    calls = []
+
     def broken(capability):
+        calls.append(capability)
         raise RuntimeError("the avx512 probe failed: boom")
 
     monkeypatch.setattr(cpu_kernels, "probe", broken)
-    assert cpu_kernels.choose(tmp_path / "c.json") is None
-    assert cpu_kernels.VARIABLE not in os.environ and not (tmp_path / "c.json").exists()
+    path = tmp_path / "c.json"
+    assert cpu_kernels.choose(path) is None
+    assert cpu_kernels.VARIABLE not in os.environ and "boom" in json.loads(path.read_text())["failed"]
     assert "could not time the CPU kernels" in caplog.text and "boom" in caplog.text
+    assert cpu_kernels.choose(path) is None and calls == ["avx512"]  # not tried again on every command
+
+
+def test_nothing_escapes_choose(avx512_cpu, monkeypatch, tmp_path, caplog):
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(cpu_kernels, "cache_path", no_home)
+    assert cpu_kernels.choose() is None
+    assert "could not choose the CPU kernels" in caplog.text and "home directory" in caplog.text
+
+
+def test_a_probe_that_prints_nothing_is_a_failure_not_a_crash(monkeypatch):
+    done = subprocess.CompletedProcess([], 0, stdout="", stderr="")
+    monkeypatch.setattr(cpu_kernels.subprocess, "run", lambda *a, **k: done)
+    with pytest.raises(RuntimeError, match="printed no timings"):
+        cpu_kernels.probe("avx2")
 
 
 def test_too_late_in_a_process_that_already_chose(avx512_cpu, monkeypatch, tmp_path, caplog):
@@ -138,7 +184,10 @@ def _x86_with_avx512() -> bool:
 
 
 @pytest.mark.skipif(not _x86_with_avx512(), reason="needs an x86 CPU with AVX-512 (Linux)")
-def test_the_probe_runs_the_build_it_asks_for():
+def test_the_probe_runs_the_build_it_asks_for_and_nothing_from_the_working_folder(tmp_path, monkeypatch):
+    for name in ("json", "torch", "time"):  # a shared folder's files named like what the probe imports
+        (tmp_path / f"{name}.py").write_text("raise SystemExit('imported from the working folder')\n")
+    monkeypatch.chdir(tmp_path)
     for capability in ("avx2", "avx512"):
         seconds = cpu_kernels.probe(capability)
         assert set(seconds) == set(FAST) and all(0 < s < 1 for s in seconds.values()), (capability, seconds)

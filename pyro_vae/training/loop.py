@@ -222,6 +222,17 @@ def _resume_state(run: RunDir, cfg: ExperimentConfig, ctx: distributed.Context) 
             f"{run.last} was written by {state.get('world_size', 1)} processes; resume it with as "
             f"many (this is {ctx.world_size})"
         )
+    written, running = state.get("cpu_kernels"), torch.backends.cpu.get_cpu_capability()
+    if isinstance(written, str) and written != running:
+        log.warning(
+            "%s was written running ATen's %s CPU kernels, this process runs %s: the run continues, but "
+            "its numbers will equal an uninterrupted run's to float rounding only, not bit for bit "
+            "(set ATEN_CPU_CAPABILITY=%s to resume on the same kernels)",
+            run.last,
+            written,
+            running,
+            written.lower(),
+        )
     return state
 
 
@@ -557,6 +568,7 @@ class Trainer:
                 "config": self.cfg.to_dict(),
                 "device": self.device.type,
                 "world_size": self.ctx.world_size,
+                "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # (pyro_vae.cpu_kernels)
                 "rng_ranks": rngs,
                 "train_time": self.train_time,
                 "stale": self.stale,

@@ -350,3 +350,19 @@ def test_grey_level_likelihoods_train_on_grey_mnist(tmp_path, mnist_root, likeli
     bernoulli = small_cfg("data.name=mnist", f"data.root={mnist_root}", "data.valid_size=100")
     with pytest.raises(ConfigError, match="the bernoulli likelihood needs binary pixels"):
         T.fit(bernoulli, tmp_path / "bernoulli", progress=False, figures=False)
+
+
+def test_resuming_on_other_cpu_kernels_says_the_numbers_will_not_be_bit_for_bit(tmp_path, caplog):
+    from pyro_vae.runs.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    T.fit(small_cfg("train.epochs=1"), run, progress=False, figures=False)
+    last = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert state["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()  # the build that wrote it
+    caplog.set_level("WARNING")
+    T.fit(small_cfg("train.epochs=2"), run, resume=True, progress=False, figures=False)
+    assert "CPU kernels" not in caplog.text  # the same kernels: nothing to say
+    save_checkpoint({**load_checkpoint(last), "cpu_kernels": "OTHER"}, last, run)
+    T.fit(small_cfg("train.epochs=3"), run, resume=True, progress=False, figures=False)
+    assert "written running ATen's OTHER CPU kernels" in caplog.text and "not bit for bit" in caplog.text
