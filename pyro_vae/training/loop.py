@@ -343,9 +343,10 @@ def clustering_report(vae: Structure, data: Splits, device: torch.device, batch_
     if vae.components() == 0 or data.test_labels is None:
         return None
     x = data.stored("test")
-    pred = torch.cat(
-        [vae.clusters(decode(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)]
-    )
+    with eval_mode(vae):
+        pred = torch.cat(
+            [vae.clusters(decode(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)]
+        )
     return {
         "accuracy": cluster_accuracy(pred, data.test_labels),
         "nmi": nmi(pred, data.test_labels),
@@ -363,9 +364,10 @@ def classification_report(vae: Structure, data: Splits, device: torch.device, ba
     if not vae.uses_labels or data.test_labels is None:
         return None
     x = data.stored("test")
-    pred = torch.cat(
-        [vae.classify(decode(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)]
-    )
+    with eval_mode(vae):
+        pred = torch.cat(
+            [vae.classify(decode(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)]
+        )
     return {"test_error": float((pred != data.test_labels).double().mean()), "images": int(pred.numel())}
 
 
@@ -708,6 +710,18 @@ def init_from_data(vae: VAE, x: torch.Tensor, seed: int) -> None:
     for module in vae.modules():
         if module is not vae and callable(getattr(module, "init_from_data", None)):
             module.init_from_data(x, torch.Generator().manual_seed(seed))
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module):
+    """``module.eval()`` while scoring (a plugin's network may have dropout or batch norm), its mode
+    restored afterwards: a score taken between epochs leaves training as it was."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 @contextmanager

@@ -100,3 +100,27 @@ def test_the_labels_training_does_not_see_never_reach_it(tmp_path, monkeypatch):
     for key in ("train_neg_elbo", "valid_neg_elbo", "test_neg_elbo"):
         assert rows[0][key] == rows[1][key], key
     assert first["final"] == second["final"]
+
+
+def test_the_epochs_scores_are_taken_in_eval_mode_and_leave_training_as_it_was(tmp_path, monkeypatch):
+    """A plugin's network may behave differently in training (dropout, batch norm): the classifier is
+    scored between epochs in eval mode, and training resumes in training mode."""
+    from pyro_vae.semi_supervised import SemiSupervised
+
+    modes, classify = [], SemiSupervised.classify
+
+    def watched(self, x):
+        modes.append(self.training)
+        return classify(self, x)
+
+    seen = []
+    step = loop.Trainer.train_epoch
+
+    def train_epoch(self, stop):
+        seen.append(self.vae.training)
+        return step(self, stop)
+
+    monkeypatch.setattr(SemiSupervised, "classify", watched)
+    monkeypatch.setattr(loop.Trainer, "train_epoch", train_epoch)
+    fit(small_cfg(*M2), tmp_path / "run", progress=False, figures=False)
+    assert modes and not any(modes) and seen and all(seen), (modes, seen)
