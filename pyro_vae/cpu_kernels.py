@@ -31,6 +31,7 @@ In your own Python program, call :func:`choose` before the first tensor operatio
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import logging
@@ -93,32 +94,35 @@ def cache_path() -> Path:
     return Path.home() / ".cache" / "pyro_vae" / "cpu_kernels.json"
 
 
-def _cpu_model() -> str:
-    """The first CPU's model name, family, model and stepping (``/proc/cpuinfo``)."""
-    wanted = ("model name", "cpu family", "model", "stepping")
-    found: dict[str, str] = {}
+@functools.cache
+def _first_cpu() -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (read once: a command asks for its flags
+    and its model; empty where there is no such file)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if not line.strip():
+                if fields:
+                    break
+                continue
             name, _, value = line.partition(":")
-            if name.strip() in wanted:
-                found.setdefault(name.strip(), value.strip())
-            elif not line.strip() and found:
-                break
+            fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return " / ".join(found[k] for k in wanted if k in found) or platform.processor() or platform.machine()
+    return fields
+
+
+def _cpu_model() -> str:
+    """The first CPU's model name, family, model and stepping (``/proc/cpuinfo``)."""
+    cpu = _first_cpu()
+    wanted = ("model name", "cpu family", "model", "stepping")
+    return " / ".join(cpu[k] for k in wanted if k in cpu) or platform.processor() or platform.machine()
 
 
 def _has_avx512() -> bool:
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return False
-    try:
-        flags = next(
-            line for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines() if line.startswith("flags")
-        )
-    except (OSError, StopIteration):
-        return False
-    return "avx512f" in flags.split()
+    return "avx512f" in _first_cpu().get("flags", "").split()
 
 
 def _torch_version() -> str:
