@@ -31,7 +31,7 @@ LAYERS = [
     ("objectives", ["closed_form", "surrogates", "sites", "elbos", "fast", "__init__"]),
     ("plugins", ["contracts", "loader", "__init__"]),
     ("runs", ["checkpoint", "device", "folder", "writer", "export", "trained", "__init__"]),
-    ("evaluation", ["metrics", "clustering", "plots", "latent", "__init__"]),
+    ("evaluation", ["metrics", "clustering", "label_scores", "plots", "latent", "__init__"]),
     (
         "training",
         [

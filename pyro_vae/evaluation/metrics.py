@@ -18,6 +18,8 @@ every latent layer's guide means, from which :mod:`pyro_vae.evaluation.latent` c
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -103,6 +105,18 @@ def iwae_log_likelihood(
     return running_lse - math.log(k), running_sum / k
 
 
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """``module.eval()`` inside the block (a plugin's network may have dropout or batch norm), its
+    mode (training or not) restored on the way out, however the block ends."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(
     vae: Structure,
@@ -123,11 +137,9 @@ def evaluate(
     """
     if k < 1:
         raise ValueError(f"the number of importance samples K must be at least 1, got {k}")
-    was_training = vae.training
-    vae.eval()
     device = next((p.device for p in vae.parameters()), x.device)  # the model's (a parameter-free one: x's)
     bounds, elbos = [], []
-    with fork_rng(device):
+    with eval_mode(vae), fork_rng(device):
         if seed is not None:
             torch.manual_seed(seed)
         batch_size = max(1, min(batch_size, x.shape[0]))
@@ -136,7 +148,6 @@ def evaluate(
             bound, elbo = iwae_log_likelihood(vae, decode(x[start : start + batch_size].to(device)), k)
             bounds.append(bound)
             elbos.append(elbo)
-    vae.train(was_training)
     out = {"neg_elbo": _summarise(-torch.cat(elbos))}
     if k > 1:
         out["nll"] = _summarise(-torch.cat(bounds))

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 
 from pyro_vae.data import Splits  # noqa: E402
 from pyro_vae.data.pixels import decode, evenly_spaced, image_grid  # noqa: E402
+from pyro_vae.evaluation.label_scores import WATCHED  # noqa: E402
 from pyro_vae.evaluation.metrics import layer_means  # noqa: E402
 from pyro_vae.files import figure_bytes, write_atomic  # noqa: E402
 from pyro_vae.model import Structure  # noqa: E402
@@ -60,8 +61,8 @@ def plot_curves(rows: list[dict], out: Path, inside: Path | None = None) -> Path
     ax.set(xlabel="epoch", ylabel="negative bound (nats per image)", title="Training curves")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    watched = (("test_error", "test classification error"), ("test_cluster_accuracy", "test clustering accuracy"))
-    for key, label in watched:
+    for key in ("test_error", "test_cluster_accuracy"):  # one on the right axis: the error, or the accuracy
+        label = WATCHED[key]
         scores = [r.get(key) for r in rows]  # watched against the test labels, by the structures that can
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores):
             right = ax.twinx()

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.evaluation.metrics import eval_mode
 from pyro_vae.evaluation.plots import save_figure
 from pyro_vae.files import write_atomic
 from pyro_vae.model import Structure
@@ -123,8 +124,11 @@ def _row(label: str, name: str, temperature, g: torch.Tensor, exact: torch.Tenso
 def run_discrete_lab(vae: Structure, x: torch.Tensor, cfg: DiscreteLabConfig) -> DiscreteLabResult:
     """Every discrete-site estimator's gradient statistics on the images ``x`` (see the module's
     docstring); the caller's random state is left alone."""
-    was_training = vae.training
-    vae.eval()
+    with eval_mode(vae):
+        return _run(vae, x, cfg)
+
+
+def _run(vae: Structure, x: torch.Tensor, cfg: DiscreteLabConfig) -> DiscreteLabResult:
     params, info = discrete_parameters(vae, x), record_structure(vae.model, vae.guide, x)
     result = DiscreteLabResult(cfg, sum(p.numel() for p in params))
     exact = _estimates(vae, x, ELBOS.get("enum")(), params, cfg, cfg.seed)
@@ -143,7 +147,6 @@ def run_discrete_lab(vae: Structure, x: torch.Tensor, cfg: DiscreteLabConfig) ->
             result.rows.append(
                 _row(cls.discrete_label, name, None, _estimates(vae, x, cls(), params, cfg, seed), exact)
             )
-    vae.train(was_training)
     return result
 
 

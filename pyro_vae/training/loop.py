@@ -28,7 +28,7 @@ from pyro_vae.components.likelihoods import density_note
 from pyro_vae.config import ConfigError, ExperimentConfig
 from pyro_vae.data import Splits, load_data
 from pyro_vae.data.pixels import decode, evenly_spaced
-from pyro_vae.evaluation.clustering import cluster_accuracy, nmi
+from pyro_vae.evaluation.label_scores import classification_report, clustering_report, describe, watched_scores
 from pyro_vae.evaluation.latent import active_units_per_layer
 from pyro_vae.evaluation.metrics import as_dict, evaluate, with_bits_per_dim
 from pyro_vae.files import check_regular
@@ -334,43 +334,6 @@ def finish(
     }
 
 
-@torch.no_grad()
-def clustering_report(vae: Structure, data: Splits, device: torch.device, batch_size: int) -> dict | None:
-    """For a structure that clusters images (:meth:`~pyro_vae.model.Structure.components`), its
-    clusters of the whole test split scored against the test labels: accuracy under the best
-    one-to-one map of clusters to classes, and normalised mutual information; None for a structure
-    that does not cluster or a data set without test labels."""
-    if vae.components() == 0 or data.test_labels is None:
-        return None
-    x = data.stored("test")
-    with eval_mode(vae):
-        pred = torch.cat(
-            [vae.clusters(decode(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)]
-        )
-    return {
-        "accuracy": cluster_accuracy(pred, data.test_labels),
-        "nmi": nmi(pred, data.test_labels),
-        "components": vae.components(),
-        "clusters_used": int(pred.unique().numel()),
-        "images": int(pred.numel()),
-    }
-
-
-@torch.no_grad()
-def classification_report(vae: Structure, data: Splits, device: torch.device, batch_size: int) -> dict | None:
-    """For a structure that learns from labels (:attr:`~pyro_vae.model.Structure.uses_labels`), its
-    classifier's error on the whole test split (never seen in training); None otherwise or without
-    test labels."""
-    if not vae.uses_labels or data.test_labels is None:
-        return None
-    x = data.stored("test")
-    with eval_mode(vae):
-        pred = torch.cat(
-            [vae.classify(decode(x[i : i + batch_size].to(device))).cpu() for i in range(0, len(x), batch_size)]
-        )
-    return {"test_error": float((pred != data.test_labels).double().mean()), "images": int(pred.numel())}
-
-
 def objective(cfg: ExperimentConfig) -> str:
     """What training optimised, for reports: the ELBO, or a beta-weighted one. Evaluation always
     uses beta = 1 (the ELBO and IWAE bounds, in nats)."""
@@ -666,15 +629,8 @@ class Trainer:
             "kl_weight": kl_warmup_weight(self.step, self.warmup_steps, self.cfg.train.kl_weight),
             "images_per_s": self.epoch_rows / epoch_time,
         }
-        # Watched against the test labels, never used to choose the best epoch (valid's ELBO does):
-        # a classifier's error, a clustering's accuracy and NMI.
-        size = self.cfg.train.eval_batch_size
-        classified = classification_report(self.vae, self.data, self.device, size)
-        if classified is not None:
-            record["test_error"] = classified["test_error"]
-        clustered = clustering_report(self.vae, self.data, self.device, size)
-        if clustered is not None:
-            record["test_cluster_accuracy"], record["test_nmi"] = clustered["accuracy"], clustered["nmi"]
+        # watched against the test labels, never used to choose the best epoch (valid's ELBO does)
+        record.update(watched_scores(self.vae, self.data, self.device, self.cfg.train.eval_batch_size))
         if self.ctx.main:
             self.run.append_metrics(record)
             if self.board is not None:
@@ -686,21 +642,12 @@ class Trainer:
                 train_loss,
                 valid.mean,
                 test.mean,
-                _watched(record),
+                describe(record),
                 record["images_per_s"],
             )
         improved = valid.mean < self.best
         self.best, self.stale = (valid.mean, 0) if improved else (self.best, self.stale + 1)
         self.checkpoint([self.run.best, self.run.last] if improved else [self.run.last], self.epoch)
-
-
-def _watched(record: dict) -> str:
-    """The epoch's log line's label scores: a classifier's test error, a clustering's accuracy."""
-    if "test_error" in record:
-        return f", test error {record['test_error']:.2%}"
-    if "test_cluster_accuracy" in record:
-        return f", test clusters {record['test_cluster_accuracy']:.1%} accurate (NMI {record['test_nmi']:.3f})"
-    return ""
 
 
 def init_from_data(vae: VAE, x: torch.Tensor, seed: int) -> None:
@@ -710,18 +657,6 @@ def init_from_data(vae: VAE, x: torch.Tensor, seed: int) -> None:
     for module in vae.modules():
         if module is not vae and callable(getattr(module, "init_from_data", None)):
             module.init_from_data(x, torch.Generator().manual_seed(seed))
-
-
-@contextmanager
-def eval_mode(module: torch.nn.Module):
-    """``module.eval()`` while scoring (a plugin's network may have dropout or batch norm), its mode
-    restored afterwards: a score taken between epochs leaves training as it was."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 @contextmanager

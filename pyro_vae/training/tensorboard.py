@@ -23,11 +23,12 @@ import torch
 
 from pyro_vae.config import ConfigError, ExperimentConfig
 from pyro_vae.data.pixels import decode, image_grid
+from pyro_vae.evaluation.label_scores import WATCHED
+from pyro_vae.evaluation.metrics import eval_mode
 from pyro_vae.files import open_folder
 from pyro_vae.model import VAE
 
 FOLDER = "tensorboard"
-WATCHED = ("test_error", "test_cluster_accuracy", "test_nmi")  # metrics.jsonl's scores against test labels
 INSTALL = "pip install 'pyro-vae[tensorboard]' (or pip install tensorboard)"
 
 
@@ -68,18 +69,16 @@ class TensorBoard:
             if key in record:
                 self.writer.add_scalar(f"epoch/{key}", record[key], step)
         device = next(vae.parameters()).device
-        was_training = vae.training
-        vae.eval()
         x = decode(self.x.to(device))
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(0)
-            samples = vae.sample(x.shape[0])
-        grids = {"reconstructions": torch.cat([x, vae.reconstruct(x)]), "samples": samples}
+        with eval_mode(vae):
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(0)
+                samples = vae.sample(x.shape[0])
+            grids = {"reconstructions": torch.cat([x, vae.reconstruct(x)]), "samples": samples}
         for name, images in grids.items():
             rows = 2 if name == "reconstructions" else 1
             grid = image_grid(images, self.image_shape, rows)
             self.writer.add_image(f"images/{name}", grid, step, dataformats="HW" if grid.dim() == 2 else "HWC")
-        vae.train(was_training)
         self.writer.flush()
 
     def close(self, cfg: ExperimentConfig, final: dict) -> None:
