@@ -173,12 +173,12 @@ def layer_means(vae: Structure, x: torch.Tensor, batch_size: int = 1000) -> dict
     """Every layer's representative code (:meth:`~pyro_vae.model.Structure.point`: the guide's
     mean given the layers above at theirs) for every image (float, or uint8 levels, on any
     device), top first, (N, d) each on the CPU."""
-    vae.eval()
     device = next(vae.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {}
-    for i in range(0, x.shape[0], batch_size):
-        for name, z in vae.point(decode(x[i : i + batch_size].to(device))).items():
-            parts.setdefault(name, []).append(z.cpu())
+    with eval_mode(vae):
+        for i in range(0, x.shape[0], batch_size):
+            for name, z in vae.point(decode(x[i : i + batch_size].to(device))).items():
+                parts.setdefault(name, []).append(z.cpu())
     return {name: torch.cat(zs) for name, zs in parts.items()}
 
 

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from pyro_vae.data import Splits  # noqa: E402
 from pyro_vae.data.pixels import decode, evenly_spaced, image_grid  # noqa: E402
 from pyro_vae.evaluation.label_scores import WATCHED  # noqa: E402
-from pyro_vae.evaluation.metrics import layer_means  # noqa: E402
+from pyro_vae.evaluation.metrics import eval_mode, layer_means  # noqa: E402
 from pyro_vae.files import figure_bytes, write_atomic  # noqa: E402
 from pyro_vae.model import Structure  # noqa: E402
 from pyro_vae.runs.folder import RunDir  # noqa: E402
@@ -135,11 +135,15 @@ def plot_manifold(vae: Structure, image_shape, out: Path, n: int = 20, inside: P
 
 
 def make_figures(run_dir: str | Path, vae: Structure, data: Splits, n: int = 16) -> list[Path]:
-    """Write every figure of a run (or model folder) into ``run_dir/figures``; returns the paths."""
-    run_dir = Path(run_dir)
+    """Write every figure of a run (or model folder) into ``run_dir/figures``, the model in eval
+    mode (its mode restored afterwards); returns the paths."""
+    with eval_mode(vae):
+        return _figures(Path(run_dir), vae, data, n)
+
+
+def _figures(run_dir: Path, vae: Structure, data: Splits, n: int) -> list[Path]:
     fig_dir = run_dir / "figures"
     device = next(vae.parameters()).device
-    vae.eval()
     paths = []
     rows = RunDir(run_dir).read_metrics()
     if rows:

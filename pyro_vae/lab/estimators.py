@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from pyro_vae.components.guides import DiagNormal
 from pyro_vae.components.likelihoods import Bernoulli
 from pyro_vae.components.priors import StandardNormal
-from pyro_vae.evaluation.metrics import iwae_log_likelihood, mean_se, samples_per_chunk
+from pyro_vae.evaluation.metrics import eval_mode, iwae_log_likelihood, mean_se, samples_per_chunk
 from pyro_vae.model import VAE, Structure
 from pyro_vae.objectives import closed_form
 from pyro_vae.objectives.elbos import ELBOS
@@ -339,9 +339,14 @@ def gradient_stats(samples: torch.Tensor) -> dict[str, float]:
 
 
 def run_lab(vae: Structure, x: torch.Tensor, cfg: LabConfig = LabConfig(), progress: bool = False) -> LabResult:
-    """Measure the estimators on images ``x`` (N, D); see the module docstring."""
+    """Measure the estimators on images ``x`` (N, D), the model in eval mode (its mode restored
+    afterwards); see the module docstring."""
     check_analytic_kl(vae, x)
-    vae.eval()
+    with eval_mode(vae):
+        return _run_lab(vae, x, cfg, progress)
+
+
+def _run_lab(vae: Structure, x: torch.Tensor, cfg: LabConfig, progress: bool) -> LabResult:
     result = LabResult(cfg)
     pmax = max(cfg.particles)
     steps = len(cfg.ks) + 2 + len(GRADIENT_ESTIMATORS) * len(cfg.particles) + len(SNR_VS_K_ESTIMATORS) * len(cfg.snr_ks)
