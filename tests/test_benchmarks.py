@@ -369,11 +369,11 @@ def test_cpu_kernels_compares_the_two_builds_on_the_evaluation(tmp_path, run_scr
     assert ev["nll_difference"] < 1e-3 * abs(ev["test_nll"]["avx2"]), ev
 
 
-def test_run_wall_time_runs_both_trees_alternately(tmp_path, run_script):
-    """This tree against itself as the "other" one, two rounds of a tiny run: each run's wall time,
-    peak RSS, kernels and final table, and the median ratios."""
+def test_run_wall_time_runs_both_trees_alternately(tmp_path, run_script, monkeypatch):
+    """This tree against itself as the "other" one, two rounds of a tiny two-epoch run: each run's wall time,
+    peak RSS (whole and by phase), kernels and final table, and the median ratios."""
     out = tmp_path / "wall.json"
-    tiny = ["train.epochs=1", "data.subset=300", "eval.iwae_k=2", "model.hidden=[16]"]
+    tiny = ["train.epochs=2", "data.subset=300", "eval.iwae_k=2", "model.hidden=[16]"]
     argv = ["--other-tree", str(ROOT), "--rounds", "2", "--out", str(out)]
     run_script("benchmarks/run_wall_time.py", *argv, *[a for o in tiny for a in ("--set", o)])
     record = json.loads(out.read_text())
@@ -383,3 +383,26 @@ def test_run_wall_time_runs_both_trees_alternately(tmp_path, run_script):
     assert {run["cpu_kernels"] for run in runs} in ({"AVX2"}, {"AVX512"}), runs  # the same tree twice
     assert all(run["table"][1:] == runs[0]["table"][1:] and len(run["table"]) >= 5 for run in runs)  # the same numbers
     assert record["wall_ratio_this_to_other"] > 0 and record["peak_rss_ratio_this_to_other"] > 0
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    run_wall_time = importlib.import_module("run_wall_time")
+    for run in runs:  # every phase seen (its markers logged), none above the process's peak
+        phases = run["peak_rss_mb_by_phase"]
+        assert list(phases) == [name for name, _ in run_wall_time.PHASES], phases
+        assert all(100 < mb <= run["peak_rss_mb"] + 1 for mb in phases.values()), run
+
+
+def test_gemm_times_the_layer_products_in_their_own_processes(tmp_path, run_script):
+    """Without a peer Python: MKL's three products (and oneDNN's forward one where torch has it),
+    one process per round and thread count, the medians in GFLOP/s; no ratio without XLA."""
+    out = tmp_path / "gemm.json"
+    run_script("benchmarks/gemm.py", "--rounds", "2", "--batch-sizes", "8", "--threads", "1", "--out", str(out))
+    record = json.loads(out.read_text())
+    assert (
+        list(record["medians"]) == ["torch batch 8 threads 1"]
+        and record["versions"]["torch"]["torch"] == torch.__version__
+    )
+    products = record["medians"]["torch batch 8 threads 1"]
+    assert {"forward x @ W.T", "weight gradient g.T @ x", "input gradient g @ W"} <= set(products)
+    assert all(p["ms"] > 0 and p["gflops"] > 0 for p in products.values())
+    assert len(record["runs"]["torch batch 8 threads 1"]) == 2
+    assert record["mkl time / xla time, the three products together (median over rounds)"] == {}

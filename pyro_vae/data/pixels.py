@@ -40,10 +40,11 @@ def evenly_spaced(total: int, n: int) -> torch.Tensor:
     return torch.linspace(0, total - 1, n).round().long()
 
 
-def blocks(x: torch.Tensor, rows: int = 4096) -> Iterator[torch.Tensor]:
-    """Float32 row blocks of images ``x`` (float, or uint8 levels): checks over a whole split
-    stream through these, so no float copy of the split is made."""
-    return (decode(block) for block in x.split(rows))
+def blocks(x: torch.Tensor, rows: int = 4096, device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
+    """Float32 row blocks of images ``x`` (float, or uint8 levels), each moved to ``device`` (if
+    given) before it is decoded: checks and evaluations over a whole split stream through these,
+    so no float copy of the split is made."""
+    return (decode(block if device is None else block.to(device)) for block in x.split(rows))
 
 
 def count_non_binary(x: torch.Tensor) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from pyro_vae.data import Splits
-from pyro_vae.data.pixels import decode
+from pyro_vae.data.pixels import blocks
 from pyro_vae.evaluation.clustering import cluster_accuracy, nmi
 from pyro_vae.evaluation.metrics import eval_mode
 from pyro_vae.model import Structure
@@ -32,10 +32,8 @@ def _predict(
     predict: Callable[[torch.Tensor], torch.Tensor], vae: Structure, data: Splits, device, batch_size: int
 ) -> torch.Tensor:
     """``predict`` (one class or cluster per image) over the whole test split, in eval mode."""
-    x = data.stored("test")
     with eval_mode(vae):
-        batches = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
-        return torch.cat([predict(decode(batch.to(device))).cpu() for batch in batches])
+        return torch.cat([predict(batch).cpu() for batch in blocks(data.stored("test"), batch_size, device)])
 
 
 def clustering_report(vae: Structure, data: Splits, device: torch.device, batch_size: int) -> dict | None:

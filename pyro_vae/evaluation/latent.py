@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pyro_vae.data.images import open_image
-from pyro_vae.data.pixels import blocks, chw, decode
+from pyro_vae.data.pixels import blocks, chw
 from pyro_vae.evaluation.metrics import layer_means
 from pyro_vae.model import Structure
 
@@ -172,8 +172,8 @@ def encode(vae: Structure, x: torch.Tensor, batch_size: int = 1000, draws: int =
     layer otherwise."""
     device = next(vae.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {}
-    for i in range(0, x.shape[0], batch_size):
-        codes = vae.encode(decode(x[i : i + batch_size].to(device)), draws=draws)
+    for batch in blocks(x, batch_size, device):
+        codes = vae.encode(batch, draws=draws)
         for name, (loc, scale) in codes.items():
             parts.setdefault(name, [[], []])
             parts[name][0].append(loc.cpu())

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae.data.pixels import decode, is_binary
+from pyro_vae.data.pixels import blocks, is_binary
 from pyro_vae.model import EnumeratedWeights, Structure
 from pyro_vae.seeding import fork_rng
 
@@ -87,6 +87,8 @@ def iwae_log_likelihood(
     """
     if k < 1:
         raise ValueError(f"the number of importance samples K must be at least 1, got {k}")
+    if x.shape[0] == 0:
+        raise ValueError("there are no images to evaluate: x holds 0 rows (check eval.iwae_images and data.subset)")
     chunk = chunk or samples_per_chunk(x, k)
     # The batch encoded once for all its chunks (Structure.weigher); any model with log_weights evaluates.
     weigher = getattr(vae, "weigher", None)
@@ -143,9 +145,16 @@ def evaluate(
         if seed is not None:
             torch.manual_seed(seed)
         batch_size = max(1, min(batch_size, x.shape[0]))
-        batches = range(0, x.shape[0], batch_size)
-        for start in tqdm(batches, desc=desc, disable=None if progress else True, unit="batch", leave=False):
-            bound, elbo = iwae_log_likelihood(vae, decode(x[start : start + batch_size].to(device)), k)
+        batches = tqdm(
+            blocks(x, batch_size, device),
+            total=math.ceil(x.shape[0] / batch_size),
+            desc=desc,
+            disable=None if progress else True,
+            unit="batch",
+            leave=False,
+        )
+        for batch in batches:
+            bound, elbo = iwae_log_likelihood(vae, batch, k)
             bounds.append(bound)
             elbos.append(elbo)
     out = {"neg_elbo": _summarise(-torch.cat(elbos))}
@@ -176,8 +185,8 @@ def layer_means(vae: Structure, x: torch.Tensor, batch_size: int = 1000) -> dict
     device = next(vae.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {}
     with eval_mode(vae):
-        for i in range(0, x.shape[0], batch_size):
-            for name, z in vae.point(decode(x[i : i + batch_size].to(device))).items():
+        for batch in blocks(x, batch_size, device):
+            for name, z in vae.point(batch).items():
                 parts.setdefault(name, []).append(z.cpu())
     return {name: torch.cat(zs) for name, zs in parts.items()}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -67,6 +68,23 @@ def test_k_below_one_is_rejected(tiny_vae64):
     vae, x = tiny_vae64
     with pytest.raises(ValueError, match="at least 1"):
         evaluate(vae, x, k=0)
+
+
+def test_no_images_is_rejected_by_name(tiny_vae64):
+    vae, x = tiny_vae64
+    with pytest.raises(ValueError, match="no images to evaluate"):
+        evaluate(vae, x[:0], k=2)
+
+
+def test_evaluate_walks_uint8_levels_in_batches_like_their_floats(tiny_vae64):
+    vae, x = tiny_vae64
+    vae = copy.deepcopy(vae).float()  # uint8 levels decode to float32
+    levels = (x * 255).round().to(torch.uint8)
+    pieces = evaluate(vae, levels, k=3, batch_size=4, seed=0)  # batches of 4 and 2
+    floats = evaluate(vae, levels.float() / 255, k=3, batch_size=4, seed=0)
+    for name in ("neg_elbo", "nll"):
+        assert pieces[name].n == floats[name].n == x.shape[0]
+        assert pieces[name].mean == pytest.approx(floats[name].mean, abs=1e-6)
 
 
 def test_evaluate_leaves_the_callers_rng_alone_and_repeats_itself(tiny_vae64):
