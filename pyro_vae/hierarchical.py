@@ -25,7 +25,8 @@ N(μ_p, σ_p²) (its parameters shared with the model):
 stays in range for any scales). No batch normalisation: its running statistics would change inside
 a captured step; use ``train.kl_warmup_epochs`` for the warm-up the paper pairs it with.
 
-Every scale is ``softplus(.) + 1e-5``. The conditional layers are the network's ``dense(in, out)``
+Every scale is ``softplus(.) + 1e-5``, or a clamped log-variance with
+``model.diag_normal.log_var_range``. The conditional layers are the network's ``dense(in, out)``
 (:mod:`pyro_vae.components.nets`; ``mlp([in, *model.hidden, out])`` for a network without it).
 
 References:
@@ -41,10 +42,9 @@ from dataclasses import dataclass
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pyro_vae.components.guides import GUIDES
+from pyro_vae.components.guides import GUIDES, log_var_range, scale_of
 from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.nets import ACTIVATIONS, NETWORKS, mlp
 from pyro_vae.components.priors import PRIORS
@@ -52,7 +52,6 @@ from pyro_vae.config import MAX_LATENT_DIM
 from pyro_vae.data.pixels import chw
 from pyro_vae.model import STRUCTURES, Structure
 
-MIN_SCALE = 1e-5
 MAX_LAYERS = 64  # far above what is trained; a slip (layers = 1e6) is refused before anything is built
 
 _instances = itertools.count()
@@ -81,15 +80,16 @@ def build_network(cfg, image_shape, structure: str) -> tuple[object, Callable[[i
 
 
 class ConditionalNormal(nn.Module):
-    """N(loc(h), diag scale(h)²) with ``(loc, raw) = net(h)`` split in two, ``scale = softplus(raw) + 1e-5``."""
+    """N(loc(h), diag scale(h)²) with ``(loc, raw) = net(h)`` split in two, ``scale = softplus(raw) + 1e-5``
+    or, with ``log_var_range``, ``exp(clamp(raw, lo, hi) / 2)`` (:func:`~pyro_vae.components.guides.scale_of`)."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, log_var_range: tuple[float, float] | None = None) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.log_var_range = net, log_var_range
 
     def loc_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = self.net(h).chunk(2, dim=-1)
-        return loc, F.softplus(raw) + MIN_SCALE
+        return loc, scale_of(raw, self.log_var_range)
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
         loc, scale = self.loc_scale(h)
@@ -164,12 +164,13 @@ class Hierarchical(Structure):
                 "model.hierarchical.ladder=false"
             )
         network, dense = build_network(cfg, image_shape, "hierarchical")
+        self.log_var_range = log_var_range(cfg)  # (model.diag_normal's: every Gaussian layer's scale)
 
         self.likelihood = LIKELIHOODS.build(cfg.likelihood, cfg.settings, data_dim=data_dim, cfg=cfg)
         self.decoder = network.decoder(sum(dims) if settings.skip else dims[0], self.likelihood.param_dim(data_dim))
         # conditionals[i]: p(z_{i+1} | z_{i+2}) (sites counted from 1), the generative path below the top
         self.conditionals = nn.ModuleList(
-            ConditionalNormal(dense(dims[i + 1], 2 * dims[i])) for i in range(len(dims) - 1)
+            ConditionalNormal(dense(dims[i + 1], 2 * dims[i]), self.log_var_range) for i in range(len(dims) - 1)
         )
         self.trunk, features = network.encoder(data_dim)
         if settings.ladder:
@@ -183,7 +184,8 @@ class Hierarchical(Structure):
             )
             # lower[i]: q(z_{i+1} | x, z_{i+2}) on the trunk's features and the layer above
             self.lower = nn.ModuleList(
-                ConditionalNormal(dense(features + dims[i + 1], 2 * dims[i])) for i in range(len(dims) - 1)
+                ConditionalNormal(dense(features + dims[i + 1], 2 * dims[i]), self.log_var_range)
+                for i in range(len(dims) - 1)
             )
             top_encoder = self.top
         self.prior = PRIORS.build(
@@ -227,7 +229,7 @@ class Hierarchical(Structure):
             if i:
                 d = self.ups[i - 1](d)
             loc, raw = head(d).chunk(2, dim=-1)
-            out.append((loc, F.softplus(raw) + MIN_SCALE))
+            out.append((loc, scale_of(raw, self.log_var_range)))
         return out
 
     def _decoder_input(self, codes_top_first: list[torch.Tensor]) -> torch.Tensor:

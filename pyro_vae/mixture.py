@@ -41,9 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyro_vae.components.guides import MIN_SCALE, log_var_range
 from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.config import ConfigError
-from pyro_vae.hierarchical import MIN_SCALE, ConditionalNormal, build_network
+from pyro_vae.hierarchical import ConditionalNormal, build_network
 from pyro_vae.model import STRUCTURES, Structure, _held
 
 MAX_COMPONENTS = 10_000
@@ -109,7 +110,7 @@ class Mixture(Structure):
         self.decoder = network.decoder(dim, self.likelihood.param_dim(data_dim))
         self.trunk, features = network.encoder(data_dim)
         self.classifier = nn.Linear(features, k)
-        self.lower = ConditionalNormal(dense(features + k, 2 * dim))
+        self.lower = ConditionalNormal(dense(features + k, 2 * dim), log_var_range(cfg))
         # b(x) for train.elbo=tracegraph (its score function's baseline), on the trunk's detached features
         self.baseline = nn.Linear(features, 1) if settings.baseline else None
         # p(z | c): component means spread as draws of N(0, I) (fixed by the run's seed), unit scales

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pyro_vae.components.guides import log_var_range
 from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.config import ConfigError
@@ -112,7 +113,7 @@ class SemiSupervised(Structure):
         self.class_trunk, features = network.encoder(data_dim)
         self.classifier = nn.Linear(features, k)
         self.trunk, features = network.encoder(data_dim)
-        self.lower = ConditionalNormal(dense(features + k, 2 * dim))
+        self.lower = ConditionalNormal(dense(features + k, 2 * dim), log_var_range(cfg))
         # b(x) for train.elbo=tracegraph (its score function's baseline), on the trunk's detached features
         self.baseline = nn.Linear(features, 1) if settings.baseline else None
 

@@ -24,7 +24,7 @@ def test_a_table_and_an_override_spell_the_same_settings(tmp_path):
     from_file = load_config(path)
     from_override = load_config(None, ["model.prior=student_t", "model.student_t.df=3", "train.ciwae.beta=0.25"])
     assert from_file == from_override
-    assert from_file.model.settings == {"student_t": {"df": 3.0}}
+    assert from_file.model.settings == {"student_t": {"df": 3.0}, "diag_normal": {"log_var_range": ()}}
     assert from_file.train.settings == {"ciwae": {"beta": 0.25}}  # given, kept (train.elbo is not ciwae)
     assert build_vae(from_file.model, 4).prior.df.item() == 3.0
 
@@ -33,10 +33,13 @@ def test_the_chosen_components_settings_are_filled_in_and_round_trip(tmp_path):
     cfg = load_config(
         None, ["model.prior=vamp", "model.guide=diag_normal", "train.elbo=ciwae", "train.num_particles=2"]
     )
-    assert cfg.model.settings == {"vamp": {"components": 500}}
+    assert cfg.model.settings == {
+        "vamp": {"components": 500, "pseudo_inputs": "data"},
+        "diag_normal": {"log_var_range": ()},
+    }
     assert cfg.train.settings == {"ciwae": {"beta": 0.5}}
     text = to_toml(cfg)
-    assert "[model.vamp]\ncomponents = 500" in text and "[train.ciwae]\nbeta = 0.5" in text
+    assert '[model.vamp]\ncomponents = 500\npseudo_inputs = "data"' in text and "[train.ciwae]\nbeta = 0.5" in text
     (tmp_path / "c.toml").write_text(text)
     assert load_config(tmp_path / "c.toml") == cfg
     assert from_dict(cfg.to_dict()) == cfg  # the form a checkpoint stores
@@ -52,9 +55,10 @@ def test_the_flat_keys_of_earlier_versions_read_as_their_new_spelling(tmp_path):
     assert cfg.model.settings == {
         "student_t": {"df": 7.0},
         "mixture_of_gaussians": {"components": 9},
-        "vamp": {"components": 9},
+        "vamp": {"components": 9, "pseudo_inputs": "data"},
         "gaussian": {"scale": 0.2},
         "iaf": {"steps": 3},
+        "diag_normal": {"log_var_range": ()},  # (the default guide's, filled in)
     }
     assert cfg.train.settings == {"ciwae": {"beta": 0.1}}
     assert "prior_df" not in to_toml(cfg) and "[model.student_t]\ndf = 7.0" in to_toml(cfg)
@@ -74,7 +78,7 @@ def test_the_run_folder_of_an_earlier_version_still_loads():
     [
         ("model.student_t.df=0", "model.student_t: df = 0.0 must be a positive finite number"),
         ("model.student_t.df=many", "model.student_t.df: expected a number, got 'many'"),
-        ("model.vamp.pseudo=3", "unknown setting model.vamp.pseudo; settings of model.vamp are: components"),
+        ("model.vamp.pseudo=3", "unknown setting model.vamp.pseudo; settings of model.vamp are: components, pseudo_inputs"),
         ("model.iaf.steps=0", "model.iaf: steps = 0 must be at least 1"),
         ("model.nosuch.x=1", "'nosuch' is no model component with settings"),
         ("train.ciwae.beta=2", "train.ciwae: beta = 2.0 must be in [0, 1]"),
@@ -123,9 +127,9 @@ def laplace_prior():
 
 def test_a_new_component_brings_its_settings_without_editing_the_config(laplace_prior):
     cfg = load_config(None, ["model.prior=test_laplace", "model.test_laplace.width=2.5"])
-    assert cfg.model.settings == {"test_laplace": {"width": 2.5}}
+    assert cfg.model.settings["test_laplace"] == {"width": 2.5}
     assert float(build_vae(cfg.model, 4).prior.width) == 2.5
-    assert load_config(None, ["model.prior=test_laplace"]).model.settings == {"test_laplace": {"width": 1.0}}
+    assert load_config(None, ["model.prior=test_laplace"]).model.settings["test_laplace"] == {"width": 1.0}
     with pytest.raises(ConfigError, match="model.test_laplace: width = -1.0 must be positive"):
         load_config(None, ["model.prior=test_laplace", "model.test_laplace.width=-1"])
 

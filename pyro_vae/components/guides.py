@@ -27,24 +27,65 @@ from pyro_vae.registry import Registry
 GUIDES: Registry = Registry("guide", config_key="model.guide")
 
 
+MIN_SCALE = 1e-5
+MAX_LOG_VAR = 30.0  # |log sigma^2| bound of a log_var_range (scales from 3e-7 to 3e6)
+
+
+def scale_of(raw: torch.Tensor, log_var_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """A Gaussian's scale from a network's raw output: ``softplus(raw) + 1e-5`` (the default, no
+    overflow of exp), or, with ``log_var_range = (lo, hi)``, the raw output read as a log-variance
+    clamped to [lo, hi], ``exp(clamp(raw, lo, hi) / 2)`` (Tomczak & Welling's Hardtanh(-6, 2): scales
+    between 0.05 and 2.7)."""
+    if log_var_range is None:
+        return F.softplus(raw) + MIN_SCALE
+    return torch.exp(0.5 * raw.clamp(*log_var_range))
+
+
+def log_var_range(cfg) -> tuple[float, float] | None:
+    """``model.diag_normal.log_var_range`` of the model config ``cfg`` as ``(lo, hi)``, None where
+    unset: the scale of every Gaussian a structure's guide and conditional layers compute from a
+    network (:func:`scale_of`)."""
+    settings = GUIDES.settings("diag_normal", cfg.settings)
+    return tuple(settings.log_var_range) if settings.log_var_range else None
+
+
 @GUIDES.register("diag_normal")
 class DiagNormal(nn.Module):
     """q(z | x) = N(loc(x), diag(scale(x)^2)), the network's encoder trunk with one fused head for
     loc and scale.
 
-    ``scale = softplus(.) + min_scale`` keeps the scale positive without the overflow of exp.
+    ``scale = softplus(.) + 1e-5`` keeps the scale positive without the overflow of exp; with
+    ``model.diag_normal.log_var_range = [lo, hi]`` the head gives a log-variance clamped to that
+    range instead (Tomczak & Welling's [-6, 2]; :func:`scale_of`), in every Gaussian layer of the
+    structure (the hierarchical conditionals, q(z | x, y) of ``semi_supervised`` and ``mixture``).
     """
 
-    min_scale = 1e-5
+    @dataclass(frozen=True)
+    class Settings:
+        log_var_range: tuple[float, ...] = ()  # () = softplus(.) + 1e-5; [lo, hi] = exp(clamp(., lo, hi) / 2)
 
-    def __init__(self, data_dim: int, latent_dim: int, network, **_) -> None:
+        def __post_init__(self) -> None:
+            r = tuple(self.log_var_range)
+            if r and (
+                len(r) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in r)
+                or not -MAX_LOG_VAR <= r[0] < r[1] <= MAX_LOG_VAR
+            ):
+                raise ValueError(
+                    f"log_var_range = {list(r)} must be [] (softplus scales) or two numbers lo < hi between "
+                    f"{-MAX_LOG_VAR:g} and {MAX_LOG_VAR:g}, the log-variance's clamp (Tomczak & Welling: [-6, 2])"
+                )
+
+    def __init__(self, data_dim: int, latent_dim: int, network, settings: Settings | None = None, **_) -> None:
         super().__init__()
         self.trunk, self.features = network.encoder(data_dim)
         self.head = nn.Linear(self.features, 2 * latent_dim)
+        r = tuple(settings.log_var_range) if settings is not None else ()
+        self.log_var_range = (float(r[0]), float(r[1])) if r else None
 
     def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = self.head(self.trunk(x)).chunk(2, dim=-1)
-        return loc, F.softplus(raw) + self.min_scale
+        return loc, scale_of(raw, self.log_var_range)
 
     def forward(self, x: torch.Tensor) -> dist.Distribution:
         loc, scale = self.loc_scale(x)
@@ -89,7 +130,7 @@ class IAF(nn.Module):
     def _base_and_transforms(self, x: torch.Tensor):
         h = self.base.trunk(x)
         loc, raw = self.base.head(h).chunk(2, dim=-1)
-        base = dist.Normal(loc, F.softplus(raw) + self.base.min_scale).to_event(1)
+        base = dist.Normal(loc, scale_of(raw, self.base.log_var_range)).to_event(1)
         return base, [step.condition(h) for step in self.steps]
 
     def forward(self, x: torch.Tensor) -> dist.Distribution:

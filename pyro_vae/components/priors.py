@@ -166,19 +166,31 @@ class MixtureOfGaussians(nn.Module):
 @PRIORS.register("vamp")
 class VampPrior(nn.Module):
     """p(z) = 1/K sum_k q(z | u_k): the guide's own posterior at K learnable pseudo-inputs u_k
-    (``model.vamp.components``), kept in [0, 1] by a sigmoid. They start near 0.05 (the mean
-    brightness of MNIST, as in Tomczak & Welling 2018) and :meth:`init_from_data` (called by
-    ``fit`` before the first step) replaces them by randomly chosen training images, which keeps
-    training from settling where every image is encoded alike and the latents go unused.
-    Needs a guide with ``loc_scale(x)`` (a diagonal-Gaussian encoder)."""
+    (``model.vamp.components``). Needs a guide with ``loc_scale(x)`` (a diagonal-Gaussian encoder).
+
+    ``model.vamp.pseudo_inputs`` says how the u_k are held and where they start:
+
+    - ``data`` (the default): kept in [0, 1] by a sigmoid; they start near 0.05 (the mean
+      brightness of MNIST) and :meth:`init_from_data` (called by ``fit`` before the first step)
+      replaces them by randomly chosen training images, which keeps training from settling where
+      every image is encoded alike and the latents go unused;
+    - ``tomczak``: Tomczak & Welling's own, clamped to [0, 1] (their Hardtanh(0, 1): the gradient
+      passes unscaled inside) and started at N(0.05, 0.01), not at training images.
+    """
 
     @dataclass(frozen=True)
     class Settings:
         components: int = 500  # K, the pseudo-inputs
+        pseudo_inputs: str = "data"  # data (sigmoid, started at training images) | tomczak (clamped, N(0.05, 0.01))
 
         def __post_init__(self) -> None:
             if self.components < 1:
                 raise ValueError(f"components = {self.components} must be at least 1")
+            if self.pseudo_inputs not in ("data", "tomczak"):
+                raise ValueError(
+                    f"pseudo_inputs = {self.pseudo_inputs!r} is not one of 'data' (a sigmoid, started at training "
+                    "images) or 'tomczak' (clamped to [0, 1], started at N(0.05, 0.01))"
+                )
 
     def __init__(self, latent_dim: int, data_dim: int, encoder: nn.Module, settings: Settings, **_) -> None:
         super().__init__()
@@ -187,17 +199,26 @@ class VampPrior(nn.Module):
                 "the vamp prior evaluates the guide's density at its pseudo-inputs and needs a diagonal-Gaussian "
                 f"guide; {type(encoder).__name__} has none. Use model.guide=diag_normal with model.prior=vamp"
             )
-        self.pseudo_logits = nn.Parameter(math.log(0.05 / 0.95) + 0.1 * torch.randn(settings.components, data_dim))
+        self.clamped = settings.pseudo_inputs == "tomczak"
+        if self.clamped:
+            self.pseudo_values = nn.Parameter(0.05 + 0.01 * torch.randn(settings.components, data_dim))
+        else:
+            self.pseudo_logits = nn.Parameter(math.log(0.05 / 0.95) + 0.1 * torch.randn(settings.components, data_dim))
         self._encoder = [encoder]  # shared with the VAE, not a submodule (its weights are saved once)
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor, generator: torch.Generator) -> None:
         """Start the pseudo-inputs at randomly chosen rows of ``x`` (N, D; float, or uint8 levels),
-        squeezed into [0.05, 0.95]."""
+        squeezed into [0.05, 0.95] (``pseudo_inputs = "data"``; Tomczak & Welling's are left at
+        their start)."""
+        if self.clamped:
+            return
         rows = torch.randint(x.shape[0], (self.pseudo_logits.shape[0],), generator=generator).to(x.device)
         self.pseudo_logits.copy_(torch.logit(decode(x[rows]).clamp(0.05, 0.95)))
 
     def pseudo_inputs(self) -> torch.Tensor:
+        if self.clamped:
+            return F.hardtanh(self.pseudo_values, 0.0, 1.0)
         return torch.sigmoid(self.pseudo_logits)
 
     def forward(self, batch_size: int) -> dist.Distribution:

@@ -409,3 +409,64 @@ def test_the_logistic_mixture_sums_to_one_and_is_the_logistic_at_k_1():
         load_config(
             None, ["model.likelihood=discretized_logistic_mixture", "model.discretized_logistic_mixture.components=0"]
         )
+
+
+def test_a_log_var_range_clamps_the_scale_of_every_gaussian_layer():
+    """``model.diag_normal.log_var_range = [lo, hi]`` (Tomczak & Welling's [-6, 2]): the raw output
+    read as a clamped log-variance, its gradient zero outside the range; every Gaussian layer a
+    structure computes from a network takes it (the default keeps softplus + 1e-5)."""
+    from pyro_vae.components.guides import DiagNormal, scale_of
+    from pyro_vae.hierarchical import ConditionalNormal
+
+    raw = torch.tensor([-10.0, -6.0, 0.0, 2.0, 5.0], dtype=torch.float64, requires_grad=True)
+    scale = scale_of(raw, (-6.0, 2.0))
+    torch.testing.assert_close(scale, torch.exp(0.5 * raw.detach().clamp(-6, 2)), rtol=0, atol=0)
+    scale.sum().backward()
+    assert raw.grad[0] == 0 and raw.grad[-1] == 0 and raw.grad[2] == 0.5
+    torch.testing.assert_close(scale_of(raw.detach()), torch.nn.functional.softplus(raw.detach()) + 1e-5)
+    for structure in ("vae", "hierarchical", "semi_supervised", "mixture"):
+        for clamp in ([], ["model.diag_normal.log_var_range=[-6, 2]"]):
+            cfg = load_config(None, [f"model.structure={structure}", "model.hidden=[8]", "model.latent_dim=3", *clamp])
+            vae = build_vae(cfg.model, D)
+            layers = [m for m in vae.modules() if isinstance(m, (DiagNormal, ConditionalNormal))]
+            assert layers, structure
+            expected = (-6.0, 2.0) if clamp else None
+            assert all(m.log_var_range == expected for m in layers), (structure, clamp)
+    cfg = load_config(
+        None, ["model.structure=hierarchical", "model.hidden=[8]", "model.diag_normal.log_var_range=[-6, 2]"]
+    )
+    torch.manual_seed(0)
+    vae = build_vae(cfg.model, D)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.mul_(50)  # raw outputs far outside [-6, 2]
+        x = torch.bernoulli(torch.full((64, D), 0.5))
+        scales = [s for _, s in vae.encode(x).values()] + [vae.conditionals[0].loc_scale(torch.randn(64, 50))[1]]
+    low, high = math.exp(-3), math.exp(1)
+    assert all(s.min() >= low * (1 - 1e-6) and s.max() <= high * (1 + 1e-6) for s in scales)
+    assert any(s.min() <= low * (1 + 1e-6) for s in scales) and any(s.max() >= high * (1 - 1e-6) for s in scales)
+
+
+def test_the_vamp_prior_s_pseudo_inputs_held_and_started_as_tomczak_and_welling_do():
+    """``model.vamp.pseudo_inputs = "tomczak"``: values clamped to [0, 1], started at N(0.05, 0.01)
+    and left there by the data-dependent start; the default starts them at training images."""
+    x = torch.bernoulli(torch.full((40, D), 0.5))
+    for scheme in ("tomczak", "data"):
+        cfg = load_config(
+            None,
+            ["model.prior=vamp", "model.vamp.components=200", f"model.vamp.pseudo_inputs={scheme}", "model.hidden=[8]"],
+        )
+        torch.manual_seed(0)
+        prior = build_vae(cfg.model, D).prior
+        start = prior.pseudo_inputs().detach().clone()
+        assert start.shape == (200, D) and abs(start.mean().item() - 0.05) < 0.01, scheme
+        prior.init_from_data(x, torch.Generator().manual_seed(0))
+        moved = prior.pseudo_inputs().detach()
+        if scheme == "tomczak":
+            assert torch.equal(moved, start)
+            with torch.no_grad():
+                prior.pseudo_values.add_(torch.linspace(-2, 2, D))
+            u = prior.pseudo_inputs()
+            assert u.min() == 0 and u.max() == 1  # clamped, not squashed
+        else:
+            assert (moved - 0.5).abs().min() > 0.4  # training images, squeezed into [0.05, 0.95]
