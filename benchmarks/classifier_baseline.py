@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         errors.append(train_classifier(cfg, data, args.steps, seed))
         print(f"seed {seed}: test error {errors[-1]:.2%}", flush=True)
     result = {
-        "command": " ".join(["python benchmarks/classifier_baseline.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(
+            ["python", "benchmarks/classifier_baseline.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "recipe": str(args.config),
         "overrides": args.overrides,
         "labels": {"count": cfg.data.labels, "protocol": data.label_protocol},

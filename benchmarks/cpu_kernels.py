@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def main() -> None:
     machine = dict(rounds[0]["avx2"]["machine"])
     machine.pop("cpu_kernels")
     record = {
-        "command": "python benchmarks/cpu_kernels.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/cpu_kernels.py " + shlex.join(sys.argv[1:]),
         "machine": machine,
         "cache_key": cpu_kernels.cache_key(),
         "probe_seconds_per_call": probe,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -110,7 +111,7 @@ def main() -> None:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(rows[name]["profiled_self_ms_per_step"].items()))
         print(f"{name:<18} {rows[name]['ms_per_step']:.2f} ms/step; profiled self ms/step: {parts}")
     record = {
-        "command": "python benchmarks/cpu_profile.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/cpu_profile.py " + shlex.join(sys.argv[1:]),
         "machine": machine(torch.device("cpu")),
         "batch_size": args.batch_size,
         "steps": args.steps,

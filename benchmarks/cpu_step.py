@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -206,7 +207,7 @@ def main() -> None:
         for n in children
     }
     record = {
-        "command": "python benchmarks/cpu_step.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/cpu_step.py " + shlex.join(sys.argv[1:]),
         "machine": machine(torch.device("cpu")),
         "unit": "training images/s; peak RSS of the variant's process in MB",
         "peer": children["numpyro peer"].hello.get("versions") if args.peer_python else None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def main() -> None:
 
     medians = {p: statistics.median(r["images_per_s"] for r in runs[p]) for p in procs}
     result = {
-        "command": "python benchmarks/ddp_throughput.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/ddp_throughput.py " + shlex.join(sys.argv[1:]),
         "global_batch": args.batch,
         "steps": args.steps,
         "repeats": args.repeats,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -165,7 +166,7 @@ def main() -> None:
     from common import machine
 
     record = {
-        "command": "python benchmarks/gemm.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/gemm.py " + shlex.join(sys.argv[1:]),
         "machine": machine(torch.device("cpu")),
         "versions": versions,
         "rounds": args.rounds,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -60,7 +61,7 @@ def main() -> None:
         sync(device)
         times.append(time.perf_counter() - t)
     record = {
-        "command": "python benchmarks/iwae_eval.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/iwae_eval.py " + shlex.join(sys.argv[1:]),
         "machine": machine(device),
         "k": args.k,
         "images": x.shape[0],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -60,7 +61,7 @@ def main() -> None:
         )
         print(f"seed {seed}: accuracy {rows[-1]['accuracy']:.4f}, NMI {rows[-1]['nmi']:.4f}", file=sys.stderr)
     record = {
-        "command": "python benchmarks/kmeans_baseline.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/kmeans_baseline.py " + shlex.join(sys.argv[1:]),
         "machine": machine(torch.device("cpu")),
         "data": data.source,
         "train_images": train.shape[0],

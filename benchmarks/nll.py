@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import time
 from pathlib import Path
 
@@ -91,10 +92,10 @@ def main() -> None:
         if Path(args.config).is_absolute()
         else str(args.config),
         "overrides": args.overrides,
-        "command": " ".join(
-            ["python benchmarks/nll.py", f"--config {args.config}", f"--name {args.name}"]
-            + ([f"--threads {args.threads}"] if args.threads else [])
-            + [f"--set {o}" for o in args.overrides]
+        "command": shlex.join(  # (quoted where needed: the line reruns as it is)
+            ["python", "benchmarks/nll.py", "--config", str(args.config), "--name", args.name]
+            + (["--threads", str(args.threads)] if args.threads else [])
+            + [arg for o in args.overrides for arg in ("--set", o)]
         ),
         "test_nll": final["test_nll"],
         "test_neg_elbo": final["test_neg_elbo"],

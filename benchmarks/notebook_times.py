@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -158,7 +159,7 @@ def main() -> int:
     record.update(
         {
             "what": f"each examples/NN_*.py run as a script ({args.mode} mode, --device cpu), {args.jobs} at a time",
-            "command": "python benchmarks/notebook_times.py " + " ".join(sys.argv[1:]),
+            "command": "python benchmarks/notebook_times.py " + shlex.join(sys.argv[1:]),
             "machine": machine(torch.device("cpu")) | {"torch_threads": args.threads},
             "jobs_at_once": args.jobs,
             "date": time.strftime("%Y-%m-%d"),

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import statistics
 import sys
 import time
@@ -118,7 +119,7 @@ def main() -> None:
         results.append({"batch_size": batch, "images_per_s": statistics.median(rates), "all": rates})
         print(f"NumPyro SVI Trace_ELBO, batch {batch}: {statistics.median(rates):,.0f} images/s")
     record = {
-        "command": "python benchmarks/numpyro_peer.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/numpyro_peer.py " + shlex.join(sys.argv[1:]),
         "device": str(device),
         "platform": device.platform,
         "jax": jax.__version__,

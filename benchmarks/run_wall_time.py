@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -127,7 +128,7 @@ def main() -> None:
             file=sys.stderr,
         )
     record = {
-        "command": "python benchmarks/run_wall_time.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/run_wall_time.py " + shlex.join(sys.argv[1:]),
         "machine": {k: v for k, v in machine(torch.device("cpu")).items() if k != "cpu_kernels"},  # (each run's own)
         "commits": {name: _git(tree, "rev-parse", "--short", "HEAD") for name, tree in trees.items()},
         "rounds": rounds,

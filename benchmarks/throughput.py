@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import statistics
 import sys
 import time
@@ -275,7 +276,7 @@ def main() -> None:
     torch.set_float32_matmul_precision("highest")
     flops = flops_per_image(config())
     result = {
-        "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/throughput.py " + shlex.join(sys.argv[1:]),
         "machine": machine(device),
         "matmul_gflops": gflops[precisions[0]],
         "matmul_gflops_by_precision": gflops,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -113,7 +114,7 @@ def main() -> None:
             run(name, step, vae, optim, x_train, x_test, cfg, args.target, args.check_every, args.max_epochs)
         )
     record = {
-        "command": "python benchmarks/time_to_quality.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/time_to_quality.py " + shlex.join(sys.argv[1:]),
         "target_test_neg_elbo": args.target,
         "recipe": {"model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"]},
         "machine": machine(device),
