@@ -78,7 +78,10 @@ def test_the_run_folder_of_an_earlier_version_still_loads():
     [
         ("model.student_t.df=0", "model.student_t: df = 0.0 must be a positive finite number"),
         ("model.student_t.df=many", "model.student_t.df: expected a number, got 'many'"),
-        ("model.vamp.pseudo=3", "unknown setting model.vamp.pseudo; settings of model.vamp are: components, pseudo_inputs"),
+        (
+            "model.vamp.pseudo=3",
+            "unknown setting model.vamp.pseudo; settings of model.vamp are: components, pseudo_inputs",
+        ),
         ("model.iaf.steps=0", "model.iaf: steps = 0 must be at least 1"),
         ("model.nosuch.x=1", "'nosuch' is no model component with settings"),
         ("train.ciwae.beta=2", "train.ciwae: beta = 2.0 must be in [0, 1]"),
