@@ -80,6 +80,9 @@ def one_run(tree: Path, overrides: list[str]) -> dict:
                     while phase < len(PHASES) - 1 and (at := logged.find(PHASES[phase][1])) >= 0:
                         logged = logged[at + len(PHASES[phase][1]) :]
                         phase += 1
+                        if rss is not None:  # a phase passed between two readings gets the later one
+                            name = PHASES[phase][0]
+                            phase_peaks[name] = max(phase_peaks[name], rss)
                     logged = logged[-200:]  # a marker may be cut by a read: keep the end
                     if rss is not None:
                         name = PHASES[phase][0]

@@ -385,10 +385,11 @@ def test_run_wall_time_runs_both_trees_alternately(tmp_path, run_script, monkeyp
     assert record["wall_ratio_this_to_other"] > 0 and record["peak_rss_ratio_this_to_other"] > 0
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     run_wall_time = importlib.import_module("run_wall_time")
-    for run in runs:  # every phase seen (its markers logged), none above the process's peak
+    for run in runs:  # the phases in order, none above the process's peak; the seconds-long ones read
         phases = run["peak_rss_mb_by_phase"]
         assert list(phases) == [name for name, _ in run_wall_time.PHASES], phases
-        assert all(100 < mb <= run["peak_rss_mb"] + 1 for mb in phases.values()), run
+        assert phases["setup and the first epoch"] > 100 and phases["figures and files"] > 100, run
+        assert all(mb == 0 or 100 < mb <= run["peak_rss_mb"] + 1 for mb in phases.values()), run
 
 
 def test_gemm_times_the_layer_products_in_their_own_processes(tmp_path, run_script):

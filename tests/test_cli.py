@@ -115,8 +115,8 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
         (
             ["config", "--set", "model.bernoulli.p=1"],
             "'bernoulli' is no model component with settings; those "
-            "with settings are: conv (channels, features), discretized_logistic_mixture (components), "
-            "gaussian (scale), "
+            "with settings are: conv (channels, features), diag_normal (log_var_range), "
+            "discretized_logistic_mixture (components), gaussian (scale), "
             "hierarchical (layers, latent_dims, ladder, skip), iaf (steps), mixture (components, baseline), "
             "mixture_of_gaussians (components), resnet "
             "(channels, features)",
