@@ -145,13 +145,8 @@ def main() -> None:
     for key, rounds in runs.items():
         batch = int(key.split()[2])
         flops = 2 * batch * 784 * 400
-        summary[key] = {
-            name: {
-                "ms": statistics.median(r[name] for r in rounds),
-                "gflops": flops / statistics.median(r[name] for r in rounds) / 1e6,
-            }
-            for name in rounds[0]
-        }
+        medians = {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
+        summary[key] = {name: {"ms": ms, "gflops": flops / ms / 1e6} for name, ms in medians.items()}
     ratios = {}
     if "jax" in pythons:
         for batch in batches:

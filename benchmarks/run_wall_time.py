@@ -77,15 +77,13 @@ def one_run(tree: Path, overrides: list[str]) -> dict:
                         break
                     rss = _rss_mb(proc.pid)
                     logged += log.read()
+                    first = phase
                     while phase < len(PHASES) - 1 and (at := logged.find(PHASES[phase][1])) >= 0:
                         logged = logged[at + len(PHASES[phase][1]) :]
                         phase += 1
-                        if rss is not None:  # a phase passed between two readings gets the later one
-                            name = PHASES[phase][0]
-                            phase_peaks[name] = max(phase_peaks[name], rss)
                     logged = logged[-200:]  # a marker may be cut by a read: keep the end
-                    if rss is not None:
-                        name = PHASES[phase][0]
+                    # the reading is the current phase's, and that of every phase passed since the last one
+                    for name, _ in PHASES[min(first + 1, phase) : phase + 1] if rss is not None else ():
                         phase_peaks[name] = max(phase_peaks[name], rss)
                     time.sleep(0.02)
         wall = time.perf_counter() - t

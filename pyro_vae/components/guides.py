@@ -45,8 +45,7 @@ def log_var_range(cfg) -> tuple[float, float] | None:
     """``model.diag_normal.log_var_range`` of the model config ``cfg`` as ``(lo, hi)``, None where
     unset: the scale of every Gaussian a structure's guide and conditional layers compute from a
     network (:func:`scale_of`)."""
-    settings = GUIDES.settings("diag_normal", cfg.settings)
-    return tuple(settings.log_var_range) if settings.log_var_range else None
+    return DiagNormal.Settings.range_of(GUIDES.settings("diag_normal", cfg.settings))
 
 
 @GUIDES.register("diag_normal")
@@ -76,12 +75,17 @@ class DiagNormal(nn.Module):
                     f"{-MAX_LOG_VAR:g} and {MAX_LOG_VAR:g}, the log-variance's clamp (Tomczak & Welling: [-6, 2])"
                 )
 
+        @staticmethod
+        def range_of(settings: DiagNormal.Settings | None) -> tuple[float, float] | None:
+            """``(lo, hi)`` as floats, None where unset (or no settings)."""
+            r = tuple(settings.log_var_range) if settings is not None else ()
+            return (float(r[0]), float(r[1])) if r else None
+
     def __init__(self, data_dim: int, latent_dim: int, network, settings: Settings | None = None, **_) -> None:
         super().__init__()
         self.trunk, self.features = network.encoder(data_dim)
         self.head = nn.Linear(self.features, 2 * latent_dim)
-        r = tuple(settings.log_var_range) if settings is not None else ()
-        self.log_var_range = (float(r[0]), float(r[1])) if r else None
+        self.log_var_range = self.Settings.range_of(settings)
 
     def loc_scale(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw = self.head(self.trunk(x)).chunk(2, dim=-1)
