@@ -3,7 +3,7 @@ structure (``mixture``) its test clustering accuracy and NMI, for a semi-supervi
 classification error and the labels protocol.
 
     python benchmarks/nll.py --config benchmarks/configs/FILE.toml --name NAME [--threads N]
-                             [--set section.key=value ...]
+                             [--eval-threads N] [--set section.key=value ...]
 
 Trains the config with :func:`pyro_vae.fit` into ``runs/NAME`` (resumable: rerun the command to
 continue an interrupted run), then writes ``benchmarks/results/NAME.json`` with the test NLL, its
@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", required=True, help="names the run folder runs/NAME and the result")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument(
+        "--eval-threads", type=int, default=0, help="torch threads for the final evaluation (0 = as --threads)"
+    )
     parser.add_argument("--runs", default="runs", help="folder of the run folder")
     parser.add_argument("--results", default=HERE / "results", help="folder of the result JSON")
     args = parser.parse_args()
@@ -85,7 +88,14 @@ def main() -> None:
     args.result = Path(args.results) / f"{args.name}.json"
     t0 = time.perf_counter()
     # The figures come after the result is written: a failure drawing them cannot lose the numbers.
-    summary = fit(cfg, args.out, resume=RunDir(Path(args.out)).last.exists(), progress=False, figures=False)
+    summary = fit(
+        cfg,
+        args.out,
+        resume=RunDir(Path(args.out)).last.exists(),
+        progress=False,
+        figures=False,
+        eval_threads=args.eval_threads,
+    )
     final = summary["final"]
     result = {
         "recipe": str(Path(args.config).relative_to(HERE.parent))
@@ -95,6 +105,7 @@ def main() -> None:
         "command": shlex.join(  # (quoted where needed: the line reruns as it is)
             ["python", "benchmarks/nll.py", "--config", str(args.config), "--name", args.name]
             + (["--threads", str(args.threads)] if args.threads else [])
+            + (["--eval-threads", str(args.eval_threads)] if args.eval_threads else [])
             + [arg for o in args.overrides for arg in ("--set", o)]
         ),
         "test_nll": final["test_nll"],

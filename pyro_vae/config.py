@@ -83,6 +83,7 @@ class ModelConfig:
     prior: str = "standard_normal"  # from pyro_vae.components.priors.PRIORS
     likelihood: str = "bernoulli"  # from pyro_vae.components.likelihoods.LIKELIHOODS
     guide: str = "diag_normal"  # from pyro_vae.components.guides.GUIDES
+    init: str = "torch"  # initial weights of every dense layer: torch (PyTorch's default) | he (N(0, 2 / fan_in))
     settings: dict = field(default_factory=dict)  # component name -> its settings ([model.NAME] tables)
 
 
@@ -99,6 +100,9 @@ class TrainConfig:
     epochs: int = 30  # passes over the training split
     batch_size: int = 128
     lr: float = 1e-3  # Adam learning rate
+    normalize_grads: bool = (
+        False  # each parameter's gradient / its L2 norm before Adam (Tomczak & Welling's AdamNormGrad)
+    )
     lr_decay: float = 1.0  # learning rate multiplier applied after every epoch (1 = constant)
     seed: int = 0  # seeds pyro, torch, numpy and the batch order
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
@@ -473,6 +477,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         "1 trains the ELBO; a zero weight would drop the KL term and its gradient)",
     )
     _require(0 < cfg.train.lr_decay <= 1, f"train.lr_decay = {cfg.train.lr_decay} must be in (0, 1]")
+    _require(cfg.model.init in INITS, f"model.init = {cfg.model.init!r} is not one of: {', '.join(INITS)}")
     _require(is_device_name(cfg.train.device), f"train.device = {cfg.train.device!r} is not one of: {DEVICE_NAMES}")
     resolved = {
         s: dataclasses.replace(getattr(cfg, s), settings=_resolve_settings(cfg, s)) for s in ("data", "model", "train")
@@ -481,6 +486,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N"
+INITS = ("torch", "he")  # model.init
 
 
 def is_device_name(name: str) -> bool:

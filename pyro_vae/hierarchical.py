@@ -13,6 +13,11 @@ Tomczak & Welling's HVAE generalised to L layers:
     q(z_L | x)           = the model.guide registry (the ``vae``'s guide, its own trunk)
     q(z_i | x, z_{i+1})  = N(mu(h(x), z_{i+1}), diag sigma(h(x), z_{i+1})^2),   h: one bottom-up trunk
 
+``lower = "deep"`` (the default): h is the network's encoder trunk and (mu, sigma) its ``dense`` on
+[h, z_{i+1}]; ``lower = "shallow"``, Tomczak & Welling's own: h is one layer of the network on x,
+z_{i+1} passes one layer of its own, one joint layer on both, then a linear head (the network's
+``layer``: ``mlp``, ``gated_mlp``), all of width ``model.hidden[0]``.
+
 With ``ladder = true``, the Ladder VAE's guide (Sønderby et al., 2016): a deterministic bottom-up
 pass d_1 = trunk(x), d_i = up_i(d_{i-1}) gives (mû_i, σ̂_i) = head_i(d_i); then q(z_L | x) =
 N(mû_L, σ̂_L²) and, below, the precision-weighted merge with the generative p(z_i | z_{i+1}) =
@@ -52,6 +57,7 @@ from pyro_vae.config import MAX_LATENT_DIM
 from pyro_vae.data.pixels import chw
 from pyro_vae.model import STRUCTURES, Structure
 
+LOWER = ("deep", "shallow")  # the guide's conditionals below the top layer (Settings.lower)
 MAX_LAYERS = 64  # far above what is trained; a slip (layers = 1e6) is refused before anything is built
 
 _instances = itertools.count()
@@ -96,6 +102,19 @@ class ConditionalNormal(nn.Module):
         return dist.Normal(loc, scale).to_event(1)
 
 
+class _Joint(nn.Module):
+    """The ``shallow`` guide's network on [h(x), z_(i+1)] (Tomczak & Welling's q(z1 | x, z2)): a layer
+    on z_(i+1), a joint layer on both, a linear head."""
+
+    def __init__(self, features: int, z_path: nn.Module, joint: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.features, self.z_path, self.joint, self.head = features, z_path, joint, head
+
+    def forward(self, hz: torch.Tensor) -> torch.Tensor:
+        h, z = hz.split([self.features, hz.shape[-1] - self.features], dim=-1)
+        return self.head(self.joint(torch.cat([h, self.z_path(z)], dim=-1)))
+
+
 def merge(
     loc_a: torch.Tensor, scale_a: torch.Tensor, loc_b: torch.Tensor, scale_b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,6 +146,9 @@ class Hierarchical(Structure):
         latent_dims: tuple[int, ...] = ()  # sizes of z1 (bottom) .. zL; () = model.latent_dim for every layer
         ladder: bool = False  # Sønderby et al. (2016): merge the bottom-up and the top-down pass in the guide
         skip: bool = True  # the decoder sees every layer, p(x | z1..zL) (T&W's); false: p(x | z1) alone
+        lower: str = (
+            "deep"  # q(z_i | x, z_{i+1}): deep (trunk, then dense) | shallow (T&W's: one layer each, a joint one)
+        )
 
         def __post_init__(self) -> None:
             if isinstance(self.layers, bool) or not 2 <= self.layers <= MAX_LAYERS:
@@ -139,6 +161,13 @@ class Hierarchical(Structure):
                     f"latent_dims = {list(self.latent_dims)} gives {len(self.latent_dims)} sizes for "
                     f"layers = {self.layers}; give one size per layer, z1 (the bottom) first, or [] for "
                     "model.latent_dim in every layer"
+                )
+            if self.lower not in LOWER:
+                raise ValueError(f"lower = {self.lower!r} is not one of: {', '.join(LOWER)}")
+            if self.ladder and self.lower != "deep":
+                raise ValueError(
+                    f"lower = {self.lower!r} shapes q(z_i | x, z_(i+1)), which the ladder replaces by its "
+                    "merge; leave lower = deep with ladder = true"
                 )
             bad = [d for d in self.latent_dims if not 1 <= d <= MAX_LATENT_DIM]
             if bad:
@@ -172,7 +201,18 @@ class Hierarchical(Structure):
         self.conditionals = nn.ModuleList(
             ConditionalNormal(dense(dims[i + 1], 2 * dims[i]), self.log_var_range) for i in range(len(dims) - 1)
         )
-        self.trunk, features = network.encoder(data_dim)
+        if settings.lower == "shallow":
+            layer = getattr(network, "layer", None)
+            if not callable(layer):
+                raise ValueError(
+                    f"lower = shallow builds q(z_i | x, z_(i+1)) from single layers of the network, which "
+                    f"{cfg.network} does not give (no layer(...)); use model.network=gated_mlp or mlp, or "
+                    "model.hierarchical.lower=deep"
+                )
+            features = cfg.hidden[0]
+            self.trunk = layer(data_dim, features)
+        else:
+            self.trunk, features = network.encoder(data_dim)
         if settings.ladder:
             act = ACTIVATIONS[cfg.activation]
             self.ups = nn.ModuleList(nn.Sequential(dense(features, features), act()) for _ in range(len(dims) - 1))
@@ -183,10 +223,19 @@ class Hierarchical(Structure):
                 cfg.guide, cfg.settings, data_dim=data_dim, latent_dim=dims[-1], cfg=cfg, network=network
             )
             # lower[i]: q(z_{i+1} | x, z_{i+2}) on the trunk's features and the layer above
-            self.lower = nn.ModuleList(
-                ConditionalNormal(dense(features + dims[i + 1], 2 * dims[i]), self.log_var_range)
-                for i in range(len(dims) - 1)
-            )
+            if settings.lower == "shallow":
+                nets = [
+                    _Joint(
+                        features,
+                        layer(dims[i + 1], features),
+                        layer(2 * features, features),
+                        nn.Linear(features, 2 * dims[i]),
+                    )
+                    for i in range(len(dims) - 1)
+                ]
+            else:
+                nets = [dense(features + dims[i + 1], 2 * dims[i]) for i in range(len(dims) - 1)]
+            self.lower = nn.ModuleList(ConditionalNormal(net, self.log_var_range) for net in nets)
             top_encoder = self.top
         self.prior = PRIORS.build(
             cfg.prior, cfg.settings, latent_dim=dims[-1], data_dim=data_dim, encoder=top_encoder, cfg=cfg

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -801,7 +802,18 @@ def _build(cfg: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None)
             f"model.structure={name} built a {type(model).__name__}, not a pyro_vae.model.Structure; "
             "a structure subclasses Structure (see docs/components.md)"
         )
+    if cfg.init == "he":
+        he_init(model)
     return model
+
+
+@torch.no_grad()
+def he_init(module: torch.nn.Module) -> None:
+    """Every ``nn.Linear`` weight of ``module`` drawn from N(0, 2 / fan_in) (He et al., 2015, as
+    Tomczak & Welling initialise their models; ``model.init = "he"``); biases keep PyTorch's."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.weight.normal_(0.0, math.sqrt(2.0 / m.in_features))
 
 
 _SIZED = (

@@ -10,7 +10,9 @@ vectors of D = C·H·W pixels) and provides
 - ``decoder(latent_dim, out_dim) -> module``: z (..., L) to the likelihood's parameters (..., out_dim);
 - optionally ``dense(in_dim, out_dim) -> module``: a dense map of vectors (..., in_dim) to (..., out_dim) in
   the network's style, for the conditional layers of the ``hierarchical`` structure
-  (:mod:`pyro_vae.hierarchical`; without it they are ``mlp([in_dim, *model.hidden, out_dim])``).
+  (:mod:`pyro_vae.hierarchical`; without it they are ``mlp([in_dim, *model.hidden, out_dim])``);
+- optionally ``layer(in_dim, out_dim) -> module``: one hidden layer in the network's style (with
+  its nonlinearity), for the ``hierarchical`` structure's ``lower = "shallow"`` guide.
 
 Both are plain ``nn.Module`` s taking and giving flat tensors; the guide and the likelihood
 contracts do not depend on them. A decoder's output for a likelihood with P parameters per pixel
@@ -73,6 +75,9 @@ class MLP:
     def dense(self, in_dim: int, out_dim: int) -> nn.Module:
         return mlp([in_dim, *self.hidden, out_dim], self.activation)
 
+    def layer(self, in_dim: int, out_dim: int) -> nn.Module:
+        return mlp([in_dim, out_dim], self.activation, final_activation=True)
+
 
 class Gated(nn.Module):
     """h = (W1 x + b1) * sigmoid(W2 x + b2): a dense layer with a learned gate on every unit."""
@@ -104,6 +109,9 @@ class GatedMLP:
     def dense(self, in_dim: int, out_dim: int) -> nn.Module:
         sizes = [in_dim, *self.hidden]
         return nn.Sequential(*(Gated(a, b) for a, b in zip(sizes[:-1], sizes[1:])), nn.Linear(sizes[-1], out_dim))
+
+    def layer(self, in_dim: int, out_dim: int) -> nn.Module:
+        return Gated(in_dim, out_dim)
 
 
 def _halve(n: int) -> int:

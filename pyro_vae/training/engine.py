@@ -39,7 +39,7 @@ from pyro_vae.config import ConfigError
 from pyro_vae.data.pixels import decode
 from pyro_vae.training import distributed
 from pyro_vae.training.capture import CaptureProblem, watched
-from pyro_vae.training.whole_step import WholeStep
+from pyro_vae.training.whole_step import WholeStep, normalize_gradients
 
 log = logging.getLogger(__name__)
 
@@ -277,11 +277,13 @@ class StepEngine:
         module: torch.nn.Module | None = None,
         labels: torch.Tensor | None = None,
         epoch_length: int | None = None,
+        normalize_grads: bool = False,
     ) -> None:
         device = x_train.device
         self.optim, self.x, self.bs, self.choice, self.fallback = optim, x_train, batch_size, choice, fallback
         self.binarize, self.warmup_steps, self.ctx = binarize, float(warmup_steps), ctx or distributed.Context()
         self.kl_weight, self.labels = float(kl_weight), labels
+        self.normalize_grads = normalize_grads  # AdamNormGrad: each gradient / its norm before Adam
         self.n = epoch_length or x_train.shape[0]  # rows of an epoch's order (labelled images may repeat)
         self.loss_fn = torch.compile(loss_fn) if choice.compile_loss else loss_fn
         self.world = self.ctx.world_size
@@ -377,6 +379,8 @@ class StepEngine:
         value = loss_and_backward(self.loss_fn, self.optim, xb, self._beta(xb), size / self.world, self.ctx, yb)
         ok = self._account(value, size)
         self.found_inf.copy_((~ok).to(self.found_inf.dtype))
+        if self.normalize_grads:
+            normalize_gradients([p.grad for g in self.optim.param_groups for p in g["params"] if p.grad is not None])
         self.optim.found_inf = self.found_inf
         self.optim.step()
         if self.choice.capture:

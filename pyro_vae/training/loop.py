@@ -56,8 +56,11 @@ def fit(
     progress: bool = True,
     figures: bool = True,
     overwrite: bool = False,
+    eval_threads: int = 0,
 ) -> dict[str, Any]:
     """Train ``cfg`` into run folder ``out`` (or continue it with ``resume``); return the summary.
+    ``eval_threads``: torch's threads for the final evaluation (0: those it trained with), for a
+    run trained on one core beside another whose core is free again by then.
 
     Every epoch: one pass over the shuffled training split with the configured ELBO and Adam (run
     by the step engine of :mod:`pyro_vae.training.engine`), then the negative ELBO of the valid and test
@@ -97,6 +100,8 @@ def fit(
             distributed.shutdown(ctx)
             if not ctx.main:
                 return {}
+            if eval_threads:
+                torch.set_num_threads(eval_threads)
             summary = finish(run, cfg, trainer.vae, trainer.data, device, trainer.epoch, progress)
             if trainer.board is not None:
                 trainer.board.close(cfg, summary["final"])
@@ -457,6 +462,7 @@ class Trainer:
                 module=self.vae,
                 labels=self.labels,
                 epoch_length=self.epoch_rows,
+                normalize_grads=cfg.train.normalize_grads,
             )  # a failed capture or compilation continues eagerly
 
         steps_left = max(cfg.train.epochs - self.epoch, 0) * self.steps_per_epoch

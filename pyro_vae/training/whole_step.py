@@ -131,7 +131,24 @@ class WholeStep:
         grads, value = torch.func.grad_and_value(loss)(tuple(params))
         ok = e._account(value.detach(), size)  # the engine's bookkeeping, as its eager step keeps it
         e.batch.add_(1)
+        if e.normalize_grads:
+            grads = normalize_gradients(list(grads))
         _adam(params, grads, exp_avgs, exp_avg_sqs, steps, scalars, ok, **self.adam)
+
+
+NORM_GRAD_EPS = 1e-7  # Tomczak & Welling's AdamNormGrad: g / (||g|| + 1e-7)
+
+
+def normalize_gradients(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each gradient divided by its L2 norm (plus :data:`NORM_GRAD_EPS`): what Tomczak & Welling's
+    AdamNormGrad does before Adam's update (``train.normalize_grads``). In place where the
+    tensors are ``.grad`` s; returns them. No host sync (the norms stay on the device)."""
+    if not grads:
+        return grads
+    norms = torch._foreach_norm(grads)
+    torch._foreach_add_(norms, NORM_GRAD_EPS)
+    torch._foreach_div_(grads, norms)
+    return grads
 
 
 def _adam(params, grads, exp_avgs, exp_avg_sqs, steps, scalars, ok, *, beta1, beta2, eps) -> None:
