@@ -4,7 +4,8 @@
         [--seeds 0 1 2] [--steps 2000] [--threads 1] [--out FILE] [--set section.key=value ...]
 
 Builds the ``semi_supervised`` structure of the recipe (so the classifier q(y | x) is the same
-network, on the same data and labels protocol: ``data.labels``, ``data.seed``), and trains its
+network, on the same data and labels protocol: ``data.labels``, ``data.seed``; for an ADGM recipe,
+M2's q(y | x), without the auxiliary a), and trains its
 classifier alone on the labelled training images by cross-entropy (Adam, full batch, ``--steps``
 steps; there are no validation labels to stop on), once per seed (``train.seed``: the initial
 weights); scores the test split the VAE is scored on. Writes
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=HERE / "results" / "classifier_baseline.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.overrides)
+    # q(y | x) alone: an ADGM recipe's classifier also reads the auxiliary a, so its baseline is M2's
+    cfg = load_config(args.config, [*args.overrides, "model.semi_supervised.auxiliary_dim=0"])
     data = load_data(cfg.data)
     t0, errors = time.perf_counter(), []
     for seed in args.seeds:

@@ -1,6 +1,6 @@
 r"""The ``semi_supervised`` structure (``model.structure = "semi_supervised"``): Kingma et al.'s M2,
 a class ``y`` beside the style ``z``, learnt from a few labels (``data.labels``) and many images
-without.
+without; with ``auxiliary_dim = A > 0``, Maaløe et al.'s auxiliary deep generative model (ADGM).
 
 Generative model, for every image::
 
@@ -12,6 +12,16 @@ Guide::
 
     q(y | x)    = Categorical(softmax(classifier(x)))    a classifier on its own trunk
     q(z | x, y) = N(mu(h(x), y), diag sigma(h(x), y)^2)  h: a second trunk
+
+ADGM (``auxiliary_dim = A``): an auxiliary ``a`` (A-D) that leaves p(x) unchanged but makes the
+guide richer: the model adds ``a | x, y, z ~ N(mu(x, y, z), diag sigma(x, y, z)^2)`` after x, and the
+guide draws it first::
+
+    q(a | x)        = N(mu(x), diag sigma(x)^2)
+    q(y | a, x)     = Categorical(softmax(classifier([h_y(x), a])))
+    q(z | a, y, x)  = N(mu(h(x), y, a), diag sigma(h(x), y, a)^2)
+
+The class of an image is read from q(y | E[a | x], x) (the mean of a, no draw).
 
 In training every batch holds images whose label is unknown and (``labelled_per_batch``) images
 whose label is known; the stories take the batch's ``labels`` (-1 where unknown) and write two
@@ -33,6 +43,7 @@ References:
     Kingma, Rezende, Mohamed & Welling, *Semi-supervised Learning with Deep Generative Models*,
     NeurIPS 2014 (M2; α = 0.1 N).
     Pyro's ``examples/vae/ss_vae_M2.py`` and its ``ss-vae`` tutorial.
+    Maaløe, Sønderby, Sønderby & Winther, *Auxiliary Deep Generative Models*, ICML 2016 (ADGM).
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ from torch import nn
 from pyro_vae.components.guides import log_var_range
 from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.priors import PRIORS
-from pyro_vae.config import ConfigError
+from pyro_vae.config import MAX_LATENT_DIM, ConfigError
 from pyro_vae.hierarchical import ConditionalNormal, build_network
 from pyro_vae.mixture import OneHotCategorical, broadcast_cat
 from pyro_vae.model import STRUCTURES, Structure, _held
@@ -75,12 +86,18 @@ class SemiSupervised(Structure):
         alpha: float = 0.1  # Kingma's alpha over N: the classification term weighs alpha N / N_L per label
         labelled_per_batch: int = 10  # labelled images in every training batch (they repeat over an epoch)
         baseline: bool = False  # learn b(x), the score function's baseline of train.elbo=tracegraph
+        auxiliary_dim: int = 0  # A > 0: Maaløe et al.'s ADGM, an auxiliary a ~ q(a | x) the classifier sees; 0 = M2
 
         def __post_init__(self) -> None:
             if isinstance(self.classes, bool) or not 2 <= self.classes <= MAX_CLASSES:
                 raise ValueError(f"classes = {self.classes} must be between 2 and {MAX_CLASSES:,}")
             if not self.alpha >= 0:
                 raise ValueError(f"alpha = {self.alpha} must be 0 or more (0: no classification term)")
+            if isinstance(self.auxiliary_dim, bool) or not 0 <= self.auxiliary_dim <= MAX_LATENT_DIM:
+                raise ValueError(
+                    f"auxiliary_dim = {self.auxiliary_dim} must be between 0 (M2) and {MAX_LATENT_DIM:,} "
+                    "(the ADGM's auxiliary a)"
+                )
             if isinstance(self.labelled_per_batch, bool) or self.labelled_per_batch < 1:
                 raise ValueError(
                     f"labelled_per_batch = {self.labelled_per_batch} must be at least 1: every batch needs "
@@ -101,8 +118,8 @@ class SemiSupervised(Structure):
                 f"model.structure=semi_supervised's guide q(z | x, y) is a diagonal Gaussian conditioned on the "
                 f"class, not model.guide={cfg.guide}; leave model.guide=diag_normal"
             )
-        k, dim = settings.classes, cfg.latent_dim
-        self.k, self.latent_dim, self.data_dim = k, dim, data_dim
+        k, dim, aux = settings.classes, cfg.latent_dim, settings.auxiliary_dim
+        self.k, self.latent_dim, self.data_dim, self.aux = k, dim, data_dim, aux
         self.alpha, self.labelled_per_batch = settings.alpha, settings.labelled_per_batch
         self.labelled_scale, self.class_scale = 1.0, settings.alpha  # (weigh_labels sets them for a data set)
         self.store_name = f"semi_supervised{next(_instances)}"
@@ -111,9 +128,12 @@ class SemiSupervised(Structure):
         self.decoder = network.decoder(dim + k, self.likelihood.param_dim(data_dim))
         self.prior = PRIORS.build(cfg.prior, cfg.settings, latent_dim=dim, data_dim=data_dim, encoder=None, cfg=cfg)
         self.class_trunk, features = network.encoder(data_dim)
-        self.classifier = nn.Linear(features, k)
+        self.classifier = dense(features + aux, k) if aux else nn.Linear(features, k)
         self.trunk, features = network.encoder(data_dim)
-        self.lower = ConditionalNormal(dense(features + k, 2 * dim), log_var_range(cfg))
+        self.lower = ConditionalNormal(dense(features + k + aux, 2 * dim), log_var_range(cfg))
+        # the ADGM's q(a | x) (guide) and p(a | x, y, z) (model)
+        self.q_a = ConditionalNormal(dense(data_dim, 2 * aux), log_var_range(cfg)) if aux else None
+        self.p_a = ConditionalNormal(dense(data_dim + k + dim, 2 * aux), log_var_range(cfg)) if aux else None
         # b(x) for train.elbo=tracegraph (its score function's baseline), on the trunk's detached features
         self.baseline = nn.Linear(features, 1) if settings.baseline else None
 
@@ -130,30 +150,45 @@ class SemiSupervised(Structure):
     def prior_y(self, x: torch.Tensor) -> OneHotCategorical:
         return OneHotCategorical(logits=x.new_zeros(x.shape[0], self.k))
 
-    def q_y(self, x: torch.Tensor) -> OneHotCategorical:
-        return OneHotCategorical(logits=self.classifier(self.class_trunk(x)))
+    def q_y(self, x: torch.Tensor, a: torch.Tensor | None = None) -> OneHotCategorical:
+        return OneHotCategorical(logits=self._logits(x, a))
+
+    def _logits(self, x: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
+        """The classifier's logits of q(y | x), or of the ADGM's q(y | a, x) (a: (..., B, A))."""
+        h = self.class_trunk(x)
+        return self.classifier(h if a is None else broadcast_cat(h, a))
+
+    def _with_a(self, h: torch.Tensor, a: torch.Tensor | None) -> torch.Tensor:
+        return h if a is None else broadcast_cat(h, a)
 
     def model_story(self, x: torch.Tensor, emit, labels: torch.Tensor | None = None) -> None:
         unknown = None if labels is None else labels < 0
         y = emit.latent("y", self.prior_y(x), mask=unknown)
         z = emit.latent("z", self.prior(x.shape[0]), mask=unknown)
         emit.observed("x", self.likelihood(self.decoder(broadcast_cat(z, y))), x, mask=unknown)
+        if self.aux:
+            emit.latent("a", self.p_a(broadcast_cat(broadcast_cat(x, y), z)), mask=unknown)
         if labels is None:
             return
         known, y_l, s = labels >= 0, one_hot(labels, self.k, x.dtype), self.labelled_scale
         emit.observed("y_l", self.prior_y(x), y_l, mask=known, scale=s)
         z_l = emit.latent("z_l", self.prior(x.shape[0]), mask=known, scale=s)
         emit.observed("x_l", self.likelihood(self.decoder(broadcast_cat(z_l, y_l))), x, mask=known, scale=s)
-        emit.observed("y_class", self.q_y(x), y_l, mask=known, scale=self.class_scale)
+        a_l = None
+        if self.aux:
+            a_l = emit.latent("a_l", self.p_a(broadcast_cat(torch.cat([x, y_l], -1), z_l)), mask=known, scale=s)
+        emit.observed("y_class", self.q_y(x, a_l), y_l, mask=known, scale=self.class_scale)
 
     def guide_story(self, x: torch.Tensor, emit, labels: torch.Tensor | None = None) -> None:
         unknown = None if labels is None else labels < 0
-        y = emit.latent("y", self.q_y(x), mask=unknown)
+        a = emit.latent("a", self.q_a(x), mask=unknown) if self.aux else None
+        y = emit.latent("y", self.q_y(x, a), mask=unknown)
         h = self.trunk(x)
-        emit.latent("z", self.lower(broadcast_cat(h, y)), mask=unknown)
+        emit.latent("z", self.lower(broadcast_cat(self._with_a(h, a), y)), mask=unknown)
         if labels is not None:
-            y_l = one_hot(labels, self.k, x.dtype)
-            emit.latent("z_l", self.lower(torch.cat([h, y_l], -1)), mask=labels >= 0, scale=self.labelled_scale)
+            known, y_l, s = labels >= 0, one_hot(labels, self.k, x.dtype), self.labelled_scale
+            a_l = emit.latent("a_l", self.q_a(x), mask=known, scale=s) if self.aux else None
+            emit.latent("z_l", self.lower(broadcast_cat(self._with_a(h, a_l), y_l)), mask=known, scale=s)
 
     @property
     def has_score_baseline(self) -> bool:
@@ -165,15 +200,19 @@ class SemiSupervised(Structure):
 
     # -- classes -------------------------------------------------------------------------------------------------
 
+    def _point_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """q(y | x)'s logits; the ADGM's at the mean of q(a | x)."""
+        return self._logits(x, self.q_a(x).mean if self.aux else None)
+
     @torch.no_grad()
     def class_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """q(y | x) for the images ``x`` (B, D): (B, K)."""
-        return torch.softmax(self.classifier(self.class_trunk(x)), -1)
+        """q(y | x) for the images ``x`` (B, D): (B, K); the ADGM's q(y | E[a | x], x)."""
+        return torch.softmax(self._point_logits(x), -1)
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """The most probable class under q(y | x) of each image (B,)."""
-        return self.classifier(self.class_trunk(x)).argmax(-1)
+        return self._point_logits(x).argmax(-1)
 
     def classes(self) -> int:
         return self.k
@@ -184,8 +223,9 @@ class SemiSupervised(Structure):
         return {"z": self.latent_dim, "y": self.k}
 
     def _q_z(self, x: torch.Tensor) -> tuple[torch.distributions.Distribution, torch.Tensor]:
-        y = one_hot(self.classifier(self.class_trunk(x)).argmax(-1), self.k, x.dtype)
-        return self.lower(torch.cat([self.trunk(x), y], -1)), y
+        a = self.q_a(x).mean if self.aux else None
+        y = one_hot(self._logits(x, a).argmax(-1), self.k, x.dtype)
+        return self.lower(torch.cat([self._with_a(self.trunk(x), a), y], -1)), y
 
     def point(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The mean of q(z | x, y) at the most probable class, and that class one-hot."""
@@ -196,7 +236,7 @@ class SemiSupervised(Structure):
         """q(z | x, y)'s mean and scale at the most probable class; q(y | x)'s probabilities and
         their standard deviations (one-hot coordinates)."""
         q, _ = self._q_z(x)
-        p = torch.softmax(self.classifier(self.class_trunk(x)), -1)
+        p = torch.softmax(self._point_logits(x), -1)
         return {"z": (q.mean, q.stddev), "y": (p, (p * (1 - p)).sqrt())}
 
     @torch.no_grad()
@@ -227,9 +267,11 @@ class SemiSupervised(Structure):
         return {"z": z, "y": y}
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``encoder``: the guide's (the classifier and q(z | x, y)); ``decoder``: the model's."""
-        guide = [self.class_trunk, self.classifier, self.trunk, self.lower]
+        """``encoder``: the guide's (the classifier, q(z | x, y), the ADGM's q(a | x)); ``decoder``:
+        the model's (the ADGM's p(a | x, y, z) too)."""
+        guide = [self.class_trunk, self.classifier, self.trunk, self.lower, self.q_a]
+        model = [self.prior, self.decoder, self.likelihood, self.p_a]
         return {
-            "encoder": [p for m in guide for p in m.parameters()],
-            "decoder": [*self.prior.parameters(), *self.decoder.parameters(), *self.likelihood.parameters()],
+            "encoder": [p for m in guide if m is not None for p in m.parameters()],
+            "decoder": [p for m in model if m is not None for p in m.parameters()],
         }

@@ -324,6 +324,60 @@ def test_refusals_say_why_and_the_fix():
             build_model(load_config(None, [*base, "model.network=no_decoder"]).model, D)
 
 
+@pytest.mark.parametrize("network", ["gated_mlp", "mlp"])
+def test_the_shallow_lower_guide_is_tomczak_and_wellings_q_z1(network):
+    """``model.hierarchical.lower = shallow``: q(z1 | x, z2) from one layer on x, one on z2, a joint
+    layer on both and a linear head, all of width hidden[0] (T&W's HVAE: 2 layers on x, the
+    default 4 with the gated 300-300 network); it trains (finite log weights, gradients reach
+    every layer) and is refused, saying why, with the ladder and a network without ``layer``."""
+    from pyro_vae.components.nets import Gated
+    from pyro_vae.hierarchical import _Joint
+
+    base = ["model.structure=hierarchical", f"model.network={network}", "model.hidden=[12, 9]", "model.latent_dim=3"]
+    h = build_model(load_config(None, [*base, "model.hierarchical.lower=shallow"]).model, D).double()
+    (lower,) = h.lower
+    assert isinstance(lower.net, _Joint)
+    kind = Gated if network == "gated_mlp" else nn.Linear
+    trunk = h.trunk if network == "gated_mlp" else h.trunk[0]
+    assert isinstance(trunk, kind) and (trunk.value if network == "gated_mlp" else trunk).weight.shape == (12, D)
+    shapes = [p.shape for p in lower.net.parameters() if p.dim() == 2]
+    expected = [(12, 3), (12, 24), (6, 12)]  # z2 -> 12, [h, z2'] -> 12, head -> (loc, raw) of z1
+    assert shapes == [s for s in expected for _ in range(2 if network == "gated_mlp" and s != (6, 12) else 1)]
+    weights = h.log_weights(_x(), 2)
+    assert torch.isfinite(weights).all()
+    weights.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in [*h.trunk.parameters(), *lower.parameters()])
+    with pytest.raises(ConfigError, match="lower = 'shallow' shapes q.*leave lower = deep with ladder = true"):
+        load_config(None, [*base, "model.hierarchical.lower=shallow", "model.hierarchical.ladder=true"])
+    with pytest.raises(ConfigError, match=r"lower = 'wide' is not one of: deep, shallow"):
+        load_config(None, [*base, "model.hierarchical.lower=wide"])
+    with pytest.raises(ConfigError, match="which conv does not give .*model.network=gated_mlp or mlp"):
+        shallow_conv = ["model.structure=hierarchical", "model.network=conv", "model.hierarchical.lower=shallow"]
+        build_model(load_config(None, shallow_conv).model, 784, (28, 28))
+
+
+def test_he_init_draws_every_dense_weight_from_n_0_2_over_fan_in():
+    """``model.init = he``: every ``nn.Linear`` weight ~ N(0, 2 / fan_in), the sample standard
+    deviation within 5 standard errors (SE = sigma / sqrt(2 n)); biases keep PyTorch's uniform
+    start; PyTorch's own start (the default) has standard deviation 1 / sqrt(3 fan_in); a name not
+    known is refused."""
+    for init in ("he", "torch"):
+        torch.manual_seed(0)
+        vae = build_model(load_config(None, ["model.hidden=[400]", f"model.init={init}"]).model, D)
+        for name, m in vae.named_modules():
+            if not isinstance(m, nn.Linear):
+                continue
+            w, fan_in = m.weight.detach().double(), m.in_features
+            sigma = math.sqrt(2 / fan_in) if init == "he" else 1 / math.sqrt(3 * fan_in)
+            z = (w.std().item() - sigma) / (sigma / math.sqrt(2 * w.numel()))
+            assert abs(z) < 5 and abs(w.mean().item()) < 5 * sigma / math.sqrt(w.numel()), (
+                f"{init}, {name}: std {w.std().item():.4g} vs {sigma:.4g} (z = {z:.2f}, n = {w.numel()}, seed 0)"
+            )
+            assert m.bias.abs().max() <= 1 / math.sqrt(fan_in)
+    with pytest.raises(ConfigError, match="model.init = 'xavier' is not one of: torch, he"):
+        load_config(None, ["model.init=xavier"])
+
+
 def test_a_hierarchical_model_above_the_size_limit_is_refused_before_it_is_allocated():
     cfg = load_config(None, ["model.structure=hierarchical", "model.hidden=[60000,60000]", "model.latent_dim=8"]).model
     with pytest.raises(ConfigError, match="the VAE would hold .* model.structure = hierarchical, model.latent_dim"):
@@ -601,16 +655,21 @@ def _m2(*extra, d=D, image_shape=None):
 LABELS = torch.tensor([-1, 2, -1, 0])
 
 
+ADGM = "model.semi_supervised.auxiliary_dim=2"  # Maaløe et al.'s auxiliary a beside M2's y and z
+
+
 @pytest.mark.parametrize("elbo", ["enum", "trace"])
 @pytest.mark.parametrize("particles", [1, 3])
 @pytest.mark.parametrize("beta", [None, 0.3])
-def test_m2_with_labels_gives_pyros_own_estimators_value_and_gradient(elbo, particles, beta):
-    """Masks, the labelled branch and the scaled classification term: TraceEnum_ELBO (c summed
-    out) and Trace_ELBO (its score function) on the structure's Pyro model and guide, to 1e-10."""
+@pytest.mark.parametrize("extra", [[], [ADGM]], ids=["m2", "adgm"])
+def test_m2_with_labels_gives_pyros_own_estimators_value_and_gradient(elbo, particles, beta, extra):
+    """Masks, the labelled branch and the scaled classification term (and the ADGM's auxiliary a):
+    TraceEnum_ELBO (y summed out) and Trace_ELBO (its score function) on the structure's Pyro model
+    and guide, to 1e-10."""
     from pyro_vae.objectives.elbos import ELBOS
     from pyro_vae.objectives.sites import LeanSource, PyroSource
 
-    vae, x = _m2(), _x()
+    vae, x = _m2(*extra), _x()
     vae.weigh_labels(images=1000, labelled=20, repeats=4.0)
     kw = dict(num_particles=particles, vectorize_particles=particles > 1)
     theirs, guide = (
@@ -679,6 +738,83 @@ def test_m2_equals_pyros_ss_vae_written_as_its_three_losses(monkeypatch):
         assert torch.allclose(g, e, rtol=0, atol=1e-10), (name, (g - e).abs().max().item())
 
 
+def test_the_adgm_equals_its_bound_written_out_by_hand(monkeypatch):
+    """The ADGM's loss (y summed out by ``enum``) against Maaløe et al.'s bound written here term by
+    term on the structure's networks: for an unlabelled image
+    -E_q(a|x)[sum_y q(y|a,x) (log p(x|y,z) + log p(y) + log p(z) + log p(a|x,y,z) - log q(y|a,x)
+    - log q(z|a,y,x)) - log q(a|x)], for a labelled one the same at its class (times 1/r) and the
+    classification term alpha N / N_L / r (-log q(y|a,x)). Draws made
+    deterministic (loc + scale / 2). Value and every gradient, float64, to 1e-10."""
+    from pyro_vae.objectives.fast import build_loss
+
+    monkeypatch.setattr(
+        torch.distributions.Normal,
+        "rsample",
+        lambda self, sample_shape=(): (self.loc + 0.5 * self.scale).expand(torch.Size(sample_shape) + self.loc.shape),
+    )
+    vae, x, k = _m2(ADGM), _x(b=7), 3
+    labels = torch.tensor([-1, 2, -1, -1, 0, -1, 1])
+    vae.weigh_labels(images=1000, labelled=10, repeats=4.0)
+    eye = torch.eye(k, dtype=x.dtype)
+
+    def draw(q):
+        return q.base_dist.loc + 0.5 * q.base_dist.scale
+
+    def bound(xi, y, a):  # log p(x, y, z, a) - log q(z | a, y, x) at z's draw, one image, class y
+        q_z = vae.lower(torch.cat([vae.trunk(xi), a, y], -1))
+        z = draw(q_z)
+        log_p = (
+            vae.likelihood(vae.decoder(torch.cat([z, y], -1))).log_prob(xi)
+            + dist.OneHotCategorical(logits=torch.zeros(k, dtype=x.dtype)).log_prob(y)
+            + dist.Normal(torch.zeros_like(z), 1.0).to_event(1).log_prob(z)
+            + vae.p_a(torch.cat([xi, y, z], -1)).log_prob(a)
+        )
+        return log_p - q_z.log_prob(z)
+
+    reference = x.new_zeros(())
+    for i in range(x.shape[0]):
+        xi = x[i]
+        q_a = vae.q_a(xi)
+        a = draw(q_a)
+        q_y = torch.softmax(vae.classifier(torch.cat([vae.class_trunk(xi), a], -1)), -1)
+        if labels[i] < 0:
+            elbo = sum(q_y[c] * (bound(xi, eye[c], a) - q_y[c].log()) for c in range(k)) - q_a.log_prob(a)
+            reference = reference - elbo
+        else:
+            c = int(labels[i])
+            elbo = bound(xi, eye[c], a) - q_a.log_prob(a)
+            reference = reference - vae.labelled_scale * elbo - vae.class_scale * q_y[c].log()
+    params = list(vae.parameters())
+    expected = torch.autograd.grad(reference, params)
+    cfg = load_config(None, ["train.elbo=enum"]).train
+    ours = build_loss(vae, cfg, x, labels=labels).fn(x, labels=labels)
+    assert torch.allclose(ours, reference, rtol=0, atol=1e-10), (ours.item(), reference.item())
+    for (name, _), g, e in zip(vae.named_parameters(), torch.autograd.grad(ours, params), expected):
+        assert torch.allclose(g, e, rtol=0, atol=1e-10), (name, (g - e).abs().max().item())
+
+
+def test_the_adgms_sites_classes_and_refusals():
+    """a is drawn first in the guide (a, y, z; a_l, z_l) and last in the model (after x: p(a | x, y, z));
+    the class is read at the mean of q(a | x), so classify is deterministic; the latent API is M2's
+    (z, y); auxiliary_dim < 0 is refused."""
+    vae, x = _m2(ADGM), _x()
+    guide_trace, model_trace = vae.traces(x, None, LABELS)
+
+    def sites(trace):
+        return [n for n, s in trace.nodes.items() if s["type"] == "sample" and n != "data"]
+
+    assert sites(guide_trace) == ["a", "y", "z", "a_l", "z_l"]
+    assert sites(model_trace) == ["y", "z", "x", "a", "y_l", "z_l", "x_l", "a_l", "y_class"]
+    assert sites(vae.traces(x)[0]) == ["a", "y", "z"]
+    assert torch.equal(vae.classify(x), vae.classify(x)) and vae.layers() == {"z": 3, "y": 3}
+    expected = vae.classifier(torch.cat([vae.class_trunk(x), vae.q_a(x).mean], -1)).softmax(-1)
+    assert torch.allclose(vae.class_probabilities(x), expected)
+    assert {id(p) for p in vae.q_a.parameters()} <= {id(p) for p in vae.parameter_groups()["encoder"]}
+    assert {id(p) for p in vae.p_a.parameters()} <= {id(p) for p in vae.parameter_groups()["decoder"]}
+    with pytest.raises(ConfigError, match=r"auxiliary_dim = -1 must be between 0 \(M2\) and"):
+        load_config(None, ["model.structure=semi_supervised", "model.semi_supervised.auxiliary_dim=-1"])
+
+
 def test_m2s_sites_with_and_without_labels():
     vae, x = _m2(), _x()
     vae.weigh_labels(images=1000, labelled=20, repeats=4.0)
@@ -730,6 +866,7 @@ def test_m2s_latent_api_classes_and_refusals():
 )
 def test_every_prior_likelihood_and_network_trains_m2_by_enumeration_with_labels(network, prior, likelihood):
     vae = _m2(
+        *([ADGM] if prior == "standard_normal" else []),  # and the ADGM with every network and likelihood
         f"model.network={network}",
         f"model.prior={prior}",
         f"model.likelihood={likelihood}",

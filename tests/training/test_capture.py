@@ -310,12 +310,14 @@ DISCRETE_ELBOS = [
 ]
 
 
+@pytest.mark.parametrize("aux", [0, 2], ids=["m2", "adgm"])
 @pytest.mark.parametrize("elbo", DISCRETE_ELBOS, ids=lambda o: ",".join(s.split("=", 1)[1] for s in o))
-def test_the_semi_supervised_structure_with_each_of_its_estimators_passes_the_check(elbo):
+def test_the_semi_supervised_structure_with_each_of_its_estimators_passes_the_check(elbo, aux):
     """Labels gathered with the batch, masks, the one-hot labels made on the device, the labelled
-    branch and the classification term: nothing a CUDA graph cannot hold."""
+    branch and the classification term (and the ADGM's auxiliary a): nothing a CUDA graph cannot hold."""
     labels = torch.where(torch.arange(N) % 4 == 0, torch.arange(N) % 3, -1)
-    engine = _engine("model.structure=semi_supervised", "model.semi_supervised.classes=3", *elbo, labels=labels)[0]
+    structure = ["model.structure=semi_supervised", "model.semi_supervised.classes=3"]
+    engine = _engine(*structure, f"model.semi_supervised.auxiliary_dim={aux}", *elbo, labels=labels)[0]
     assert engine.check_capture() is None
 
 

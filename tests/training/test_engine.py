@@ -117,6 +117,35 @@ def test_the_engine_step_equals_a_hand_written_loop(binarize, warmup, kl_weight)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_normalized_gradients_are_adam_fed_each_gradient_over_its_norm(normalize):
+    """``train.normalize_grads`` (Tomczak & Welling's AdamNormGrad): the engine's step is PyTorch's
+    reference Adam (unfused) fed every gradient divided by its L2 norm + 1e-7; without it the same
+    reference does not match (the control)."""
+    bs, perm = 64, torch.randperm(300, generator=torch.Generator().manual_seed(1))
+    vae_a, optim_a, loss_a, x = _setup()
+    engine = StepEngine(loss_a, optim_a, x, bs, EAGER, normalize_grads=True)
+    vae_b, _, loss_b, _ = _setup()
+    reference = torch.optim.Adam(vae_b.parameters(), lr=1e-2, foreach=False)
+    pyro.set_rng_seed(5)
+    engine.start_epoch(perm)
+    for _ in range(3):
+        engine.step()
+    assert engine.read().bad_step is None
+    pyro.set_rng_seed(5)
+    for i in range(3):
+        reference.zero_grad()
+        (loss_b(decode(x[perm[i * bs : (i + 1) * bs]])) / bs).backward()
+        if normalize:
+            for p in vae_b.parameters():
+                p.grad /= torch.linalg.vector_norm(p.grad) + 1e-7
+        reference.step()
+    same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(_params(vae_a), _params(vae_b)))
+    assert same == normalize
+    norms = [torch.linalg.vector_norm(p.grad).item() for p in vae_a.parameters()]
+    assert all(abs(n - 1) < 1e-5 for n in norms), norms  # the engine's last gradients, normalised
+
+
 def test_a_non_finite_loss_is_flagged_on_the_device_and_no_later_step_moves_the_parameters():
     bs, perm, bad_at = 50, torch.arange(300), 3
     vae, optim, loss, x = _setup()

@@ -27,6 +27,18 @@ STRUCTURES = {
     "mixture": ["model.structure=mixture", "model.mixture.components=3"],
     "mixture_baseline": ["model.structure=mixture", "model.mixture.components=3", "model.mixture.baseline=true"],
     "semi_supervised": ["model.structure=semi_supervised", "model.semi_supervised.classes=3"],
+    "adgm": [
+        "model.structure=semi_supervised",
+        "model.semi_supervised.classes=3",
+        "model.semi_supervised.auxiliary_dim=2",
+    ],
+    "hierarchical_tw": [  # Tomczak & Welling's options: their q(z1 | x, z2), He init, clamped log-variances
+        "model.structure=hierarchical",
+        "model.network=gated_mlp",
+        "model.hierarchical.lower=shallow",
+        "model.init=he",
+        "model.diag_normal.log_var_range=[-6, 2]",
+    ],
 }
 LABELS = torch.where(torch.arange(300) % 5 == 0, torch.arange(300) % 3, -1)  # every fifth image labelled
 
@@ -99,6 +111,9 @@ def _assert_same_training(structure, elbo, particles, groups=1, **engine_kw):
         ("mixture_baseline", "tracegraph", 1, {}),  # the score function and its learned baseline
         ("semi_supervised", "enum", 1, {"labels": LABELS}),  # labels gathered with the batch, masks
         ("semi_supervised", "trace", 2, {"labels": LABELS, "warmup_steps": 7.0}),
+        ("adgm", "enum", 1, {"labels": LABELS}),  # the auxiliary a before the enumerated y
+        ("vae", "trace", 1, {"normalize_grads": True}),  # AdamNormGrad in the graph
+        ("hierarchical_tw", "mean_field", 1, {"normalize_grads": True, "warmup_steps": 7.0}),
     ],
 )
 def test_the_compiled_whole_step_trains_as_the_eager_engine(structure, elbo, particles, engine_kw):
