@@ -100,9 +100,7 @@ class TrainConfig:
     epochs: int = 30  # passes over the training split
     batch_size: int = 128
     lr: float = 1e-3  # Adam learning rate
-    normalize_grads: bool = (
-        False  # each parameter's gradient / its L2 norm before Adam (Tomczak & Welling's AdamNormGrad)
-    )
+    normalize_grads: bool = False  # each gradient / its L2 norm before Adam (Tomczak & Welling's AdamNormGrad)
     lr_decay: float = 1.0  # learning rate multiplier applied after every epoch (1 = constant)
     seed: int = 0  # seeds pyro, torch, numpy and the batch order
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N

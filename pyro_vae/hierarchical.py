@@ -146,9 +146,7 @@ class Hierarchical(Structure):
         latent_dims: tuple[int, ...] = ()  # sizes of z1 (bottom) .. zL; () = model.latent_dim for every layer
         ladder: bool = False  # Sønderby et al. (2016): merge the bottom-up and the top-down pass in the guide
         skip: bool = True  # the decoder sees every layer, p(x | z1..zL) (T&W's); false: p(x | z1) alone
-        lower: str = (
-            "deep"  # q(z_i | x, z_{i+1}): deep (trunk, then dense) | shallow (T&W's: one layer each, a joint one)
-        )
+        lower: str = "deep"  # q(z_i | x, z_i+1): deep (trunk, then dense) | shallow (T&W's, one layer each)
 
         def __post_init__(self) -> None:
             if isinstance(self.layers, bool) or not 2 <= self.layers <= MAX_LAYERS:

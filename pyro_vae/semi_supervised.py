@@ -155,10 +155,10 @@ class SemiSupervised(Structure):
 
     def _logits(self, x: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
         """The classifier's logits of q(y | x), or of the ADGM's q(y | a, x) (a: (..., B, A))."""
-        h = self.class_trunk(x)
-        return self.classifier(h if a is None else broadcast_cat(h, a))
+        return self.classifier(self._with_a(self.class_trunk(x), a))
 
     def _with_a(self, h: torch.Tensor, a: torch.Tensor | None) -> torch.Tensor:
+        """Features ``h`` with the ADGM's auxiliary ``a`` beside them (broadcast), or ``h`` alone."""
         return h if a is None else broadcast_cat(h, a)
 
     def model_story(self, x: torch.Tensor, emit, labels: torch.Tensor | None = None) -> None:

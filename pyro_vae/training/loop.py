@@ -59,8 +59,8 @@ def fit(
     eval_threads: int = 0,
 ) -> dict[str, Any]:
     """Train ``cfg`` into run folder ``out`` (or continue it with ``resume``); return the summary.
-    ``eval_threads``: torch's threads for the final evaluation (0: those it trained with), for a
-    run trained on one core beside another whose core is free again by then.
+    ``eval_threads``: torch's threads for the final evaluation (0: those it trained with; restored
+    after it), for a run trained on one core beside another whose core is free again by then.
 
     Every epoch: one pass over the shuffled training split with the configured ELBO and Adam (run
     by the step engine of :mod:`pyro_vae.training.engine`), then the negative ELBO of the valid and test
@@ -100,9 +100,12 @@ def fit(
             distributed.shutdown(ctx)
             if not ctx.main:
                 return {}
-            if eval_threads:
-                torch.set_num_threads(eval_threads)
-            summary = finish(run, cfg, trainer.vae, trainer.data, device, trainer.epoch, progress)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(eval_threads or threads)
+            try:
+                summary = finish(run, cfg, trainer.vae, trainer.data, device, trainer.epoch, progress)
+            finally:
+                torch.set_num_threads(threads)
             if trainer.board is not None:
                 trainer.board.close(cfg, summary["final"])
         summary.update(

@@ -48,6 +48,34 @@ def test_fit_writes_a_complete_run_folder(tmp_path):
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
 
 
+def test_the_final_evaluation_runs_on_eval_threads_and_gives_the_threads_back(tmp_path, monkeypatch):
+    """``fit(eval_threads=N)``: training on the caller's threads, the final evaluation on N, and the
+    caller's count restored after it (also when the evaluation fails)."""
+    seen, finish, before = [], T.finish, torch.get_num_threads()
+
+    def watched(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(T, "finish", watched)
+    torch.set_num_threads(1)
+    try:
+        T.fit(small_cfg(), tmp_path / "a", progress=False, figures=False, eval_threads=2)
+        assert seen == [2] and torch.get_num_threads() == 1
+        T.fit(small_cfg(), tmp_path / "b", progress=False, figures=False)
+        assert seen == [2, 1] and torch.get_num_threads() == 1
+
+        def failing(*args, **kwargs):
+            raise RuntimeError("evaluation failed")
+
+        monkeypatch.setattr(T, "finish", failing)
+        with pytest.raises(RuntimeError, match="evaluation failed"):
+            T.fit(small_cfg(), tmp_path / "c", progress=False, figures=False, eval_threads=2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_resume_continues_exactly(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     T.fit(small_cfg("train.epochs=3"), straight, progress=False, figures=False)
