@@ -117,7 +117,7 @@ def test_train_resume_evaluate_plot(tmp_path, capsys):
             "'bernoulli' is no model component with settings; those "
             "with settings are: conv (channels, features), diag_normal (log_var_range), "
             "discretized_logistic_mixture (components), gaussian (scale), "
-            "hierarchical (layers, latent_dims, ladder, skip), iaf (steps), mixture (components, baseline), "
+            "hierarchical (layers, latent_dims, ladder, skip, lower), iaf (steps), mixture (components, baseline), "
             "mixture_of_gaussians (components), resnet "
             "(channels, features)",
         ),
