@@ -176,7 +176,7 @@ class SemiSupervised(Structure):
         emit.observed("x_l", self.likelihood(self.decoder(broadcast_cat(z_l, y_l))), x, mask=known, scale=s)
         a_l = None
         if self.aux:
-            a_l = emit.latent("a_l", self.p_a(broadcast_cat(torch.cat([x, y_l], -1), z_l)), mask=known, scale=s)
+            a_l = emit.latent("a_l", self.p_a(broadcast_cat(broadcast_cat(x, y_l), z_l)), mask=known, scale=s)
         emit.observed("y_class", self.q_y(x, a_l), y_l, mask=known, scale=self.class_scale)
 
     def guide_story(self, x: torch.Tensor, emit, labels: torch.Tensor | None = None) -> None:
@@ -200,9 +200,14 @@ class SemiSupervised(Structure):
 
     # -- classes -------------------------------------------------------------------------------------------------
 
+    def _point(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The ADGM's a at the mean of q(a | x) (None for M2) and q(y | x)'s logits there."""
+        a = self.q_a(x).mean if self.aux else None
+        return a, self._logits(x, a)
+
     def _point_logits(self, x: torch.Tensor) -> torch.Tensor:
         """q(y | x)'s logits; the ADGM's at the mean of q(a | x)."""
-        return self._logits(x, self.q_a(x).mean if self.aux else None)
+        return self._point(x)[1]
 
     @torch.no_grad()
     def class_probabilities(self, x: torch.Tensor) -> torch.Tensor:
@@ -222,21 +227,22 @@ class SemiSupervised(Structure):
     def layers(self) -> dict[str, int]:
         return {"z": self.latent_dim, "y": self.k}
 
-    def _q_z(self, x: torch.Tensor) -> tuple[torch.distributions.Distribution, torch.Tensor]:
-        a = self.q_a(x).mean if self.aux else None
-        y = one_hot(self._logits(x, a).argmax(-1), self.k, x.dtype)
-        return self.lower(torch.cat([self._with_a(self.trunk(x), a), y], -1)), y
+    def _q_z(self, x: torch.Tensor) -> tuple[torch.distributions.Distribution, torch.Tensor, torch.Tensor]:
+        """q(z | x, y) at the most probable class y (one-hot), and q(y | x)'s logits."""
+        a, logits = self._point(x)
+        y = one_hot(logits.argmax(-1), self.k, x.dtype)
+        return self.lower(torch.cat([self._with_a(self.trunk(x), a), y], -1)), y, logits
 
     def point(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The mean of q(z | x, y) at the most probable class, and that class one-hot."""
-        q, y = self._q_z(x)
+        q, y, _ = self._q_z(x)
         return {"z": q.mean, "y": y}
 
     def encode(self, x: torch.Tensor, draws: int = 100) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """q(z | x, y)'s mean and scale at the most probable class; q(y | x)'s probabilities and
         their standard deviations (one-hot coordinates)."""
-        q, _ = self._q_z(x)
-        p = torch.softmax(self._point_logits(x), -1)
+        q, _, logits = self._q_z(x)
+        p = torch.softmax(logits, -1)
         return {"z": (q.mean, q.stddev), "y": (p, (p * (1 - p)).sqrt())}
 
     @torch.no_grad()

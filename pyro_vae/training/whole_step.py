@@ -141,8 +141,8 @@ NORM_GRAD_EPS = 1e-7  # Tomczak & Welling's AdamNormGrad: g / (||g|| + 1e-7)
 
 def normalize_gradients(grads: list[torch.Tensor]) -> list[torch.Tensor]:
     """Each gradient divided by its L2 norm (plus :data:`NORM_GRAD_EPS`): what Tomczak & Welling's
-    AdamNormGrad does before Adam's update (``train.normalize_grads``). In place where the
-    tensors are ``.grad`` s; returns them. No host sync (the norms stay on the device)."""
+    AdamNormGrad does before Adam's update (``train.normalize_grads``). In place (the ``.grad`` s
+    of the eager step, the fresh gradients of the compiled one); returns them. No host sync."""
     if not grads:
         return grads
     norms = torch._foreach_norm(grads)
