@@ -12,6 +12,7 @@ from pyro_vae.evaluation.metrics import evaluate, iwae_log_likelihood  # noqa: E
 from pyro_vae.model import STRUCTURES, VAE, Structure, build_model, build_vae  # noqa: E402
 from pyro_vae.objectives.elbos import ELBOS, build_elbo  # noqa: E402
 from pyro_vae.plugins import check_component, load_plugin  # noqa: E402
+from pyro_vae.runs import codes  # noqa: E402, F401  (register data.name=codes: it opens a trained model)
 from pyro_vae.runs.export import export_model  # noqa: E402
 from pyro_vae.runs.trained import TrainedModel, open_model  # noqa: E402
 from pyro_vae.training.loop import fit  # noqa: E402

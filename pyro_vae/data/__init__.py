@@ -2,7 +2,8 @@
 and the registry of sets (:mod:`~pyro_vae.data.splits`), binarized MNIST's files
 (:mod:`~pyro_vae.data.binarized_mnist`), the other sets (:mod:`~pyro_vae.data.sets`) and labels as
 data (:mod:`~pyro_vae.data.labels`).
-Importing this package registers every set."""
+Importing this package registers every set but ``codes`` (the latent codes of a trained model,
+:mod:`pyro_vae.runs.codes`, registered when :mod:`pyro_vae` is imported)."""
 
 from pyro_vae.data import images, sets  # noqa: F401  (register mnist, fashion_mnist, array, image_folder, cifar10)
 from pyro_vae.data.binarized_mnist import (  # noqa: F401
