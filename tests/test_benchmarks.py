@@ -304,6 +304,14 @@ def test_the_classifier_baseline_trains_on_the_labels_alone(tmp_path, run_script
     assert record["labels"]["count"] == 20 and "offline" in record["labels"]["protocol"]
     assert record["test_images"] == 200 and list(record["per_seed"]) == ["0", "1"]
     assert all(0 <= e <= 1 for e in record["per_seed"].values()) and record["test_error"]["std"] is not None
+    # --label-seeds: each seed draws its own labels and evaluation half (data.seed = seed)
+    run_script(
+        "benchmarks/classifier_baseline.py",
+        *("--set", "data.subset=400", "--set", "data.labels=20", "--set", "model.hidden=[16]", "--label-seeds"),
+        *("--seeds", "0", "1", "--steps", "30", "--out", str(out)),
+    )
+    drawn = json.loads(out.read_text())["labels"]["protocol_per_seed"]
+    assert list(drawn) == ["0", "1"] and "seed 0" in drawn["0"] and "seed 1" in drawn["1"]
 
 
 def test_notebook_times_records_each_run_and_keeps_earlier_entries(tmp_path, run_script):
