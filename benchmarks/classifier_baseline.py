@@ -61,9 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=HERE / "configs" / "semi_supervised.toml", help="the M2 recipe")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one classifier per seed")
-    parser.add_argument(
-        "--label-seeds", action="store_true", help="each seed also draws the labels (data.seed = seed)"
-    )
+    parser.add_argument("--label-seeds", action="store_true", help="each seed also draws the labels (data.seed = seed)")
     parser.add_argument("--steps", type=int, default=2000, help="full-batch Adam steps on the labelled images")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", default=HERE / "results" / "classifier_baseline.json")
