@@ -267,6 +267,11 @@ def _latent(args) -> int:
         return data.test[i].to(device)
 
     def user_images(paths: list[str]) -> torch.Tensor:  # binarized at 0.5 for a model of binary pixels
+        if data.render is not None:
+            raise ValueError(
+                f"{args.run} models the latent codes of another model ({data.source}), not images: it cannot "
+                "read image files; give test image indices instead"
+            )
         binary = cfg.model.likelihood == "bernoulli"
         x = latent.read_images(paths, shape, binarize=binary, invert=args.invert)
         hint = latent.background_hint(x, data.stored("train"))
@@ -280,8 +285,7 @@ def _latent(args) -> int:
         title = f"Samples, temperature {args.temperature:g}"
         written.append(
             plot_images(
-                images,
-                shape,
+                *data.draw(images),
                 max(1, int(args.n**0.5)),
                 title,
                 out / f"samples_t{args.temperature:g}_n{args.n}_seed{args.seed}.png",
@@ -303,8 +307,7 @@ def _latent(args) -> int:
         stem = "_".join(Path(e).stem for e in (a, b))
         written.append(
             plot_images(
-                rows,
-                shape,
+                *data.draw(rows),
                 2,
                 f"{name[0].upper()}{name[1:]}: the two inputs at the ends; decoded paths between their codes, "
                 "linear (top), spherical (bottom)",
@@ -328,8 +331,7 @@ def _latent(args) -> int:
         stem = f"traverse_{layer}_{start}_{picked}_span{args.span:g}"
         written.append(
             plot_images(
-                grid,
-                shape,
+                *data.draw(grid),
                 len(dims),
                 f"{which} {dims} from {-args.span:g} to {args.span:g}",
                 out / f"{stem}.png",
@@ -357,7 +359,7 @@ def _latent(args) -> int:
         title = "Your images (top) and their reconstructions"
         more = f"_and{len(args.images) - 1}" if len(args.images) > 1 else ""
         written.append(
-            plot_images(rows, shape, 2, title, out / f"reconstruct_{Path(args.images[0]).stem}{more}.png", inside)
+            plot_images(*data.draw(rows), 2, title, out / f"reconstruct_{Path(args.images[0]).stem}{more}.png", inside)
         )
     if numbers:
         written.append(write_atomic(out / f"{stem}.json", json.dumps(numbers, indent=2) + "\n", inside))

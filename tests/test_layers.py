@@ -30,7 +30,7 @@ LAYERS = [
     ("semi_supervised", ["semi_supervised"]),
     ("objectives", ["closed_form", "surrogates", "sites", "elbos", "fast", "__init__"]),
     ("plugins", ["contracts", "loader", "__init__"]),
-    ("runs", ["checkpoint", "device", "folder", "writer", "export", "trained", "__init__"]),
+    ("runs", ["checkpoint", "device", "folder", "writer", "export", "trained", "codes", "__init__"]),
     ("evaluation", ["metrics", "clustering", "label_scores", "plots", "latent", "__init__"]),
     (
         "training",

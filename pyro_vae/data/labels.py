@@ -80,6 +80,7 @@ def _offline(splits: Splits, labels: int, seed: int, generator: torch.Generator)
         splits.source,
         torch.cat([torch.full((len(train),), -1, dtype=torch.long), shown]),
         protocol,
+        splits.render,
     )
 
 
@@ -132,4 +133,5 @@ def _with_train_labels(splits: Splits, train_labels: torch.Tensor | None, protoc
         splits.source,
         train_labels,
         protocol,
+        splits.render,
     )

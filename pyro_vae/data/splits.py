@@ -11,6 +11,8 @@ registered in :data:`DATASETS` (``data.name``) that takes the ``[data]`` config.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -33,6 +35,8 @@ class Splits:
         ``data.labels`` of them, or none (None) when ``data.labels = 0``.
     :param label_protocol: how the training labels were chosen, one line for reports ("" = no labels
         used), set by :func:`pyro_vae.data.labels.apply_labels`.
+    :param render: for rows that are not pictures themselves (the ``codes`` set), a function from rows
+        (N, D) to the pictures they stand for and their shape; :meth:`draw` applies it.
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class Splits:
         source: str = "",
         train_labels: torch.Tensor | None = None,
         label_protocol: str = "",
+        render: Callable[[torch.Tensor], tuple[torch.Tensor, tuple]] | None = None,
     ) -> None:
         self._stored = {s: encode(x) for s, x in zip(SPLITS, (train, valid, test))}
         self.image_shape = image_shape
@@ -54,6 +59,12 @@ class Splits:
         self.source = source
         self.train_labels = train_labels
         self.label_protocol = label_protocol
+        self.render = render
+
+    def draw(self, rows: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """Rows of this set (data, reconstructions, samples: (N, D)) as pictures and their shape, for
+        figures: the rows themselves in :attr:`image_shape`, or what :attr:`render` makes of them."""
+        return (rows, self.image_shape) if self.render is None else self.render(rows)
 
     def stored(self, split: str) -> torch.Tensor:
         """The split as held in memory: uint8 levels or float32 (pass batches through :func:`decode`)."""
@@ -91,6 +102,7 @@ class Splits:
             self.source,
             _pick(self.train_labels, pick["train"]),
             self.label_protocol,
+            self.render,
         )
 
 

@@ -5,6 +5,7 @@ model of one 2-D latent layer, the decoded manifold grid."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -74,6 +75,13 @@ def plot_curves(rows: list[dict], out: Path, inside: Path | None = None) -> Path
     return save_figure(fig, out, inside)
 
 
+Draw = Callable[[torch.Tensor], tuple[torch.Tensor, tuple]]  # rows -> pictures and their shape (Splits.draw)
+
+
+def _drawn(rows: torch.Tensor, image_shape, draw: Draw | None) -> tuple[torch.Tensor, tuple]:
+    return draw(rows) if draw is not None else (rows, image_shape)
+
+
 def plot_images(
     images: torch.Tensor, image_shape, nrow: int, title: str, out: Path, inside: Path | None = None
 ) -> Path:
@@ -125,12 +133,15 @@ def plot_latents(
 
 
 @torch.no_grad()
-def plot_manifold(vae: Structure, image_shape, out: Path, n: int = 20, inside: Path | None = None) -> Path:
-    """Decode a grid of z at the standard-normal quantiles 0.05 .. 0.95 (a model of one 2-D latent layer)."""
+def plot_manifold(
+    vae: Structure, image_shape, out: Path, n: int = 20, inside: Path | None = None, draw: Draw | None = None
+) -> Path:
+    """Decode a grid of z at the standard-normal quantiles 0.05 .. 0.95 (a model of one 2-D latent layer);
+    ``draw``: how rows are drawn (:meth:`~pyro_vae.data.splits.Splits.draw`), else in ``image_shape``."""
     device = next(vae.parameters()).device
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     zz = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)
-    images = vae.decode(zz.to(device))
+    images, image_shape = _drawn(vae.decode(zz.to(device)), image_shape, draw)
     return plot_images(images, image_shape, n, "Decoded latent grid (standard-normal quantiles)", out, inside)
 
 
@@ -153,8 +164,7 @@ def _figures(run_dir: Path, vae: Structure, data: Splits, n: int) -> list[Path]:
     pairs = torch.cat([x, vae.reconstruct(x)])
     paths.append(
         plot_images(
-            pairs,
-            data.image_shape,
+            *data.draw(pairs),
             2,
             "Test images (top) and reconstructions (bottom)",
             fig_dir / "reconstructions.png",
@@ -163,8 +173,7 @@ def _figures(run_dir: Path, vae: Structure, data: Splits, n: int) -> list[Path]:
     )
     paths.append(
         plot_images(
-            vae.sample(64),
-            data.image_shape,
+            *data.draw(vae.sample(64)),
             8,
             "Samples from the prior (pixel means)",
             fig_dir / "samples.png",
@@ -177,18 +186,26 @@ def _figures(run_dir: Path, vae: Structure, data: Splits, n: int) -> list[Path]:
         out = fig_dir / ("latents.png" if i == 0 else f"latents_{name}.png")
         paths.append(plot_latents(z, data.test_labels, out, run_dir, layer=name if several else None))
     if len(means) == 1 and next(iter(means.values())).shape[1] == 2:
-        paths.append(plot_manifold(vae, data.image_shape, fig_dir / "manifold.png", inside=run_dir))
+        paths.append(plot_manifold(vae, data.image_shape, fig_dir / "manifold.png", inside=run_dir, draw=data.draw))
     if vae.components() > 0:
-        paths.append(plot_components(vae, data.image_shape, fig_dir / "components.png", inside=run_dir))
+        paths.append(plot_components(vae, data.image_shape, fig_dir / "components.png", inside=run_dir, draw=data.draw))
     if vae.uses_labels:
-        paths.append(plot_styles(vae, data.image_shape, fig_dir / "styles.png", inside=run_dir))
+        paths.append(plot_styles(vae, data.image_shape, fig_dir / "styles.png", inside=run_dir, draw=data.draw))
     return paths
 
 
 @torch.no_grad()
-def plot_styles(vae: Structure, image_shape, out: Path, n: int = 8, inside: Path | None = None, seed: int = 0) -> Path:
+def plot_styles(
+    vae: Structure,
+    image_shape,
+    out: Path,
+    n: int = 8,
+    inside: Path | None = None,
+    seed: int = 0,
+    draw: Draw | None = None,
+) -> Path:
     """Fixed style, varied class (Kingma et al.'s figure): row r decodes one draw z_r ~ p(z) with
-    every class y = 0 .. K-1 in turn (at most 20 classes)."""
+    every class y = 0 .. K-1 in turn (at most 20 classes); ``draw`` as for :func:`plot_manifold`."""
     classes = min(vae.classes(), 20)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -196,14 +213,21 @@ def plot_styles(vae: Structure, image_shape, out: Path, n: int = 8, inside: Path
     eye = torch.eye(vae.classes(), dtype=z.dtype, device=z.device)[:classes]
     codes = {"z": z.repeat_interleave(classes, 0), "y": eye.repeat(n, 1)}
     title = "Fixed style, varied class (row: z ~ p(z); column: y = 0, 1, ...)"
-    return plot_images(vae.decode(codes), image_shape, n, title, out, inside)
+    return plot_images(*_drawn(vae.decode(codes), image_shape, draw), n, title, out, inside)
 
 
 @torch.no_grad()
 def plot_components(
-    vae: Structure, image_shape, out: Path, n: int = 10, inside: Path | None = None, seed: int = 0
+    vae: Structure,
+    image_shape,
+    out: Path,
+    n: int = 10,
+    inside: Path | None = None,
+    seed: int = 0,
+    draw: Draw | None = None,
 ) -> Path:
-    """Samples per mixture component: row c holds ``n`` draws of z ~ p(z | c), decoded (at most 20 rows)."""
+    """Samples per mixture component: row c holds ``n`` draws of z ~ p(z | c), decoded (at most 20
+    rows); ``draw`` as for :func:`plot_manifold`."""
     rows = min(vae.components(), 20)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -211,4 +235,4 @@ def plot_components(
     title = "Samples per component (row c: z ~ p(z | c))"
     if rows < vae.components():
         title += f", the first {rows} of {vae.components()}"
-    return plot_images(images, image_shape, rows, title, out, inside)
+    return plot_images(*_drawn(images, image_shape, draw), rows, title, out, inside)

@@ -8,7 +8,9 @@ dimension is mapped into (0, 1) by the normal CDF of its standardisation on the 
 Phi((m - mean) / std): the :class:`~pyro_vae.data.splits.Splits` contract holds values in [0, 1],
 and the map is monotone per dimension, so nothing a classifier could use is lost. The labels are
 the set's own (all of them: ``data.labels`` of the new run chooses which it sees, under the protocol
-they allow, :mod:`pyro_vae.data.labels`), and the model's ``data.subset`` is kept.
+they allow, :mod:`pyro_vae.data.labels`), and the model's ``data.subset`` is kept. Figures draw rows
+of codes (data, reconstructions, samples) as the model's pictures of them: the map undone, each
+layer's part decoded by the model (:meth:`~pyro_vae.data.splits.Splits.draw`).
 
 The model must have been trained without labels (``data.labels = 0``): the labels it saw would
 reach the new model through its codes. Reference: Kingma, Rezende, Mohamed & Welling,
@@ -61,17 +63,28 @@ def codes(cfg: DataConfig) -> Splits:
         images = DATASETS.get(m1.name)(offline(m1)).subset(m1.subset)  # every label the set has
     finally:
         _OPENING.discard(folder)
+    vae = trained.vae
     with torch.random.fork_rng(devices=[]):  # guides without a closed-form mean are sampled: seeded
         torch.manual_seed(cfg.seed)
-        means = {s: _means(trained.vae, getattr(images, s)) for s in SPLITS}
+        means = {s: _means(vae, getattr(images, s)) for s in SPLITS}
+        layers = {name: loc.shape[1] for name, (loc, _) in vae.encode(images.test[:1]).items()}
     centre, spread = means["train"].mean(0), means["train"].std(0).clamp_min(1e-8)
     split = {s: (0.5 * torch.erfc(-(m - centre) / (spread * math.sqrt(2)))).float() for s, m in means.items()}
+
+    @torch.no_grad()
+    def render(rows: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """Rows of codes as the model's pictures: the normal CDF undone, each layer decoded."""
+        u = rows.detach().cpu().double().clamp(1e-7, 1 - 1e-7)
+        m = (centre + spread * math.sqrt(2) * torch.erfinv(2 * u - 1)).float()
+        return vae.decode(dict(zip(layers, m.split(list(layers.values()), dim=1)))), images.image_shape
+
     return Splits(
         *(split[s] for s in SPLITS),
         (1, split["train"].shape[1]),
         images.test_labels,
         source=f"codes of {folder} (best checkpoint; its data: {images.source})",
         train_labels=images.train_labels,
+        render=render,
     )
 
 

@@ -496,7 +496,7 @@ class Trainer:
         if self.cfg.train.tensorboard and self.ctx.main:
             test = self.data.stored("test")
             fixed = test[evenly_spaced(test.shape[0], 8)]
-            self.board = TensorBoard(self.run.root, fixed, self.data.image_shape, self.step if state else None)
+            self.board = TensorBoard(self.run.root, fixed, self.data.draw, self.step if state else None)
 
     def _restore(self, state: dict[str, Any]) -> None:
         check_resumable(state, self.run.last, self.vae)

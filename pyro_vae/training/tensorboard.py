@@ -44,9 +44,11 @@ def require_tensorboard() -> None:
 
 
 class TensorBoard:
-    """The writer of one run; ``resume_step`` is the step of the checkpoint a resumed run starts from."""
+    """The writer of one run; ``draw`` turns rows into pictures and their shape (the data's
+    :meth:`~pyro_vae.data.splits.Splits.draw`); ``resume_step`` is the step of the checkpoint a
+    resumed run starts from."""
 
-    def __init__(self, run_root: Path, test_images: torch.Tensor, image_shape, resume_step: int | None = None) -> None:
+    def __init__(self, run_root: Path, test_images: torch.Tensor, draw, resume_step: int | None = None) -> None:
         require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
@@ -55,7 +57,7 @@ class TensorBoard:
             pass
         self.writer = SummaryWriter(log_dir=str(Path(run_root) / FOLDER), purge_step=purge)
         self.x = test_images  # stored form, a fixed handful
-        self.image_shape = image_shape
+        self.draw = draw
 
     def read(self, step: int, running_loss: float) -> None:
         self.writer.add_scalar("train/running_neg_elbo", running_loss, step)
@@ -77,7 +79,7 @@ class TensorBoard:
             grids = {"reconstructions": torch.cat([x, vae.reconstruct(x)]), "samples": samples}
         for name, images in grids.items():
             rows = 2 if name == "reconstructions" else 1
-            grid = image_grid(images, self.image_shape, rows)
+            grid = image_grid(*self.draw(images), rows)
             self.writer.add_image(f"images/{name}", grid, step, dataformats="HW" if grid.dim() == 2 else "HWC")
         self.writer.flush()
 

@@ -4,10 +4,13 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
 from pyro_vae import ConfigError, fit, load_data, open_model
+from pyro_vae.cli import main
 from pyro_vae.config import DataConfig
 from pyro_vae.data import SPLITS
+from pyro_vae.evaluation.plots import make_figures
 from pyro_vae.runs import codes as codes_module
 from tests.helpers import small_cfg
 
@@ -99,3 +102,37 @@ def test_m2_trains_on_the_codes_and_opens_again(m1, tmp_path):
     assert summary["labels"]["protocol"].startswith("offline (codes of")
     reopened = open_model(tmp_path / "m1m2", device="cpu")
     assert reopened.data.data_dim == 5 and reopened.config.data.name == "codes"
+
+
+def test_codes_are_drawn_as_the_pictures_the_model_decodes_from_them(m1):
+    trained = open_model(m1, device="cpu")
+    out = load_data(DataConfig(name="codes", root=str(m1)))
+    rows = out.test[:5]
+    pictures, shape = out.draw(rows)
+    with torch.no_grad():
+        q = trained.vae.encode(trained.data.test[:5])
+        expected = trained.vae.decode({name: loc for name, (loc, _) in q.items()})
+    assert shape == trained.data.image_shape and pictures.shape == (5, 784)
+    torch.testing.assert_close(pictures, expected, atol=1e-4, rtol=0)  # the CDF undone in float64, up to float32
+    plain = load_data(DataConfig(subset=384))
+    assert plain.render is None and plain.draw(plain.test[:2])[1] == plain.image_shape
+    assert load_data(DataConfig(name="codes", root=str(m1), labels=100)).render is not None  # kept by the protocol
+
+
+def test_a_model_of_codes_draws_its_figures_as_pictures_and_refuses_image_files(m1, tmp_path, capsys):
+    cfg = small_cfg(
+        "data.name=codes", f"data.root={m1}", "data.labels=100", "model.structure=semi_supervised",
+        "model.likelihood=gaussian", "train.elbo=enum", "train.epochs=1", "train.tensorboard=true",
+    )  # fmt: skip
+    run = tmp_path / "m1m2"
+    fit(cfg, run, progress=False, figures=False)
+    trained = open_model(run, device="cpu")
+    paths = make_figures(run, trained.vae, trained.data)
+    assert {p.name for p in paths} >= {"reconstructions.png", "samples.png", "styles.png"}
+    with Image.open(run / "figures" / "styles.png") as styles:
+        assert styles.width > 300  # ten 28-pixel pictures a row, not ten 1 x 5 strips
+    image = tmp_path / "digit.png"
+    Image.new("L", (28, 28)).save(image)
+    assert main(["reconstruct", str(run), str(image)]) == 2
+    assert "models the latent codes of another model" in capsys.readouterr().err
+    assert main(["sample", str(run), "--n", "4"]) == 0 and (run / "latent").is_dir()
