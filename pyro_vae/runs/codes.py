@@ -49,17 +49,13 @@ def codes(cfg: DataConfig) -> Splits:
     _OPENING.add(folder)
     try:
         trained = open_model(folder, device="cpu")
-    finally:
-        _OPENING.discard(folder)
-    m1 = trained.config.data
-    if m1.labels:
-        raise ConfigError(
-            f"data.root = {cfg.root!r} was trained with data.labels = {m1.labels}: the labels it saw would "
-            "reach this model through its codes. Use the codes of a model trained without labels "
-            "(data.labels = 0)"
-        )
-    _OPENING.add(folder)
-    try:
+        m1 = trained.config.data
+        if m1.labels:
+            raise ConfigError(
+                f"data.root = {cfg.root!r} was trained with data.labels = {m1.labels}: the labels it saw would "
+                "reach this model through its codes. Use the codes of a model trained without labels "
+                "(data.labels = 0)"
+            )
         images = DATASETS.get(m1.name)(offline(m1)).subset(m1.subset)  # every label the set has
     finally:
         _OPENING.discard(folder)
@@ -82,7 +78,7 @@ def codes(cfg: DataConfig) -> Splits:
         *(split[s] for s in SPLITS),
         (1, split["train"].shape[1]),
         images.test_labels,
-        source=f"codes of {folder} (best checkpoint; its data: {images.source})",
+        source=f"codes of {folder} ({trained.which or 'exported'} weights; its data: {images.source})",
         train_labels=images.train_labels,
         render=render,
     )

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pyro_vae import ConfigError, fit, load_data, open_model
+from pyro_vae import ConfigError, export_model, fit, load_data, open_model
 from pyro_vae.cli import main
 from pyro_vae.config import DataConfig
 from pyro_vae.data import SPLITS
@@ -51,7 +51,14 @@ def test_codes_are_every_layers_mean_of_q_through_the_normal_cdf_top_layer_first
         assert got.dtype == torch.float32 and got.shape == (getattr(trained.data, s).shape[0], 5)
         torch.testing.assert_close(got.double(), expected[s], atol=1e-6, rtol=0)
         assert 0 <= float(got.min()) and float(got.max()) <= 1
-    assert out.source.startswith(f"codes of {m1.resolve()} (best checkpoint")
+    assert out.source.startswith(f"codes of {m1.resolve()} (best weights")
+
+
+def test_an_exported_model_gives_the_same_codes_as_its_run(m1, tmp_path):
+    export_model(m1, tmp_path / "exported")
+    run, exported = (load_data(DataConfig(name="codes", root=str(r))) for r in (m1, tmp_path / "exported"))
+    assert all(torch.equal(getattr(run, s), getattr(exported, s)) for s in SPLITS)
+    assert "(exported weights;" in exported.source
 
 
 def test_codes_carry_the_sets_labels_under_the_same_protocol_as_its_images(m1):
