@@ -162,11 +162,12 @@ def _figures(run_dir: Path, vae: Structure, data: Splits, n: int) -> list[Path]:
     test = data.stored("test").to(device)  # uint8 levels for 8-bit images: decoded a batch at a time
     x = decode(test[evenly_spaced(test.shape[0], n)])
     pairs = torch.cat([x, vae.reconstruct(x)])
+    drawn = "" if data.render is None else ",\nas codes drawn by the model they came from"
     paths.append(
         plot_images(
             *data.draw(pairs),
             2,
-            "Test images (top) and reconstructions (bottom)",
+            "Test images (top) and reconstructions (bottom)" + drawn,
             fig_dir / "reconstructions.png",
             run_dir,
         )
@@ -175,7 +176,7 @@ def _figures(run_dir: Path, vae: Structure, data: Splits, n: int) -> list[Path]:
         plot_images(
             *data.draw(vae.sample(64)),
             8,
-            "Samples from the prior (pixel means)",
+            "Samples from the prior (pixel means)" + drawn,
             fig_dir / "samples.png",
             run_dir,
         )
