@@ -62,8 +62,9 @@ def codes(cfg: DataConfig) -> Splits:
     vae = trained.vae
     with torch.random.fork_rng(devices=[]):  # guides without a closed-form mean are sampled: seeded
         torch.manual_seed(cfg.seed)
-        means = {s: _means(vae, getattr(images, s)) for s in SPLITS}
-        layers = {name: loc.shape[1] for name, (loc, _) in vae.encode(images.test[:1]).items()}
+        parts = {s: _means(vae, getattr(images, s)) for s in SPLITS}
+    means = {s: m for s, (m, _) in parts.items()}
+    layers = parts["test"][1]
     centre, spread = means["train"].mean(0), means["train"].std(0).clamp_min(1e-8)
     split = {s: (0.5 * torch.erfc(-(m - centre) / (spread * math.sqrt(2)))).float() for s, m in means.items()}
 
@@ -85,9 +86,12 @@ def codes(cfg: DataConfig) -> Splits:
 
 
 @torch.no_grad()
-def _means(vae, x: torch.Tensor) -> torch.Tensor:
-    """Every layer's mean of q, concatenated (top first), for the images ``x``, in float64."""
-    parts = []
+def _means(vae, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, int]]:
+    """Every layer's mean of q, concatenated (top first), for the images ``x``, in float64; and the
+    size of each layer, by name."""
+    parts, layers = [], {}
     for batch in blocks(x, 1000, torch.device("cpu")):
-        parts.append(torch.cat([loc.double() for loc, _ in vae.encode(batch).values()], dim=1))
-    return torch.cat(parts)
+        codes = vae.encode(batch)
+        layers = {name: loc.shape[1] for name, (loc, _) in codes.items()}
+        parts.append(torch.cat([loc.double() for loc, _ in codes.values()], dim=1))
+    return torch.cat(parts), layers
