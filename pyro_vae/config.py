@@ -106,6 +106,10 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     eval_batch_size: int = 1000  # images per batch when evaluating
     patience: int = 0  # stop after this many epochs without a better valid ELBO (0 = never)
+    lr_drops: int = (
+        0  # at patience, first go back to the best-on-valid weights with lr x lr_drop_factor, this many times
+    )
+    lr_drop_factor: float = 0.1  # the learning rate's multiplier at each of those drops (Adam's moments restart)
     time_limit_min: float = 0.0  # stop after the epoch that takes training past this many minutes (0 = none)
     engine: str = "auto"  # auto (CUDA: graph; CPU: compiled for long runs, else eager) | eager | graph | compiled
     sync_every: int = 0  # steps between host reads of the loss (progress, signals); 0 = 1 on the CPU, 100 on CUDA
@@ -475,6 +479,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         "1 trains the ELBO; a zero weight would drop the KL term and its gradient)",
     )
     _require(0 < cfg.train.lr_decay <= 1, f"train.lr_decay = {cfg.train.lr_decay} must be in (0, 1]")
+    _require(cfg.train.lr_drops >= 0, f"train.lr_drops = {cfg.train.lr_drops} must be 0 or more")
+    _require(
+        not cfg.train.lr_drops or cfg.train.patience > 0,
+        f"train.lr_drops = {cfg.train.lr_drops} needs train.patience > 0: a drop happens when patience runs out "
+        "(set train.patience, e.g. train.patience=20)",
+    )
+    _require(0 < cfg.train.lr_drop_factor < 1, f"train.lr_drop_factor = {cfg.train.lr_drop_factor} must be in (0, 1)")
     _require(cfg.model.init in INITS, f"model.init = {cfg.model.init!r} is not one of: {', '.join(INITS)}")
     _require(is_device_name(cfg.train.device), f"train.device = {cfg.train.device!r} is not one of: {DEVICE_NAMES}")
     resolved = {

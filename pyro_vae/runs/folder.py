@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 RESUMABLE = {
     ("train", "epochs"),
     ("train", "patience"),
+    ("train", "lr_drops"),
+    ("train", "lr_drop_factor"),
     ("train", "time_limit_min"),
     ("train", "device"),
     ("train", "eval_batch_size"),

@@ -513,6 +513,23 @@ def _prepare_optimizer(optim: torch.optim.Optimizer, device: torch.device, captu
             group["lr"] = exact
 
 
+def restart_optimizer(optim: torch.optim.Optimizer, factor: float) -> None:
+    """Multiply every group's learning rate by ``factor`` and set Adam's state back to a fresh
+    optimizer's (zero moments, step 0), in place: a captured or compiled step holds these tensors.
+    A learning rate held as a device tensor (a captured step) is filled, with its float beside it."""
+    for group in optim.param_groups:
+        new = float(group["lr"]) * factor
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(new)
+            group["lr_exact"] = new
+        else:
+            group["lr"] = new
+    for state in optim.state.values():
+        for value in state.values():
+            if torch.is_tensor(value):
+                value.zero_()
+
+
 def _init_optimizer_state(optim: torch.optim.Optimizer) -> None:
     """Create Adam's state (zero moments, step 0) where it does not exist yet, without changing a
     parameter: a step with zero gradients that ``found_inf`` skips. The state then exists before

@@ -41,9 +41,16 @@ from pyro_vae.runs.device import environment, resolve_device
 from pyro_vae.runs.folder import RunDir, check_resumable, check_resume_config, saved_device, stored_config
 from pyro_vae.training import distributed
 from pyro_vae.training.checks import check_compatible, check_data, diagnose
-from pyro_vae.training.engine import StepEngine, checked_choice, choose_engine, kl_warmup_weight, make_optimizer
+from pyro_vae.training.engine import (
+    StepEngine,
+    checked_choice,
+    choose_engine,
+    kl_warmup_weight,
+    make_optimizer,
+    restart_optimizer,
+)
 from pyro_vae.training.labelled import labelled_order, labelled_plan
-from pyro_vae.training.stopping import StopRequests, TrainingError, any_rank, interrupted, stop_reason
+from pyro_vae.training.stopping import StopRequests, TrainingError, any_rank, interrupted, lr_drop_due, stop_reason
 from pyro_vae.training.tensorboard import TensorBoard, require_tensorboard
 
 log = logging.getLogger(__name__)
@@ -418,6 +425,7 @@ class Trainer:
         if ctx.active:
             pyro.set_rng_seed((cfg.train.seed + ctx.rank) % 2**32)  # every rank draws its own z (NumPy takes < 2**32)
         self.epoch, self.step, self.best, self.stale, self.train_time = 0, 0, math.inf, 0, 0.0
+        self.lr_drops = 0  # learning-rate drops made (train.lr_drops)
         self.partial: dict[str, Any] | None = None  # an epoch stopped part-way by a signal
         if state is not None:
             self._restore(state)
@@ -506,7 +514,7 @@ class Trainer:
         self.shuffle.set_state(state["shuffle_rng"])
         set_rng_state(state["rng_ranks"][self.ctx.rank] if "rng_ranks" in state else state["rng"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_valid"]
-        self.stale = state.get("stale", 0)
+        self.stale, self.lr_drops = state.get("stale", 0), state.get("lr_drops", 0)
         self.partial = state.get("partial")
         self.train_time = state.get("train_time", 0.0) - (self.partial["epoch_time"] if self.partial else 0.0)
         log.info("resumed %s at epoch %d (step %d)", self.run.root, self.epoch, self.step)
@@ -520,11 +528,37 @@ class Trainer:
             )
 
     def should_stop(self) -> bool:
-        """A stop rule of :func:`~pyro_vae.training.stopping.stop_reason` applies (logged once)."""
-        reason = stop_reason(self.cfg.train, self.epoch, self.train_time, self.stale)
+        """A stop rule of :func:`~pyro_vae.training.stopping.stop_reason` applies (logged once);
+        where patience has run out with a learning-rate drop left, the drop is made instead."""
+        reason = stop_reason(self.cfg.train, self.epoch, self.train_time, self.stale, self.lr_drops)
+        if reason is None and lr_drop_due(self.cfg.train, self.stale, self.lr_drops):
+            self.drop_lr()
         if reason and self.ctx.main:
             log.info("training stops: %s", reason)
         return reason is not None
+
+    def drop_lr(self) -> None:
+        """Go back to the best-on-valid weights (``best.pt``, written at least ``train.patience``
+        epochs ago), multiply the learning rate by ``train.lr_drop_factor`` and restart Adam's
+        moments, in place (the engines hold these tensors). Nothing is drawn, so a run resumed from
+        the checkpoint before the drop makes the same drop and continues exactly."""
+        best = load_checkpoint(self.run.best, map_location=self.device)
+        self.vae.load_state_dict(best["model"])
+        before = float(self.optim.param_groups[0]["lr"])
+        restart_optimizer(self.optim, self.cfg.train.lr_drop_factor)
+        self.stale, self.lr_drops = 0, self.lr_drops + 1
+        if self.ctx.main:
+            log.info(
+                "no better valid ELBO for %d epochs: back to the best weights (epoch %d, valid -ELBO %.2f) with "
+                "the learning rate %.3g -> %.3g (drop %d of %d)",
+                self.cfg.train.patience,
+                best["epoch"],
+                self.best,
+                before,
+                float(self.optim.param_groups[0]["lr"]),
+                self.lr_drops,
+                self.cfg.train.lr_drops,
+            )
 
     def checkpoint(self, paths: list[Path], epoch_done: int, **extra) -> None:
         """Write the run's state (with every rank's RNG state) to each path; a collective call."""
@@ -546,6 +580,7 @@ class Trainer:
                 "rng_ranks": rngs,
                 "train_time": self.train_time,
                 "stale": self.stale,
+                "lr_drops": self.lr_drops,
                 **extra,
             }
             for path in paths:

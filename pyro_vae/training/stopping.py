@@ -1,4 +1,5 @@
-"""How a run stops: its rules (:func:`stop_reason`: out of epochs, of time, of patience), a
+"""How a run stops: its rules (:func:`stop_reason`: out of epochs, of time, of patience; before
+patience stops it, :func:`lr_drop_due` may restart it from its best weights at a lower rate), a
 non-finite loss (:class:`TrainingError`) or a signal (:class:`StopRequests` turns SIGINT / SIGTERM
 into a flag, the loop checkpoints and raises :class:`TrainingInterrupted`). Under data parallelism
 every rank stops at the same step (:func:`any_rank`)."""
@@ -14,17 +15,27 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.training import distributed
 
 
-def stop_reason(cfg: TrainConfig, epochs_done: int, train_time_s: float, stale_epochs: int) -> str | None:
-    """Why training stops after ``epochs_done`` epochs, ``train_time_s`` seconds of training and
-    ``stale_epochs`` epochs without a better valid ELBO, or None to go on: ``train.epochs``,
-    ``train.time_limit_min`` (checked after each epoch), ``train.patience``."""
+def stop_reason(
+    cfg: TrainConfig, epochs_done: int, train_time_s: float, stale_epochs: int, drops_done: int = 0
+) -> str | None:
+    """Why training stops after ``epochs_done`` epochs, ``train_time_s`` seconds of training,
+    ``stale_epochs`` epochs without a better valid ELBO and ``drops_done`` learning-rate drops, or
+    None to go on: ``train.epochs``, ``train.time_limit_min`` (checked after each epoch),
+    ``train.patience`` once its ``train.lr_drops`` are used (:func:`lr_drop_due`)."""
     if epochs_done >= cfg.epochs:
         return f"train.epochs = {cfg.epochs} reached"
     if cfg.time_limit_min and train_time_s >= 60 * cfg.time_limit_min:
         return f"train.time_limit_min = {cfg.time_limit_min:g} reached ({train_time_s / 60:.1f} minutes of training)"
-    if cfg.patience and stale_epochs >= cfg.patience:
-        return f"train.patience = {cfg.patience}: no better valid ELBO for {stale_epochs} epochs"
+    if cfg.patience and stale_epochs >= cfg.patience and drops_done >= cfg.lr_drops:
+        drops = f" (after {drops_done} learning-rate drops)" if cfg.lr_drops else ""
+        return f"train.patience = {cfg.patience}: no better valid ELBO for {stale_epochs} epochs{drops}"
     return None
+
+
+def lr_drop_due(cfg: TrainConfig, stale_epochs: int, drops_done: int) -> bool:
+    """Patience has run out and a drop of ``train.lr_drops`` is left: instead of stopping, training
+    goes back to the best-on-valid weights with the learning rate times ``train.lr_drop_factor``."""
+    return bool(cfg.patience) and stale_epochs >= cfg.patience and drops_done < cfg.lr_drops
 
 
 class TrainingError(RuntimeError):
