@@ -14,7 +14,7 @@ from pyro_vae.training import loop as T
 from pyro_vae.training.stopping import lr_drop_due, stop_reason
 from tests.helpers import assert_same_last_weights, small_cfg
 
-# A short run whose valid ELBO stalls: a learning rate this large overshoots within a few epochs (seeded: epoch 3 is worse than 2).
+# A short run whose valid ELBO stalls: a learning rate this large overshoots (seeded: epoch 3 is worse than 2).
 PLATEAU = ["train.epochs=30", "train.lr=0.3", "train.patience=1", "train.lr_drops=2", "train.lr_drop_factor=0.25"]
 
 
