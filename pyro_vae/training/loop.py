@@ -544,14 +544,14 @@ class Trainer:
         the checkpoint before the drop makes the same drop and continues exactly."""
         best = load_checkpoint(self.run.best, map_location=self.device)
         self.vae.load_state_dict(best["model"])
-        before = float(self.optim.param_groups[0]["lr"])
+        before, stale = float(self.optim.param_groups[0]["lr"]), self.stale
         restart_optimizer(self.optim, self.cfg.train.lr_drop_factor)
         self.stale, self.lr_drops = 0, self.lr_drops + 1
         if self.ctx.main:
             log.info(
                 "no better valid ELBO for %d epochs: back to the best weights (epoch %d, valid -ELBO %.2f) with "
                 "the learning rate %.3g -> %.3g (drop %d of %d)",
-                self.cfg.train.patience,
+                stale,
                 best["epoch"],
                 self.best,
                 before,
