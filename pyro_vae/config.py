@@ -65,7 +65,7 @@ class DataConfig:
     name: str = "binarized_mnist"  # a data set from pyro_vae.data.DATASETS
     root: str = ""  # folder holding the files; "" = the copy embedded in the package (binarized_mnist only)
     download: bool = False  # fetch missing files into `root` (needs network)
-    binarize: str = "none"  # grey-level sets only: none | static (once, seeded) | dynamic (every batch)
+    binarize: str = "none"  # mnist, fashion_mnist only: none | static (once, seeded) | dynamic (every batch)
     valid_size: int = 10000  # images held out of the training split when a set has no validation split
     subset: int = 0  # use N evenly spaced images of every split (0 = all); for quick runs and tests
     labels: int = 0  # keep N training labels, balanced and seeded, hide the rest (0 = no labels); pyro_vae.data.labels

@@ -65,6 +65,9 @@ def _fashion_mnist(cfg: DataConfig) -> Splits:
     return _torchvision_set("FashionMNIST", cfg)
 
 
+_mnist.binarizes = _fashion_mnist.binarizes = True  # data.binarize applies (pyro_vae.data.load)
+
+
 @DATASETS.register("array")
 def _array(cfg: DataConfig) -> Splits:
     path = Path(cfg.root)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pyro_vae import data as D
-from pyro_vae.config import DataConfig, ModelConfig
+from pyro_vae.config import ConfigError, DataConfig, ModelConfig
 from pyro_vae.data import pixels as P
 from pyro_vae.model import build_vae
 from pyro_vae.training.checks import check_data
@@ -161,6 +161,16 @@ def test_torchvision_sets(mnist_root, binarize, name):
             check_data(vae, splits)
     else:
         check_data(vae, splits)
+
+
+@pytest.mark.parametrize("name", ["binarized_mnist", "array", "cifar10", "image_folder"])
+def test_binarize_on_a_set_that_does_not_binarize_is_refused_before_loading(name):
+    with pytest.raises(
+        ConfigError,
+        match=f"data.binarize = 'dynamic' does not apply to data.name = '{name}': only "
+        r"the grey-level sets \(fashion_mnist, mnist\) are binarized; set data.binarize=none",
+    ):
+        D.load_data(DataConfig(name=name, root="/nonexistent", binarize="dynamic"))  # refused before the files
 
 
 def test_torchvision_mnist_missing_names_the_fix(tmp_path):
