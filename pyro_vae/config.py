@@ -106,9 +106,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     eval_batch_size: int = 1000  # images per batch when evaluating
     patience: int = 0  # stop after this many epochs without a better valid ELBO (0 = never)
-    lr_drops: int = (
-        0  # at patience, first go back to the best-on-valid weights with lr x lr_drop_factor, this many times
-    )
+    lr_drops: int = 0  # at patience, back to the best weights with lr x lr_drop_factor (this many times)
     lr_drop_factor: float = 0.1  # the learning rate's multiplier at each of those drops (Adam's moments restart)
     time_limit_min: float = 0.0  # stop after the epoch that takes training past this many minutes (0 = none)
     engine: str = "auto"  # auto (CUDA: graph; CPU: compiled for long runs, else eager) | eager | graph | compiled

@@ -106,6 +106,14 @@ def gather(obj, ctx: Context) -> list:
     return out
 
 
+def broadcast_module(module: nn.Module, ctx: Context) -> None:
+    """Rank 0's parameters and buffers into every rank's ``module``, in place (a no-op for one
+    process): what only rank 0 read from the run folder, which other machines may not see."""
+    if ctx.active:
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
 def barrier(ctx: Context) -> None:
     if ctx.active:
         dist.barrier()

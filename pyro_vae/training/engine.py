@@ -518,12 +518,14 @@ def restart_optimizer(optim: torch.optim.Optimizer, factor: float) -> None:
     optimizer's (zero moments, step 0), in place: a captured or compiled step holds these tensors.
     A learning rate held as a device tensor (a captured step) is filled, with its float beside it."""
     for group in optim.param_groups:
-        new = float(group["lr"]) * factor
-        if torch.is_tensor(group["lr"]):
-            group["lr"].fill_(new)
+        lr, exact = group["lr"], group.get("lr_exact")
+        if torch.is_tensor(lr):  # from the float it was made from, unless a scheduler has changed it since
+            same = exact is not None and float(torch.tensor(exact, dtype=lr.dtype)) == float(lr)
+            new = (exact if same else float(lr)) * factor
+            lr.fill_(new)
             group["lr_exact"] = new
         else:
-            group["lr"] = new
+            group["lr"] = float(lr) * factor
     for state in optim.state.values():
         for value in state.values():
             if torch.is_tensor(value):

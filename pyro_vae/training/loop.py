@@ -2,7 +2,8 @@
 
 :func:`fit` opens the run folder (:mod:`pyro_vae.runs.folder`), sets up a :class:`Trainer` (data,
 VAE, the checks, optimiser, schedule, the step engine of :mod:`pyro_vae.training.engine`), then
-runs epochs until a stop rule says enough (epochs, time, patience; a signal or a non-finite loss:
+runs epochs until a stop rule says enough (epochs, time, patience, the last after any
+learning-rate drops of ``train.lr_drops``; a signal or a non-finite loss:
 :mod:`pyro_vae.training.stopping`), and ends by evaluating the best-on-valid weights with the
 IWAE bound (:func:`finish`).
 """
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from pyro_vae.components.likelihoods import density_note
 from pyro_vae.config import ConfigError, ExperimentConfig
 from pyro_vae.data import Splits, load_data
+from pyro_vae.data.load import check_binarize
 from pyro_vae.data.pixels import decode, evenly_spaced
 from pyro_vae.evaluation.label_scores import classification_report, clustering_report, describe, watched_scores
 from pyro_vae.evaluation.latent import active_units_per_layer
@@ -88,6 +90,8 @@ def fit(
         device = torch.device("cuda", ctx.local_rank)
     if cfg.train.tensorboard:
         require_tensorboard()  # before the run folder is touched
+    if not resume:
+        check_binarize(cfg.data)  # (a run made before the check, with the setting ignored, still resumes)
     with _claimed(run, ctx, resume, overwrite) as claim:
         with matmul_precision(cfg.train.matmul_precision):
             state = _resume_state(run, cfg, ctx) if resume else None
@@ -122,6 +126,7 @@ def fit(
             engine=trainer.engine.choice.name,
             compile_time_s=trainer.engine.compile_seconds,
             matmul_precision=cfg.train.matmul_precision,
+            lr_drops=trainer.lr_drops,
         )
         run.write_summary(summary)
         summary = json.loads(json.dumps(summary))  # what the file says (tuples become lists)
@@ -388,7 +393,8 @@ def training_bound(cfg: ExperimentConfig) -> str:
 
 class Trainer:
     """The objects of one training run (data, VAE, optimiser, schedule, step engine) and where it
-    stands (epoch, step, best valid, patience count, training time, a part-done epoch), set up for
+    stands (epoch, step, best valid, patience count, learning-rate drops, training time, a part-done
+    epoch), set up for
     a new run or restored from the checkpoint ``state``. :func:`fit` drives it."""
 
     def __init__(
@@ -539,11 +545,17 @@ class Trainer:
 
     def drop_lr(self) -> None:
         """Go back to the best-on-valid weights (``best.pt``, written at least ``train.patience``
-        epochs ago), multiply the learning rate by ``train.lr_drop_factor`` and restart Adam's
-        moments, in place (the engines hold these tensors). Nothing is drawn, so a run resumed from
-        the checkpoint before the drop makes the same drop and continues exactly."""
-        best = load_checkpoint(self.run.best, map_location=self.device)
-        self.vae.load_state_dict(best["model"])
+        epochs ago; read by rank 0 and broadcast, since only rank 0's machine is sure to see the
+        run folder), multiply the learning rate by ``train.lr_drop_factor`` and restart Adam
+        (moments and step count), in place (the engines hold these tensors). Nothing is drawn, so a
+        run resumed from the checkpoint before the drop makes the same drop and continues exactly."""
+        best_epoch = -1
+        if self.ctx.main:
+            best = load_checkpoint(self.run.best, map_location="cpu")
+            self.vae.load_state_dict(best["model"])
+            best_epoch = best["epoch"]
+            del best
+        distributed.broadcast_module(self.vae, self.ctx)
         before, stale = float(self.optim.param_groups[0]["lr"]), self.stale
         restart_optimizer(self.optim, self.cfg.train.lr_drop_factor)
         self.stale, self.lr_drops = 0, self.lr_drops + 1
@@ -552,7 +564,7 @@ class Trainer:
                 "no better valid ELBO for %d epochs: back to the best weights (epoch %d, valid -ELBO %.2f) with "
                 "the learning rate %.3g -> %.3g (drop %d of %d)",
                 stale,
-                best["epoch"],
+                best_epoch,
                 self.best,
                 before,
                 float(self.optim.param_groups[0]["lr"]),
@@ -669,6 +681,7 @@ class Trainer:
             "valid_neg_elbo": valid.mean,
             "test_neg_elbo": test.mean,
             "lr": float(self.optim.param_groups[0]["lr"]),
+            "lr_drops": self.lr_drops,  # made before this epoch (each went back to the best weights)
             "epoch_time_s": epoch_time,
             "kl_weight": kl_warmup_weight(self.step, self.warmup_steps, self.cfg.train.kl_weight),
             "images_per_s": self.epoch_rows / epoch_time,

@@ -15,9 +15,11 @@ import torch
 from pyro_vae import data as D
 from pyro_vae.config import ConfigError, DataConfig, ModelConfig
 from pyro_vae.data import pixels as P
+from pyro_vae.data.load import check_binarize
 from pyro_vae.model import build_vae
+from pyro_vae.training import loop as T
 from pyro_vae.training.checks import check_data
-from tests.helpers import ROOT, run_as_script
+from tests.helpers import ROOT, run_as_script, small_cfg
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +166,25 @@ def test_torchvision_sets(mnist_root, binarize, name):
 
 
 @pytest.mark.parametrize("name", ["binarized_mnist", "array", "cifar10", "image_folder"])
-def test_binarize_on_a_set_that_does_not_binarize_is_refused_before_loading(name):
+def test_binarize_on_a_set_that_does_not_binarize_is_refused_for_a_new_run(name, tmp_path):
     with pytest.raises(
         ConfigError,
         match=f"data.binarize = 'dynamic' does not apply to data.name = '{name}': only "
         r"the grey-level sets \(fashion_mnist, mnist\) are binarized; set data.binarize=none",
     ):
-        D.load_data(DataConfig(name=name, root="/nonexistent", binarize="dynamic"))  # refused before the files
+        check_binarize(DataConfig(name=name, root="/nonexistent", binarize="dynamic"))  # before any file is read
+
+
+def test_a_new_run_is_refused_but_a_run_made_before_the_check_still_resumes(tmp_path, monkeypatch):
+    cfg = small_cfg("data.binarize=static")
+    with pytest.raises(ConfigError, match="does not apply to data.name = 'binarized_mnist'"):
+        T.fit(cfg, tmp_path / "new", progress=False, figures=False)
+    assert not (tmp_path / "new").exists()  # refused before the folder was made
+    monkeypatch.setattr(T, "check_binarize", lambda cfg: None)  # as a version before the check made it
+    T.fit(small_cfg("data.binarize=static", "train.epochs=1"), tmp_path / "old", progress=False, figures=False)
+    monkeypatch.undo()
+    T.fit(cfg, tmp_path / "old", resume=True, progress=False, figures=False)
+    assert len((tmp_path / "old" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_torchvision_mnist_missing_names_the_fix(tmp_path):

@@ -84,15 +84,20 @@ def test_a_plateau_drops_the_rate_from_the_best_weights_then_patience_stops_it(t
     assert load_checkpoint(run / "checkpoints" / "last.pt")["lr_drops"] == 2
 
 
-def test_a_run_resumed_across_a_drop_continues_exactly(tmp_path):
+@pytest.mark.parametrize("after", [0, 1], ids=["just-before-the-first-drop", "just-after-it"])
+def test_a_run_resumed_across_a_drop_continues_exactly(tmp_path, after):
+    """Split before the first drop (the resumed run makes it) or after it (the resumed run must
+    know one drop is made: forgetting would make a third)."""
     whole = tmp_path / "whole"
     T.fit(small_cfg(*PLATEAU), whole, progress=False, figures=False)
     rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     first_drop = next(i for i, r in enumerate(rows) if r["lr"] < 0.3)  # the epochs before it: its 0-based index
+    assert [r["lr_drops"] for r in rows][first_drop - 1 : first_drop + 1] == [0, 1]
     halves = tmp_path / "halves"
-    T.fit(small_cfg(*PLATEAU, f"train.epochs={first_drop}"), halves, progress=False, figures=False)
-    T.fit(small_cfg(*PLATEAU), halves, resume=True, progress=False, figures=False)  # the drop comes first
+    T.fit(small_cfg(*PLATEAU, f"train.epochs={first_drop + after}"), halves, progress=False, figures=False)
+    T.fit(small_cfg(*PLATEAU), halves, resume=True, progress=False, figures=False)
     assert_same_last_weights(whole, halves)
+    assert (halves / "metrics.jsonl").read_text().count("\n") == len(rows)
 
 
 def test_a_finished_run_may_be_resumed_with_drops_added(tmp_path):
@@ -127,3 +132,30 @@ def test_the_compiled_step_makes_the_same_drop_as_the_eager_one(tmp_path):
     assert valid["compiled"] == pytest.approx(valid["eager"], rel=1e-5)  # a stale rate or moment: percents apart
     for name, value in a["model"].items():  # lr = 0.3 magnifies float32 rounding to about 1e-3 here
         torch.testing.assert_close(b["model"][name], value, rtol=0, atol=5e-3, msg=name)
+
+
+@pytest.mark.cuda
+def test_the_captured_step_makes_the_drop_in_place_and_resumes_exactly(tmp_path):
+    """On CUDA the graph holds the rate as a device tensor and Adam's state by address: after a
+    drop the replays go on from the restarted state (as the eager step does, to float rounding),
+    the rate is the exact float times the factor, and a run split after the drop is bit-exact."""
+    cuda = [*PLATEAU, "train.device=cuda"]
+    runs = {}
+    for engine in ("eager", "graph"):
+        runs[engine] = tmp_path / engine
+        T.fit(small_cfg(*cuda, f"train.engine={engine}"), runs[engine], progress=False, figures=False)
+    rows = {e: [json.loads(line) for line in (runs[e] / "metrics.jsonl").read_text().splitlines()] for e in runs}
+    assert [r["lr"] for r in rows["graph"]] == pytest.approx([r["lr"] for r in rows["eager"]], rel=1e-6)  # float32
+    drops = rows["graph"][-1]["lr_drops"]
+    group = load_checkpoint(runs["graph"] / "checkpoints" / "last.pt")["optim"]["param_groups"][0]
+    assert drops >= 1 and group["lr_exact"] == 0.3 * 0.25**drops  # the float, not the float32 tensor's value
+    assert [r["valid_neg_elbo"] for r in rows["graph"]] == pytest.approx(
+        [r["valid_neg_elbo"] for r in rows["eager"]], rel=1e-4
+    )
+    first_drop = next(i for i, r in enumerate(rows["graph"]) if r["lr"] < 0.3)
+    halves = tmp_path / "halves"
+    T.fit(
+        small_cfg(*cuda, "train.engine=graph", f"train.epochs={first_drop + 1}"), halves, progress=False, figures=False
+    )
+    T.fit(small_cfg(*cuda, "train.engine=graph"), halves, resume=True, progress=False, figures=False)
+    assert_same_last_weights(runs["graph"], halves)
