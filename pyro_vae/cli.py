@@ -383,7 +383,7 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     print(f"\nrun folder: {run_dir}")
     print(
         f"epochs: {summary['epochs_run']} (best on valid: {summary['best_epoch']}"
-        + (f"; {summary['lr_drops']} learning-rate drops" if summary.get("lr_drops") else "")
+        + (f"; learning-rate drops: {summary['lr_drops']}" if summary.get("lr_drops") else "")
         + "), "
         f"wall time {summary['wall_time_s']:.0f} s, {summary['images_per_s']:.0f} training images/s "
         f"on {summary['environment']['device']}" + _engine_note(summary)

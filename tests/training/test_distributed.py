@@ -98,6 +98,29 @@ def test_two_gloo_ranks_equal_one_process_on_the_same_global_batches(tmp_path):
     assert losses == pytest.approx(ranks[0]["losses"], rel=1e-5)
 
 
+def _broadcast_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    ctx = distributed.from_environment(use_cuda=False)
+    pyro.set_rng_seed(rank)  # every rank its own weights
+    vae = build_vae(CFG.model, D)
+    distributed.broadcast_module(vae, ctx)
+    torch.save(vae.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    distributed.shutdown(ctx)
+
+
+def test_broadcast_module_gives_every_rank_rank_0s_weights_in_place(tmp_path):
+    """What a learning-rate drop relies on: only rank 0 reads best.pt, the others receive it."""
+    mp.spawn(_broadcast_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    pyro.set_rng_seed(0)
+    rank0 = build_vae(CFG.model, D).state_dict()
+    for name, value in rank0.items():
+        assert torch.equal(ranks[0][name], value) and torch.equal(ranks[1][name], value), name
+
+
 def test_torchrun_trains_writes_once_and_resumes_exactly(tmp_path, capsys):
     run = tmp_path / "run"
     common = [
@@ -297,3 +320,27 @@ def test_torchrun_trains_the_structures_beyond_one_latent(tmp_path, structure, r
     assert load_checkpoint(run / "checkpoints" / "last.pt")["world_size"] == 2
     summary = json.loads((run / "summary.json").read_text())
     assert report in summary or report in summary["final"], sorted(summary)
+
+
+def test_torchrun_makes_a_learning_rate_drop_on_every_rank(tmp_path):
+    """Rank 0 reads best.pt and broadcasts it; both ranks restart Adam and go on in step (a rank
+    that skipped the broadcast would hang the run; the timeout catches it)."""
+    run = tmp_path / "run"
+    settings = ["data.subset=384", "model.latent_dim=2", "model.hidden=16", "train.batch_size=64", "eval.iwae_k=5"]
+    settings += ["train.device=cpu", "train.epochs=8", "train.lr=0.3", "train.patience=1", "train.lr_drops=1"]
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port())),
+            *("-m", "pyro_vae", "train", "--out", str(run), "--no-progress", "--no-figures"),
+            *[arg for setting in settings for arg in ("--set", setting)],
+        ],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["lr_drops"] == 1, [(r["valid_neg_elbo"], r["lr"]) for r in rows]
+    assert "learning-rate drops: 1)" in done.stdout
