@@ -394,8 +394,7 @@ def training_bound(cfg: ExperimentConfig) -> str:
 class Trainer:
     """The objects of one training run (data, VAE, optimiser, schedule, step engine) and where it
     stands (epoch, step, best valid, patience count, learning-rate drops, training time, a part-done
-    epoch), set up for
-    a new run or restored from the checkpoint ``state``. :func:`fit` drives it."""
+    epoch), set up for a new run or restored from the checkpoint ``state``. :func:`fit` drives it."""
 
     def __init__(
         self,
