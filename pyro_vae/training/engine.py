@@ -502,15 +502,21 @@ def _prepare_optimizer(optim: torch.optim.Optimizer, device: torch.device, captu
     when the group returns to a float, unless the tensor has changed since (a scheduler step)."""
     for group in optim.param_groups:
         group["capturable"] = capture
-        lr, exact = group["lr"], group.pop("lr_exact", None)
-        if not torch.is_tensor(lr):
-            exact = float(lr)
-        elif exact is None or float(torch.tensor(exact, dtype=lr.dtype)) != float(lr):
-            exact = float(lr)  # no float kept beside it, or a scheduler has changed the tensor since
+        exact = _exact_lr(group)
+        group.pop("lr_exact", None)
         if capture:
             group["lr"], group["lr_exact"] = torch.tensor(exact, device=device), exact
         else:
             group["lr"] = exact
+
+
+def _exact_lr(group: dict) -> float:
+    """A group's learning rate as a float: for a device tensor, the float it was made from
+    (``lr_exact``), unless none is kept or a scheduler has changed the tensor since."""
+    lr, exact = group["lr"], group.get("lr_exact")
+    if not torch.is_tensor(lr) or exact is None or float(torch.tensor(exact, dtype=lr.dtype)) != float(lr):
+        return float(lr)
+    return float(exact)
 
 
 def restart_optimizer(optim: torch.optim.Optimizer, factor: float) -> None:
@@ -518,14 +524,12 @@ def restart_optimizer(optim: torch.optim.Optimizer, factor: float) -> None:
     optimizer's (zero moments, step 0), in place: a captured or compiled step holds these tensors.
     A learning rate held as a device tensor (a captured step) is filled, with its float beside it."""
     for group in optim.param_groups:
-        lr, exact = group["lr"], group.get("lr_exact")
-        if torch.is_tensor(lr):  # from the float it was made from, unless a scheduler has changed it since
-            same = exact is not None and float(torch.tensor(exact, dtype=lr.dtype)) == float(lr)
-            new = (exact if same else float(lr)) * factor
-            lr.fill_(new)
+        new = _exact_lr(group) * factor
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(new)
             group["lr_exact"] = new
         else:
-            group["lr"] = float(lr) * factor
+            group["lr"] = new
     for state in optim.state.values():
         for value in state.values():
             if torch.is_tensor(value):

@@ -291,6 +291,20 @@ def test_torchrun_with_more_processes_than_gpus_fails_with_the_clear_error(tmp_p
     assert "Duplicate GPU" not in result.stderr and not (tmp_path / "run" / "checkpoints").exists()
 
 
+def _torchrun_train(run, settings: list[str]) -> subprocess.CompletedProcess:
+    """``pyro-vae train --out RUN --set S ...`` under torchrun: two gloo processes of one thread."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port())]
+    argv += ["-m", "pyro_vae", "train", "--out", str(run), "--no-progress", "--no-figures"]
+    return subprocess.run(
+        [*argv, *[arg for setting in settings for arg in ("--set", setting)]],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @pytest.mark.parametrize(
     "structure, report",
     [
@@ -305,16 +319,7 @@ def test_torchrun_trains_the_structures_beyond_one_latent(tmp_path, structure, r
     images in every batch, sharded with their labels) and rank 0 alone writes its report."""
     run = tmp_path / "run"
     small = ["data.subset=256", "model.hidden=16", "train.batch_size=64", "eval.iwae_k=5", "train.epochs=1"]
-    sets = [arg for s in [*small, "train.device=cpu", *structure] for arg in ("--set", s)]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port())]
-    done = subprocess.run(
-        [*torchrun, "-m", "pyro_vae", "train", "--out", str(run), "--no-progress", "--no-figures", *sets],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _torchrun_train(run, [*small, "train.device=cpu", *structure])
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run folder:") == 1
     assert load_checkpoint(run / "checkpoints" / "last.pt")["world_size"] == 2
@@ -328,18 +333,7 @@ def test_torchrun_makes_a_learning_rate_drop_on_every_rank(tmp_path):
     run = tmp_path / "run"
     settings = ["data.subset=384", "model.latent_dim=2", "model.hidden=16", "train.batch_size=64", "eval.iwae_k=5"]
     settings += ["train.device=cpu", "train.epochs=8", "train.lr=0.3", "train.patience=1", "train.lr_drops=1"]
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port())),
-            *("-m", "pyro_vae", "train", "--out", str(run), "--no-progress", "--no-figures"),
-            *[arg for setting in settings for arg in ("--set", setting)],
-        ],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _torchrun_train(run, settings)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["lr_drops"] == 1, [(r["valid_neg_elbo"], r["lr"]) for r in rows]
