@@ -401,17 +401,75 @@ def test_run_wall_time_runs_both_trees_alternately(tmp_path, run_script, monkeyp
 
 
 def test_gemm_times_the_layer_products_in_their_own_processes(tmp_path, run_script):
-    """Without a peer Python: MKL's three products (and oneDNN's forward one where torch has it),
-    one process per round and thread count, the medians in GFLOP/s; no ratio without XLA."""
+    """Without a peer Python: MKL's three products (and oneDNN's forward one where torch has it)
+    and the step's products in sequence through MKL, oneDNN and NumPy's BLAS, one process per
+    library, round and thread count, the medians in GFLOP/s; no ratio without XLA."""
     out = tmp_path / "gemm.json"
-    run_script("benchmarks/gemm.py", "--rounds", "2", "--batch-sizes", "8", "--threads", "1", "--out", str(out))
-    record = json.loads(out.read_text())
-    assert (
-        list(record["medians"]) == ["torch batch 8 threads 1"]
-        and record["versions"]["torch"]["torch"] == torch.__version__
+    run_script(
+        "benchmarks/gemm.py",
+        "--rounds",
+        "2",
+        "--batch-sizes",
+        "8",
+        "--threads",
+        "1",
+        "--images",
+        "200",
+        "--out",
+        str(out),
     )
+    record = json.loads(out.read_text())
+    assert list(record["medians"]) == ["torch batch 8 threads 1", "numpy batch 8 threads 1"], list(record["medians"])
+    assert record["versions"]["torch"]["torch"] == torch.__version__ and "blas" in record["versions"]["numpy"]
     products = record["medians"]["torch batch 8 threads 1"]
-    assert {"forward x @ W.T", "weight gradient g.T @ x", "input gradient g @ W"} <= set(products)
-    assert all(p["ms"] > 0 and p["gflops"] > 0 for p in products.values())
+    expected = {"forward x @ W.T", "weight gradient g.T @ x", "input gradient g @ W", "mkl step's products in sequence"}
+    assert expected <= set(products), products
+    assert list(record["medians"]["numpy batch 8 threads 1"]) == ["openblas step's products in sequence"]
+    rows = [*products.values(), *record["medians"]["numpy batch 8 threads 1"].values()]
+    assert all(p["ms"] > 0 and p["gflops"] > 0 for p in rows), rows
     assert len(record["runs"]["torch batch 8 threads 1"]) == 2
     assert record["mkl time / xla time, the three products together (median over rounds)"] == {}
+    assert record["time / xla time, the step's products in sequence (median over rounds)"] == {}
+
+
+@pytest.mark.parametrize("library", ["mkl", "onednn", "numpy", "numpy, the peer's layout"])
+def test_gemm_sequence_is_the_gradient_of_a_training_step(library, monkeypatch):
+    """The step's products in sequence are a training step's: for the linear network they are the
+    exact gradients of |y|^2 / (2 batch) (autograd's, in float64; oneDNN's in float32), and they
+    count every product a default training step runs (the formula's 6 x multiply-adds, less the
+    first layer's input gradient, which autograd does not compute)."""
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    gemm = importlib.import_module("gemm")
+    common = importlib.import_module("common")
+    assert gemm.STEP_FLOPS == common.flops_per_image(common.config()) - 2 * 784 * 400
+    if library == "onednn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    dtype = torch.float32 if library == "onednn" else torch.float64
+    gen = torch.Generator().manual_seed(0)
+    ws = [torch.randn(shape, generator=gen, dtype=dtype) / shape[1] ** 0.5 for shape in gemm.LAYERS]
+    x = (torch.rand(8, 784, generator=gen) < 0.13).to(dtype)
+    grads = []
+    if library.startswith("numpy"):
+        peer = library.endswith("layout")
+        arrays = [w.t().numpy().copy() if peer else w.numpy() for w in ws]
+        ops = (*gemm.array_products(peer), lambda g: np.concatenate([g, g], 1), lambda w, g: grads.append(g) or w)
+        _, y = gemm._step(ops, arrays, x.numpy())
+        grads = [torch.from_numpy(g.T.copy() if peer else g) for g in grads]
+        y = torch.from_numpy(y)
+    else:
+        ops = (*gemm.torch_products()[library], lambda g: torch.cat([g, g], 1), lambda w, g: grads.append(g) or w)
+        _, y = gemm._step(ops, ws, x)
+    leaves = [w.clone().requires_grad_() for w in ws]
+    o = x @ leaves[0].t() @ leaves[1].t()
+    y_autograd = (o[:, :50] + o[:, 50:]) @ leaves[2].t() @ leaves[3].t()
+    (y_autograd.pow(2).sum() / (2 * len(x))).backward()
+
+    def tol(t: torch.Tensor) -> dict:  # float32: rounding relative to the tensor's scale
+        return {"rtol": 1e-4, "atol": 1e-5 * t.abs().max().item()} if dtype == torch.float32 else {}
+
+    torch.testing.assert_close(y, y_autograd.detach(), **tol(y_autograd))
+    for name, g, leaf in zip(("encoder", "heads", "decoder 1", "decoder 2"), grads, leaves):
+        assert g.shape == leaf.shape, (name, g.shape)
+        torch.testing.assert_close(g, leaf.grad, **tol(leaf.grad), msg=lambda m, n=name: f"{library}, {n}: {m}")
