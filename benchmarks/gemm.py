@@ -148,13 +148,13 @@ def serve_torch(batch: int, threads: int, images: int) -> dict:
         )
     xs = torch.rand((_sequence_steps(batch, images), batch, 784), generator=gen) < 0.13
     xs = xs.float()
-    for name, products in torch_products().items():
+    for name, library in torch_products().items():
         ws = [(torch.rand(shape, generator=gen) * 2 - 1) / shape[1] ** 0.5 for shape in LAYERS]
-        ops = (*products, lambda g: torch.cat([g, g], 1), lambda w, g: w.sub_(1e-6 * g))
+        ops = (*library, lambda g: torch.cat([g, g], 1), lambda w, g: w.sub_(1e-6 * g))
 
         def block(ws=ws, ops=ops) -> None:
-            for x in xs:
-                _step(ops, ws, x)
+            for batch_x in xs:
+                _step(ops, ws, batch_x)
 
         result[f"{name} step's products in sequence"] = _block_ms(block, len(xs))
     result["versions"] = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
