@@ -70,8 +70,9 @@ def _step(ops, ws: list, x):
     """One training step's products of the default model in backpropagation's order, then a plain
     update of the weights; returns the new weights and the output. The network is linear (the
     fused heads' two halves summed into ``z``), so the products are the exact gradients of
-    ``|y|^2 / (2 batch)``. ``ops``: forward ``a @ w.T`` (in the peer's layout ``a @ w``), weight
-    gradient, input gradient, the fused heads' gradient from ``z``'s, the update."""
+    ``|y|^2 / (2 batch)``. ``ops``: a library's products (:func:`torch_products`,
+    :func:`array_products`: forward, weight gradient, input gradient, the fused heads' gradient from
+    ``z``'s), then the update."""
     fwd, wgrad, igrad, heads, update = ops
     w1, w2, w3, w4 = ws
     h1 = fwd(x, w1)
@@ -89,28 +90,38 @@ def _step(ops, ws: list, x):
 
 
 def torch_products() -> dict:
-    """PyTorch's libraries for :func:`_step`, each as (forward, weight gradient, input gradient) on
-    PyTorch's layout: MKL through ``@`` on views, as autograd calls it, and (in a build with it)
-    oneDNN's ``mkldnn._linear_pointwise`` (``a @ w.T``) on contiguous copies of the transposes."""
+    """PyTorch's libraries for :func:`_step`, each as (forward, weight gradient, input gradient, the
+    fused heads' gradient) on PyTorch's layout: MKL through ``@`` on views, as autograd calls it, and
+    (in a build with it) oneDNN's ``mkldnn._linear_pointwise`` (``a @ w.T``) on contiguous copies of
+    the transposes."""
     import torch
 
-    products = {"mkl": (lambda a, w: a @ w.t(), lambda g, a: g.t() @ a, lambda g, w: g @ w)}
+    def heads(g):
+        return torch.cat([g, g], 1)
+
+    products = {"mkl": (lambda a, w: a @ w.t(), lambda g, a: g.t() @ a, lambda g, w: g @ w, heads)}
     if torch.backends.mkldnn.is_available():
         lp = torch.ops.mkldnn._linear_pointwise
         products["onednn"] = (
             lambda a, w: lp(a.contiguous(), w, None, "none", [], ""),
             lambda g, a: lp(g.t().contiguous(), a.t().contiguous(), None, "none", [], ""),
             lambda g, w: lp(g, w.t().contiguous(), None, "none", [], ""),
+            heads,
         )
     return products
 
 
-def array_products(peer_layout: bool) -> tuple:
-    """(forward, weight gradient, input gradient) for :func:`_step` on NumPy or JAX arrays: PyTorch's
-    layout (out x in), or the peer's (in x out, ``x @ w``)."""
+def array_products(xp, peer_layout: bool) -> tuple:
+    """(forward, weight gradient, input gradient, the fused heads' gradient) for :func:`_step` on
+    arrays of ``xp`` (``numpy`` or ``jax.numpy``): PyTorch's layout (out x in), or the peer's (in x
+    out, ``x @ w``)."""
+
+    def heads(g):
+        return xp.concatenate([g, g], 1)
+
     if peer_layout:
-        return (lambda a, w: a @ w, lambda g, a: a.T @ g, lambda g, w: g @ w.T)
-    return (lambda a, w: a @ w.T, lambda g, a: g.T @ a, lambda g, w: g @ w)
+        return (lambda a, w: a @ w, lambda g, a: a.T @ g, lambda g, w: g @ w.T, heads)
+    return (lambda a, w: a @ w.T, lambda g, a: g.T @ a, lambda g, w: g @ w, heads)
 
 
 def _block_ms(block, steps: int) -> float:
@@ -142,15 +153,14 @@ def serve_torch(batch: int, threads: int, images: int) -> dict:
         lambda: g @ w,
     )
     result = {name: _median_ms(fn, lambda out: None) for name, fn in zip(SHAPES, products)}
-    if torch.backends.mkldnn.is_available():  # (a build without oneDNN: MKL's products alone)
-        result["onednn forward x @ W.T"] = _median_ms(
-            lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""), lambda out: None
-        )
+    libraries = torch_products()
+    if "onednn" in libraries:  # (a build without oneDNN: MKL's products alone)
+        result["onednn forward x @ W.T"] = _median_ms(lambda: libraries["onednn"][0](x, w), lambda out: None)
     xs = torch.rand((_sequence_steps(batch, images), batch, 784), generator=gen) < 0.13
     xs = xs.float()
-    for name, library in torch_products().items():
+    for name, library in libraries.items():
         ws = [(torch.rand(shape, generator=gen) * 2 - 1) / shape[1] ** 0.5 for shape in LAYERS]
-        ops = (*library, lambda g: torch.cat([g, g], 1), lambda w, g: w.sub_(1e-6 * g))
+        ops = (*library, lambda w, g: w.sub_(1e-6 * g))
 
         def block(ws=ws, ops=ops) -> None:
             for batch_x in xs:
@@ -175,7 +185,7 @@ def serve_numpy(batch: int, threads: int, images: int) -> dict:
         w -= np.float32(1e-6) * g
         return w
 
-    ops = (*array_products(peer_layout=False), lambda g: np.concatenate([g, g], 1), update)
+    ops = (*array_products(np, peer_layout=False), update)
 
     def block() -> None:
         for x in xs:
@@ -210,7 +220,7 @@ def serve_jax(batch: int, threads: int, images: int) -> dict:
     xs = jnp.asarray(rng.random((_sequence_steps(batch, images), batch, 784)) < 0.13, jnp.float32)
     # the peer's layout (in x out: NumPyro's parameters)
     ws = [jnp.asarray((rng.random((i, o)) * 2 - 1) / i**0.5, jnp.float32) for o, i in LAYERS]
-    ops = (*array_products(peer_layout=True), lambda g: jnp.concatenate([g, g], 1), lambda w, g: w - 1e-6 * g)
+    ops = (*array_products(jnp, peer_layout=True), lambda w, g: w - 1e-6 * g)
     scan = jax.jit(lambda ws, xs: jax.lax.scan(lambda ws, x: _step(ops, ws, x), ws, xs))
     state = {"ws": ws}
 
