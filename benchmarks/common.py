@@ -54,6 +54,33 @@ def machine(device: torch.device) -> dict:
     return info
 
 
+def thread_scaling(seconds: float = 0.2) -> float | None:
+    """How many times faster the default model's widest product (batch 128 through the 784 x 400
+    layer) runs on all of torch's threads than on one, timed now for ``seconds`` each: near the
+    thread count where the threads have cores of their own, much less where they share one (on this
+    project's 2-CPU virtual machine, at times the two virtual CPUs behave as one core's two
+    hyperthreads). None with one thread."""
+    threads = torch.get_num_threads()
+    if threads < 2:
+        return None
+    x, w = torch.rand(128, 784), torch.rand(400, 784)
+
+    def rate(n: int) -> float:
+        torch.set_num_threads(n)
+        x @ w.t()
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            x @ w.t()
+            count += 1
+        return count / (time.perf_counter() - start)
+
+    try:
+        one = rate(1)
+        return rate(threads) / one
+    finally:
+        torch.set_num_threads(threads)
+
+
 def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
     """Median fp32 GFLOP/s of an n x n matrix product: the machine's compute ceiling."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
@@ -210,8 +237,10 @@ def plain_step(cfg: ExperimentConfig, kind: str, particles: int = 1, compiled: b
         return value
 
     # Guards on tensors only (the modules never change here), as pyro-vae's compiled step has them;
-    # so each step compiles its own copy of the code (Dynamo keeps graphs per code object).
-    options = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
+    # so each step compiles its own copy of the code (Dynamo keeps graphs per code object). The
+    # draws are torch's own (`fallback_random`), as in pyro-vae's step: inductor's own CPU `randn`
+    # took about 5% of this step's time (its noise for z alone, at batch 128 and 2048).
+    options = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe, "fallback_random": True}
     own = types.FunctionType(whole.__code__.replace(), whole.__globals__, "whole", None, whole.__closure__)
     compiled_whole = torch.compile(own, fullgraph=True, dynamic=False, options=options)
 

@@ -1,7 +1,7 @@
 """The CPU training step against the plain PyTorch steps and the NumPyro peer, side by side.
 
     python benchmarks/cpu_step.py [--rounds 5] [--batch-sizes 128,2048] [--peer-python PY]
-                                  [--variants NAME,...] [--images 20000]
+                                  [--variants NAME,...] [--images 20000] [--other-tree DIR]
 
 Every variant runs in its own process (compilers and thread pools start fresh): all are started
 and burnt in first (any compilation included), one after another, then they take turns: in each
@@ -10,7 +10,8 @@ wait on a pipe, the order reversed every other round, so the variants compared a
 apart (this shared 2-core machine drifts by tens of percent over minutes). Run it with the machine
 otherwise idle. Per round, each variant's speed is divided by its baselines' in the same round;
 reported are the medians over rounds of the speeds and of those ratios, and each process's peak
-RSS.
+RSS. After each round the parent times one product on one thread and on all (``thread_scaling``):
+where the machine's CPUs share a core at the time, a round's two-thread speeds say little.
 
 Variants (default model 784-400-50, softplus, Bernoulli likelihood, Adam):
   numpyro peer            NumPyro SVI Trace_ELBO, the steps in one jitted lax.scan (--peer-python)
@@ -25,14 +26,18 @@ Variants (default model 784-400-50, softplus, Bernoulli likelihood, Adam):
                           for mean_field, iwae K=5 and iwae_dreg K=5 (compiled where the loss
                           compiles; iwae_dreg's hook on z does not, so it and its plain step run
                           eagerly)
+With --other-tree DIR (a checkout of another commit, `git worktree add DIR COMMIT`), every pyro-vae
+variant asked for also runs from that tree's package (``PYTHONPATH``), as "NAME @ COMMIT": a change
+measured side by side with the code before it.
 Ratios: the default step to the peer and to the plain steps; every pyro-vae ELBO row to the faster
-of its own plain steps. Writes benchmarks/results/cpu_step.json.
+of its own plain steps; each "NAME" to its "NAME @ COMMIT". Writes benchmarks/results/cpu_step.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shlex
 import statistics
@@ -108,8 +113,8 @@ def serve(name: str, batches: list[int], images: int) -> None:
 class Child:
     """A variant's process, serving timed stages on request."""
 
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen(args, cwd=HERE, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, args: list[str], cwd: Path = HERE, env: dict | None = None) -> None:
+        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.hello = self._read()
 
     def _read(self) -> dict:
@@ -131,8 +136,9 @@ class Child:
         return rss
 
 
-def ratios(rounds: list[dict], batches: list[int]) -> dict:
-    """Median over rounds of each comparison the issue asks for, per batch size."""
+def ratios(rounds: list[dict], batches: list[int], commit: str | None = None) -> dict:
+    """Median over rounds of each comparison the issue asks for, per batch size (and, with the
+    ``commit`` of ``--other-tree``, of each pyro-vae variant to the same variant of that commit)."""
 
     def median_ratio(a: str, b: str | tuple[str, ...]) -> dict | None:
         bs = (b,) if isinstance(b, str) else b
@@ -152,7 +158,20 @@ def ratios(rounds: list[dict], batches: list[int]) -> dict:
     for elbo in ("mean_field", f"iwae K={PARTICLES}", f"iwae_dreg K={PARTICLES}"):
         own = tuple(f"plain {m} {elbo}" for m in ("eager", "compiled") if f"plain {m} {elbo}" in rounds[0])
         out[f"pyro-vae {elbo} / its fastest plain step"] = median_ratio(f"pyro-vae {elbo}", own) if own else None
+    for name in [n for n in rounds[0] if commit and n.startswith("pyro-vae") and "@" not in n]:
+        out[f"{name} / {name} @ {commit}"] = median_ratio(name, f"{name} @ {commit}")
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _commit(tree: Path) -> str:
+    """The short commit of the checkout ``tree`` (with ``+changes`` if its files differ from it)."""
+    git = ["git", "-C", str(tree)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return tree.name
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def main() -> None:
@@ -163,6 +182,7 @@ def main() -> None:
     parser.add_argument("--peer-python", help="a Python with jax and numpyro (not a pyro-vae dependency)")
     parser.add_argument("--images", type=int, default=20_000, help="images per timed stage")
     parser.add_argument("--out", default=str(HERE / "results" / "cpu_step.json"))
+    parser.add_argument("--other-tree", help="a checkout of another commit: its pyro-vae variants run beside these")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     cpu_kernels.choose()  # first: the CPU kernels `pyro-vae` runs, for every variant here
@@ -175,10 +195,19 @@ def main() -> None:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
+    other, commit = None, None
+    if args.other_tree:
+        other = Path(args.other_tree).resolve()
+        if not (other / "benchmarks" / "cpu_step.py").is_file() or not (other / "pyro_vae").is_dir():
+            parser.error(
+                f"--other-tree {other}: not a checkout of pyro-vae (no benchmarks/cpu_step.py and pyro_vae/ "
+                "there); make one with `git worktree add DIR COMMIT`"
+            )
+        commit = _commit(other)
     sys.path.insert(0, str(HERE))
     import torch
 
-    from common import machine
+    from common import machine, thread_scaling
 
     common = ["--batch-sizes", args.batch_sizes, "--images", str(args.images)]
     children = {}  # started one at a time (compilations do not overlap), then all kept waiting
@@ -187,7 +216,14 @@ def main() -> None:
     for name in names:
         children[name] = Child([sys.executable, __file__, "--child", name, *common])
         print(f"{name}: ready", file=sys.stderr)
-    rounds = []
+        if other and name.startswith("pyro-vae"):
+            script = other / "benchmarks" / "cpu_step.py"
+            env = {**os.environ, "PYTHONPATH": str(other)}
+            children[f"{name} @ {commit}"] = Child(
+                [sys.executable, str(script), "--child", name, *common], cwd=script.parent, env=env
+            )
+            print(f"{name} @ {commit}: ready", file=sys.stderr)
+    rounds, scaling = [], []
     for r in range(args.rounds):
         order = list(children) if r % 2 == 0 else list(children)[::-1]
         row = {name: {} for name in children}
@@ -196,7 +232,13 @@ def main() -> None:
                 time.sleep(0.2)  # the previous process's threads stop spinning
                 row[name][batch] = children[name].stage(batch)
         rounds.append(row)
-        print(f"round {r + 1}: " + "; ".join(f"{n} {v[batches[0]]:,.0f}" for n, v in row.items()), file=sys.stderr)
+        scaling.append(thread_scaling())
+        print(
+            f"round {r + 1}: "
+            + "; ".join(f"{n} {v[batches[0]]:,.0f}" for n, v in row.items())
+            + (f"; all threads x{scaling[-1]:.2f} one's speed" if scaling[-1] else ""),
+            file=sys.stderr,
+        )
     peak = {name: child.stop() for name, child in children.items()}
     medians = {
         n: {
@@ -212,8 +254,10 @@ def main() -> None:
         "unit": "training images/s; peak RSS of the variant's process in MB",
         "peer": children["numpyro peer"].hello.get("versions") if args.peer_python else None,
         "rounds": rounds,
+        "thread_scaling": scaling,
         "median": medians,
-        "ratios": ratios(rounds, batches),
+        "other_tree": {"path": str(other), "commit": commit} if other else None,
+        "ratios": ratios(rounds, batches, commit),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

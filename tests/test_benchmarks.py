@@ -259,6 +259,46 @@ def test_cpu_step_times_every_variant_side_by_side(tmp_path, run_script):
         assert m["peak_rss_mb"] > 100
     assert record["median"]["pyro-vae eager"]["engine"] == {"32": "eager", "64": "eager"}
     assert set(record["ratios"]) == {"pyro-vae eager / plain eager"}  # (the default and the peer did not run)
+    threads = torch.get_num_threads()
+    assert len(record["thread_scaling"]) == 2
+    assert all((s is None) if threads == 1 else (s > 0) for s in record["thread_scaling"])
+
+
+def test_cpu_step_runs_another_checkouts_step_beside_this_ones(tmp_path, run_script):
+    """``--other-tree``: each pyro-vae variant asked for also runs from another checkout's package
+    (here this one's), named with its commit, and is the baseline of its own ratio."""
+    out = tmp_path / "step.json"
+    run_script(
+        "benchmarks/cpu_step.py",
+        "--rounds",
+        "2",
+        "--variants",
+        "plain eager,pyro-vae eager",
+        "--batch-sizes",
+        "32",
+        "--images",
+        "320",
+        "--other-tree",
+        str(ROOT),
+        "--out",
+        str(out),
+    )
+    record = json.loads(out.read_text())
+    commit = record["other_tree"]["commit"]
+    assert record["other_tree"]["path"] == str(ROOT) and commit
+    assert set(record["median"]) == {"plain eager", "pyro-vae eager", f"pyro-vae eager @ {commit}"}
+    assert record["median"][f"pyro-vae eager @ {commit}"]["engine"] == {"32": "eager"}
+    assert set(record["ratios"]) == {"pyro-vae eager / plain eager", f"pyro-vae eager / pyro-vae eager @ {commit}"}
+    assert record["ratios"][f"pyro-vae eager / pyro-vae eager @ {commit}"]["32"] > 0
+
+
+def test_cpu_step_refuses_another_tree_that_is_not_a_checkout(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    code = run_as_script(
+        monkeypatch, ROOT / "benchmarks/cpu_step.py", "--other-tree", str(tmp_path), "--out", str(tmp_path / "x.json")
+    )
+    assert code == 2
+    assert "not a checkout of pyro-vae" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
 
 
 def test_cpu_profile_groups_the_time_of_a_step(tmp_path, run_script):
