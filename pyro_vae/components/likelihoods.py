@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
 from torch import nn
+from torch.distributions.utils import broadcast_all
 
 from pyro_vae.data.pixels import blocks, count_non_binary, is_binary
 from pyro_vae.registry import Registry
@@ -55,6 +56,20 @@ def density_note(likelihood: nn.Module, name: str, x: torch.Tensor) -> str | Non
     return note
 
 
+class _BernoulliLogits(dist.Bernoulli):
+    """Pyro's ``Bernoulli(logits=η)`` with ``log_prob(x) = x η + log σ(-η)``: torch's
+    ``-binary_cross_entropy_with_logits(η, x)`` up to float rounding, as one ``logsigmoid`` (an
+    ``exp`` and a ``log1p`` per pixel). Torch's compiler turns its own form into two ``exp``, a
+    ``log`` and a division over two passes of the pixels, the slowest of the compiled CPU step's
+    fused loops (docs/performance.md, "The likelihood's formula")."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = broadcast_all(self.logits, value)
+        return value * logits + F.logsigmoid(-logits)
+
+
 @LIKELIHOODS.register("bernoulli")
 class Bernoulli(nn.Module):
     """x_d ~ Bernoulli(sigmoid(h_d)), parameterised by logits; needs binary pixels (0 or 1)."""
@@ -66,7 +81,7 @@ class Bernoulli(nn.Module):
         return data_dim
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
-        return dist.Bernoulli(logits=h, validate_args=False).to_event(1)
+        return _BernoulliLogits(logits=h, validate_args=False).to_event(1)
 
     def mean(self, h: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(h)
