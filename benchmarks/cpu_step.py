@@ -26,9 +26,9 @@ Variants (default model 784-400-50, softplus, Bernoulli likelihood, Adam):
                           for mean_field, iwae K=5 and iwae_dreg K=5 (compiled where the loss
                           compiles; iwae_dreg's hook on z does not, so it and its plain step run
                           eagerly)
-With --other-tree DIR (a checkout of another commit, `git worktree add DIR COMMIT`), every pyro-vae
-variant asked for also runs from that tree's package (``PYTHONPATH``), as "NAME @ COMMIT": a change
-measured side by side with the code before it.
+With --other-tree DIR (a checkout of another commit, `git worktree add DIR COMMIT`), every variant
+asked for also runs from that tree (its package through ``PYTHONPATH``, its own plain steps), as
+"NAME @ COMMIT": a change measured side by side with the code before it.
 Ratios: the default step to the peer and to the plain steps; every pyro-vae ELBO row to the faster
 of its own plain steps; each "NAME" to its "NAME @ COMMIT". Writes benchmarks/results/cpu_step.json.
 """
@@ -138,7 +138,7 @@ class Child:
 
 def ratios(rounds: list[dict], batches: list[int], commit: str | None = None) -> dict:
     """Median over rounds of each comparison the issue asks for, per batch size (and, with the
-    ``commit`` of ``--other-tree``, of each pyro-vae variant to the same variant of that commit)."""
+    ``commit`` of ``--other-tree``, of each variant to the same variant of that commit)."""
 
     def median_ratio(a: str, b: str | tuple[str, ...]) -> dict | None:
         bs = (b,) if isinstance(b, str) else b
@@ -158,7 +158,7 @@ def ratios(rounds: list[dict], batches: list[int], commit: str | None = None) ->
     for elbo in ("mean_field", f"iwae K={PARTICLES}", f"iwae_dreg K={PARTICLES}"):
         own = tuple(f"plain {m} {elbo}" for m in ("eager", "compiled") if f"plain {m} {elbo}" in rounds[0])
         out[f"pyro-vae {elbo} / its fastest plain step"] = median_ratio(f"pyro-vae {elbo}", own) if own else None
-    for name in [n for n in rounds[0] if commit and n.startswith("pyro-vae") and "@" not in n]:
+    for name in [n for n in rounds[0] if commit and n != "numpyro peer" and "@" not in n]:
         out[f"{name} / {name} @ {commit}"] = median_ratio(name, f"{name} @ {commit}")
     return {k: v for k, v in out.items() if v is not None}
 
@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--peer-python", help="a Python with jax and numpyro (not a pyro-vae dependency)")
     parser.add_argument("--images", type=int, default=20_000, help="images per timed stage")
     parser.add_argument("--out", default=str(HERE / "results" / "cpu_step.json"))
-    parser.add_argument("--other-tree", help="a checkout of another commit: its pyro-vae variants run beside these")
+    parser.add_argument("--other-tree", help="a checkout of another commit: its variants run beside these")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     cpu_kernels.choose()  # first: the CPU kernels `pyro-vae` runs, for every variant here
@@ -216,7 +216,7 @@ def main() -> None:
     for name in names:
         children[name] = Child([sys.executable, __file__, "--child", name, *common])
         print(f"{name}: ready", file=sys.stderr)
-        if other and name.startswith("pyro-vae"):
+        if other:
             script = other / "benchmarks" / "cpu_step.py"
             env = {**os.environ, "PYTHONPATH": str(other)}
             children[f"{name} @ {commit}"] = Child(

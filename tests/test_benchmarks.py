@@ -265,8 +265,8 @@ def test_cpu_step_times_every_variant_side_by_side(tmp_path, run_script):
 
 
 def test_cpu_step_runs_another_checkouts_step_beside_this_ones(tmp_path, run_script):
-    """``--other-tree``: each pyro-vae variant asked for also runs from another checkout's package
-    (here this one's), named with its commit, and is the baseline of its own ratio."""
+    """``--other-tree``: each variant asked for also runs from another checkout (here this one),
+    named with its commit, and is the baseline of its own ratio."""
     out = tmp_path / "step.json"
     run_script(
         "benchmarks/cpu_step.py",
@@ -286,9 +286,18 @@ def test_cpu_step_runs_another_checkouts_step_beside_this_ones(tmp_path, run_scr
     record = json.loads(out.read_text())
     commit = record["other_tree"]["commit"]
     assert record["other_tree"]["path"] == str(ROOT) and commit
-    assert set(record["median"]) == {"plain eager", "pyro-vae eager", f"pyro-vae eager @ {commit}"}
+    assert set(record["median"]) == {
+        "plain eager",
+        "pyro-vae eager",
+        f"plain eager @ {commit}",
+        f"pyro-vae eager @ {commit}",
+    }
     assert record["median"][f"pyro-vae eager @ {commit}"]["engine"] == {"32": "eager"}
-    assert set(record["ratios"]) == {"pyro-vae eager / plain eager", f"pyro-vae eager / pyro-vae eager @ {commit}"}
+    assert set(record["ratios"]) == {
+        "pyro-vae eager / plain eager",
+        f"plain eager / plain eager @ {commit}",
+        f"pyro-vae eager / pyro-vae eager @ {commit}",
+    }
     assert record["ratios"][f"pyro-vae eager / pyro-vae eager @ {commit}"]["32"] > 0
 
 
