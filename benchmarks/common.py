@@ -238,8 +238,9 @@ def plain_step(cfg: ExperimentConfig, kind: str, particles: int = 1, compiled: b
 
     # Guards on tensors only (the modules never change here), as pyro-vae's compiled step has them;
     # so each step compiles its own copy of the code (Dynamo keeps graphs per code object). The
-    # draws are torch's own (`fallback_random`), as in pyro-vae's step: inductor's own CPU `randn`
-    # took about 5% of this step's time (its noise for z alone, at batch 128 and 2048).
+    # draws are torch's own (`fallback_random`), as in pyro-vae's step: with inductor's own CPU
+    # `randn` (a scalar loop) this step ran 2% (batch 128) and 4% (2048) slower on one core
+    # (benchmarks/results/cpu_step_1core_s50.json).
     options = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe, "fallback_random": True}
     own = types.FunctionType(whole.__code__.replace(), whole.__globals__, "whole", None, whole.__closure__)
     compiled_whole = torch.compile(own, fullgraph=True, dynamic=False, options=options)
