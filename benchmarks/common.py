@@ -57,9 +57,9 @@ def machine(device: torch.device) -> dict:
 def thread_scaling(seconds: float = 0.2) -> float | None:
     """How many times faster the default model's widest product (batch 128 through the 784 x 400
     layer) runs on all of torch's threads than on one, timed now for ``seconds`` each: near the
-    thread count where the threads have cores of their own, much less where they share one (on this
-    project's 2-CPU virtual machine, at times the two virtual CPUs behave as one core's two
-    hyperthreads). None with one thread."""
+    thread count where each thread has a core to itself, less where they do not (on this project's
+    2-CPU virtual machine it ranged from 1.3 to 1.8 between the rounds of one run). None with one
+    thread."""
     threads = torch.get_num_threads()
     if threads < 2:
         return None

@@ -10,8 +10,8 @@ wait on a pipe, the order reversed every other round, so the variants compared a
 apart (this shared 2-core machine drifts by tens of percent over minutes). Run it with the machine
 otherwise idle. Per round, each variant's speed is divided by its baselines' in the same round;
 reported are the medians over rounds of the speeds and of those ratios, and each process's peak
-RSS. After each round the parent times one product on one thread and on all (``thread_scaling``):
-where the machine's CPUs share a core at the time, a round's two-thread speeds say little.
+RSS. After each round the parent times one product on one thread and on all (``thread_scaling``), a
+coarse sign of whether the threads had a core each around that round.
 
 Variants (default model 784-400-50, softplus, Bernoulli likelihood, Adam):
   numpyro peer            NumPyro SVI Trace_ELBO, the steps in one jitted lax.scan (--peer-python)
