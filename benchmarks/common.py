@@ -54,33 +54,6 @@ def machine(device: torch.device) -> dict:
     return info
 
 
-def thread_scaling(seconds: float = 0.2) -> float | None:
-    """How many times faster the default model's widest product (batch 128 through the 784 x 400
-    layer) runs on all of torch's threads than on one, timed now for ``seconds`` each: near the
-    thread count where each thread has a core to itself, less where they do not (on this project's
-    2-CPU virtual machine it ranged from 1.3 to 1.8 between the rounds of one run). None with one
-    thread."""
-    threads = torch.get_num_threads()
-    if threads < 2:
-        return None
-    x, w = torch.rand(128, 784), torch.rand(400, 784)
-
-    def rate(n: int) -> float:
-        torch.set_num_threads(n)
-        x @ w.t()
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            x @ w.t()
-            count += 1
-        return count / (time.perf_counter() - start)
-
-    try:
-        one = rate(1)
-        return rate(threads) / one
-    finally:
-        torch.set_num_threads(threads)
-
-
 def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
     """Median fp32 GFLOP/s of an n x n matrix product: the machine's compute ceiling."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)

@@ -10,8 +10,7 @@ wait on a pipe, the order reversed every other round, so the variants compared a
 apart (this shared 2-core machine drifts by tens of percent over minutes). Run it with the machine
 otherwise idle. Per round, each variant's speed is divided by its baselines' in the same round;
 reported are the medians over rounds of the speeds and of those ratios, and each process's peak
-RSS. After each round the parent times one product on one thread and on all (``thread_scaling``), a
-coarse sign of whether the threads had a core each around that round.
+RSS.
 
 Variants (default model 784-400-50, softplus, Bernoulli likelihood, Adam):
   numpyro peer            NumPyro SVI Trace_ELBO, the steps in one jitted lax.scan (--peer-python)
@@ -96,7 +95,8 @@ def serve(name: str, batches: list[int], images: int) -> None:
         for i in range(max(10, images // batch // 4)):  # burn-in, with any compilation
             step(i)
         steps[batch] = step
-    print(json.dumps({"ready": True, "engine": engines or None}), flush=True)
+    package = str(Path(cpu_kernels.__file__).resolve().parent)  # whose pyro_vae this process runs
+    print(json.dumps({"ready": True, "engine": engines or None, "package": package}), flush=True)
     for line in sys.stdin:
         command = line.split()
         if command[0] == "stop":
@@ -164,14 +164,18 @@ def ratios(rounds: list[dict], batches: list[int], commit: str | None = None) ->
 
 
 def _commit(tree: Path) -> str:
-    """The short commit of the checkout ``tree`` (with ``+changes`` if its files differ from it)."""
+    """The short commit of the git checkout ``tree`` (with ``+changes`` where its tracked files differ
+    from it), or the folder's name where ``tree`` is not the top of a checkout git can read."""
     git = ["git", "-C", str(tree)]
     try:
+        top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
+        if Path(top.stdout.strip()).resolve() != tree.resolve():
+            return tree.name
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
         dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError):
         return tree.name
-    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    return head.stdout.strip() + ("+changes" if dirty.returncode or dirty.stdout.strip() else "")
 
 
 def main() -> None:
@@ -185,18 +189,12 @@ def main() -> None:
     parser.add_argument("--other-tree", help="a checkout of another commit: its variants run beside these")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    cpu_kernels.choose()  # first: the CPU kernels `pyro-vae` runs, for every variant here
-    batches = [int(b) for b in args.batch_sizes.split(",") if b]
-    if args.child:
-        sys.path.insert(0, str(HERE))
-        serve(args.child, batches, args.images)
-        return
     names = [n for n in args.variants.split(",") if n]
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
     other, commit = None, None
-    if args.other_tree:
+    if args.other_tree and not args.child:
         other = Path(args.other_tree).resolve()
         if not (other / "benchmarks" / "cpu_step.py").is_file() or not (other / "pyro_vae").is_dir():
             parser.error(
@@ -204,10 +202,16 @@ def main() -> None:
                 "there); make one with `git worktree add DIR COMMIT`"
             )
         commit = _commit(other)
+    cpu_kernels.choose()  # before any tensor: the CPU kernels `pyro-vae` runs, for every variant here
+    batches = [int(b) for b in args.batch_sizes.split(",") if b]
+    if args.child:
+        sys.path.insert(0, str(HERE))
+        serve(args.child, batches, args.images)
+        return
     sys.path.insert(0, str(HERE))
     import torch
 
-    from common import machine, thread_scaling
+    from common import machine
 
     common = ["--batch-sizes", args.batch_sizes, "--images", str(args.images)]
     children = {}  # started one at a time (compilations do not overlap), then all kept waiting
@@ -218,12 +222,15 @@ def main() -> None:
         print(f"{name}: ready", file=sys.stderr)
         if other:
             script = other / "benchmarks" / "cpu_step.py"
-            env = {**os.environ, "PYTHONPATH": str(other)}
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, (str(other), os.environ.get("PYTHONPATH")))),
+            }
             children[f"{name} @ {commit}"] = Child(
                 [sys.executable, str(script), "--child", name, *common], cwd=script.parent, env=env
             )
             print(f"{name} @ {commit}: ready", file=sys.stderr)
-    rounds, scaling = [], []
+    rounds = []
     for r in range(args.rounds):
         order = list(children) if r % 2 == 0 else list(children)[::-1]
         row = {name: {} for name in children}
@@ -232,29 +239,24 @@ def main() -> None:
                 time.sleep(0.2)  # the previous process's threads stop spinning
                 row[name][batch] = children[name].stage(batch)
         rounds.append(row)
-        scaling.append(thread_scaling())
-        print(
-            f"round {r + 1}: "
-            + "; ".join(f"{n} {v[batches[0]]:,.0f}" for n, v in row.items())
-            + (f"; all threads x{scaling[-1]:.2f} one's speed" if scaling[-1] else ""),
-            file=sys.stderr,
-        )
+        print(f"round {r + 1}: " + "; ".join(f"{n} {v[batches[0]]:,.0f}" for n, v in row.items()), file=sys.stderr)
     peak = {name: child.stop() for name, child in children.items()}
     medians = {
         n: {
             "images_per_s": {b: statistics.median(rd[n][b] for rd in rounds) for b in batches},
             "peak_rss_mb": peak[n],
             "engine": children[n].hello.get("engine"),
+            "package": children[n].hello.get("package"),
         }
         for n in children
     }
     record = {
         "command": "python benchmarks/cpu_step.py " + shlex.join(sys.argv[1:]),
         "machine": machine(torch.device("cpu")),
+        "commit": _commit(HERE.parent),
         "unit": "training images/s; peak RSS of the variant's process in MB",
         "peer": children["numpyro peer"].hello.get("versions") if args.peer_python else None,
         "rounds": rounds,
-        "thread_scaling": scaling,
         "median": medians,
         "other_tree": {"path": str(other), "commit": commit} if other else None,
         "ratios": ratios(rounds, batches, commit),
